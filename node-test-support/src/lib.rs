@@ -1,0 +1,65 @@
+//! Test support for nodekit, in the spirit of `tower-test`: fakes of every node-core trait, a
+//! scripted pod source, network-namespace fixtures, a tiny OCI test image built from
+//! busybox-static and a docker-registry on 127.0.0.1 to serve it.
+//!
+//! Tests that need root or a kernel feature call [`require_root`] (or [`require_command`]):
+//! locally they skip with a printed reason; under `CI=true` they fail loudly instead.
+
+pub mod fakes;
+pub mod image;
+pub mod netns;
+pub mod registry;
+
+pub use fakes::{FakeCni, FakeRouter, FakeRuntime, FakeStatusSink, ScriptedPodSource};
+pub use image::{Blob, TestImage};
+pub use netns::{NetnsFixture, connect_veth};
+pub use registry::LocalRegistry;
+
+/// Whether tests run in CI (`CI=true`), where a missing prerequisite is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Whether the test may go on as root. Not root: under CI this panics; locally it prints why the
+/// test is skipped and returns `false`.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    skip_or_fail(test, "needs root")
+}
+
+/// Whether `command` is on the PATH. Missing: under CI this panics; locally it prints why the
+/// test is skipped and returns `false`.
+pub fn require_command(test: &str, command: &str) -> bool {
+    if which(command).is_some() {
+        return true;
+    }
+    skip_or_fail(test, &format!("needs the command {command:?}"))
+}
+
+/// Whether `path` exists. Missing: under CI this panics; locally it prints why the test is
+/// skipped and returns `false`.
+pub fn require_path(test: &str, path: impl AsRef<std::path::Path>) -> bool {
+    let path = path.as_ref();
+    if path.exists() {
+        return true;
+    }
+    skip_or_fail(test, &format!("needs {}", path.display()))
+}
+
+fn skip_or_fail(test: &str, why: &str) -> bool {
+    if in_ci() {
+        panic!("{test} {why}, and CI=true: failing instead of skipping");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// The full path of `command` on the PATH.
+pub fn which(command: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(command)).find(|p| p.is_file())
+}
