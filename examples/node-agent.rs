@@ -5,6 +5,8 @@
 
 fn main() {
     println!("nodekit node-agent: not assembled yet.");
-    println!("The demo needs the native runtime, the native bridge plugin, the nftables router and the pod workers;");
+    println!(
+        "The demo needs the native runtime, the native bridge plugin, the nftables router and the pod workers;"
+    );
     println!("see CHANGELOG.md for what has landed.");
 }

@@ -83,7 +83,10 @@ pub struct Attachment {
 impl Attachment {
     /// The key of this attachment (container id and interface), as GC knows it.
     pub fn key(&self) -> AttachmentKey {
-        AttachmentKey { container_id: self.container_id.clone(), ifname: self.ifname.clone() }
+        AttachmentKey {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
     }
 }
 
@@ -180,8 +183,16 @@ fn is_default_dns(d: &Dns) -> bool {
 impl CniResult {
     /// The first address of each IP family assigned to the pod (its pod IPs).
     pub fn pod_ips(&self) -> Vec<IpAddr> {
-        let v4 = self.ips.iter().map(|c| c.address.addr()).find(IpAddr::is_ipv4);
-        let v6 = self.ips.iter().map(|c| c.address.addr()).find(IpAddr::is_ipv6);
+        let v4 = self
+            .ips
+            .iter()
+            .map(|c| c.address.addr())
+            .find(IpAddr::is_ipv4);
+        let v6 = self
+            .ips
+            .iter()
+            .map(|c| c.address.addr())
+            .find(IpAddr::is_ipv6);
         v4.into_iter().chain(v6).collect()
     }
 }
@@ -336,7 +347,13 @@ mod tests {
           "dns": {"nameservers": ["10.96.0.10"]}
         }"#;
         let r: CniResult = serde_json::from_str(json).unwrap();
-        assert_eq!(r.pod_ips().iter().map(|i| i.to_string()).collect::<Vec<_>>(), ["10.22.0.5", "fd00::5"]);
+        assert_eq!(
+            r.pod_ips()
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>(),
+            ["10.22.0.5", "fd00::5"]
+        );
         let again: CniResult = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
         assert_eq!(r, again);
         let v = serde_json::to_value(&r).unwrap();
@@ -347,7 +364,12 @@ mod tests {
     #[test]
     fn capability_args_use_spec_names() {
         let caps = CapabilityArgs {
-            port_mappings: vec![PortMapping { host_port: 8080, container_port: 80, protocol: "tcp".into(), host_ip: None }],
+            port_mappings: vec![PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: None,
+            }],
             ..Default::default()
         };
         let v = serde_json::to_value(&caps).unwrap();
@@ -358,9 +380,20 @@ mod tests {
 
     #[test]
     fn errors_carry_spec_codes() {
-        let e = CniError::Plugin { plugin: "bridge".into(), code: 7, msg: "bad".into(), details: String::new() };
+        let e = CniError::Plugin {
+            plugin: "bridge".into(),
+            code: 7,
+            msg: "bad".into(),
+            details: String::new(),
+        };
         assert_eq!(e.code(), 7);
         assert_eq!(e.to_string(), "plugin bridge failed with code 7: bad");
-        assert_eq!(CniError::IpamExhausted { range: "10.0.0.0/30".into() }.code(), 11);
+        assert_eq!(
+            CniError::IpamExhausted {
+                range: "10.0.0.0/30".into()
+            }
+            .code(),
+            11
+        );
     }
 }

@@ -114,8 +114,16 @@ pub struct PodRef {
 
 impl PodRef {
     /// A pod reference from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>, uid: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into(), uid: uid.into() }
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        uid: impl Into<String>,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
     }
 
     /// The reference of a pod object (`default` namespace and empty UID when unset).
@@ -167,7 +175,17 @@ spec:
         let pod: Pod = serde_saphyr::from_str(POD).expect("parse pod");
         assert_eq!(PodRef::of(&pod).to_string(), "shop/web");
         let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "128Mi");
+        assert_eq!(
+            spec.containers[0]
+                .resources
+                .as_ref()
+                .unwrap()
+                .limits
+                .as_ref()
+                .unwrap()["memory"]
+                .0,
+            "128Mi"
+        );
         let yaml = serde_saphyr::to_string(&pod).expect("serialize");
         let again: Pod = serde_saphyr::from_str(&yaml).expect("re-parse");
         assert_eq!(pod, again);
@@ -191,6 +209,9 @@ spec:
             field: "spec.containers".into(),
             message: "missing field".into(),
         };
-        assert_eq!(e.to_string(), "/etc/nodekit/manifests/web.yaml#1: spec.containers: missing field");
+        assert_eq!(
+            e.to_string(),
+            "/etc/nodekit/manifests/web.yaml#1: spec.containers: missing field"
+        );
     }
 }

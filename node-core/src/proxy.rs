@@ -29,8 +29,16 @@ pub struct ServicePortName {
 
 impl ServicePortName {
     /// A service port name from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>, port: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into(), port: port.into() }
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        port: impl Into<String>,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            port: port.into(),
+        }
     }
 }
 
@@ -45,7 +53,9 @@ impl fmt::Display for ServicePortName {
 }
 
 /// A transport protocol of a service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub enum Protocol {
     /// TCP (the default).
     #[default]
@@ -122,7 +132,15 @@ pub struct Endpoint {
 impl Endpoint {
     /// A ready, serving endpoint on no particular node.
     pub fn ready(ip: IpAddr, port: u16) -> Self {
-        Self { ip, port, ready: true, serving: true, terminating: false, node_name: None, zone: None }
+        Self {
+            ip,
+            port,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            zone: None,
+        }
     }
     /// Whether the endpoint runs on `node`.
     pub fn is_local(&self, node: &str) -> bool {
@@ -178,7 +196,10 @@ impl ServicePort {
             TrafficSource::Internal => self.internal_policy_local,
             TrafficSource::External => self.external_policy_local,
         };
-        let candidates = self.endpoints.iter().filter(|e| !local_only || e.is_local(node));
+        let candidates = self
+            .endpoints
+            .iter()
+            .filter(|e| !local_only || e.is_local(node));
         let ready: Vec<&Endpoint> = candidates.clone().filter(|e| e.ready).collect();
         if !ready.is_empty() {
             return ready;
@@ -192,8 +213,16 @@ impl ServicePort {
         self.cluster_ips
             .iter()
             .map(|ip| (*ip, TrafficSource::Internal))
-            .chain(self.external_ips.iter().map(|ip| (*ip, TrafficSource::External)))
-            .chain(self.load_balancer_ips.iter().map(|ip| (*ip, TrafficSource::External)))
+            .chain(
+                self.external_ips
+                    .iter()
+                    .map(|ip| (*ip, TrafficSource::External)),
+            )
+            .chain(
+                self.load_balancer_ips
+                    .iter()
+                    .map(|ip| (*ip, TrafficSource::External)),
+            )
     }
 }
 
@@ -320,7 +349,10 @@ mod tests {
     #[test]
     fn ready_endpoints_win_over_terminating() {
         let sp = ServicePort {
-            endpoints: vec![ep("10.0.0.1", "a", true, true, false), ep("10.0.0.2", "b", false, true, true)],
+            endpoints: vec![
+                ep("10.0.0.1", "a", true, true, false),
+                ep("10.0.0.2", "b", false, true, true),
+            ],
             ..Default::default()
         };
         let got = sp.usable_endpoints(TrafficSource::Internal, "a");
@@ -338,14 +370,20 @@ mod tests {
             ..Default::default()
         };
         let got = sp.usable_endpoints(TrafficSource::Internal, "a");
-        assert_eq!(got.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(), ["10.0.0.2"]);
+        assert_eq!(
+            got.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(),
+            ["10.0.0.2"]
+        );
     }
 
     #[test]
     fn local_policies_restrict_to_this_node() {
         let sp = ServicePort {
             external_policy_local: true,
-            endpoints: vec![ep("10.0.0.1", "a", true, true, false), ep("10.0.0.2", "b", true, true, false)],
+            endpoints: vec![
+                ep("10.0.0.1", "a", true, true, false),
+                ep("10.0.0.2", "b", true, true, false),
+            ],
             ..Default::default()
         };
         assert_eq!(sp.usable_endpoints(TrafficSource::External, "b").len(), 1);
@@ -355,8 +393,14 @@ mod tests {
 
     #[test]
     fn names_and_protocols_print_as_kubernetes_does() {
-        assert_eq!(ServicePortName::new("default", "web", "http").to_string(), "default/web:http");
-        assert_eq!(ServicePortName::new("default", "web", "").to_string(), "default/web");
+        assert_eq!(
+            ServicePortName::new("default", "web", "http").to_string(),
+            "default/web:http"
+        );
+        assert_eq!(
+            ServicePortName::new("default", "web", "").to_string(),
+            "default/web"
+        );
         assert_eq!("UDP".parse::<Protocol>().unwrap(), Protocol::Udp);
         assert!("ICMP".parse::<Protocol>().is_err());
         assert_eq!(serde_json::to_string(&Protocol::Sctp).unwrap(), "\"SCTP\"");

@@ -142,7 +142,8 @@ pub trait RuntimeBackend: Send + Sync {
     async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError>;
 
     /// Create and start a pod sandbox (namespaces, network); returns its id.
-    async fn run_pod_sandbox(&self, req: cri::RunPodSandboxRequest) -> Result<String, RuntimeError>;
+    async fn run_pod_sandbox(&self, req: cri::RunPodSandboxRequest)
+    -> Result<String, RuntimeError>;
     /// Stop a sandbox and every container in it, and tear down its network. Idempotent.
     async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
     /// Remove a stopped sandbox and its containers. Removing an unknown sandbox succeeds.
@@ -160,7 +161,10 @@ pub trait RuntimeBackend: Send + Sync {
     ) -> Result<Vec<cri::PodSandbox>, RuntimeError>;
 
     /// Create a container in a sandbox; returns its id.
-    async fn create_container(&self, req: cri::CreateContainerRequest) -> Result<String, RuntimeError>;
+    async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, RuntimeError>;
     /// Start a created container.
     async fn start_container(&self, id: &str) -> Result<(), RuntimeError>;
     /// Stop a container: its stop signal, then SIGKILL after `timeout`. Idempotent.
@@ -285,7 +289,10 @@ pub trait ImageBackend: Send + Sync {
         verbose: bool,
     ) -> Result<cri::ImageStatusResponse, RuntimeError>;
     /// The images matching a filter.
-    async fn list_images(&self, filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>, RuntimeError>;
+    async fn list_images(
+        &self,
+        filter: Option<cri::ImageFilter>,
+    ) -> Result<Vec<cri::Image>, RuntimeError>;
     /// Remove an image. Removing an absent image succeeds.
     async fn remove_image(&self, image: cri::ImageSpec) -> Result<(), RuntimeError>;
     /// The filesystems images and containers are stored on, and their usage.

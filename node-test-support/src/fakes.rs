@@ -12,14 +12,17 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use node_core::cri;
 use node_core::{
-    Attachment, AttachmentKey, CniError, CniPlugin, CniResult, ImageBackend, Interface, IpConfig, Node,
-    Pod, PodEvent, PodRef, PodSource, PodStatus, PodStream, ProxyState, RouterError, RuntimeBackend,
-    RuntimeError, ServiceRouter, SourceError, StatusError, StatusSink, SyncReport,
+    Attachment, AttachmentKey, CniError, CniPlugin, CniResult, ImageBackend, Interface, IpConfig,
+    Node, Pod, PodEvent, PodRef, PodSource, PodStatus, PodStream, ProxyState, RouterError,
+    RuntimeBackend, RuntimeError, ServiceRouter, SourceError, StatusError, StatusSink, SyncReport,
 };
 use tokio::sync::{mpsc, watch};
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 fn labels_match(have: &HashMap<String, String>, want: &HashMap<String, String>) -> bool {
@@ -33,7 +36,9 @@ struct Failures<E> {
 
 impl<E> Default for Failures<E> {
     fn default() -> Self {
-        Self { queue: HashMap::new() }
+        Self {
+            queue: HashMap::new(),
+        }
     }
 }
 
@@ -133,11 +138,15 @@ impl FakeRuntime {
 
     /// The next `exec_sync` answers this.
     pub fn push_exec_result(&self, exit_code: i32, stdout: &str) {
-        self.state.lock().unwrap().exec.push_back(cri::ExecSyncResponse {
-            stdout: stdout.as_bytes().to_vec(),
-            stderr: vec![],
-            exit_code,
-        });
+        self.state
+            .lock()
+            .unwrap()
+            .exec
+            .push_back(cri::ExecSyncResponse {
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: vec![],
+                exit_code,
+            });
     }
 
     /// Let a running container exit, as if its process ended.
@@ -158,12 +167,24 @@ impl FakeRuntime {
 
     /// Every sandbox.
     pub fn sandboxes(&self) -> Vec<FakeSandbox> {
-        self.state.lock().unwrap().sandboxes.values().cloned().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .sandboxes
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Every container.
     pub fn containers(&self) -> Vec<FakeContainer> {
-        self.state.lock().unwrap().containers.values().cloned().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Make every pull take this long.
@@ -171,7 +192,11 @@ impl FakeRuntime {
         self.state.lock().unwrap().pull_delay = delay;
     }
 
-    fn begin(&self, method: &'static str, what: &str) -> Result<std::sync::MutexGuard<'_, RuntimeState>, RuntimeError> {
+    fn begin(
+        &self,
+        method: &'static str,
+        what: &str,
+    ) -> Result<std::sync::MutexGuard<'_, RuntimeState>, RuntimeError> {
         let mut s = self.state.lock().unwrap();
         s.calls.push(format!("{method} {what}"));
         match s.failures.take(method) {
@@ -182,10 +207,16 @@ impl FakeRuntime {
 }
 
 fn sandbox_not_found(id: &str) -> RuntimeError {
-    RuntimeError::NotFound { kind: "pod sandbox", id: id.to_string() }
+    RuntimeError::NotFound {
+        kind: "pod sandbox",
+        id: id.to_string(),
+    }
 }
 fn container_not_found(id: &str) -> RuntimeError {
-    RuntimeError::NotFound { kind: "container", id: id.to_string() }
+    RuntimeError::NotFound {
+        kind: "container",
+        id: id.to_string(),
+    }
 }
 
 fn container_status_of(c: &FakeContainer, image_ref: String) -> cri::ContainerStatus {
@@ -222,16 +253,31 @@ impl RuntimeBackend for FakeRuntime {
 
     async fn status(&self, _verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
         let _s = self.begin("status", "")?;
-        let cond = |t: &str| cri::RuntimeCondition { r#type: t.into(), status: true, ..Default::default() };
+        let cond = |t: &str| cri::RuntimeCondition {
+            r#type: t.into(),
+            status: true,
+            ..Default::default()
+        };
         Ok(cri::StatusResponse {
-            status: Some(cri::RuntimeStatus { conditions: vec![cond("RuntimeReady"), cond("NetworkReady")] }),
+            status: Some(cri::RuntimeStatus {
+                conditions: vec![cond("RuntimeReady"), cond("NetworkReady")],
+            }),
             ..Default::default()
         })
     }
 
-    async fn run_pod_sandbox(&self, req: cri::RunPodSandboxRequest) -> Result<String, RuntimeError> {
-        let config = req.config.ok_or_else(|| RuntimeError::InvalidArgument("sandbox config is required".into()))?;
-        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+    async fn run_pod_sandbox(
+        &self,
+        req: cri::RunPodSandboxRequest,
+    ) -> Result<String, RuntimeError> {
+        let config = req
+            .config
+            .ok_or_else(|| RuntimeError::InvalidArgument("sandbox config is required".into()))?;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let mut s = self.begin("run_pod_sandbox", &name)?;
         s.next += 1;
         let n = s.next;
@@ -239,7 +285,13 @@ impl RuntimeBackend for FakeRuntime {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 88, (n / 250) as u8, (n % 250 + 2) as u8));
         s.sandboxes.insert(
             id.clone(),
-            FakeSandbox { id: id.clone(), config, state: cri::PodSandboxState::SandboxReady, created_at: now_ns(), ip },
+            FakeSandbox {
+                id: id.clone(),
+                config,
+                state: cri::PodSandboxState::SandboxReady,
+                created_at: now_ns(),
+                ip,
+            },
         );
         Ok(id)
     }
@@ -267,7 +319,11 @@ impl RuntimeBackend for FakeRuntime {
         Ok(())
     }
 
-    async fn pod_sandbox_status(&self, id: &str, _verbose: bool) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
+    async fn pod_sandbox_status(
+        &self,
+        id: &str,
+        _verbose: bool,
+    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
         let s = self.begin("pod_sandbox_status", id)?;
         let sb = s.sandboxes.get(id).ok_or_else(|| sandbox_not_found(id))?;
         Ok(cri::PodSandboxStatusResponse {
@@ -276,7 +332,10 @@ impl RuntimeBackend for FakeRuntime {
                 metadata: sb.config.metadata.clone(),
                 state: sb.state as i32,
                 created_at: sb.created_at,
-                network: Some(cri::PodSandboxNetworkStatus { ip: sb.ip.to_string(), ..Default::default() }),
+                network: Some(cri::PodSandboxNetworkStatus {
+                    ip: sb.ip.to_string(),
+                    ..Default::default()
+                }),
                 labels: sb.config.labels.clone(),
                 annotations: sb.config.annotations.clone(),
                 ..Default::default()
@@ -285,13 +344,20 @@ impl RuntimeBackend for FakeRuntime {
         })
     }
 
-    async fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+    async fn list_pod_sandbox(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
         let s = self.begin("list_pod_sandbox", "")?;
         let f = filter.unwrap_or_default();
         Ok(s.sandboxes
             .values()
             .filter(|sb| f.id.is_empty() || sb.id == f.id)
-            .filter(|sb| f.state.as_ref().is_none_or(|st| st.state == sb.state as i32))
+            .filter(|sb| {
+                f.state
+                    .as_ref()
+                    .is_none_or(|st| st.state == sb.state as i32)
+            })
             .filter(|sb| labels_match(&sb.config.labels, &f.label_selector))
             .map(|sb| cri::PodSandbox {
                 id: sb.id.clone(),
@@ -305,16 +371,32 @@ impl RuntimeBackend for FakeRuntime {
             .collect())
     }
 
-    async fn create_container(&self, req: cri::CreateContainerRequest) -> Result<String, RuntimeError> {
-        let config = req.config.ok_or_else(|| RuntimeError::InvalidArgument("container config is required".into()))?;
-        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+    async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, RuntimeError> {
+        let config = req
+            .config
+            .ok_or_else(|| RuntimeError::InvalidArgument("container config is required".into()))?;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let mut s = self.begin("create_container", &name)?;
         if !s.sandboxes.contains_key(&req.pod_sandbox_id) {
             return Err(sandbox_not_found(&req.pod_sandbox_id));
         }
-        let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let image = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
         if !s.images.contains_key(&image) {
-            return Err(RuntimeError::NotFound { kind: "image", id: image });
+            return Err(RuntimeError::NotFound {
+                kind: "image",
+                id: image,
+            });
         }
         s.next += 1;
         let id = format!("container-{:04}", s.next);
@@ -337,9 +419,14 @@ impl RuntimeBackend for FakeRuntime {
 
     async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
         let mut s = self.begin("start_container", id)?;
-        let c = s.containers.get_mut(id).ok_or_else(|| container_not_found(id))?;
+        let c = s
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| container_not_found(id))?;
         if c.state != cri::ContainerState::ContainerCreated {
-            return Err(RuntimeError::FailedPrecondition(format!("container {id} is not in created state")));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {id} is not in created state"
+            )));
         }
         c.state = cri::ContainerState::ContainerRunning;
         c.started_at = now_ns();
@@ -348,7 +435,10 @@ impl RuntimeBackend for FakeRuntime {
 
     async fn stop_container(&self, id: &str, _timeout: Duration) -> Result<(), RuntimeError> {
         let mut s = self.begin("stop_container", id)?;
-        let c = s.containers.get_mut(id).ok_or_else(|| container_not_found(id))?;
+        let c = s
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| container_not_found(id))?;
         if c.state == cri::ContainerState::ContainerRunning {
             c.state = cri::ContainerState::ContainerExited;
             c.exit_code = 143;
@@ -364,15 +454,37 @@ impl RuntimeBackend for FakeRuntime {
         Ok(())
     }
 
-    async fn container_status(&self, id: &str, _verbose: bool) -> Result<cri::ContainerStatusResponse, RuntimeError> {
+    async fn container_status(
+        &self,
+        id: &str,
+        _verbose: bool,
+    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
         let s = self.begin("container_status", id)?;
-        let c = s.containers.get(id).ok_or_else(|| container_not_found(id))?;
-        let image = c.config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
-        let image_ref = s.images.get(&image).map(|i| i.id.clone()).unwrap_or_default();
-        Ok(cri::ContainerStatusResponse { status: Some(container_status_of(c, image_ref)), ..Default::default() })
+        let c = s
+            .containers
+            .get(id)
+            .ok_or_else(|| container_not_found(id))?;
+        let image = c
+            .config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image_ref = s
+            .images
+            .get(&image)
+            .map(|i| i.id.clone())
+            .unwrap_or_default();
+        Ok(cri::ContainerStatusResponse {
+            status: Some(container_status_of(c, image_ref)),
+            ..Default::default()
+        })
     }
 
-    async fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>, RuntimeError> {
+    async fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>, RuntimeError> {
         let s = self.begin("list_containers", "")?;
         let f = filter.unwrap_or_default();
         Ok(s.containers
@@ -396,11 +508,21 @@ impl RuntimeBackend for FakeRuntime {
             .collect())
     }
 
-    async fn exec_sync(&self, id: &str, _cmd: Vec<String>, _timeout: Duration) -> Result<cri::ExecSyncResponse, RuntimeError> {
+    async fn exec_sync(
+        &self,
+        id: &str,
+        _cmd: Vec<String>,
+        _timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
         let mut s = self.begin("exec_sync", id)?;
-        let c = s.containers.get(id).ok_or_else(|| container_not_found(id))?;
+        let c = s
+            .containers
+            .get(id)
+            .ok_or_else(|| container_not_found(id))?;
         if c.state != cri::ContainerState::ContainerRunning {
-            return Err(RuntimeError::FailedPrecondition(format!("container {id} is not running")));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
         }
         Ok(s.exec.pop_front().unwrap_or_default())
     }
@@ -425,12 +547,22 @@ impl ImageBackend for FakeRuntime {
         Ok(self.state.lock().unwrap().images[&image.image].id.clone())
     }
 
-    async fn image_status(&self, image: cri::ImageSpec, _verbose: bool) -> Result<cri::ImageStatusResponse, RuntimeError> {
+    async fn image_status(
+        &self,
+        image: cri::ImageSpec,
+        _verbose: bool,
+    ) -> Result<cri::ImageStatusResponse, RuntimeError> {
         let s = self.begin("image_status", &image.image)?;
-        Ok(cri::ImageStatusResponse { image: s.images.get(&image.image).cloned(), info: Default::default() })
+        Ok(cri::ImageStatusResponse {
+            image: s.images.get(&image.image).cloned(),
+            info: Default::default(),
+        })
     }
 
-    async fn list_images(&self, _filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>, RuntimeError> {
+    async fn list_images(
+        &self,
+        _filter: Option<cri::ImageFilter>,
+    ) -> Result<Vec<cri::Image>, RuntimeError> {
         let s = self.begin("list_images", "")?;
         Ok(s.images.values().cloned().collect())
     }
@@ -534,7 +666,13 @@ impl FakeCni {
     }
     /// The attachments held now.
     pub fn attached(&self) -> Vec<AttachmentKey> {
-        self.state.lock().unwrap().attached.keys().cloned().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .attached
+            .keys()
+            .cloned()
+            .collect()
     }
     /// The calls made so far (`add <id>`, `del <id>`...).
     pub fn calls(&self) -> Vec<String> {
@@ -544,7 +682,11 @@ impl FakeCni {
     pub fn fail_next(&self, method: &'static str, error: CniError) {
         self.state.lock().unwrap().failures.push(method, error);
     }
-    fn begin(&self, method: &'static str, what: &str) -> Result<std::sync::MutexGuard<'_, CniState>, CniError> {
+    fn begin(
+        &self,
+        method: &'static str,
+        what: &str,
+    ) -> Result<std::sync::MutexGuard<'_, CniState>, CniError> {
         let mut s = self.state.lock().unwrap();
         s.calls.push(format!("{method} {what}"));
         match s.failures.take(method) {
@@ -566,7 +708,11 @@ impl CniPlugin for FakeCni {
         let ip = Ipv4Addr::new(10, 88, (n / 250) as u8, (n % 250 + 2) as u8);
         let result = CniResult {
             cni_version: "1.1.0".into(),
-            interfaces: vec![Interface { name: a.ifname.clone(), sandbox: a.netns.display().to_string(), ..Default::default() }],
+            interfaces: vec![Interface {
+                name: a.ifname.clone(),
+                sandbox: a.netns.display().to_string(),
+                ..Default::default()
+            }],
             ips: vec![IpConfig {
                 address: format!("{ip}/16").parse().expect("valid"),
                 gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 88, 0, 1))),
@@ -587,7 +733,12 @@ impl CniPlugin for FakeCni {
         if s.attached.contains_key(&a.key()) {
             Ok(())
         } else {
-            Err(CniError::Plugin { plugin: "fake".into(), code: 3, msg: format!("no attachment {}", a.container_id), details: String::new() })
+            Err(CniError::Plugin {
+                plugin: "fake".into(),
+                code: 3,
+                msg: format!("no attachment {}", a.container_id),
+                details: String::new(),
+            })
         }
     }
     async fn status(&self) -> Result<(), CniError> {
@@ -620,7 +771,10 @@ pub struct FakeStatusSink {
 
 impl Default for FakeStatusSink {
     fn default() -> Self {
-        Self { state: Arc::default(), changed: Arc::new(watch::channel(0).0) }
+        Self {
+            state: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        }
     }
 }
 
@@ -658,7 +812,12 @@ impl FakeStatusSink {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return Err(format!("condition not met within {timeout:?}; pods: {:#?}", self.pods())),
+                _ => {
+                    return Err(format!(
+                        "condition not met within {timeout:?}; pods: {:#?}",
+                        self.pods()
+                    ));
+                }
             }
         }
     }
@@ -726,36 +885,52 @@ pub struct ScriptedPodSource {
 impl ScriptedPodSource {
     /// A source with this name and no pods.
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_string(), state: Arc::default() }
+        Self {
+            name: name.to_string(),
+            state: Arc::default(),
+        }
     }
     /// Add or update a pod.
     pub fn apply(&self, pod: Pod) {
         let mut s = self.state.lock().unwrap();
         s.pods.insert(PodRef::of(&pod), pod.clone());
-        s.watchers.retain(|w| w.send(Ok(PodEvent::Apply(pod.clone()))).is_ok());
+        s.watchers
+            .retain(|w| w.send(Ok(PodEvent::Apply(pod.clone()))).is_ok());
     }
     /// Remove a pod.
     pub fn delete(&self, pod: &Pod) {
         let mut s = self.state.lock().unwrap();
         s.pods.remove(&PodRef::of(pod));
-        s.watchers.retain(|w| w.send(Ok(PodEvent::Delete(pod.clone()))).is_ok());
+        s.watchers
+            .retain(|w| w.send(Ok(PodEvent::Delete(pod.clone()))).is_ok());
     }
     /// Send an error item to every watcher.
     pub fn fail(&self, origin: &str, message: &str) {
         let mut s = self.state.lock().unwrap();
         s.watchers.retain(|w| {
-            w.send(Err(SourceError::Remote { origin: origin.into(), message: message.into() })).is_ok()
+            w.send(Err(SourceError::Remote {
+                origin: origin.into(),
+                message: message.into(),
+            }))
+            .is_ok()
         });
     }
     /// Send a fresh snapshot of the current pods to every watcher (as after a re-list).
     pub fn resnapshot(&self) {
         let mut s = self.state.lock().unwrap();
         let pods: Vec<Pod> = s.pods.values().cloned().collect();
-        s.watchers.retain(|w| snapshot(&pods).into_iter().all(|e| w.send(e).is_ok()));
+        s.watchers
+            .retain(|w| snapshot(&pods).into_iter().all(|e| w.send(e).is_ok()));
     }
     /// How many watches are open.
     pub fn watchers(&self) -> usize {
-        self.state.lock().unwrap().watchers.iter().filter(|w| !w.is_closed()).count()
+        self.state
+            .lock()
+            .unwrap()
+            .watchers
+            .iter()
+            .filter(|w| !w.is_closed())
+            .count()
     }
 }
 

@@ -14,11 +14,12 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// The busybox applets linked into `/bin` of the test image.
 pub const APPLETS: &[&str] = &[
-    "sh", "ash", "ls", "cat", "echo", "sleep", "httpd", "nc", "wget", "hostname", "id", "ps", "mount",
-    "true", "false", "env", "grep", "head", "tail", "dd", "kill", "mkdir", "rm", "touch", "ip", "ifconfig",
-    "ping", "date", "yes", "seq", "wc", "test", "[", "printf", "stat", "uname", "whoami", "df", "free",
-    "top", "mkfifo", "tr", "sed", "awk", "cut", "sort", "xargs", "find", "chmod", "chown", "ln", "cp",
-    "mv", "pwd", "nslookup", "timeout", "sync", "usleep", "udhcpc", "route", "netstat", "umount",
+    "sh", "ash", "ls", "cat", "echo", "sleep", "httpd", "nc", "wget", "hostname", "id", "ps",
+    "mount", "true", "false", "env", "grep", "head", "tail", "dd", "kill", "mkdir", "rm", "touch",
+    "ip", "ifconfig", "ping", "date", "yes", "seq", "wc", "test", "[", "printf", "stat", "uname",
+    "whoami", "df", "free", "top", "mkfifo", "tr", "sed", "awk", "cut", "sort", "xargs", "find",
+    "chmod", "chown", "ln", "cp", "mv", "pwd", "nslookup", "timeout", "sync", "usleep", "udhcpc",
+    "route", "netstat", "umount",
 ];
 
 /// One content-addressed blob of an image.
@@ -35,7 +36,11 @@ pub struct Blob {
 impl Blob {
     /// A blob of these bytes.
     pub fn new(media_type: &str, bytes: Vec<u8>) -> Self {
-        Self { media_type: media_type.to_string(), digest: sha256_digest(&bytes), bytes }
+        Self {
+            media_type: media_type.to_string(),
+            digest: sha256_digest(&bytes),
+            bytes,
+        }
     }
     /// Its OCI descriptor.
     pub fn descriptor(&self) -> serde_json::Value {
@@ -84,7 +89,11 @@ impl TestImage {
     /// A builder of an image that holds only the files added (a sandbox "pause" image can be
     /// busybox with `sleep` as its command instead).
     pub fn empty() -> TestImageBuilder {
-        TestImageBuilder { busybox: false, cmd: vec![], ..Self::busybox() }
+        TestImageBuilder {
+            busybox: false,
+            cmd: vec![],
+            ..Self::busybox()
+        }
     }
 
     /// The manifest's digest: the image's id in a registry.
@@ -111,7 +120,11 @@ impl TestImage {
 impl TestImageBuilder {
     /// Add a file (parent directories are created); `mode` like `0o755`.
     pub fn file(mut self, path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
-        self.files.push((path.trim_start_matches('/').to_string(), contents.into(), mode));
+        self.files.push((
+            path.trim_start_matches('/').to_string(),
+            contents.into(),
+            mode,
+        ));
         self
     }
     /// The image's `Cmd`.
@@ -152,20 +165,40 @@ impl TestImageBuilder {
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "nodekit test image"}],
         });
-        let config = Blob::new("application/vnd.oci.image.config.v1+json", serde_json::to_vec(&config)?);
+        let config = Blob::new(
+            "application/vnd.oci.image.config.v1+json",
+            serde_json::to_vec(&config)?,
+        );
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": config.descriptor(),
             "layers": [layer.descriptor()],
         });
-        let manifest = Blob::new("application/vnd.oci.image.manifest.v1+json", serde_json::to_vec(&manifest)?);
-        Ok(TestImage { layers: vec![layer], config, manifest })
+        let manifest = Blob::new(
+            "application/vnd.oci.image.manifest.v1+json",
+            serde_json::to_vec(&manifest)?,
+        );
+        Ok(TestImage {
+            layers: vec![layer],
+            config,
+            manifest,
+        })
     }
 
     fn layer_tar(&self) -> io::Result<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
-        let mut dirs: Vec<String> = vec!["bin".into(), "etc".into(), "tmp".into(), "proc".into(), "sys".into(), "dev".into(), "root".into(), "var".into(), "var/www".into()];
+        let mut dirs: Vec<String> = vec![
+            "bin".into(),
+            "etc".into(),
+            "tmp".into(),
+            "proc".into(),
+            "sys".into(),
+            "dev".into(),
+            "root".into(),
+            "var".into(),
+            "var/www".into(),
+        ];
         for (path, _, _) in &self.files {
             let mut p = Path::new(path).parent();
             while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
@@ -184,7 +217,9 @@ impl TestImageBuilder {
             b.append_data(&mut h, format!("{d}/"), io::empty())?;
         }
         if self.busybox {
-            let bin = std::fs::read(BUSYBOX).map_err(|e| io::Error::new(e.kind(), format!("{BUSYBOX}: {e} (install busybox-static)")))?;
+            let bin = std::fs::read(BUSYBOX).map_err(|e| {
+                io::Error::new(e.kind(), format!("{BUSYBOX}: {e} (install busybox-static)"))
+            })?;
             append_file(&mut b, "bin/busybox", &bin, 0o755)?;
             for a in APPLETS {
                 let mut h = tar::Header::new_gnu();
@@ -194,7 +229,12 @@ impl TestImageBuilder {
                 h.set_mtime(0);
                 b.append_link(&mut h, format!("bin/{a}"), "busybox")?;
             }
-            append_file(&mut b, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", 0o644)?;
+            append_file(
+                &mut b,
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+                0o644,
+            )?;
             append_file(&mut b, "etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
         }
         for (path, data, mode) in &self.files {
@@ -204,7 +244,12 @@ impl TestImageBuilder {
     }
 }
 
-fn append_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+fn append_file(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(mode);
@@ -222,21 +267,36 @@ mod tests {
         if !crate::require_path("image_is_content_addressed_and_layout_is_written", BUSYBOX) {
             return;
         }
-        let img = TestImage::busybox().file("/srv/hello.txt", "hi\n", 0o644).build().unwrap();
+        let img = TestImage::busybox()
+            .file("/srv/hello.txt", "hi\n", 0o644)
+            .build()
+            .unwrap();
         assert_eq!(img.manifest.digest, sha256_digest(&img.manifest.bytes));
         let m: serde_json::Value = serde_json::from_slice(&img.manifest.bytes).unwrap();
         assert_eq!(m["layers"][0]["digest"], img.layers[0].digest);
         let dir = tempfile::tempdir().unwrap();
         img.write_oci_layout(dir.path(), "latest").unwrap();
-        assert!(dir.path().join("blobs/sha256").join(img.digest().trim_start_matches("sha256:")).exists());
+        assert!(
+            dir.path()
+                .join("blobs/sha256")
+                .join(img.digest().trim_start_matches("sha256:"))
+                .exists()
+        );
         // the layer holds busybox and the added file
         let gz = flate2::read::GzDecoder::new(&img.layers[0].bytes[..]);
         let mut ar = tar::Archive::new(gz);
-        let names: Vec<String> = ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
         assert!(names.contains(&"bin/busybox".to_string()));
         assert!(names.contains(&"srv/hello.txt".to_string()));
         // the same input gives the same digest (reproducible)
-        let again = TestImage::busybox().file("/srv/hello.txt", "hi\n", 0o644).build().unwrap();
+        let again = TestImage::busybox()
+            .file("/srv/hello.txt", "hi\n", 0o644)
+            .build()
+            .unwrap();
         assert_eq!(again.digest(), img.digest());
     }
 }

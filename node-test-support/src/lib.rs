@@ -9,15 +9,19 @@ pub mod fakes;
 pub mod image;
 pub mod netns;
 pub mod registry;
+pub mod topology;
 
 pub use fakes::{FakeCni, FakeRouter, FakeRuntime, FakeStatusSink, ScriptedPodSource};
 pub use image::{Blob, TestImage};
 pub use netns::{NetnsFixture, connect_veth};
 pub use registry::LocalRegistry;
+pub use topology::{ServiceTopology, tcp_request, tcp_spread, udp_request};
 
 /// Whether tests run in CI (`CI=true`), where a missing prerequisite is a failure, not a skip.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Whether the test may go on as root. Not root: under CI this panics; locally it prints why the
@@ -61,5 +65,7 @@ fn skip_or_fail(test: &str, why: &str) -> bool {
 /// The full path of `command` on the PATH.
 pub fn which(command: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(command)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(command))
+        .find(|p| p.is_file())
 }

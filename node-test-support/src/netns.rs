@@ -15,7 +15,7 @@ pub const PREFIX: &str = "nkt-";
 
 /// A named network namespace (`ip netns add`) that lives as long as this value.
 ///
-/// Its loopback is up. Dropping it kills every process inside and deletes the namespace, also
+/// Its loopback is up and IPv6 duplicate address detection is off. Dropping it kills every process inside and deletes the namespace, also
 /// while a test panics. [`NetnsFixture::sweep_stale`] removes namespaces left by test processes
 /// that were killed.
 #[derive(Debug)]
@@ -28,11 +28,18 @@ impl NetnsFixture {
     pub fn new(label: &str) -> io::Result<Self> {
         Self::sweep_stale();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let label: String = label.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let label: String = label
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
         let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
         run_ok(Command::new("ip").args(["netns", "add", &name]))?;
         let fixture = Self { name };
-        fixture.sh("ip link set lo up")?;
+        // no duplicate address detection: IPv6 addresses are usable at once in test namespaces
+        fixture.sh(
+            "sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0 2>/dev/null; ip link set lo up",
+        )?;
         Ok(fixture)
     }
 
@@ -61,7 +68,10 @@ impl NetnsFixture {
 
     /// Start a long-running shell command inside the namespace (killed on drop at the latest).
     pub fn spawn(&self, script: &str) -> io::Result<Child> {
-        self.command("sh").args(["-c", script]).stdin(Stdio::null()).spawn()
+        self.command("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .spawn()
     }
 
     /// Run `f` on a new thread that has entered this namespace, and return its result.
@@ -95,11 +105,17 @@ impl NetnsFixture {
 
     /// Delete namespaces left behind by test processes that no longer exist.
     pub fn sweep_stale() {
-        let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 kill_pids_of(&name);
                 let _ = Command::new("ip").args(["netns", "del", &name]).status();
@@ -111,12 +127,19 @@ impl NetnsFixture {
 impl Drop for NetnsFixture {
     fn drop(&mut self) {
         kill_pids_of(&self.name);
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 fn kill_pids_of(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).stderr(Stdio::null()).output() {
+    if let Ok(out) = Command::new("ip")
+        .args(["netns", "pids", name])
+        .stderr(Stdio::null())
+        .output()
+    {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
                 // SAFETY: kill with a pid read from the kernel; a stale pid at worst fails.
@@ -136,10 +159,25 @@ pub fn connect_veth(
     b_addr: &str,
 ) -> io::Result<()> {
     run_ok(Command::new("ip").args([
-        "-n", a.name(), "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name(),
+        "-n",
+        a.name(),
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
     ]))?;
-    a.sh(&format!("ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"))?;
-    b.sh(&format!("ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"))?;
+    a.sh(&format!(
+        "ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"
+    ))?;
+    b.sh(&format!(
+        "ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"
+    ))?;
     Ok(())
 }
 
