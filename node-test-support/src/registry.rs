@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::image::{Blob, TestImage};
 
+/// An HTTP answer: status, headers (lowercase names) and body.
+pub type HttpAnswer = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A `docker-registry` process serving on 127.0.0.1 (plain HTTP), stopped on drop.
 #[derive(Debug)]
 pub struct LocalRegistry {
@@ -138,7 +141,7 @@ impl LocalRegistry {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    ) -> io::Result<HttpAnswer> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut req = format!(
