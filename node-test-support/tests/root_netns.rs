@@ -13,15 +13,19 @@ fn netns_is_removed_after_a_panic() {
         return;
     }
     let name = std::sync::Mutex::new(String::new());
+    let child = std::sync::Mutex::new(None);
     let result = std::panic::catch_unwind(|| {
         let ns = NetnsFixture::new("panic").unwrap();
         *name.lock().unwrap() = ns.name().to_string();
         assert!(ns.path().exists());
         // a process inside must not keep it alive
-        let _child = ns.spawn("sleep 600").unwrap();
+        *child.lock().unwrap() = Some(ns.spawn("sleep 600").unwrap());
         panic!("deliberate");
     });
     assert!(result.is_err());
+    // the fixture killed the process inside on drop: reap it
+    let status = child.into_inner().unwrap().unwrap().wait().unwrap();
+    assert!(!status.success());
     let name = name.into_inner().unwrap();
     assert!(!name.is_empty());
     assert!(
