@@ -2,9 +2,15 @@
 //!
 //! - [`exec`]: [`ExecCni`], the CNI spec runtime that executes plugin binaries from conflists
 //!   (chains, result cache, VERSION, CHECK, STATUS, GC), like libcni.
+//! - [`bridge`]: [`BridgePlugin`], a native in-process plugin over rtnetlink (bridge, veth pairs
+//!   created inside the pod's namespace, leases on disk in host-local's layout, nftables
+//!   masquerade and host ports).
 //! - [`version`]: CNI spec versions.
 
+pub mod bridge;
 pub mod exec;
+mod rtnl;
 pub mod version;
 
+pub use bridge::{BridgeConfig, BridgePlugin};
 pub use exec::{ExecCni, ExecConfig, NetworkConfigList};
