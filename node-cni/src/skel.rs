@@ -1,7 +1,7 @@
 //! The CNI plugin side of the protocol, for shipping a [`CniPlugin`] as a plugin binary: read
 //! `CNI_*` from the environment and the network config from stdin, run the command, and answer
 //! with the result JSON or a spec error JSON (and its exit status), like libcni's `skel`.
-//! The `nodekit-bridge` binary is [`BridgePlugin`](crate::BridgePlugin) behind this.
+//! The `nodekit-bridge` binary is [`BridgePlugin`] behind this.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -274,7 +274,8 @@ mod tests {
     fn bad_invocations_get_spec_errors() {
         let conf =
             br#"{"cniVersion":"1.1.0","name":"n","type":"nodekit-bridge","subnet":"10.9.0.0/24"}"#;
-        let cases: Vec<(HashMap<String, String>, &[u8], u32, &str)> = vec![
+        type Case<'a> = (HashMap<String, String>, &'a [u8], u32, &'a str);
+        let cases: Vec<Case<'_>> = vec![
             (env("ADD"), b"{nope", 6, "decode"),
             (
                 env("ADD"),

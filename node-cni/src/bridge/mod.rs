@@ -5,7 +5,7 @@
 //! veth pair whose pod end is created directly inside the pod's namespace (IFLA_NET_NS_FD on
 //! the peer, not created then moved), hairpin mode on the bridge port, then inside the pod:
 //! loopback up, the addresses and default routes. Optional masquerade and host ports go to an
-//! nftables table of our own ([`nft`]). An ADD that fails midway is undone; DEL is idempotent;
+//! nftables table of our own (`inet nodekit_<network>`). An ADD that fails midway is undone; DEL is idempotent;
 //! GC releases what attachments no longer valid hold.
 //!
 //! The node is the network namespace of the thread calling the plugin; pod-side work happens
