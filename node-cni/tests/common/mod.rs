@@ -1,0 +1,152 @@
+//! Shared helpers of node-cni's root tests: unique names, attachments, what is left on a node.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use node_core::{Attachment, PodRef};
+use node_test_support::NetnsFixture;
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique to this test process run (bridge names, subnets).
+pub fn unique() -> u32 {
+    (std::process::id() % 200) * 50 + N.fetch_add(1, Ordering::SeqCst) % 50
+}
+
+/// A bridge name unique to the test (`nkb<n>`).
+pub fn bridge_name() -> String {
+    format!("nkb{}", unique())
+}
+
+/// A /24 unique to the test, in 10.128.0.0/9 (`10.x.y.0/24`).
+pub fn subnet24() -> (String, String) {
+    let u = unique();
+    let (x, y) = (128 + (u / 256) % 128, u % 256);
+    (format!("10.{x}.{y}.0/24"), format!("10.{x}.{y}.1"))
+}
+
+/// An attachment of `pod` on `eth0`.
+pub fn attachment(pod: &NetnsFixture, id: &str) -> Attachment {
+    Attachment {
+        container_id: id.to_string(),
+        netns: pod.path(),
+        ifname: "eth0".into(),
+        pod: PodRef::new("default", id, format!("uid-{id}")),
+        capabilities: Default::default(),
+    }
+}
+
+/// The interfaces enslaved to `bridge` in `node`.
+pub fn bridge_ports(node: &NetnsFixture, bridge: &str) -> Vec<String> {
+    node.sh(&format!(
+        "ip -o link show master {bridge} 2>/dev/null || true"
+    ))
+    .unwrap()
+    .lines()
+    .filter_map(|l| {
+        l.split(':')
+            .nth(1)
+            .map(|n| n.trim().split('@').next().unwrap().to_string())
+    })
+    .collect()
+}
+
+/// The veth interfaces in `node`.
+pub fn veths(node: &NetnsFixture) -> Vec<String> {
+    node.sh("ip -o link show type veth")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)
+                .map(|n| n.trim().split('@').next().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// The leased addresses (host-local layout) in `dir`.
+pub fn leases(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether `pod` has an interface named `ifname`.
+pub fn has_link(pod: &NetnsFixture, ifname: &str) -> bool {
+    pod.sh(&format!(
+        "ip link show {ifname} >/dev/null 2>&1 && echo yes || true"
+    ))
+    .unwrap()
+    .trim()
+        == "yes"
+}
+
+/// Ping `ip` once from `from`, retrying for up to 5 s.
+pub fn ping(from: &NetnsFixture, ip: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if from
+            .sh(&format!("/bin/busybox ping -c1 -W1 {ip} >/dev/null"))
+            .is_ok()
+        {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process in a namespace, killed and reaped on drop.
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Serve `body` over HTTP on `port` in `pod` (busybox httpd) while the returned value lives.
+pub fn serve_http(pod: &NetnsFixture, dir: &Path, port: u16, body: &str) -> Server {
+    std::fs::write(dir.join("index.html"), body).unwrap();
+    Server(
+        pod.spawn(&format!(
+            "exec /bin/busybox httpd -f -p {port} -h {}",
+            dir.display()
+        ))
+        .unwrap(),
+    )
+}
+
+/// GET `url` from `from`, retrying for up to 5 s; the body, if any answered.
+pub fn http_get(from: &NetnsFixture, url: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(body) = from.sh(&format!("timeout 2 /bin/busybox wget -q -O - {url}")) {
+            return Some(body);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A tokio runtime for a thread inside a namespace.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

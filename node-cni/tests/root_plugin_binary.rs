@@ -1,0 +1,113 @@
+//! Root tests: the `nodekit-bridge` plugin binary executed through [`ExecCni`], speaking the
+//! CNI protocol (ADD, CHECK, DEL, STATUS, GC, VERSION) inside throwaway namespaces.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use node_cni::{ExecCni, ExecConfig};
+use node_core::{CniPlugin, PortMapping};
+use node_test_support::{NetnsFixture, require_command, require_path, require_root};
+
+#[test]
+fn plugin_binary_adds_checks_deletes_and_collects_through_exec_cni() {
+    let test = "plugin_binary_adds_checks_deletes_and_collects_through_exec_cni";
+    if !(require_root(test) && require_command(test, "nft") && require_path(test, "/bin/busybox")) {
+        return;
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_nodekit-bridge"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (subnet, gateway) = subnet24();
+    let bridge = bridge_name();
+    let conf_dir = tmp.path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::write(
+        conf_dir.join("10-nodekit.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.1.0","name":"nkt-bin","plugins":[
+              {{"type":"nodekit-bridge","bridge":"{bridge}","subnets":["{subnet}"],
+                "dataDir":"{d}/leases","stateDir":"{d}/state","capabilities":{{"portMappings":true}}}}]}}"#,
+            d = tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let lease_dir = tmp.path().join("leases/nkt-bin");
+    let node = NetnsFixture::new("node").unwrap();
+    let pod1 = NetnsFixture::new("pod1").unwrap();
+    let pod2 = NetnsFixture::new("pod2").unwrap();
+    let web = tempfile::tempdir().unwrap();
+    node.run_in(|| {
+        runtime().block_on(async {
+            let cfg = ExecConfig::default()
+                .conf_dir(&conf_dir)
+                .bin_dirs([bin.parent().unwrap().to_path_buf()])
+                .cache_dir(tmp.path().join("cache"))
+                .timeout(std::time::Duration::from_secs(30));
+            let cni = ExecCni::new(cfg).unwrap();
+            assert_eq!(
+                cni.plugin_versions("nodekit-bridge").await.unwrap(),
+                ["0.4.0", "1.0.0", "1.1.0"]
+            );
+            cni.status().await.unwrap();
+
+            let mut a1 = attachment(&pod1, "b-one");
+            a1.capabilities.port_mappings = vec![PortMapping {
+                host_port: 18082,
+                container_port: 8080,
+                protocol: "tcp".into(),
+                host_ip: None,
+            }];
+            let a2 = attachment(&pod2, "b-two");
+            let r1 = cni.add(&a1).await.unwrap();
+            let r2 = cni.add(&a2).await.unwrap();
+            assert_eq!(r1.cni_version, "1.1.0");
+            let (ip1, ip2) = (r1.pod_ips()[0].to_string(), r2.pod_ips()[0].to_string());
+            assert!(
+                subnet
+                    .parse::<ipnet::IpNet>()
+                    .unwrap()
+                    .contains(&r1.pod_ips()[0])
+            );
+            assert!(
+                ping(&node, &ip1) && ping(&pod2, &ip1),
+                "{ip1} does not answer"
+            );
+            let _server = serve_http(&pod1, web.path(), 8080, "binary pod1");
+            assert_eq!(
+                http_get(&node, &format!("http://{gateway}:18082/")).as_deref(),
+                Some("binary pod1")
+            );
+
+            cni.check(&a1).await.unwrap();
+            cni.check(&a2).await.unwrap();
+            pod1.sh(&format!("ip addr del {ip1}/24 dev eth0")).unwrap();
+            let e = cni.check(&a1).await.unwrap_err();
+            assert!(
+                e.to_string().contains("nodekit-bridge") && e.to_string().contains(&ip1),
+                "{e}"
+            );
+
+            cni.del(&a1).await.unwrap();
+            assert!(!has_link(&pod1, "eth0"));
+            assert_eq!(leases(&lease_dir), vec![ip2.clone()]);
+            assert!(http_get(&node, &format!("http://{gateway}:18082/")).is_none());
+            cni.del(&a1).await.expect("a second DEL succeeds");
+
+            // GC keeping nothing. With its cache entry gone, only the plugin's own GC (CNI 1.1,
+            // cni.dev/valid-attachments) can free the second pod's lease and veth.
+            std::fs::remove_file(tmp.path().join("cache/results/nkt-bin-b-two-eth0")).unwrap();
+            cni.gc(&[a1.key()]).await.unwrap();
+            assert!(leases(&lease_dir).is_empty());
+            assert!(veths(&node).is_empty());
+            assert!(!has_link(&pod2, "eth0"));
+            assert!(
+                std::fs::read_dir(tmp.path().join("cache/results"))
+                    .unwrap()
+                    .next()
+                    .is_none()
+            );
+        })
+    })
+    .unwrap();
+}
