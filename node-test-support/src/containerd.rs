@@ -256,7 +256,9 @@ impl ContainerdFixture {
             {
                 return Err(self.fail_start(&format!("containerd exited: {status}")));
             }
+            // the CRI plugin starts its streaming server last, just before it serves
             if log.contains("containerd successfully booted")
+                && log.contains("Start streaming server")
                 && UnixStream::connect(&self.socket).is_ok()
             {
                 return Ok(());

@@ -46,7 +46,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use status::{CallContext, map_status};
+use status::{CallContext, is_transport_failure, map_status, says_starting};
 
 /// The CRI API version this client speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -329,7 +329,10 @@ impl CriClient {
             };
             match result {
                 Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) if status.code() == tonic::Code::Unavailable && attempt < attempts => {
+                Err(status)
+                    if (is_transport_failure(&status) || says_starting(&status))
+                        && attempt < attempts =>
+                {
                     tracing::debug!(method = ctx.method, error = %status.message(), "runtime unavailable, retrying once");
                     tokio::time::sleep(RETRY_DELAY).await;
                 }

@@ -66,8 +66,51 @@ fn says_network(message: &str) -> bool {
         || m.contains("failed to teardown network")
 }
 
+/// Whether a status was made by the client's transport (the connection broke, the runtime went
+/// away mid-call) rather than sent by the runtime: tonic gives those `Unavailable`, or `Unknown`
+/// with the local error as their source; a status from the runtime never has a source.
+pub(crate) fn is_transport_failure(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            std::error::Error::source(status).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Whether the runtime says it is still starting: containerd's CRI plugin answers `Unknown`
+/// "server is not initialized yet" while it recovers its state after a restart.
+pub(crate) fn says_starting(status: &Status) -> bool {
+    status.code() == Code::Unknown && status.message().contains("not initialized yet")
+}
+
+/// The status's message followed by its sources (the local transport error, if any).
+fn full_message(status: &Status) -> String {
+    let mut s = status.message().to_string();
+    let mut cur = std::error::Error::source(status);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = e.source();
+    }
+    s
+}
+
 /// Map a gRPC status of a CRI call to a [`RuntimeError`], keeping the runtime's message.
 pub(crate) fn map_status(status: &Status, ctx: &CallContext) -> RuntimeError {
+    if status.code() == Code::Cancelled && status.message().contains("Timeout expired") {
+        return RuntimeError::Timeout(ctx.deadline);
+    }
+    if says_starting(status) {
+        return RuntimeError::Unavailable(format!("{}: {}", ctx.method, status.message()));
+    }
+    if is_transport_failure(status) {
+        return RuntimeError::Unavailable(format!("{}: {}", ctx.method, full_message(status)));
+    }
     let message = if status.message().is_empty() {
         format!("{} answered {:?}", ctx.method, status.code())
     } else {
@@ -155,6 +198,38 @@ mod tests {
             RuntimeError::Internal(m) => assert_eq!(m, "StartContainer: runc exploded"),
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn local_transport_errors_are_unavailable() {
+        let c = ctx("ListPodSandbox", "pod sandbox", "");
+        // what tonic makes of a connection that broke mid-call: Unknown, with the local error as
+        // its source
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "broken pipe",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(is_transport_failure(&broken));
+        match map_status(&broken, &c) {
+            RuntimeError::Unavailable(m) => assert!(
+                m.starts_with("ListPodSandbox: ") && m.contains("broken pipe"),
+                "{m}"
+            ),
+            e => panic!("{e:?}"),
+        }
+        // containerd's CRI plugin while it recovers after a restart
+        let starting = Status::unknown("server is not initialized yet");
+        assert!(says_starting(&starting));
+        assert!(
+            matches!(map_status(&starting, &c), RuntimeError::Unavailable(m) if m.contains("not initialized"))
+        );
+        // an Unknown sent by the runtime is not a transport failure
+        assert!(!is_transport_failure(&Status::unknown("boom")));
+        assert!(matches!(
+            map_status(&Status::unknown("boom"), &c),
+            RuntimeError::Internal(_)
+        ));
     }
 
     #[test]
