@@ -1,2 +1,10 @@
 //! Container runtimes behind node-core's `RuntimeBackend` and `ImageBackend`: the CRI gRPC
 //! client (containerd, CRI-O), the native namespaces runtime, and a CRI server for any backend.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`client`] | [`CriClient`]: CRI `runtime.v1` over a unix socket, for containerd and CRI-O |
+
+pub mod client;
+
+pub use client::{CriClient, CriClientConfig, RuntimeConditions};

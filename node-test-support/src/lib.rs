@@ -1,16 +1,19 @@
 //! Test support for nodekit, in the spirit of `tower-test`: fakes of every node-core trait, a
 //! scripted pod source, network-namespace fixtures, a tiny OCI test image built from
-//! busybox-static and a docker-registry on 127.0.0.1 to serve it.
+//! busybox-static, a docker-registry on 127.0.0.1 to serve it, and a private containerd for CRI
+//! tests.
 //!
 //! Tests that need root or a kernel feature call [`require_root`] (or [`require_command`]):
 //! locally they skip with a printed reason; under `CI=true` they fail loudly instead.
 
+pub mod containerd;
 pub mod fakes;
 pub mod image;
 pub mod netns;
 pub mod registry;
 pub mod topology;
 
+pub use containerd::ContainerdFixture;
 pub use fakes::{FakeCni, FakeRouter, FakeRuntime, FakeStatusSink, ScriptedPodSource};
 pub use image::{Blob, TestImage};
 pub use netns::{NetnsFixture, connect_veth};

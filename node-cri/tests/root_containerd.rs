@@ -1,0 +1,1252 @@
+//! Root tests: [`CriClient`] against a real containerd 1.6 (with runc and CNI), started privately
+//! by `node_test_support::ContainerdFixture` inside its own network and mount namespaces.
+//!
+//! Needs root, containerd, runc, the CNI plugins, docker-registry and busybox-static; each test
+//! starts with `ContainerdFixture::require`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
+use node_cri::client::timing::{PodStartSpec, measure_pod_start};
+use node_cri::{CriClient, CriClientConfig};
+use node_test_support::{ContainerdFixture, TestImage};
+
+const NS: &str = "nodekit-test";
+
+/// Start a fixture and connect a client to it; `None` when the test is skipped.
+async fn setup(test: &str) -> Option<(ContainerdFixture, CriClient)> {
+    if !ContainerdFixture::require(test) {
+        return None;
+    }
+    let fixture = ContainerdFixture::start().expect("start containerd");
+    let client = CriClient::connect(CriClientConfig {
+        endpoint: fixture.endpoint(),
+        connect_timeout: Duration::from_secs(5),
+        call_timeout: Duration::from_secs(60),
+        image_pull_timeout: Duration::from_secs(120),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("connect: {e}\n{}", fixture.log_tail(30)));
+    Some((fixture, client))
+}
+
+/// Push a busybox image (with an index page for httpd) and pull it through the client.
+async fn busybox(f: &ContainerdFixture, c: &CriClient) -> String {
+    let img = TestImage::busybox()
+        .file("/www/index.html", "hello from a nodekit pod\n", 0o644)
+        .build()
+        .unwrap();
+    let reference = f.push(&img, "nodekit/busybox", "1.0").unwrap();
+    c.pull_image(spec(&reference), None, None)
+        .await
+        .unwrap_or_else(|e| panic!("pull {reference}: {e}\n{}", f.log_tail(20)));
+    reference
+}
+
+fn spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    }
+}
+
+fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn sandbox_config(
+    f: &ContainerdFixture,
+    name: &str,
+    pod_labels: &[(&str, &str)],
+) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}-{}", std::process::id()),
+            namespace: NS.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: f.pod_log_dir(name).unwrap().display().to_string(),
+        labels: labels(pod_labels),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: f.cgroup_parent().into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    ctr_labels: &[(&str, &str)],
+) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(spec(image)),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        labels: labels(ctr_labels),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &CriClient, config: &cri::PodSandboxConfig) -> String {
+    c.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("run pod sandbox: {e}"))
+}
+
+async fn start_container(
+    c: &CriClient,
+    pod: &str,
+    sandbox: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create container: {e}"));
+    c.start_container(&id)
+        .await
+        .unwrap_or_else(|e| panic!("start container: {e}"));
+    id
+}
+
+/// Wait until a container is in `state`; its status.
+async fn wait_state(
+    c: &CriClient,
+    id: &str,
+    state: cri::ContainerState,
+    timeout: Duration,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = c.container_status(id, false).await.unwrap().status.unwrap();
+        if st.state == state as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} not {state:?} within {timeout:?}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pod_ip(c: &CriClient, pod: &str) -> IpAddr {
+    let st = c
+        .pod_sandbox_status(pod, false)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    st.network.unwrap().ip.parse().unwrap()
+}
+
+/// Stop and remove a pod, asserting both succeed.
+async fn remove_pod(c: &CriClient, pod: &str) {
+    c.stop_pod_sandbox(pod).await.unwrap();
+    c.remove_pod_sandbox(pod).await.unwrap();
+}
+
+fn in_subnet(ip: IpAddr, subnet: &str) -> bool {
+    let (net, _) = subnet.split_once('/').unwrap();
+    let net: std::net::Ipv4Addr = net.parse().unwrap();
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[..3] == net.octets()[..3])
+}
+
+/// An HTTP GET from inside the fixture's network namespace (where the CNI bridge is).
+fn http_get(f: &ContainerdFixture, addr: SocketAddr) -> String {
+    f.netns()
+        .run_in(move || {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let attempt = (|| -> std::io::Result<String> {
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                    let mut body = String::new();
+                    s.read_to_string(&mut body)?;
+                    Ok(body)
+                })();
+                match attempt {
+                    Ok(body) => return body,
+                    Err(e) if Instant::now() > deadline => panic!("GET {addr}: {e}"),
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+        .unwrap()
+}
+
+/// The lines of a CRI log file: `<RFC3339Nano time> <stream> <P|F> <content>`.
+fn parse_cri_log(text: &str) -> Vec<(String, String, String, String)> {
+    text.lines()
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let t = parts.next().unwrap_or_default().to_string();
+            let stream = parts.next().unwrap_or_default().to_string();
+            let tag = parts.next().unwrap_or_default().to_string();
+            let content = parts.next().unwrap_or_default().to_string();
+            (t, stream, tag, content)
+        })
+        .collect()
+}
+
+/// Whether `t` looks like RFC 3339 with nanoseconds: `2026-11-23T05:40:32.123456789Z` (or an
+/// offset instead of `Z`).
+fn is_rfc3339_nano(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && t[20..].chars().take_while(|c| c.is_ascii_digit()).count() >= 1
+        && (t.ends_with('Z') || t[20..].contains('+') || t[20..].contains('-'))
+}
+
+#[tokio::test]
+async fn version_status_and_conditions() {
+    let Some((_f, c)) = setup("version_status_and_conditions").await else {
+        return;
+    };
+    assert_eq!(c.runtime_name(), "containerd");
+    assert_eq!(c.version_info().runtime_api_version, "v1");
+    assert!(
+        c.runtime_version().starts_with("1.6"),
+        "{}",
+        c.runtime_version()
+    );
+    let v = c.version().await.unwrap();
+    assert_eq!(v.runtime_api_version, "v1");
+    let cond = c.conditions().await.unwrap();
+    assert!(cond.runtime_ready, "{:?}", cond.why_not("RuntimeReady"));
+    assert!(cond.network_ready, "{:?}", cond.why_not("NetworkReady"));
+    assert!(c.runtime_ready().await.unwrap());
+    assert!(c.network_ready().await.unwrap());
+    // verbose status carries containerd's config, including our CNI conf dir
+    let verbose = c.status(true).await.unwrap();
+    let info = verbose
+        .info
+        .values()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        info.contains("restrictOOMScoreAdj") || info.contains("restrict_oom_score_adj"),
+        "{info}"
+    );
+    assert!(c.status(false).await.unwrap().info.is_empty());
+    // the pod CIDR update is accepted (containerd keeps its CNI config file)
+    c.update_runtime_config(cri::RuntimeConfig {
+        network_config: Some(cri::NetworkConfig {
+            pod_cidr: "10.250.0.0/24".into(),
+        }),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn images_pull_status_list_remove() {
+    let Some((f, c)) = setup("images_pull_status_list_remove").await else {
+        return;
+    };
+    let img = TestImage::busybox()
+        .file("/hello.txt", "hi\n", 0o644)
+        .build()
+        .unwrap();
+    let reference = f.push(&img, "nodekit/hello", "2.0").unwrap();
+    // absent before the pull
+    assert!(
+        c.image_status(spec(&reference), false)
+            .await
+            .unwrap()
+            .image
+            .is_none()
+    );
+    let image_ref = c.pull_image(spec(&reference), None, None).await.unwrap();
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    let st = c.image_status(spec(&reference), true).await.unwrap();
+    let image = st.image.expect("image present after the pull");
+    assert_eq!(image.id, image_ref);
+    assert!(
+        image.repo_tags.contains(&reference),
+        "{:?}",
+        image.repo_tags
+    );
+    // the registry's manifest digest is what containerd knows the image by
+    let digest = format!("{}/nodekit/hello@{}", f.registry().host(), img.digest());
+    assert!(
+        image.repo_digests.contains(&digest),
+        "{:?} lacks {digest}",
+        image.repo_digests
+    );
+    assert!(image.size > 0);
+    assert!(!st.info.is_empty(), "verbose image status has info");
+    let all = c.list_images(None).await.unwrap();
+    assert!(all.iter().any(|i| i.id == image_ref));
+    let filtered = c
+        .list_images(Some(cri::ImageFilter {
+            image: Some(spec(&reference)),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1, "{filtered:?}");
+    let fs = c.image_fs_info().await.unwrap();
+    // (containerd samples the usage every 10 s, so the numbers may still be zero right after a pull)
+    assert!(
+        !fs.image_filesystems.is_empty() && fs.image_filesystems[0].used_bytes.is_some(),
+        "{fs:?}"
+    );
+    assert!(
+        fs.image_filesystems[0]
+            .fs_id
+            .as_ref()
+            .unwrap()
+            .mountpoint
+            .starts_with(&f.dir().display().to_string()),
+        "{fs:?}"
+    );
+    c.remove_image(spec(&reference)).await.unwrap();
+    assert!(
+        c.image_status(spec(&reference), false)
+            .await
+            .unwrap()
+            .image
+            .is_none()
+    );
+    // removing an absent image succeeds
+    c.remove_image(spec(&reference)).await.unwrap();
+}
+
+#[tokio::test]
+async fn pod_serves_tcp_execs_logs_and_is_removed() {
+    let Some((f, c)) = setup("pod_serves_tcp_execs_logs_and_is_removed").await else {
+        return;
+    };
+    let image = busybox(&f, &c).await;
+    let sandbox = sandbox_config(&f, "web", &[("app", "web")]);
+    let pod = run_pod(&c, &sandbox).await;
+
+    let st = c.pod_sandbox_status(&pod, true).await.unwrap();
+    let status = st.status.clone().unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(status.metadata.as_ref().unwrap().name, "web");
+    let ip = pod_ip(&c, &pod).await;
+    assert!(
+        in_subnet(ip, f.subnet()),
+        "pod IP {ip} outside {}",
+        f.subnet()
+    );
+    assert!(!st.info.is_empty(), "verbose sandbox status has info");
+
+    let server = container_config(
+        "server",
+        &image,
+        &[
+            "sh",
+            "-c",
+            // serve, and print what an exec drops into /tmp/say (to write the log on demand)
+            "echo server starting; echo to stderr >&2; httpd -f -p 8080 -h /www & \
+             while true; do if [ -f /tmp/say ]; then cat /tmp/say; rm -f /tmp/say; fi; sleep 0.1; done",
+        ],
+        &[("role", "server")],
+    );
+    let id = start_container(&c, &pod, &sandbox, server).await;
+    let running = wait_state(
+        &c,
+        &id,
+        cri::ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(running.image.as_ref().unwrap().image, image);
+
+    // TCP on the pod IP, reached from containerd's namespace over the CNI bridge
+    let answer = http_get(&f, SocketAddr::new(ip, 8080));
+    assert!(
+        answer.starts_with("HTTP/1.") && answer.contains("hello from a nodekit pod"),
+        "{answer}"
+    );
+
+    // exec_sync: stdout, stderr and the exit code, inside the pod's network namespace
+    let r = c
+        .exec_sync(
+            &id,
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 3".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
+        (3, &b"out\n"[..], &b"err\n"[..])
+    );
+    let r = c
+        .exec_sync(
+            &id,
+            vec!["ip".into(), "-o".into(), "addr".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let addrs = String::from_utf8_lossy(&r.stdout);
+    assert!(addrs.contains(&format!("inet {ip}/")), "{addrs}");
+    assert!(
+        addrs.contains("lo") && addrs.contains("inet 127.0.0.1/8"),
+        "loopback is up in the pod: {addrs}"
+    );
+    let r = c
+        .exec_sync(&id, vec!["hostname".into()], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "web");
+    // an exec that outlives its timeout is cut short
+    let started = Instant::now();
+    let r = c
+        .exec_sync(
+            &id,
+            vec!["sleep".into(), "30".into()],
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "exec timeout not applied"
+    );
+    assert!(r.is_err() || r.as_ref().unwrap().exit_code != 0, "{r:?}");
+
+    // the log file in the CRI format
+    let st = c
+        .container_status(&id, false)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert!(st.log_path.ends_with("server.log"), "{}", st.log_path);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = parse_cri_log(&std::fs::read_to_string(&st.log_path).unwrap_or_default());
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        lines
+            .iter()
+            .all(|(t, _, tag, _)| is_rfc3339_nano(t) && (tag == "F" || tag == "P")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(_, s, tag, l)| s == "stdout" && tag == "F" && l == "server starting"),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(_, s, tag, l)| s == "stderr" && tag == "F" && l == "to stderr"),
+        "{lines:?}"
+    );
+    // the log can be reopened (after a rotation)
+    std::fs::rename(&st.log_path, format!("{}.1", st.log_path)).unwrap();
+    c.reopen_container_log(&id).await.unwrap();
+    // the main process prints a new line
+    let r = c
+        .exec_sync(
+            &id,
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo after rotation > /tmp/say".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&st.log_path)
+        .unwrap_or_default()
+        .contains("stdout F after rotation")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no line in the reopened log: {:?} / rotated: {:?}",
+            std::fs::read_to_string(&st.log_path),
+            std::fs::read_to_string(format!("{}.1", st.log_path))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // streaming endpoints answer with URLs of containerd's streaming server
+    let exec = c
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into()],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        exec.url.starts_with("http://127.0.0.1:") && exec.url.contains("/exec/"),
+        "{}",
+        exec.url
+    );
+    let attach = c
+        .attach(cri::AttachRequest {
+            container_id: id.clone(),
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(attach.url.contains("/attach/"), "{}", attach.url);
+    let pf = c
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap();
+    assert!(pf.url.contains("/portforward/"), "{}", pf.url);
+
+    // stats and resource updates, checked in the container's cgroup
+    let stats = c.container_stats(&id).await.unwrap();
+    assert_eq!(stats.attributes.as_ref().unwrap().id, id);
+    assert!(
+        stats
+            .memory
+            .as_ref()
+            .is_some_and(|m| m.working_set_bytes.is_some()),
+        "{stats:?}"
+    );
+    let all = c.list_container_stats(None).await.unwrap();
+    assert!(all.iter().any(|s| s.attributes.as_ref().unwrap().id == id));
+    match c.pod_sandbox_stats(&pod).await {
+        Ok(s) => assert_eq!(s.attributes.unwrap().id, pod),
+        Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "PodSandboxStats"),
+        Err(e) => panic!("pod sandbox stats: {e}"),
+    }
+    match c.list_pod_sandbox_stats(None).await {
+        Ok(s) => assert!(s.iter().any(|s| s.attributes.as_ref().unwrap().id == pod)),
+        Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "ListPodSandboxStats"),
+        Err(e) => panic!("list pod sandbox stats: {e}"),
+    }
+    c.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cg = |ctrl: &str, file: &str| {
+        let path = format!("/sys/fs/cgroup/{ctrl}{}/{id}/{file}", f.cgroup_parent());
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    if std::path::Path::new("/sys/fs/cgroup/cpu").exists() {
+        assert_eq!(cg("cpu", "cpu.shares"), "512");
+        assert_eq!(
+            cg("memory", "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+    } else {
+        assert_eq!(cg("", "memory.max"), (64u64 << 20).to_string());
+    }
+
+    // stop, remove: gone from the lists, the veth gone from the bridge
+    c.stop_container(&id, Duration::from_secs(5)).await.unwrap();
+    let stopped = wait_state(
+        &c,
+        &id,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_ne!(stopped.finished_at, 0);
+    c.remove_container(&id).await.unwrap();
+    assert!(
+        c.container_status(&id, false)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    // removing again is fine, as is stopping again
+    c.remove_container(&id).await.unwrap();
+    assert!(
+        !f.netns()
+            .sh(&format!("ip -o link show master {}", f.bridge()))
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+    remove_pod(&c, &pod).await;
+    assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
+    assert!(
+        c.pod_sandbox_status(&pod, false)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    let veths = f
+        .netns()
+        .sh(&format!("ip -o link show master {}", f.bridge()))
+        .unwrap();
+    assert!(veths.trim().is_empty(), "veths left on the bridge: {veths}");
+    // the pod's network namespace mount is gone from containerd's state dir
+    let netns_dir = f.dir().join("state/io.containerd.grpc.v1.cri/netns");
+    let left: Vec<_> = std::fs::read_dir(&netns_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "netns left: {left:?}");
+}
+
+#[tokio::test]
+async fn stop_grace_period_and_exit_codes() {
+    let Some((f, c)) = setup("stop_grace_period_and_exit_codes").await else {
+        return;
+    };
+    let image = busybox(&f, &c).await;
+    let sandbox = sandbox_config(&f, "stopper", &[]);
+    let pod = run_pod(&c, &sandbox).await;
+
+    // traps SIGTERM and exits 0 by itself
+    let polite = start_container(
+        &c,
+        &pod,
+        &sandbox,
+        container_config(
+            "polite",
+            &image,
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
+            &[],
+        ),
+    )
+    .await;
+    // ignores SIGTERM: SIGKILLed after the grace period
+    let stubborn = start_container(
+        &c,
+        &pod,
+        &sandbox,
+        container_config(
+            "stubborn",
+            &image,
+            &[
+                "sh",
+                "-c",
+                "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
+            &[],
+        ),
+    )
+    .await;
+    // exits non-zero on its own, and one that exits zero
+    let failing = start_container(
+        &c,
+        &pod,
+        &sandbox,
+        container_config("failing", &image, &["sh", "-c", "echo bye; exit 7"], &[]),
+    )
+    .await;
+    let done = start_container(
+        &c,
+        &pod,
+        &sandbox,
+        container_config("done", &image, &["true"], &[]),
+    )
+    .await;
+    for id in [&polite, &stubborn] {
+        wait_state(
+            &c,
+            id,
+            cri::ContainerState::ContainerRunning,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    // give the shells time to install their traps ("ready" is printed after the trap)
+    for name in ["polite", "stubborn"] {
+        let log = std::path::Path::new(&sandbox.log_directory).join(format!("{name}.log"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stdout F ready")
+        {
+            assert!(Instant::now() < deadline, "{name} never got ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let t = Instant::now();
+    c.stop_container(&polite, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let polite_took = t.elapsed();
+    let st = wait_state(
+        &c,
+        &polite,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    assert_eq!(st.reason, "Completed");
+    assert!(
+        polite_took < Duration::from_secs(15),
+        "the SIGTERM handler was not used: {polite_took:?}"
+    );
+    let polite_log = std::fs::read_to_string(&st.log_path).unwrap();
+    assert!(polite_log.contains("stdout F got TERM"), "{polite_log}");
+
+    let t = Instant::now();
+    c.stop_container(&stubborn, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let stubborn_took = t.elapsed();
+    let st = wait_state(
+        &c,
+        &stubborn,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(st.exit_code, 137, "SIGKILL: {st:?}");
+    assert_eq!(st.reason, "Error");
+    assert!(
+        stubborn_took >= Duration::from_millis(1900),
+        "killed before the grace period ended: {stubborn_took:?}"
+    );
+
+    let st = wait_state(
+        &c,
+        &failing,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (7, "Error"), "{st:?}");
+    // (containerd may record the start after a fast exit: only check both are set)
+    assert!(st.finished_at > 0 && st.started_at > 0, "{st:?}");
+    let st = wait_state(
+        &c,
+        &done,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (0, "Completed"),
+        "{st:?}"
+    );
+
+    // stopping an exited container again is fine
+    c.stop_container(&stubborn, Duration::from_secs(1))
+        .await
+        .unwrap();
+    remove_pod(&c, &pod).await;
+    assert!(
+        c.list_containers(None).await.unwrap().is_empty(),
+        "removing the pod removes its containers"
+    );
+}
+
+#[tokio::test]
+async fn lists_filter_by_labels_state_and_pod() {
+    let Some((f, c)) = setup("lists_filter_by_labels_state_and_pod").await else {
+        return;
+    };
+    let image = busybox(&f, &c).await;
+    let a_cfg = sandbox_config(&f, "pod-a", &[("team", "a"), ("tier", "web")]);
+    let b_cfg = sandbox_config(&f, "pod-b", &[("team", "b"), ("tier", "web")]);
+    let a = run_pod(&c, &a_cfg).await;
+    let b = run_pod(&c, &b_cfg).await;
+    let sleeper = ["sleep", "3600"];
+    let a1 = start_container(
+        &c,
+        &a,
+        &a_cfg,
+        container_config("one", &image, &sleeper, &[("role", "worker")]),
+    )
+    .await;
+    let a2 = start_container(
+        &c,
+        &a,
+        &a_cfg,
+        container_config("two", &image, &["true"], &[("role", "init")]),
+    )
+    .await;
+    let b1 = start_container(
+        &c,
+        &b,
+        &b_cfg,
+        container_config("one", &image, &sleeper, &[("role", "worker")]),
+    )
+    .await;
+    wait_state(
+        &c,
+        &a2,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(20),
+    )
+    .await;
+    for id in [&a1, &b1] {
+        wait_state(
+            &c,
+            id,
+            cri::ContainerState::ContainerRunning,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+
+    let ids = |v: Vec<cri::PodSandbox>| {
+        let mut v: Vec<String> = v.into_iter().map(|p| p.id).collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let pods = |sel: &[(&str, &str)]| cri::PodSandboxFilter {
+        label_selector: labels(sel),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(c.list_pod_sandbox(None).await.unwrap()),
+        sorted(vec![a.clone(), b.clone()])
+    );
+    assert_eq!(
+        ids(c
+            .list_pod_sandbox(Some(pods(&[("team", "a")])))
+            .await
+            .unwrap()),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(c
+            .list_pod_sandbox(Some(pods(&[("tier", "web")])))
+            .await
+            .unwrap()),
+        sorted(vec![a.clone(), b.clone()])
+    );
+    assert!(
+        c.list_pod_sandbox(Some(pods(&[("team", "a"), ("tier", "db")])))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let by_id = cri::PodSandboxFilter {
+        id: b.clone(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(c.list_pod_sandbox(Some(by_id)).await.unwrap()),
+        vec![b.clone()]
+    );
+
+    let cids = |v: Vec<cri::Container>| {
+        let mut v: Vec<String> = v.into_iter().map(|c| c.id).collect();
+        v.sort();
+        v
+    };
+    let ctrs = |sel: &[(&str, &str)]| cri::ContainerFilter {
+        label_selector: labels(sel),
+        ..Default::default()
+    };
+    assert_eq!(
+        cids(
+            c.list_containers(Some(ctrs(&[("role", "worker")])))
+                .await
+                .unwrap()
+        ),
+        sorted(vec![a1.clone(), b1.clone()])
+    );
+    assert_eq!(
+        cids(
+            c.list_containers(Some(ctrs(&[("role", "init")])))
+                .await
+                .unwrap()
+        ),
+        vec![a2.clone()]
+    );
+    let in_a = cri::ContainerFilter {
+        pod_sandbox_id: a.clone(),
+        ..Default::default()
+    };
+    assert_eq!(
+        cids(c.list_containers(Some(in_a)).await.unwrap()),
+        sorted(vec![a1.clone(), a2.clone()])
+    );
+    let running = cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        cids(c.list_containers(Some(running)).await.unwrap()),
+        sorted(vec![a1.clone(), b1.clone()])
+    );
+    let exited_in_a = cri::ContainerFilter {
+        pod_sandbox_id: a.clone(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerExited as i32,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        cids(c.list_containers(Some(exited_in_a)).await.unwrap()),
+        vec![a2.clone()]
+    );
+    // the pod's labels are on its containers' entries too (kubelet relies on its own labels only)
+    let listed = c
+        .list_containers(Some(ctrs(&[("role", "worker")])))
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|x| x.labels.get("role").map(String::as_str) == Some("worker"))
+    );
+
+    // a stopped pod is NotReady, and the state filter sees it
+    c.stop_pod_sandbox(&b).await.unwrap();
+    let not_ready = cri::PodSandboxFilter {
+        state: Some(cri::PodSandboxStateValue {
+            state: cri::PodSandboxState::SandboxNotready as i32,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(c.list_pod_sandbox(Some(not_ready)).await.unwrap()),
+        vec![b.clone()]
+    );
+    remove_pod(&c, &a).await;
+    remove_pod(&c, &b).await;
+    assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn containerd_restart_client_reconnects_and_pod_survives() {
+    let Some((mut f, c)) = setup("containerd_restart_client_reconnects_and_pod_survives").await
+    else {
+        return;
+    };
+    let image = busybox(&f, &c).await;
+    let sandbox = sandbox_config(&f, "survivor", &[("restart", "yes")]);
+    let pod = run_pod(&c, &sandbox).await;
+    let id = start_container(
+        &c,
+        &pod,
+        &sandbox,
+        container_config(
+            "server",
+            &image,
+            &["httpd", "-f", "-p", "8080", "-h", "/www"],
+            &[],
+        ),
+    )
+    .await;
+    wait_state(
+        &c,
+        &id,
+        cri::ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    let ip = pod_ip(&c, &pod).await;
+
+    // containerd down: calls fail fast and typed, they do not hang
+    f.kill_containerd();
+    let t = Instant::now();
+    let err = c.list_pod_sandbox(None).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Unavailable(_)), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // the pod keeps serving without containerd (the shim holds it)
+    assert!(http_get(&f, SocketAddr::new(ip, 8080)).contains("hello from a nodekit pod"));
+
+    f.start_containerd().unwrap();
+    // the same client: reconnects on its own
+    let filter = cri::PodSandboxFilter {
+        label_selector: labels(&[("restart", "yes")]),
+        ..Default::default()
+    };
+    let pods = c.list_pod_sandbox(Some(filter)).await.unwrap();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].id, pod);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    let st = wait_state(
+        &c,
+        &id,
+        cri::ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(st.id, id);
+    assert_eq!(pod_ip(&c, &pod).await, ip);
+    let r = c
+        .exec_sync(
+            &id,
+            vec!["echo".into(), "still here".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, b"still here\n");
+
+    // and once more with a graceful-looking restart of the process
+    f.restart().unwrap();
+    assert!(c.conditions().await.unwrap().runtime_ready);
+    let pods = c.list_pod_sandbox(None).await.unwrap();
+    assert_eq!(
+        pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        vec![pod.as_str()]
+    );
+    remove_pod(&c, &pod).await;
+    assert!(c.list_containers(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors() {
+    let Some((f, c)) = setup("bad_input_gets_typed_errors").await else {
+        return;
+    };
+    // a missing image in a reachable registry: ImagePull naming the image
+    let missing = f.image_ref("nodekit/missing:1.0");
+    match c.pull_image(spec(&missing), None, None).await {
+        Err(RuntimeError::ImagePull { image, message }) => {
+            assert_eq!(image, missing);
+            assert!(
+                message.contains("not found") || message.contains("404"),
+                "{message}"
+            );
+        }
+        other => panic!("pull of a missing image: {other:?}"),
+    }
+    // malformed references
+    for bad in [
+        "UPPER/Case:tag",
+        "nodekit/busybox:bad tag",
+        "registry:port:extra/x",
+        "",
+    ] {
+        match c.pull_image(spec(bad), None, None).await {
+            Err(RuntimeError::InvalidArgument(m)) => {
+                assert!(m.contains("image") || m.contains("reference"), "{bad}: {m}")
+            }
+            Err(RuntimeError::ImagePull { image, message }) => {
+                assert_eq!(image, bad);
+                assert!(!message.is_empty());
+            }
+            other => panic!("pull of {bad:?}: {other:?}"),
+        }
+    }
+    // unknown ids
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    for (what, err) in [
+        (
+            "container_status",
+            c.container_status(unknown, false)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "start_container",
+            c.start_container(unknown).await.unwrap_err(),
+        ),
+        (
+            "exec_sync",
+            c.exec_sync(unknown, vec!["true".into()], Duration::from_secs(5))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "container_stats",
+            c.container_stats(unknown).await.map(|_| ()).unwrap_err(),
+        ),
+    ] {
+        match err {
+            RuntimeError::NotFound {
+                kind: "container",
+                id,
+            } => assert_eq!(id, unknown, "{what}"),
+            e => panic!("{what} of an unknown container: {e:?}"),
+        }
+    }
+    match c.pod_sandbox_status(unknown, false).await {
+        Err(RuntimeError::NotFound {
+            kind: "pod sandbox",
+            id,
+        }) => assert_eq!(id, unknown),
+        other => panic!("status of an unknown pod: {other:?}"),
+    }
+    // removing unknown objects succeeds (CRI: idempotent); stopping too
+    c.remove_container(unknown).await.unwrap();
+    c.remove_pod_sandbox(unknown).await.unwrap();
+    // a container in a pod that does not exist
+    let image = busybox(&f, &c).await;
+    let sandbox = sandbox_config(&f, "ghost", &[]);
+    let err = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: unknown.into(),
+            config: Some(container_config("x", &image, &["true"], &[])),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    // a container whose image is not present
+    let pod = run_pod(&c, &sandbox).await;
+    let err = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(
+                "x",
+                &f.image_ref("nodekit/never-pulled:1"),
+                &["true"],
+                &[],
+            )),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        RuntimeError::NotFound { .. }
+        | RuntimeError::Internal(_)
+        | RuntimeError::FailedPrecondition(_) => {
+            assert!(
+                err.to_string().contains("never-pulled") || err.is_not_found(),
+                "{err}"
+            )
+        }
+        e => panic!("create with an absent image: {e:?}"),
+    }
+    // a container with no image at all
+    let mut no_image = container_config("y", &image, &["true"], &[]);
+    no_image.image = None;
+    let err = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(no_image),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(err, RuntimeError::Unavailable(_) | RuntimeError::Timeout(_)),
+        "{err:?}"
+    );
+    // the same container name twice: the name is reserved
+    let first = start_container(
+        &c,
+        &pod,
+        &sandbox,
+        container_config("dup", &image, &["sleep", "60"], &[]),
+    )
+    .await;
+    let err = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("dup", &image, &["sleep", "60"], &[])),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("reserved") || matches!(err, RuntimeError::AlreadyExists(_)),
+        "{err:?}"
+    );
+    // starting a running container again
+    let err = c.start_container(&first).await.unwrap_err();
+    assert!(
+        !matches!(err, RuntimeError::Unavailable(_) | RuntimeError::Timeout(_)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&first[..12])
+            || err.to_string().contains("running")
+            || err.to_string().contains("state"),
+        "{err}"
+    );
+    remove_pod(&c, &pod).await;
+}
+
+#[tokio::test]
+async fn pod_start_timing_through_cri_client() {
+    let Some((f, c)) = setup("pod_start_timing_through_cri_client").await else {
+        return;
+    };
+    let image = busybox(&f, &c).await;
+    // the sandbox image too, so that no run pulls
+    c.pull_image(spec(f.pause_image()), None, None)
+        .await
+        .unwrap();
+    let spec = PodStartSpec {
+        sandbox: sandbox_config(&f, "timing", &[("bench", "pod-start")]),
+        container: container_config("main", &image, &["sleep", "3600"], &[]),
+        runtime_handler: String::new(),
+        runs: 10,
+        running_timeout: Duration::from_secs(30),
+    };
+    let timings = measure_pod_start(&c, &spec).await.unwrap();
+    assert_eq!(timings.samples.len(), 10);
+    assert!(
+        timings
+            .samples
+            .iter()
+            .all(|s| s.total >= s.run_pod_sandbox + s.create_container + s.start_container)
+    );
+    println!(
+        "pod start through CriClient -> containerd {} (10 runs, noisy shared machine):\n{}",
+        c.runtime_version(),
+        timings.summary()
+    );
+    // every pod was removed after its sample
+    assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
+}
