@@ -75,7 +75,51 @@ impl LocalRegistry {
         Ok(format!("{}/{repo}:{tag}", self.host()))
     }
 
-    fn push_blob(&self, repo: &str, blob: &Blob) -> io::Result<()> {
+    /// Push an image index (a multi-platform "manifest list") as `repo:tag`: every image's blobs
+    /// and manifest (by digest), then the index naming each by its `os/arch[/variant]`
+    /// platform. Returns the full reference and the index blob (its digest is the image's
+    /// repo digest).
+    pub fn push_index(&self, images: &[(&TestImage, &str)], repo: &str, tag: &str) -> io::Result<(String, Blob)> {
+        let mut manifests = vec![];
+        for (image, platform) in images {
+            for blob in image.layers.iter().chain([&image.config]) {
+                self.push_blob(repo, blob)?;
+            }
+            self.push_manifest(repo, &image.manifest.digest, &image.manifest)?;
+            let mut parts = platform.split('/');
+            let mut p = serde_json::json!({"os": parts.next().unwrap_or("linux"), "architecture": parts.next().unwrap_or("amd64")});
+            if let Some(v) = parts.next() {
+                p["variant"] = serde_json::json!(v);
+            }
+            let mut desc = image.manifest.descriptor();
+            desc["platform"] = p;
+            manifests.push(desc);
+        }
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+        let index = Blob::new("application/vnd.oci.image.index.v1+json", serde_json::to_vec(&index)?);
+        self.push_manifest(repo, tag, &index)?;
+        Ok((format!("{}/{repo}:{tag}", self.host()), index))
+    }
+
+    /// Put a manifest (or index) blob under `reference` (a tag or its digest).
+    pub fn push_manifest(&self, repo: &str, reference: &str, manifest: &Blob) -> io::Result<()> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let (status, _, body) = self.request("PUT", &path, &[("Content-Type", &manifest.media_type)], &manifest.bytes)?;
+        if status != 201 {
+            return Err(io::Error::other(format!("PUT {path}: {status} {}", String::from_utf8_lossy(&body))));
+        }
+        Ok(())
+    }
+
+    /// Where the registry keeps a blob's bytes on disk (tests overwrite it to serve corrupted
+    /// content).
+    pub fn blob_data_path(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir.path().join("data/docker/registry/v2/blobs/sha256").join(&hex[..2.min(hex.len())]).join(hex).join("data")
+    }
+
+    /// Upload a blob into `repo`.
+    pub fn push_blob(&self, repo: &str, blob: &Blob) -> io::Result<()> {
         let (status, headers, body) = self.request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], &[])?;
         if status != 202 {
             return Err(io::Error::other(format!("start upload: {status} {}", String::from_utf8_lossy(&body))));

@@ -62,7 +62,11 @@ impl ImageBackend for ImageStore {
     }
 
     async fn remove_image(&self, image: cri::ImageSpec) -> Result<(), RuntimeError> {
-        match self.remove(&image.image) {
+        // The CRI removes the image with all its names (as containerd does), whatever name is given.
+        let Some(rec) = self.get(&image.image) else {
+            return Ok(());
+        };
+        match self.remove(&rec.id) {
             Err(e) if e.is_not_found() => Ok(()),
             other => Ok(other?),
         }

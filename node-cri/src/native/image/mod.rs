@@ -31,6 +31,7 @@ pub use content::{BlobWriter, ContentStore, digest_hex, sha256_digest};
 pub use error::ImageError;
 pub use hosts::{RegistryHost, parse_hosts_toml, registry_hosts};
 pub use overlay::{OverlayMount, mount_overlay, unmount_overlay};
+pub use pull::registry_auth;
 pub use unpack::{Compression, UnpackOptions, UnpackReport, check_layer_media_type, unpack_layer};
 
 /// Configuration of an [`ImageStore`].
@@ -156,6 +157,21 @@ pub fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
             reference: reference.into(),
             message: e.to_string(),
         })
+}
+
+/// Drop the digest references of repositories the image has no tag of any more (an image known
+/// by digests only keeps them: they are its names).
+fn prune_repo_digests(rec: &mut ImageRecord) {
+    if rec.repo_tags.is_empty() {
+        return;
+    }
+    let repos: Vec<&str> = rec
+        .repo_tags
+        .iter()
+        .filter_map(|t| t.rsplit_once(':').map(|(r, _)| r))
+        .collect();
+    rec.repo_digests
+        .retain(|d| d.split_once('@').is_some_and(|(r, _)| repos.contains(&r)));
 }
 
 #[derive(Debug, Default)]
@@ -317,9 +333,10 @@ impl ImageStore {
         })
     }
 
-    /// Remove an image by reference or id. A reference that is one of several names of the image
-    /// only drops that name; the last name (or the id) removes the image, then the blobs and
-    /// unpacked layers no other image uses.
+    /// Remove an image by reference or id. A name (tag or digest reference) that leaves the image
+    /// at least one tag only drops that name (like `docker rmi`); otherwise, and by id, the image
+    /// goes, then the blobs and unpacked layers no other image uses. (The CRI `RemoveImage` of
+    /// [`ImageBackend`](node_core::ImageBackend) always removes the whole image.)
     pub fn remove(&self, reference_or_id: &str) -> Result<(), ImageError> {
         let mut state = self.state.lock().expect("image state lock");
         let img = state
@@ -335,6 +352,7 @@ impl ImageStore {
             let mut kept = img.clone();
             kept.repo_tags.retain(|t| !is_name(t));
             kept.repo_digests.retain(|t| !is_name(t));
+            prune_repo_digests(&mut kept);
             if !kept.repo_tags.is_empty() {
                 self.save_record(&kept)?;
                 state.images.insert(kept.id.clone(), kept);
@@ -447,6 +465,7 @@ impl ImageStore {
             other.repo_tags.retain(|t| !rec.repo_tags.contains(t));
             other.repo_digests.retain(|t| !rec.repo_digests.contains(t));
             if before != (other.repo_tags.len(), other.repo_digests.len()) {
+                prune_repo_digests(other);
                 let other = other.clone();
                 self.save_record(&other)?;
             }

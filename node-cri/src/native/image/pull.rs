@@ -390,3 +390,54 @@ impl ImageStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_auth_configs_map_to_registry_credentials() {
+        let basic = |u: &str, p: &str| AuthConfig {
+            username: u.into(),
+            password: p.into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            registry_auth("r", None).unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        assert!(
+            matches!(registry_auth("r", Some(&basic("u", "p"))).unwrap(), RegistryAuth::Basic(u, p) if u == "u" && p == "p")
+        );
+        let b64 = AuthConfig {
+            auth: base64::engine::general_purpose::STANDARD.encode("alice:s3:cret"),
+            ..Default::default()
+        };
+        assert!(
+            matches!(registry_auth("r", Some(&b64)).unwrap(), RegistryAuth::Basic(u, p) if u == "alice" && p == "s3:cret")
+        );
+        let token = AuthConfig {
+            registry_token: "tok".into(),
+            ..basic("u", "p")
+        };
+        assert!(
+            matches!(registry_auth("r", Some(&token)).unwrap(), RegistryAuth::Bearer(t) if t == "tok")
+        );
+        let bad = AuthConfig {
+            auth: "%%%".into(),
+            ..Default::default()
+        };
+        assert!(
+            matches!(registry_auth("r", Some(&bad)), Err(ImageError::Auth { message, .. }) if message.contains("`auth`"))
+        );
+        let no_colon = AuthConfig {
+            auth: base64::engine::general_purpose::STANDARD.encode("alice"),
+            ..Default::default()
+        };
+        assert!(registry_auth("r", Some(&no_colon)).is_err());
+        assert!(matches!(
+            registry_auth("r", Some(&AuthConfig::default())).unwrap(),
+            RegistryAuth::Anonymous
+        ));
+    }
+}
