@@ -262,6 +262,50 @@ fn whiteouts_outside_the_root_are_refused() {
 }
 
 #[test]
+fn a_whiteout_through_a_symlink_is_refused() {
+    let s = Scene::new();
+    // Followed, this would delete the sentinel's file.
+    let tar = RawTar::default()
+        .symlink("lnk", &s.sentinel())
+        .file("lnk/.wh.secret", b"")
+        .finish();
+    assert_refused(&s, &tar, "lnk/.wh.secret", "symlink");
+    let tar = RawTar::default()
+        .symlink("lnk", &s.sentinel())
+        .file("lnk/.wh..wh..opq", b"")
+        .finish();
+    assert_refused(&s, &tar, "lnk/.wh..wh..opq", "symlink");
+}
+
+#[test]
+fn long_and_pax_names_are_checked_too() {
+    let s = Scene::new();
+    // A GNU long name (`././@LongLink` entry) holding `..`.
+    let long = format!("a/{}/../../../long-escape", "b".repeat(120));
+    let mut data = long.clone().into_bytes();
+    data.push(0);
+    let tar = RawTar::default()
+        .entry(b"././@LongLink", EntryType::GNULongName, b"", &data, 0o644)
+        .file("short", b"x")
+        .finish();
+    assert_refused(&s, &tar, &long, "..");
+    // A PAX `path` record overriding a harmless header name.
+    let record = b"22 path=../pax-escape\n";
+    let tar = RawTar::default()
+        .entry(b"PaxHeaders/x", EntryType::XHeader, b"", record, 0o644)
+        .file("harmless", b"x")
+        .finish();
+    assert_refused(&s, &tar, "../pax-escape", "..");
+    // A PAX `linkpath` for a hard link.
+    let record = b"29 linkpath=../../etc/shadow\n";
+    let tar = RawTar::default()
+        .entry(b"PaxHeaders/y", EntryType::XHeader, b"", record, 0o644)
+        .hardlink("h", "ok")
+        .finish();
+    assert_refused(&s, &tar, "h", "..");
+}
+
+#[test]
 fn device_nodes_are_skipped_unless_allowed() {
     let s = Scene::new();
     let tar = RawTar::default()
