@@ -4,7 +4,9 @@
 //! | module | what |
 //! |---|---|
 //! | [`client`] | [`CriClient`]: CRI `runtime.v1` over a unix socket, for containerd and CRI-O |
+//! | [`native`] | the native namespaces runtime: images (content store, safe unpacking, pulls) and pods |
 
 pub mod client;
+pub mod native;
 
 pub use client::{CriClient, CriClientConfig, RuntimeConditions};
