@@ -1,0 +1,563 @@
+//! Root tests of the native runtime's sandboxes and containers (need root, overlayfs, cgroups
+//! and busybox-static). Every test runs its runtime calls on a thread inside a NetnsFixture
+//! (so host-network pods land in the fixture's namespace), uses its own root directory and
+//! cgroup parent, and a guard kills, unmounts and removes everything on drop, panics included.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use node_core::{RuntimeBackend, RuntimeError, cri};
+use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
+use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path, require_root};
+
+const INIT: &str = env!("CARGO_BIN_EXE_nodekit-init");
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A runtime root for one test; dropping it removes everything the runtime made under it.
+struct Env {
+    root: tempfile::TempDir,
+    cgroup_parent: String,
+    cni: FakeCni,
+    images: Arc<LayerDirImages>,
+    logs: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("nodekit-rt-")
+            .tempdir()
+            .unwrap();
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let cgroup_parent = format!("nodekit-test/{}-{n}", std::process::id());
+        let images = Arc::new(LayerDirImages::new());
+        let img = TestImage::busybox()
+            .file("/var/www/index.html", "hello from nodekit\n", 0o644)
+            .build()
+            .expect("busybox image");
+        let layer = root.path().join("layers/0");
+        std::fs::create_dir_all(&layer).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
+            .unpack(&layer)
+            .unwrap();
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&img.config.bytes).unwrap();
+        images.insert(
+            "busybox:test",
+            ResolvedImage {
+                id: img.config.digest.clone(),
+                layer_dirs: vec![layer],
+                config,
+            },
+        );
+        let logs = root.path().join("pod-logs");
+        Self {
+            root,
+            cgroup_parent,
+            cni: FakeCni::new(),
+            images,
+            logs,
+        }
+    }
+
+    fn config(&self) -> NativeConfig {
+        NativeConfig {
+            root: self.root.path().join("rt"),
+            cni: Arc::new(self.cni.clone()),
+            images: self.images.clone(),
+            init_binary: Some(PathBuf::from(INIT)),
+            cgroup_parent: self.cgroup_parent.clone(),
+            kill_wait: Duration::from_secs(10),
+            ..Default::default()
+        }
+    }
+
+    fn runtime(&self) -> NativeRuntime {
+        NativeRuntime::new(self.config()).expect("runtime")
+    }
+
+    fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs.join(name).display().to_string(),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            labels: HashMap::from([("app".into(), name.into())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The mount points under the root (none must be left).
+    fn mounts_under_root(&self) -> Vec<String> {
+        let root = self.root.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    /// The cgroup directories of this test left in any hierarchy.
+    fn cgroups_left(&self) -> Vec<PathBuf> {
+        cgroup_dirs(&self.cgroup_parent)
+            .into_iter()
+            .filter(|d| {
+                d.exists()
+                    && std::fs::read_dir(d)
+                        .map(|r| r.flatten().any(|e| e.path().is_dir()))
+                        .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let mut v = vec![];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let d = e.path().join(rel);
+            if d.exists() {
+                v.push(d);
+            }
+        }
+    }
+    if Path::new("/sys/fs/cgroup").join(rel).exists() {
+        v.push(Path::new("/sys/fs/cgroup").join(rel));
+    }
+    v
+}
+
+/// Kill every process in a cgroup tree and remove it, deepest first.
+fn sweep_cgroup(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                sweep_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..200 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: killing processes of the test's own cgroup.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // the runtime's own removal first, on a thread of its own (we may be inside a runtime)
+        let cfg = self.config();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(r) = NativeRuntime::new(cfg) {
+                    for s in r.list_pod_sandbox(None).await.unwrap_or_default() {
+                        let _ = r.remove_pod_sandbox(&s.id).await;
+                    }
+                    for c in r.list_containers(None).await.unwrap_or_default() {
+                        let _ = r.remove_container(&c.id).await;
+                    }
+                }
+            })
+        })
+        .join();
+        // then brute force: pause processes, monitors and containers live in our cgroups;
+        // monitors do not, so kill whatever still has the root open as its spec
+        for d in cgroup_dirs(&self.cgroup_parent) {
+            sweep_cgroup(&d);
+        }
+        let mut mounts = self.mounts_under_root();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let c = std::ffi::CString::new(m).unwrap();
+            // SAFETY: unmounting a mount point under our own temporary root.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox:test".into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("container".into(), name.into())]),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_container(
+    rt: &NativeRuntime,
+    sandbox: &str,
+    sandbox_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(cfg),
+            sandbox_config: Some(sandbox_cfg.clone()),
+        })
+        .await
+        .expect("create container");
+    rt.start_container(&id).await.expect("start container");
+    id
+}
+
+async fn status(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
+    rt.container_status(id, true).await.unwrap().status.unwrap()
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pid_of(st: &cri::ContainerStatusResponse) -> i32 {
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    info["pid"].as_i64().unwrap() as i32
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn prerequisites(test: &str) -> bool {
+    require_root(test)
+        && require_path(test, node_test_support::image::BUSYBOX)
+        && require_path(test, "/proc/filesystems")
+}
+
+/// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.
+fn in_netns<F, Fut>(label: &str, f: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ns = NetnsFixture::new(label).expect("netns");
+    ns.run_in(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .expect("inside netns");
+}
+
+fn log_entries(path: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap_or("").to_string();
+            assert!(
+                ts.ends_with('Z') && ts.contains('T'),
+                "bad timestamp in {l:?}"
+            );
+            (
+                it.next().unwrap_or("").into(),
+                it.next().unwrap_or("").into(),
+                it.next().unwrap_or("").into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
+    if !prerequisites("pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtpod", || async {
+        let rt = env.runtime();
+        let sb_cfg = env.sandbox_config("web");
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(env.cni.attached().len(), 1, "CNI ADD was called once");
+        let st = rt
+            .pod_sandbox_status(&sb, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+        let ip = st.network.unwrap().ip;
+        assert!(ip.starts_with("10.88."), "sandbox IP from CNI, got {ip:?}");
+        // a second sandbox with the same metadata is refused
+        let dup = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await;
+        assert!(
+            matches!(dup, Err(RuntimeError::AlreadyExists(_))),
+            "{dup:?}"
+        );
+
+        let server = run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+        )
+        .await;
+        let client = run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config(
+                "client",
+                &["sh", "-c", "for i in $(seq 1 100); do wget -q -O - http://127.0.0.1:8080/ && break; sleep 0.05; done; echo oops >&2; printf 'no newline'; echo; while true; do echo tick; sleep 0.1; done"],
+            ),
+        )
+        .await;
+        let client_log = env.logs.join("web/client/0.log");
+        wait_for("the client's log", Duration::from_secs(10), || async {
+            log_entries(&client_log).iter().any(|e| e.2 == "tick")
+        })
+        .await;
+        let entries = log_entries(&client_log);
+        assert!(
+            entries.contains(&("stdout".into(), "F".into(), "hello from nodekit".into())),
+            "{entries:?}"
+        );
+        assert!(
+            entries.contains(&("stderr".into(), "F".into(), "oops".into())),
+            "{entries:?}"
+        );
+        assert!(
+            entries.contains(&("stdout".into(), "F".into(), "no newline".into())),
+            "{entries:?}"
+        );
+
+        // exec: hostname, generated files, exit codes, timeout
+        let out = rt
+            .exec_sync(&server, vec!["hostname".into()], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
+            (0, "web")
+        );
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["cat".into(), "/etc/resolv.conf".into(), "/etc/hosts".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("nameserver 10.96.0.10") && text.contains("options ndots:5"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{ip}\tweb")), "{text}");
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["sh".into(), "-c".into(), "echo to-err >&2; exit 3".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.exit_code, String::from_utf8_lossy(&out.stderr).trim()),
+            (3, "to-err")
+        );
+        // the exec sees the container's own pid namespace: httpd is pid 1
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["cat".into(), "/proc/1/cmdline".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("httpd"),
+            "{out:?}"
+        );
+        let t0 = Instant::now();
+        let slow = rt
+            .exec_sync(
+                &server,
+                vec!["sleep".into(), "30".into()],
+                Duration::from_millis(300),
+            )
+            .await;
+        assert!(matches!(slow, Err(RuntimeError::Timeout(_))), "{slow:?}");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+
+        // log rotation: rename, reopen, new lines land in a new file
+        let rotated = client_log.with_extension("log.1");
+        std::fs::rename(&client_log, &rotated).unwrap();
+        rt.reopen_container_log(&client).await.unwrap();
+        wait_for(
+            "lines in the reopened log",
+            Duration::from_secs(10),
+            || async { log_entries(&client_log).iter().any(|e| e.2 == "tick") },
+        )
+        .await;
+
+        // listing with filters
+        let running = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            pod_sandbox_id: sb.clone(),
+            ..Default::default()
+        };
+        assert_eq!(rt.list_containers(Some(running)).await.unwrap().len(), 2);
+        let by_label = cri::ContainerFilter {
+            label_selector: HashMap::from([("container".into(), "server".into())]),
+            ..Default::default()
+        };
+        let l = rt.list_containers(Some(by_label)).await.unwrap();
+        assert_eq!(
+            l.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            vec![server.clone()]
+        );
+        assert_eq!(
+            rt.list_pod_sandbox(Some(cri::PodSandboxFilter {
+                id: sb.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .len(),
+            1
+        );
+
+        // stats are read back from the cgroup
+        let stats = rt.container_stats(&server).await.unwrap();
+        assert!(stats.memory.unwrap().usage_bytes.unwrap().value > 0);
+        assert!(stats.cpu.unwrap().usage_core_nano_seconds.is_some());
+
+        // stop: sh as pid 1 ignores SIGTERM, so the grace period ends with SIGKILL
+        let server_pid = pid_of(&rt.container_status(&server, true).await.unwrap());
+        let t0 = Instant::now();
+        rt.stop_container(&client, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        let st = status(&rt, &client).await;
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_str()),
+            (cri::ContainerState::ContainerExited as i32, 137, "Error")
+        );
+        assert!(st.finished_at >= st.started_at && st.started_at > 0);
+        rt.stop_container(&client, Duration::from_secs(1))
+            .await
+            .unwrap(); // idempotent
+        let again = rt.start_container(&client).await;
+        assert!(
+            matches!(again, Err(RuntimeError::FailedPrecondition(_))),
+            "{again:?}"
+        );
+
+        // stop and remove the pod
+        rt.stop_pod_sandbox(&sb).await.unwrap();
+        assert!(env.cni.attached().is_empty(), "CNI DEL on stop");
+        assert!(env.cni.calls().iter().any(|c| c.starts_with("del ")));
+        assert!(!alive(server_pid), "the server died with the pod");
+        let st = rt
+            .pod_sandbox_status(&sb, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
+        rt.stop_pod_sandbox(&sb).await.unwrap(); // idempotent
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        rt.remove_pod_sandbox(&sb).await.unwrap(); // idempotent
+        assert!(rt.list_containers(None).await.unwrap().is_empty());
+        assert!(rt.list_pod_sandbox(None).await.unwrap().is_empty());
+        assert!(matches!(
+            rt.container_status(&server, false).await,
+            Err(RuntimeError::NotFound { .. })
+        ));
+        // logs are the kubelet's: kept
+        assert!(client_log.exists() && rotated.exists());
+        // nothing left
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        let rtroot = env.root.path().join("rt");
+        for d in [
+            "sandboxes",
+            "containers",
+            "state/sandboxes",
+            "state/containers",
+        ] {
+            assert_eq!(
+                std::fs::read_dir(rtroot.join(d)).unwrap().count(),
+                0,
+                "{d} is empty"
+            );
+        }
+    });
+}
