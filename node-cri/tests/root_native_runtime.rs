@@ -192,6 +192,9 @@ impl Drop for Env {
         for d in cgroup_dirs(&self.cgroup_parent) {
             sweep_cgroup(&d);
         }
+        for d in cgroup_dirs("nodekit-test") {
+            let _ = std::fs::remove_dir(d); // fails while another test still uses it
+        }
         let mut mounts = self.mounts_under_root();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
@@ -559,5 +562,507 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
                 "{d} is empty"
             );
         }
+    });
+}
+
+fn with_resources(
+    mut cfg: cri::ContainerConfig,
+    r: cri::LinuxContainerResources,
+) -> cri::ContainerConfig {
+    cfg.linux.as_mut().unwrap().resources = Some(r);
+    cfg
+}
+
+async fn wait_exited(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = status(rt, id).await;
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} did not exit: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
+    if !prerequisites("memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtlimits", || async {
+        let rt = env.runtime();
+        let sb_cfg = env.sandbox_config("limits");
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+
+        // 32 MiB limit, a 256 MiB buffer: the kernel's OOM killer ends it
+        let hog = with_resources(
+            container_config(
+                "hog",
+                &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+            ),
+            cri::LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                cpu_shares: 512,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            },
+        );
+        let hog = run_container(&rt, &sb, &sb_cfg, hog).await;
+        let st = wait_exited(&rt, &hog).await;
+        assert_eq!(
+            (st.reason.as_str(), st.exit_code),
+            ("OOMKilled", 137),
+            "{st:?}"
+        );
+        let cg: serde_json::Value =
+            serde_json::from_str(&rt.container_status(&hog, true).await.unwrap().info["info"])
+                .unwrap();
+        let cg = cg["cgroup"].as_str().unwrap().to_string();
+        if let Some(mem) = cgroup_dirs(&cg)
+            .into_iter()
+            .find(|d| d.join("memory.limit_in_bytes").exists())
+        {
+            assert_eq!(
+                std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
+                    .unwrap()
+                    .trim(),
+                (32u64 << 20).to_string()
+            );
+        }
+        if let Some(cpu) = cgroup_dirs(&cg)
+            .into_iter()
+            .find(|d| d.join("cpu.cfs_quota_us").exists())
+        {
+            assert_eq!(
+                std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+                    .unwrap()
+                    .trim(),
+                "50000"
+            );
+            assert_eq!(
+                std::fs::read_to_string(cpu.join("cpu.shares"))
+                    .unwrap()
+                    .trim(),
+                "512"
+            );
+        }
+
+        // a pids limit of 16: the 100 background sleeps cannot all start
+        let mut r = cri::LinuxContainerResources::default();
+        r.unified.insert("pids.max".into(), "16".into());
+        let bomb = with_resources(
+            container_config(
+                "bomb",
+                &[
+                    "sh",
+                    "-c",
+                    "sh -c 'for i in $(seq 1 100); do sleep 1000 & done'; echo spawned; exec sleep 1000",
+                ],
+            ),
+            r,
+        );
+        let bomb = run_container(&rt, &sb, &sb_cfg, bomb).await;
+        let log = env.logs.join("limits/bomb/0.log");
+        wait_for(
+            "the fork bomb to finish its loop",
+            Duration::from_secs(20),
+            || async { log_entries(&log).iter().any(|e| e.2 == "spawned") },
+        )
+        .await;
+        let entries = log_entries(&log);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.0 == "stderr" && e.2.contains("fork")),
+            "fork failures are logged: {entries:?}"
+        );
+        let info: serde_json::Value =
+            serde_json::from_str(&rt.container_status(&bomb, true).await.unwrap().info["info"])
+                .unwrap();
+        let pids_dir = cgroup_dirs(info["cgroup"].as_str().unwrap())
+            .into_iter()
+            .find(|d| d.join("pids.max").exists() || d.join("pids.current").exists())
+            .expect("pids cgroup");
+        let current: u64 = std::fs::read_to_string(pids_dir.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!((10..=16).contains(&current), "pids.current = {current}");
+        assert_eq!(
+            std::fs::read_to_string(pids_dir.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "16"
+        );
+
+        // raising the limit takes effect on the running container
+        let mut r = cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        };
+        r.unified.insert("pids.max".into(), "200".into());
+        rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: bomb.clone(),
+            linux: Some(r),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(pids_dir.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "200"
+        );
+        let listed = rt.list_container_stats(None).await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|s| s.attributes.as_ref().unwrap().id.clone())
+                .collect::<Vec<_>>(),
+            vec![bomb.clone()]
+        );
+
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        assert!(!pids_dir.exists());
+    });
+}
+
+#[test]
+fn a_restarted_runtime_finds_its_running_container_and_stops_it() {
+    if !prerequisites("a_restarted_runtime_finds_its_running_container_and_stops_it") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtrestart", || async {
+        let sb_cfg = env.sandbox_config("restart");
+        let (sb, id, pid) = {
+            let rt = env.runtime();
+            let sb = rt
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(sb_cfg.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap();
+            let id = run_container(
+                &rt,
+                &sb,
+                &sb_cfg,
+                container_config(
+                    "app",
+                    &[
+                        "sh",
+                        "-c",
+                        "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.05; done",
+                    ],
+                ),
+            )
+            .await;
+            let pid = pid_of(&rt.container_status(&id, true).await.unwrap());
+            (sb, id, pid)
+            // the runtime is dropped here
+        };
+        assert!(alive(pid));
+        let rt = env.runtime();
+        let st = rt.container_status(&id, true).await.unwrap();
+        assert_eq!(
+            st.status.as_ref().unwrap().state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+        assert_eq!(pid_of(&st), pid, "the same process");
+        assert_eq!(rt.list_containers(None).await.unwrap().len(), 1);
+        assert_eq!(
+            rt.list_pod_sandbox(None).await.unwrap()[0].state,
+            cri::PodSandboxState::SandboxReady as i32
+        );
+        let out = rt
+            .exec_sync(
+                &id,
+                vec!["echo".into(), "still here".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here");
+        // the trap makes SIGTERM a clean exit within the grace period
+        rt.stop_container(&id, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let st = status(&rt, &id).await;
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_str()),
+            (cri::ContainerState::ContainerExited as i32, 0, "Completed")
+        );
+        assert!(!alive(pid));
+        let entries = log_entries(&env.logs.join("restart/app/0.log"));
+        assert!(
+            entries.iter().any(|e| e.2 == "up") && entries.iter().any(|e| e.2 == "bye"),
+            "{entries:?}"
+        );
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+    });
+}
+
+#[test]
+fn host_network_pod_shared_pid_and_security_settings() {
+    if !prerequisites("host_network_pod_shared_pid_and_security_settings") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rthostnet", || async {
+        let rt = env.runtime();
+        let mut sb_cfg = env.sandbox_config("hostnet");
+        sb_cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            env.cni.calls().is_empty(),
+            "no CNI for host-network pods: {:?}",
+            env.cni.calls()
+        );
+        let my_netns = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+
+        let mut cfg = container_config("locked", &["sleep", "1000"]);
+        {
+            let sc = cfg
+                .linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap();
+            sc.readonly_rootfs = true;
+            sc.run_as_user = Some(cri::Int64Value { value: 65534 });
+            sc.supplemental_groups = vec![1234];
+            sc.no_new_privs = true;
+            sc.seccomp = Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            });
+            sc.capabilities = Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                ..Default::default()
+            });
+            sc.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Pod as i32;
+        }
+        let data = env.root.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("f"), "from the host").unwrap();
+        cfg.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: data.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        cfg.envs = vec![cri::KeyValue {
+            key: "GREETING".into(),
+            value: "hi".into(),
+        }];
+        cfg.working_dir = "/tmp".into();
+        let locked = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+        let exec = |script: &'static str| {
+            let rt = &rt;
+            let locked = locked.clone();
+            async move {
+                let out = rt
+                    .exec_sync(&locked, sh(script), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                (
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                )
+            }
+        };
+        // the host network of the node side (the fixture's namespace)
+        let (_, netns, _) = exec("readlink /proc/self/ns/net").await;
+        assert_eq!(netns, my_netns.display().to_string());
+        // user, groups, env, workdir
+        assert_eq!(
+            exec("id -u; id -G; echo $GREETING; pwd").await.1,
+            "65534\n65534 1234\nhi\n/tmp"
+        );
+        // capabilities: only NET_BIND_SERVICE (bit 10) is bounded; seccomp filter and no_new_privs
+        let (_, status, _) =
+            exec("grep -E '^(CapBnd|Seccomp|NoNewPrivs):' /proc/self/status").await;
+        assert!(status.contains("CapBnd:\t0000000000000400"), "{status}");
+        assert!(
+            status.contains("Seccomp:\t2") && status.contains("NoNewPrivs:\t1"),
+            "{status}"
+        );
+        // read-only root and mount, masked and read-only paths
+        let (code, _, err) = exec("touch /x").await;
+        assert_ne!(code, 0, "read-only rootfs: {err}");
+        assert_eq!(exec("cat /data/f").await.1, "from the host");
+        assert_ne!(exec("touch /data/g").await.0, 0, "read-only mount");
+        // masked: a file (when the kernel has it) reads empty, a directory is an empty tmpfs
+        if Path::new("/proc/timer_list").exists() {
+            let masked = exec("wc -c < /proc/timer_list").await;
+            assert_eq!(masked.1, "0", "masked /proc/timer_list: {masked:?}");
+        }
+        if Path::new("/sys/firmware").exists() {
+            let masked = exec("ls -A /sys/firmware | wc -l").await;
+            assert_eq!(masked.1, "0", "masked /sys/firmware: {masked:?}");
+        }
+        assert!(
+            exec("grep ' /proc/sys ' /proc/self/mounts")
+                .await
+                .1
+                .contains(" ro,"),
+            "read-only /proc/sys"
+        );
+        assert!(
+            exec("grep ' /sys ' /proc/self/mounts")
+                .await
+                .1
+                .contains(" ro,"),
+            "read-only /sys"
+        );
+        // shared pid namespace: the pod's pause process is pid 1
+        let (_, comm, _) = exec("cat /proc/1/comm").await;
+        assert_eq!(comm, "nodekit-init");
+        // /dev has the standard nodes and writable /dev/shm stays a tmpfs
+        assert_eq!(
+            exec("ls /dev/null /dev/zero /dev/urandom /dev/pts/ptmx >/dev/null && echo ok")
+                .await
+                .1,
+            "ok"
+        );
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+    });
+}
+
+#[test]
+fn failures_roll_back_and_unknown_ids_are_not_found() {
+    if !prerequisites("failures_roll_back_and_unknown_ids_are_not_found") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtfail", || async {
+        let rt = env.runtime();
+        env.cni.fail_next(
+            "add",
+            node_core::CniError::Other("no addresses left".into()),
+        );
+        let sb_cfg = env.sandbox_config("broken");
+        let err = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::Network(m) if m.contains("no addresses left")),
+            "{err}"
+        );
+        let rtroot = env.root.path().join("rt");
+        assert_eq!(
+            std::fs::read_dir(rtroot.join("sandboxes")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(rtroot.join("state/sandboxes"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+
+        // the same pod works once the network does
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+        // an unknown image, an unknown sandbox, a program that does not exist
+        let mut bad = container_config("bad", &["true"]);
+        bad.image = Some(cri::ImageSpec {
+            image: "nope:latest".into(),
+            ..Default::default()
+        });
+        let e = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sb.clone(),
+                config: Some(bad),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let e = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: "0123".into(),
+                config: Some(container_config("x", &["true"])),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sb.clone(),
+                config: Some(container_config("missing", &["/no/such/program"])),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap();
+        let e = rt.start_container(&id).await.unwrap_err();
+        assert!(e.to_string().contains("/no/such/program"), "{e}");
+        let st = status(&rt, &id).await;
+        assert_eq!(
+            (st.state, st.reason.as_str()),
+            (cri::ContainerState::ContainerExited as i32, "StartError")
+        );
+        // unknown ids
+        for e in [
+            rt.start_container("ffff").await.unwrap_err(),
+            rt.stop_container("ffff", Duration::ZERO).await.unwrap_err(),
+            rt.container_status("ffff", false).await.unwrap_err(),
+            rt.stop_pod_sandbox("ffff").await.unwrap_err(),
+            rt.pod_sandbox_status("../../etc", false).await.unwrap_err(),
+        ] {
+            assert!(e.is_not_found(), "{e}");
+        }
+        rt.remove_container("ffff").await.unwrap();
+        rt.remove_pod_sandbox("ffff").await.unwrap();
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
     });
 }
