@@ -71,6 +71,7 @@ impl Env {
             init_binary: Some(PathBuf::from(INIT)),
             cgroup_parent: self.cgroup_parent.clone(),
             kill_wait: Duration::from_secs(10),
+            rlimits: vec![(libc::RLIMIT_NOFILE as u32, 4096, 4096)],
             ..Default::default()
         }
     }
@@ -97,6 +98,10 @@ impl Env {
             labels: HashMap::from([("app".into(), name.into())]),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
+                sysctls: HashMap::from([(
+                    "net.ipv4.ip_unprivileged_port_start".into(),
+                    "80".into(),
+                )]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -456,6 +461,34 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
         assert!(matches!(slow, Err(RuntimeError::Timeout(_))), "{slow:?}");
         assert!(t0.elapsed() < Duration::from_secs(10));
 
+        // pod sysctls are set in the pod's network namespace
+        let out = rt
+            .exec_sync(
+                &server,
+                vec![
+                    "cat".into(),
+                    "/proc/sys/net/ipv4/ip_unprivileged_port_start".into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "80");
+        // a container on a terminal
+        let mut term = container_config(
+            "term",
+            &["sh", "-c", "test -t 1 && echo on-a-tty; exec sleep 1000"],
+        );
+        term.tty = true;
+        run_container(&rt, &sb, &sb_cfg, term).await;
+        let term_log = env.logs.join("web/term/0.log");
+        wait_for("the terminal's output", Duration::from_secs(10), || async {
+            log_entries(&term_log)
+                .iter()
+                .any(|e| e.0 == "stdout" && e.2.starts_with("on-a-tty"))
+        })
+        .await;
+
         // log rotation: rename, reopen, new lines land in a new file
         let rotated = client_log.with_extension("log.1");
         std::fs::rename(&client_log, &rotated).unwrap();
@@ -475,7 +508,7 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             pod_sandbox_id: sb.clone(),
             ..Default::default()
         };
-        assert_eq!(rt.list_containers(Some(running)).await.unwrap().len(), 2);
+        assert_eq!(rt.list_containers(Some(running)).await.unwrap().len(), 3);
         let by_label = cri::ContainerFilter {
             label_selector: HashMap::from([("container".into(), "server".into())]),
             ..Default::default()
@@ -905,6 +938,7 @@ fn host_network_pod_shared_pid_and_security_settings() {
                 )
             }
         };
+        assert_eq!(exec("ulimit -n").await.1, "4096", "rlimits");
         // the host network of the node side (the fixture's namespace)
         let (_, netns, _) = exec("readlink /proc/self/ns/net").await;
         assert_eq!(netns, my_netns.display().to_string());

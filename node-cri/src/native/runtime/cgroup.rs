@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use cgroups_rs::fs::{Cgroup, MaxValue, Resources, hierarchies};
 use node_core::{RuntimeError, cri};
 
-/// The controllers a container cgroup is created with.
-const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
+/// The controllers a container cgroup is created with on v1 (one hierarchy each).
+const CONTROLLERS_V1: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
+/// The controllers enabled for a container cgroup on v2 (cpuacct is part of cpu there).
+const CONTROLLERS_V2: &[&str] = &["cpu", "memory", "pids"];
 
 /// One cgroup (the same relative path in every hierarchy on v1, one directory on v2).
 pub struct CgroupHandle {
@@ -25,7 +27,8 @@ impl CgroupHandle {
     fn load(rel: &str) -> Self {
         let hier = hierarchies::auto();
         let v2 = hier.v2();
-        let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+        let list = if v2 { CONTROLLERS_V2 } else { CONTROLLERS_V1 };
+        let controllers = list.iter().map(|c| c.to_string()).collect();
         let cg =
             Cgroup::load_with_specified_controllers(hier, rel.trim_start_matches('/'), controllers);
         Self {
