@@ -71,7 +71,7 @@ impl Env {
             init_binary: Some(PathBuf::from(INIT)),
             cgroup_parent: self.cgroup_parent.clone(),
             kill_wait: Duration::from_secs(10),
-            rlimits: vec![(libc::RLIMIT_NOFILE as u32, 4096, 4096)],
+            rlimits: vec![(libc::RLIMIT_NOFILE, 4096, 4096)],
             ..Default::default()
         }
     }
