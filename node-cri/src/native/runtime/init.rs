@@ -451,7 +451,18 @@ fn monitor_loop(
         if REOPEN.swap(false, Ordering::SeqCst) {
             log.reopen();
         }
-        if fds.is_empty() && status.is_some() {
+        if fds.is_empty() {
+            // the output is closed: the container is exiting, wait for it
+            while status.is_none() {
+                let mut st = 0;
+                // SAFETY: waiting for our child.
+                let r = unsafe { libc::waitpid(child, &mut st, 0) };
+                if r == child {
+                    status = Some(st);
+                } else if r < 0 && errno().raw_os_error() != Some(libc::EINTR) {
+                    break;
+                }
+            }
             break;
         }
         let mut pfds: Vec<libc::pollfd> = fds
