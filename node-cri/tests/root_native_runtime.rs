@@ -556,6 +556,22 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             "{again:?}"
         );
 
+        // every process of the pod: the pause process, the monitors and the containers
+        let info: serde_json::Value =
+            serde_json::from_str(&rt.pod_sandbox_status(&sb, true).await.unwrap().info["info"])
+                .unwrap();
+        let mut pids = vec![info["pid"].as_i64().unwrap() as i32];
+        for c in rt.list_containers(None).await.unwrap() {
+            let info: serde_json::Value =
+                serde_json::from_str(&rt.container_status(&c.id, true).await.unwrap().info["info"])
+                    .unwrap();
+            pids.extend([
+                info["pid"].as_i64().unwrap() as i32,
+                info["monitorPid"].as_i64().unwrap() as i32,
+            ]);
+        }
+        assert!(pids.iter().all(|p| *p > 0) && alive(pids[0]), "{pids:?}");
+
         // stop and remove the pod
         rt.stop_pod_sandbox(&sb).await.unwrap();
         assert!(env.cni.attached().is_empty(), "CNI DEL on stop");
@@ -580,6 +596,15 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
         // logs are the kubelet's: kept
         assert!(client_log.exists() && rotated.exists());
         // nothing left
+        wait_for(
+            "every process of the pod to be gone",
+            Duration::from_secs(5),
+            || {
+                let pids = pids.clone();
+                async move { pids.iter().all(|p| !alive(*p)) }
+            },
+        )
+        .await;
         assert_eq!(env.mounts_under_root(), Vec::<String>::new());
         assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
         let rtroot = env.root.path().join("rt");

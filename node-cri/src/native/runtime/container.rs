@@ -706,15 +706,21 @@ impl NativeRuntime {
         };
         let json =
             serde_json::to_string(&exec).map_err(|e| RuntimeError::Internal(e.to_string()))?;
-        let child = tokio::process::Command::new(&self.init)
+        let mut child = tokio::process::Command::new(&self.init)
             .arg("exec")
-            .arg(json)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| io_err(&self.init, e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(json.as_bytes())
+                .await
+                .map_err(|e| io_err(&self.init, e))?;
+        }
         let fut = child.wait_with_output();
         let out = if timeout.is_zero() {
             fut.await

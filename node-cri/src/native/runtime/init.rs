@@ -34,7 +34,7 @@ pub fn main() -> ! {
     let result = match arg(1).as_str() {
         "sandbox" => run_sandbox(&arg(2)),
         "container" => run_container(Path::new(&arg(2))),
-        "exec" => run_exec(&arg(2)),
+        "exec" => run_exec(),
         other => Err(format!(
             "unknown command {other:?}; usage: nodekit-init sandbox|container|exec <spec>"
         )),
@@ -240,7 +240,10 @@ extern "C" fn on_signal_exit(_: libc::c_int) {
 
 fn pause_main(spec: &SandboxSpec) -> ! {
     // SAFETY: plain syscalls in the single-threaded child.
-    unsafe { libc::setsid() };
+    unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
+    }
     null_stdio(false);
     let _ = join_cgroups(&spec.cgroup_procs);
     // SAFETY: installing handlers that only call async-signal-safe functions.
@@ -376,8 +379,11 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
         // SAFETY: leaving the forked monitor.
         unsafe { libc::_exit(1) }
     };
-    // SAFETY: a new session for the single-threaded monitor.
-    unsafe { libc::setsid() };
+    // SAFETY: a new session for the single-threaded monitor, away from the runtime's cwd.
+    unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
+    }
     let stdio = make_stdio(spec.tty).unwrap_or_else(|e| fail(e));
     let (ep_r, ep_w) = pipe().unwrap_or_else(|e| fail(e));
     if spec.new_pid {
@@ -683,6 +689,11 @@ fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
     let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
     let at = |p: &str| -> R<PathBuf> {
         let t = secure_join(root, p);
+        if t != root.join(p.trim_start_matches('/')) {
+            return Err(format!(
+                "the image's {p} is a symlink: refusing to mount over it"
+            ));
+        }
         mkdir_all(&t)?;
         Ok(t)
     };
@@ -1148,8 +1159,14 @@ fn exec(args: &[String], env: &[String]) -> R<std::convert::Infallible> {
 // ---------------------------------------------------------------------------------------------
 // exec: join a running container
 
-fn run_exec(json: &str) -> R<i32> {
-    let spec: ExecSpec = serde_json::from_str(json).map_err(|e| format!("exec spec: {e}"))?;
+fn run_exec() -> R<i32> {
+    // the spec comes on stdin (it holds the container's environment: not for `ps` to show)
+    let mut json = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut json)
+        .map_err(|e| format!("read exec spec: {e}"))?;
+    null_stdio(true);
+    let spec: ExecSpec = serde_json::from_slice(&json).map_err(|e| format!("exec spec: {e}"))?;
     let mut fds = Vec::new();
     for (kind, flag) in [
         ("ipc", libc::CLONE_NEWIPC),

@@ -276,9 +276,14 @@ pub(crate) fn signal(pid: i32, ticks: u64, sig: i32) -> bool {
 impl NativeRuntime {
     /// A runtime on `cfg.root`; picks up whatever an earlier runtime left there.
     pub fn new(cfg: NativeConfig) -> Result<Self, RuntimeError> {
-        for d in ["sandboxes", "containers"] {
+        for d in ["sandboxes", "containers", "state"] {
             let p = cfg.root.join(d);
             std::fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
+            // container specs and state hold environments (secrets): root only
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if d == "sandboxes" { 0o711 } else { 0o700 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err(&p, e))?;
         }
         let store = state::Store::new(&cfg.root)?;
         let init = match &cfg.init_binary {

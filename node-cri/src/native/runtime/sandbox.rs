@@ -191,6 +191,11 @@ impl NativeRuntime {
             .map(|l| l.cgroup_parent.trim_matches('/').to_string())
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| self.cfg.cgroup_parent.clone());
+        if parent.split('/').any(|c| c == ".." || c == ".") {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "RunPodSandbox: linux.cgroup_parent {parent:?} must not contain . or .."
+            )));
+        }
         let hostname = if config.hostname.is_empty() {
             md.name.clone()
         } else {
