@@ -16,11 +16,42 @@ use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path, require_
 const INIT: &str = env!("CARGO_BIN_EXE_nodekit-init");
 static N: AtomicUsize = AtomicUsize::new(0);
 
+/// A CNI plugin that remembers every attachment it was given, around [`FakeCni`].
+#[derive(Default)]
+struct RecordingCni {
+    inner: FakeCni,
+    seen: std::sync::Mutex<Vec<node_core::Attachment>>,
+}
+
+#[async_trait::async_trait]
+impl node_core::CniPlugin for RecordingCni {
+    async fn add(
+        &self,
+        a: &node_core::Attachment,
+    ) -> Result<node_core::CniResult, node_core::CniError> {
+        self.seen.lock().unwrap().push(a.clone());
+        self.inner.add(a).await
+    }
+    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.del(a).await
+    }
+    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.check(a).await
+    }
+    async fn status(&self) -> Result<(), node_core::CniError> {
+        self.inner.status().await
+    }
+    async fn gc(&self, keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
+        self.inner.gc(keep).await
+    }
+}
+
 /// A runtime root for one test; dropping it removes everything the runtime made under it.
 struct Env {
     root: tempfile::TempDir,
     cgroup_parent: String,
     cni: FakeCni,
+    recorder: Arc<RecordingCni>,
     images: Arc<LayerDirImages>,
     logs: PathBuf,
 }
@@ -54,10 +85,12 @@ impl Env {
             },
         );
         let logs = root.path().join("pod-logs");
+        let recorder = Arc::new(RecordingCni::default());
         Self {
             root,
             cgroup_parent,
-            cni: FakeCni::new(),
+            cni: recorder.inner.clone(),
+            recorder,
             images,
             logs,
         }
@@ -66,7 +99,7 @@ impl Env {
     fn config(&self) -> NativeConfig {
         NativeConfig {
             root: self.root.path().join("rt"),
-            cni: Arc::new(self.cni.clone()),
+            cni: self.recorder.clone(),
             images: self.images.clone(),
             init_binary: Some(PathBuf::from(INIT)),
             cgroup_parent: self.cgroup_parent.clone(),
@@ -336,7 +369,13 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
     let env = Env::new();
     in_netns("rtpod", || async {
         let rt = env.runtime();
-        let sb_cfg = env.sandbox_config("web");
+        let mut sb_cfg = env.sandbox_config("web");
+        sb_cfg.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: 18080,
+            host_ip: String::new(),
+        }];
         let sb = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(sb_cfg.clone()),
@@ -345,6 +384,36 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             .await
             .unwrap();
         assert_eq!(env.cni.attached().len(), 1, "CNI ADD was called once");
+        let a = env.recorder.seen.lock().unwrap()[0].clone();
+        assert_eq!(
+            (a.container_id.as_str(), a.ifname.as_str()),
+            (sb.as_str(), "eth0")
+        );
+        assert_eq!(
+            (
+                a.pod.namespace.as_str(),
+                a.pod.name.as_str(),
+                a.pod.uid.as_str()
+            ),
+            ("default", "web", "uid-web")
+        );
+        assert_eq!(
+            a.capabilities.port_mappings,
+            vec![node_core::PortMapping {
+                host_port: 18080,
+                container_port: 8080,
+                protocol: "tcp".into(),
+                host_ip: None
+            }]
+        );
+        // the netns CNI was given is the pod's: a namespace file other than ours
+        let pod_ns = std::fs::metadata(&a.netns)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        let our_ns = std::fs::metadata("/proc/thread-self/ns/net")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        assert_ne!(pod_ns, our_ns);
         let st = rt
             .pod_sandbox_status(&sb, false)
             .await
@@ -461,6 +530,25 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
         assert!(matches!(slow, Err(RuntimeError::Timeout(_))), "{slow:?}");
         assert!(t0.elapsed() < Duration::from_secs(10));
 
+        // the netns CNI was given is the one the containers are in
+        let out = rt
+            .exec_sync(
+                &server,
+                vec![
+                    "stat".into(),
+                    "-L".into(),
+                    "-c".into(),
+                    "%i".into(),
+                    "/proc/self/ns/net".into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            pod_ns.to_string()
+        );
         // pod sysctls are set in the pod's network namespace
         let out = rt
             .exec_sync(
@@ -474,6 +562,38 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             .await
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "80");
+        // a line longer than 16 KiB is logged as partial entries ended by a full one
+        run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config(
+                "long",
+                &[
+                    "sh",
+                    "-c",
+                    "head -c 40000 /dev/zero | tr '\\0' a; echo; exec sleep 1000",
+                ],
+            ),
+        )
+        .await;
+        let long_log = env.logs.join("web/long/0.log");
+        wait_for("the long line", Duration::from_secs(10), || async {
+            log_entries(&long_log).iter().any(|e| e.1 == "F")
+        })
+        .await;
+        let shape: Vec<(String, usize)> = log_entries(&long_log)
+            .into_iter()
+            .map(|e| (e.1, e.2.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("P".into(), 16384),
+                ("P".into(), 16384),
+                ("F".into(), 40000 - 2 * 16384)
+            ]
+        );
         // a container on a terminal
         let mut term = container_config(
             "term",
@@ -508,7 +628,7 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             pod_sandbox_id: sb.clone(),
             ..Default::default()
         };
-        assert_eq!(rt.list_containers(Some(running)).await.unwrap().len(), 3);
+        assert_eq!(rt.list_containers(Some(running)).await.unwrap().len(), 4);
         let by_label = cri::ContainerFilter {
             label_selector: HashMap::from([("container".into(), "server".into())]),
             ..Default::default()
