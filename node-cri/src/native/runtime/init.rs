@@ -1,0 +1,1223 @@
+//! The init binary's side of the runtime (`nodekit-init`, the runc-init pattern): the runtime
+//! never forks itself; it executes this small single-threaded program, which sets up
+//! namespaces, mounts, credentials and seccomp, then `execve`s the container's program.
+//!
+//! - `nodekit-init sandbox <json>`: create the pod's namespaces and leave a pause process in
+//!   them (pid 1 of the pod's PID namespace).
+//! - `nodekit-init container <spec file>`: fork the container's monitor (it outlives the
+//!   runtime, writes the CRI log and records the exit), which forks the container process.
+//! - `nodekit-init exec <json>`: join a running container and run one command in it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::caps;
+use super::log::{CriLogWriter, Stream};
+use super::seccomp;
+use super::spec::{
+    BindMount, ContainerSpec, ExecSpec, ExitRecord, ProcessSpec, Propagation, SandboxSpec, Seccomp,
+    Started,
+};
+
+type R<T> = Result<T, String>;
+
+/// The entry point of `nodekit-init`: dispatch on the first argument and exit.
+pub fn main() -> ! {
+    mark_inherited_cloexec();
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let result = match arg(1).as_str() {
+        "sandbox" => run_sandbox(&arg(2)),
+        "container" => run_container(Path::new(&arg(2))),
+        "exec" => run_exec(),
+        other => Err(format!(
+            "unknown command {other:?}; usage: nodekit-init sandbox|container|exec <spec>"
+        )),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("nodekit-init: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// small syscall helpers
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+fn check(rc: libc::c_int, what: impl FnOnce() -> String) -> R<()> {
+    if rc < 0 {
+        Err(format!("{}: {}", what(), errno()))
+    } else {
+        Ok(())
+    }
+}
+
+fn cstr(p: impl AsRef<Path>) -> CString {
+    CString::new(p.as_ref().as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn mark_inherited_cloexec() {
+    // SAFETY: close_range only changes descriptor flags of this process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}
+
+fn pipe() -> R<(RawFd, RawFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    check(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        || "pipe".into(),
+    )?;
+    Ok((fds[0], fds[1]))
+}
+
+fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor we own.
+    unsafe { libc::close(fd) };
+}
+
+fn fork() -> R<libc::pid_t> {
+    // SAFETY: this process is single-threaded (the init never starts threads).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(format!("fork: {}", errno()))
+    } else {
+        Ok(pid)
+    }
+}
+
+fn write_all(fd: RawFd, data: &[u8]) {
+    // SAFETY: the File is forgotten, so the descriptor is not closed here.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let _ = f.write_all(data);
+    std::mem::forget(f);
+}
+
+fn read_to_end(fd: RawFd) -> Vec<u8> {
+    // SAFETY: the descriptor is ours and is closed when the File drops.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    let mut v = Vec::new();
+    let _ = f.read_to_end(&mut v);
+    v
+}
+
+fn null_stdio(stdin_only: bool) {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let targets: &[RawFd] = if stdin_only { &[0] } else { &[0, 1, 2] };
+        for t in targets {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(null.as_raw_fd(), *t) };
+        }
+    }
+}
+
+fn join_cgroups(procs: &[PathBuf]) -> R<()> {
+    for p in procs {
+        std::fs::write(p, "0").map_err(|e| format!("join cgroup {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn start_ticks(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn setns_path(path: &Path, nstype: libc::c_int) -> R<()> {
+    let f = File::open(path).map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+    // SAFETY: setns on a namespace file we opened.
+    check(unsafe { libc::setns(f.as_raw_fd(), nstype) }, || {
+        format!("setns {}", path.display())
+    })
+}
+
+fn ns_flag(kind: &str) -> R<libc::c_int> {
+    Ok(match kind {
+        "net" => libc::CLONE_NEWNET,
+        "ipc" => libc::CLONE_NEWIPC,
+        "uts" => libc::CLONE_NEWUTS,
+        "pid" => libc::CLONE_NEWPID,
+        "mnt" => libc::CLONE_NEWNS,
+        k => return Err(format!("unknown namespace kind {k:?}")),
+    })
+}
+
+fn wait_status_code(status: libc::c_int) -> (i32, Option<i32>) {
+    if libc::WIFEXITED(status) {
+        (libc::WEXITSTATUS(status), None)
+    } else if libc::WIFSIGNALED(status) {
+        let s = libc::WTERMSIG(status);
+        (128 + s, Some(s))
+    } else {
+        (255, None)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sandbox: the pause process
+
+fn run_sandbox(json: &str) -> R<i32> {
+    let spec: SandboxSpec = serde_json::from_str(json).map_err(|e| format!("sandbox spec: {e}"))?;
+    let mut flags = libc::CLONE_NEWPID;
+    if spec.new_net {
+        flags |= libc::CLONE_NEWNET;
+    }
+    if spec.new_ipc {
+        flags |= libc::CLONE_NEWIPC;
+    }
+    if spec.new_uts {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    // SAFETY: unshare affects only this single-threaded process.
+    check(unsafe { libc::unshare(flags) }, || {
+        "unshare sandbox namespaces".into()
+    })?;
+    if spec.new_uts && !spec.hostname.is_empty() {
+        let h = spec.hostname.as_bytes();
+        // SAFETY: h is a valid buffer of h.len() bytes.
+        check(
+            unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) },
+            || format!("sethostname {:?}", spec.hostname),
+        )?;
+    }
+    if spec.new_net {
+        loopback_up()?;
+    }
+    let pid = fork()?;
+    if pid == 0 {
+        pause_main(&spec);
+    }
+    let started = Started {
+        pid,
+        start_ticks: start_ticks(pid),
+        monitor_pid: 0,
+        monitor_ticks: 0,
+    };
+    println!("{}", serde_json::to_string(&started).unwrap_or_default());
+    Ok(0)
+}
+
+extern "C" fn on_signal_noop(_: libc::c_int) {}
+extern "C" fn on_signal_exit(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+fn pause_main(spec: &SandboxSpec) -> ! {
+    // SAFETY: plain syscalls in the single-threaded child.
+    unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
+    }
+    null_stdio(false);
+    let _ = join_cgroups(&spec.cgroup_procs);
+    // SAFETY: installing handlers that only call async-signal-safe functions.
+    unsafe {
+        libc::signal(
+            libc::SIGCHLD,
+            on_signal_noop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal_exit as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            on_signal_exit as *const () as libc::sighandler_t,
+        );
+    }
+    loop {
+        let mut st = 0;
+        // SAFETY: reaping any child; a null rusage is not needed.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r < 0 && errno().raw_os_error() == Some(libc::ECHILD) {
+            // SAFETY: pause returns when a signal arrives.
+            unsafe { libc::pause() };
+        }
+    }
+}
+
+fn loopback_up() -> R<()> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    // SAFETY: a datagram socket to issue interface ioctls on; closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(s, || "socket".into())?;
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: req is a valid ifreq-sized buffer.
+    let rc = unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) };
+    let r = check(rc, || "get lo flags".into()).and_then(|()| {
+        req.flags |= libc::IFF_UP as libc::c_short;
+        // SAFETY: as above.
+        check(unsafe { libc::ioctl(s, libc::SIOCSIFFLAGS, &req) }, || {
+            "set lo up".into()
+        })
+    });
+    close(s);
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// container: launcher -> monitor -> container process
+
+fn run_container(spec_path: &Path) -> R<i32> {
+    let data = std::fs::read(spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let spec: ContainerSpec =
+        serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let (report_r, report_w) = pipe()?;
+    let pid = fork()?;
+    if pid == 0 {
+        close(report_r);
+        monitor_main(&spec, report_w);
+    }
+    close(report_w);
+    let report = String::from_utf8_lossy(&read_to_end(report_r)).into_owned();
+    if let Some(ok) = report.strip_prefix("ok ") {
+        println!("{ok}");
+        Ok(0)
+    } else if let Some(e) = report.strip_prefix("err ") {
+        Err(e.to_string())
+    } else {
+        Err("the container monitor died before reporting".into())
+    }
+}
+
+static REOPEN: AtomicBool = AtomicBool::new(false);
+extern "C" fn on_reopen(_: libc::c_int) {
+    REOPEN.store(true, Ordering::SeqCst);
+}
+
+struct Stdio {
+    /// The ends the monitor reads: stdout, stderr (or the pty master as stdout).
+    read: Vec<(RawFd, Stream)>,
+    /// The child's stdin, stdout, stderr.
+    child: [RawFd; 3],
+}
+
+fn make_stdio(tty: bool) -> R<Stdio> {
+    if tty {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two descriptors; the other pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        check(rc, || "openpty".into())?;
+        // SAFETY: flag changes on our descriptors.
+        unsafe {
+            libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
+            libc::fcntl(slave, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        return Ok(Stdio {
+            read: vec![(master, Stream::Stdout)],
+            child: [slave, slave, slave],
+        });
+    }
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let null_fd = null.as_raw_fd();
+    std::mem::forget(null);
+    Ok(Stdio {
+        read: vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+        child: [null_fd, out_w, err_w],
+    })
+}
+
+fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
+    let fail = |msg: String| -> ! {
+        write_all(report_w, format!("err {msg}").as_bytes());
+        // SAFETY: leaving the forked monitor.
+        unsafe { libc::_exit(1) }
+    };
+    // SAFETY: a new session for the single-threaded monitor, away from the runtime's cwd.
+    unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
+    }
+    let stdio = make_stdio(spec.tty).unwrap_or_else(|e| fail(e));
+    let (ep_r, ep_w) = pipe().unwrap_or_else(|e| fail(e));
+    if spec.new_pid {
+        // SAFETY: the monitor's next child starts a new PID namespace.
+        check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || {
+            "unshare pid namespace".into()
+        })
+        .unwrap_or_else(|e| fail(e));
+    } else if let Some(pid_ns) = spec.join.iter().find(|j| j.kind == "pid") {
+        setns_path(&pid_ns.path, libc::CLONE_NEWPID).unwrap_or_else(|e| fail(e));
+    }
+    let child = fork().unwrap_or_else(|e| fail(e));
+    if child == 0 {
+        close(ep_r);
+        for (fd, _) in &stdio.read {
+            close(*fd);
+        }
+        let err = container_main(spec, &stdio.child).unwrap_err();
+        write_all(ep_w, err.as_bytes());
+        // SAFETY: leaving the forked child after a setup failure.
+        unsafe { libc::_exit(127) };
+    }
+    close(ep_w);
+    let mut closed = std::collections::BTreeSet::new();
+    for fd in stdio.child {
+        if closed.insert(fd) {
+            close(fd);
+        }
+    }
+    let setup_error = read_to_end(ep_r);
+    if !setup_error.is_empty() {
+        let mut st = 0;
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(child, &mut st, 0) };
+        fail(String::from_utf8_lossy(&setup_error).into_owned());
+    }
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    let started = Started {
+        pid: child,
+        start_ticks: start_ticks(child),
+        monitor_pid: me,
+        monitor_ticks: start_ticks(me),
+    };
+    write_all(
+        report_w,
+        format!("ok {}", serde_json::to_string(&started).unwrap_or_default()).as_bytes(),
+    );
+    close(report_w);
+    null_stdio(false);
+    // SAFETY: a handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGUSR1, on_reopen as *const () as libc::sighandler_t) };
+    let record = monitor_loop(spec, child, stdio.read);
+    let tmp = spec.exit_file.with_extension("tmp");
+    if std::fs::write(&tmp, serde_json::to_vec(&record).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, &spec.exit_file);
+    }
+    // SAFETY: leaving the monitor.
+    unsafe { libc::_exit(0) }
+}
+
+fn monitor_loop(
+    spec: &ContainerSpec,
+    child: libc::pid_t,
+    mut fds: Vec<(RawFd, Stream)>,
+) -> ExitRecord {
+    let mut log = CriLogWriter::open(spec.log_path.clone(), spec.max_log_line.max(1));
+    let mut status: Option<libc::c_int> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if REOPEN.swap(false, Ordering::SeqCst) {
+            log.reopen();
+        }
+        if fds.is_empty() {
+            // the output is closed: the container is exiting, wait for it
+            while status.is_none() {
+                let mut st = 0;
+                // SAFETY: waiting for our child.
+                let r = unsafe { libc::waitpid(child, &mut st, 0) };
+                if r == child {
+                    status = Some(st);
+                } else if r < 0 && errno().raw_os_error() != Some(libc::EINTR) {
+                    break;
+                }
+            }
+            break;
+        }
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|(fd, _)| libc::pollfd {
+                fd: *fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout = if status.is_some() { 50 } else { 200 };
+        // SAFETY: pfds is a valid array of pollfd.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        let mut done = Vec::new();
+        if n > 0 {
+            for (i, p) in pfds.iter().enumerate() {
+                if p.revents == 0 {
+                    continue;
+                }
+                // SAFETY: reading into our buffer.
+                let r = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if r > 0 {
+                    log.write(fds[i].1, &buf[..r as usize]);
+                } else if r == 0 || errno().raw_os_error() != Some(libc::EINTR) {
+                    done.push(p.fd);
+                }
+            }
+        }
+        for fd in done {
+            close(fd);
+            fds.retain(|(f, _)| *f != fd);
+        }
+        if status.is_none() {
+            let mut st = 0;
+            // SAFETY: polling our child's exit.
+            if unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) } == child {
+                status = Some(st);
+            }
+        } else if n == 0 {
+            // the container is gone and its output has been quiet: stop reading leftovers
+            break;
+        }
+    }
+    log.flush();
+    let st = status.unwrap_or(0);
+    let (exit_code, signal) = wait_status_code(st);
+    let oom_killed = spec
+        .oom_file
+        .as_deref()
+        .is_some_and(|f| super::cgroup::oom_kills_in(f) > 0);
+    ExitRecord {
+        exit_code,
+        signal,
+        finished_at: now_ns(),
+        oom_killed,
+    }
+}
+
+fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::Infallible> {
+    // SAFETY: plain syscalls in the single-threaded child.
+    unsafe {
+        libc::setsid();
+        if spec.tty {
+            libc::ioctl(stdio[0], libc::TIOCSCTTY, 0);
+        }
+        for (i, fd) in stdio.iter().enumerate() {
+            libc::dup2(*fd, i as RawFd);
+        }
+    }
+    join_cgroups(&spec.cgroup_procs)?;
+    for j in spec.join.iter().filter(|j| j.kind != "pid") {
+        setns_path(&j.path, ns_flag(&j.kind)?)?;
+    }
+    // SAFETY: a new mount namespace for this single-threaded process.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, || {
+        "unshare mount namespace".into()
+    })?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_SLAVE,
+        None,
+    )?;
+    mount_rootfs(spec)?;
+    pivot_root(&spec.rootfs)?;
+    for (k, v) in &spec.sysctls {
+        let p = format!("/proc/sys/{}", k.replace('.', "/"));
+        std::fs::write(&p, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+    }
+    if !spec.privileged {
+        for p in &spec.masked_paths {
+            mask_path(p)?;
+        }
+        for p in &spec.readonly_paths {
+            readonly_path(p)?;
+        }
+    }
+    if spec.readonly_rootfs {
+        mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            None,
+        )?;
+    }
+    apply_process(&spec.process)
+}
+
+fn mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> R<()> {
+    let src_c = src.map(cstr);
+    let target_c = cstr(target);
+    let fstype_c = fstype.map(|f| CString::new(f).unwrap_or_default());
+    let data_c = data.map(|d| CString::new(d).unwrap_or_default());
+    // SAFETY: every pointer is a valid C string or null.
+    let rc = unsafe {
+        libc::mount(
+            src_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            target_c.as_ptr(),
+            fstype_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            flags,
+            data_c
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.as_ptr().cast()),
+        )
+    };
+    check(rc, || {
+        format!(
+            "mount {} on {} ({})",
+            src.map(|s| s.display().to_string()).unwrap_or_default(),
+            target.display(),
+            fstype.unwrap_or("bind/remount")
+        )
+    })
+}
+
+/// `root` joined with `path`, with every symlink resolved inside `root` (never above it).
+pub fn secure_join(root: &Path, path: &str) -> PathBuf {
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&resolved);
+        candidate.push(&c);
+        match std::fs::read_link(&candidate) {
+            Ok(target) if links < 40 => {
+                links += 1;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                for (i, comp) in target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_os_string()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    })
+                    .enumerate()
+                {
+                    pending.insert(i, comp);
+                }
+            }
+            _ => resolved.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(resolved);
+    out
+}
+
+fn mkdir_all(p: &Path) -> R<()> {
+    std::fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
+}
+
+fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
+    if spec.layers.is_empty() {
+        return Err("the image has no layers".into());
+    }
+    let lower: Vec<String> = spec
+        .layers
+        .iter()
+        .rev()
+        .map(|l| l.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    mount(
+        Some(Path::new("overlay")),
+        &spec.rootfs,
+        Some("overlay"),
+        0,
+        Some(&opts),
+    )?;
+    let root = &spec.rootfs;
+    let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
+    let at = |p: &str| -> R<PathBuf> {
+        let t = secure_join(root, p);
+        if t != root.join(p.trim_start_matches('/')) {
+            return Err(format!(
+                "the image's {p} is a symlink: refusing to mount over it"
+            ));
+        }
+        mkdir_all(&t)?;
+        Ok(t)
+    };
+    mount(
+        Some(Path::new("proc")),
+        &at("/proc")?,
+        Some("proc"),
+        nosuid | nodev | noexec,
+        None,
+    )?;
+    let dev = at("/dev")?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        nosuid | libc::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = cstr(dev.join(name));
+        // SAFETY: mknod of a character device under our fresh tmpfs.
+        let rc = unsafe {
+            libc::mknod(
+                p.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
+        check(rc, || format!("mknod /dev/{name}"))?;
+        // SAFETY: chmod past the umask.
+        unsafe { libc::chmod(p.as_ptr(), 0o666) };
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+    }
+    mount(
+        Some(Path::new("devpts")),
+        &at("/dev/pts")?,
+        Some("devpts"),
+        nosuid | noexec,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    mount(
+        Some(Path::new("shm")),
+        &at("/dev/shm")?,
+        Some("tmpfs"),
+        nosuid | nodev | noexec,
+        Some("mode=1777,size=65536k"),
+    )?;
+    mount(
+        Some(Path::new("mqueue")),
+        &at("/dev/mqueue")?,
+        Some("mqueue"),
+        nosuid | nodev | noexec,
+        None,
+    )?;
+    let sys_flags = nosuid | nodev | noexec | if spec.privileged { 0 } else { libc::MS_RDONLY };
+    mount(
+        Some(Path::new("sysfs")),
+        &at("/sys")?,
+        Some("sysfs"),
+        sys_flags,
+        None,
+    )?;
+    for m in &spec.mounts {
+        bind_mount(root, m)?;
+    }
+    Ok(())
+}
+
+fn bind_mount(root: &Path, m: &BindMount) -> R<()> {
+    let meta = std::fs::metadata(&m.source)
+        .map_err(|e| format!("mount source {}: {e}", m.source.display()))?;
+    let target = secure_join(root, &m.destination);
+    if meta.is_dir() {
+        mkdir_all(&target)?;
+    } else {
+        if let Some(parent) = target.parent() {
+            mkdir_all(parent)?;
+        }
+        if std::fs::symlink_metadata(&target).is_err() {
+            std::fs::write(&target, b"")
+                .map_err(|e| format!("create mount point {}: {e}", target.display()))?;
+        }
+    }
+    mount(
+        Some(&m.source),
+        &target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    let prop = match m.propagation {
+        Propagation::Private => libc::MS_PRIVATE,
+        Propagation::HostToContainer => libc::MS_SLAVE,
+        Propagation::Bidirectional => libc::MS_SHARED,
+    };
+    mount(None, &target, None, libc::MS_REC | prop, None)?;
+    if m.readonly {
+        remount_readonly(&target)?;
+    }
+    Ok(())
+}
+
+fn remount_readonly(target: &Path) -> R<()> {
+    // keep the flags the mount has (nosuid, nodev, noexec), add read-only
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = cstr(target);
+    // SAFETY: statvfs into a zeroed struct.
+    unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    for (vfs, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+    ] {
+        if st.f_flag & vfs != 0 {
+            flags |= ms;
+        }
+    }
+    mount(None, target, None, flags, None)
+}
+
+fn pivot_root(rootfs: &Path) -> R<()> {
+    let old = File::open("/").map_err(|e| format!("open /: {e}"))?;
+    let new = File::open(rootfs).map_err(|e| format!("open {}: {e}", rootfs.display()))?;
+    let dot = cstr(".");
+    // SAFETY: fchdir/pivot_root/umount2 on descriptors and paths we hold.
+    unsafe {
+        check(libc::fchdir(new.as_raw_fd()), || "chdir rootfs".into())?;
+        check(
+            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int,
+            || "pivot_root".into(),
+        )?;
+        check(libc::fchdir(old.as_raw_fd()), || "chdir old root".into())?;
+    }
+    mount(
+        None,
+        Path::new("."),
+        None,
+        libc::MS_SLAVE | libc::MS_REC,
+        None,
+    )?;
+    // SAFETY: detach the old root, then move to the new one.
+    unsafe {
+        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH), || {
+            "detach old root".into()
+        })?;
+        check(libc::chdir(cstr("/").as_ptr()), || "chdir /".into())?;
+    }
+    Ok(())
+}
+
+fn mask_path(p: &str) -> R<()> {
+    let path = Path::new(p);
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => mount(
+            Some(Path::new("tmpfs")),
+            path,
+            Some("tmpfs"),
+            libc::MS_RDONLY,
+            None,
+        ),
+        Ok(_) => mount(
+            Some(Path::new("/dev/null")),
+            path,
+            None,
+            libc::MS_BIND,
+            None,
+        ),
+        Err(_) => Ok(()),
+    }
+}
+
+fn readonly_path(p: &str) -> R<()> {
+    let path = Path::new(p);
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
+    remount_readonly(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// the process: user, rlimits, capabilities, seccomp, exec (containers and execs alike)
+
+fn lookup_passwd(name: &str) -> Option<(u32, u32)> {
+    let s = std::fs::read_to_string("/etc/passwd").ok()?;
+    s.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == name)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    let s = std::fs::read_to_string("/etc/group").ok()?;
+    s.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
+fn groups_of(user: &str) -> Vec<u32> {
+    let Ok(s) = std::fs::read_to_string("/etc/group") else {
+        return vec![];
+    };
+    s.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[3].split(',').any(|m| m == user))
+                .then(|| f[2].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// uid, gid and supplementary groups, resolved against the container's own files.
+fn resolve_user(u: &super::spec::UserSpec) -> R<(u32, u32, Vec<u32>)> {
+    let mut uid = u.uid;
+    let mut gid = u.gid;
+    let mut name = None;
+    if let Some(n) = u.username.as_deref().filter(|n| !n.is_empty()) {
+        if let Ok(num) = n.parse::<u32>() {
+            uid = uid.or(Some(num));
+        } else {
+            let (pu, pg) = lookup_passwd(n)
+                .ok_or_else(|| format!("user {n:?} not found in the container's /etc/passwd"))?;
+            uid = uid.or(Some(pu));
+            gid = gid.or(Some(pg));
+            name = Some(n.to_string());
+        }
+    }
+    if gid.is_none()
+        && let Some(g) = u.groupname.as_deref().filter(|g| !g.is_empty())
+    {
+        gid = Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup_group(g)
+                .ok_or_else(|| format!("group {g:?} not found in the container's /etc/group"))?,
+        });
+    }
+    let uid = uid.unwrap_or(0);
+    if gid.is_none() {
+        // the user's primary group from /etc/passwd, by uid
+        gid = std::fs::read_to_string("/etc/passwd").ok().and_then(|s| {
+            s.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                if f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid) {
+                    if name.is_none() {
+                        name = Some(f[0].to_string());
+                    }
+                    f[3].parse().ok()
+                } else {
+                    None
+                }
+            })
+        });
+    }
+    let gid = gid.unwrap_or(0);
+    let mut groups: Vec<u32> = name.as_deref().map(groups_of).unwrap_or_default();
+    groups.extend(&u.additional_gids);
+    groups.sort();
+    groups.dedup();
+    Ok((uid, gid, groups))
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const CAP_V3: u32 = 0x2008_0522;
+
+fn capget() -> R<[CapData; 2]> {
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut d = [CapData::default(); 2];
+    // SAFETY: header and two data structs, as the v3 ABI wants.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) } as libc::c_int;
+    check(rc, || "capget".into())?;
+    Ok(d)
+}
+
+fn capset(d: [CapData; 2]) -> R<()> {
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: as capget.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) } as libc::c_int;
+    check(rc, || "capset".into())
+}
+
+fn apply_process(p: &ProcessSpec) -> R<std::convert::Infallible> {
+    let (uid, gid, groups) = resolve_user(&p.user)?;
+    for (res, soft, hard) in &p.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: *soft,
+            rlim_max: *hard,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        check(unsafe { libc::setrlimit(*res as _, &lim) }, || {
+            format!("setrlimit {res}")
+        })?;
+    }
+    let cwd = if p.cwd.is_empty() {
+        "/"
+    } else {
+        p.cwd.as_str()
+    };
+    let _ = std::fs::create_dir_all(cwd);
+    // SAFETY: credential and prctl syscalls in a single-threaded process.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0), || {
+            "keep capabilities".into()
+        })?;
+        check(libc::setgroups(groups.len(), groups.as_ptr()), || {
+            "setgroups".into()
+        })?;
+        check(libc::setresgid(gid, gid, gid), || format!("setgid {gid}"))?;
+        check(libc::setresuid(uid, uid, uid), || format!("setuid {uid}"))?;
+    }
+    // effective = permitted again (setuid cleared it for non-root users)
+    let mut cur = capget()?;
+    for d in &mut cur {
+        d.effective = d.permitted;
+    }
+    capset(cur)?;
+    let keep: Vec<u32> = p
+        .capabilities
+        .iter()
+        .copied()
+        .filter(|c| {
+            let (i, bit) = ((*c / 32) as usize, 1u32 << (c % 32));
+            cur[i].permitted & bit != 0
+        })
+        .collect();
+    if p.no_new_privs {
+        // SAFETY: prctl without pointers.
+        check(
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+            || "no_new_privs".into(),
+        )?;
+    }
+    if p.seccomp == Seccomp::RuntimeDefault {
+        seccomp::install(&seccomp::runtime_default(&keep))?;
+    }
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for c in 0..=last_cap {
+        if !keep.contains(&c) {
+            // SAFETY: prctl without pointers; dropping an absent capability fails harmlessly.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+    let mut set = [CapData::default(); 2];
+    for c in &keep {
+        let (i, bit) = ((*c / 32) as usize, 1u32 << (c % 32));
+        set[i].effective |= bit;
+        set[i].permitted |= bit;
+        set[i].inheritable |= bit;
+    }
+    capset(set)?;
+    for c in p.ambient.iter().filter(|c| keep.contains(c)) {
+        // SAFETY: prctl without pointers.
+        check(
+            unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    *c as libc::c_ulong,
+                    0,
+                    0,
+                )
+            },
+            || {
+                format!(
+                    "ambient capability {}",
+                    caps::NAMES.get(*c as usize).unwrap_or(&"?")
+                )
+            },
+        )?;
+    }
+    // SAFETY: prctl without pointers.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    let cwd_c = cstr(cwd);
+    // SAFETY: chdir to a C string path.
+    check(unsafe { libc::chdir(cwd_c.as_ptr()) }, || {
+        format!("chdir {cwd}")
+    })?;
+    exec(&p.args, &p.env)
+}
+
+fn exec(args: &[String], env: &[String]) -> R<std::convert::Infallible> {
+    let prog = args
+        .first()
+        .ok_or("no command: the image has no Entrypoint or Cmd and the config none")?;
+    let path = if prog.contains('/') {
+        PathBuf::from(prog)
+    } else {
+        let search = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        search
+            .split(':')
+            .map(|d| Path::new(d).join(prog))
+            .find(|p| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+            .ok_or_else(|| format!("executable {prog:?} not found in $PATH ({search})"))?
+    };
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let path_c = cstr(&path);
+    // SAFETY: null-terminated arrays of valid C strings.
+    unsafe { libc::execve(path_c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    Err(format!("exec {}: {}", path.display(), errno()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// exec: join a running container
+
+fn run_exec() -> R<i32> {
+    // the spec comes on stdin (it holds the container's environment: not for `ps` to show)
+    let mut json = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut json)
+        .map_err(|e| format!("read exec spec: {e}"))?;
+    null_stdio(true);
+    let spec: ExecSpec = serde_json::from_slice(&json).map_err(|e| format!("exec spec: {e}"))?;
+    let mut fds = Vec::new();
+    for (kind, flag) in [
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("pid", libc::CLONE_NEWPID),
+        ("mnt", libc::CLONE_NEWNS),
+    ] {
+        let p = format!("/proc/{}/ns/{kind}", spec.pid);
+        let f = File::open(&p).map_err(|e| format!("the container process is gone ({p}: {e})"))?;
+        fds.push((f, flag, kind));
+    }
+    join_cgroups(&spec.cgroup_procs)?;
+    for (f, flag, kind) in &fds {
+        // SAFETY: setns on namespace files we opened.
+        check(unsafe { libc::setns(f.as_raw_fd(), *flag) }, || {
+            format!("setns {kind}")
+        })?;
+    }
+    drop(fds);
+    let child = fork()?;
+    if child == 0 {
+        // SAFETY: die with the exec init (the runtime kills it on timeout).
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        let e = apply_process(&spec.process).unwrap_err();
+        eprintln!("nodekit-init: {e}");
+        // SAFETY: leaving the forked child.
+        unsafe { libc::_exit(127) };
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our child.
+    check(unsafe { libc::waitpid(child, &mut st, 0) }, || {
+        "wait".into()
+    })?;
+    Ok(wait_status_code(st).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_join_stays_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("a/abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("a/b/up")).unwrap();
+        assert_eq!(secure_join(root, "/a/b/c"), root.join("a/b/c"));
+        assert_eq!(secure_join(root, "/../../x"), root.join("x"));
+        assert_eq!(secure_join(root, "/a/abs/hosts"), root.join("etc/hosts"));
+        assert_eq!(secure_join(root, "/a/b/up/etc"), root.join("etc"));
+    }
+}

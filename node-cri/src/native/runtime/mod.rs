@@ -1,0 +1,450 @@
+//! The native runtime's sandboxes and containers ([`NativeRuntime`], a
+//! [`node_core::RuntimeBackend`]): Linux namespaces, overlayfs root filesystems, cgroups and a
+//! per-container monitor that outlives the runtime process, all launched by re-executing our
+//! own init binary (`nodekit-init`, see [`init`]) instead of forking the multi-threaded runtime.
+//!
+//! Layout under [`NativeConfig::root`]:
+//! `state/{sandboxes,containers}/<id>.json` (the persisted lifecycle, see [`state`]),
+//! `sandboxes/<id>/` (namespace files, `hostname`, `hosts`, `resolv.conf`) and
+//! `containers/<id>/` (`spec.json` for the init, overlay `upper`/`work`, the `rootfs` mount
+//! point, mounted only inside the container's own mount namespace).
+
+pub mod caps;
+pub mod cgroup;
+mod container;
+pub mod init;
+pub mod log;
+mod sandbox;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use node_core::{
+    Attachment, AttachmentKey, CniError, CniPlugin, CniResult, RuntimeBackend, RuntimeError, cri,
+};
+use oci_spec::image::ImageConfiguration;
+
+pub use state::{ContainerStatus, SandboxStatus};
+
+/// An image resolved for a container: its id, its unpacked layers and its config.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The image id (config digest).
+    pub id: String,
+    /// Unpacked layer directories, bottom first (overlay lower dirs).
+    pub layer_dirs: Vec<PathBuf>,
+    /// The image config (Entrypoint, Cmd, Env, WorkingDir, User, StopSignal).
+    pub config: ImageConfiguration,
+}
+
+/// Where container root filesystems come from: an image store that has the image unpacked.
+pub trait RootfsProvider: Send + Sync {
+    /// The unpacked image named by a reference or id; [`RuntimeError::NotFound`] when absent.
+    fn resolve(&self, image: &str) -> Result<ResolvedImage, RuntimeError>;
+}
+
+/// A [`RootfsProvider`] over images already unpacked into directories, registered by name
+/// (for embedding a fixed image set, tests and benchmarks).
+#[derive(Default)]
+pub struct LayerDirImages {
+    images: Mutex<HashMap<String, ResolvedImage>>,
+}
+
+impl LayerDirImages {
+    /// No images yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Register an image under a name (reference) and under its id.
+    pub fn insert(&self, name: &str, image: ResolvedImage) {
+        let mut m = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(image.id.clone(), image.clone());
+        m.insert(name.to_string(), image);
+    }
+}
+
+impl RootfsProvider for LayerDirImages {
+    fn resolve(&self, image: &str) -> Result<ResolvedImage, RuntimeError> {
+        let m = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(image).cloned().ok_or_else(|| RuntimeError::NotFound {
+            kind: "image",
+            id: image.to_string(),
+        })
+    }
+}
+
+/// A provider with no images (the default until an image store is wired in).
+struct NoImages;
+
+impl RootfsProvider for NoImages {
+    fn resolve(&self, image: &str) -> Result<ResolvedImage, RuntimeError> {
+        Err(RuntimeError::NotFound {
+            kind: "image",
+            id: image.to_string(),
+        })
+    }
+}
+
+/// The default network: loopback only (the pause process brings `lo` up; no CNI plugin runs).
+struct LoopbackOnly;
+
+#[async_trait]
+impl CniPlugin for LoopbackOnly {
+    async fn add(&self, _a: &Attachment) -> Result<CniResult, CniError> {
+        Ok(CniResult {
+            cni_version: "1.1.0".into(),
+            ..Default::default()
+        })
+    }
+    async fn del(&self, _a: &Attachment) -> Result<(), CniError> {
+        Ok(())
+    }
+    async fn check(&self, _a: &Attachment) -> Result<(), CniError> {
+        Ok(())
+    }
+    async fn status(&self) -> Result<(), CniError> {
+        Ok(())
+    }
+    async fn gc(&self, _keep: &[AttachmentKey]) -> Result<(), CniError> {
+        Ok(())
+    }
+}
+
+/// containerd's default masked paths.
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// containerd's default read-only paths.
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The configuration of a [`NativeRuntime`].
+#[derive(Clone)]
+pub struct NativeConfig {
+    /// Where state, sandboxes and containers live (`/var/lib/nodekit/native`).
+    pub root: PathBuf,
+    /// Pod networking, called on sandbox run (ADD) and stop (DEL). Default: loopback only.
+    pub cni: Arc<dyn CniPlugin>,
+    /// Container root filesystems. Default: no images.
+    pub images: Arc<dyn RootfsProvider>,
+    /// The init binary; `None`: `nodekit-init` next to the current executable (or, for test
+    /// binaries in `target/*/deps`, one directory up).
+    pub init_binary: Option<PathBuf>,
+    /// The cgroup parent of sandboxes whose config names none (relative to the hierarchy roots).
+    pub cgroup_parent: String,
+    /// A pids limit for every container (0: none); `unified["pids.max"]` in the CRI resources
+    /// overrides it per container.
+    pub pids_limit: i64,
+    /// Lines longer than this are logged as partial (`P`) entries (containerd: 16 KiB).
+    pub max_log_line_size: usize,
+    /// Resource limits for every container process: (`RLIMIT_*`, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// How long to wait for a killed container's exit to be recorded.
+    pub kill_wait: Duration,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/var/lib/nodekit/native"),
+            cni: Arc::new(LoopbackOnly),
+            images: Arc::new(NoImages),
+            init_binary: None,
+            cgroup_parent: "nodekit".into(),
+            pids_limit: 0,
+            max_log_line_size: 16 * 1024,
+            rlimits: Vec::new(),
+            kill_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for NativeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeConfig")
+            .field("root", &self.root)
+            .field("init_binary", &self.init_binary)
+            .field("cgroup_parent", &self.cgroup_parent)
+            .field("pids_limit", &self.pids_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default location of the init binary: next to the current executable, or one directory
+/// up from it (test and bench binaries live in `target/<profile>/deps`).
+pub fn default_init_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("nodekit-init"), dir.parent()?.join("nodekit-init")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// The native namespaces runtime: sandboxes and containers on Linux namespaces, overlayfs and
+/// cgroups, with no containerd.
+pub struct NativeRuntime {
+    cfg: NativeConfig,
+    store: state::Store,
+    init: PathBuf,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    names: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for NativeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeRuntime")
+            .field("cfg", &self.cfg)
+            .field("init", &self.init)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn io_err(path: &Path, e: std::io::Error) -> RuntimeError {
+    RuntimeError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    hex::encode(b)
+}
+
+/// Whether the process `pid` is alive and still the one that started at `ticks`.
+pub(crate) fn process_alive(pid: i32, ticks: u64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let now = init::start_ticks(pid);
+    if now == 0 || now != ticks {
+        return false;
+    }
+    // a zombie is not alive
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .map(|zombie| !zombie)
+        .unwrap_or(false)
+}
+
+/// Send `sig` to `pid` when it is still the process that started at `ticks`.
+pub(crate) fn signal(pid: i32, ticks: u64, sig: i32) -> bool {
+    if !process_alive(pid, ticks) {
+        return false;
+    }
+    // SAFETY: kill with a pid we verified against its start time.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+impl NativeRuntime {
+    /// A runtime on `cfg.root`; picks up whatever an earlier runtime left there.
+    pub fn new(cfg: NativeConfig) -> Result<Self, RuntimeError> {
+        for d in ["sandboxes", "containers", "state"] {
+            let p = cfg.root.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
+            // container specs and state hold environments (secrets): root only
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if d == "sandboxes" { 0o711 } else { 0o700 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err(&p, e))?;
+        }
+        let store = state::Store::new(&cfg.root)?;
+        let init = match &cfg.init_binary {
+            Some(p) => p.clone(),
+            None => default_init_binary().ok_or_else(|| {
+                RuntimeError::Internal("the init binary nodekit-init was not found next to the current executable; set NativeConfig::init_binary".into())
+            })?,
+        };
+        if !init.is_file() {
+            return Err(RuntimeError::Internal(format!(
+                "init binary {} does not exist",
+                init.display()
+            )));
+        }
+        Ok(Self {
+            cfg,
+            store,
+            init,
+            locks: Mutex::new(HashMap::new()),
+            names: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NativeConfig {
+        &self.cfg
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget_lock(&self, id: &str) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join("sandboxes").join(id)
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join("containers").join(id)
+    }
+}
+
+#[async_trait]
+impl RuntimeBackend for NativeRuntime {
+    async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
+        Ok(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "nodekit-native".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        })
+    }
+
+    async fn status(&self, _verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
+        let net = self.cfg.cni.status().await;
+        let cond = |t: &str, ok: bool, reason: &str, msg: String| cri::RuntimeCondition {
+            r#type: t.into(),
+            status: ok,
+            reason: if ok { String::new() } else { reason.into() },
+            message: msg,
+        };
+        Ok(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus {
+                conditions: vec![
+                    cond("RuntimeReady", true, "", String::new()),
+                    cond(
+                        "NetworkReady",
+                        net.is_ok(),
+                        "NetworkPluginNotReady",
+                        net.err().map(|e| e.to_string()).unwrap_or_default(),
+                    ),
+                ],
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        req: cri::RunPodSandboxRequest,
+    ) -> Result<String, RuntimeError> {
+        self.run_sandbox(req).await
+    }
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.stop_sandbox(id).await
+    }
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.remove_sandbox(id).await
+    }
+    async fn pod_sandbox_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
+        self.sandbox_status(id, verbose)
+    }
+    async fn list_pod_sandbox(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        Ok(self.list_sandboxes(filter))
+    }
+    async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, RuntimeError> {
+        self.create(req).await
+    }
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.start(id).await
+    }
+    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        self.stop(id, timeout).await
+    }
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.remove(id).await
+    }
+    async fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
+        self.status_of(id, verbose)
+    }
+    async fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>, RuntimeError> {
+        Ok(self.list(filter))
+    }
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
+        self.exec_in(id, cmd, timeout).await
+    }
+    async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, RuntimeError> {
+        self.stats_of(id)
+    }
+    async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
+        Ok(self.list_stats(filter))
+    }
+    async fn update_container_resources(
+        &self,
+        req: cri::UpdateContainerResourcesRequest,
+    ) -> Result<(), RuntimeError> {
+        self.update_resources(req).await
+    }
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        self.reopen_log(id)
+    }
+}

@@ -1,0 +1,253 @@
+//! The runtime's state on disk, one JSON file per sandbox and container under
+//! `<root>/state/{sandboxes,containers}/<id>.json` (written atomically), so that a new runtime
+//! process on the same root knows everything an earlier one started. Lifecycles are persisted
+//! status enums with guards, in youki's manner.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use node_core::{RuntimeError, cri};
+use serde::{Deserialize, Serialize};
+
+use super::spec::{ExitRecord, Started};
+
+/// The lifecycle of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxStatus {
+    /// Namespaces and network are up.
+    Ready,
+    /// Stopped: the pause process is gone and the network torn down.
+    NotReady,
+}
+
+/// A sandbox as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// The id.
+    pub id: String,
+    /// The CRI config it was created from.
+    pub config: cri::PodSandboxConfig,
+    /// The status.
+    pub status: SandboxStatus,
+    /// Creation time, ns since the epoch.
+    pub created_at: i64,
+    /// The pause process.
+    pub pause: Started,
+    /// The pod IPs CNI assigned.
+    pub ips: Vec<String>,
+    /// Host network (no netns, no CNI).
+    pub host_network: bool,
+    /// Namespace files bind-mounted under the sandbox directory (`kind`, path).
+    pub ns_files: Vec<(String, PathBuf)>,
+    /// The cgroup parent of the pod (relative to the hierarchy roots).
+    pub cgroup_parent: String,
+    /// The runtime handler asked for.
+    pub runtime_handler: String,
+}
+
+impl SandboxRecord {
+    /// Whether containers may be created in it.
+    pub fn can_create_container(&self) -> bool {
+        self.status == SandboxStatus::Ready
+    }
+    /// The namespace file of `kind`, when the sandbox has its own.
+    pub fn ns_file(&self, kind: &str) -> Option<&Path> {
+        self.ns_files
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, p)| p.as_path())
+    }
+}
+
+/// The lifecycle of a container as persisted (its exit is in the monitor's exit record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerStatus {
+    /// Created, not started.
+    Created,
+    /// Started (running until the monitor records an exit).
+    Running,
+    /// Exited, or failed to start.
+    Exited,
+}
+
+impl ContainerStatus {
+    /// Whether `start` is allowed.
+    pub fn can_start(self) -> bool {
+        self == ContainerStatus::Created
+    }
+}
+
+/// A container as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// The id.
+    pub id: String,
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// The CRI config it was created from.
+    pub config: cri::ContainerConfig,
+    /// The image id the rootfs was made from.
+    pub image_id: String,
+    /// The persisted status.
+    pub status: ContainerStatus,
+    /// Creation time, ns.
+    pub created_at: i64,
+    /// Start time, ns (0 before start).
+    pub started_at: i64,
+    /// The process and its monitor, once started.
+    pub process: Option<Started>,
+    /// The exit, when recorded here (start failures; otherwise the monitor's exit file).
+    pub exit: Option<ExitRecord>,
+    /// Why it failed to start.
+    pub start_error: Option<String>,
+    /// The image's stop signal (number).
+    pub stop_signal: i32,
+    /// The cgroup, relative to the hierarchy roots.
+    pub cgroup: String,
+    /// The absolute log path (empty: no log).
+    pub log_path: PathBuf,
+    /// The resources applied.
+    pub resources: Option<cri::LinuxContainerResources>,
+}
+
+/// The state directory of one runtime root.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn io(path: &Path, e: std::io::Error) -> RuntimeError {
+    RuntimeError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Whether `id` is a well-formed id of ours (hex), so that it can name files safely.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Store {
+    /// The store under `<root>/state`.
+    pub fn new(root: &Path) -> Result<Self, RuntimeError> {
+        let s = Self {
+            root: root.join("state"),
+        };
+        for d in ["sandboxes", "containers"] {
+            let p = s.root.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+        }
+        Ok(s)
+    }
+
+    fn path(&self, kind: &str, id: &str) -> PathBuf {
+        self.root.join(kind).join(format!("{id}.json"))
+    }
+
+    /// The exit record file the monitor of container `id` writes.
+    pub fn exit_file(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(format!("{id}.exit.json"))
+    }
+
+    fn write<T: Serialize>(&self, kind: &str, id: &str, v: &T) -> Result<(), RuntimeError> {
+        let p = self.path(kind, id);
+        let tmp = p.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(v)
+            .map_err(|e| RuntimeError::Internal(format!("encode state {id}: {e}")))?;
+        std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))
+    }
+
+    fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<T>, RuntimeError> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        let p = self.path(kind, id);
+        match std::fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d)
+                .map(Some)
+                .map_err(|e| RuntimeError::Internal(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p, e)),
+        }
+    }
+
+    fn ids(&self, kind: &str) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.root.join(kind)) else {
+            return vec![];
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let id = n.strip_suffix(".json")?;
+                (!id.contains('.')).then(|| id.to_string())
+            })
+            .collect()
+    }
+
+    fn remove(&self, kind: &str, id: &str) -> Result<(), RuntimeError> {
+        let p = self.path(kind, id);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&p, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Save a sandbox.
+    pub fn save_sandbox(&self, s: &SandboxRecord) -> Result<(), RuntimeError> {
+        self.write("sandboxes", &s.id, s)
+    }
+    /// A sandbox, if known.
+    pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, RuntimeError> {
+        self.read("sandboxes", id)
+    }
+    /// Every sandbox.
+    pub fn sandboxes(&self) -> Vec<SandboxRecord> {
+        self.ids("sandboxes")
+            .iter()
+            .filter_map(|id| self.sandbox(id).ok().flatten())
+            .collect()
+    }
+    /// Forget a sandbox.
+    pub fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.remove("sandboxes", id)
+    }
+    /// Save a container.
+    pub fn save_container(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
+        self.write("containers", &c.id, c)
+    }
+    /// A container, if known.
+    pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>, RuntimeError> {
+        self.read("containers", id)
+    }
+    /// Every container.
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        self.ids("containers")
+            .iter()
+            .filter_map(|id| self.container(id).ok().flatten())
+            .collect()
+    }
+    /// Forget a container (and its exit record).
+    pub fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = std::fs::remove_file(self.exit_file(id));
+        self.remove("containers", id)
+    }
+    /// The monitor's exit record of a container, once it exited.
+    pub fn exit_record(&self, id: &str) -> Option<ExitRecord> {
+        serde_json::from_slice(&std::fs::read(self.exit_file(id)).ok()?).ok()
+    }
+}
+
+/// Whether a label selector matches (every key equal).
+pub fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

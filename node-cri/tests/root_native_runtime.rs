@@ -1,0 +1,1247 @@
+//! Root tests of the native runtime's sandboxes and containers (need root, overlayfs, cgroups
+//! and busybox-static). Every test runs its runtime calls on a thread inside a NetnsFixture
+//! (so host-network pods land in the fixture's namespace), uses its own root directory and
+//! cgroup parent, and a guard kills, unmounts and removes everything on drop, panics included.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use node_core::{RuntimeBackend, RuntimeError, cri};
+use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
+use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path, require_root};
+
+const INIT: &str = env!("CARGO_BIN_EXE_nodekit-init");
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A CNI plugin that remembers every attachment it was given, around [`FakeCni`].
+#[derive(Default)]
+struct RecordingCni {
+    inner: FakeCni,
+    seen: std::sync::Mutex<Vec<node_core::Attachment>>,
+}
+
+#[async_trait::async_trait]
+impl node_core::CniPlugin for RecordingCni {
+    async fn add(
+        &self,
+        a: &node_core::Attachment,
+    ) -> Result<node_core::CniResult, node_core::CniError> {
+        self.seen.lock().unwrap().push(a.clone());
+        self.inner.add(a).await
+    }
+    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.del(a).await
+    }
+    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.check(a).await
+    }
+    async fn status(&self) -> Result<(), node_core::CniError> {
+        self.inner.status().await
+    }
+    async fn gc(&self, keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
+        self.inner.gc(keep).await
+    }
+}
+
+/// A runtime root for one test; dropping it removes everything the runtime made under it.
+struct Env {
+    root: tempfile::TempDir,
+    cgroup_parent: String,
+    cni: FakeCni,
+    recorder: Arc<RecordingCni>,
+    images: Arc<LayerDirImages>,
+    logs: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("nodekit-rt-")
+            .tempdir()
+            .unwrap();
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let cgroup_parent = format!("nodekit-test/{}-{n}", std::process::id());
+        let images = Arc::new(LayerDirImages::new());
+        let img = TestImage::busybox()
+            .file("/var/www/index.html", "hello from nodekit\n", 0o644)
+            .build()
+            .expect("busybox image");
+        let layer = root.path().join("layers/0");
+        std::fs::create_dir_all(&layer).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
+            .unpack(&layer)
+            .unwrap();
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&img.config.bytes).unwrap();
+        images.insert(
+            "busybox:test",
+            ResolvedImage {
+                id: img.config.digest.clone(),
+                layer_dirs: vec![layer],
+                config,
+            },
+        );
+        let logs = root.path().join("pod-logs");
+        let recorder = Arc::new(RecordingCni::default());
+        Self {
+            root,
+            cgroup_parent,
+            cni: recorder.inner.clone(),
+            recorder,
+            images,
+            logs,
+        }
+    }
+
+    fn config(&self) -> NativeConfig {
+        NativeConfig {
+            root: self.root.path().join("rt"),
+            cni: self.recorder.clone(),
+            images: self.images.clone(),
+            init_binary: Some(PathBuf::from(INIT)),
+            cgroup_parent: self.cgroup_parent.clone(),
+            kill_wait: Duration::from_secs(10),
+            rlimits: vec![(libc::RLIMIT_NOFILE, 4096, 4096)],
+            ..Default::default()
+        }
+    }
+
+    fn runtime(&self) -> NativeRuntime {
+        NativeRuntime::new(self.config()).expect("runtime")
+    }
+
+    fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs.join(name).display().to_string(),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            labels: HashMap::from([("app".into(), name.into())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                sysctls: HashMap::from([(
+                    "net.ipv4.ip_unprivileged_port_start".into(),
+                    "80".into(),
+                )]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The mount points under the root (none must be left).
+    fn mounts_under_root(&self) -> Vec<String> {
+        let root = self.root.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    /// The cgroup directories of this test left in any hierarchy.
+    fn cgroups_left(&self) -> Vec<PathBuf> {
+        cgroup_dirs(&self.cgroup_parent)
+            .into_iter()
+            .filter(|d| {
+                d.exists()
+                    && std::fs::read_dir(d)
+                        .map(|r| r.flatten().any(|e| e.path().is_dir()))
+                        .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let mut v = vec![];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let d = e.path().join(rel);
+            if d.exists() {
+                v.push(d);
+            }
+        }
+    }
+    if Path::new("/sys/fs/cgroup").join(rel).exists() {
+        v.push(Path::new("/sys/fs/cgroup").join(rel));
+    }
+    v
+}
+
+/// Kill every process in a cgroup tree and remove it, deepest first.
+fn sweep_cgroup(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                sweep_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..200 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: killing processes of the test's own cgroup.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // the runtime's own removal first, on a thread of its own (we may be inside a runtime)
+        let cfg = self.config();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(r) = NativeRuntime::new(cfg) {
+                    for s in r.list_pod_sandbox(None).await.unwrap_or_default() {
+                        let _ = r.remove_pod_sandbox(&s.id).await;
+                    }
+                    for c in r.list_containers(None).await.unwrap_or_default() {
+                        let _ = r.remove_container(&c.id).await;
+                    }
+                }
+            })
+        })
+        .join();
+        // then brute force: pause processes, monitors and containers live in our cgroups;
+        // monitors do not, so kill whatever still has the root open as its spec
+        for d in cgroup_dirs(&self.cgroup_parent) {
+            sweep_cgroup(&d);
+        }
+        for d in cgroup_dirs("nodekit-test") {
+            let _ = std::fs::remove_dir(d); // fails while another test still uses it
+        }
+        let mut mounts = self.mounts_under_root();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let c = std::ffi::CString::new(m).unwrap();
+            // SAFETY: unmounting a mount point under our own temporary root.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox:test".into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("container".into(), name.into())]),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_container(
+    rt: &NativeRuntime,
+    sandbox: &str,
+    sandbox_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(cfg),
+            sandbox_config: Some(sandbox_cfg.clone()),
+        })
+        .await
+        .expect("create container");
+    rt.start_container(&id).await.expect("start container");
+    id
+}
+
+async fn status(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
+    rt.container_status(id, true).await.unwrap().status.unwrap()
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pid_of(st: &cri::ContainerStatusResponse) -> i32 {
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    info["pid"].as_i64().unwrap() as i32
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn prerequisites(test: &str) -> bool {
+    require_root(test)
+        && require_path(test, node_test_support::image::BUSYBOX)
+        && require_path(test, "/proc/filesystems")
+}
+
+/// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.
+fn in_netns<F, Fut>(label: &str, f: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ns = NetnsFixture::new(label).expect("netns");
+    ns.run_in(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .expect("inside netns");
+}
+
+fn log_entries(path: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap_or("").to_string();
+            assert!(
+                ts.ends_with('Z') && ts.contains('T'),
+                "bad timestamp in {l:?}"
+            );
+            (
+                it.next().unwrap_or("").into(),
+                it.next().unwrap_or("").into(),
+                it.next().unwrap_or("").into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
+    if !prerequisites("pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtpod", || async {
+        let rt = env.runtime();
+        let mut sb_cfg = env.sandbox_config("web");
+        sb_cfg.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: 18080,
+            host_ip: String::new(),
+        }];
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(env.cni.attached().len(), 1, "CNI ADD was called once");
+        let a = env.recorder.seen.lock().unwrap()[0].clone();
+        assert_eq!(
+            (a.container_id.as_str(), a.ifname.as_str()),
+            (sb.as_str(), "eth0")
+        );
+        assert_eq!(
+            (
+                a.pod.namespace.as_str(),
+                a.pod.name.as_str(),
+                a.pod.uid.as_str()
+            ),
+            ("default", "web", "uid-web")
+        );
+        assert_eq!(
+            a.capabilities.port_mappings,
+            vec![node_core::PortMapping {
+                host_port: 18080,
+                container_port: 8080,
+                protocol: "tcp".into(),
+                host_ip: None
+            }]
+        );
+        // the netns CNI was given is the pod's: a namespace file other than ours
+        let pod_ns = std::fs::metadata(&a.netns)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        let our_ns = std::fs::metadata("/proc/thread-self/ns/net")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        assert_ne!(pod_ns, our_ns);
+        let st = rt
+            .pod_sandbox_status(&sb, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+        let ip = st.network.unwrap().ip;
+        assert!(ip.starts_with("10.88."), "sandbox IP from CNI, got {ip:?}");
+        // a second sandbox with the same metadata is refused
+        let dup = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await;
+        assert!(
+            matches!(dup, Err(RuntimeError::AlreadyExists(_))),
+            "{dup:?}"
+        );
+
+        let server = run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+        )
+        .await;
+        let client = run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config(
+                "client",
+                &["sh", "-c", "for i in $(seq 1 100); do wget -q -O - http://127.0.0.1:8080/ && break; sleep 0.05; done; echo oops >&2; printf 'no newline'; echo; while true; do echo tick; sleep 0.1; done"],
+            ),
+        )
+        .await;
+        let client_log = env.logs.join("web/client/0.log");
+        wait_for("the client's log", Duration::from_secs(10), || async {
+            log_entries(&client_log).iter().any(|e| e.2 == "tick")
+        })
+        .await;
+        let entries = log_entries(&client_log);
+        assert!(
+            entries.contains(&("stdout".into(), "F".into(), "hello from nodekit".into())),
+            "{entries:?}"
+        );
+        assert!(
+            entries.contains(&("stderr".into(), "F".into(), "oops".into())),
+            "{entries:?}"
+        );
+        assert!(
+            entries.contains(&("stdout".into(), "F".into(), "no newline".into())),
+            "{entries:?}"
+        );
+
+        // exec: hostname, generated files, exit codes, timeout
+        let out = rt
+            .exec_sync(&server, vec!["hostname".into()], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
+            (0, "web")
+        );
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["cat".into(), "/etc/resolv.conf".into(), "/etc/hosts".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("nameserver 10.96.0.10") && text.contains("options ndots:5"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{ip}\tweb")), "{text}");
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["sh".into(), "-c".into(), "echo to-err >&2; exit 3".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.exit_code, String::from_utf8_lossy(&out.stderr).trim()),
+            (3, "to-err")
+        );
+        // the exec sees the container's own pid namespace: httpd is pid 1
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["cat".into(), "/proc/1/cmdline".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("httpd"),
+            "{out:?}"
+        );
+        let t0 = Instant::now();
+        let slow = rt
+            .exec_sync(
+                &server,
+                vec!["sleep".into(), "30".into()],
+                Duration::from_millis(300),
+            )
+            .await;
+        assert!(matches!(slow, Err(RuntimeError::Timeout(_))), "{slow:?}");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+
+        // the netns CNI was given is the one the containers are in
+        let out = rt
+            .exec_sync(
+                &server,
+                vec![
+                    "stat".into(),
+                    "-L".into(),
+                    "-c".into(),
+                    "%i".into(),
+                    "/proc/self/ns/net".into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            pod_ns.to_string()
+        );
+        // pod sysctls are set in the pod's network namespace
+        let out = rt
+            .exec_sync(
+                &server,
+                vec![
+                    "cat".into(),
+                    "/proc/sys/net/ipv4/ip_unprivileged_port_start".into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "80");
+        // a line longer than 16 KiB is logged as partial entries ended by a full one
+        run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config(
+                "long",
+                &[
+                    "sh",
+                    "-c",
+                    "head -c 40000 /dev/zero | tr '\\0' a; echo; exec sleep 1000",
+                ],
+            ),
+        )
+        .await;
+        let long_log = env.logs.join("web/long/0.log");
+        wait_for("the long line", Duration::from_secs(10), || async {
+            log_entries(&long_log).iter().any(|e| e.1 == "F")
+        })
+        .await;
+        let shape: Vec<(String, usize)> = log_entries(&long_log)
+            .into_iter()
+            .map(|e| (e.1, e.2.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("P".into(), 16384),
+                ("P".into(), 16384),
+                ("F".into(), 40000 - 2 * 16384)
+            ]
+        );
+        // a container on a terminal
+        let mut term = container_config(
+            "term",
+            &["sh", "-c", "test -t 1 && echo on-a-tty; exec sleep 1000"],
+        );
+        term.tty = true;
+        run_container(&rt, &sb, &sb_cfg, term).await;
+        let term_log = env.logs.join("web/term/0.log");
+        wait_for("the terminal's output", Duration::from_secs(10), || async {
+            log_entries(&term_log)
+                .iter()
+                .any(|e| e.0 == "stdout" && e.2.starts_with("on-a-tty"))
+        })
+        .await;
+
+        // log rotation: rename, reopen, new lines land in a new file
+        let rotated = client_log.with_extension("log.1");
+        std::fs::rename(&client_log, &rotated).unwrap();
+        rt.reopen_container_log(&client).await.unwrap();
+        wait_for(
+            "lines in the reopened log",
+            Duration::from_secs(10),
+            || async { log_entries(&client_log).iter().any(|e| e.2 == "tick") },
+        )
+        .await;
+
+        // listing with filters
+        let running = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            pod_sandbox_id: sb.clone(),
+            ..Default::default()
+        };
+        assert_eq!(rt.list_containers(Some(running)).await.unwrap().len(), 4);
+        let by_label = cri::ContainerFilter {
+            label_selector: HashMap::from([("container".into(), "server".into())]),
+            ..Default::default()
+        };
+        let l = rt.list_containers(Some(by_label)).await.unwrap();
+        assert_eq!(
+            l.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            vec![server.clone()]
+        );
+        assert_eq!(
+            rt.list_pod_sandbox(Some(cri::PodSandboxFilter {
+                id: sb.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .len(),
+            1
+        );
+
+        // stats are read back from the cgroup
+        let stats = rt.container_stats(&server).await.unwrap();
+        assert!(stats.memory.unwrap().usage_bytes.unwrap().value > 0);
+        assert!(stats.cpu.unwrap().usage_core_nano_seconds.is_some());
+
+        // stop: sh as pid 1 ignores SIGTERM, so the grace period ends with SIGKILL
+        let server_pid = pid_of(&rt.container_status(&server, true).await.unwrap());
+        let t0 = Instant::now();
+        rt.stop_container(&client, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        let st = status(&rt, &client).await;
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_str()),
+            (cri::ContainerState::ContainerExited as i32, 137, "Error")
+        );
+        assert!(st.finished_at >= st.started_at && st.started_at > 0);
+        rt.stop_container(&client, Duration::from_secs(1))
+            .await
+            .unwrap(); // idempotent
+        let again = rt.start_container(&client).await;
+        assert!(
+            matches!(again, Err(RuntimeError::FailedPrecondition(_))),
+            "{again:?}"
+        );
+
+        // every process of the pod: the pause process, the monitors and the containers
+        let info: serde_json::Value =
+            serde_json::from_str(&rt.pod_sandbox_status(&sb, true).await.unwrap().info["info"])
+                .unwrap();
+        let mut pids = vec![info["pid"].as_i64().unwrap() as i32];
+        for c in rt.list_containers(None).await.unwrap() {
+            let info: serde_json::Value =
+                serde_json::from_str(&rt.container_status(&c.id, true).await.unwrap().info["info"])
+                    .unwrap();
+            pids.extend([
+                info["pid"].as_i64().unwrap() as i32,
+                info["monitorPid"].as_i64().unwrap() as i32,
+            ]);
+        }
+        assert!(pids.iter().all(|p| *p > 0) && alive(pids[0]), "{pids:?}");
+
+        // stop and remove the pod
+        rt.stop_pod_sandbox(&sb).await.unwrap();
+        assert!(env.cni.attached().is_empty(), "CNI DEL on stop");
+        assert!(env.cni.calls().iter().any(|c| c.starts_with("del ")));
+        assert!(!alive(server_pid), "the server died with the pod");
+        let st = rt
+            .pod_sandbox_status(&sb, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
+        rt.stop_pod_sandbox(&sb).await.unwrap(); // idempotent
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        rt.remove_pod_sandbox(&sb).await.unwrap(); // idempotent
+        assert!(rt.list_containers(None).await.unwrap().is_empty());
+        assert!(rt.list_pod_sandbox(None).await.unwrap().is_empty());
+        assert!(matches!(
+            rt.container_status(&server, false).await,
+            Err(RuntimeError::NotFound { .. })
+        ));
+        // logs are the kubelet's: kept
+        assert!(client_log.exists() && rotated.exists());
+        // nothing left
+        wait_for(
+            "every process of the pod to be gone",
+            Duration::from_secs(5),
+            || {
+                let pids = pids.clone();
+                async move { pids.iter().all(|p| !alive(*p)) }
+            },
+        )
+        .await;
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        let rtroot = env.root.path().join("rt");
+        for d in [
+            "sandboxes",
+            "containers",
+            "state/sandboxes",
+            "state/containers",
+        ] {
+            assert_eq!(
+                std::fs::read_dir(rtroot.join(d)).unwrap().count(),
+                0,
+                "{d} is empty"
+            );
+        }
+    });
+}
+
+fn with_resources(
+    mut cfg: cri::ContainerConfig,
+    r: cri::LinuxContainerResources,
+) -> cri::ContainerConfig {
+    cfg.linux.as_mut().unwrap().resources = Some(r);
+    cfg
+}
+
+async fn wait_exited(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = status(rt, id).await;
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} did not exit: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
+    if !prerequisites("memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtlimits", || async {
+        let rt = env.runtime();
+        let sb_cfg = env.sandbox_config("limits");
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+
+        // 32 MiB limit, a 256 MiB buffer: the kernel's OOM killer ends it
+        let hog = with_resources(
+            container_config(
+                "hog",
+                &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+            ),
+            cri::LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                cpu_shares: 512,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            },
+        );
+        let hog = run_container(&rt, &sb, &sb_cfg, hog).await;
+        let st = wait_exited(&rt, &hog).await;
+        assert_eq!(
+            (st.reason.as_str(), st.exit_code),
+            ("OOMKilled", 137),
+            "{st:?}"
+        );
+        let cg: serde_json::Value =
+            serde_json::from_str(&rt.container_status(&hog, true).await.unwrap().info["info"])
+                .unwrap();
+        let cg = cg["cgroup"].as_str().unwrap().to_string();
+        if let Some(mem) = cgroup_dirs(&cg)
+            .into_iter()
+            .find(|d| d.join("memory.limit_in_bytes").exists())
+        {
+            assert_eq!(
+                std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
+                    .unwrap()
+                    .trim(),
+                (32u64 << 20).to_string()
+            );
+        }
+        if let Some(cpu) = cgroup_dirs(&cg)
+            .into_iter()
+            .find(|d| d.join("cpu.cfs_quota_us").exists())
+        {
+            assert_eq!(
+                std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+                    .unwrap()
+                    .trim(),
+                "50000"
+            );
+            assert_eq!(
+                std::fs::read_to_string(cpu.join("cpu.shares"))
+                    .unwrap()
+                    .trim(),
+                "512"
+            );
+        }
+
+        // a pids limit of 16: the 100 background sleeps cannot all start
+        let mut r = cri::LinuxContainerResources::default();
+        r.unified.insert("pids.max".into(), "16".into());
+        let bomb = with_resources(
+            container_config(
+                "bomb",
+                &[
+                    "sh",
+                    "-c",
+                    "sh -c 'for i in $(seq 1 100); do sleep 1000 & done'; echo spawned; exec sleep 1000",
+                ],
+            ),
+            r,
+        );
+        let bomb = run_container(&rt, &sb, &sb_cfg, bomb).await;
+        let log = env.logs.join("limits/bomb/0.log");
+        wait_for(
+            "the fork bomb to finish its loop",
+            Duration::from_secs(20),
+            || async { log_entries(&log).iter().any(|e| e.2 == "spawned") },
+        )
+        .await;
+        let entries = log_entries(&log);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.0 == "stderr" && e.2.contains("fork")),
+            "fork failures are logged: {entries:?}"
+        );
+        let info: serde_json::Value =
+            serde_json::from_str(&rt.container_status(&bomb, true).await.unwrap().info["info"])
+                .unwrap();
+        let pids_dir = cgroup_dirs(info["cgroup"].as_str().unwrap())
+            .into_iter()
+            .find(|d| d.join("pids.max").exists() || d.join("pids.current").exists())
+            .expect("pids cgroup");
+        let current: u64 = std::fs::read_to_string(pids_dir.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!((10..=16).contains(&current), "pids.current = {current}");
+        assert_eq!(
+            std::fs::read_to_string(pids_dir.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "16"
+        );
+
+        // raising the limit takes effect on the running container
+        let mut r = cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        };
+        r.unified.insert("pids.max".into(), "200".into());
+        rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: bomb.clone(),
+            linux: Some(r),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(pids_dir.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "200"
+        );
+        let listed = rt.list_container_stats(None).await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|s| s.attributes.as_ref().unwrap().id.clone())
+                .collect::<Vec<_>>(),
+            vec![bomb.clone()]
+        );
+
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        assert!(!pids_dir.exists());
+    });
+}
+
+#[test]
+fn a_restarted_runtime_finds_its_running_container_and_stops_it() {
+    if !prerequisites("a_restarted_runtime_finds_its_running_container_and_stops_it") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtrestart", || async {
+        let sb_cfg = env.sandbox_config("restart");
+        let (sb, id, pid) = {
+            let rt = env.runtime();
+            let sb = rt
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(sb_cfg.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap();
+            let id = run_container(
+                &rt,
+                &sb,
+                &sb_cfg,
+                container_config(
+                    "app",
+                    &[
+                        "sh",
+                        "-c",
+                        "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.05; done",
+                    ],
+                ),
+            )
+            .await;
+            let pid = pid_of(&rt.container_status(&id, true).await.unwrap());
+            (sb, id, pid)
+            // the runtime is dropped here
+        };
+        assert!(alive(pid));
+        let rt = env.runtime();
+        let st = rt.container_status(&id, true).await.unwrap();
+        assert_eq!(
+            st.status.as_ref().unwrap().state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+        assert_eq!(pid_of(&st), pid, "the same process");
+        assert_eq!(rt.list_containers(None).await.unwrap().len(), 1);
+        assert_eq!(
+            rt.list_pod_sandbox(None).await.unwrap()[0].state,
+            cri::PodSandboxState::SandboxReady as i32
+        );
+        let out = rt
+            .exec_sync(
+                &id,
+                vec!["echo".into(), "still here".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here");
+        // the trap makes SIGTERM a clean exit within the grace period
+        rt.stop_container(&id, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let st = status(&rt, &id).await;
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_str()),
+            (cri::ContainerState::ContainerExited as i32, 0, "Completed")
+        );
+        assert!(!alive(pid));
+        let entries = log_entries(&env.logs.join("restart/app/0.log"));
+        assert!(
+            entries.iter().any(|e| e.2 == "up") && entries.iter().any(|e| e.2 == "bye"),
+            "{entries:?}"
+        );
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+    });
+}
+
+#[test]
+fn host_network_pod_shared_pid_and_security_settings() {
+    if !prerequisites("host_network_pod_shared_pid_and_security_settings") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rthostnet", || async {
+        let rt = env.runtime();
+        let mut sb_cfg = env.sandbox_config("hostnet");
+        sb_cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            env.cni.calls().is_empty(),
+            "no CNI for host-network pods: {:?}",
+            env.cni.calls()
+        );
+        let my_netns = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+
+        let mut cfg = container_config("locked", &["sleep", "1000"]);
+        {
+            let sc = cfg
+                .linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap();
+            sc.readonly_rootfs = true;
+            sc.run_as_user = Some(cri::Int64Value { value: 65534 });
+            sc.supplemental_groups = vec![1234];
+            sc.no_new_privs = true;
+            sc.seccomp = Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            });
+            sc.capabilities = Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                ..Default::default()
+            });
+            sc.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Pod as i32;
+        }
+        let data = env.root.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("f"), "from the host").unwrap();
+        cfg.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: data.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+        cfg.envs = vec![cri::KeyValue {
+            key: "GREETING".into(),
+            value: "hi".into(),
+        }];
+        cfg.working_dir = "/tmp".into();
+        let locked = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+        let exec = |script: &'static str| {
+            let rt = &rt;
+            let locked = locked.clone();
+            async move {
+                let out = rt
+                    .exec_sync(&locked, sh(script), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                (
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                )
+            }
+        };
+        assert_eq!(exec("ulimit -n").await.1, "4096", "rlimits");
+        // the host network of the node side (the fixture's namespace)
+        let (_, netns, _) = exec("readlink /proc/self/ns/net").await;
+        assert_eq!(netns, my_netns.display().to_string());
+        // user, groups, env, workdir
+        assert_eq!(
+            exec("id -u; id -G; echo $GREETING; pwd").await.1,
+            "65534\n65534 1234\nhi\n/tmp"
+        );
+        // capabilities: only NET_BIND_SERVICE (bit 10) is bounded; seccomp filter and no_new_privs
+        let (_, status, _) =
+            exec("grep -E '^(CapBnd|Seccomp|NoNewPrivs):' /proc/self/status").await;
+        assert!(status.contains("CapBnd:\t0000000000000400"), "{status}");
+        assert!(
+            status.contains("Seccomp:\t2") && status.contains("NoNewPrivs:\t1"),
+            "{status}"
+        );
+        // read-only root and mount, masked and read-only paths
+        let (code, _, err) = exec("touch /x").await;
+        assert_ne!(code, 0, "read-only rootfs: {err}");
+        assert_eq!(exec("cat /data/f").await.1, "from the host");
+        assert_ne!(exec("touch /data/g").await.0, 0, "read-only mount");
+        // masked: a file (when the kernel has it) reads empty, a directory is an empty tmpfs
+        if Path::new("/proc/timer_list").exists() {
+            let masked = exec("wc -c < /proc/timer_list").await;
+            assert_eq!(masked.1, "0", "masked /proc/timer_list: {masked:?}");
+        }
+        if Path::new("/sys/firmware").exists() {
+            let masked = exec("ls -A /sys/firmware | wc -l").await;
+            assert_eq!(masked.1, "0", "masked /sys/firmware: {masked:?}");
+        }
+        assert!(
+            exec("grep ' /proc/sys ' /proc/self/mounts")
+                .await
+                .1
+                .contains(" ro,"),
+            "read-only /proc/sys"
+        );
+        assert!(
+            exec("grep ' /sys ' /proc/self/mounts")
+                .await
+                .1
+                .contains(" ro,"),
+            "read-only /sys"
+        );
+        // shared pid namespace: the pod's pause process is pid 1
+        let (_, comm, _) = exec("cat /proc/1/comm").await;
+        assert_eq!(comm, "nodekit-init");
+        // /dev has the standard nodes and writable /dev/shm stays a tmpfs
+        assert_eq!(
+            exec("ls /dev/null /dev/zero /dev/urandom /dev/pts/ptmx >/dev/null && echo ok")
+                .await
+                .1,
+            "ok"
+        );
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+    });
+}
+
+#[test]
+fn failures_roll_back_and_unknown_ids_are_not_found() {
+    if !prerequisites("failures_roll_back_and_unknown_ids_are_not_found") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtfail", || async {
+        let rt = env.runtime();
+        env.cni.fail_next(
+            "add",
+            node_core::CniError::Other("no addresses left".into()),
+        );
+        let sb_cfg = env.sandbox_config("broken");
+        let err = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::Network(m) if m.contains("no addresses left")),
+            "{err}"
+        );
+        let rtroot = env.root.path().join("rt");
+        assert_eq!(
+            std::fs::read_dir(rtroot.join("sandboxes")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(rtroot.join("state/sandboxes"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+
+        // the same pod works once the network does
+        let sb = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sb_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap();
+        // an unknown image, an unknown sandbox, a program that does not exist
+        let mut bad = container_config("bad", &["true"]);
+        bad.image = Some(cri::ImageSpec {
+            image: "nope:latest".into(),
+            ..Default::default()
+        });
+        let e = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sb.clone(),
+                config: Some(bad),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let e = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: "0123".into(),
+                config: Some(container_config("x", &["true"])),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sb.clone(),
+                config: Some(container_config("missing", &["/no/such/program"])),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap();
+        let e = rt.start_container(&id).await.unwrap_err();
+        assert!(e.to_string().contains("/no/such/program"), "{e}");
+        let st = status(&rt, &id).await;
+        assert_eq!(
+            (st.state, st.reason.as_str()),
+            (cri::ContainerState::ContainerExited as i32, "StartError")
+        );
+        // unknown ids
+        for e in [
+            rt.start_container("ffff").await.unwrap_err(),
+            rt.stop_container("ffff", Duration::ZERO).await.unwrap_err(),
+            rt.container_status("ffff", false).await.unwrap_err(),
+            rt.stop_pod_sandbox("ffff").await.unwrap_err(),
+            rt.pod_sandbox_status("../../etc", false).await.unwrap_err(),
+        ] {
+            assert!(e.is_not_found(), "{e}");
+        }
+        rt.remove_container("ffff").await.unwrap();
+        rt.remove_pod_sandbox("ffff").await.unwrap();
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+    });
+}
