@@ -15,3 +15,5 @@ pub use source::{
     ApiServerSource, ChannelSource, FileSource, FileSourceConfig, HttpSource, HttpSourceConfig,
     PodConfig, PodUpdate,
 };
+pub mod cri_config;
+pub mod labels;
