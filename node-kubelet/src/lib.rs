@@ -15,5 +15,7 @@ pub use source::{
     ApiServerSource, ChannelSource, FileSource, FileSourceConfig, HttpSource, HttpSourceConfig,
     PodConfig, PodUpdate,
 };
+pub mod backoff;
 pub mod cri_config;
 pub mod labels;
+pub mod reconcile;
