@@ -18,4 +18,5 @@ pub use source::{
 pub mod backoff;
 pub mod cri_config;
 pub mod labels;
+pub mod probe;
 pub mod reconcile;
