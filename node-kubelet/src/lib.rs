@@ -20,3 +20,4 @@ pub mod cri_config;
 pub mod labels;
 pub mod probe;
 pub mod reconcile;
+pub mod status;
