@@ -21,3 +21,4 @@ pub mod labels;
 pub mod probe;
 pub mod reconcile;
 pub mod status;
+pub mod node;

@@ -1,0 +1,15 @@
+//! The node-level parts of the kubelet, each usable on its own by the pod workers:
+//!
+//! | concern | module |
+//! |---|---|
+//! | resource quantities | [`quantity`] |
+//! | QoS class, pod requests/limits, CPU shares and quota | [`qos`] |
+//! | the pod cgroup hierarchy and the CRI `cgroup_parent` | [`cgroups`] |
+//! | capacity, allocatable and pod admission | [`allocatable`] |
+//! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
+
+pub mod allocatable;
+pub mod cgroups;
+pub mod eviction;
+pub mod qos;
+pub mod quantity;
