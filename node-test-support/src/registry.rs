@@ -132,6 +132,7 @@ impl LocalRegistry {
     }
 
     /// One HTTP/1.1 request to the registry: status, headers and body.
+    #[allow(clippy::type_complexity)]
     pub fn request(
         &self,
         method: &str,
