@@ -1,0 +1,355 @@
+//! The few nf_tables expressions the router's rules are made of, encoded with libnftnl
+//! (`nftnl-sys`): nftnl's own wrappers lack numgen, fib, reject, dynset and register choice.
+
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+use nftnl::expr::Expression;
+use nftnl_sys as sys;
+
+// kernel uapi constants (linux/netfilter/nf_tables.h)
+pub(crate) const NFT_META_MARK: u32 = 3;
+pub(crate) const NFT_META_NFPROTO: u32 = 15;
+pub(crate) const NFT_META_L4PROTO: u32 = 16;
+pub(crate) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub(crate) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub(crate) const NFT_CMP_EQ: u32 = 0;
+pub(crate) const NFT_CMP_NEQ: u32 = 1;
+pub(crate) const NFT_LOOKUP_F_INV: u32 = 1;
+pub(crate) const NFT_NG_RANDOM: u32 = 1;
+pub(crate) const NFT_NAT_DNAT: u32 = 1;
+pub(crate) const NFTA_FIB_F_DADDR: u32 = 2;
+pub(crate) const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+pub(crate) const RTN_LOCAL: u32 = 2;
+pub(crate) const NFT_REJECT_TCP_RST: u32 = 1;
+pub(crate) const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
+pub(crate) const NFT_REJECT_ICMPX_PORT_UNREACH: u32 = 1;
+pub(crate) const NFT_CT_STATUS: u32 = 2;
+pub(crate) const IPS_DST_NAT: u32 = 0x20;
+pub(crate) const NFT_JUMP: i32 = -3;
+pub(crate) const NFT_GOTO: i32 = -4;
+pub(crate) const NFPROTO_IPV4: u32 = 2;
+pub(crate) const NFPROTO_IPV6: u32 = 10;
+
+/// The 32-bit register of slot `i` (`NFT_REG32_00 + i`).
+pub(crate) fn reg(slot: u32) -> u32 {
+    8 + slot
+}
+
+/// One expression of a rule.
+#[derive(Debug, Clone)]
+pub(crate) enum Expr {
+    /// `meta load <key> => reg`.
+    Meta { key: u32, dreg: u32 },
+    /// `meta set <key> with reg`.
+    MetaSet { key: u32, sreg: u32 },
+    /// `payload load <len>b @ <base> + <offset> => reg`.
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    /// `cmp <op> reg <data>`.
+    Cmp { sreg: u32, op: u32, data: Vec<u8> },
+    /// `bitwise reg = (reg & mask) ^ xor`.
+    Bitwise { reg: u32, mask: u32, xor: u32 },
+    /// `lookup reg set <name> [dreg] [inv]`.
+    Lookup {
+        set: String,
+        sreg: u32,
+        dreg: Option<u32>,
+        invert: bool,
+    },
+    /// `numgen reg = random mod <m>`.
+    Numgen { dreg: u32, modulus: u32 },
+    /// `fib daddr type => reg`.
+    FibDaddrType { dreg: u32 },
+    /// `ct load <key> => reg`.
+    Ct { key: u32, dreg: u32 },
+    /// `dnat <family> addr_min reg proto_min reg`.
+    Dnat { family: u32, addr: u32, proto: u32 },
+    /// `masq`.
+    Masq,
+    /// `reject type <t> code <c>`.
+    Reject { kind: u32, code: u32 },
+    /// `hash reg = jhash(reg, len, 0) % modulus`.
+    Jhash {
+        sreg: u32,
+        dreg: u32,
+        len: u32,
+        modulus: u32,
+    },
+    /// `immediate reg 0 <jump|goto> <chain>`.
+    Verdict { code: i32, chain: String },
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("names have no NUL")
+}
+
+impl Expression for Expr {
+    fn to_expr(&self, _rule: &nftnl::Rule<'_>) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: every pointer comes from nftnl_expr_alloc (checked non-null) and every
+        // attribute is set with the setter of its type; strings are copied by libnftnl.
+        unsafe {
+            let name = match self {
+                Expr::Meta { .. } | Expr::MetaSet { .. } => c"meta",
+                Expr::Payload { .. } => c"payload",
+                Expr::Cmp { .. } => c"cmp",
+                Expr::Bitwise { .. } => c"bitwise",
+                Expr::Lookup { .. } => c"lookup",
+                Expr::Numgen { .. } => c"numgen",
+                Expr::FibDaddrType { .. } => c"fib",
+                Expr::Ct { .. } => c"ct",
+                Expr::Dnat { .. } => c"nat",
+                Expr::Masq => c"masq",
+                Expr::Reject { .. } => c"reject",
+                Expr::Jhash { .. } => c"hash",
+                Expr::Verdict { .. } => c"immediate",
+            };
+            let e = sys::nftnl_expr_alloc(name.as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            let u32_ = |attr: u32, v: u32| sys::nftnl_expr_set_u32(p, attr as u16, v);
+            match self {
+                Expr::Meta { key, dreg } => {
+                    u32_(sys::NFTNL_EXPR_META_KEY, *key);
+                    u32_(sys::NFTNL_EXPR_META_DREG, *dreg);
+                }
+                Expr::MetaSet { key, sreg } => {
+                    u32_(sys::NFTNL_EXPR_META_KEY, *key);
+                    u32_(sys::NFTNL_EXPR_META_SREG, *sreg);
+                }
+                Expr::Payload {
+                    base,
+                    offset,
+                    len,
+                    dreg,
+                } => {
+                    u32_(sys::NFTNL_EXPR_PAYLOAD_BASE, *base);
+                    u32_(sys::NFTNL_EXPR_PAYLOAD_OFFSET, *offset);
+                    u32_(sys::NFTNL_EXPR_PAYLOAD_LEN, *len);
+                    u32_(sys::NFTNL_EXPR_PAYLOAD_DREG, *dreg);
+                }
+                Expr::Cmp { sreg, op, data } => {
+                    u32_(sys::NFTNL_EXPR_CMP_SREG, *sreg);
+                    u32_(sys::NFTNL_EXPR_CMP_OP, *op);
+                    sys::nftnl_expr_set(
+                        p,
+                        sys::NFTNL_EXPR_CMP_DATA as u16,
+                        data.as_ptr().cast(),
+                        data.len() as u32,
+                    );
+                }
+                Expr::Bitwise { reg, mask, xor } => {
+                    u32_(sys::NFTNL_EXPR_BITWISE_SREG, *reg);
+                    u32_(sys::NFTNL_EXPR_BITWISE_DREG, *reg);
+                    u32_(sys::NFTNL_EXPR_BITWISE_LEN, 4);
+                    let (m, x) = (mask.to_ne_bytes(), xor.to_ne_bytes());
+                    sys::nftnl_expr_set(
+                        p,
+                        sys::NFTNL_EXPR_BITWISE_MASK as u16,
+                        m.as_ptr().cast(),
+                        4,
+                    );
+                    sys::nftnl_expr_set(
+                        p,
+                        sys::NFTNL_EXPR_BITWISE_XOR as u16,
+                        x.as_ptr().cast(),
+                        4,
+                    );
+                }
+                Expr::Lookup {
+                    set,
+                    sreg,
+                    dreg,
+                    invert,
+                } => {
+                    let s = cstr(set);
+                    sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, s.as_ptr());
+                    u32_(sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
+                    if let Some(d) = dreg {
+                        u32_(sys::NFTNL_EXPR_LOOKUP_DREG, *d);
+                    }
+                    if *invert {
+                        u32_(sys::NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+                    }
+                }
+                Expr::Numgen { dreg, modulus } => {
+                    u32_(sys::NFTNL_EXPR_NG_DREG, *dreg);
+                    u32_(sys::NFTNL_EXPR_NG_MODULUS, *modulus);
+                    u32_(sys::NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM);
+                    u32_(sys::NFTNL_EXPR_NG_OFFSET, 0);
+                }
+                Expr::FibDaddrType { dreg } => {
+                    u32_(sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
+                    u32_(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+                    u32_(sys::NFTNL_EXPR_FIB_DREG, *dreg);
+                }
+                Expr::Ct { key, dreg } => {
+                    u32_(sys::NFTNL_EXPR_CT_KEY, *key);
+                    u32_(sys::NFTNL_EXPR_CT_DREG, *dreg);
+                }
+                Expr::Dnat {
+                    family,
+                    addr,
+                    proto,
+                } => {
+                    u32_(sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
+                    u32_(sys::NFTNL_EXPR_NAT_FAMILY, *family);
+                    u32_(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *addr);
+                    u32_(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *proto);
+                }
+                Expr::Masq => {}
+                Expr::Reject { kind, code } => {
+                    u32_(sys::NFTNL_EXPR_REJECT_TYPE, *kind);
+                    sys::nftnl_expr_set_u8(p, sys::NFTNL_EXPR_REJECT_CODE as u16, *code as u8);
+                }
+                Expr::Jhash {
+                    sreg,
+                    dreg,
+                    len,
+                    modulus,
+                } => {
+                    u32_(sys::NFTNL_EXPR_HASH_SREG, *sreg);
+                    u32_(sys::NFTNL_EXPR_HASH_DREG, *dreg);
+                    u32_(sys::NFTNL_EXPR_HASH_LEN, *len);
+                    u32_(sys::NFTNL_EXPR_HASH_MODULUS, *modulus);
+                    u32_(sys::NFTNL_EXPR_HASH_SEED, 0);
+                    u32_(sys::NFTNL_EXPR_HASH_OFFSET, 0);
+                    u32_(sys::NFTNL_EXPR_HASH_TYPE, 0); // NFT_HASH_JENKINS
+                }
+                Expr::Verdict { code, chain } => {
+                    let s = cstr(chain);
+                    u32_(sys::NFTNL_EXPR_IMM_DREG, 0);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_IMM_VERDICT as u16, *code as u32);
+                    sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_IMM_CHAIN as u16, s.as_ptr());
+                }
+            }
+            e
+        }
+    }
+}
+
+/// A field of a concatenation, loaded into consecutive 32-bit register slots.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Field {
+    Saddr4,
+    Daddr4,
+    Saddr6,
+    Daddr6,
+    L4proto,
+    Dport,
+    Numgen(u32),
+    /// `jhash <saddr> mod m` (the source address is loaded at slot 8).
+    Jhash {
+        modulus: u32,
+        v6: bool,
+    },
+}
+
+impl Field {
+    /// How many 32-bit slots the field takes.
+    pub(crate) fn slots(self) -> u32 {
+        match self {
+            Field::Saddr6 | Field::Daddr6 => 4,
+            _ => 1,
+        }
+    }
+    fn load(self, slot: u32) -> Expr {
+        let dreg = reg(slot);
+        let nh = |offset, len| Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset,
+            len,
+            dreg,
+        };
+        match self {
+            Field::Saddr4 => nh(12, 4),
+            Field::Daddr4 => nh(16, 4),
+            Field::Saddr6 => nh(8, 16),
+            Field::Daddr6 => nh(24, 16),
+            Field::L4proto => Expr::Meta {
+                key: NFT_META_L4PROTO,
+                dreg,
+            },
+            Field::Dport => Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 2,
+                len: 2,
+                dreg,
+            },
+            Field::Numgen(m) => Expr::Numgen { dreg, modulus: m },
+            Field::Jhash { modulus, v6 } => Expr::Jhash {
+                sreg: reg(8),
+                dreg,
+                len: if v6 { 16 } else { 4 },
+                modulus,
+            },
+        }
+    }
+}
+
+/// Load `fields` from slot `start` on; the concatenation's register is `reg(start)`.
+pub(crate) fn concat(fields: &[Field], start: u32) -> Vec<Expr> {
+    let mut slot = start;
+    fields
+        .iter()
+        .flat_map(|f| {
+            let mut v = vec![];
+            if let Field::Jhash { v6, .. } = f {
+                v.push(if *v6 { Field::Saddr6 } else { Field::Saddr4 }.load(8));
+            }
+            v.push(f.load(slot));
+            slot += f.slots();
+            v
+        })
+        .collect()
+}
+
+/// `meta nfproto <family>`.
+pub(crate) fn nfproto(family: u32) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: NFT_META_NFPROTO,
+            dreg: reg(0),
+        },
+        Expr::Cmp {
+            sreg: reg(0),
+            op: NFT_CMP_EQ,
+            data: vec![family as u8],
+        },
+    ]
+}
+
+/// `fib daddr type local`.
+pub(crate) fn fib_local() -> Vec<Expr> {
+    vec![
+        Expr::FibDaddrType { dreg: reg(0) },
+        Expr::Cmp {
+            sreg: reg(0),
+            op: NFT_CMP_EQ,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `meta mark set meta mark | bit`.
+pub(crate) fn mark_set(bit: u32) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: NFT_META_MARK,
+            dreg: reg(0),
+        },
+        Expr::Bitwise {
+            reg: reg(0),
+            mask: !bit,
+            xor: bit,
+        },
+        Expr::MetaSet {
+            key: NFT_META_MARK,
+            sreg: reg(0),
+        },
+    ]
+}

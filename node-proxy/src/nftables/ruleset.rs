@@ -1,0 +1,970 @@
+//! The ruleset as data: the fixed skeleton (sets, maps, chains, rules) and the elements computed
+//! from a [`ProxyState`]. The kernel's work grows with elements; chains exist per distinct
+//! endpoint count (and affinity), never per service.
+//!
+//! ```text
+//! services (nat prerouting/output):
+//!   mark for masquerade: ip daddr . l4proto . dport @masq4 | @internal4 && saddr !@cidr4 | fib local && @npmasq
+//!   ip daddr . meta l4proto . th dport vmap @svc4                             (-> goto lb4_<K>)
+//!   fib daddr type local meta l4proto . th dport vmap @np4                    (-> goto np4_<K>)
+//! lb4_<K>:  dnat ip to ip daddr . meta l4proto . th dport . numgen random mod K map @be4
+//! hash4_<K>: ClientIP affinity: the same keyed by `jhash ip saddr mod K` (stateless: a client
+//!           keeps its endpoint while the endpoints stay the same; no timeout is enforced)
+//! filter prerouting/output: daddr . proto . port @noep4 -> reject (tcp reset / icmpx port-unreachable)
+//! nat postrouting: hairpin (ct status dnat, saddr . daddr @hairpin4) and marked traffic -> masquerade
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use node_core::{Endpoint, ProxyState, ServicePort, TrafficSource};
+
+use super::expr::*;
+
+/// The mark bit that asks for masquerade in postrouting (kube-proxy's 0x4000).
+pub const MASQ_MARK: u32 = 0x4000;
+
+/// nft datatype ids (for listings) and field sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ty {
+    Ip4,
+    Ip6,
+    Proto,
+    Port,
+    Bucket,
+}
+
+impl Ty {
+    fn id(self) -> u32 {
+        match self {
+            Ty::Ip4 => 7,
+            Ty::Ip6 => 8,
+            Ty::Proto => 12,
+            Ty::Port => 13,
+            Ty::Bucket => 19,
+        }
+    }
+    fn len(self) -> u32 {
+        match self {
+            Ty::Ip6 => 16,
+            _ => 4,
+        }
+    }
+    fn text(self) -> &'static str {
+        match self {
+            Ty::Ip4 => "ipv4_addr",
+            Ty::Ip6 => "ipv6_addr",
+            Ty::Proto => "inet_proto",
+            Ty::Port => "inet_service",
+            Ty::Bucket => "mark",
+        }
+    }
+    fn typeof_text(self, v6: bool) -> &'static str {
+        match (self, v6) {
+            (Ty::Ip4, _) => "ip daddr",
+            (Ty::Ip6, _) => "ip6 daddr",
+            (Ty::Proto, _) => "meta l4proto",
+            (Ty::Port, _) => "th dport",
+            (Ty::Bucket, _) => "numgen random mod 1",
+        }
+    }
+}
+
+/// What the elements of a set map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataTy {
+    None,
+    Verdict,
+    Concat(&'static [Ty]),
+}
+
+/// A set or map of the table.
+#[derive(Debug, Clone)]
+pub(crate) struct SetDef {
+    pub name: &'static str,
+    pub key: &'static [Ty],
+    pub data: DataTy,
+    pub interval: bool,
+    /// Filled by the packet path (`update @set`), never by the router.
+    pub dynamic: bool,
+}
+
+impl SetDef {
+    pub(crate) fn key_type(&self) -> u32 {
+        self.key.iter().fold(0, |acc, t| (acc << 6) | t.id())
+    }
+    pub(crate) fn key_len(&self) -> u32 {
+        self.key.iter().map(|t| t.len()).sum()
+    }
+    pub(crate) fn data_type_len(&self) -> Option<(u32, u32)> {
+        match self.data {
+            DataTy::None => None,
+            DataTy::Verdict => Some((0xffffff00, 0)),
+            DataTy::Concat(tys) => Some((
+                tys.iter().fold(0, |acc, t| (acc << 6) | t.id()),
+                tys.iter().map(|t| t.len()).sum(),
+            )),
+        }
+    }
+}
+
+const IP4_SVC: &[Ty] = &[Ty::Ip4, Ty::Proto, Ty::Port];
+const IP6_SVC: &[Ty] = &[Ty::Ip6, Ty::Proto, Ty::Port];
+const NP: &[Ty] = &[Ty::Proto, Ty::Port];
+const EP4: &[Ty] = &[Ty::Ip4, Ty::Port];
+const EP6: &[Ty] = &[Ty::Ip6, Ty::Port];
+
+/// Every set and map, in creation order.
+pub(crate) const SETS: &[SetDef] = &[
+    SetDef {
+        name: "cidr4",
+        key: &[Ty::Ip4],
+        data: DataTy::None,
+        interval: true,
+        dynamic: false,
+    },
+    SetDef {
+        name: "cidr6",
+        key: &[Ty::Ip6],
+        data: DataTy::None,
+        interval: true,
+        dynamic: false,
+    },
+    SetDef {
+        name: "noep4",
+        key: IP4_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "noep6",
+        key: IP6_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "noepnp4",
+        key: NP,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "noepnp6",
+        key: NP,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "masq4",
+        key: IP4_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "masq6",
+        key: IP6_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "internal4",
+        key: IP4_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "internal6",
+        key: IP6_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "npmasq",
+        key: NP,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "hairpin4",
+        key: &[Ty::Ip4, Ty::Ip4],
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "hairpin6",
+        key: &[Ty::Ip6, Ty::Ip6],
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "svc4",
+        key: IP4_SVC,
+        data: DataTy::Verdict,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "svc6",
+        key: IP6_SVC,
+        data: DataTy::Verdict,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "np4",
+        key: NP,
+        data: DataTy::Verdict,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "np6",
+        key: NP,
+        data: DataTy::Verdict,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "be4",
+        key: &[Ty::Ip4, Ty::Proto, Ty::Port, Ty::Bucket],
+        data: DataTy::Concat(EP4),
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "be6",
+        key: &[Ty::Ip6, Ty::Proto, Ty::Port, Ty::Bucket],
+        data: DataTy::Concat(EP6),
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "npbe4",
+        key: &[Ty::Proto, Ty::Port, Ty::Bucket],
+        data: DataTy::Concat(EP4),
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "npbe6",
+        key: &[Ty::Proto, Ty::Port, Ty::Bucket],
+        data: DataTy::Concat(EP6),
+        interval: false,
+        dynamic: false,
+    },
+];
+
+pub(crate) fn set_def(name: &str) -> &'static SetDef {
+    SETS.iter().find(|s| s.name == name).expect("known set")
+}
+
+/// A base chain's hook.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hook {
+    pub hook: nftnl::Hook,
+    pub nat: bool,
+    pub priority: i32,
+}
+
+/// A rule: its netlink expressions and its `nft` text.
+#[derive(Debug, Clone)]
+pub(crate) struct RuleDef {
+    pub exprs: Vec<Expr>,
+    pub text: String,
+}
+
+/// A chain with its rules.
+#[derive(Debug, Clone)]
+pub(crate) struct ChainDef {
+    pub name: String,
+    pub hook: Option<Hook>,
+    pub rules: Vec<RuleDef>,
+}
+
+fn rule(text: impl Into<String>, parts: Vec<Vec<Expr>>) -> RuleDef {
+    RuleDef {
+        exprs: parts.concat(),
+        text: text.into(),
+    }
+}
+
+fn lookup(set: &str, fields: &[Field]) -> Vec<Expr> {
+    let mut v = concat(fields, 0);
+    v.push(Expr::Lookup {
+        set: set.into(),
+        sreg: reg(0),
+        dreg: None,
+        invert: false,
+    });
+    v
+}
+
+fn vmap(set: &str, fields: &[Field]) -> Vec<Expr> {
+    let mut v = concat(fields, 0);
+    v.push(Expr::Lookup {
+        set: set.into(),
+        sreg: reg(0),
+        dreg: Some(0),
+        invert: false,
+    });
+    v
+}
+
+fn verdict(code: i32, chain: &str) -> Vec<Expr> {
+    vec![Expr::Verdict {
+        code,
+        chain: chain.into(),
+    }]
+}
+
+struct Fam {
+    n: char,
+    ip: &'static str,
+    proto: u32,
+    daddr: Field,
+    saddr: Field,
+    addr_slots: u32,
+}
+
+const FAMS: [Fam; 2] = [
+    Fam {
+        n: '4',
+        ip: "ip",
+        proto: NFPROTO_IPV4,
+        daddr: Field::Daddr4,
+        saddr: Field::Saddr4,
+        addr_slots: 1,
+    },
+    Fam {
+        n: '6',
+        ip: "ip6",
+        proto: NFPROTO_IPV6,
+        daddr: Field::Daddr6,
+        saddr: Field::Saddr6,
+        addr_slots: 4,
+    },
+];
+
+/// The fixed chains and rules.
+pub(crate) fn skeleton() -> Vec<ChainDef> {
+    use nftnl::Hook as H;
+    let reject = vec![
+        rule(
+            "meta l4proto tcp reject with tcp reset",
+            vec![
+                vec![Expr::Meta {
+                    key: NFT_META_L4PROTO,
+                    dreg: reg(0),
+                }],
+                vec![Expr::Cmp {
+                    sreg: reg(0),
+                    op: NFT_CMP_EQ,
+                    data: vec![6],
+                }],
+                vec![Expr::Reject {
+                    kind: NFT_REJECT_TCP_RST,
+                    code: 0,
+                }],
+            ],
+        ),
+        rule(
+            "reject with icmpx port-unreachable",
+            vec![vec![Expr::Reject {
+                kind: NFT_REJECT_ICMPX_UNREACH,
+                code: NFT_REJECT_ICMPX_PORT_UNREACH,
+            }]],
+        ),
+    ];
+    let mut noep = vec![];
+    let mut services = vec![];
+    let mut post = vec![];
+    for f in &FAMS {
+        let (n, ip) = (f.n, f.ip);
+        let svc = [f.daddr, Field::L4proto, Field::Dport];
+        noep.push(rule(
+            format!("{ip} daddr . meta l4proto . th dport @noep{n} goto reject_it"),
+            vec![
+                nfproto(f.proto),
+                lookup(&format!("noep{n}"), &svc),
+                verdict(NFT_GOTO, "reject_it"),
+            ],
+        ));
+        noep.push(rule(
+            format!("meta nfproto ipv{n} fib daddr type local meta l4proto . th dport @noepnp{n} goto reject_it"),
+            vec![nfproto(f.proto), fib_local(), lookup(&format!("noepnp{n}"), &[Field::L4proto, Field::Dport]), verdict(NFT_GOTO, "reject_it")],
+        ));
+        services.push(rule(
+            format!("{ip} daddr . meta l4proto . th dport @masq{n} meta mark set meta mark | {MASQ_MARK:#x}"),
+            vec![nfproto(f.proto), lookup(&format!("masq{n}"), &svc), mark_set(MASQ_MARK)],
+        ));
+        let mut cidr = concat(&[f.saddr], 0);
+        cidr.push(Expr::Lookup {
+            set: format!("cidr{n}"),
+            sreg: reg(0),
+            dreg: None,
+            invert: true,
+        });
+        services.push(rule(
+            format!("{ip} daddr . meta l4proto . th dport @internal{n} {ip} saddr != @cidr{n} meta mark set meta mark | {MASQ_MARK:#x}"),
+            vec![nfproto(f.proto), lookup(&format!("internal{n}"), &svc), cidr, mark_set(MASQ_MARK)],
+        ));
+        let mut hp = vec![
+            Expr::Ct {
+                key: NFT_CT_STATUS,
+                dreg: reg(0),
+            },
+            Expr::Bitwise {
+                reg: reg(0),
+                mask: IPS_DST_NAT,
+                xor: 0,
+            },
+            Expr::Cmp {
+                sreg: reg(0),
+                op: NFT_CMP_NEQ,
+                data: vec![0; 4],
+            },
+        ];
+        hp.extend(nfproto(f.proto));
+        hp.extend(lookup(&format!("hairpin{n}"), &[f.saddr, f.daddr]));
+        hp.push(Expr::Masq);
+        post.push(RuleDef {
+            exprs: hp,
+            text: format!("ct status dnat {ip} saddr . {ip} daddr @hairpin{n} masquerade"),
+        });
+    }
+    services.push(rule(
+        format!("fib daddr type local meta l4proto . th dport @npmasq meta mark set meta mark | {MASQ_MARK:#x}"),
+        vec![fib_local(), lookup("npmasq", &[Field::L4proto, Field::Dport]), mark_set(MASQ_MARK)],
+    ));
+    for f in &FAMS {
+        let (n, ip) = (f.n, f.ip);
+        services.push(rule(
+            format!("{ip} daddr . meta l4proto . th dport vmap @svc{n}"),
+            vec![
+                nfproto(f.proto),
+                vmap(&format!("svc{n}"), &[f.daddr, Field::L4proto, Field::Dport]),
+            ],
+        ));
+    }
+    for f in &FAMS {
+        let n = f.n;
+        services.push(rule(
+            format!("fib daddr type local meta nfproto ipv{n} meta l4proto . th dport vmap @np{n}"),
+            vec![
+                fib_local(),
+                nfproto(f.proto),
+                vmap(&format!("np{n}"), &[Field::L4proto, Field::Dport]),
+            ],
+        ));
+    }
+    let mut masq = vec![
+        Expr::Meta {
+            key: NFT_META_MARK,
+            dreg: reg(0),
+        },
+        Expr::Bitwise {
+            reg: reg(0),
+            mask: MASQ_MARK,
+            xor: 0,
+        },
+        Expr::Cmp {
+            sreg: reg(0),
+            op: NFT_CMP_EQ,
+            data: MASQ_MARK.to_ne_bytes().to_vec(),
+        },
+        Expr::Meta {
+            key: NFT_META_MARK,
+            dreg: reg(0),
+        },
+        Expr::Bitwise {
+            reg: reg(0),
+            mask: u32::MAX,
+            xor: MASQ_MARK,
+        },
+        Expr::MetaSet {
+            key: NFT_META_MARK,
+            sreg: reg(0),
+        },
+    ];
+    masq.push(Expr::Masq);
+    post.push(RuleDef {
+        exprs: masq,
+        text: format!("meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark ^ {MASQ_MARK:#x} masquerade"),
+    });
+    let jump = |to: &str| rule(format!("jump {to}"), vec![verdict(NFT_JUMP, to)]);
+    let hook = |hook, nat, priority| {
+        Some(Hook {
+            hook,
+            nat,
+            priority,
+        })
+    };
+    vec![
+        ChainDef {
+            name: "reject_it".into(),
+            hook: None,
+            rules: reject,
+        },
+        ChainDef {
+            name: "no_endpoints".into(),
+            hook: None,
+            rules: noep,
+        },
+        ChainDef {
+            name: "services".into(),
+            hook: None,
+            rules: services,
+        },
+        ChainDef {
+            name: "filter_prerouting".into(),
+            hook: hook(H::PreRouting, false, -110),
+            rules: vec![jump("no_endpoints")],
+        },
+        ChainDef {
+            name: "filter_output".into(),
+            hook: hook(H::Out, false, -110),
+            rules: vec![jump("no_endpoints")],
+        },
+        ChainDef {
+            name: "nat_prerouting".into(),
+            hook: hook(H::PreRouting, true, -100),
+            rules: vec![jump("services")],
+        },
+        ChainDef {
+            name: "nat_output".into(),
+            hook: hook(H::Out, true, -100),
+            rules: vec![jump("services")],
+        },
+        ChainDef {
+            name: "nat_postrouting".into(),
+            hook: hook(H::PostRouting, true, 100),
+            rules: post,
+        },
+    ]
+}
+
+/// A load-balancing chain, created when first needed: `lb4_3`, `np6_2`, `aff4_3_10800`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct LbChain {
+    pub v6: bool,
+    /// Node-port chain (keyed by protocol and port only).
+    pub node_port: bool,
+    /// Buckets.
+    pub k: u32,
+    /// ClientIP affinity (source-address hash instead of a random bucket).
+    pub affinity: bool,
+}
+
+impl LbChain {
+    pub(crate) fn name(&self) -> String {
+        let f = if self.v6 { '6' } else { '4' };
+        match (self.node_port, self.affinity) {
+            (true, _) => format!("np{f}_{}", self.k),
+            (false, false) => format!("lb{f}_{}", self.k),
+            (false, true) => format!("hash{f}_{}", self.k),
+        }
+    }
+
+    pub(crate) fn def(&self) -> ChainDef {
+        let f = &FAMS[self.v6 as usize];
+        let (n, ip) = (f.n, f.ip);
+        let k = self.k;
+        let data_slot = 10;
+        let rule = if self.node_port {
+            let mut e = nfproto(f.proto);
+            e.extend(concat(&[Field::L4proto, Field::Dport, Field::Numgen(k)], 0));
+            e.push(Expr::Lookup {
+                set: format!("npbe{n}"),
+                sreg: reg(0),
+                dreg: Some(reg(data_slot)),
+                invert: false,
+            });
+            e.push(Expr::Dnat {
+                family: f.proto,
+                addr: reg(data_slot),
+                proto: reg(data_slot + f.addr_slots),
+            });
+            RuleDef {
+                exprs: e,
+                text: format!(
+                    "dnat {ip} to meta l4proto . th dport . numgen random mod {k} map @npbe{n}"
+                ),
+            }
+        } else {
+            let (pick, pick_text) = match self.affinity {
+                false => (Field::Numgen(k), format!("numgen random mod {k}")),
+                true => (
+                    Field::Jhash {
+                        modulus: k,
+                        v6: self.v6,
+                    },
+                    format!("jhash {ip} saddr mod {k}"),
+                ),
+            };
+            let mut e = nfproto(f.proto);
+            e.extend(concat(&[f.daddr, Field::L4proto, Field::Dport, pick], 0));
+            e.push(Expr::Lookup {
+                set: format!("be{n}"),
+                sreg: reg(0),
+                dreg: Some(reg(data_slot)),
+                invert: false,
+            });
+            e.push(Expr::Dnat {
+                family: f.proto,
+                addr: reg(data_slot),
+                proto: reg(data_slot + f.addr_slots),
+            });
+            let text = format!(
+                "dnat {ip} to {ip} daddr . meta l4proto . th dport . {pick_text} map @be{n}"
+            );
+            RuleDef { exprs: e, text }
+        };
+        ChainDef {
+            name: self.name(),
+            hook: None,
+            rules: vec![rule],
+        }
+    }
+}
+
+/// What an element maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ElemData {
+    None,
+    Bytes(Vec<u8>),
+    Goto(String),
+}
+
+/// Elements of one set: key bytes -> data. Interval sets hold `[start, end)` pairs as two keys
+/// (the end flagged by [`ElemData::None`] with a marker in [`Elements::interval_ends`]).
+pub(crate) type SetElems = BTreeMap<Vec<u8>, ElemData>;
+
+/// Everything the router programs for a state: the load-balancing chains and every element.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Desired {
+    pub chains: BTreeSet<LbChain>,
+    pub sets: BTreeMap<&'static str, SetElems>,
+    /// Interval sets as CIDRs (rendered to start/end elements when sent).
+    pub cidrs: BTreeMap<&'static str, Vec<ipnet::IpNet>>,
+    pub service_ports: usize,
+    pub endpoints: usize,
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+fn proto_bytes(p: u8) -> [u8; 4] {
+    [p, 0, 0, 0]
+}
+fn port_bytes(p: u16) -> [u8; 4] {
+    let b = p.to_be_bytes();
+    [b[0], b[1], 0, 0]
+}
+
+fn svc_key(ip: IpAddr, proto: u8, port: u16) -> Vec<u8> {
+    let mut k = ip_bytes(ip);
+    k.extend(proto_bytes(proto));
+    k.extend(port_bytes(port));
+    k
+}
+
+fn ep_data(e: &Endpoint) -> Vec<u8> {
+    let mut d = ip_bytes(e.ip);
+    d.extend(port_bytes(e.port));
+    d
+}
+
+impl Desired {
+    fn set(&mut self, name: &'static str) -> &mut SetElems {
+        self.sets.entry(name).or_default()
+    }
+
+    /// Compute the elements for `state`.
+    pub(crate) fn compute(state: &ProxyState) -> Self {
+        let mut d = Desired::default();
+        for s in SETS.iter().filter(|s| !s.interval && !s.dynamic) {
+            d.sets.insert(s.name, SetElems::new());
+        }
+        let node = &state.node;
+        for (fam, name) in [(false, "cidr4"), (true, "cidr6")] {
+            let nets = node
+                .cluster_cidrs
+                .iter()
+                .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == fam)
+                .copied()
+                .collect();
+            d.cidrs.insert(name, nets);
+        }
+        let mut hairpin: BTreeSet<IpAddr> = BTreeSet::new();
+        for sp in state.services.values() {
+            d.service_ports += 1;
+            d.add_service(
+                sp,
+                &node.name,
+                node.masquerade_all,
+                &node.cluster_cidrs,
+                &mut hairpin,
+            );
+        }
+        for ip in hairpin {
+            let mut k = ip_bytes(ip);
+            k.extend(ip_bytes(ip));
+            let set = if ip.is_ipv6() { "hairpin6" } else { "hairpin4" };
+            d.set(set).insert(k, ElemData::None);
+        }
+        d
+    }
+
+    fn add_service(
+        &mut self,
+        sp: &ServicePort,
+        node: &str,
+        masquerade_all: bool,
+        cidrs: &[ipnet::IpNet],
+        hairpin: &mut BTreeSet<IpAddr>,
+    ) {
+        let proto = sp.protocol.number();
+        let mut programmed = BTreeSet::new();
+        for v6 in [false, true] {
+            let fam = |e: &&Endpoint| e.ip.is_ipv6() == v6;
+            let n = if v6 { "6" } else { "4" };
+            let by_source = |source: TrafficSource| -> Vec<Endpoint> {
+                let mut eps: Vec<Endpoint> = sp
+                    .usable_endpoints(source, node)
+                    .into_iter()
+                    .filter(fam)
+                    .cloned()
+                    .collect();
+                eps.sort_by_key(|e| (e.ip, e.port));
+                eps
+            };
+            let internal = by_source(TrafficSource::Internal);
+            let external = by_source(TrafficSource::External);
+            let has_cidr = cidrs.iter().any(|c| matches!(c, ipnet::IpNet::V6(_)) == v6);
+            for (ip, source) in sp.service_ips().filter(|(ip, _)| ip.is_ipv6() == v6) {
+                let eps = if source == TrafficSource::Internal {
+                    &internal
+                } else {
+                    &external
+                };
+                let key = svc_key(ip, proto, sp.port);
+                let leak = |s: &str| -> &'static str { set_def(s).name };
+                if eps.is_empty() {
+                    self.set(leak(&format!("noep{n}")))
+                        .insert(key, ElemData::None);
+                    continue;
+                }
+                let masq = masquerade_all
+                    || (source == TrafficSource::External && !sp.external_policy_local);
+                if masq {
+                    self.set(leak(&format!("masq{n}")))
+                        .insert(key.clone(), ElemData::None);
+                } else if source == TrafficSource::Internal && has_cidr {
+                    self.set(leak(&format!("internal{n}")))
+                        .insert(key.clone(), ElemData::None);
+                }
+                let chain = LbChain {
+                    v6,
+                    node_port: false,
+                    k: eps.len() as u32,
+                    affinity: sp.affinity_timeout.is_some(),
+                };
+                self.set(leak(&format!("svc{n}")))
+                    .insert(key.clone(), ElemData::Goto(chain.name()));
+                self.chains.insert(chain);
+                for (i, e) in eps.iter().enumerate() {
+                    let mut k = key.clone();
+                    k.extend((i as u32).to_ne_bytes());
+                    self.set(leak(&format!("be{n}")))
+                        .insert(k, ElemData::Bytes(ep_data(e)));
+                    programmed.insert((e.ip, e.port));
+                    hairpin.insert(e.ip);
+                }
+            }
+            if let Some(np) = sp.node_port {
+                let mut key = proto_bytes(proto).to_vec();
+                key.extend(port_bytes(np));
+                if external.is_empty() {
+                    self.set(if v6 { "noepnp6" } else { "noepnp4" })
+                        .insert(key, ElemData::None);
+                } else {
+                    if !sp.external_policy_local || masquerade_all {
+                        self.set("npmasq").insert(key.clone(), ElemData::None);
+                    }
+                    let chain = LbChain {
+                        v6,
+                        node_port: true,
+                        k: external.len() as u32,
+                        affinity: false,
+                    };
+                    self.set(if v6 { "np6" } else { "np4" })
+                        .insert(key.clone(), ElemData::Goto(chain.name()));
+                    self.chains.insert(chain);
+                    for (i, e) in external.iter().enumerate() {
+                        let mut k = key.clone();
+                        k.extend((i as u32).to_ne_bytes());
+                        self.set(if v6 { "npbe6" } else { "npbe4" })
+                            .insert(k, ElemData::Bytes(ep_data(e)));
+                        programmed.insert((e.ip, e.port));
+                        hairpin.insert(e.ip);
+                    }
+                }
+            }
+        }
+        self.endpoints += programmed.len();
+    }
+
+    /// How many elements in all.
+    pub(crate) fn element_count(&self) -> usize {
+        self.sets.values().map(|s| s.len()).sum::<usize>()
+            + self.cidrs.values().map(|c| c.len()).sum::<usize>()
+    }
+}
+
+fn fmt_field(t: Ty, b: &[u8]) -> String {
+    match t {
+        Ty::Ip4 => std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+        Ty::Ip6 => {
+            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&b[..16]).expect("16 bytes")).to_string()
+        }
+        Ty::Proto => match b[0] {
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            132 => "sctp".into(),
+            p => p.to_string(),
+        },
+        Ty::Port => u16::from_be_bytes([b[0], b[1]]).to_string(),
+        Ty::Bucket => u32::from_ne_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+    }
+}
+
+fn fmt_concat(tys: &[Ty], mut b: &[u8]) -> String {
+    let mut parts = vec![];
+    for t in tys {
+        let l = t.len() as usize;
+        parts.push(fmt_field(*t, &b[..l]));
+        b = &b[l..];
+    }
+    parts.join(" . ")
+}
+
+/// The ruleset as `nft -f` input (for `--dump` and debugging).
+pub(crate) fn render(table: &str, desired: &Desired) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "add table inet {table}");
+    let _ = writeln!(out, "delete table inet {table}");
+    let _ = writeln!(out, "add table inet {table}");
+    for s in SETS {
+        let v6 = s.key.contains(&Ty::Ip6);
+        let kind = if s.data == DataTy::None { "set" } else { "map" };
+        let mut decl = if s.key.contains(&Ty::Bucket) || matches!(s.data, DataTy::Concat(_)) {
+            let key: Vec<&str> = s.key.iter().map(|t| t.typeof_text(v6)).collect();
+            let data = match s.data {
+                DataTy::Concat(tys) => tys
+                    .iter()
+                    .map(|t| t.typeof_text(v6))
+                    .collect::<Vec<_>>()
+                    .join(" . "),
+                _ => String::new(),
+            };
+            format!("typeof {} : {data};", key.join(" . "))
+        } else {
+            let key: Vec<&str> = s.key.iter().map(|t| t.text()).collect();
+            let data = if s.data == DataTy::Verdict {
+                " : verdict"
+            } else {
+                ""
+            };
+            format!("type {}{data};", key.join(" . "))
+        };
+        if s.interval {
+            decl.push_str(" flags interval;");
+        }
+        let _ = writeln!(out, "add {kind} inet {table} {} {{ {decl} }}", s.name);
+    }
+    let chains: Vec<ChainDef> = skeleton()
+        .into_iter()
+        .chain(desired.chains.iter().map(|c| c.def()))
+        .collect();
+    for c in &chains {
+        match c.hook {
+            Some(h) => {
+                let (ty, hook) = (
+                    if h.nat { "nat" } else { "filter" },
+                    match h.hook {
+                        nftnl::Hook::PreRouting => "prerouting",
+                        nftnl::Hook::Out => "output",
+                        nftnl::Hook::PostRouting => "postrouting",
+                        nftnl::Hook::In => "input",
+                        _ => "forward",
+                    },
+                );
+                let _ = writeln!(
+                    out,
+                    "add chain inet {table} {} {{ type {ty} hook {hook} priority {}; }}",
+                    c.name, h.priority
+                );
+            }
+            None => {
+                let _ = writeln!(out, "add chain inet {table} {}", c.name);
+            }
+        }
+    }
+    for c in &chains {
+        for r in &c.rules {
+            let _ = writeln!(out, "add rule inet {table} {} {}", c.name, r.text);
+        }
+    }
+    for (name, nets) in &desired.cidrs {
+        if !nets.is_empty() {
+            let list: Vec<String> = nets.iter().map(|n| n.trunc().to_string()).collect();
+            let _ = writeln!(
+                out,
+                "add element inet {table} {name} {{ {} }}",
+                list.join(", ")
+            );
+        }
+    }
+    for (name, elems) in &desired.sets {
+        if elems.is_empty() {
+            continue;
+        }
+        let def = set_def(name);
+        let items: Vec<String> = elems
+            .iter()
+            .map(|(k, v)| {
+                let key = fmt_concat(def.key, k);
+                match (v, def.data) {
+                    (ElemData::Bytes(b), DataTy::Concat(tys)) => {
+                        format!("{key} : {}", fmt_concat(tys, b))
+                    }
+                    (ElemData::Goto(c), _) => format!("{key} : goto {c}"),
+                    _ => key,
+                }
+            })
+            .collect();
+        for chunk in items.chunks(1000) {
+            let _ = writeln!(
+                out,
+                "add element inet {table} {name} {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,93 @@
+//! Root tests: traffic through `NftablesRouter` in namespaces each test creates
+//! (node-test-support's `ServiceTopology`). They need root and the `nft` binary.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::scenarios::{self, Harness, MakeRouter, cluster_ip, ep, state};
+use node_core::{Protocol, ServiceRouter};
+use node_proxy::NftablesRouter;
+use node_test_support::{require_command, require_root};
+
+fn make() -> Arc<dyn ServiceRouter> {
+    Arc::new(NftablesRouter::new().expect("nftables router"))
+}
+
+fn ready(test: &str) -> bool {
+    require_root(test) && require_command(test, "nft")
+}
+
+macro_rules! scenario {
+    ($name:ident) => {
+        #[test]
+        fn $name() {
+            if !ready(stringify!($name)) {
+                return;
+            }
+            scenarios::$name(make as MakeRouter);
+        }
+    };
+}
+
+scenario!(cluster_ip_spreads_tcp_and_udp);
+scenario!(node_port);
+scenario!(external_ip);
+scenario!(affinity_pins_a_client);
+scenario!(local_policy_uses_local_endpoints);
+scenario!(terminating_fallback);
+scenario!(no_endpoints_rejects_fast);
+scenario!(hairpin);
+scenario!(removed_endpoint_stops_receiving);
+scenario!(ipv6_cluster_ip);
+
+#[test]
+fn cleanup_removes_our_table_only_and_dump_loads() {
+    if !ready("cleanup_removes_our_table_only_and_dump_loads") {
+        return;
+    }
+    let h = Harness::new(2, make);
+    h.t.node
+        .sh("nft add table ip foreign && nft add chain ip foreign c && nft add rule ip foreign c counter")
+        .unwrap();
+    let mut sp = cluster_ip(
+        "10.96.0.30",
+        80,
+        Protocol::Tcp,
+        vec![ep(h.pod_ip(0)), ep(h.pod_ip(1))],
+    );
+    sp.node_port = Some(30090);
+    sp.affinity_timeout = Some(Duration::from_secs(30));
+    let s = state(vec![
+        ("a", sp),
+        (
+            "b",
+            cluster_ip("fd00:96::30", 53, Protocol::Udp, vec![ep(h.pod_ip6(0))]),
+        ),
+    ]);
+    h.sync(&s);
+    let listed = h.t.node.sh("nft list table inet nodekit").unwrap();
+    assert!(listed.contains("10.96.0.30 . tcp . 80"), "{listed}");
+    // the dump is valid nft input
+    let dump = node_proxy::nftables::render_ruleset("nodekit", &s);
+    let path = std::env::temp_dir().join(format!("nodekit-dump-{}.nft", std::process::id()));
+    std::fs::write(&path, &dump).unwrap();
+    let check = h.t.node.sh(&format!("nft -c -f {}", path.display()));
+    let _ = std::fs::remove_file(&path);
+    check.unwrap_or_else(|e| panic!("dump does not load: {e}\n{dump}"));
+    // a second identical sync changes nothing
+    let r = h.sync(&s);
+    assert!(!r.full);
+    assert_eq!(r.changes, 0);
+    h.cleanup();
+    let all = h.t.node.sh("nft list ruleset").unwrap();
+    assert!(!all.contains("nodekit"), "our table is gone: {all}");
+    assert!(
+        all.contains("table ip foreign"),
+        "other tables are never touched: {all}"
+    );
+    // cleanup of nothing is fine, and a sync after cleanup rewrites everything
+    h.cleanup();
+    assert!(h.sync(&s).full);
+}
