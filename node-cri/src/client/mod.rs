@@ -361,6 +361,47 @@ fn check_api_version(endpoint: &str, v: &cri::VersionResponse) -> Result<(), Run
     )))
 }
 
+/// Check what the runtime would reject with an obscure message; the sandbox's `namespace/name`.
+fn validate_sandbox(req: &cri::RunPodSandboxRequest) -> Result<String, RuntimeError> {
+    let invalid = |what: &str| RuntimeError::InvalidArgument(format!("RunPodSandbox: {what}"));
+    let config = req
+        .config
+        .as_ref()
+        .ok_or_else(|| invalid("no sandbox config"))?;
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("the sandbox config has no metadata"))?;
+    if meta.name.is_empty() {
+        return Err(invalid("the sandbox metadata has an empty name"));
+    }
+    Ok(format!("{}/{}", meta.namespace, meta.name))
+}
+
+/// Check what the runtime would reject with an obscure message; the container's image.
+fn validate_container(req: &cri::CreateContainerRequest) -> Result<String, RuntimeError> {
+    let invalid = |what: &str| RuntimeError::InvalidArgument(format!("CreateContainer: {what}"));
+    if req.pod_sandbox_id.is_empty() {
+        return Err(invalid("empty pod_sandbox_id"));
+    }
+    let config = req
+        .config
+        .as_ref()
+        .ok_or_else(|| invalid("no container config"))?;
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or_default();
+    if name.is_empty() {
+        return Err(invalid("the container config has no metadata name"));
+    }
+    match config.image.as_ref().map(|i| i.image.trim()) {
+        Some(image) if !image.is_empty() => Ok(image.to_string()),
+        _ => Err(invalid(&format!("container {name:?} has no image"))),
+    }
+}
+
 /// A request carrying its deadline to the runtime (`grpc-timeout`) too.
 fn request<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -422,12 +463,8 @@ impl RuntimeBackend for CriClient {
         &self,
         req: cri::RunPodSandboxRequest,
     ) -> Result<String, RuntimeError> {
-        let name = req
-            .config
-            .as_ref()
-            .and_then(|c| c.metadata.as_ref())
-            .map(|m| format!("{}/{}", m.namespace, m.name));
-        let mut ctx = self.ctx("RunPodSandbox", "pod sandbox", name.unwrap_or_default());
+        let name = validate_sandbox(&req)?;
+        let mut ctx = self.ctx("RunPodSandbox", "pod sandbox", name);
         ctx.network = true;
         let resp: cri::RunPodSandboxResponse = rt_call!(self, ctx, false, run_pod_sandbox, req)?;
         Ok(resp.pod_sandbox_id)
@@ -493,7 +530,8 @@ impl RuntimeBackend for CriClient {
         &self,
         req: cri::CreateContainerRequest,
     ) -> Result<String, RuntimeError> {
-        let ctx = self.ctx("CreateContainer", "pod sandbox", req.pod_sandbox_id.clone());
+        let mut ctx = self.ctx("CreateContainer", "pod sandbox", req.pod_sandbox_id.clone());
+        ctx.image = validate_container(&req)?;
         let resp: cri::CreateContainerResponse = rt_call!(self, ctx, false, create_container, req)?;
         Ok(resp.container_id)
     }
@@ -848,6 +886,63 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn malformed_requests_are_rejected_naming_the_field() {
+        let err = validate_sandbox(&cri::RunPodSandboxRequest::default()).unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidArgument(ref m) if m.contains("no sandbox config")),
+            "{err:?}"
+        );
+        let mut req = cri::RunPodSandboxRequest {
+            config: Some(Default::default()),
+            ..Default::default()
+        };
+        assert!(
+            validate_sandbox(&req)
+                .unwrap_err()
+                .to_string()
+                .contains("no metadata")
+        );
+        req.config.as_mut().unwrap().metadata = Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        });
+        assert_eq!(validate_sandbox(&req).unwrap(), "default/web");
+
+        let mut req = cri::CreateContainerRequest::default();
+        assert!(
+            validate_container(&req)
+                .unwrap_err()
+                .to_string()
+                .contains("pod_sandbox_id")
+        );
+        req.pod_sandbox_id = "p".into();
+        assert!(
+            validate_container(&req)
+                .unwrap_err()
+                .to_string()
+                .contains("no container config")
+        );
+        req.config = Some(cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "app".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        });
+        let err = validate_container(&req).unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidArgument(ref m) if m.contains("\"app\" has no image")),
+            "{err:?}"
+        );
+        req.config.as_mut().unwrap().image = Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        });
+        assert_eq!(validate_container(&req).unwrap(), "busybox");
     }
 
     #[test]
