@@ -1240,3 +1240,64 @@ async fn pod_start_timing_through_cri_client() {
     // every pod was removed after its sample
     assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
 }
+
+/// The pid in a verbose status's `info` JSON.
+fn verbose_pid(info: &HashMap<String, String>) -> i32 {
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    v["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {v}")) as i32
+}
+
+#[tokio::test]
+async fn fixture_drop_cleans_up_pods_left_running() {
+    let Some((f, c)) = setup("fixture_drop_cleans_up_pods_left_running").await else {
+        return;
+    };
+    let image = busybox(&f, &c).await;
+    let sandbox = sandbox_config(&f, "leftover", &[]);
+    let pod = run_pod(&c, &sandbox).await;
+    let id = start_container(
+        &c,
+        &pod,
+        &sandbox,
+        container_config("sleeper", &image, &["sleep", "3600"], &[]),
+    )
+    .await;
+    wait_state(
+        &c,
+        &id,
+        cri::ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    let pause_pid = verbose_pid(&c.pod_sandbox_status(&pod, true).await.unwrap().info);
+    let ctr_pid = verbose_pid(&c.container_status(&id, true).await.unwrap().info);
+    let shims = f.shim_pids();
+    assert!(!shims.is_empty());
+    let memory_cg = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(f.cgroup_parent().trim_start_matches('/'));
+    assert!(
+        memory_cg.join(&id).exists(),
+        "{} has no {id}",
+        memory_cg.display()
+    );
+    let dir = f.dir().to_path_buf();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    assert!(alive(pause_pid) && alive(ctr_pid));
+    drop(c);
+    drop(f);
+    for pid in [pause_pid, ctr_pid].into_iter().chain(shims) {
+        assert!(!alive(pid), "pid {pid} survived the fixture");
+    }
+    assert!(!memory_cg.exists(), "{} left behind", memory_cg.display());
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&dir.display().to_string()),
+        "mounts left under {}",
+        dir.display()
+    );
+}

@@ -30,6 +30,8 @@
 //! # }
 //! ```
 
+#[cfg(test)]
+mod fake_server_tests;
 mod status;
 pub mod timing;
 
