@@ -1038,8 +1038,18 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
         .unwrap();
     assert_eq!(r.stdout, b"still here\n");
 
-    // and once more with a graceful-looking restart of the process
+    // once more; the first call afterwards is one the client does not retry: the channel has
+    // noticed the dead connection and reconnects by itself
     f.restart().unwrap();
+    let r = c
+        .exec_sync(
+            &id,
+            vec!["echo".into(), "again".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, b"again\n");
     assert!(c.conditions().await.unwrap().runtime_ready);
     let pods = c.list_pod_sandbox(None).await.unwrap();
     assert_eq!(

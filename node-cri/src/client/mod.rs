@@ -6,8 +6,10 @@
 //! - Every call runs under a deadline ([`CriClientConfig::call_timeout`]; pulls under
 //!   [`CriClientConfig::image_pull_timeout`]; `exec_sync` and `stop_container` get their own
 //!   timeout on top) and fails with [`RuntimeError::Timeout`] when it passes.
-//! - The connection is re-established on the next call after the runtime restarts. Calls that are
-//!   safe to repeat (reads, stop, remove) are retried once when the runtime was unavailable.
+//! - The connection is re-established on the next call after the runtime restarts. A call that
+//!   provably never reached the runtime (connection refused, or already broken when the request
+//!   was written; runtime still starting) is retried once; calls that are safe to repeat (reads,
+//!   stop, remove) are retried once after any transport failure.
 //! - gRPC status codes map to [`RuntimeError`] variants (containerd's `Unknown` + "not found" is
 //!   [`RuntimeError::NotFound`]; pull failures are [`RuntimeError::ImagePull`] naming the image).
 //!
@@ -48,7 +50,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use status::{CallContext, is_transport_failure, map_status, says_starting};
+use status::{CallContext, is_transport_failure, map_status, never_delivered};
 
 /// The CRI API version this client speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -304,8 +306,9 @@ impl CriClient {
         .await
     }
 
-    /// Run one call under `ctx.deadline` (zero: none), retrying once on `Unavailable` when
-    /// `repeatable`.
+    /// Run one call under `ctx.deadline` (zero: none). It is repeated once, after a short pause,
+    /// when it provably never reached the runtime (connection refused or already broken, runtime
+    /// still starting), and, when `repeatable` (reads, stop, remove), after any transport failure.
     async fn call<T, F, Fut>(
         &self,
         ctx: &CallContext,
@@ -316,10 +319,8 @@ impl CriClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let attempts = if repeatable { 2 } else { 1 };
-        let mut attempt = 0;
+        let mut retried = false;
         loop {
-            attempt += 1;
             let fut = f();
             let result = if ctx.deadline.is_zero() {
                 fut.await
@@ -329,21 +330,20 @@ impl CriClient {
                     Err(_) => return Err(RuntimeError::Timeout(ctx.deadline)),
                 }
             };
-            match result {
+            let status = match result {
                 Ok(resp) => return Ok(resp.into_inner()),
-                Err(status)
-                    if (is_transport_failure(&status) || says_starting(&status))
-                        && attempt < attempts =>
-                {
-                    tracing::debug!(method = ctx.method, error = %status.message(), "runtime unavailable, retrying once");
-                    tokio::time::sleep(RETRY_DELAY).await;
-                }
-                Err(status) => {
-                    let err = map_status(&status, ctx);
-                    tracing::debug!(method = ctx.method, code = ?status.code(), error = %err, "CRI call failed");
-                    return Err(err);
-                }
+                Err(status) => status,
+            };
+            let again = never_delivered(&status) || repeatable && is_transport_failure(&status);
+            if again && !retried {
+                retried = true;
+                tracing::debug!(method = ctx.method, error = %status.message(), "runtime unavailable, retrying once");
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
             }
+            let err = map_status(&status, ctx);
+            tracing::debug!(method = ctx.method, code = ?status.code(), error = %err, "CRI call failed");
+            return Err(err);
         }
     }
 

@@ -88,6 +88,38 @@ pub(crate) fn says_starting(status: &Status) -> bool {
     status.code() == Code::Unknown && status.message().contains("not initialized yet")
 }
 
+/// Whether a failed call provably never reached the runtime, so that repeating it cannot do
+/// anything twice: the connection was refused or absent, or was already broken when the request
+/// was written (`EPIPE`: the process at the other end was gone), or the runtime turned the call
+/// away while starting.
+pub(crate) fn never_delivered(status: &Status) -> bool {
+    if says_starting(status) {
+        return true;
+    }
+    if !is_transport_failure(status) {
+        return false;
+    }
+    let mut cur = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotFound
+            )
+        {
+            return true;
+        }
+        // h2 reports a failed write as its own error, with the io error's text
+        if e.to_string().contains("broken pipe") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// The status's message followed by its sources (the local transport error, if any).
 fn full_message(status: &Status) -> String {
     let mut s = status.message().to_string();
@@ -247,9 +279,26 @@ mod tests {
             ),
             e => panic!("{e:?}"),
         }
+        // a write on a connection whose peer is gone never reached anyone
+        assert!(never_delivered(&broken));
+        let refused = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        assert!(never_delivered(&refused));
+        let reset = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert!(
+            is_transport_failure(&reset) && !never_delivered(&reset),
+            "a reset may follow delivery"
+        );
+        assert!(!never_delivered(&Status::unavailable("overloaded")));
         // containerd's CRI plugin while it recovers after a restart
         let starting = Status::unknown("server is not initialized yet");
         assert!(says_starting(&starting));
+        assert!(never_delivered(&starting));
         assert!(
             matches!(map_status(&starting, &c), RuntimeError::Unavailable(m) if m.contains("not initialized"))
         );
