@@ -318,3 +318,51 @@ async fn the_runtime_going_away_is_unavailable_not_a_hang() {
     );
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn connect_waiting_waits_for_a_late_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("late.sock");
+    // nobody there: gives up after its patience, typed
+    let t = Instant::now();
+    let r = CriClient::connect_waiting(config(&sock), Duration::from_millis(600)).await;
+    assert!(
+        matches!(&r, Err(RuntimeError::Unavailable(m)) if m.contains("waited")),
+        "{r:?}"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(600) && t.elapsed() < Duration::from_secs(5));
+    // the runtime comes up while the client waits
+    let late = sock.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let listener = tokio::net::UnixListener::bind(&late).unwrap();
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let conn = l.accept().await.map(|(s, _)| s);
+            Some((conn, l))
+        });
+        tonic::transport::Server::builder()
+            .add_service(RuntimeServiceServer::new(v1()))
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    let c = CriClient::connect_waiting(config(&sock), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(c.runtime_name(), "fake");
+    // a wrong runtime is not waited for
+    let (_d2, other) = serve(
+        Fake {
+            api_version: "v0".into(),
+            ..Default::default()
+        },
+        true,
+    );
+    let t = Instant::now();
+    let r = CriClient::connect_waiting(config(&other), Duration::from_secs(30)).await;
+    assert!(
+        matches!(r, Err(RuntimeError::FailedPrecondition(_))),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+}

@@ -248,6 +248,30 @@ impl CriClient {
         Ok(client)
     }
 
+    /// [`Self::connect`], waiting up to `patience` for a runtime that is not up yet (a node agent
+    /// started before containerd): [`RuntimeError::Unavailable`] is retried every 250 ms until
+    /// `patience` has passed; any other error is returned at once.
+    pub async fn connect_waiting(
+        config: CriClientConfig,
+        patience: Duration,
+    ) -> Result<Self, RuntimeError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match Self::connect(config.clone()).await {
+                Err(RuntimeError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(endpoint = %config.endpoint, %why, "runtime not up yet");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(RuntimeError::Unavailable(why)) => {
+                    return Err(RuntimeError::Unavailable(format!(
+                        "{why} (waited {patience:?})"
+                    )));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The configuration this client was made with.
     pub fn config(&self) -> &CriClientConfig {
         &self.config
