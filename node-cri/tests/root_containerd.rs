@@ -1227,13 +1227,9 @@ async fn pod_start_timing_through_cri_client() {
     c.pull_image(spec(f.pause_image()), None, None)
         .await
         .unwrap();
-    let spec = PodStartSpec {
-        sandbox: sandbox_config(&f, "timing", &[("bench", "pod-start")]),
-        container: container_config("main", &image, &["sleep", "3600"], &[]),
-        runtime_handler: String::new(),
-        runs: 10,
-        running_timeout: Duration::from_secs(30),
-    };
+    let log_dir = f.pod_log_dir("timing").unwrap();
+    let mut spec = PodStartSpec::sleeping("timing", &image, &log_dir.display().to_string(), 10);
+    spec.sandbox.linux.as_mut().unwrap().cgroup_parent = f.cgroup_parent().into();
     let timings = measure_pod_start(&c, &spec).await.unwrap();
     assert_eq!(timings.samples.len(), 10);
     assert!(
