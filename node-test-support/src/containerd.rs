@@ -21,9 +21,9 @@
 //!
 //! The CRI config sets `restrict_oom_score_adj = true` (without `CAP_SYS_RESOURCE` every
 //! `RunPodSandbox` fails otherwise), a busybox `sleep` sandbox ("pause") image built and pushed
-//! by the fixture, a bridge + host-local CNI conflist with a unique bridge name and subnet
-//! (containerd attaches the loopback itself), a `certs.d` with a `hosts.toml` for the registry
-//! (plain http), the overlayfs snapshotter and the runc v2 runtime.
+//! by the fixture, a bridge + host-local + loopback CNI conflist with a unique bridge name and
+//! subnet, a `certs.d` with a `hosts.toml` for the registry (plain http), the overlayfs
+//! snapshotter and the runc v2 runtime.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -88,6 +88,7 @@ impl ContainerdFixture {
             && crate::require_path(test, crate::image::BUSYBOX)
             && crate::require_path(test, Path::new(CNI_BIN_DIR).join("bridge"))
             && crate::require_path(test, Path::new(CNI_BIN_DIR).join("host-local"))
+            && crate::require_path(test, Path::new(CNI_BIN_DIR).join("loopback"))
     }
 
     /// Start a registry and containerd, and wait until containerd serves.
@@ -148,6 +149,9 @@ impl ContainerdFixture {
                     "ranges": [[{"subnet": subnet}]],
                     "routes": [{"dst": "0.0.0.0/0"}]
                 }
+            }, {
+                // always works on "lo" and passes the bridge's result on
+                "type": "loopback"
             }]
         });
         fs::write(
