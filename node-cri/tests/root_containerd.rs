@@ -1307,3 +1307,93 @@ async fn fixture_drop_cleans_up_pods_left_running() {
         dir.display()
     );
 }
+
+/// Poll `network_ready` until it is `want`.
+async fn wait_network_ready(c: &CriClient, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cond = c.conditions().await.unwrap();
+        if cond.network_ready == want {
+            if !want {
+                let why = cond.why_not("NetworkReady").unwrap();
+                assert!(why.contains("NetworkPluginNotReady"), "{why}");
+            }
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NetworkReady never became {want}: {cond:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn cni_failures_are_network_errors_and_network_ready_follows_the_config() {
+    let Some((f, c)) =
+        setup("cni_failures_are_network_errors_and_network_ready_follows_the_config").await
+    else {
+        return;
+    };
+    let conf = f.cni_conf_dir().join("10-nodekit.conflist");
+    let good = std::fs::read_to_string(&conf).unwrap();
+    assert!(c.network_ready().await.unwrap());
+    c.pull_image(spec(f.pause_image()), None, None)
+        .await
+        .unwrap();
+
+    // no CNI config at all: NetworkReady false, with containerd's reason; the runtime stays ready
+    std::fs::remove_file(&conf).unwrap();
+    wait_network_ready(&c, false).await;
+    assert!(c.runtime_ready().await.unwrap());
+
+    // a plugin that does not exist (the config is loaded: NetworkReady again): RunPodSandbox fails
+    // with a Network error naming it
+    let broken = good.replace(
+        "\"type\": \"bridge\"",
+        "\"type\": \"nodekit-no-such-plugin\"",
+    );
+    assert_ne!(broken, good);
+    std::fs::write(&conf, &broken).unwrap();
+    wait_network_ready(&c, true).await;
+    let sandbox = sandbox_config(&f, "netfail", &[("net", "broken")]);
+    let err = c
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        RuntimeError::Network(m) => {
+            assert!(
+                m.contains("nodekit-no-such-plugin") && m.starts_with("RunPodSandbox: "),
+                "{m}"
+            )
+        }
+        e => panic!("run pod sandbox with a broken CNI config: {e:?}"),
+    }
+
+    // the good config back (through "no config", to know containerd reloaded): pods get an IP
+    std::fs::remove_file(&conf).unwrap();
+    wait_network_ready(&c, false).await;
+    std::fs::write(&conf, &good).unwrap();
+    wait_network_ready(&c, true).await;
+    // containerd did not keep a ready sandbox for the failed run
+    let filter = cri::PodSandboxFilter {
+        label_selector: labels(&[("net", "broken")]),
+        ..Default::default()
+    };
+    for p in c.list_pod_sandbox(Some(filter)).await.unwrap() {
+        assert_eq!(
+            p.state,
+            cri::PodSandboxState::SandboxNotready as i32,
+            "{p:?}"
+        );
+        remove_pod(&c, &p.id).await;
+    }
+    let sandbox = sandbox_config(&f, "netok", &[]);
+    let pod = run_pod(&c, &sandbox).await;
+    assert!(in_subnet(pod_ip(&c, &pod).await, f.subnet()));
+    remove_pod(&c, &pod).await;
+}

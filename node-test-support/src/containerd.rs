@@ -350,6 +350,11 @@ impl ContainerdFixture {
         Ok(p)
     }
 
+    /// The CNI config directory containerd watches (`10-nodekit.conflist` in it).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
     /// The CNI bridge's name (in [`Self::netns`]).
     pub fn bridge(&self) -> &str {
         &self.bridge
