@@ -1245,6 +1245,19 @@ async fn pod_start_timing_through_cri_client() {
     );
     // every pod was removed after its sample
     assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
+    // the client's own cost: one small round trip (Version) over the socket
+    let mut rtt: Vec<Duration> = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        c.version().await.unwrap();
+        rtt.push(t.elapsed());
+    }
+    rtt.sort();
+    println!(
+        "Version round trip: p50 {:?} p90 {:?} (200 calls)",
+        rtt[rtt.len() / 2],
+        rtt[rtt.len() * 9 / 10]
+    );
 }
 
 /// The pid in a verbose status's `info` JSON.
