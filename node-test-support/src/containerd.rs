@@ -24,6 +24,24 @@
 //! by the fixture, a bridge + host-local + loopback CNI conflist with a unique bridge name and
 //! subnet, a `certs.d` with a `hosts.toml` for the registry (plain http), the overlayfs
 //! snapshotter and the runc v2 runtime.
+//!
+//! ```no_run
+//! use node_test_support::{ContainerdFixture, TestImage};
+//!
+//! # fn demo() -> std::io::Result<()> {
+//! if !ContainerdFixture::require("my_test") {
+//!     return Ok(()); // skipped locally; panics under CI=true
+//! }
+//! let mut ctrd = ContainerdFixture::start()?;
+//! let image = ctrd.push(&TestImage::busybox().build()?, "nodekit/busybox", "1.0")?;
+//! // connect a CRI client to ctrd.endpoint(), pull `image`, run pods with
+//! // `log_directory = ctrd.pod_log_dir("web")?` and `cgroup_parent = ctrd.cgroup_parent()`,
+//! // reach pod IPs with `ctrd.netns().run_in(|| ...)`
+//! ctrd.restart()?; // SIGKILL and start again: pods keep running
+//! # let _ = image;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
