@@ -21,9 +21,27 @@
 //!
 //! The CRI config sets `restrict_oom_score_adj = true` (without `CAP_SYS_RESOURCE` every
 //! `RunPodSandbox` fails otherwise), a busybox `sleep` sandbox ("pause") image built and pushed
-//! by the fixture, a bridge + host-local CNI conflist with a unique bridge name and subnet
-//! (containerd attaches the loopback itself), a `certs.d` with a `hosts.toml` for the registry
-//! (plain http), the overlayfs snapshotter and the runc v2 runtime.
+//! by the fixture, a bridge + host-local + loopback CNI conflist with a unique bridge name and
+//! subnet, a `certs.d` with a `hosts.toml` for the registry (plain http), the overlayfs
+//! snapshotter and the runc v2 runtime.
+//!
+//! ```no_run
+//! use node_test_support::{ContainerdFixture, TestImage};
+//!
+//! # fn demo() -> std::io::Result<()> {
+//! if !ContainerdFixture::require("my_test") {
+//!     return Ok(()); // skipped locally; panics under CI=true
+//! }
+//! let mut ctrd = ContainerdFixture::start()?;
+//! let image = ctrd.push(&TestImage::busybox().build()?, "nodekit/busybox", "1.0")?;
+//! // connect a CRI client to ctrd.endpoint(), pull `image`, run pods with
+//! // `log_directory = ctrd.pod_log_dir("web")?` and `cgroup_parent = ctrd.cgroup_parent()`,
+//! // reach pod IPs with `ctrd.netns().run_in(|| ...)`
+//! ctrd.restart()?; // SIGKILL and start again: pods keep running
+//! # let _ = image;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -88,6 +106,7 @@ impl ContainerdFixture {
             && crate::require_path(test, crate::image::BUSYBOX)
             && crate::require_path(test, Path::new(CNI_BIN_DIR).join("bridge"))
             && crate::require_path(test, Path::new(CNI_BIN_DIR).join("host-local"))
+            && crate::require_path(test, Path::new(CNI_BIN_DIR).join("loopback"))
     }
 
     /// Start a registry and containerd, and wait until containerd serves.
@@ -148,6 +167,9 @@ impl ContainerdFixture {
                     "ranges": [[{"subnet": subnet}]],
                     "routes": [{"dst": "0.0.0.0/0"}]
                 }
+            }, {
+                // always works on "lo" and passes the bridge's result on
+                "type": "loopback"
             }]
         });
         fs::write(
@@ -344,6 +366,11 @@ impl ContainerdFixture {
         let p = self.dir.path().join("pod-logs").join(pod);
         fs::create_dir_all(&p)?;
         Ok(p)
+    }
+
+    /// The CNI config directory containerd watches (`10-nodekit.conflist` in it).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
     }
 
     /// The CNI bridge's name (in [`Self::netns`]).

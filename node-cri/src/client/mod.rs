@@ -6,8 +6,10 @@
 //! - Every call runs under a deadline ([`CriClientConfig::call_timeout`]; pulls under
 //!   [`CriClientConfig::image_pull_timeout`]; `exec_sync` and `stop_container` get their own
 //!   timeout on top) and fails with [`RuntimeError::Timeout`] when it passes.
-//! - The connection is re-established on the next call after the runtime restarts. Calls that are
-//!   safe to repeat (reads, stop, remove) are retried once when the runtime was unavailable.
+//! - The connection is re-established on the next call after the runtime restarts. A call that
+//!   provably never reached the runtime (connection refused, or already broken when the request
+//!   was written; runtime still starting) is retried once; calls that are safe to repeat (reads,
+//!   stop, remove) are retried once after any transport failure.
 //! - gRPC status codes map to [`RuntimeError`] variants (containerd's `Unknown` + "not found" is
 //!   [`RuntimeError::NotFound`]; pull failures are [`RuntimeError::ImagePull`] naming the image).
 //!
@@ -30,6 +32,8 @@
 //! # }
 //! ```
 
+#[cfg(test)]
+mod fake_server_tests;
 mod status;
 pub mod timing;
 
@@ -46,7 +50,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use status::{CallContext, is_transport_failure, map_status, says_starting};
+use status::{CallContext, is_transport_failure, map_status, never_delivered};
 
 /// The CRI API version this client speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -189,9 +193,8 @@ impl CriClient {
             async move { UnixStream::connect(&path).await.map(TokioIo::new) }
         });
         // The URI is a placeholder: the connector above decides where to connect.
-        let endpoint = Endpoint::from_static("http://cri.invalid")
-            .connect_timeout(config.connect_timeout)
-            .keep_alive_while_idle(false);
+        let endpoint =
+            Endpoint::from_static("http://cri.invalid").connect_timeout(config.connect_timeout);
         let unavailable = |why: String| {
             RuntimeError::Unavailable(format!("CRI endpoint {}: {why}", config.endpoint))
         };
@@ -237,11 +240,42 @@ impl CriClient {
                     client.config.endpoint
                 )));
             }
+            // something listens but does not answer: as good as no runtime
+            Err(RuntimeError::Timeout(d)) => {
+                return Err(RuntimeError::Unavailable(format!(
+                    "CRI endpoint {}: no answer to Version within {d:?}",
+                    client.config.endpoint
+                )));
+            }
             Err(e) => return Err(e),
         };
         check_api_version(&client.config.endpoint, &version)?;
         client.version = version;
         Ok(client)
+    }
+
+    /// [`Self::connect`], waiting up to `patience` for a runtime that is not up yet (a node agent
+    /// started before containerd): [`RuntimeError::Unavailable`] is retried every 250 ms until
+    /// `patience` has passed; any other error is returned at once.
+    pub async fn connect_waiting(
+        config: CriClientConfig,
+        patience: Duration,
+    ) -> Result<Self, RuntimeError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match Self::connect(config.clone()).await {
+                Err(RuntimeError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(endpoint = %config.endpoint, %why, "runtime not up yet");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(RuntimeError::Unavailable(why)) => {
+                    return Err(RuntimeError::Unavailable(format!(
+                        "{why} (waited {patience:?})"
+                    )));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The configuration this client was made with.
@@ -302,8 +336,9 @@ impl CriClient {
         .await
     }
 
-    /// Run one call under `ctx.deadline` (zero: none), retrying once on `Unavailable` when
-    /// `repeatable`.
+    /// Run one call under `ctx.deadline` (zero: none). It is repeated once, after a short pause,
+    /// when it provably never reached the runtime (connection refused or already broken, runtime
+    /// still starting), and, when `repeatable` (reads, stop, remove), after any transport failure.
     async fn call<T, F, Fut>(
         &self,
         ctx: &CallContext,
@@ -314,10 +349,8 @@ impl CriClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let attempts = if repeatable { 2 } else { 1 };
-        let mut attempt = 0;
+        let mut retried = false;
         loop {
-            attempt += 1;
             let fut = f();
             let result = if ctx.deadline.is_zero() {
                 fut.await
@@ -327,21 +360,20 @@ impl CriClient {
                     Err(_) => return Err(RuntimeError::Timeout(ctx.deadline)),
                 }
             };
-            match result {
+            let status = match result {
                 Ok(resp) => return Ok(resp.into_inner()),
-                Err(status)
-                    if (is_transport_failure(&status) || says_starting(&status))
-                        && attempt < attempts =>
-                {
-                    tracing::debug!(method = ctx.method, error = %status.message(), "runtime unavailable, retrying once");
-                    tokio::time::sleep(RETRY_DELAY).await;
-                }
-                Err(status) => {
-                    let err = map_status(&status, ctx);
-                    tracing::debug!(method = ctx.method, code = ?status.code(), error = %err, "CRI call failed");
-                    return Err(err);
-                }
+                Err(status) => status,
+            };
+            let again = never_delivered(&status) || repeatable && is_transport_failure(&status);
+            if again && !retried {
+                retried = true;
+                tracing::debug!(method = ctx.method, error = %status.message(), "runtime unavailable, retrying once");
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
             }
+            let err = map_status(&status, ctx);
+            tracing::debug!(method = ctx.method, code = ?status.code(), error = %err, "CRI call failed");
+            return Err(err);
         }
     }
 
@@ -359,6 +391,47 @@ fn check_api_version(endpoint: &str, v: &cri::VersionResponse) -> Result<(), Run
         "the runtime at {endpoint} ({} {}) speaks CRI API version {:?}; nodekit needs {CRI_API_VERSION:?}",
         v.runtime_name, v.runtime_version, v.runtime_api_version
     )))
+}
+
+/// Check what the runtime would reject with an obscure message; the sandbox's `namespace/name`.
+fn validate_sandbox(req: &cri::RunPodSandboxRequest) -> Result<String, RuntimeError> {
+    let invalid = |what: &str| RuntimeError::InvalidArgument(format!("RunPodSandbox: {what}"));
+    let config = req
+        .config
+        .as_ref()
+        .ok_or_else(|| invalid("no sandbox config"))?;
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("the sandbox config has no metadata"))?;
+    if meta.name.is_empty() {
+        return Err(invalid("the sandbox metadata has an empty name"));
+    }
+    Ok(format!("{}/{}", meta.namespace, meta.name))
+}
+
+/// Check what the runtime would reject with an obscure message; the container's image.
+fn validate_container(req: &cri::CreateContainerRequest) -> Result<String, RuntimeError> {
+    let invalid = |what: &str| RuntimeError::InvalidArgument(format!("CreateContainer: {what}"));
+    if req.pod_sandbox_id.is_empty() {
+        return Err(invalid("empty pod_sandbox_id"));
+    }
+    let config = req
+        .config
+        .as_ref()
+        .ok_or_else(|| invalid("no container config"))?;
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or_default();
+    if name.is_empty() {
+        return Err(invalid("the container config has no metadata name"));
+    }
+    match config.image.as_ref().map(|i| i.image.trim()) {
+        Some(image) if !image.is_empty() => Ok(image.to_string()),
+        _ => Err(invalid(&format!("container {name:?} has no image"))),
+    }
 }
 
 /// A request carrying its deadline to the runtime (`grpc-timeout`) too.
@@ -422,12 +495,8 @@ impl RuntimeBackend for CriClient {
         &self,
         req: cri::RunPodSandboxRequest,
     ) -> Result<String, RuntimeError> {
-        let name = req
-            .config
-            .as_ref()
-            .and_then(|c| c.metadata.as_ref())
-            .map(|m| format!("{}/{}", m.namespace, m.name));
-        let mut ctx = self.ctx("RunPodSandbox", "pod sandbox", name.unwrap_or_default());
+        let name = validate_sandbox(&req)?;
+        let mut ctx = self.ctx("RunPodSandbox", "pod sandbox", name);
         ctx.network = true;
         let resp: cri::RunPodSandboxResponse = rt_call!(self, ctx, false, run_pod_sandbox, req)?;
         Ok(resp.pod_sandbox_id)
@@ -493,7 +562,8 @@ impl RuntimeBackend for CriClient {
         &self,
         req: cri::CreateContainerRequest,
     ) -> Result<String, RuntimeError> {
-        let ctx = self.ctx("CreateContainer", "pod sandbox", req.pod_sandbox_id.clone());
+        let mut ctx = self.ctx("CreateContainer", "pod sandbox", req.pod_sandbox_id.clone());
+        ctx.image = validate_container(&req)?;
         let resp: cri::CreateContainerResponse = rt_call!(self, ctx, false, create_container, req)?;
         Ok(resp.container_id)
     }
@@ -851,6 +921,63 @@ mod tests {
     }
 
     #[test]
+    fn malformed_requests_are_rejected_naming_the_field() {
+        let err = validate_sandbox(&cri::RunPodSandboxRequest::default()).unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidArgument(ref m) if m.contains("no sandbox config")),
+            "{err:?}"
+        );
+        let mut req = cri::RunPodSandboxRequest {
+            config: Some(Default::default()),
+            ..Default::default()
+        };
+        assert!(
+            validate_sandbox(&req)
+                .unwrap_err()
+                .to_string()
+                .contains("no metadata")
+        );
+        req.config.as_mut().unwrap().metadata = Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        });
+        assert_eq!(validate_sandbox(&req).unwrap(), "default/web");
+
+        let mut req = cri::CreateContainerRequest::default();
+        assert!(
+            validate_container(&req)
+                .unwrap_err()
+                .to_string()
+                .contains("pod_sandbox_id")
+        );
+        req.pod_sandbox_id = "p".into();
+        assert!(
+            validate_container(&req)
+                .unwrap_err()
+                .to_string()
+                .contains("no container config")
+        );
+        req.config = Some(cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "app".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        });
+        let err = validate_container(&req).unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidArgument(ref m) if m.contains("\"app\" has no image")),
+            "{err:?}"
+        );
+        req.config.as_mut().unwrap().image = Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        });
+        assert_eq!(validate_container(&req).unwrap(), "busybox");
+    }
+
+    #[test]
     fn conditions_read_as_booleans() {
         let status = cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
@@ -940,10 +1067,7 @@ mod tests {
         let started = std::time::Instant::now();
         let r = CriClient::connect(cfg).await;
         assert!(
-            matches!(
-                r,
-                Err(RuntimeError::Unavailable(_)) | Err(RuntimeError::Timeout(_))
-            ),
+            matches!(&r, Err(RuntimeError::Unavailable(m)) if m.contains("silent.sock")),
             "{r:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));

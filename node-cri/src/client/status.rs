@@ -20,6 +20,8 @@ pub(crate) struct CallContext {
     pub pull: bool,
     /// Whether the call sets up pod networking (`RunPodSandbox`).
     pub network: bool,
+    /// The image a container is created from (`CreateContainer`; empty otherwise).
+    pub image: String,
 }
 
 impl CallContext {
@@ -36,6 +38,7 @@ impl CallContext {
             deadline,
             pull: false,
             network: false,
+            image: String::new(),
         }
     }
 }
@@ -85,6 +88,38 @@ pub(crate) fn says_starting(status: &Status) -> bool {
     status.code() == Code::Unknown && status.message().contains("not initialized yet")
 }
 
+/// Whether a failed call provably never reached the runtime, so that repeating it cannot do
+/// anything twice: the connection was refused or absent, or was already broken when the request
+/// was written (`EPIPE`: the process at the other end was gone), or the runtime turned the call
+/// away while starting.
+pub(crate) fn never_delivered(status: &Status) -> bool {
+    if says_starting(status) {
+        return true;
+    }
+    if !is_transport_failure(status) {
+        return false;
+    }
+    let mut cur = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotFound
+            )
+        {
+            return true;
+        }
+        // h2 reports a failed write as its own error, with the io error's text
+        if e.to_string().contains("broken pipe") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// The status's message followed by its sources (the local transport error, if any).
 fn full_message(status: &Status) -> String {
     let mut s = status.message().to_string();
@@ -100,9 +135,30 @@ fn full_message(status: &Status) -> String {
     s
 }
 
+/// Whether a runtime's message says the object is in the wrong state for the call. containerd
+/// answers `Unknown` with e.g. `container is in CONTAINER_RUNNING state`.
+fn says_wrong_state(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    (m.contains(" is in container_") || m.contains(" is in sandbox_")) && m.contains(" state")
+        || m.contains("is not running")
+        || m.contains("not in running state")
+        || m.contains("not ready")
+}
+
+/// Whether a runtime's message says a name is taken: containerd answers `Unknown` with
+/// `failed to reserve container name "x": name "x" is reserved for "<id>"`.
+fn says_name_taken(message: &str) -> bool {
+    message.contains("is reserved for")
+}
+
 /// Map a gRPC status of a CRI call to a [`RuntimeError`], keeping the runtime's message.
+///
+/// Besides the gRPC codes, a few of containerd's `Unknown` answers are recognised by their text:
+/// not found, name reserved (already exists), wrong state (failed precondition), bad image
+/// reference (invalid argument), still starting (unavailable), CNI failures (network).
 pub(crate) fn map_status(status: &Status, ctx: &CallContext) -> RuntimeError {
-    if status.code() == Code::Cancelled && status.message().contains("Timeout expired") {
+    let code = status.code();
+    if code == Code::Cancelled && status.message().contains("Timeout expired") {
         return RuntimeError::Timeout(ctx.deadline);
     }
     if says_starting(status) {
@@ -112,47 +168,52 @@ pub(crate) fn map_status(status: &Status, ctx: &CallContext) -> RuntimeError {
         return RuntimeError::Unavailable(format!("{}: {}", ctx.method, full_message(status)));
     }
     let message = if status.message().is_empty() {
-        format!("{} answered {:?}", ctx.method, status.code())
+        format!("{} answered {:?}", ctx.method, code)
     } else {
         status.message().to_string()
     };
     let with_method = || format!("{}: {message}", ctx.method);
-    let not_found = || RuntimeError::NotFound {
-        kind: ctx.kind,
-        id: ctx.id.clone(),
-    };
-    match status.code() {
-        Code::Unavailable => return RuntimeError::Unavailable(with_method()),
+    match code {
         Code::DeadlineExceeded => return RuntimeError::Timeout(ctx.deadline),
-        Code::Cancelled if message.contains("Timeout expired") => {
-            return RuntimeError::Timeout(ctx.deadline);
-        }
         Code::Unimplemented => return RuntimeError::Unimplemented(ctx.method),
+        Code::ResourceExhausted => return RuntimeError::ResourceExhausted(with_method()),
         _ => {}
     }
     if ctx.pull {
-        return match status.code() {
-            Code::InvalidArgument => {
-                RuntimeError::InvalidArgument(format!("image {:?}: {message}", ctx.id))
-            }
-            Code::ResourceExhausted => RuntimeError::ResourceExhausted(with_method()),
-            _ if says_bad_reference(&message) => {
-                RuntimeError::InvalidArgument(format!("image {:?}: {message}", ctx.id))
-            }
-            _ => RuntimeError::ImagePull {
+        return if code == Code::InvalidArgument || says_bad_reference(&message) {
+            RuntimeError::InvalidArgument(format!("image {:?}: {message}", ctx.id))
+        } else {
+            RuntimeError::ImagePull {
                 image: ctx.id.clone(),
                 message,
-            },
+            }
         };
     }
-    match status.code() {
-        Code::NotFound => not_found(),
+    let unknown = code == Code::Unknown;
+    if code == Code::NotFound || unknown && says_not_found(&message) {
+        // a container creation is about a pod and an image: the message says which is missing
+        if !ctx.image.is_empty() && message.to_ascii_lowercase().contains("image") {
+            return RuntimeError::NotFound {
+                kind: "image",
+                id: ctx.image.clone(),
+            };
+        }
+        if !ctx.id.is_empty() || code == Code::NotFound {
+            return RuntimeError::NotFound {
+                kind: ctx.kind,
+                id: ctx.id.clone(),
+            };
+        }
+    }
+    match code {
         Code::InvalidArgument => RuntimeError::InvalidArgument(with_method()),
         Code::AlreadyExists => RuntimeError::AlreadyExists(with_method()),
         Code::FailedPrecondition => RuntimeError::FailedPrecondition(with_method()),
-        Code::ResourceExhausted => RuntimeError::ResourceExhausted(with_method()),
-        Code::Unknown if !ctx.id.is_empty() && says_not_found(&message) => not_found(),
+        _ if unknown && says_name_taken(&message) => RuntimeError::AlreadyExists(with_method()),
         _ if ctx.network && says_network(&message) => RuntimeError::Network(with_method()),
+        _ if unknown && says_wrong_state(&message) => {
+            RuntimeError::FailedPrecondition(with_method())
+        }
         _ => RuntimeError::Internal(with_method()),
     }
 }
@@ -218,9 +279,26 @@ mod tests {
             ),
             e => panic!("{e:?}"),
         }
+        // a write on a connection whose peer is gone never reached anyone
+        assert!(never_delivered(&broken));
+        let refused = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        assert!(never_delivered(&refused));
+        let reset = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert!(
+            is_transport_failure(&reset) && !never_delivered(&reset),
+            "a reset may follow delivery"
+        );
+        assert!(!never_delivered(&Status::unavailable("overloaded")));
         // containerd's CRI plugin while it recovers after a restart
         let starting = Status::unknown("server is not initialized yet");
         assert!(says_starting(&starting));
+        assert!(never_delivered(&starting));
         assert!(
             matches!(map_status(&starting, &c), RuntimeError::Unavailable(m) if m.contains("not initialized"))
         );
@@ -243,6 +321,35 @@ mod tests {
         // an Unknown that is not about existence stays Internal
         let s = Status::unknown("failed to create containerd task: OCI runtime create failed");
         assert!(matches!(map_status(&s, &c), RuntimeError::Internal(_)));
+    }
+
+    #[test]
+    fn containerd_texts_are_typed() {
+        let c = ctx("StartContainer", "container", "abc");
+        let s = Status::unknown(
+            "failed to set starting state for container \"abc\": container is in CONTAINER_RUNNING state",
+        );
+        assert!(
+            matches!(map_status(&s, &c), RuntimeError::FailedPrecondition(m) if m.contains("CONTAINER_RUNNING"))
+        );
+        let c = ctx("CreateContainer", "pod sandbox", "pod1");
+        let s = Status::unknown(
+            "failed to reserve container name \"x_p_ns_uid_0\": name \"x_p_ns_uid_0\" is reserved for \"abc\"",
+        );
+        assert!(
+            matches!(map_status(&s, &c), RuntimeError::AlreadyExists(m) if m.contains("reserved"))
+        );
+        // CreateContainer: the missing thing is the image, not the pod
+        let mut c = ctx("CreateContainer", "pod sandbox", "pod1");
+        c.image = "reg/x:1".into();
+        let s = Status::not_found("failed to get image \"reg/x:1\": not found");
+        assert!(
+            matches!(map_status(&s, &c), RuntimeError::NotFound { kind: "image", ref id } if id == "reg/x:1")
+        );
+        let s = Status::not_found("failed to find sandbox \"pod1\": not found");
+        assert!(
+            matches!(map_status(&s, &c), RuntimeError::NotFound { kind: "pod sandbox", ref id } if id == "pod1")
+        );
     }
 
     #[test]

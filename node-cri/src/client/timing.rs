@@ -23,6 +23,44 @@ pub struct PodStartSpec {
     pub running_timeout: Duration,
 }
 
+impl PodStartSpec {
+    /// `runs` pods named `<name>-<n>` in namespace `nodekit-bench`, each with one container
+    /// running `sleep 3600` from `image` (which must provide `sleep`), logging to `log_directory`.
+    pub fn sleeping(name: &str, image: &str, log_directory: &str, runs: usize) -> Self {
+        Self {
+            sandbox: cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: name.into(),
+                    uid: name.into(),
+                    namespace: "nodekit-bench".into(),
+                    attempt: 0,
+                }),
+                hostname: name.into(),
+                log_directory: log_directory.into(),
+                linux: Some(cri::LinuxPodSandboxConfig::default()),
+                ..Default::default()
+            },
+            container: cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "main.log".into(),
+                linux: Some(cri::LinuxContainerConfig::default()),
+                ..Default::default()
+            },
+            runtime_handler: String::new(),
+            runs,
+            running_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The time each step of one pod start took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PodStartSample {
@@ -177,6 +215,48 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[tokio::test]
+    async fn measures_every_run_and_removes_its_pods() {
+        let rt = node_test_support::FakeRuntime::new();
+        rt.add_image("busybox");
+        let spec = PodStartSpec::sleeping("timing", "busybox", "/tmp/logs", 5);
+        let t = measure_pod_start(&rt, &spec).await.unwrap();
+        assert_eq!(t.samples.len(), 5);
+        assert!(
+            t.samples
+                .iter()
+                .all(|s| s.total >= s.run_pod_sandbox + s.create_container + s.start_container)
+        );
+        // unique sandbox names, all removed again
+        let calls = rt.calls();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c.starts_with("run_pod_sandbox"))
+                .count(),
+            5,
+            "{calls:?}"
+        );
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c.starts_with("remove_pod_sandbox"))
+                .count(),
+            5,
+            "{calls:?}"
+        );
+        assert!(rt.sandboxes().is_empty());
+
+        // a failing start stops the measurement and still removes that pod
+        let rt = node_test_support::FakeRuntime::new();
+        let err = measure_pod_start(&rt, &spec).await.unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::NotFound { kind: "image", .. }),
+            "{err:?}"
+        );
+        assert!(rt.sandboxes().is_empty());
     }
 
     #[test]
