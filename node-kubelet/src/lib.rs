@@ -18,7 +18,7 @@ pub use source::{
 pub mod backoff;
 pub mod cri_config;
 pub mod labels;
+pub mod node;
 pub mod probe;
 pub mod reconcile;
 pub mod status;
-pub mod node;

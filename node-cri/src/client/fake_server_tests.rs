@@ -13,6 +13,9 @@ use tonic::{Request, Response, Status};
 
 use super::{CriClient, CriClientConfig};
 
+/// Each pull's image and the credentials it came with.
+type Pulls = Arc<Mutex<Vec<(String, Option<cri::AuthConfig>)>>>;
+
 /// A scripted runtime.
 #[derive(Clone, Default)]
 struct Fake {
@@ -21,7 +24,7 @@ struct Fake {
     /// How long `Status` takes.
     status_delay: Duration,
     /// The credentials each pull came with.
-    pulls: Arc<Mutex<Vec<(String, Option<cri::AuthConfig>)>>>,
+    pulls: Pulls,
     /// The grpc-timeout header of each call, as the server saw it.
     timeouts: Arc<Mutex<Vec<Option<String>>>>,
 }
