@@ -489,16 +489,27 @@ impl ImageStore {
             locks.entry(hex.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;
+        let res = self.unpack_layer_locked(layer, &hex, &dir).await;
+        self.layer_locks.lock().expect("layer locks").remove(&hex);
+        res
+    }
+
+    async fn unpack_layer_locked(
+        &self,
+        layer: &LayerRecord,
+        hex: &str,
+        dir: &Path,
+    ) -> Result<(), ImageError> {
         if dir.is_dir() {
             return Ok(());
         }
         check_layer_media_type(&layer.media_type, &layer.digest)?;
         let blob = self.content.path(&layer.digest)?;
-        let tmp = self.layers_tmp.join(content::temp_name(&hex));
+        let tmp = self.layers_tmp.join(content::temp_name(hex));
         let opts = self.config.unpack.clone();
         let name = layer.digest.clone();
         let expected = layer.diff_id.clone();
-        let target = dir.clone();
+        let target = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&blob).map_err(|e| ImageError::io(&blob, e))?;
             let report = unpack_layer(file, &name, &tmp, &opts)?;
@@ -524,9 +535,7 @@ impl ImageStore {
             }
         })
         .await
-        .map_err(|e| ImageError::io(&dir, std::io::Error::other(e.to_string())))??;
-        self.layer_locks.lock().expect("layer locks").remove(&hex);
-        Ok(())
+        .map_err(|e| ImageError::io(dir, std::io::Error::other(e.to_string())))?
     }
 
     /// Turn a manifest and config already in the content store (layers too) into a recorded

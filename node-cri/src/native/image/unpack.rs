@@ -706,6 +706,14 @@ impl<'a> Extractor<'a> {
         // A later symlink can change where an earlier one leads: check them all again.
         for (comps, target) in std::mem::take(&mut self.symlinks) {
             let (_, dir) = comps.split_last().expect("a symlink has a name");
+            let mut rel = PathBuf::new();
+            rel.extend(&comps);
+            // Replaced by a later entry: nothing left to check.
+            if !nix::fcntl::readlinkat(self.root.as_fd(), &rel)
+                .is_ok_and(|t| t.as_bytes() == target.as_slice())
+            {
+                continue;
+            }
             if let Err(r) = self.check_symlink(dir, &target) {
                 let mut name = PathBuf::new();
                 name.extend(&comps);
