@@ -319,9 +319,19 @@ fn alive(pid: i32) -> bool {
 }
 
 fn prerequisites(test: &str) -> bool {
+    let overlay = std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("overlay");
+    let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup/cgroup.controllers"
+    } else {
+        "/sys/fs/cgroup/pids"
+    };
     require_root(test)
         && require_path(test, node_test_support::image::BUSYBOX)
-        && require_path(test, "/proc/filesystems")
+        && require_path(test, cgroups)
+        // overlayfs registered with the kernel (else the module's directory is missing too)
+        && require_path(test, if overlay { "/proc/filesystems" } else { "/sys/module/overlay" })
 }
 
 /// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.

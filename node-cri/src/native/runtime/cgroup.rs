@@ -111,7 +111,11 @@ impl CgroupHandle {
     ) -> Result<(), RuntimeError> {
         let mut res = Resources::default();
         if r.cpu_shares > 0 {
-            res.cpu.shares = Some(r.cpu_shares as u64);
+            res.cpu.shares = Some(if self.v2 {
+                shares_to_weight(r.cpu_shares as u64)
+            } else {
+                r.cpu_shares as u64
+            });
         }
         if r.cpu_period > 0 {
             res.cpu.period = Some(r.cpu_period as u64);
@@ -248,6 +252,12 @@ pub fn oom_kills_in(file: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// cgroup v1 `cpu.shares` (2..262144) as v2 `cpu.weight` (1..10000), runc's conversion.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
 fn stat_value(s: &str, key: &str) -> Option<u64> {
     s.lines().find_map(|l| {
         let mut it = l.split_whitespace();
@@ -271,5 +281,8 @@ mod tests {
         assert_eq!(stat_value(s, "oom_kill"), Some(3));
         assert_eq!(stat_value(s, "under_oom"), Some(0));
         assert_eq!(stat_value(s, "missing"), None);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
     }
 }
