@@ -559,6 +559,29 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             String::from_utf8_lossy(&out.stdout).trim(),
             pod_ns.to_string()
         );
+        // the pod's containers share /dev/shm (POSIX shared memory lives there)
+        let out = rt
+            .exec_sync(
+                &server,
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo shared > /dev/shm/seg".into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, 0, "{out:?}");
+        let out = rt
+            .exec_sync(
+                &client,
+                vec!["cat".into(), "/dev/shm/seg".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "shared");
         // pod sysctls are set in the pod's network namespace
         let out = rt
             .exec_sync(

@@ -453,6 +453,11 @@ impl NativeRuntime {
                     rlimits: self.cfg.rlimits.clone(),
                 },
                 tty: cfg.tty,
+                shm: sb.shm.clone().or_else(|| {
+                    sb.ns_file("ipc")
+                        .is_none()
+                        .then(|| PathBuf::from("/dev/shm"))
+                }),
                 log_path: (!log_path.as_os_str().is_empty()).then(|| log_path.clone()),
                 max_log_line: self.cfg.max_log_line_size,
                 exit_file: self.store.exit_file(&id),

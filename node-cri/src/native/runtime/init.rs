@@ -751,13 +751,22 @@ fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
         nosuid | noexec,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    mount(
-        Some(Path::new("shm")),
-        &at("/dev/shm")?,
-        Some("tmpfs"),
-        nosuid | nodev | noexec,
-        Some("mode=1777,size=65536k"),
-    )?;
+    match &spec.shm {
+        Some(pod_shm) => mount(
+            Some(pod_shm),
+            &at("/dev/shm")?,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )?,
+        None => mount(
+            Some(Path::new("shm")),
+            &at("/dev/shm")?,
+            Some("tmpfs"),
+            nosuid | nodev | noexec,
+            Some("mode=1777,size=65536k"),
+        )?,
+    }
     mount(
         Some(Path::new("mqueue")),
         &at("/dev/mqueue")?,

@@ -40,6 +40,37 @@ fn bind_ns(src: &Path, target: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Unmount (lazily) and delete a mount point directory (missing ones are fine).
+pub(crate) fn unmount_dir(target: &Path) {
+    let t = CString::new(target.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: a valid C string; failures (not mounted) are ignored.
+    unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(target);
+}
+
+fn mount_shm(target: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+    let t = CString::new(target.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: valid C strings; a tmpfs for the pod's /dev/shm.
+    let rc = unsafe {
+        libc::mount(
+            c"shm".as_ptr(),
+            t.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=1777,size=65536k".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(RuntimeError::Internal(format!(
+            "mount the pod's /dev/shm at {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 /// Unmount and delete a bind-mounted namespace file (missing files are fine).
 pub(crate) fn unbind_ns(target: &Path) {
     let t = CString::new(target.as_os_str().as_bytes()).unwrap_or_default();
@@ -210,6 +241,7 @@ impl NativeRuntime {
             ips: vec![],
             host_network,
             ns_files: vec![],
+            shm: None,
             cgroup_parent: parent.clone(),
             runtime_handler: req.runtime_handler.clone(),
         };
@@ -246,6 +278,11 @@ impl NativeRuntime {
                     &target,
                 )?;
                 rec.ns_files.push((k.to_string(), target));
+            }
+            if !host_ipc {
+                let shm = dir.join("shm");
+                mount_shm(&shm)?;
+                rec.shm = Some(shm);
             }
             if !host_network {
                 let a = self.attachment(&rec);
@@ -312,6 +349,9 @@ impl NativeRuntime {
                 unbind_ns(p);
             }
         }
+        if let Some(shm) = &rec.shm {
+            unmount_dir(shm);
+        }
         let cg = CgroupHandle::open(&format!("{}/{}", rec.cgroup_parent, rec.id));
         if let Err(e) = cg.destroy() {
             err.get_or_insert(e);
@@ -369,6 +409,7 @@ impl NativeRuntime {
                 unbind_ns(&e.path());
             }
         }
+        unmount_dir(&dir.join("shm"));
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&dir, e)),
             _ => {}

@@ -142,6 +142,9 @@ pub struct ContainerSpec {
     pub process: ProcessSpec,
     /// Run the process on a terminal.
     pub tty: bool,
+    /// The pod's `/dev/shm` to bind (none: a private tmpfs).
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
     /// The CRI log file.
     pub log_path: Option<PathBuf>,
     /// The longest log line before it is split into partial (`P`) lines.

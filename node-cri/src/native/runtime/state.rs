@@ -39,6 +39,9 @@ pub struct SandboxRecord {
     pub host_network: bool,
     /// Namespace files bind-mounted under the sandbox directory (`kind`, path).
     pub ns_files: Vec<(String, PathBuf)>,
+    /// The pod's `/dev/shm` (a tmpfs under the sandbox directory shared by its containers).
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
     /// The cgroup parent of the pod (relative to the hierarchy roots).
     pub cgroup_parent: String,
     /// The runtime handler asked for.
