@@ -1262,6 +1262,22 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
             (st.state, st.reason.as_str()),
             (cri::ContainerState::ContainerExited as i32, "StartError")
         );
+        // no command: the image's Cmd (`sh`, with no input) runs and completes
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sb.clone(),
+                config: Some(container_config("image-cmd", &[])),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap();
+        rt.start_container(&id).await.unwrap();
+        let st = wait_exited(&rt, &id).await;
+        assert_eq!(
+            (st.exit_code, st.reason.as_str()),
+            (0, "Completed"),
+            "{st:?}"
+        );
         // unknown ids
         for e in [
             rt.start_container("ffff").await.unwrap_err(),
