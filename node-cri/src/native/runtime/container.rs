@@ -703,6 +703,7 @@ impl NativeRuntime {
         let p = rec.process.clone().unwrap_or_default();
         let exec = ExecSpec {
             pid: p.pid,
+            start_ticks: p.start_ticks,
             cgroup_procs: spec.cgroup_procs.clone(),
             process: ProcessSpec {
                 args: cmd,

@@ -1188,6 +1188,10 @@ fn run_exec() -> R<i32> {
         let f = File::open(&p).map_err(|e| format!("the container process is gone ({p}: {e})"))?;
         fds.push((f, flag, kind));
     }
+    // the namespace files are open: if the pid still names the container, they are its own
+    if start_ticks(spec.pid) != spec.start_ticks {
+        return Err(format!("the container process {} is gone", spec.pid));
+    }
     join_cgroups(&spec.cgroup_procs)?;
     for (f, flag, kind) in &fds {
         // SAFETY: setns on namespace files we opened.

@@ -158,6 +158,8 @@ pub struct ContainerSpec {
 pub struct ExecSpec {
     /// The container's main process (host pid).
     pub pid: i32,
+    /// Its start time in ticks: the exec is refused when the pid now names another process.
+    pub start_ticks: u64,
     /// The container's `cgroup.procs` files.
     pub cgroup_procs: Vec<PathBuf>,
     /// The process to run.
