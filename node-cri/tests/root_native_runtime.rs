@@ -938,6 +938,11 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
                 .trim(),
             "200"
         );
+        let pod = rt.pod_sandbox_stats(&sb).await.unwrap().linux.unwrap();
+        assert_eq!(pod.containers.len(), 1, "the running container");
+        assert!(pod.process.unwrap().process_count.unwrap().value >= 10);
+        assert!(pod.memory.unwrap().usage_bytes.unwrap().value > 0);
+        assert_eq!(rt.list_pod_sandbox_stats(None).await.unwrap().len(), 1);
         let listed = rt.list_container_stats(None).await.unwrap();
         assert_eq!(
             listed
@@ -1189,7 +1194,9 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
             "add",
             node_core::CniError::Other("no addresses left".into()),
         );
-        let sb_cfg = env.sandbox_config("broken");
+        let mut sb_cfg = env.sandbox_config("broken");
+        // no cgroup parent in the config: the runtime makes one for the pod (and removes it)
+        sb_cfg.linux.as_mut().unwrap().cgroup_parent.clear();
         let err = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(sb_cfg.clone()),

@@ -152,7 +152,8 @@ pub struct NativeConfig {
     /// The init binary; `None`: `nodekit-init` next to the current executable (or, for test
     /// binaries in `target/*/deps`, one directory up).
     pub init_binary: Option<PathBuf>,
-    /// The cgroup parent of sandboxes whose config names none (relative to the hierarchy roots).
+    /// Where pods whose config names no `cgroup_parent` get their own: `<cgroup_parent>/pod-<id>`
+    /// (relative to the hierarchy roots), removed with the pod.
     pub cgroup_parent: String,
     /// A pids limit for every container (0: none); `unified["pids.max"]` in the CRI resources
     /// overrides it per container.
@@ -437,6 +438,15 @@ impl RuntimeBackend for NativeRuntime {
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
         Ok(self.list_stats(filter))
+    }
+    async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats, RuntimeError> {
+        self.pod_stats(id)
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>, RuntimeError> {
+        Ok(self.list_pod_stats(filter))
     }
     async fn update_container_resources(
         &self,
