@@ -1295,6 +1295,30 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
         ] {
             assert!(e.is_not_found(), "{e}");
         }
+        // concurrent creations: distinct pods all run, the same pod twice runs once
+        let names = ["c1", "c2", "c3", "c3"];
+        let cfgs: Vec<cri::PodSandboxConfig> =
+            names.iter().map(|n| env.sandbox_config(n)).collect();
+        let results = futures::future::join_all(cfgs.into_iter().map(|c| {
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(c),
+                runtime_handler: String::new(),
+            })
+        }))
+        .await;
+        let ok: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        assert_eq!(ok.len(), 3, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(RuntimeError::AlreadyExists(_))))
+        );
+        for id in ok {
+            rt.remove_pod_sandbox(&id).await.unwrap();
+        }
         rt.remove_container("ffff").await.unwrap();
         rt.remove_pod_sandbox("ffff").await.unwrap();
         rt.remove_pod_sandbox(&sb).await.unwrap();

@@ -226,18 +226,18 @@ impl NativeRuntime {
                 sb.id
             )));
         }
-        let _names = self.names.lock().await;
-        if let Some(other) = self
-            .store
-            .containers()
-            .into_iter()
-            .find(|c| c.sandbox_id == sb.id && c.config.metadata.as_ref() == Some(&md))
-        {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "container {} (attempt {}) in sandbox {} is reserved by {}",
-                md.name, md.attempt, sb.id, other.id
-            )));
-        }
+        let key = format!(
+            "container {} (attempt {}) in sandbox {}",
+            md.name, md.attempt, sb.id
+        );
+        let _reserved = self.reserve(key.clone(), || {
+            let other = self
+                .store
+                .containers()
+                .into_iter()
+                .find(|c| c.sandbox_id == sb.id && c.config.metadata.as_ref() == Some(&md))?;
+            Some(format!("{key} is reserved by {}", other.id))
+        })?;
         let img = self.cfg.images.resolve(&image)?;
         let icfg = img.config.config().clone().unwrap_or_default();
         let id = new_id();

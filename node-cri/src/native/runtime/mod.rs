@@ -210,7 +210,7 @@ pub struct NativeRuntime {
     store: state::Store,
     init: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    names: tokio::sync::Mutex<()>,
+    reserved: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for NativeRuntime {
@@ -304,13 +304,33 @@ impl NativeRuntime {
             store,
             init,
             locks: Mutex::new(HashMap::new()),
-            names: tokio::sync::Mutex::new(()),
+            reserved: Mutex::new(Default::default()),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &NativeConfig {
         &self.cfg
+    }
+
+    /// Reserve a sandbox or container name until the returned guard drops (by then the record
+    /// is on disk, where `taken` finds it): creations of other names run concurrently.
+    fn reserve(
+        &self,
+        key: String,
+        taken: impl FnOnce() -> Option<String>,
+    ) -> Result<Reservation<'_>, RuntimeError> {
+        let mut r = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        if r.contains(&key) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "{key} is being created"
+            )));
+        }
+        if let Some(msg) = taken() {
+            return Err(RuntimeError::AlreadyExists(msg));
+        }
+        r.insert(key.clone());
+        Ok(Reservation { rt: self, key })
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -331,6 +351,22 @@ impl NativeRuntime {
 
     fn container_dir(&self, id: &str) -> PathBuf {
         self.cfg.root.join("containers").join(id)
+    }
+}
+
+/// A name reserved while its sandbox or container is being created.
+struct Reservation<'a> {
+    rt: &'a NativeRuntime,
+    key: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.rt
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
     }
 }
 

@@ -199,18 +199,18 @@ impl NativeRuntime {
                 "RunPodSandbox: config.metadata.name is empty".into(),
             ));
         }
-        let _names = self.names.lock().await;
-        if let Some(other) = self
-            .store
-            .sandboxes()
-            .into_iter()
-            .find(|s| s.config.metadata.as_ref() == Some(&md))
-        {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "pod sandbox {}/{} (uid {}, attempt {}) is reserved by {}",
-                md.namespace, md.name, md.uid, md.attempt, other.id
-            )));
-        }
+        let key = format!(
+            "pod sandbox {}/{} (uid {}, attempt {})",
+            md.namespace, md.name, md.uid, md.attempt
+        );
+        let _reserved = self.reserve(key.clone(), || {
+            let other = self
+                .store
+                .sandboxes()
+                .into_iter()
+                .find(|s| s.config.metadata.as_ref() == Some(&md))?;
+            Some(format!("{key} is reserved by {}", other.id))
+        })?;
         let ns_opts = namespace_options(&config);
         let host_network = mode(ns_opts, |o| o.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns_opts, |o| o.ipc) == cri::NamespaceMode::Node;
