@@ -58,8 +58,9 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
+        sweep_stale();
         let root = tempfile::Builder::new()
-            .prefix("nodekit-rt-")
+            .prefix(&format!("nodekit-rt-{}-", std::process::id()))
             .tempdir()
             .unwrap();
         let n = N.fetch_add(1, Ordering::SeqCst);
@@ -163,6 +164,44 @@ impl Env {
                         .unwrap_or(false)
             })
             .collect()
+    }
+}
+
+/// Remove what test processes that were killed left behind: their cgroups (with every process
+/// inside) and the mounts under their roots. Names carry the test process's pid.
+fn sweep_stale() {
+    let dead = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|r| r.split('-').next()?.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for top in cgroup_dirs("nodekit-test") {
+        for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
+            if e.path().is_dir() && dead(&e.file_name().to_string_lossy(), "") {
+                sweep_cgroup(&e.path());
+            }
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !dead(&name, "nodekit-rt-") {
+            continue;
+        }
+        let root = e.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let c = std::ffi::CString::new(m).unwrap();
+            // SAFETY: unmounting under a dead test's temporary root.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 
