@@ -205,6 +205,30 @@ pub fn default_init_binary() -> Option<PathBuf> {
 
 /// The native namespaces runtime: sandboxes and containers on Linux namespaces, overlayfs and
 /// cgroups, with no containerd.
+///
+/// Every process is started by the init binary (`nodekit-init`, a `[[bin]]` of this crate:
+/// install it next to the agent or set [`NativeConfig::init_binary`]). Each container has a
+/// monitor process that outlives the runtime, so a new `NativeRuntime` on the same root takes
+/// over whatever an earlier one started. Run the agent with a service manager setting that does
+/// not kill the whole control group on restart (systemd `KillMode=process`, as for containerd).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use node_core::RuntimeBackend;
+/// use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime};
+///
+/// # async fn assemble(cni: Arc<dyn node_core::CniPlugin>) -> Result<(), node_core::RuntimeError> {
+/// let runtime = NativeRuntime::new(NativeConfig {
+///     root: "/var/lib/nodekit/native".into(),
+///     cni,
+///     images: Arc::new(LayerDirImages::new()), // or the image store
+///     ..Default::default()
+/// })?;
+/// let runtime: Arc<dyn RuntimeBackend> = Arc::new(runtime);
+/// println!("{:?}", runtime.version().await?);
+/// # Ok(())
+/// # }
+/// ```
 pub struct NativeRuntime {
     cfg: NativeConfig,
     store: state::Store,
