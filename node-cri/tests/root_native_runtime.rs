@@ -598,6 +598,37 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             String::from_utf8_lossy(&out.stdout).trim(),
             pod_ns.to_string()
         );
+        // the devices cgroup: a node of the host's disk can be made but not opened
+        let disk = std::fs::read_to_string("/proc/partitions")
+            .unwrap_or_default()
+            .lines()
+            .skip(2)
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 4).then(|| format!("{} {}", f[0], f[1]))
+            });
+        if let Some(majmin) = disk {
+            let script =
+                format!("mknod /dev/hostdisk b {majmin} && echo made && head -c 1 /dev/hostdisk");
+            let out = rt
+                .exec_sync(
+                    &server,
+                    vec!["sh".into(), "-c".into(), script],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            assert_ne!(out.exit_code, 0, "{out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "made",
+                "mknod is allowed: {out:?}"
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("not permitted"),
+                "{out:?}"
+            );
+        }
         // the pod's containers share /dev/shm (POSIX shared memory lives there)
         let out = rt
             .exec_sync(
@@ -1333,6 +1364,34 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
             rt.pod_sandbox_status("../../etc", false).await.unwrap_err(),
         ] {
             assert!(e.is_not_found(), "{e}");
+        }
+        // a device asked for is there and usable; others are not
+        let mut dev = container_config("dev", &["sleep", "1000"]);
+        dev.devices = vec![cri::Device {
+            host_path: "/dev/loop-control".into(),
+            container_path: "/dev/loop-control".into(),
+            permissions: "rw".into(),
+        }];
+        if Path::new("/dev/loop-control").exists() {
+            let id = run_container(&rt, &sb, &sb_cfg, dev).await;
+            let out = rt
+                .exec_sync(
+                    &id,
+                    vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "exec 3</dev/loop-control && echo opened".into(),
+                    ],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "opened",
+                "{out:?}"
+            );
+            rt.remove_container(&id).await.unwrap();
         }
         // concurrent creations: distinct pods all run, the same pod twice runs once
         let names = ["c1", "c2", "c3", "c3"];

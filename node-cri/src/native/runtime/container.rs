@@ -252,6 +252,55 @@ impl NativeRuntime {
                 std::fs::create_dir_all(dir.join(d)).map_err(|e| io_err(&dir.join(d), e))?;
             }
             let cg = CgroupHandle::create(&cgroup)?;
+            // devices asked for: bind-mounted and allowed in the devices cgroup
+            let mut device_mounts = Vec::new();
+            let mut device_rules = Vec::new();
+            for d in &cfg.devices {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let meta = std::fs::metadata(&d.host_path).map_err(|e| {
+                    RuntimeError::InvalidArgument(format!(
+                        "container {}: device {}: {e}",
+                        md.name, d.host_path
+                    ))
+                })?;
+                let kind = if meta.file_type().is_char_device() {
+                    'c'
+                } else if meta.file_type().is_block_device() {
+                    'b'
+                } else {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "container {}: {} is not a device",
+                        md.name, d.host_path
+                    )));
+                };
+                let rdev = meta.rdev();
+                let perms: String = d
+                    .permissions
+                    .chars()
+                    .filter(|c| "rwm".contains(*c))
+                    .collect();
+                let perms = if perms.is_empty() {
+                    "rwm".to_string()
+                } else {
+                    perms
+                };
+                device_rules.push(format!(
+                    "{kind} {}:{} {perms}",
+                    libc::major(rdev),
+                    libc::minor(rdev)
+                ));
+                device_mounts.push(BindMount {
+                    source: PathBuf::from(&d.host_path),
+                    destination: if d.container_path.is_empty() {
+                        d.host_path.clone()
+                    } else {
+                        d.container_path.clone()
+                    },
+                    readonly: !perms.contains('w'),
+                    propagation: Propagation::Private,
+                });
+            }
+            let devices_enforced = cg.restrict_devices(sc.privileged, &device_rules)?;
             let resources = linux.resources.clone().unwrap_or_default();
             cg.apply(
                 &resources,
@@ -310,6 +359,21 @@ impl NativeRuntime {
                 &capability.drop_capabilities,
             )
             .map_err(RuntimeError::InvalidArgument)?;
+            // without a devices cgroup (v2), mknod would reach any host device: keep it only
+            // when asked for explicitly
+            let explicit_mknod = capability
+                .add_capabilities
+                .iter()
+                .any(|c| caps::number(c) == caps::number("MKNOD"));
+            let capset: std::collections::BTreeSet<u32> = capset
+                .into_iter()
+                .filter(|c| {
+                    devices_enforced
+                        || sc.privileged
+                        || explicit_mknod
+                        || Some(*c) != caps::number("MKNOD")
+                })
+                .collect();
             let ambient: Vec<u32> = capability
                 .add_ambient_capabilities
                 .iter()
@@ -388,6 +452,7 @@ impl NativeRuntime {
                     },
                 })
                 .collect();
+            mounts.extend(device_mounts);
             for f in ["hostname", "hosts", "resolv.conf"] {
                 let dest = format!("/etc/{f}");
                 if !mounts

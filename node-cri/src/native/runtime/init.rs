@@ -568,13 +568,7 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
         }
     }
     if spec.readonly_rootfs {
-        mount(
-            None,
-            Path::new("/"),
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-            None,
-        )?;
+        remount_readonly(Path::new("/"))?;
     }
     apply_process(&spec.process)
 }
@@ -682,7 +676,8 @@ fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
         Some(Path::new("overlay")),
         &spec.rootfs,
         Some("overlay"),
-        0,
+        // device nodes in image layers or made in the rootfs do not open (/dev is our tmpfs)
+        libc::MS_NODEV,
         Some(&opts),
     )?;
     let root = &spec.rootfs;
