@@ -488,7 +488,13 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             &rt,
             &sb,
             &sb_cfg,
-            container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+            with_resources(
+                container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+                cri::LinuxContainerResources {
+                    oom_score_adj: 500,
+                    ..Default::default()
+                },
+            ),
         )
         .await;
         let client = run_container(
@@ -629,6 +635,15 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
                 "{out:?}"
             );
         }
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["cat".into(), "/proc/1/oom_score_adj".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "500");
         // the pod's containers share /dev/shm (POSIX shared memory lives there)
         let out = rt
             .exec_sync(

@@ -518,6 +518,7 @@ impl NativeRuntime {
                     rlimits: self.cfg.rlimits.clone(),
                 },
                 tty: cfg.tty,
+                oom_score_adj: (resources.oom_score_adj != 0).then_some(resources.oom_score_adj),
                 shm: sb.shm.clone().or_else(|| {
                     sb.ns_file("ipc")
                         .is_none()

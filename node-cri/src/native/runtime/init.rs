@@ -539,6 +539,10 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
         }
     }
     join_cgroups(&spec.cgroup_procs)?;
+    if let Some(adj) = spec.oom_score_adj {
+        // lowering it needs CAP_SYS_RESOURCE: without it the score stays (not an error)
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
     for j in spec.join.iter().filter(|j| j.kind != "pid") {
         setns_path(&j.path, ns_flag(&j.kind)?)?;
     }

@@ -142,6 +142,10 @@ pub struct ContainerSpec {
     pub process: ProcessSpec,
     /// Run the process on a terminal.
     pub tty: bool,
+    /// The OOM score adjustment (kept as is when the kernel refuses a lower value, as
+    /// containerd's `restrict_oom_score_adj` does).
+    #[serde(default)]
+    pub oom_score_adj: Option<i64>,
     /// The pod's `/dev/shm` to bind (none: a private tmpfs).
     #[serde(default)]
     pub shm: Option<PathBuf>,
