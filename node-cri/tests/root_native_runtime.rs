@@ -1438,3 +1438,128 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
         assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
     });
 }
+
+/// The reference `bridge` plugin with `host-local` IPAM, executed as the CNI spec says (a test
+/// stand-in for node-cni's runtime: enough to give pods real addresses on a real bridge).
+struct ReferenceBridge {
+    data_dir: PathBuf,
+}
+
+impl ReferenceBridge {
+    async fn exec(
+        &self,
+        command: &str,
+        a: &node_core::Attachment,
+    ) -> Result<Vec<u8>, node_core::CniError> {
+        use tokio::io::AsyncWriteExt;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "nktest",
+            "type": "bridge",
+            "bridge": "nktbr0",
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": self.data_dir},
+        });
+        let mut child = tokio::process::Command::new("/usr/lib/cni/bridge")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &a.container_id)
+            .env("CNI_NETNS", &a.netns)
+            .env("CNI_IFNAME", &a.ifname)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| node_core::CniError::Other(e.to_string()))?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .await
+            .unwrap();
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| node_core::CniError::Other(e.to_string()))?;
+        if !out.status.success() {
+            return Err(node_core::CniError::Other(format!(
+                "bridge {command}: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(out.stdout)
+    }
+}
+
+#[async_trait::async_trait]
+impl node_core::CniPlugin for ReferenceBridge {
+    async fn add(
+        &self,
+        a: &node_core::Attachment,
+    ) -> Result<node_core::CniResult, node_core::CniError> {
+        let out = self.exec("ADD", a).await?;
+        serde_json::from_slice(&out).map_err(|e| node_core::CniError::Other(e.to_string()))
+    }
+    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.exec("DEL", a).await.map(|_| ())
+    }
+    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.exec("CHECK", a).await.map(|_| ())
+    }
+    async fn status(&self) -> Result<(), node_core::CniError> {
+        Ok(())
+    }
+    async fn gc(&self, _keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn two_pods_talk_over_the_reference_bridge_plugin() {
+    if !prerequisites("two_pods_talk_over_the_reference_bridge_plugin")
+        || !require_path(
+            "two_pods_talk_over_the_reference_bridge_plugin",
+            "/usr/lib/cni/bridge",
+        )
+    {
+        return;
+    }
+    let env = Env::new();
+    // the bridge and the pods' host-side veths live in the fixture's namespace
+    let ns = NetnsFixture::new("rtbridge").expect("netns");
+    ns.run_in(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let cni = Arc::new(ReferenceBridge { data_dir: env.root.path().join("ipam") });
+            let rt = NativeRuntime::new(NativeConfig { cni, ..env.config() }).unwrap();
+            let (a_cfg, b_cfg) = (env.sandbox_config("pod-a"), env.sandbox_config("pod-b"));
+            let run = |cfg: &cri::PodSandboxConfig| rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() });
+            let a = run(&a_cfg).await.unwrap();
+            let b = run(&b_cfg).await.unwrap();
+            let ip = |id: String| {
+                let rt = &rt;
+                async move { rt.pod_sandbox_status(&id, false).await.unwrap().status.unwrap().network.unwrap().ip }
+            };
+            let (a_ip, b_ip) = (ip(a.clone()).await, ip(b.clone()).await);
+            assert!(a_ip.starts_with("10.77.0.") && b_ip.starts_with("10.77.0.") && a_ip != b_ip, "{a_ip} {b_ip}");
+            run_container(&rt, &a, &a_cfg, container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"])).await;
+            let script = format!("for i in $(seq 1 100); do wget -q -O - http://{a_ip}:8080/ && break; sleep 0.05; done; exec sleep 1000");
+            run_container(&rt, &b, &b_cfg, container_config("client", &["sh", "-c", &script])).await;
+            let log = env.logs.join("pod-b/client/0.log");
+            wait_for("pod b to fetch pod a's page", Duration::from_secs(15), || async {
+                log_entries(&log).iter().any(|e| e.2 == "hello from nodekit")
+            })
+            .await;
+            let veths = || ns.sh("ip -o link show type veth | wc -l").unwrap().trim().to_string();
+            assert_eq!(veths(), "2");
+            rt.remove_pod_sandbox(&a).await.unwrap();
+            rt.remove_pod_sandbox(&b).await.unwrap();
+            assert_eq!(veths(), "0", "CNI DEL removed the pods' veths");
+            assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+            assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        })
+    })
+    .expect("inside netns");
+}
