@@ -58,8 +58,9 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
+        sweep_stale();
         let root = tempfile::Builder::new()
-            .prefix("nodekit-rt-")
+            .prefix(&format!("nodekit-rt-{}-", std::process::id()))
             .tempdir()
             .unwrap();
         let n = N.fetch_add(1, Ordering::SeqCst);
@@ -163,6 +164,44 @@ impl Env {
                         .unwrap_or(false)
             })
             .collect()
+    }
+}
+
+/// Remove what test processes that were killed left behind: their cgroups (with every process
+/// inside) and the mounts under their roots. Names carry the test process's pid.
+fn sweep_stale() {
+    let dead = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|r| r.split('-').next()?.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for top in cgroup_dirs("nodekit-test") {
+        for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
+            if e.path().is_dir() && dead(&e.file_name().to_string_lossy(), "") {
+                sweep_cgroup(&e.path());
+            }
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !dead(&name, "nodekit-rt-") {
+            continue;
+        }
+        let root = e.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let c = std::ffi::CString::new(m).unwrap();
+            // SAFETY: unmounting under a dead test's temporary root.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 
@@ -319,9 +358,19 @@ fn alive(pid: i32) -> bool {
 }
 
 fn prerequisites(test: &str) -> bool {
+    let overlay = std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("overlay");
+    let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup/cgroup.controllers"
+    } else {
+        "/sys/fs/cgroup/pids"
+    };
     require_root(test)
         && require_path(test, node_test_support::image::BUSYBOX)
-        && require_path(test, "/proc/filesystems")
+        && require_path(test, cgroups)
+        // overlayfs registered with the kernel (else the module's directory is missing too)
+        && require_path(test, if overlay { "/proc/filesystems" } else { "/sys/module/overlay" })
 }
 
 /// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.
@@ -439,7 +488,13 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             &rt,
             &sb,
             &sb_cfg,
-            container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+            with_resources(
+                container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+                cri::LinuxContainerResources {
+                    oom_score_adj: 500,
+                    ..Default::default()
+                },
+            ),
         )
         .await;
         let client = run_container(
@@ -549,6 +604,69 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             String::from_utf8_lossy(&out.stdout).trim(),
             pod_ns.to_string()
         );
+        // the devices cgroup: a node of the host's disk can be made but not opened
+        let disk = std::fs::read_to_string("/proc/partitions")
+            .unwrap_or_default()
+            .lines()
+            .skip(2)
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 4).then(|| format!("{} {}", f[0], f[1]))
+            });
+        if let Some(majmin) = disk {
+            let script =
+                format!("mknod /dev/hostdisk b {majmin} && echo made && head -c 1 /dev/hostdisk");
+            let out = rt
+                .exec_sync(
+                    &server,
+                    vec!["sh".into(), "-c".into(), script],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            assert_ne!(out.exit_code, 0, "{out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "made",
+                "mknod is allowed: {out:?}"
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("not permitted"),
+                "{out:?}"
+            );
+        }
+        let out = rt
+            .exec_sync(
+                &server,
+                vec!["cat".into(), "/proc/1/oom_score_adj".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "500");
+        // the pod's containers share /dev/shm (POSIX shared memory lives there)
+        let out = rt
+            .exec_sync(
+                &server,
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo shared > /dev/shm/seg".into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, 0, "{out:?}");
+        let out = rt
+            .exec_sync(
+                &client,
+                vec!["cat".into(), "/dev/shm/seg".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "shared");
         // pod sysctls are set in the pod's network namespace
         let out = rt
             .exec_sync(
@@ -905,6 +1023,11 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
                 .trim(),
             "200"
         );
+        let pod = rt.pod_sandbox_stats(&sb).await.unwrap().linux.unwrap();
+        assert_eq!(pod.containers.len(), 1, "the running container");
+        assert!(pod.process.unwrap().process_count.unwrap().value >= 10);
+        assert!(pod.memory.unwrap().usage_bytes.unwrap().value > 0);
+        assert_eq!(rt.list_pod_sandbox_stats(None).await.unwrap().len(), 1);
         let listed = rt.list_container_stats(None).await.unwrap();
         assert_eq!(
             listed
@@ -1156,7 +1279,9 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
             "add",
             node_core::CniError::Other("no addresses left".into()),
         );
-        let sb_cfg = env.sandbox_config("broken");
+        let mut sb_cfg = env.sandbox_config("broken");
+        // no cgroup parent in the config: the runtime makes one for the pod (and removes it)
+        sb_cfg.linux.as_mut().unwrap().cgroup_parent.clear();
         let err = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(sb_cfg.clone()),
@@ -1229,6 +1354,22 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
             (st.state, st.reason.as_str()),
             (cri::ContainerState::ContainerExited as i32, "StartError")
         );
+        // no command: the image's Cmd (`sh`, with no input) runs and completes
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sb.clone(),
+                config: Some(container_config("image-cmd", &[])),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap();
+        rt.start_container(&id).await.unwrap();
+        let st = wait_exited(&rt, &id).await;
+        assert_eq!(
+            (st.exit_code, st.reason.as_str()),
+            (0, "Completed"),
+            "{st:?}"
+        );
         // unknown ids
         for e in [
             rt.start_container("ffff").await.unwrap_err(),
@@ -1239,9 +1380,186 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
         ] {
             assert!(e.is_not_found(), "{e}");
         }
+        // a device asked for is there and usable; others are not
+        let mut dev = container_config("dev", &["sleep", "1000"]);
+        dev.devices = vec![cri::Device {
+            host_path: "/dev/loop-control".into(),
+            container_path: "/dev/loop-control".into(),
+            permissions: "rw".into(),
+        }];
+        if Path::new("/dev/loop-control").exists() {
+            let id = run_container(&rt, &sb, &sb_cfg, dev).await;
+            let out = rt
+                .exec_sync(
+                    &id,
+                    vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "exec 3</dev/loop-control && echo opened".into(),
+                    ],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "opened",
+                "{out:?}"
+            );
+            rt.remove_container(&id).await.unwrap();
+        }
+        // concurrent creations: distinct pods all run, the same pod twice runs once
+        let names = ["c1", "c2", "c3", "c3"];
+        let cfgs: Vec<cri::PodSandboxConfig> =
+            names.iter().map(|n| env.sandbox_config(n)).collect();
+        let results = futures::future::join_all(cfgs.into_iter().map(|c| {
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(c),
+                runtime_handler: String::new(),
+            })
+        }))
+        .await;
+        let ok: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        assert_eq!(ok.len(), 3, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(RuntimeError::AlreadyExists(_))))
+        );
+        for id in ok {
+            rt.remove_pod_sandbox(&id).await.unwrap();
+        }
         rt.remove_container("ffff").await.unwrap();
         rt.remove_pod_sandbox("ffff").await.unwrap();
         rt.remove_pod_sandbox(&sb).await.unwrap();
         assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
     });
+}
+
+/// The reference `bridge` plugin with `host-local` IPAM, executed as the CNI spec says (a test
+/// stand-in for node-cni's runtime: enough to give pods real addresses on a real bridge).
+struct ReferenceBridge {
+    data_dir: PathBuf,
+}
+
+impl ReferenceBridge {
+    async fn exec(
+        &self,
+        command: &str,
+        a: &node_core::Attachment,
+    ) -> Result<Vec<u8>, node_core::CniError> {
+        use tokio::io::AsyncWriteExt;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "nktest",
+            "type": "bridge",
+            "bridge": "nktbr0",
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": self.data_dir},
+        });
+        let mut child = tokio::process::Command::new("/usr/lib/cni/bridge")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &a.container_id)
+            .env("CNI_NETNS", &a.netns)
+            .env("CNI_IFNAME", &a.ifname)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| node_core::CniError::Other(e.to_string()))?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .await
+            .unwrap();
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| node_core::CniError::Other(e.to_string()))?;
+        if !out.status.success() {
+            return Err(node_core::CniError::Other(format!(
+                "bridge {command}: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(out.stdout)
+    }
+}
+
+#[async_trait::async_trait]
+impl node_core::CniPlugin for ReferenceBridge {
+    async fn add(
+        &self,
+        a: &node_core::Attachment,
+    ) -> Result<node_core::CniResult, node_core::CniError> {
+        let out = self.exec("ADD", a).await?;
+        serde_json::from_slice(&out).map_err(|e| node_core::CniError::Other(e.to_string()))
+    }
+    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.exec("DEL", a).await.map(|_| ())
+    }
+    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.exec("CHECK", a).await.map(|_| ())
+    }
+    async fn status(&self) -> Result<(), node_core::CniError> {
+        Ok(())
+    }
+    async fn gc(&self, _keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn two_pods_talk_over_the_reference_bridge_plugin() {
+    if !prerequisites("two_pods_talk_over_the_reference_bridge_plugin")
+        || !require_path(
+            "two_pods_talk_over_the_reference_bridge_plugin",
+            "/usr/lib/cni/bridge",
+        )
+    {
+        return;
+    }
+    let env = Env::new();
+    // the bridge and the pods' host-side veths live in the fixture's namespace
+    let ns = NetnsFixture::new("rtbridge").expect("netns");
+    ns.run_in(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let cni = Arc::new(ReferenceBridge { data_dir: env.root.path().join("ipam") });
+            let rt = NativeRuntime::new(NativeConfig { cni, ..env.config() }).unwrap();
+            let (a_cfg, b_cfg) = (env.sandbox_config("pod-a"), env.sandbox_config("pod-b"));
+            let run = |cfg: &cri::PodSandboxConfig| rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() });
+            let a = run(&a_cfg).await.unwrap();
+            let b = run(&b_cfg).await.unwrap();
+            let ip = |id: String| {
+                let rt = &rt;
+                async move { rt.pod_sandbox_status(&id, false).await.unwrap().status.unwrap().network.unwrap().ip }
+            };
+            let (a_ip, b_ip) = (ip(a.clone()).await, ip(b.clone()).await);
+            assert!(a_ip.starts_with("10.77.0.") && b_ip.starts_with("10.77.0.") && a_ip != b_ip, "{a_ip} {b_ip}");
+            run_container(&rt, &a, &a_cfg, container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"])).await;
+            let script = format!("for i in $(seq 1 100); do wget -q -O - http://{a_ip}:8080/ && break; sleep 0.05; done; exec sleep 1000");
+            run_container(&rt, &b, &b_cfg, container_config("client", &["sh", "-c", &script])).await;
+            let log = env.logs.join("pod-b/client/0.log");
+            wait_for("pod b to fetch pod a's page", Duration::from_secs(15), || async {
+                log_entries(&log).iter().any(|e| e.2 == "hello from nodekit")
+            })
+            .await;
+            let veths = || ns.sh("ip -o link show type veth | wc -l").unwrap().trim().to_string();
+            assert_eq!(veths(), "2");
+            rt.remove_pod_sandbox(&a).await.unwrap();
+            rt.remove_pod_sandbox(&b).await.unwrap();
+            assert_eq!(veths(), "0", "CNI DEL removed the pods' veths");
+            assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+            assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        })
+    })
+    .expect("inside netns");
 }

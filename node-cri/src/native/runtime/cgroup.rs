@@ -8,7 +8,25 @@ use cgroups_rs::fs::{Cgroup, MaxValue, Resources, hierarchies};
 use node_core::{RuntimeError, cri};
 
 /// The controllers a container cgroup is created with on v1 (one hierarchy each).
-const CONTROLLERS_V1: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
+const CONTROLLERS_V1: &[&str] = &["cpu", "cpuacct", "memory", "pids", "devices"];
+
+/// The devices every container may use (runc's default allow list): null, zero, full, random,
+/// urandom, tty, console, ptmx, the pty slaves, tun; `mknod` of any node (using it is another
+/// matter).
+pub const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
 /// The controllers enabled for a container cgroup on v2 (cpuacct is part of cpu there).
 const CONTROLLERS_V2: &[&str] = &["cpu", "memory", "pids"];
 
@@ -111,7 +129,11 @@ impl CgroupHandle {
     ) -> Result<(), RuntimeError> {
         let mut res = Resources::default();
         if r.cpu_shares > 0 {
-            res.cpu.shares = Some(r.cpu_shares as u64);
+            res.cpu.shares = Some(if self.v2 {
+                shares_to_weight(r.cpu_shares as u64)
+            } else {
+                r.cpu_shares as u64
+            });
         }
         if r.cpu_period > 0 {
             res.cpu.period = Some(r.cpu_period as u64);
@@ -148,6 +170,40 @@ impl CgroupHandle {
             let _ = std::fs::write(d.join("memory.swap.max"), "0");
         }
         Ok(())
+    }
+
+    /// Restrict device access (cgroup v1 `devices`): deny everything, then allow
+    /// [`DEFAULT_DEVICE_RULES`] and `extra` (`c 10:229 rw`), or everything when privileged.
+    /// Whether the kernel enforces it: false on v2, where device control needs an eBPF program
+    /// this runtime does not load (see the callers for the mitigation).
+    pub fn restrict_devices(
+        &self,
+        privileged: bool,
+        extra: &[String],
+    ) -> Result<bool, RuntimeError> {
+        if self.v2 {
+            return Ok(false);
+        }
+        let Some(dir) = self.dir_of("devices") else {
+            return Ok(false);
+        };
+        let write = |file: &str, rule: &str| {
+            std::fs::write(dir.join(file), rule)
+                .map_err(|e| err(&format!("{file} {rule:?}"), &self.rel, e))
+        };
+        if privileged {
+            write("devices.allow", "a")?;
+            return Ok(true);
+        }
+        write("devices.deny", "a")?;
+        for rule in DEFAULT_DEVICE_RULES
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+        {
+            write("devices.allow", rule)?;
+        }
+        Ok(true)
     }
 
     /// The pids in the cgroup (every hierarchy).
@@ -248,6 +304,12 @@ pub fn oom_kills_in(file: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// cgroup v1 `cpu.shares` (2..262144) as v2 `cpu.weight` (1..10000), runc's conversion.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
 fn stat_value(s: &str, key: &str) -> Option<u64> {
     s.lines().find_map(|l| {
         let mut it = l.split_whitespace();
@@ -271,5 +333,8 @@ mod tests {
         assert_eq!(stat_value(s, "oom_kill"), Some(3));
         assert_eq!(stat_value(s, "under_oom"), Some(0));
         assert_eq!(stat_value(s, "missing"), None);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
     }
 }

@@ -226,18 +226,18 @@ impl NativeRuntime {
                 sb.id
             )));
         }
-        let _names = self.names.lock().await;
-        if let Some(other) = self
-            .store
-            .containers()
-            .into_iter()
-            .find(|c| c.sandbox_id == sb.id && c.config.metadata.as_ref() == Some(&md))
-        {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "container {} (attempt {}) in sandbox {} is reserved by {}",
-                md.name, md.attempt, sb.id, other.id
-            )));
-        }
+        let key = format!(
+            "container {} (attempt {}) in sandbox {}",
+            md.name, md.attempt, sb.id
+        );
+        let _reserved = self.reserve(key.clone(), || {
+            let other = self
+                .store
+                .containers()
+                .into_iter()
+                .find(|c| c.sandbox_id == sb.id && c.config.metadata.as_ref() == Some(&md))?;
+            Some(format!("{key} is reserved by {}", other.id))
+        })?;
         let img = self.cfg.images.resolve(&image)?;
         let icfg = img.config.config().clone().unwrap_or_default();
         let id = new_id();
@@ -252,6 +252,55 @@ impl NativeRuntime {
                 std::fs::create_dir_all(dir.join(d)).map_err(|e| io_err(&dir.join(d), e))?;
             }
             let cg = CgroupHandle::create(&cgroup)?;
+            // devices asked for: bind-mounted and allowed in the devices cgroup
+            let mut device_mounts = Vec::new();
+            let mut device_rules = Vec::new();
+            for d in &cfg.devices {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let meta = std::fs::metadata(&d.host_path).map_err(|e| {
+                    RuntimeError::InvalidArgument(format!(
+                        "container {}: device {}: {e}",
+                        md.name, d.host_path
+                    ))
+                })?;
+                let kind = if meta.file_type().is_char_device() {
+                    'c'
+                } else if meta.file_type().is_block_device() {
+                    'b'
+                } else {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "container {}: {} is not a device",
+                        md.name, d.host_path
+                    )));
+                };
+                let rdev = meta.rdev();
+                let perms: String = d
+                    .permissions
+                    .chars()
+                    .filter(|c| "rwm".contains(*c))
+                    .collect();
+                let perms = if perms.is_empty() {
+                    "rwm".to_string()
+                } else {
+                    perms
+                };
+                device_rules.push(format!(
+                    "{kind} {}:{} {perms}",
+                    libc::major(rdev),
+                    libc::minor(rdev)
+                ));
+                device_mounts.push(BindMount {
+                    source: PathBuf::from(&d.host_path),
+                    destination: if d.container_path.is_empty() {
+                        d.host_path.clone()
+                    } else {
+                        d.container_path.clone()
+                    },
+                    readonly: !perms.contains('w'),
+                    propagation: Propagation::Private,
+                });
+            }
+            let devices_enforced = cg.restrict_devices(sc.privileged, &device_rules)?;
             let resources = linux.resources.clone().unwrap_or_default();
             cg.apply(
                 &resources,
@@ -310,6 +359,21 @@ impl NativeRuntime {
                 &capability.drop_capabilities,
             )
             .map_err(RuntimeError::InvalidArgument)?;
+            // without a devices cgroup (v2), mknod would reach any host device: keep it only
+            // when asked for explicitly
+            let explicit_mknod = capability
+                .add_capabilities
+                .iter()
+                .any(|c| caps::number(c) == caps::number("MKNOD"));
+            let capset: std::collections::BTreeSet<u32> = capset
+                .into_iter()
+                .filter(|c| {
+                    devices_enforced
+                        || sc.privileged
+                        || explicit_mknod
+                        || Some(*c) != caps::number("MKNOD")
+                })
+                .collect();
             let ambient: Vec<u32> = capability
                 .add_ambient_capabilities
                 .iter()
@@ -388,6 +452,7 @@ impl NativeRuntime {
                     },
                 })
                 .collect();
+            mounts.extend(device_mounts);
             for f in ["hostname", "hosts", "resolv.conf"] {
                 let dest = format!("/etc/{f}");
                 if !mounts
@@ -453,6 +518,12 @@ impl NativeRuntime {
                     rlimits: self.cfg.rlimits.clone(),
                 },
                 tty: cfg.tty,
+                oom_score_adj: (resources.oom_score_adj != 0).then_some(resources.oom_score_adj),
+                shm: sb.shm.clone().or_else(|| {
+                    sb.ns_file("ipc")
+                        .is_none()
+                        .then(|| PathBuf::from("/dev/shm"))
+                }),
                 log_path: (!log_path.as_os_str().is_empty()).then(|| log_path.clone()),
                 max_log_line: self.cfg.max_log_line_size,
                 exit_file: self.store.exit_file(&id),
@@ -698,6 +769,7 @@ impl NativeRuntime {
         let p = rec.process.clone().unwrap_or_default();
         let exec = ExecSpec {
             pid: p.pid,
+            start_ticks: p.start_ticks,
             cgroup_procs: spec.cgroup_procs.clone(),
             process: ProcessSpec {
                 args: cmd,

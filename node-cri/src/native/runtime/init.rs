@@ -539,6 +539,10 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
         }
     }
     join_cgroups(&spec.cgroup_procs)?;
+    if let Some(adj) = spec.oom_score_adj {
+        // lowering it needs CAP_SYS_RESOURCE: without it the score stays (not an error)
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
     for j in spec.join.iter().filter(|j| j.kind != "pid") {
         setns_path(&j.path, ns_flag(&j.kind)?)?;
     }
@@ -568,13 +572,7 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
         }
     }
     if spec.readonly_rootfs {
-        mount(
-            None,
-            Path::new("/"),
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-            None,
-        )?;
+        remount_readonly(Path::new("/"))?;
     }
     apply_process(&spec.process)
 }
@@ -682,7 +680,8 @@ fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
         Some(Path::new("overlay")),
         &spec.rootfs,
         Some("overlay"),
-        0,
+        // device nodes in image layers or made in the rootfs do not open (/dev is our tmpfs)
+        libc::MS_NODEV,
         Some(&opts),
     )?;
     let root = &spec.rootfs;
@@ -751,13 +750,22 @@ fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
         nosuid | noexec,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    mount(
-        Some(Path::new("shm")),
-        &at("/dev/shm")?,
-        Some("tmpfs"),
-        nosuid | nodev | noexec,
-        Some("mode=1777,size=65536k"),
-    )?;
+    match &spec.shm {
+        Some(pod_shm) => mount(
+            Some(pod_shm),
+            &at("/dev/shm")?,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )?,
+        None => mount(
+            Some(Path::new("shm")),
+            &at("/dev/shm")?,
+            Some("tmpfs"),
+            nosuid | nodev | noexec,
+            Some("mode=1777,size=65536k"),
+        )?,
+    }
     mount(
         Some(Path::new("mqueue")),
         &at("/dev/mqueue")?,
@@ -1178,6 +1186,10 @@ fn run_exec() -> R<i32> {
         let p = format!("/proc/{}/ns/{kind}", spec.pid);
         let f = File::open(&p).map_err(|e| format!("the container process is gone ({p}: {e})"))?;
         fds.push((f, flag, kind));
+    }
+    // the namespace files are open: if the pid still names the container, they are its own
+    if start_ticks(spec.pid) != spec.start_ticks {
+        return Err(format!("the container process {} is gone", spec.pid));
     }
     join_cgroups(&spec.cgroup_procs)?;
     for (f, flag, kind) in &fds {

@@ -152,7 +152,8 @@ pub struct NativeConfig {
     /// The init binary; `None`: `nodekit-init` next to the current executable (or, for test
     /// binaries in `target/*/deps`, one directory up).
     pub init_binary: Option<PathBuf>,
-    /// The cgroup parent of sandboxes whose config names none (relative to the hierarchy roots).
+    /// Where pods whose config names no `cgroup_parent` get their own: `<cgroup_parent>/pod-<id>`
+    /// (relative to the hierarchy roots), removed with the pod.
     pub cgroup_parent: String,
     /// A pids limit for every container (0: none); `unified["pids.max"]` in the CRI resources
     /// overrides it per container.
@@ -204,12 +205,36 @@ pub fn default_init_binary() -> Option<PathBuf> {
 
 /// The native namespaces runtime: sandboxes and containers on Linux namespaces, overlayfs and
 /// cgroups, with no containerd.
+///
+/// Every process is started by the init binary (`nodekit-init`, a `[[bin]]` of this crate:
+/// install it next to the agent or set [`NativeConfig::init_binary`]). Each container has a
+/// monitor process that outlives the runtime, so a new `NativeRuntime` on the same root takes
+/// over whatever an earlier one started. Run the agent with a service manager setting that does
+/// not kill the whole control group on restart (systemd `KillMode=process`, as for containerd).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use node_core::RuntimeBackend;
+/// use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime};
+///
+/// # async fn assemble(cni: Arc<dyn node_core::CniPlugin>) -> Result<(), node_core::RuntimeError> {
+/// let runtime = NativeRuntime::new(NativeConfig {
+///     root: "/var/lib/nodekit/native".into(),
+///     cni,
+///     images: Arc::new(LayerDirImages::new()), // or the image store
+///     ..Default::default()
+/// })?;
+/// let runtime: Arc<dyn RuntimeBackend> = Arc::new(runtime);
+/// println!("{:?}", runtime.version().await?);
+/// # Ok(())
+/// # }
+/// ```
 pub struct NativeRuntime {
     cfg: NativeConfig,
     store: state::Store,
     init: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    names: tokio::sync::Mutex<()>,
+    reserved: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for NativeRuntime {
@@ -303,13 +328,33 @@ impl NativeRuntime {
             store,
             init,
             locks: Mutex::new(HashMap::new()),
-            names: tokio::sync::Mutex::new(()),
+            reserved: Mutex::new(Default::default()),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &NativeConfig {
         &self.cfg
+    }
+
+    /// Reserve a sandbox or container name until the returned guard drops (by then the record
+    /// is on disk, where `taken` finds it): creations of other names run concurrently.
+    fn reserve(
+        &self,
+        key: String,
+        taken: impl FnOnce() -> Option<String>,
+    ) -> Result<Reservation<'_>, RuntimeError> {
+        let mut r = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        if r.contains(&key) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "{key} is being created"
+            )));
+        }
+        if let Some(msg) = taken() {
+            return Err(RuntimeError::AlreadyExists(msg));
+        }
+        r.insert(key.clone());
+        Ok(Reservation { rt: self, key })
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -330,6 +375,22 @@ impl NativeRuntime {
 
     fn container_dir(&self, id: &str) -> PathBuf {
         self.cfg.root.join("containers").join(id)
+    }
+}
+
+/// A name reserved while its sandbox or container is being created.
+struct Reservation<'a> {
+    rt: &'a NativeRuntime,
+    key: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.rt
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -437,6 +498,15 @@ impl RuntimeBackend for NativeRuntime {
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
         Ok(self.list_stats(filter))
+    }
+    async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats, RuntimeError> {
+        self.pod_stats(id)
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>, RuntimeError> {
+        Ok(self.list_pod_stats(filter))
     }
     async fn update_container_resources(
         &self,

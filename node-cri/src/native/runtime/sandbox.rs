@@ -40,6 +40,37 @@ fn bind_ns(src: &Path, target: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Unmount (lazily) and delete a mount point directory (missing ones are fine).
+pub(crate) fn unmount_dir(target: &Path) {
+    let t = CString::new(target.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: a valid C string; failures (not mounted) are ignored.
+    unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(target);
+}
+
+fn mount_shm(target: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+    let t = CString::new(target.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: valid C strings; a tmpfs for the pod's /dev/shm.
+    let rc = unsafe {
+        libc::mount(
+            c"shm".as_ptr(),
+            t.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=1777,size=65536k".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(RuntimeError::Internal(format!(
+            "mount the pod's /dev/shm at {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 /// Unmount and delete a bind-mounted namespace file (missing files are fine).
 pub(crate) fn unbind_ns(target: &Path) {
     let t = CString::new(target.as_os_str().as_bytes()).unwrap_or_default();
@@ -168,29 +199,31 @@ impl NativeRuntime {
                 "RunPodSandbox: config.metadata.name is empty".into(),
             ));
         }
-        let _names = self.names.lock().await;
-        if let Some(other) = self
-            .store
-            .sandboxes()
-            .into_iter()
-            .find(|s| s.config.metadata.as_ref() == Some(&md))
-        {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "pod sandbox {}/{} (uid {}, attempt {}) is reserved by {}",
-                md.namespace, md.name, md.uid, md.attempt, other.id
-            )));
-        }
-        let id = new_id();
-        let dir = self.sandbox_dir(&id);
+        let key = format!(
+            "pod sandbox {}/{} (uid {}, attempt {})",
+            md.namespace, md.name, md.uid, md.attempt
+        );
+        let _reserved = self.reserve(key.clone(), || {
+            let other = self
+                .store
+                .sandboxes()
+                .into_iter()
+                .find(|s| s.config.metadata.as_ref() == Some(&md))?;
+            Some(format!("{key} is reserved by {}", other.id))
+        })?;
         let ns_opts = namespace_options(&config);
         let host_network = mode(ns_opts, |o| o.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns_opts, |o| o.ipc) == cri::NamespaceMode::Node;
-        let parent = config
+        let id = new_id();
+        let dir = self.sandbox_dir(&id);
+        let given = config
             .linux
             .as_ref()
             .map(|l| l.cgroup_parent.trim_matches('/').to_string())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| self.cfg.cgroup_parent.clone());
+            .filter(|p| !p.is_empty());
+        let owns_cgroup_parent = given.is_none();
+        let parent = given
+            .unwrap_or_else(|| format!("{}/pod-{id}", self.cfg.cgroup_parent.trim_matches('/')));
         if parent.split('/').any(|c| c == ".." || c == ".") {
             return Err(RuntimeError::InvalidArgument(format!(
                 "RunPodSandbox: linux.cgroup_parent {parent:?} must not contain . or .."
@@ -210,7 +243,9 @@ impl NativeRuntime {
             ips: vec![],
             host_network,
             ns_files: vec![],
+            shm: None,
             cgroup_parent: parent.clone(),
+            owns_cgroup_parent,
             runtime_handler: req.runtime_handler.clone(),
         };
         // everything below is rolled back on failure
@@ -247,6 +282,11 @@ impl NativeRuntime {
                 )?;
                 rec.ns_files.push((k.to_string(), target));
             }
+            if !host_ipc {
+                let shm = dir.join("shm");
+                mount_shm(&shm)?;
+                rec.shm = Some(shm);
+            }
             if !host_network {
                 let a = self.attachment(&rec);
                 let res = self.cfg.cni.add(&a).await.map_err(|e| {
@@ -279,6 +319,9 @@ impl NativeRuntime {
         .await;
         if let Err(e) = result {
             self.teardown_sandbox(&rec, !rec.ips.is_empty()).await;
+            if owns_cgroup_parent {
+                let _ = CgroupHandle::open(&parent).destroy();
+            }
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -311,6 +354,9 @@ impl NativeRuntime {
             for (_, p) in &rec.ns_files {
                 unbind_ns(p);
             }
+        }
+        if let Some(shm) = &rec.shm {
+            unmount_dir(shm);
         }
         let cg = CgroupHandle::open(&format!("{}/{}", rec.cgroup_parent, rec.id));
         if let Err(e) = cg.destroy() {
@@ -369,9 +415,13 @@ impl NativeRuntime {
                 unbind_ns(&e.path());
             }
         }
+        unmount_dir(&dir.join("shm"));
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&dir, e)),
             _ => {}
+        }
+        if let Some(rec) = self.store.sandbox(id)?.filter(|r| r.owns_cgroup_parent) {
+            CgroupHandle::open(&rec.cgroup_parent).destroy()?;
         }
         self.store.remove_sandbox(id)?;
         drop(_g);
@@ -463,6 +513,100 @@ impl NativeRuntime {
             .collect();
         v.sort_by_key(|s| s.created_at);
         v
+    }
+
+    fn pod_stats_for(&self, rec: &SandboxRecord) -> cri::PodSandboxStats {
+        let ts = now_ns();
+        let containers: Vec<cri::ContainerStats> =
+            self.list_stats(Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: rec.id.clone(),
+                ..Default::default()
+            }));
+        // the pod's usage: its containers plus the pause process
+        let pause = CgroupHandle::open(&format!("{}/{}", rec.cgroup_parent, rec.id));
+        let mut cpu = pause.cpu_usage_ns().unwrap_or(0);
+        let (mut usage, mut working_set) = pause.memory_usage().unwrap_or((0, 0));
+        let mut procs = pause.pids().len() as u64;
+        for c in &containers {
+            cpu += c
+                .cpu
+                .as_ref()
+                .and_then(|u| u.usage_core_nano_seconds.as_ref())
+                .map_or(0, |v| v.value);
+            usage += c
+                .memory
+                .as_ref()
+                .and_then(|m| m.usage_bytes.as_ref())
+                .map_or(0, |v| v.value);
+            working_set += c
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map_or(0, |v| v.value);
+        }
+        for c in self
+            .store
+            .containers()
+            .iter()
+            .filter(|c| c.sandbox_id == rec.id)
+        {
+            procs += CgroupHandle::open(&c.cgroup).pids().len() as u64;
+        }
+        let u = |v: u64| Some(cri::UInt64Value { value: v });
+        cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: rec.id.clone(),
+                metadata: rec.config.metadata.clone(),
+                labels: rec.config.labels.clone(),
+                annotations: rec.config.annotations.clone(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cri::CpuUsage {
+                    timestamp: ts,
+                    usage_core_nano_seconds: u(cpu),
+                    usage_nano_cores: None,
+                }),
+                memory: Some(cri::MemoryUsage {
+                    timestamp: ts,
+                    usage_bytes: u(usage),
+                    working_set_bytes: u(working_set),
+                    ..Default::default()
+                }),
+                network: None,
+                process: Some(cri::ProcessUsage {
+                    timestamp: ts,
+                    process_count: u(procs),
+                }),
+                containers,
+            }),
+            windows: None,
+        }
+    }
+
+    pub(crate) fn pod_stats(&self, id: &str) -> Result<cri::PodSandboxStats, RuntimeError> {
+        let rec = self
+            .store
+            .sandbox(id)?
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "pod sandbox",
+                id: id.into(),
+            })?;
+        Ok(self.pod_stats_for(&rec))
+    }
+
+    pub(crate) fn list_pod_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Vec<cri::PodSandboxStats> {
+        let f = filter.unwrap_or_default();
+        self.store
+            .sandboxes()
+            .iter()
+            .filter(|r| f.id.is_empty() || r.id == f.id)
+            .filter(|r| labels_match(&f.label_selector, &r.config.labels))
+            .filter(|r| r.status == SandboxStatus::Ready)
+            .map(|r| self.pod_stats_for(r))
+            .collect()
     }
 
     /// Every sandbox id this runtime root holds.

@@ -142,6 +142,13 @@ pub struct ContainerSpec {
     pub process: ProcessSpec,
     /// Run the process on a terminal.
     pub tty: bool,
+    /// The OOM score adjustment (kept as is when the kernel refuses a lower value, as
+    /// containerd's `restrict_oom_score_adj` does).
+    #[serde(default)]
+    pub oom_score_adj: Option<i64>,
+    /// The pod's `/dev/shm` to bind (none: a private tmpfs).
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
     /// The CRI log file.
     pub log_path: Option<PathBuf>,
     /// The longest log line before it is split into partial (`P`) lines.
@@ -155,6 +162,8 @@ pub struct ContainerSpec {
 pub struct ExecSpec {
     /// The container's main process (host pid).
     pub pid: i32,
+    /// Its start time in ticks: the exec is refused when the pid now names another process.
+    pub start_ticks: u64,
     /// The container's `cgroup.procs` files.
     pub cgroup_procs: Vec<PathBuf>,
     /// The process to run.

@@ -39,8 +39,16 @@ pub struct SandboxRecord {
     pub host_network: bool,
     /// Namespace files bind-mounted under the sandbox directory (`kind`, path).
     pub ns_files: Vec<(String, PathBuf)>,
-    /// The cgroup parent of the pod (relative to the hierarchy roots).
+    /// The pod's `/dev/shm` (a tmpfs under the sandbox directory shared by its containers).
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
+    /// The cgroup parent of the pod (relative to the hierarchy roots): the pause process and
+    /// every container get a cgroup below it.
     pub cgroup_parent: String,
+    /// Whether the runtime made the parent (no `cgroup_parent` in the config: one per pod
+    /// under [`super::NativeConfig::cgroup_parent`]) and removes it with the pod.
+    #[serde(default)]
+    pub owns_cgroup_parent: bool,
     /// The runtime handler asked for.
     pub runtime_handler: String,
 }
