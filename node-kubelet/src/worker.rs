@@ -508,46 +508,18 @@ impl PodWorker {
 
     fn pull_auth(&self, image: &str) -> Option<cri::AuthConfig> {
         let spec = self.pod.spec.as_ref()?;
-        let registry = registry_of(image);
-        for secret in spec.image_pull_secrets.iter().flatten() {
-            let data = self
-                .shared
-                .store
-                .secret(&self.pod_ref.namespace, &secret.name)?;
-            let json = data
-                .get(".dockerconfigjson")
-                .or_else(|| data.get(".dockercfg"))?;
-            let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-            let auths = v.get("auths").unwrap_or(&v);
-            for (server, entry) in auths.as_object()?.iter() {
-                let host = server
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://")
-                    .split('/')
-                    .next()
-                    .unwrap_or("");
-                let matches =
-                    host == registry || (registry == "docker.io" && host == "index.docker.io");
-                if matches {
-                    let s = |k: &str| {
-                        entry
-                            .get(k)
-                            .and_then(|v| v.as_str())
-                            .unwrap_or("")
-                            .to_string()
-                    };
-                    return Some(cri::AuthConfig {
-                        username: s("username"),
-                        password: s("password"),
-                        auth: s("auth"),
-                        server_address: server.clone(),
-                        identity_token: s("identitytoken"),
-                        registry_token: s("registrytoken"),
-                    });
-                }
-            }
-        }
-        None
+        let names: Vec<String> = spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.clone())
+            .collect();
+        pull_auth(
+            image,
+            &self.pod_ref.namespace,
+            &names,
+            self.shared.store.as_ref(),
+        )
     }
 
     /// Make the image present per the pull policy; the waiting reason when it is not.
@@ -631,6 +603,12 @@ impl PodWorker {
         if let Err(w) = self.ensure_image(c, sandbox_config).await {
             self.errors.insert(c.name.clone(), w);
             return false;
+        }
+        // the runtime writes the container's log under the pod log directory, which the kubelet makes
+        let log_dir =
+            cri_config::pod_log_dir(&self.shared.settings.pod_log_root, &self.pod).join(&c.name);
+        if let Err(e) = std::fs::create_dir_all(&log_dir) {
+            tracing::warn!(pod = %self.pod_ref, dir = %log_dir.display(), error = %e, "cannot create the container log directory");
         }
         let info = PodRuntimeInfo {
             pod_ips: pod_ips.to_vec(),
@@ -805,11 +783,73 @@ impl PodWorker {
                 tracing::warn!(pod = %self.pod_ref, error = %e, "removing the sandbox failed");
             }
         }
+        let log_dir = cri_config::pod_log_dir(&self.shared.settings.pod_log_root, &self.pod);
+        if let Err(e) = std::fs::remove_dir_all(&log_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pod = %self.pod_ref, dir = %log_dir.display(), error = %e, "cannot remove the pod log directory");
+        }
         if let Err(e) = self.shared.sink.pod_deleted(&self.pod_ref).await {
             tracing::warn!(pod = %self.pod_ref, error = %e, "cannot report the pod deleted");
         }
         tracing::info!(pod = %self.pod_ref, "pod terminated");
     }
+}
+
+/// The registry credentials for `image` from the pod's `imagePullSecrets` (secrets of type
+/// `kubernetes.io/dockerconfigjson` or `dockercfg`), matched by registry host.
+pub(crate) fn pull_auth(
+    image: &str,
+    namespace: &str,
+    secrets: &[String],
+    store: &dyn ValueStore,
+) -> Option<cri::AuthConfig> {
+    let registry = registry_of(image);
+    for name in secrets {
+        let Some(data) = store.secret(namespace, name) else {
+            tracing::warn!(%namespace, secret = %name, "image pull secret not found");
+            continue;
+        };
+        let Some(json) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            continue;
+        };
+        let auths = v.get("auths").unwrap_or(&v);
+        let Some(auths) = auths.as_object() else {
+            continue;
+        };
+        for (server, entry) in auths {
+            let host = server
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if host == registry || (registry == "docker.io" && host == "index.docker.io") {
+                let s = |k: &str| {
+                    entry
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                return Some(cri::AuthConfig {
+                    username: s("username"),
+                    password: s("password"),
+                    auth: s("auth"),
+                    server_address: server.clone(),
+                    identity_token: s("identitytoken"),
+                    registry_token: s("registrytoken"),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// The registry host of an image reference (`docker.io` when it names none).
@@ -853,5 +893,36 @@ mod tests {
         assert_eq!(registry_of("library/busybox"), "docker.io");
         assert_eq!(registry_of("127.0.0.1:5000/x"), "127.0.0.1:5000");
         assert_eq!(registry_of("registry.local/x/y:1"), "registry.local");
+    }
+
+    #[test]
+    fn image_pull_secrets_become_registry_auth() {
+        let store = crate::cri_config::InMemoryStore::new();
+        let json =
+            br#"{"auths": {"127.0.0.1:5000": {"username": "u", "password": "p", "auth": "dTpw"},
+                                  "https://index.docker.io/v1/": {"username": "hub"}}}"#;
+        store.set_secret(
+            "ns",
+            "regcred",
+            [(".dockerconfigjson".to_string(), json.to_vec())],
+        );
+        let secrets = vec!["missing".to_string(), "regcred".to_string()];
+        let a = pull_auth("127.0.0.1:5000/app:1", "ns", &secrets, &store).unwrap();
+        assert_eq!(
+            (a.username.as_str(), a.password.as_str(), a.auth.as_str()),
+            ("u", "p", "dTpw")
+        );
+        assert_eq!(a.server_address, "127.0.0.1:5000");
+        assert_eq!(
+            pull_auth("busybox", "ns", &secrets, &store)
+                .unwrap()
+                .username,
+            "hub"
+        );
+        assert_eq!(pull_auth("quay.io/x", "ns", &secrets, &store), None);
+        assert_eq!(
+            pull_auth("127.0.0.1:5000/app:1", "other", &secrets, &store),
+            None
+        );
     }
 }

@@ -142,7 +142,10 @@ async fn valid_pods_run_and_keep_running_when_their_file_breaks() {
         .source(source.clone())
         .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
         .status(Arc::new(sink.clone()))
-        .config(KubeletConfig::default())
+        .config(KubeletConfig {
+            pod_log_root: dir.path().join("logs"),
+            ..Default::default()
+        })
         .build()
         .unwrap();
     let token = CancellationToken::new();

@@ -19,6 +19,7 @@ fn pod(yaml: &str) -> Pod {
 struct Running {
     token: CancellationToken,
     task: JoinHandle<()>,
+    logs: tempfile::TempDir,
 }
 
 impl Running {
@@ -33,19 +34,21 @@ impl Running {
 
 fn start(rt: &FakeRuntime, sink: &FakeStatusSink, source: &ScriptedPodSource) -> Running {
     let token = CancellationToken::new();
+    let logs = tempfile::tempdir().unwrap();
     let kubelet = Kubelet::builder("node-1")
         .source(Arc::new(source.clone()))
         .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
         .status(Arc::new(sink.clone()))
         .config(KubeletConfig {
             host_ip: Some("192.168.0.10".parse().unwrap()),
+            pod_log_root: logs.path().to_path_buf(),
             ..Default::default()
         })
         .build()
         .unwrap();
     let t = token.clone();
     let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
-    Running { token, task }
+    Running { token, task, logs }
 }
 
 /// Wait (on the paused clock, 100 ms steps) until `f` gives something.
@@ -186,7 +189,12 @@ async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
     let sb = &rt.sandboxes()[0];
     assert_eq!(sb.config.labels["io.kubernetes.pod.uid"], "uid-web");
     assert_eq!(sb.config.labels["app"], "web");
-    assert_eq!(sb.config.log_directory, "/var/log/pods/shop_web_uid-web");
+    let pod_logs = k.logs.path().join("shop_web_uid-web");
+    assert_eq!(sb.config.log_directory, pod_logs.display().to_string());
+    assert!(
+        pod_logs.join("server").is_dir(),
+        "the kubelet makes the container log directory"
+    );
     let c = running(&rt, "server").unwrap();
     assert_eq!(c.config.labels["io.kubernetes.container.name"], "server");
     assert_eq!(c.config.labels["io.kubernetes.pod.namespace"], "shop");
@@ -356,7 +364,7 @@ async fn a_delete_terminates_the_pod_with_pre_stop() {
     let source = ScriptedPodSource::new("test");
     let p = pod(
         "metadata: {name: bye, uid: uid-bye}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: c\n    image: \"img:1\"\n    \
-         lifecycle: {preStop: {exec: {command: [drain]}}}\n",
+         lifecycle: {preStop: {exec: {command: [drain]}}}\n  - name: slow\n    image: \"img:1\"\n    lifecycle: {preStop: {sleep: {seconds: 3}}}\n",
     );
     source.apply(p.clone());
     let k = start(&rt, &sink, &source);
@@ -364,6 +372,13 @@ async fn a_delete_terminates_the_pod_with_pre_stop() {
     sink.wait_for(Duration::from_secs(10), |pods| !pods.is_empty())
         .await
         .unwrap();
+    let pod_logs = k.logs.path().join("default_bye_uid-bye");
+    assert!(pod_logs.is_dir());
+    until("both running", Duration::from_secs(10), || {
+        running(&rt, "slow")
+    })
+    .await;
+    let deleted = Instant::now();
     source.delete(&p);
     until("the sandbox removed", Duration::from_secs(30), || {
         rt.sandboxes().is_empty().then_some(())
@@ -380,6 +395,12 @@ async fn a_delete_terminates_the_pod_with_pre_stop() {
         .expect("stopped");
     assert!(pre_stop < stop, "preStop before the stop: {calls:?}");
     assert!(calls.iter().any(|x| x.starts_with("stop_pod_sandbox")));
+    let took = deleted.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(5),
+        "the sleep hook ran within the grace period: {took:?}"
+    );
+    assert!(!pod_logs.exists(), "the pod log directory is removed");
     sink.wait_for(Duration::from_secs(10), |pods| pods.is_empty())
         .await
         .unwrap();
