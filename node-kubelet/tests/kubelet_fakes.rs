@@ -587,3 +587,135 @@ async fn a_run_to_completion_pod_succeeds() {
     assert_eq!(named(&rt, "c").len(), 1, "never restarted");
     k.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn status_is_written_only_when_it_changes() {
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("test");
+    source.apply(pod(
+        "metadata: {name: calm, uid: uid-calm}\nspec:\n  containers:\n  - {name: c, image: \"img:1\", readinessProbe: {exec: {command: [r]}, periodSeconds: 1}}\n",
+    ));
+    let k = start(&rt, &sink, &source);
+    sink.wait_for(Duration::from_secs(30), |pods| {
+        pods.values()
+            .any(|s| condition(s, "Ready").as_deref() == Some("True"))
+    })
+    .await
+    .unwrap();
+    let writes = sink.history().len();
+    // a minute of probes, relists and periodic syncs with nothing changing
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(sink.history().len(), writes, "no write without a change");
+    // a change is written once
+    rt.push_exec_result(1, "not ready");
+    rt.push_exec_result(1, "not ready");
+    rt.push_exec_result(1, "not ready");
+    sink.wait_for(Duration::from_secs(30), |pods| {
+        pods.values()
+            .any(|s| condition(s, "Ready").as_deref() == Some("False"))
+    })
+    .await
+    .unwrap();
+    let c = running(&rt, "c").unwrap();
+    assert_eq!(
+        c.config.metadata.unwrap().attempt,
+        0,
+        "readiness never restarts"
+    );
+    k.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_sandbox_is_recreated_with_its_containers() {
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("test");
+    source.apply(pod(
+        "metadata: {name: sb, uid: uid-sb}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n",
+    ));
+    let k = start(&rt, &sink, &source);
+    let first = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    // the sandbox dies under the kubelet (as after a node reboot or a runtime crash)
+    use node_core::RuntimeBackend;
+    rt.stop_pod_sandbox(&first.sandbox_id).await.unwrap();
+    let second = until(
+        "a new sandbox and container",
+        Duration::from_secs(30),
+        || running(&rt, "c").filter(|c| c.sandbox_id != first.sandbox_id),
+    )
+    .await;
+    assert_eq!(
+        second.config.metadata.unwrap().attempt,
+        1,
+        "the restart count goes on"
+    );
+    let sandboxes = rt.sandboxes();
+    let new = sandboxes
+        .iter()
+        .find(|s| s.id == second.sandbox_id)
+        .unwrap();
+    assert_eq!(new.config.metadata.as_ref().unwrap().attempt, 1);
+    sink.wait_for(Duration::from_secs(10), |pods| {
+        pods.values().any(|s| {
+            container_status(s, "c").restart_count == 1 && s.phase.as_deref() == Some("Running")
+        })
+    })
+    .await
+    .unwrap();
+    k.stop().await;
+}
+
+const SIDECAR_POD: &str = r#"
+metadata: {name: side, uid: uid-side}
+spec:
+  initContainers:
+  - {name: proxy, image: "img:1", restartPolicy: Always, startupProbe: {exec: {command: [up]}, periodSeconds: 1}}
+  - {name: migrate, image: "img:1"}
+  containers:
+  - {name: app, image: "img:1"}
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_starts_first_keeps_running_and_restarts() {
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("test");
+    source.apply(pod(SIDECAR_POD));
+    let k = start(&rt, &sink, &source);
+    let proxy = until("the sidecar", Duration::from_secs(10), || {
+        running(&rt, "proxy")
+    })
+    .await;
+    let migrate = until(
+        "the init container after the sidecar started",
+        Duration::from_secs(10),
+        || running(&rt, "migrate"),
+    )
+    .await;
+    assert!(named(&rt, "app").is_empty());
+    rt.exit_container(&migrate.id, 0, "Completed");
+    until("the app", Duration::from_secs(10), || running(&rt, "app")).await;
+    assert_eq!(
+        running(&rt, "proxy").unwrap().id,
+        proxy.id,
+        "the sidecar keeps running beside the app"
+    );
+    rt.exit_container(&proxy.id, 2, "Error");
+    let proxy2 = until("the sidecar restarted", Duration::from_secs(10), || {
+        running(&rt, "proxy").filter(|c| c.id != proxy.id)
+    })
+    .await;
+    assert_eq!(proxy2.config.metadata.unwrap().attempt, 1);
+    assert_eq!(
+        named(&rt, "migrate").len(),
+        1,
+        "the init container does not run again"
+    );
+    sink.wait_for(Duration::from_secs(10), |pods| {
+        pods.values().any(|s| s.phase.as_deref() == Some("Running"))
+    })
+    .await
+    .unwrap();
+    k.stop().await;
+}
