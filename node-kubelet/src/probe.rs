@@ -173,6 +173,83 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// Accepts any server certificate, as the kubelet's HTTPS probes do (they check liveness, not
+/// identity); signatures are still verified against the presented certificate.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One GET over TLS (certificate not verified); returns the status code.
+async fn https_get(host: &str, port: u16, req: http::Request<Empty<Bytes>>) -> Result<u16, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(host_port(host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.status().as_u16())
+}
+
 /// Run a handler once, within `timeout`: `Ok(())` on success, the failure's text otherwise.
 pub async fn run_handler(handler: &Handler, t: &Target, timeout: Duration) -> Result<(), String> {
     let work = async {
@@ -206,8 +283,9 @@ pub async fn run_handler(handler: &Handler, t: &Target, timeout: Duration) -> Re
                 path,
                 headers,
             } => {
-                if !scheme.eq_ignore_ascii_case("HTTP") {
-                    return Err(format!("scheme {scheme} is not supported (only HTTP)"));
+                let https = scheme.eq_ignore_ascii_case("HTTPS");
+                if !https && !scheme.eq_ignore_ascii_case("HTTP") {
+                    return Err(format!("scheme {scheme} is not HTTP or HTTPS"));
                 }
                 let host = host_of(host, t)?;
                 let port = resolve_port(port, &t.ports)?;
@@ -216,19 +294,33 @@ pub async fn run_handler(handler: &Handler, t: &Target, timeout: Duration) -> Re
                 } else {
                     format!("/{path}")
                 };
-                let url = format!("http://{}{path}", host_port(&host, port));
+                let authority = host_port(&host, port);
+                let url = format!(
+                    "{}://{authority}{path}",
+                    if https { "https" } else { "http" }
+                );
                 let mut req =
                     http::Request::get(&url).header(http::header::USER_AGENT, "kube-probe/1.34");
+                if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+                    req = req.header(http::header::HOST, authority.as_str());
+                }
                 for (k, v) in headers {
                     req = req.header(k.as_str(), v.as_str());
                 }
                 let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-                let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-                let resp = client
-                    .request(req)
-                    .await
-                    .map_err(|e| format!("GET {url}: {e}"))?;
-                let status = resp.status().as_u16();
+                let status = if https {
+                    https_get(&host, port, req)
+                        .await
+                        .map_err(|e| format!("GET {url}: {e}"))?
+                } else {
+                    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+                    client
+                        .request(req)
+                        .await
+                        .map_err(|e| format!("GET {url}: {e}"))?
+                        .status()
+                        .as_u16()
+                };
                 if (200..400).contains(&status) {
                     Ok(())
                 } else {
@@ -636,6 +728,87 @@ mod tests {
                 .await
                 .unwrap_err()
                 .contains("not serving")
+        );
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_certificate_verification() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("cert.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            let code = if req.uri().path() == "/healthz" {
+                                204
+                            } else {
+                                503
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(code)
+                                    .body(Empty::<Bytes>::new())
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let rt = FakeRuntime::new();
+        let t = target(&rt, "c", "127.0.0.1", vec![]);
+        let https = |path: &str| Handler::Http {
+            scheme: "HTTPS".into(),
+            host: None,
+            port: IntOrString::Int(port as i32),
+            path: path.into(),
+            headers: vec![],
+        };
+        assert_eq!(
+            run_handler(&https("/healthz"), &t, Duration::from_secs(5)).await,
+            Ok(())
+        );
+        let e = run_handler(&https("/other"), &t, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.contains("statuscode: 503"), "{e}");
+        let plain = Handler::Http {
+            scheme: "HTTP".into(),
+            host: None,
+            port: IntOrString::Int(port as i32),
+            path: "/healthz".into(),
+            headers: vec![],
+        };
+        assert!(
+            run_handler(&plain, &t, Duration::from_secs(5))
+                .await
+                .is_err(),
+            "plain HTTP to a TLS port fails"
         );
     }
 

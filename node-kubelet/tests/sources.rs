@@ -179,3 +179,65 @@ async fn http_source_reports_an_unreachable_server() {
     let e = name(&next(&mut w).await);
     assert!(e.starts_with(&format!("error http://{addr}/pods: ")), "{e}");
 }
+
+#[tokio::test]
+async fn api_server_source_lists_and_watches_the_pods_of_its_node() {
+    use node_kubelet::ApiServerSource;
+    let queries = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let q = queries.clone();
+    let pod = |name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "resourceVersion": "2"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "i"}]}})
+    };
+    let (a, b) = (pod("a"), pod("b"));
+    // a minimal API server: the list answers pod a, the watch adds pod b then stays open
+    let app = axum::Router::new().route(
+        "/api/v1/pods",
+        axum::routing::get(move |uri: http::Uri| {
+            let (q, a, b) = (q.clone(), a.clone(), b.clone());
+            async move {
+                let query = uri.query().unwrap_or("").to_string();
+                q.lock().unwrap().push(query.clone());
+                if query.contains("watch=true") {
+                    let first = format!("{}\n", serde_json::json!({"type": "ADDED", "object": b}));
+                    let stream =
+                        futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                            .chain(futures::stream::pending());
+                    axum::response::Response::new(axum::body::Body::from_stream(stream))
+                } else {
+                    let list = serde_json::json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {"resourceVersion": "5"}, "items": [a]});
+                    axum::response::Response::new(axum::body::Body::from(list.to_string()))
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let source = ApiServerSource::new(client, "node-1");
+    assert_eq!(source.field_selector(), "spec.nodeName=node-1");
+    let mut w = source.watch();
+    assert_eq!(next(&mut w).await.unwrap(), PodEvent::Init);
+    match next(&mut w).await.unwrap() {
+        PodEvent::InitApply(p) => assert_eq!(p.metadata.name.as_deref(), Some("a")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next(&mut w).await.unwrap(), PodEvent::InitDone);
+    assert_eq!(name(&next(&mut w).await), "apply b");
+    let queries = queries.lock().unwrap().clone();
+    assert!(
+        queries
+            .iter()
+            .all(|q| q.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+        "{queries:?}"
+    );
+    assert!(
+        queries.iter().any(|q| q.contains("watch=true")),
+        "{queries:?}"
+    );
+}
