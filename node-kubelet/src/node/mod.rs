@@ -9,6 +9,7 @@
 //! | the Node object, its conditions and the status reporter | [`status`] |
 //! | registration, the node Lease and status to the API server | [`api`] |
 //! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
+//! | pod volumes, the atomic writer and subPath | [`volumes`] |
 
 pub mod allocatable;
 pub mod api;
@@ -17,3 +18,4 @@ pub mod eviction;
 pub mod qos;
 pub mod quantity;
 pub mod status;
+pub mod volumes;
