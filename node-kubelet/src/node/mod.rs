@@ -10,6 +10,7 @@
 //! | registration, the node Lease and status to the API server | [`api`] |
 //! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
 //! | pod volumes, the atomic writer and subPath | [`volumes`] |
+//! | graceful node shutdown by pod priority | [`shutdown`] |
 
 pub mod allocatable;
 pub mod api;
@@ -17,5 +18,6 @@ pub mod cgroups;
 pub mod eviction;
 pub mod qos;
 pub mod quantity;
+pub mod shutdown;
 pub mod status;
 pub mod volumes;
