@@ -11,11 +11,13 @@
 //! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
 //! | pod volumes, the atomic writer and subPath | [`volumes`] |
 //! | graceful node shutdown by pod priority | [`shutdown`] |
+//! | `/healthz`, `/pods`, `/metrics` and the node's metric families | [`http`] |
 
 pub mod allocatable;
 pub mod api;
 pub mod cgroups;
 pub mod eviction;
+pub mod http;
 pub mod qos;
 pub mod quantity;
 pub mod shutdown;
