@@ -3,11 +3,21 @@
 //! `nodefs.available<10%`), hard and soft thresholds with grace periods, the ranking of pods to
 //! evict, and the decision with kubelet's reason and message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::quantity;
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use node_core::PodRef;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::allocatable::{fs_stats, meminfo_field};
+use super::qos::{QosClass, pod_qos, pod_resources};
+use super::quantity::{self, format_bytes};
 
 /// An eviction signal, named as kubelet names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -265,4 +275,798 @@ pub fn default_hard_thresholds() -> Vec<Threshold> {
         "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%",
     )
     .expect("the defaults parse")
+}
+
+/// The observed value of one signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    /// What is available (bytes, inodes, pids).
+    pub available: i64,
+    /// The total it is a part of (for percentage thresholds).
+    pub capacity: i64,
+}
+
+/// The observed signals.
+pub type Observations = BTreeMap<Signal, Observation>;
+
+/// An error of the eviction manager.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvictionError {
+    /// A signal could not be observed.
+    #[error("observe {signal}: {reason}")]
+    Observe {
+        /// The signal.
+        signal: Signal,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A garbage collection hook failed.
+    #[error("{hook} garbage collection: {reason}")]
+    Gc {
+        /// `image` or `container`.
+        hook: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Where the signals come from: the real [`NodeSignals`], or a fake in logic tests.
+pub trait SignalObserver: Send + Sync {
+    /// Observes every signal it can.
+    fn observe(&self) -> Result<Observations, EvictionError>;
+}
+
+/// The node's real signals: memory from /proc/meminfo (MemAvailable of MemTotal), nodefs and
+/// imagefs from statvfs of their directories, pids from `pid_max` and the process count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSignals {
+    /// The kubelet root dir (nodefs).
+    pub nodefs: PathBuf,
+    /// The runtime's image store (imagefs); the same filesystem as nodefs when unset.
+    pub imagefs: Option<PathBuf>,
+}
+
+impl Default for NodeSignals {
+    fn default() -> Self {
+        Self {
+            nodefs: "/var/lib/kubelet".into(),
+            imagefs: None,
+        }
+    }
+}
+
+fn process_count() -> Option<i64> {
+    // SAFETY: sysinfo is plain old data; all-zero is a valid value.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo fills the struct we own.
+    if unsafe { libc::sysinfo(&mut info) } == 0 {
+        Some(info.procs as i64)
+    } else {
+        None
+    }
+}
+
+impl SignalObserver for NodeSignals {
+    fn observe(&self) -> Result<Observations, EvictionError> {
+        let mut o = Observations::new();
+        let meminfo =
+            std::fs::read_to_string("/proc/meminfo").map_err(|e| EvictionError::Observe {
+                signal: Signal::MemoryAvailable,
+                reason: format!("/proc/meminfo: {e}"),
+            })?;
+        let total = meminfo_field(&meminfo, "MemTotal");
+        let avail = meminfo_field(&meminfo, "MemAvailable");
+        if let (Some(capacity), Some(available)) = (total, avail) {
+            o.insert(
+                Signal::MemoryAvailable,
+                Observation {
+                    available,
+                    capacity,
+                },
+            );
+        }
+        let fs = |path: &Path, bytes: Signal, inodes: Signal, o: &mut Observations| {
+            let s = fs_stats(path).map_err(|e| EvictionError::Observe {
+                signal: bytes,
+                reason: e.to_string(),
+            })?;
+            o.insert(
+                bytes,
+                Observation {
+                    available: s.available_bytes,
+                    capacity: s.capacity_bytes,
+                },
+            );
+            o.insert(
+                inodes,
+                Observation {
+                    available: s.inodes_free,
+                    capacity: s.inodes,
+                },
+            );
+            Ok::<_, EvictionError>(())
+        };
+        fs(
+            &self.nodefs,
+            Signal::NodeFsAvailable,
+            Signal::NodeFsInodesFree,
+            &mut o,
+        )?;
+        fs(
+            self.imagefs.as_deref().unwrap_or(&self.nodefs),
+            Signal::ImageFsAvailable,
+            Signal::ImageFsInodesFree,
+            &mut o,
+        )?;
+        let pid_max: Option<i64> = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if let (Some(max), Some(n)) = (pid_max, process_count()) {
+            o.insert(
+                Signal::PidAvailable,
+                Observation {
+                    available: max - n,
+                    capacity: max,
+                },
+            );
+        }
+        Ok(o)
+    }
+}
+
+/// The thresholds whose signal is below their value now (grace periods not considered).
+pub fn thresholds_met<'a>(thresholds: &'a [Threshold], o: &Observations) -> Vec<&'a Threshold> {
+    thresholds
+        .iter()
+        .filter(|t| {
+            o.get(&t.signal)
+                .is_some_and(|ob| ob.available < t.value.amount(ob.capacity))
+        })
+        .collect()
+}
+
+/// What one container of a pod uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// The container's name.
+    pub name: String,
+    /// Memory working set in bytes.
+    pub memory_bytes: i64,
+    /// Ephemeral storage (writable layer and logs) in bytes.
+    pub ephemeral_bytes: i64,
+}
+
+/// What a pod uses, as the pod workers measure it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodUsage {
+    /// The pod.
+    pub pod: Pod,
+    /// Its containers' usage.
+    pub containers: Vec<ContainerUsage>,
+    /// Ephemeral storage of the pod's volumes (emptyDir on disk) in bytes.
+    pub volume_bytes: i64,
+    /// Inodes the pod uses.
+    pub inodes: i64,
+    /// Processes of the pod.
+    pub pids: i64,
+}
+
+impl PodUsage {
+    /// The pod's use of the resource a signal is about, and its request of it.
+    pub fn usage_and_request(&self, signal: Signal) -> (i64, i64) {
+        match signal.resource() {
+            "memory" => (
+                self.containers.iter().map(|c| c.memory_bytes).sum(),
+                pod_resources(&self.pod)
+                    .map(|r| r.requests.memory_bytes)
+                    .unwrap_or(0),
+            ),
+            "ephemeral-storage" => (
+                self.containers
+                    .iter()
+                    .map(|c| c.ephemeral_bytes)
+                    .sum::<i64>()
+                    + self.volume_bytes,
+                container_requests(&self.pod, "ephemeral-storage")
+                    .values()
+                    .sum(),
+            ),
+            "inodes" => (self.inodes, 0),
+            _ => (self.pids, 0),
+        }
+    }
+}
+
+fn container_requests(pod: &Pod, resource: &str) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        let r = c.resources.as_ref();
+        let q = r
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|m| m.get(resource))
+            .or_else(|| {
+                r.and_then(|r| r.limits.as_ref())
+                    .and_then(|m| m.get(resource))
+            });
+        let v = q
+            .and_then(|q| quantity::quantity_value(q).ok())
+            .unwrap_or(0);
+        out.insert(c.name.clone(), v);
+    }
+    out
+}
+
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// Orders pods for eviction under pressure on `signal`, first to evict first: by QoS class
+/// (BestEffort, Burstable, Guaranteed), then by usage above requests (largest first), then by
+/// priority (lowest first). Pods whose QoS cannot be read count as BestEffort.
+pub fn rank_for_eviction(signal: Signal, pods: &mut [PodUsage]) {
+    let qos_rank = |p: &Pod| match pod_qos(p).unwrap_or(QosClass::BestEffort) {
+        QosClass::BestEffort => 0,
+        QosClass::Burstable => 1,
+        QosClass::Guaranteed => 2,
+    };
+    pods.sort_by_cached_key(|p| {
+        let (usage, request) = p.usage_and_request(signal);
+        (
+            qos_rank(&p.pod),
+            std::cmp::Reverse(usage - request),
+            priority(&p.pod),
+        )
+    });
+}
+
+/// The reason of an evicted pod's status.
+pub const EVICTED_REASON: &str = "Evicted";
+
+/// kubelet's eviction message: the resource, the threshold and what is available, and each
+/// container using more than it requested.
+pub fn eviction_message(
+    signal: Signal,
+    threshold: &Threshold,
+    o: &Observation,
+    p: &PodUsage,
+) -> String {
+    let resource = signal.resource();
+    let fmt = |v: i64| match resource {
+        "memory" | "ephemeral-storage" => format_bytes(v),
+        _ => v.to_string(),
+    };
+    let quantity = fmt(threshold.value.amount(o.capacity));
+    let mut message = format!(
+        "The node was low on resource: {resource}. Threshold quantity: {quantity}, available: {}. ",
+        fmt(o.available)
+    );
+    let requests = match resource {
+        "memory" => p
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| {
+                let r = c
+                    .resources
+                    .as_ref()
+                    .and_then(|r| {
+                        r.requests
+                            .as_ref()
+                            .and_then(|m| m.get("memory"))
+                            .or(r.limits.as_ref().and_then(|m| m.get("memory")))
+                    })
+                    .and_then(|q| quantity::quantity_value(q).ok())
+                    .unwrap_or(0);
+                (c.name.clone(), r)
+            })
+            .collect(),
+        "ephemeral-storage" => container_requests(&p.pod, "ephemeral-storage"),
+        _ => BTreeMap::new(),
+    };
+    for c in &p.containers {
+        let usage = match resource {
+            "memory" => c.memory_bytes,
+            "ephemeral-storage" => c.ephemeral_bytes,
+            _ => continue,
+        };
+        let request = requests.get(&c.name).copied().unwrap_or(0);
+        if usage > request {
+            message += &format!(
+                "Container {} was using {}, request is {}, has larger consumption of {resource}. ",
+                c.name,
+                fmt(usage),
+                fmt(request)
+            );
+        }
+    }
+    message
+}
+
+/// Reclaims node-level disk before pods are evicted for disk pressure: unused images.
+#[async_trait]
+pub trait ImageGc: Send + Sync {
+    /// Deletes unused images; returns the bytes freed.
+    async fn delete_unused_images(&self) -> Result<u64, EvictionError>;
+}
+
+/// Reclaims node-level disk before pods are evicted for disk pressure: dead containers.
+#[async_trait]
+pub trait ContainerGc: Send + Sync {
+    /// Removes exited containers and sandboxes that are no longer needed.
+    async fn delete_unused_containers(&self) -> Result<(), EvictionError>;
+}
+
+/// The eviction manager's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionConfig {
+    /// Hard and soft thresholds.
+    pub thresholds: Vec<Threshold>,
+    /// The longest grace period given to a pod evicted for a soft threshold
+    /// (`evictionMaxPodGracePeriod`; a hard threshold kills at once).
+    pub max_pod_grace_period: Duration,
+    /// How long a pressure condition stays after its threshold is no longer met
+    /// (`evictionPressureTransitionPeriod`, 5 min).
+    pub pressure_transition_period: Duration,
+}
+
+impl Default for EvictionConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: default_hard_thresholds(),
+            max_pod_grace_period: Duration::ZERO,
+            pressure_transition_period: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One pod to evict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eviction {
+    /// The pod.
+    pub pod: PodRef,
+    /// The signal under pressure.
+    pub signal: Signal,
+    /// `Evicted`.
+    pub reason: String,
+    /// kubelet's message.
+    pub message: String,
+    /// The grace period to stop the pod with (zero for a hard threshold).
+    pub grace_period: Duration,
+}
+
+/// What one round of the eviction manager found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvictionOutcome {
+    /// The node conditions under pressure now (`MemoryPressure`, `DiskPressure`, `PIDPressure`).
+    pub pressure: BTreeSet<&'static str>,
+    /// The pod to evict, at most one per round as kubelet does.
+    pub evict: Option<Eviction>,
+    /// Whether node-level reclaim (container and image GC) ran.
+    pub reclaimed: bool,
+}
+
+/// The eviction manager: observes, tracks grace periods, reclaims node-level disk first, then
+/// picks the pod to evict. The pod workers stop the chosen pod with the reason and message.
+pub struct EvictionManager {
+    config: EvictionConfig,
+    observer: Arc<dyn SignalObserver>,
+    image_gc: Option<Arc<dyn ImageGc>>,
+    container_gc: Option<Arc<dyn ContainerGc>>,
+    first_met: BTreeMap<(Signal, bool), Instant>,
+    last_pressure: BTreeMap<&'static str, Instant>,
+}
+
+impl std::fmt::Debug for EvictionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvictionManager")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EvictionManager {
+    /// A manager over an observer.
+    pub fn new(config: EvictionConfig, observer: Arc<dyn SignalObserver>) -> Self {
+        Self {
+            config,
+            observer,
+            image_gc: None,
+            container_gc: None,
+            first_met: BTreeMap::new(),
+            last_pressure: BTreeMap::new(),
+        }
+    }
+
+    /// Runs image GC before evicting pods for disk pressure.
+    #[must_use]
+    pub fn with_image_gc(mut self, gc: Arc<dyn ImageGc>) -> Self {
+        self.image_gc = Some(gc);
+        self
+    }
+
+    /// Runs dead-container GC before evicting pods for disk pressure.
+    #[must_use]
+    pub fn with_container_gc(mut self, gc: Arc<dyn ContainerGc>) -> Self {
+        self.container_gc = Some(gc);
+        self
+    }
+
+    /// One round (kubelet runs it every 10 s): observe, decide pressure, reclaim, pick a pod.
+    pub async fn synchronize(
+        &mut self,
+        pods: &[PodUsage],
+    ) -> Result<EvictionOutcome, EvictionError> {
+        let now = Instant::now();
+        let mut observations = self.observer.observe()?;
+        let met: Vec<Threshold> = thresholds_met(&self.config.thresholds, &observations)
+            .into_iter()
+            .cloned()
+            .collect();
+        self.first_met
+            .retain(|k, _| met.iter().any(|t| (t.signal, t.is_hard()) == *k));
+        let mut active: Vec<Threshold> = Vec::new();
+        for t in &met {
+            let since = *self.first_met.entry((t.signal, t.is_hard())).or_insert(now);
+            if now.duration_since(since) >= t.grace_period {
+                active.push(t.clone());
+            }
+        }
+        for t in &met {
+            self.last_pressure.insert(t.signal.condition(), now);
+        }
+        let period = self.config.pressure_transition_period;
+        self.last_pressure
+            .retain(|_, at| now.duration_since(*at) < period);
+        let mut outcome = EvictionOutcome {
+            pressure: self.last_pressure.keys().copied().collect(),
+            ..Default::default()
+        };
+        // hard thresholds first, then memory before disk before pids
+        active.sort_by_key(|t| (!t.is_hard(), t.signal));
+        let Some(mut threshold) = active.first().cloned() else {
+            return Ok(outcome);
+        };
+        if threshold.signal.resource() != "memory" && threshold.signal != Signal::PidAvailable {
+            if let Some(gc) = &self.container_gc {
+                gc.delete_unused_containers().await?;
+                outcome.reclaimed = true;
+            }
+            if let Some(gc) = &self.image_gc {
+                gc.delete_unused_images().await?;
+                outcome.reclaimed = true;
+            }
+            if outcome.reclaimed {
+                observations = self.observer.observe()?;
+                let still: Vec<&Threshold> = thresholds_met(&active, &observations)
+                    .into_iter()
+                    .filter(|t| t.signal.resource() != "memory")
+                    .collect();
+                match still.first() {
+                    None => return Ok(outcome),
+                    Some(t) => threshold = (*t).clone(),
+                }
+            }
+        }
+        let mut ranked = pods.to_vec();
+        rank_for_eviction(threshold.signal, &mut ranked);
+        let Some(victim) = ranked.first() else {
+            return Ok(outcome);
+        };
+        let ob = observations
+            .get(&threshold.signal)
+            .copied()
+            .unwrap_or(Observation {
+                available: 0,
+                capacity: 0,
+            });
+        let grace_period = if threshold.is_hard() {
+            Duration::ZERO
+        } else {
+            let pod_grace = victim
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64;
+            Duration::from_secs(pod_grace).min(self.config.max_pod_grace_period)
+        };
+        outcome.evict = Some(Eviction {
+            pod: PodRef::of(&victim.pod),
+            signal: threshold.signal,
+            reason: EVICTED_REASON.into(),
+            message: eviction_message(threshold.signal, &threshold, &ob, victim),
+            grace_period,
+        });
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn parses_kubelet_threshold_syntax() {
+        let t = parse_thresholds("memory.available<100Mi, nodefs.available<10%,pid.available<1k")
+            .unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].signal, Signal::MemoryAvailable);
+        assert_eq!(t[0].value, ThresholdValue::Quantity(100 << 20));
+        assert_eq!(t[1].value, ThresholdValue::Percentage(10.0));
+        assert_eq!(t[1].value.amount(1000), 100);
+        assert_eq!(t[2].value, ThresholdValue::Quantity(1000));
+        assert!(t.iter().all(Threshold::is_hard));
+        assert_eq!(default_hard_thresholds().len(), 4);
+    }
+
+    #[test]
+    fn rejects_bad_thresholds_by_text() {
+        for (bad, why) in [
+            ("memory.available>100Mi", "only '<'"),
+            ("memory.free<100Mi", "unknown signal"),
+            ("memory.available<lots", "invalid quantity"),
+            ("nodefs.available<150%", "out of"),
+            ("memory.available<1Mi,memory.available<2Mi", "twice"),
+        ] {
+            let e = parse_thresholds(bad).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn soft_thresholds_need_grace_periods() {
+        let soft = BTreeMap::from([("memory.available".to_string(), "300Mi".to_string())]);
+        let grace = BTreeMap::from([("memory.available".to_string(), "1m30s".to_string())]);
+        let t = parse_soft_thresholds(&soft, &grace).unwrap();
+        assert_eq!(t[0].grace_period, Duration::from_secs(90));
+        assert!(!t[0].is_hard());
+        let e = parse_soft_thresholds(&soft, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("without a grace period"), "{e}");
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h2m").unwrap(), Duration::from_secs(3720));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5x").is_err());
+    }
+
+    fn pod(name: &str, priority: i32, resources: &str) -> Pod {
+        serde_saphyr::from_str(&format!(
+            "metadata: {{name: {name}, namespace: default, uid: {name}}}\nspec:\n  priority: {priority}\n  containers:\n  - {{name: c, image: i{resources}}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn usage(p: Pod, memory_mi: i64) -> PodUsage {
+        PodUsage {
+            pod: p,
+            containers: vec![ContainerUsage {
+                name: "c".into(),
+                memory_bytes: memory_mi << 20,
+                ephemeral_bytes: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn names(pods: &[PodUsage]) -> Vec<String> {
+        pods.iter()
+            .map(|p| p.pod.metadata.name.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ranking_table() {
+        let g = ", resources: {limits: {cpu: 100m, memory: 100Mi}}";
+        let b = ", resources: {requests: {memory: 50Mi}}";
+        let cases: Vec<(&str, Vec<PodUsage>, Vec<&str>)> = vec![
+            (
+                "QoS first, even when the guaranteed pod uses most",
+                vec![
+                    usage(pod("g", 0, g), 100),
+                    usage(pod("b", 0, b), 60),
+                    usage(pod("be", 0, ""), 1),
+                ],
+                vec!["be", "b", "g"],
+            ),
+            (
+                "same QoS: usage above requests, largest first",
+                vec![
+                    usage(pod("b1", 0, b), 55),
+                    usage(pod("b2", 0, b), 90),
+                    usage(pod("b3", 0, b), 20),
+                ],
+                vec!["b2", "b1", "b3"],
+            ),
+            (
+                "same QoS and usage: lowest priority first",
+                vec![
+                    usage(pod("hi", 1000, ""), 10),
+                    usage(pod("lo", -5, ""), 10),
+                    usage(pod("mid", 0, ""), 10),
+                ],
+                vec!["lo", "mid", "hi"],
+            ),
+        ];
+        for (what, mut pods, want) in cases {
+            rank_for_eviction(Signal::MemoryAvailable, &mut pods);
+            assert_eq!(names(&pods), want, "{what}");
+        }
+    }
+
+    struct FakeObserver(Mutex<Vec<Observations>>);
+
+    impl SignalObserver for FakeObserver {
+        fn observe(&self) -> Result<Observations, EvictionError> {
+            let mut v = self.0.lock().unwrap();
+            Ok(if v.len() > 1 {
+                v.remove(0)
+            } else {
+                v[0].clone()
+            })
+        }
+    }
+
+    fn obs(signal: Signal, available: i64, capacity: i64) -> Observations {
+        BTreeMap::from([(
+            signal,
+            Observation {
+                available,
+                capacity,
+            },
+        )])
+    }
+
+    #[derive(Default)]
+    struct Gc {
+        images: std::sync::atomic::AtomicUsize,
+        containers: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ImageGc for Gc {
+        async fn delete_unused_images(&self) -> Result<u64, EvictionError> {
+            self.images
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(1 << 30)
+        }
+    }
+
+    #[async_trait]
+    impl ContainerGc for Gc {
+        async fn delete_unused_containers(&self) -> Result<(), EvictionError> {
+            self.containers
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn disk_pressure_reclaims_images_and_containers_before_evicting() {
+        // 5% free, threshold 10%; after GC 20% free: nobody is evicted
+        let observer = FakeObserver(Mutex::new(vec![
+            obs(Signal::NodeFsAvailable, 5, 100),
+            obs(Signal::NodeFsAvailable, 20, 100),
+        ]));
+        let gc = Arc::new(Gc::default());
+        let mut m = EvictionManager::new(
+            EvictionConfig {
+                thresholds: parse_thresholds("nodefs.available<10%").unwrap(),
+                ..Default::default()
+            },
+            Arc::new(observer),
+        )
+        .with_image_gc(gc.clone())
+        .with_container_gc(gc.clone());
+        let out = m.synchronize(&[usage(pod("be", 0, ""), 1)]).await.unwrap();
+        assert!(out.reclaimed);
+        assert_eq!(out.evict, None);
+        assert!(out.pressure.contains("DiskPressure"));
+        assert_eq!(gc.images.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(gc.containers.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // still short after GC: a pod goes, with the ephemeral-storage message
+        let observer = FakeObserver(Mutex::new(vec![obs(Signal::NodeFsAvailable, 5, 100)]));
+        let mut m = EvictionManager::new(
+            EvictionConfig {
+                thresholds: parse_thresholds("nodefs.available<10%").unwrap(),
+                ..Default::default()
+            },
+            Arc::new(observer),
+        )
+        .with_image_gc(gc.clone());
+        let mut p = usage(pod("be", 0, ""), 1);
+        p.containers[0].ephemeral_bytes = 2048;
+        let out = m.synchronize(&[p]).await.unwrap();
+        let e = out.evict.unwrap();
+        assert_eq!(e.pod.name, "be");
+        assert_eq!(
+            e.message,
+            "The node was low on resource: ephemeral-storage. Threshold quantity: 10, available: 5. Container c was using 2Ki, request is 0, has larger consumption of ephemeral-storage. "
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn soft_thresholds_wait_for_their_grace_period() {
+        let observer = FakeObserver(Mutex::new(vec![obs(
+            Signal::MemoryAvailable,
+            100 << 20,
+            1 << 30,
+        )]));
+        let soft = BTreeMap::from([("memory.available".to_string(), "200Mi".to_string())]);
+        let grace = BTreeMap::from([("memory.available".to_string(), "30s".to_string())]);
+        let mut m = EvictionManager::new(
+            EvictionConfig {
+                thresholds: parse_soft_thresholds(&soft, &grace).unwrap(),
+                max_pod_grace_period: Duration::from_secs(10),
+                ..Default::default()
+            },
+            Arc::new(observer),
+        );
+        let pods = [usage(pod("be", 0, ""), 10)];
+        let out = m.synchronize(&pods).await.unwrap();
+        assert!(out.pressure.contains("MemoryPressure"));
+        assert_eq!(out.evict, None, "grace period not over");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let out = m.synchronize(&pods).await.unwrap();
+        let e = out.evict.expect("evicted after the grace period");
+        assert_eq!(e.reason, "Evicted");
+        assert_eq!(
+            e.grace_period,
+            Duration::from_secs(10),
+            "capped by max pod grace"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_threshold_above_usage_evicts_besteffort_first() {
+        // the real signals of this machine, with a threshold above what is available
+        let dir = tempfile::tempdir().unwrap();
+        let signals = NodeSignals {
+            nodefs: dir.path().into(),
+            imagefs: None,
+        };
+        let observed = signals.observe().unwrap();
+        let mem = observed[&Signal::MemoryAvailable];
+        assert!(mem.available > 0 && mem.available <= mem.capacity);
+        assert!(observed.contains_key(&Signal::PidAvailable));
+        let mut m = EvictionManager::new(
+            EvictionConfig {
+                thresholds: parse_thresholds(&format!("memory.available<{}", mem.capacity))
+                    .unwrap(),
+                ..Default::default()
+            },
+            Arc::new(signals),
+        );
+        let g = ", resources: {limits: {cpu: 100m, memory: 100Mi}}";
+        let pods = [
+            usage(pod("guaranteed", 0, g), 90),
+            usage(
+                pod("burstable", 0, ", resources: {requests: {memory: 10Mi}}"),
+                50,
+            ),
+            usage(pod("besteffort", 0, ""), 5),
+        ];
+        let out = m.synchronize(&pods).await.unwrap();
+        assert!(out.pressure.contains("MemoryPressure"));
+        let e = out.evict.unwrap();
+        assert_eq!(e.pod.name, "besteffort");
+        assert_eq!(e.reason, "Evicted");
+        assert_eq!(e.grace_period, Duration::ZERO);
+        assert!(
+            e.message
+                .starts_with("The node was low on resource: memory. Threshold quantity: "),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.ends_with(
+                "Container c was using 5Mi, request is 0, has larger consumption of memory. "
+            ),
+            "{}",
+            e.message
+        );
+    }
 }
