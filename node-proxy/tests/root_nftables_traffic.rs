@@ -35,6 +35,38 @@ scenario!(cluster_ip_spreads_tcp_and_udp);
 scenario!(node_port);
 scenario!(external_ip);
 scenario!(affinity_pins_a_client);
+
+#[test]
+fn affinity_is_remembered_with_its_timeout() {
+    if !ready("affinity_is_remembered_with_its_timeout") {
+        return;
+    }
+    let h = Harness::new(2, make);
+    let mut sp = cluster_ip(
+        "10.96.0.40",
+        80,
+        Protocol::Tcp,
+        vec![ep(h.pod_ip(0)), ep(h.pod_ip(1))],
+    );
+    sp.affinity_timeout = Some(Duration::from_secs(77));
+    h.sync(&state(vec![("aff", sp)]));
+    let a = node_test_support::tcp_request(
+        &h.t.ext,
+        "10.96.0.40:80".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let sets =
+        h.t.node
+            .sh("nft list set inet nodekit affb4_0; nft list set inet nodekit affb4_1")
+            .unwrap();
+    let client = "192.168.50.2 . 10.96.0.40 . tcp . 80 timeout 1m17s";
+    assert_eq!(
+        sets.matches(client).count(),
+        1,
+        "the client is remembered once, with the service's timeout: {sets}\n(answer {a:?})"
+    );
+}
 scenario!(local_policy_uses_local_endpoints);
 scenario!(terminating_fallback);
 scenario!(no_endpoints_rejects_fast);

@@ -99,6 +99,21 @@ impl NftablesRouter {
             .unwrap_or(0)
     }
 
+    /// Make the next sync a full rewrite (as after an error).
+    pub fn force_full_sync(&self) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.programmed = None;
+        }
+    }
+
+    /// Build (but do not send) the full transaction for `state`: its size in bytes. This is the
+    /// whole userspace cost of a full sync, for benchmarks.
+    pub fn generate(&self, state: &ProxyState) -> usize {
+        let desired = Desired::compute(state);
+        let (b, _, _) = self.full_batch(&desired);
+        b.finalize().iter().map(|p| p.len()).sum()
+    }
+
     /// The ruleset `state` maps to, as `nft -f` input (what `--dump` prints).
     pub fn render(&self, state: &ProxyState) -> String {
         render_ruleset(&self.config.table, state)
@@ -131,6 +146,12 @@ impl NftablesRouter {
     }
 
     fn full(&self, inner: &Inner, desired: &Desired) -> Result<usize, RouterError> {
+        let (b, what, changes) = self.full_batch(desired);
+        self.send(inner, b, &what)?;
+        Ok(changes)
+    }
+
+    fn full_batch(&self, desired: &Desired) -> (Batch, Vec<String>, usize) {
         let mut b = Batch::new();
         let mut what = vec![];
         let table = Table::new(&self.table, ProtoFamily::Inet);
@@ -145,6 +166,7 @@ impl NftablesRouter {
             b.add(
                 &SetMsg {
                     table: self.table.clone(),
+                    name: None,
                     def,
                     id: i as u32 + 1,
                 },
@@ -152,27 +174,55 @@ impl NftablesRouter {
             );
             what.push(format!("add set {}", def.name));
         }
+        let aff: Vec<(bool, u32)> = desired.affinity_sets().into_iter().collect();
+        self.add_affinity_sets(&mut b, &mut what, &aff);
         let chains: Vec<ChainDef> = ruleset::skeleton()
             .into_iter()
             .chain(desired.chains.iter().map(LbChain::def))
             .collect();
-        let mut changes = add_chains(&mut b, &mut what, &table, &chains);
+        let mut n = SETS.len() + aff.len() + add_chains(&mut b, &mut what, &table, &chains);
         let empty = Desired::default();
-        changes += add_elements(&mut b, &mut what, &self.table, &empty, desired);
-        self.send(inner, b, &what)?;
-        Ok(changes + SETS.len())
+        n += add_elements(&mut b, &mut what, &self.table, &empty, desired);
+        (b, what, n)
+    }
+
+    fn add_affinity_sets(&self, b: &mut Batch, what: &mut Vec<String>, sets: &[(bool, u32)]) {
+        for (j, (v6, i)) in sets.iter().enumerate() {
+            let name = ruleset::affinity_set_name(*v6, *i);
+            let def = if *v6 {
+                &ruleset::AFFB6
+            } else {
+                &ruleset::AFFB4
+            };
+            b.add(
+                &SetMsg {
+                    table: self.table.clone(),
+                    name: Some(name.clone()),
+                    def,
+                    id: 1000 + j as u32,
+                },
+                MsgType::Add,
+            );
+            what.push(format!("add set {name}"));
+        }
     }
 
     fn partial(&self, inner: &Inner, old: &Desired, new: &Desired) -> Result<usize, RouterError> {
         let mut b = Batch::new();
         let mut what = vec![];
         let table = Table::new(&self.table, ProtoFamily::Inet);
+        let aff: Vec<(bool, u32)> = new
+            .affinity_sets()
+            .difference(&old.affinity_sets())
+            .copied()
+            .collect();
+        self.add_affinity_sets(&mut b, &mut what, &aff);
         let added: Vec<ChainDef> = new
             .chains
             .difference(&old.chains)
             .map(LbChain::def)
             .collect();
-        let mut changes = add_chains(&mut b, &mut what, &table, &added);
+        let mut changes = aff.len() + add_chains(&mut b, &mut what, &table, &added);
         changes += add_elements(&mut b, &mut what, &self.table, old, new);
         if changes == 0 {
             return Ok(0);

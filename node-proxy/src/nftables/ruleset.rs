@@ -8,8 +8,9 @@
 //!   ip daddr . meta l4proto . th dport vmap @svc4                             (-> goto lb4_<K>)
 //!   fib daddr type local meta l4proto . th dport vmap @np4                    (-> goto np4_<K>)
 //! lb4_<K>:  dnat ip to ip daddr . meta l4proto . th dport . numgen random mod K map @be4
-//! hash4_<K>: ClientIP affinity: the same keyed by `jhash ip saddr mod K` (stateless: a client
-//!           keeps its endpoint while the endpoints stay the same; no timeout is enforced)
+//! aff4_<K>_<T>: ClientIP affinity: per bucket i a dynamic set affb4_<i> of clients
+//!   (saddr . daddr . proto . port, timeout T): a known client returns to its bucket and refreshes
+//!   its timeout; a new one picks a bucket at random and is added to that bucket's set
 //! filter prerouting/output: daddr . proto . port @noep4 -> reject (tcp reset / icmpx port-unreachable)
 //! nat postrouting: hairpin (ct status dnat, saddr . daddr @hairpin4) and marked traffic -> masquerade
 //! ```
@@ -563,18 +564,71 @@ pub(crate) struct LbChain {
     pub node_port: bool,
     /// Buckets.
     pub k: u32,
-    /// ClientIP affinity (source-address hash instead of a random bucket).
-    pub affinity: bool,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity: Option<u64>,
 }
+
+/// The dynamic set remembering the clients of bucket `i` (`affb4_<i>`).
+pub(crate) fn affinity_set_name(v6: bool, i: u32) -> String {
+    format!("affb{}_{i}", if v6 { 6 } else { 4 })
+}
+
+/// The template of the affinity sets: `saddr . daddr . proto . port`, timeouts set per element.
+pub(crate) const AFFB4: SetDef = SetDef {
+    name: "affb4",
+    key: &[Ty::Ip4, Ty::Ip4, Ty::Proto, Ty::Port],
+    data: DataTy::None,
+    interval: false,
+    dynamic: true,
+};
+/// The IPv6 template.
+pub(crate) const AFFB6: SetDef = SetDef {
+    name: "affb6",
+    key: &[Ty::Ip6, Ty::Ip6, Ty::Proto, Ty::Port],
+    data: DataTy::None,
+    interval: false,
+    dynamic: true,
+};
 
 impl LbChain {
     pub(crate) fn name(&self) -> String {
         let f = if self.v6 { '6' } else { '4' };
         match (self.node_port, self.affinity) {
             (true, _) => format!("np{f}_{}", self.k),
-            (false, false) => format!("lb{f}_{}", self.k),
-            (false, true) => format!("hash{f}_{}", self.k),
+            (false, None) => format!("lb{f}_{}", self.k),
+            (false, Some(t)) => format!("aff{f}_{}_{t}", self.k),
         }
+    }
+
+    /// The affinity sets the chain uses.
+    pub(crate) fn affinity_sets(&self) -> Vec<(bool, u32)> {
+        match (self.node_port, self.affinity) {
+            (false, Some(_)) => (0..self.k).map(|i| (self.v6, i)).collect(),
+            _ => vec![],
+        }
+    }
+
+    fn dnat_be(&self, pick: Field, pick_text: &str) -> (Vec<Expr>, String) {
+        let f = &FAMS[self.v6 as usize];
+        let (n, ip) = (f.n, f.ip);
+        let data_slot = 10;
+        let mut e = nfproto(f.proto);
+        e.extend(concat(&[f.daddr, Field::L4proto, Field::Dport, pick], 0));
+        e.push(Expr::Lookup {
+            set: format!("be{n}"),
+            sreg: reg(0),
+            dreg: Some(reg(data_slot)),
+            invert: false,
+        });
+        e.push(Expr::Dnat {
+            family: f.proto,
+            addr: reg(data_slot),
+            proto: reg(data_slot + f.addr_slots),
+        });
+        (
+            e,
+            format!("dnat {ip} to {ip} daddr . meta l4proto . th dport . {pick_text} map @be{n}"),
+        )
     }
 
     pub(crate) fn def(&self) -> ChainDef {
@@ -582,7 +636,7 @@ impl LbChain {
         let (n, ip) = (f.n, f.ip);
         let k = self.k;
         let data_slot = 10;
-        let rule = if self.node_port {
+        let rules = if self.node_port {
             let mut e = nfproto(f.proto);
             e.extend(concat(&[Field::L4proto, Field::Dport, Field::Numgen(k)], 0));
             e.push(Expr::Lookup {
@@ -596,45 +650,78 @@ impl LbChain {
                 addr: reg(data_slot),
                 proto: reg(data_slot + f.addr_slots),
             });
-            RuleDef {
+            vec![RuleDef {
                 exprs: e,
                 text: format!(
                     "dnat {ip} to meta l4proto . th dport . numgen random mod {k} map @npbe{n}"
                 ),
-            }
-        } else {
-            let (pick, pick_text) = match self.affinity {
-                false => (Field::Numgen(k), format!("numgen random mod {k}")),
-                true => (
-                    Field::Jhash {
-                        modulus: k,
-                        v6: self.v6,
-                    },
-                    format!("jhash {ip} saddr mod {k}"),
-                ),
+            }]
+        } else if let Some(t) = self.affinity {
+            // a known client goes back to its bucket (refreshing its timeout); a new one picks a
+            // bucket at random (as iptables' statistic: 1/K, then 1/(K-1)...) and is remembered
+            let client = [f.saddr, f.daddr, Field::L4proto, Field::Dport];
+            let key_text = format!("{ip} saddr . {ip} daddr . meta l4proto . th dport");
+            let update = |i: u32| -> (Vec<Expr>, String) {
+                let set = affinity_set_name(self.v6, i);
+                let mut e = nfproto(f.proto);
+                e.extend(concat(&client, 0));
+                e.push(Expr::DynsetUpdate {
+                    set: set.clone(),
+                    key: reg(0),
+                    timeout_ms: t * 1000,
+                });
+                (e, format!("update @{set} {{ {key_text} timeout {t}s }}"))
             };
-            let mut e = nfproto(f.proto);
-            e.extend(concat(&[f.daddr, Field::L4proto, Field::Dport, pick], 0));
-            e.push(Expr::Lookup {
-                set: format!("be{n}"),
-                sreg: reg(0),
-                dreg: Some(reg(data_slot)),
-                invert: false,
-            });
-            e.push(Expr::Dnat {
-                family: f.proto,
-                addr: reg(data_slot),
-                proto: reg(data_slot + f.addr_slots),
-            });
-            let text = format!(
-                "dnat {ip} to {ip} daddr . meta l4proto . th dport . {pick_text} map @be{n}"
-            );
-            RuleDef { exprs: e, text }
+            let mut rules = vec![];
+            for i in 0..k {
+                let set = affinity_set_name(self.v6, i);
+                let mut e = nfproto(f.proto);
+                e.extend(lookup(&set, &client));
+                let (u, ut) = update(i);
+                let (d, dt) =
+                    self.dnat_be(Field::Const(i), &format!("numgen random mod 1 offset {i}"));
+                e.extend(u);
+                e.extend(d);
+                rules.push(RuleDef {
+                    exprs: e,
+                    text: format!("{key_text} @{set} {ut} {dt}"),
+                });
+            }
+            for j in 0..k {
+                let mut e = vec![];
+                let mut text = String::new();
+                if j + 1 < k {
+                    e.push(Expr::Numgen {
+                        dreg: reg(0),
+                        modulus: k - j,
+                        offset: 0,
+                    });
+                    e.push(Expr::Cmp {
+                        sreg: reg(0),
+                        op: NFT_CMP_EQ,
+                        data: vec![0; 4],
+                    });
+                    text = format!("numgen random mod {} 0 ", k - j);
+                }
+                let (u, ut) = update(j);
+                let (d, dt) =
+                    self.dnat_be(Field::Const(j), &format!("numgen random mod 1 offset {j}"));
+                e.extend(u);
+                e.extend(d);
+                rules.push(RuleDef {
+                    exprs: e,
+                    text: format!("{text}{ut} {dt}"),
+                });
+            }
+            rules
+        } else {
+            let (e, text) = self.dnat_be(Field::Numgen(k), &format!("numgen random mod {k}"));
+            vec![RuleDef { exprs: e, text }]
         };
         ChainDef {
             name: self.name(),
             hook: None,
-            rules: vec![rule],
+            rules,
         }
     }
 }
@@ -782,7 +869,7 @@ impl Desired {
                     v6,
                     node_port: false,
                     k: eps.len() as u32,
-                    affinity: sp.affinity_timeout.is_some(),
+                    affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
                 };
                 self.set(leak(&format!("svc{n}")))
                     .insert(key.clone(), ElemData::Goto(chain.name()));
@@ -810,7 +897,7 @@ impl Desired {
                         v6,
                         node_port: true,
                         k: external.len() as u32,
-                        affinity: false,
+                        affinity: None,
                     };
                     self.set(if v6 { "np6" } else { "np4" })
                         .insert(key.clone(), ElemData::Goto(chain.name()));
@@ -827,6 +914,11 @@ impl Desired {
             }
         }
         self.endpoints += programmed.len();
+    }
+
+    /// The affinity sets the load-balancing chains need.
+    pub(crate) fn affinity_sets(&self) -> BTreeSet<(bool, u32)> {
+        self.chains.iter().flat_map(|c| c.affinity_sets()).collect()
     }
 
     /// How many elements in all.
@@ -896,6 +988,14 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
             decl.push_str(" flags interval;");
         }
         let _ = writeln!(out, "add {kind} inet {table} {} {{ {decl} }}", s.name);
+    }
+    for (v6, i) in desired.affinity_sets() {
+        let t = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+        let _ = writeln!(
+            out,
+            "add set inet {table} {} {{ type {t} . {t} . inet_proto . inet_service; flags dynamic,timeout; }}",
+            affinity_set_name(v6, i)
+        );
     }
     let chains: Vec<ChainDef> = skeleton()
         .into_iter()
