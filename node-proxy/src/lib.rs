@@ -11,6 +11,6 @@ pub mod tracker;
 pub use manifest::{Manifests, parse_manifests};
 pub use metrics::ProxyMetrics;
 pub use nftables::{NftablesConfig, NftablesRouter};
-pub use proxy::{Proxy, ProxyBuilder, ProxyConfig, ProxyError};
+pub use proxy::{CancellationToken, Proxy, ProxyBuilder, ProxyConfig, ProxyError};
 pub use source::{ApiServerSource, ManifestDir, ServiceEvent, ServiceSource, ServiceStream};
 pub use tracker::{InvalidObject, ServiceTracker, Tracked};

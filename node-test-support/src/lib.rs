@@ -8,6 +8,7 @@
 pub mod fakes;
 pub mod image;
 pub mod netns;
+pub mod proxy_state;
 pub mod registry;
 pub mod topology;
 
