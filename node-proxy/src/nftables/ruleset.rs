@@ -1068,3 +1068,117 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use node_core::{NodeInfo, Protocol, ServicePortName};
+    use std::time::Duration;
+
+    fn ep(ip: &str, node: &str) -> Endpoint {
+        Endpoint {
+            node_name: Some(node.into()),
+            ..Endpoint::ready(ip.parse().unwrap(), 8080)
+        }
+    }
+
+    fn state(sp: ServicePort) -> ProxyState {
+        ProxyState {
+            services: [(ServicePortName::new("d", "s", ""), sp)].into(),
+            node: NodeInfo {
+                name: "me".into(),
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn elements_grow_with_endpoints_and_chains_with_distinct_counts() {
+        let mut services = BTreeMap::new();
+        for s in 0..50u8 {
+            services.insert(
+                ServicePortName::new("d", format!("s{s}"), ""),
+                ServicePort {
+                    cluster_ips: vec![format!("10.96.1.{s}").parse().unwrap()],
+                    port: 80,
+                    endpoints: (0..3)
+                        .map(|e| ep(&format!("10.244.{s}.{e}"), "x"))
+                        .collect(),
+                    ..Default::default()
+                },
+            );
+        }
+        let d = Desired::compute(&ProxyState {
+            services,
+            ..Default::default()
+        });
+        assert_eq!(d.sets["be4"].len(), 150);
+        assert_eq!(d.sets["svc4"].len(), 50);
+        assert_eq!(d.chains.len(), 1, "one chain for every 3-endpoint service");
+        assert_eq!(d.endpoints, 150);
+    }
+
+    #[test]
+    fn policies_masquerade_and_rejects() {
+        let mut sp = ServicePort {
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            external_ips: vec!["192.0.2.1".parse().unwrap()],
+            port: 80,
+            protocol: Protocol::Udp,
+            node_port: Some(30000),
+            external_policy_local: true,
+            affinity_timeout: Some(Duration::from_secs(5)),
+            endpoints: vec![ep("10.244.0.1", "other"), ep("10.244.0.2", "other")],
+            ..Default::default()
+        };
+        let d = Desired::compute(&state(sp.clone()));
+        // ClusterIP: both endpoints, masqueraded only from outside the cluster CIDR
+        assert_eq!(d.sets["internal4"].len(), 1);
+        assert_eq!(
+            d.sets["masq4"].len(),
+            0,
+            "Local external policy keeps client addresses"
+        );
+        // external IP and node port: no local endpoint -> rejected
+        assert_eq!(d.sets["noep4"].len(), 1);
+        assert_eq!(d.sets["noepnp4"].len(), 1);
+        assert!(d.chains.iter().any(|c| c.name() == "aff4_2_5"));
+        assert_eq!(d.affinity_sets().len(), 2);
+        sp.external_policy_local = false;
+        let d = Desired::compute(&state(sp));
+        assert_eq!(d.sets["masq4"].len(), 1);
+        assert_eq!(d.sets["npmasq"].len(), 1);
+        assert_eq!(d.sets["npbe4"].len(), 2);
+        assert_eq!(d.sets["noep4"].len() + d.sets["noepnp4"].len(), 0);
+    }
+
+    #[test]
+    fn the_dump_names_every_set_and_element() {
+        let sp = ServicePort {
+            cluster_ips: vec!["fd00:96::1".parse().unwrap()],
+            port: 53,
+            protocol: Protocol::Sctp,
+            endpoints: vec![ep("fd00:244::5", "me")],
+            ..Default::default()
+        };
+        let text = render("t", &Desired::compute(&state(sp)));
+        assert!(
+            text.contains(
+                "add element inet t be6 { fd00:96::1 . sctp . 53 . 0 : fd00:244::5 . 8080 }"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("add element inet t cidr4 { 10.244.0.0/16 }"),
+            "{text}"
+        );
+        for s in SETS {
+            assert!(
+                text.contains(&format!(" inet t {} {{", s.name)),
+                "{} declared",
+                s.name
+            );
+        }
+    }
+}
