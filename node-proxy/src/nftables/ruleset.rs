@@ -776,6 +776,56 @@ fn ep_data(e: &Endpoint) -> Vec<u8> {
     d
 }
 
+/// What one service port puts in the table: its elements, the chains they jump to, the
+/// endpoint addresses that need hairpin masquerade.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Contribution {
+    pub elems: Vec<(&'static str, Vec<u8>, ElemData)>,
+    pub chains: Vec<LbChain>,
+    pub hairpin: Vec<IpAddr>,
+    pub endpoints: usize,
+}
+
+/// The node facts that shape every contribution.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NodeFacts {
+    pub name: String,
+    pub masquerade_all: bool,
+    pub cidrs: Vec<ipnet::IpNet>,
+}
+
+impl NodeFacts {
+    pub(crate) fn of(state: &ProxyState) -> Self {
+        Self {
+            name: state.node.name.clone(),
+            masquerade_all: state.node.masquerade_all,
+            cidrs: state.node.cluster_cidrs.clone(),
+        }
+    }
+
+    /// The interval sets of the cluster CIDRs.
+    pub(crate) fn cidr_sets(&self) -> BTreeMap<&'static str, Vec<ipnet::IpNet>> {
+        [(false, "cidr4"), (true, "cidr6")]
+            .into_iter()
+            .map(|(v6, name)| {
+                let nets = self
+                    .cidrs
+                    .iter()
+                    .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                    .copied()
+                    .collect();
+                (name, nets)
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn hairpin_elem(ip: IpAddr) -> (&'static str, Vec<u8>) {
+    let mut k = ip_bytes(ip);
+    k.extend(ip_bytes(ip));
+    (if ip.is_ipv6() { "hairpin6" } else { "hairpin4" }, k)
+}
+
 impl Desired {
     fn set(&mut self, name: &'static str) -> &mut SetElems {
         self.sets.entry(name).or_default()
@@ -783,149 +833,149 @@ impl Desired {
 
     /// Compute the elements for `state`.
     pub(crate) fn compute(state: &ProxyState) -> Self {
+        let facts = NodeFacts::of(state);
+        let contributions: Vec<Contribution> = state
+            .services
+            .values()
+            .map(|sp| contribution(sp, &facts))
+            .collect();
+        Self::aggregate(&facts, contributions.iter())
+    }
+
+    /// Everything, from the contributions of every service port.
+    pub(crate) fn aggregate<'a>(
+        facts: &NodeFacts,
+        contributions: impl Iterator<Item = &'a Contribution>,
+    ) -> Self {
         let mut d = Desired::default();
         for s in SETS.iter().filter(|s| !s.interval && !s.dynamic) {
             d.sets.insert(s.name, SetElems::new());
         }
-        let node = &state.node;
-        for (fam, name) in [(false, "cidr4"), (true, "cidr6")] {
-            let nets = node
-                .cluster_cidrs
-                .iter()
-                .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == fam)
-                .copied()
-                .collect();
-            d.cidrs.insert(name, nets);
-        }
+        d.cidrs = facts.cidr_sets();
         let mut hairpin: BTreeSet<IpAddr> = BTreeSet::new();
-        for sp in state.services.values() {
+        for c in contributions {
             d.service_ports += 1;
-            d.add_service(
-                sp,
-                &node.name,
-                node.masquerade_all,
-                &node.cluster_cidrs,
-                &mut hairpin,
-            );
+            d.endpoints += c.endpoints;
+            for (set, k, v) in &c.elems {
+                d.set(set).insert(k.clone(), v.clone());
+            }
+            d.chains.extend(c.chains.iter().cloned());
+            hairpin.extend(c.hairpin.iter().copied());
         }
         for ip in hairpin {
-            let mut k = ip_bytes(ip);
-            k.extend(ip_bytes(ip));
-            let set = if ip.is_ipv6() { "hairpin6" } else { "hairpin4" };
+            let (set, k) = hairpin_elem(ip);
             d.set(set).insert(k, ElemData::None);
         }
         d
-    }
-
-    fn add_service(
-        &mut self,
-        sp: &ServicePort,
-        node: &str,
-        masquerade_all: bool,
-        cidrs: &[ipnet::IpNet],
-        hairpin: &mut BTreeSet<IpAddr>,
-    ) {
-        let proto = sp.protocol.number();
-        let mut programmed = BTreeSet::new();
-        for v6 in [false, true] {
-            let fam = |e: &&Endpoint| e.ip.is_ipv6() == v6;
-            let n = if v6 { "6" } else { "4" };
-            let by_source = |source: TrafficSource| -> Vec<Endpoint> {
-                let mut eps: Vec<Endpoint> = sp
-                    .usable_endpoints(source, node)
-                    .into_iter()
-                    .filter(fam)
-                    .cloned()
-                    .collect();
-                eps.sort_by_key(|e| (e.ip, e.port));
-                eps
-            };
-            let internal = by_source(TrafficSource::Internal);
-            let external = by_source(TrafficSource::External);
-            let has_cidr = cidrs.iter().any(|c| matches!(c, ipnet::IpNet::V6(_)) == v6);
-            for (ip, source) in sp.service_ips().filter(|(ip, _)| ip.is_ipv6() == v6) {
-                let eps = if source == TrafficSource::Internal {
-                    &internal
-                } else {
-                    &external
-                };
-                let key = svc_key(ip, proto, sp.port);
-                let leak = |s: &str| -> &'static str { set_def(s).name };
-                if eps.is_empty() {
-                    self.set(leak(&format!("noep{n}")))
-                        .insert(key, ElemData::None);
-                    continue;
-                }
-                let masq = masquerade_all
-                    || (source == TrafficSource::External && !sp.external_policy_local);
-                if masq {
-                    self.set(leak(&format!("masq{n}")))
-                        .insert(key.clone(), ElemData::None);
-                } else if source == TrafficSource::Internal && has_cidr {
-                    self.set(leak(&format!("internal{n}")))
-                        .insert(key.clone(), ElemData::None);
-                }
-                let chain = LbChain {
-                    v6,
-                    node_port: false,
-                    k: eps.len() as u32,
-                    affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
-                };
-                self.set(leak(&format!("svc{n}")))
-                    .insert(key.clone(), ElemData::Goto(chain.name()));
-                self.chains.insert(chain);
-                for (i, e) in eps.iter().enumerate() {
-                    let mut k = key.clone();
-                    k.extend((i as u32).to_ne_bytes());
-                    self.set(leak(&format!("be{n}")))
-                        .insert(k, ElemData::Bytes(ep_data(e)));
-                    programmed.insert((e.ip, e.port));
-                    hairpin.insert(e.ip);
-                }
-            }
-            if let Some(np) = sp.node_port {
-                let mut key = proto_bytes(proto).to_vec();
-                key.extend(port_bytes(np));
-                if external.is_empty() {
-                    self.set(if v6 { "noepnp6" } else { "noepnp4" })
-                        .insert(key, ElemData::None);
-                } else {
-                    if !sp.external_policy_local || masquerade_all {
-                        self.set("npmasq").insert(key.clone(), ElemData::None);
-                    }
-                    let chain = LbChain {
-                        v6,
-                        node_port: true,
-                        k: external.len() as u32,
-                        affinity: None,
-                    };
-                    self.set(if v6 { "np6" } else { "np4" })
-                        .insert(key.clone(), ElemData::Goto(chain.name()));
-                    self.chains.insert(chain);
-                    for (i, e) in external.iter().enumerate() {
-                        let mut k = key.clone();
-                        k.extend((i as u32).to_ne_bytes());
-                        self.set(if v6 { "npbe6" } else { "npbe4" })
-                            .insert(k, ElemData::Bytes(ep_data(e)));
-                        programmed.insert((e.ip, e.port));
-                        hairpin.insert(e.ip);
-                    }
-                }
-            }
-        }
-        self.endpoints += programmed.len();
     }
 
     /// The affinity sets the load-balancing chains need.
     pub(crate) fn affinity_sets(&self) -> BTreeSet<(bool, u32)> {
         self.chains.iter().flat_map(|c| c.affinity_sets()).collect()
     }
+}
 
-    /// How many elements in all.
-    pub(crate) fn element_count(&self) -> usize {
-        self.sets.values().map(|s| s.len()).sum::<usize>()
-            + self.cidrs.values().map(|c| c.len()).sum::<usize>()
+/// What service port `sp` contributes on a node with `facts`.
+pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution {
+    let mut c = Contribution::default();
+    let proto = sp.protocol.number();
+    let mut programmed = BTreeSet::new();
+    let mut hairpin = BTreeSet::new();
+    for v6 in [false, true] {
+        let pick = |a: &'static str, b: &'static str| if v6 { b } else { a };
+        let by_source = |source: TrafficSource| -> Vec<Endpoint> {
+            let mut eps: Vec<Endpoint> = sp
+                .usable_endpoints(source, &facts.name)
+                .into_iter()
+                .filter(|e| e.ip.is_ipv6() == v6)
+                .cloned()
+                .collect();
+            eps.sort_by_key(|e| (e.ip, e.port));
+            eps
+        };
+        let internal = by_source(TrafficSource::Internal);
+        let external = by_source(TrafficSource::External);
+        let has_cidr = facts
+            .cidrs
+            .iter()
+            .any(|c| matches!(c, ipnet::IpNet::V6(_)) == v6);
+        for (ip, source) in sp.service_ips().filter(|(ip, _)| ip.is_ipv6() == v6) {
+            let eps = if source == TrafficSource::Internal {
+                &internal
+            } else {
+                &external
+            };
+            let key = svc_key(ip, proto, sp.port);
+            if eps.is_empty() {
+                c.elems.push((pick("noep4", "noep6"), key, ElemData::None));
+                continue;
+            }
+            let masq = facts.masquerade_all
+                || (source == TrafficSource::External && !sp.external_policy_local);
+            if masq {
+                c.elems
+                    .push((pick("masq4", "masq6"), key.clone(), ElemData::None));
+            } else if source == TrafficSource::Internal && has_cidr {
+                c.elems
+                    .push((pick("internal4", "internal6"), key.clone(), ElemData::None));
+            }
+            let chain = LbChain {
+                v6,
+                node_port: false,
+                k: eps.len() as u32,
+                affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
+            };
+            c.elems.push((
+                pick("svc4", "svc6"),
+                key.clone(),
+                ElemData::Goto(chain.name()),
+            ));
+            c.chains.push(chain);
+            for (i, e) in eps.iter().enumerate() {
+                let mut k = key.clone();
+                k.extend((i as u32).to_ne_bytes());
+                c.elems
+                    .push((pick("be4", "be6"), k, ElemData::Bytes(ep_data(e))));
+                programmed.insert((e.ip, e.port));
+                hairpin.insert(e.ip);
+            }
+        }
+        if let Some(np) = sp.node_port {
+            let mut key = proto_bytes(proto).to_vec();
+            key.extend(port_bytes(np));
+            if external.is_empty() {
+                c.elems
+                    .push((pick("noepnp4", "noepnp6"), key, ElemData::None));
+            } else {
+                if !sp.external_policy_local || facts.masquerade_all {
+                    c.elems.push(("npmasq", key.clone(), ElemData::None));
+                }
+                let chain = LbChain {
+                    v6,
+                    node_port: true,
+                    k: external.len() as u32,
+                    affinity: None,
+                };
+                c.elems.push((
+                    pick("np4", "np6"),
+                    key.clone(),
+                    ElemData::Goto(chain.name()),
+                ));
+                c.chains.push(chain);
+                for (i, e) in external.iter().enumerate() {
+                    let mut k = key.clone();
+                    k.extend((i as u32).to_ne_bytes());
+                    c.elems
+                        .push((pick("npbe4", "npbe6"), k, ElemData::Bytes(ep_data(e))));
+                    programmed.insert((e.ip, e.port));
+                    hairpin.insert(e.ip);
+                }
+            }
+        }
     }
+    c.endpoints = programmed.len();
+    c.hairpin = hairpin.into_iter().collect();
+    c
 }
 
 fn fmt_field(t: Ty, b: &[u8]) -> String {
