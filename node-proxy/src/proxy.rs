@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use node_core::{NodeInfo, ServiceRouter, SyncReport};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ProxyMetrics;
 use crate::source::ServiceSource;

@@ -217,6 +217,21 @@ impl ApiServerSource {
     pub fn new(client: kube::Client) -> Self {
         Self { client }
     }
+
+    /// A source for the cluster of a kubeconfig file (its current context).
+    pub async fn from_kubeconfig(path: &Path) -> Result<Self, SourceError> {
+        let remote = |message: String| SourceError::Remote {
+            origin: path.display().to_string(),
+            message,
+        };
+        let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| remote(e.to_string()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| remote(e.to_string()))?;
+        let client = kube::Client::try_from(config).map_err(|e| remote(e.to_string()))?;
+        Ok(Self { client })
+    }
 }
 
 fn watch_kind<K, FS, FA, FD>(

@@ -35,6 +35,38 @@ scenario!(cluster_ip_spreads_tcp_and_udp);
 scenario!(node_port);
 scenario!(external_ip);
 scenario!(affinity_pins_a_client);
+
+#[test]
+fn affinity_is_remembered_with_its_timeout() {
+    if !ready("affinity_is_remembered_with_its_timeout") {
+        return;
+    }
+    let h = Harness::new(2, make);
+    let mut sp = cluster_ip(
+        "10.96.0.40",
+        80,
+        Protocol::Tcp,
+        vec![ep(h.pod_ip(0)), ep(h.pod_ip(1))],
+    );
+    sp.affinity_timeout = Some(Duration::from_secs(77));
+    h.sync(&state(vec![("aff", sp)]));
+    let a = node_test_support::tcp_request(
+        &h.t.ext,
+        "10.96.0.40:80".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let sets =
+        h.t.node
+            .sh("nft list set inet nodekit affb4_0; nft list set inet nodekit affb4_1")
+            .unwrap();
+    let client = "192.168.50.2 . 10.96.0.40 . tcp . 80 timeout 1m17s";
+    assert_eq!(
+        sets.matches(client).count(),
+        1,
+        "the client is remembered once, with the service's timeout: {sets}\n(answer {a:?})"
+    );
+}
 scenario!(local_policy_uses_local_endpoints);
 scenario!(terminating_fallback);
 scenario!(no_endpoints_rejects_fast);
@@ -90,4 +122,73 @@ fn cleanup_removes_our_table_only_and_dump_loads() {
     // cleanup of nothing is fine, and a sync after cleanup rewrites everything
     h.cleanup();
     assert!(h.sync(&s).full);
+}
+
+/// Every set and map of our table, elements sorted (from `nft -j`).
+fn elements(
+    ns: &node_test_support::NetnsFixture,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let out = ns.sh("nft -j list table inet nodekit").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut sets = std::collections::BTreeMap::new();
+    for item in v["nftables"].as_array().unwrap() {
+        for kind in ["set", "map"] {
+            if let Some(s) = item.get(kind) {
+                let mut elems: Vec<String> = s
+                    .get("elem")
+                    .and_then(|e| e.as_array())
+                    .map(|a| a.iter().map(|e| e.to_string()).collect())
+                    .unwrap_or_default();
+                elems.sort();
+                sets.insert(s["name"].as_str().unwrap().to_string(), elems);
+            }
+        }
+    }
+    sets
+}
+
+#[test]
+fn partial_syncs_end_where_a_full_rewrite_does() {
+    if !ready("partial_syncs_end_where_a_full_rewrite_does") {
+        return;
+    }
+    use node_test_support::proxy_state::{
+        synthetic, with_one_endpoint_changed, with_one_service_added,
+    };
+    let ns = node_test_support::NetnsFixture::new("diff").unwrap();
+    let router = Arc::new(ns.run_in(NftablesRouter::new).unwrap().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s0 = synthetic(40, 3);
+    assert!(rt.block_on(router.sync(&s0)).unwrap().full);
+    // remove one service, add one, change an endpoint, shrink one (K 3 -> 2), share an
+    // endpoint address between two services (hairpin element counted twice), add a node port
+    let mut s1 = with_one_service_added(&with_one_endpoint_changed(&s0), 3);
+    let names: Vec<_> = s1.services.keys().cloned().collect();
+    s1.services.remove(&names[1]);
+    s1.services.get_mut(&names[2]).unwrap().endpoints.pop();
+    let shared = s1.services[&names[3]].endpoints[0].clone();
+    s1.services.get_mut(&names[4]).unwrap().endpoints[0].ip = shared.ip;
+    s1.services.get_mut(&names[5]).unwrap().node_port = Some(31000);
+    let r = rt.block_on(router.sync(&s1)).unwrap();
+    assert!(!r.full && r.changes > 0, "{r:?}");
+    // and back part of the way: the shared address loses one of its services
+    let mut s2 = s1.clone();
+    s2.services.remove(&names[4]);
+    assert!(!rt.block_on(router.sync(&s2)).unwrap().full);
+    let partial = elements(&ns);
+    router.force_full_sync();
+    assert!(rt.block_on(router.sync(&s2)).unwrap().full);
+    let full = elements(&ns);
+    assert_eq!(
+        partial, full,
+        "incremental syncs must program what a full rewrite does"
+    );
+    assert!(full["hairpin4"].len() > 100);
+    assert_eq!(
+        router.programmed_elements(),
+        full.values().map(Vec::len).sum::<usize>()
+    );
 }

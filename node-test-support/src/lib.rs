@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod fakes;
 pub mod image;
 pub mod netns;
+pub mod proxy_state;
 pub mod registry;
 pub mod topology;
 

@@ -28,6 +28,7 @@ pub(crate) const NFT_CT_STATUS: u32 = 2;
 pub(crate) const IPS_DST_NAT: u32 = 0x20;
 pub(crate) const NFT_JUMP: i32 = -3;
 pub(crate) const NFT_GOTO: i32 = -4;
+pub(crate) const NFT_DYNSET_OP_UPDATE: u32 = 1;
 pub(crate) const NFPROTO_IPV4: u32 = 2;
 pub(crate) const NFPROTO_IPV6: u32 = 10;
 
@@ -61,8 +62,18 @@ pub(crate) enum Expr {
         dreg: Option<u32>,
         invert: bool,
     },
-    /// `numgen reg = random mod <m>`.
-    Numgen { dreg: u32, modulus: u32 },
+    /// `numgen reg = random mod <m> offset <o>`.
+    Numgen {
+        dreg: u32,
+        modulus: u32,
+        offset: u32,
+    },
+    /// `dynset update reg_key set <name> timeout` (a set without data).
+    DynsetUpdate {
+        set: String,
+        key: u32,
+        timeout_ms: u64,
+    },
     /// `fib daddr type => reg`.
     FibDaddrType { dreg: u32 },
     /// `ct load <key> => reg`.
@@ -73,13 +84,6 @@ pub(crate) enum Expr {
     Masq,
     /// `reject type <t> code <c>`.
     Reject { kind: u32, code: u32 },
-    /// `hash reg = jhash(reg, len, 0) % modulus`.
-    Jhash {
-        sreg: u32,
-        dreg: u32,
-        len: u32,
-        modulus: u32,
-    },
     /// `immediate reg 0 <jump|goto> <chain>`.
     Verdict { code: i32, chain: String },
 }
@@ -105,7 +109,7 @@ impl Expression for Expr {
                 Expr::Dnat { .. } => c"nat",
                 Expr::Masq => c"masq",
                 Expr::Reject { .. } => c"reject",
-                Expr::Jhash { .. } => c"hash",
+                Expr::DynsetUpdate { .. } => c"dynset",
                 Expr::Verdict { .. } => c"immediate",
             };
             let e = sys::nftnl_expr_alloc(name.as_ptr());
@@ -176,11 +180,26 @@ impl Expression for Expr {
                         u32_(sys::NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
                     }
                 }
-                Expr::Numgen { dreg, modulus } => {
+                Expr::Numgen {
+                    dreg,
+                    modulus,
+                    offset,
+                } => {
                     u32_(sys::NFTNL_EXPR_NG_DREG, *dreg);
                     u32_(sys::NFTNL_EXPR_NG_MODULUS, *modulus);
                     u32_(sys::NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM);
-                    u32_(sys::NFTNL_EXPR_NG_OFFSET, 0);
+                    u32_(sys::NFTNL_EXPR_NG_OFFSET, *offset);
+                }
+                Expr::DynsetUpdate {
+                    set,
+                    key,
+                    timeout_ms,
+                } => {
+                    let s = cstr(set);
+                    sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, s.as_ptr());
+                    u32_(sys::NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
+                    u32_(sys::NFTNL_EXPR_DYNSET_SREG_KEY, *key);
+                    sys::nftnl_expr_set_u64(p, sys::NFTNL_EXPR_DYNSET_TIMEOUT as u16, *timeout_ms);
                 }
                 Expr::FibDaddrType { dreg } => {
                     u32_(sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
@@ -206,20 +225,6 @@ impl Expression for Expr {
                     u32_(sys::NFTNL_EXPR_REJECT_TYPE, *kind);
                     sys::nftnl_expr_set_u8(p, sys::NFTNL_EXPR_REJECT_CODE as u16, *code as u8);
                 }
-                Expr::Jhash {
-                    sreg,
-                    dreg,
-                    len,
-                    modulus,
-                } => {
-                    u32_(sys::NFTNL_EXPR_HASH_SREG, *sreg);
-                    u32_(sys::NFTNL_EXPR_HASH_DREG, *dreg);
-                    u32_(sys::NFTNL_EXPR_HASH_LEN, *len);
-                    u32_(sys::NFTNL_EXPR_HASH_MODULUS, *modulus);
-                    u32_(sys::NFTNL_EXPR_HASH_SEED, 0);
-                    u32_(sys::NFTNL_EXPR_HASH_OFFSET, 0);
-                    u32_(sys::NFTNL_EXPR_HASH_TYPE, 0); // NFT_HASH_JENKINS
-                }
                 Expr::Verdict { code, chain } => {
                     let s = cstr(chain);
                     u32_(sys::NFTNL_EXPR_IMM_DREG, 0);
@@ -242,11 +247,8 @@ pub(crate) enum Field {
     L4proto,
     Dport,
     Numgen(u32),
-    /// `jhash <saddr> mod m` (the source address is loaded at slot 8).
-    Jhash {
-        modulus: u32,
-        v6: bool,
-    },
+    /// The constant `i`, as `numgen random mod 1 offset i`.
+    Const(u32),
 }
 
 impl Field {
@@ -280,12 +282,15 @@ impl Field {
                 len: 2,
                 dreg,
             },
-            Field::Numgen(m) => Expr::Numgen { dreg, modulus: m },
-            Field::Jhash { modulus, v6 } => Expr::Jhash {
-                sreg: reg(8),
+            Field::Numgen(m) => Expr::Numgen {
                 dreg,
-                len: if v6 { 16 } else { 4 },
-                modulus,
+                modulus: m,
+                offset: 0,
+            },
+            Field::Const(i) => Expr::Numgen {
+                dreg,
+                modulus: 1,
+                offset: i,
             },
         }
     }
@@ -296,14 +301,10 @@ pub(crate) fn concat(fields: &[Field], start: u32) -> Vec<Expr> {
     let mut slot = start;
     fields
         .iter()
-        .flat_map(|f| {
-            let mut v = vec![];
-            if let Field::Jhash { v6, .. } = f {
-                v.push(if *v6 { Field::Saddr6 } else { Field::Saddr4 }.load(8));
-            }
-            v.push(f.load(slot));
+        .map(|f| {
+            let e = f.load(slot);
             slot += f.slots();
-            v
+            e
         })
         .collect()
 }

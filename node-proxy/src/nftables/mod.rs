@@ -6,17 +6,18 @@ mod expr;
 mod netlink;
 pub mod ruleset;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nftnl::{Batch, Chain, ChainType, MsgType, ProtoFamily, Rule, Table};
-use node_core::{ProxyState, RouterError, ServiceRouter, SyncReport};
+use node_core::{ProxyState, RouterError, ServicePort, ServicePortName, ServiceRouter, SyncReport};
 
 use netlink::{ELEM_INTERVAL_END, Elem, ElemsMsg, SetMsg, Socket};
-use ruleset::{ChainDef, Desired, ElemData, LbChain, SETS, SetElems};
+use ruleset::{ChainDef, Contribution, Desired, ElemData, LbChain, NodeFacts, SETS, SetElems};
 
 /// How many elements go in one netlink message (each message stays under 64 KiB).
 const ELEMS_PER_MSG: usize = 400;
@@ -39,10 +40,64 @@ impl Default for NftablesConfig {
     }
 }
 
+/// What the router programmed: every service port with its contribution, so that a sync
+/// recomputes only the service ports that changed.
 #[derive(Debug)]
 struct Programmed {
-    desired: Desired,
+    facts: NodeFacts,
+    services: HashMap<ServicePortName, (ServicePort, Contribution)>,
+    hairpin: HashMap<IpAddr, usize>,
+    chains: BTreeSet<LbChain>,
+    endpoints: usize,
+    elements: usize,
     at: Instant,
+}
+
+impl Programmed {
+    fn build(state: &ProxyState) -> Self {
+        let facts = NodeFacts::of(state);
+        let mut p = Programmed {
+            services: HashMap::with_capacity(state.services.len()),
+            hairpin: HashMap::new(),
+            chains: BTreeSet::new(),
+            endpoints: 0,
+            elements: facts.cidr_sets().values().map(Vec::len).sum(),
+            facts,
+            at: Instant::now(),
+        };
+        for (name, sp) in &state.services {
+            let c = ruleset::contribution(sp, &p.facts);
+            p.account(&c, 1);
+            p.services.insert(name.clone(), (sp.clone(), c));
+        }
+        p
+    }
+
+    /// Count a contribution in (`sign` 1) or out (-1); the hairpin addresses whose count
+    /// crossed zero are returned by [`Programmed::hairpin_changes`].
+    fn account(&mut self, c: &Contribution, sign: isize) {
+        let apply = |v: usize, d: usize| if sign > 0 { v + d } else { v - d };
+        self.endpoints = apply(self.endpoints, c.endpoints);
+        self.elements = apply(self.elements, c.elems.len());
+        for ip in &c.hairpin {
+            let n = self.hairpin.entry(*ip).or_insert(0);
+            let before = *n;
+            *n = apply(*n, 1);
+            if before == 0 {
+                self.elements += 1;
+            } else if *n == 0 {
+                self.elements -= 1;
+            }
+        }
+        self.hairpin.retain(|_, n| *n > 0);
+        if sign > 0 {
+            self.chains.extend(c.chains.iter().cloned());
+        }
+    }
+
+    fn desired(&self) -> Desired {
+        Desired::aggregate(&self.facts, self.services.values().map(|(_, c)| c))
+    }
 }
 
 #[derive(Debug)]
@@ -95,8 +150,23 @@ impl NftablesRouter {
         self.inner
             .lock()
             .ok()
-            .and_then(|i| i.programmed.as_ref().map(|p| p.desired.element_count()))
+            .and_then(|i| i.programmed.as_ref().map(|p| p.elements))
             .unwrap_or(0)
+    }
+
+    /// Make the next sync a full rewrite (as after an error).
+    pub fn force_full_sync(&self) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.programmed = None;
+        }
+    }
+
+    /// Build (but do not send) the full transaction for `state`: its size in bytes. This is the
+    /// whole userspace cost of a full sync, for benchmarks.
+    pub fn generate(&self, state: &ProxyState) -> usize {
+        let desired = Desired::compute(state);
+        let (b, _, _) = self.full_batch(&desired);
+        b.finalize().iter().map(|p| p.len()).sum()
     }
 
     /// The ruleset `state` maps to, as `nft -f` input (what `--dump` prints).
@@ -131,6 +201,12 @@ impl NftablesRouter {
     }
 
     fn full(&self, inner: &Inner, desired: &Desired) -> Result<usize, RouterError> {
+        let (b, what, changes) = self.full_batch(desired);
+        self.send(inner, b, &what)?;
+        Ok(changes)
+    }
+
+    fn full_batch(&self, desired: &Desired) -> (Batch, Vec<String>, usize) {
         let mut b = Batch::new();
         let mut what = vec![];
         let table = Table::new(&self.table, ProtoFamily::Inet);
@@ -145,6 +221,7 @@ impl NftablesRouter {
             b.add(
                 &SetMsg {
                     table: self.table.clone(),
+                    name: None,
                     def,
                     id: i as u32 + 1,
                 },
@@ -152,33 +229,176 @@ impl NftablesRouter {
             );
             what.push(format!("add set {}", def.name));
         }
+        let aff: Vec<(bool, u32)> = desired.affinity_sets().into_iter().collect();
+        self.add_affinity_sets(&mut b, &mut what, &aff);
         let chains: Vec<ChainDef> = ruleset::skeleton()
             .into_iter()
             .chain(desired.chains.iter().map(LbChain::def))
             .collect();
-        let mut changes = add_chains(&mut b, &mut what, &table, &chains);
+        let mut n = SETS.len() + aff.len() + add_chains(&mut b, &mut what, &table, &chains);
         let empty = Desired::default();
-        changes += add_elements(&mut b, &mut what, &self.table, &empty, desired);
-        self.send(inner, b, &what)?;
-        Ok(changes + SETS.len())
+        n += add_elements(&mut b, &mut what, &self.table, &empty, desired);
+        (b, what, n)
     }
 
-    fn partial(&self, inner: &Inner, old: &Desired, new: &Desired) -> Result<usize, RouterError> {
+    fn add_affinity_sets(&self, b: &mut Batch, what: &mut Vec<String>, sets: &[(bool, u32)]) {
+        for (j, (v6, i)) in sets.iter().enumerate() {
+            let name = ruleset::affinity_set_name(*v6, *i);
+            let def = if *v6 {
+                &ruleset::AFFB6
+            } else {
+                &ruleset::AFFB4
+            };
+            b.add(
+                &SetMsg {
+                    table: self.table.clone(),
+                    name: Some(name.clone()),
+                    def,
+                    id: 1000 + j as u32,
+                },
+                MsgType::Add,
+            );
+            what.push(format!("add set {name}"));
+        }
+    }
+
+    /// Bring `p` to `state`, sending only what changed; `p` is updated as it goes (and dropped
+    /// by the caller if sending fails).
+    fn partial(
+        &self,
+        inner: &Inner,
+        p: &mut Programmed,
+        state: &ProxyState,
+    ) -> Result<usize, RouterError> {
+        let mut changed: Vec<(Option<Contribution>, Option<Contribution>)> = vec![];
+        for (name, sp) in &state.services {
+            match p.services.get(name) {
+                Some((old, _)) if old == sp => {}
+                _ => {
+                    let c = ruleset::contribution(sp, &p.facts);
+                    let old = p.services.insert(name.clone(), (sp.clone(), c.clone()));
+                    changed.push((old.map(|(_, c)| c), Some(c)));
+                }
+            }
+        }
+        if p.services.len() > state.services.len() {
+            let gone: Vec<ServicePortName> = p
+                .services
+                .keys()
+                .filter(|k| !state.services.contains_key(*k))
+                .cloned()
+                .collect();
+            for k in gone {
+                if let Some((_, c)) = p.services.remove(&k) {
+                    changed.push((Some(c), None));
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let hairpin_before: HashMap<IpAddr, usize> = changed
+            .iter()
+            .flat_map(|(o, n)| o.iter().chain(n.iter()).flat_map(|c| c.hairpin.iter()))
+            .map(|ip| (*ip, p.hairpin.get(ip).copied().unwrap_or(0)))
+            .collect();
+        let chains_before = p.chains.clone();
+        let mut dels: Vec<(&'static str, Vec<u8>, ElemData)> = vec![];
+        let mut adds: Vec<(&'static str, Vec<u8>, ElemData)> = vec![];
+        for (old, new) in &changed {
+            let empty = Contribution::default();
+            let (o, n) = (
+                old.as_ref().unwrap_or(&empty),
+                new.as_ref().unwrap_or(&empty),
+            );
+            let oset: HashMap<(&str, &[u8]), &ElemData> = o
+                .elems
+                .iter()
+                .map(|(s, k, v)| ((*s, k.as_slice()), v))
+                .collect();
+            let nset: HashMap<(&str, &[u8]), &ElemData> = n
+                .elems
+                .iter()
+                .map(|(s, k, v)| ((*s, k.as_slice()), v))
+                .collect();
+            for (s, k, v) in &o.elems {
+                if nset.get(&(*s, k.as_slice())) != Some(&v) {
+                    dels.push((s, k.clone(), v.clone()));
+                }
+            }
+            for (s, k, v) in &n.elems {
+                if oset.get(&(*s, k.as_slice())) != Some(&v) {
+                    adds.push((s, k.clone(), v.clone()));
+                }
+            }
+            p.account(o, -1);
+            p.account(n, 1);
+        }
+        for (ip, before) in hairpin_before {
+            let after = p.hairpin.get(&ip).copied().unwrap_or(0);
+            let (set, k) = ruleset::hairpin_elem(ip);
+            if before == 0 && after > 0 {
+                adds.push((set, k, ElemData::None));
+            } else if before > 0 && after == 0 {
+                dels.push((set, k, ElemData::None));
+            }
+        }
         let mut b = Batch::new();
         let mut what = vec![];
         let table = Table::new(&self.table, ProtoFamily::Inet);
-        let added: Vec<ChainDef> = new
-            .chains
-            .difference(&old.chains)
-            .map(LbChain::def)
+        let new_chains: Vec<&LbChain> = p.chains.difference(&chains_before).collect();
+        let aff_before: BTreeSet<(bool, u32)> = chains_before
+            .iter()
+            .flat_map(|c| c.affinity_sets())
             .collect();
-        let mut changes = add_chains(&mut b, &mut what, &table, &added);
-        changes += add_elements(&mut b, &mut what, &self.table, old, new);
+        let aff: Vec<(bool, u32)> = new_chains
+            .iter()
+            .flat_map(|c| c.affinity_sets())
+            .filter(|a| !aff_before.contains(a))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.add_affinity_sets(&mut b, &mut what, &aff);
+        let added: Vec<ChainDef> = new_chains.into_iter().map(LbChain::def).collect();
+        let mut changes = aff.len() + add_chains(&mut b, &mut what, &table, &added);
+        changes += dels.len() + adds.len();
+        send_elems(&mut b, &mut what, &self.table, &dels, true);
+        send_elems(&mut b, &mut what, &self.table, &adds, false);
         if changes == 0 {
             return Ok(0);
         }
         self.send(inner, b, &what)?;
         Ok(changes)
+    }
+}
+
+/// Add element messages for `elems` (grouped by set, chunked).
+fn send_elems(
+    b: &mut Batch,
+    what: &mut Vec<String>,
+    table: &CString,
+    elems: &[(&'static str, Vec<u8>, ElemData)],
+    delete: bool,
+) {
+    let mut by_set: BTreeMap<&'static str, Vec<Elem<'_>>> = BTreeMap::new();
+    for (s, k, v) in elems {
+        by_set.entry(s).or_default().push((k.as_slice(), v, 0));
+    }
+    for (set, list) in by_set {
+        for chunk in list.chunks(ELEMS_PER_MSG) {
+            let msg = ElemsMsg {
+                table,
+                set,
+                elems: chunk.to_vec(),
+                delete,
+            };
+            b.add(&msg, if delete { MsgType::Del } else { MsgType::Add });
+            what.push(format!(
+                "{} {} elements of {set}",
+                if delete { "delete" } else { "add" },
+                chunk.len()
+            ));
+        }
     }
 }
 
@@ -359,38 +579,35 @@ impl ServiceRouter for NftablesRouter {
 
     async fn sync(&self, desired: &ProxyState) -> Result<SyncReport, RouterError> {
         let start = Instant::now();
-        let new = Desired::compute(desired);
         let mut inner = self
             .inner
             .lock()
             .map_err(|_| RouterError::Other("router lock poisoned".into()))?;
+        // taken out: if anything fails, the next sync rewrites everything
         let previous = inner.programmed.take();
-        let full_due = previous
-            .as_ref()
-            .is_none_or(|p| p.at.elapsed() >= self.config.full_resync_interval);
-        let (full, result) = match &previous {
-            Some(p) if !full_due => (false, self.partial(&inner, &p.desired, &new)),
-            _ => (true, self.full(&inner, &new)),
-        };
-        let changes = match result {
-            Ok(c) => c,
-            // on failure the next sync rewrites everything (programmed stays None)
-            Err(e) => return Err(e),
-        };
-        let at = if full {
-            Instant::now()
-        } else {
-            previous.map(|p| p.at).unwrap_or_else(Instant::now)
+        let reusable = previous.filter(|p| {
+            p.at.elapsed() < self.config.full_resync_interval && p.facts == NodeFacts::of(desired)
+        });
+        let (full, changes, programmed) = match reusable {
+            Some(mut p) => {
+                let changes = self.partial(&inner, &mut p, desired)?;
+                (false, changes, p)
+            }
+            None => {
+                let p = Programmed::build(desired);
+                let changes = self.full(&inner, &p.desired())?;
+                (true, changes, p)
+            }
         };
         let report = SyncReport {
             full,
-            service_ports: new.service_ports,
-            endpoints: new.endpoints,
+            service_ports: programmed.services.len(),
+            endpoints: programmed.endpoints,
             changes,
             skipped: vec![],
             duration: start.elapsed(),
         };
-        inner.programmed = Some(Programmed { desired: new, at });
+        inner.programmed = Some(programmed);
         Ok(report)
     }
 

@@ -26,6 +26,8 @@ const NFPROTO_INET: u16 = 1;
 /// A `NEWSET` message.
 pub(crate) struct SetMsg {
     pub table: CString,
+    /// The set's name (the template's name when `None`).
+    pub name: Option<String>,
     pub def: &'static SetDef,
     pub id: u32,
 }
@@ -38,7 +40,7 @@ unsafe impl NlMsg for SetMsg {
             if s.is_null() {
                 std::process::abort();
             }
-            let name = CString::new(self.def.name).expect("no NUL");
+            let name = CString::new(self.name.as_deref().unwrap_or(self.def.name)).expect("no NUL");
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, self.table.as_ptr());
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr());
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);

@@ -8,8 +8,9 @@
 //!   ip daddr . meta l4proto . th dport vmap @svc4                             (-> goto lb4_<K>)
 //!   fib daddr type local meta l4proto . th dport vmap @np4                    (-> goto np4_<K>)
 //! lb4_<K>:  dnat ip to ip daddr . meta l4proto . th dport . numgen random mod K map @be4
-//! hash4_<K>: ClientIP affinity: the same keyed by `jhash ip saddr mod K` (stateless: a client
-//!           keeps its endpoint while the endpoints stay the same; no timeout is enforced)
+//! aff4_<K>_<T>: ClientIP affinity: per bucket i a dynamic set affb4_<i> of clients
+//!   (saddr . daddr . proto . port, timeout T): a known client returns to its bucket and refreshes
+//!   its timeout; a new one picks a bucket at random and is added to that bucket's set
 //! filter prerouting/output: daddr . proto . port @noep4 -> reject (tcp reset / icmpx port-unreachable)
 //! nat postrouting: hairpin (ct status dnat, saddr . daddr @hairpin4) and marked traffic -> masquerade
 //! ```
@@ -563,18 +564,71 @@ pub(crate) struct LbChain {
     pub node_port: bool,
     /// Buckets.
     pub k: u32,
-    /// ClientIP affinity (source-address hash instead of a random bucket).
-    pub affinity: bool,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity: Option<u64>,
 }
+
+/// The dynamic set remembering the clients of bucket `i` (`affb4_<i>`).
+pub(crate) fn affinity_set_name(v6: bool, i: u32) -> String {
+    format!("affb{}_{i}", if v6 { 6 } else { 4 })
+}
+
+/// The template of the affinity sets: `saddr . daddr . proto . port`, timeouts set per element.
+pub(crate) const AFFB4: SetDef = SetDef {
+    name: "affb4",
+    key: &[Ty::Ip4, Ty::Ip4, Ty::Proto, Ty::Port],
+    data: DataTy::None,
+    interval: false,
+    dynamic: true,
+};
+/// The IPv6 template.
+pub(crate) const AFFB6: SetDef = SetDef {
+    name: "affb6",
+    key: &[Ty::Ip6, Ty::Ip6, Ty::Proto, Ty::Port],
+    data: DataTy::None,
+    interval: false,
+    dynamic: true,
+};
 
 impl LbChain {
     pub(crate) fn name(&self) -> String {
         let f = if self.v6 { '6' } else { '4' };
         match (self.node_port, self.affinity) {
             (true, _) => format!("np{f}_{}", self.k),
-            (false, false) => format!("lb{f}_{}", self.k),
-            (false, true) => format!("hash{f}_{}", self.k),
+            (false, None) => format!("lb{f}_{}", self.k),
+            (false, Some(t)) => format!("aff{f}_{}_{t}", self.k),
         }
+    }
+
+    /// The affinity sets the chain uses.
+    pub(crate) fn affinity_sets(&self) -> Vec<(bool, u32)> {
+        match (self.node_port, self.affinity) {
+            (false, Some(_)) => (0..self.k).map(|i| (self.v6, i)).collect(),
+            _ => vec![],
+        }
+    }
+
+    fn dnat_be(&self, pick: Field, pick_text: &str) -> (Vec<Expr>, String) {
+        let f = &FAMS[self.v6 as usize];
+        let (n, ip) = (f.n, f.ip);
+        let data_slot = 10;
+        let mut e = nfproto(f.proto);
+        e.extend(concat(&[f.daddr, Field::L4proto, Field::Dport, pick], 0));
+        e.push(Expr::Lookup {
+            set: format!("be{n}"),
+            sreg: reg(0),
+            dreg: Some(reg(data_slot)),
+            invert: false,
+        });
+        e.push(Expr::Dnat {
+            family: f.proto,
+            addr: reg(data_slot),
+            proto: reg(data_slot + f.addr_slots),
+        });
+        (
+            e,
+            format!("dnat {ip} to {ip} daddr . meta l4proto . th dport . {pick_text} map @be{n}"),
+        )
     }
 
     pub(crate) fn def(&self) -> ChainDef {
@@ -582,7 +636,7 @@ impl LbChain {
         let (n, ip) = (f.n, f.ip);
         let k = self.k;
         let data_slot = 10;
-        let rule = if self.node_port {
+        let rules = if self.node_port {
             let mut e = nfproto(f.proto);
             e.extend(concat(&[Field::L4proto, Field::Dport, Field::Numgen(k)], 0));
             e.push(Expr::Lookup {
@@ -596,45 +650,78 @@ impl LbChain {
                 addr: reg(data_slot),
                 proto: reg(data_slot + f.addr_slots),
             });
-            RuleDef {
+            vec![RuleDef {
                 exprs: e,
                 text: format!(
                     "dnat {ip} to meta l4proto . th dport . numgen random mod {k} map @npbe{n}"
                 ),
-            }
-        } else {
-            let (pick, pick_text) = match self.affinity {
-                false => (Field::Numgen(k), format!("numgen random mod {k}")),
-                true => (
-                    Field::Jhash {
-                        modulus: k,
-                        v6: self.v6,
-                    },
-                    format!("jhash {ip} saddr mod {k}"),
-                ),
+            }]
+        } else if let Some(t) = self.affinity {
+            // a known client goes back to its bucket (refreshing its timeout); a new one picks a
+            // bucket at random (as iptables' statistic: 1/K, then 1/(K-1)...) and is remembered
+            let client = [f.saddr, f.daddr, Field::L4proto, Field::Dport];
+            let key_text = format!("{ip} saddr . {ip} daddr . meta l4proto . th dport");
+            let update = |i: u32| -> (Vec<Expr>, String) {
+                let set = affinity_set_name(self.v6, i);
+                let mut e = nfproto(f.proto);
+                e.extend(concat(&client, 0));
+                e.push(Expr::DynsetUpdate {
+                    set: set.clone(),
+                    key: reg(0),
+                    timeout_ms: t * 1000,
+                });
+                (e, format!("update @{set} {{ {key_text} timeout {t}s }}"))
             };
-            let mut e = nfproto(f.proto);
-            e.extend(concat(&[f.daddr, Field::L4proto, Field::Dport, pick], 0));
-            e.push(Expr::Lookup {
-                set: format!("be{n}"),
-                sreg: reg(0),
-                dreg: Some(reg(data_slot)),
-                invert: false,
-            });
-            e.push(Expr::Dnat {
-                family: f.proto,
-                addr: reg(data_slot),
-                proto: reg(data_slot + f.addr_slots),
-            });
-            let text = format!(
-                "dnat {ip} to {ip} daddr . meta l4proto . th dport . {pick_text} map @be{n}"
-            );
-            RuleDef { exprs: e, text }
+            let mut rules = vec![];
+            for i in 0..k {
+                let set = affinity_set_name(self.v6, i);
+                let mut e = nfproto(f.proto);
+                e.extend(lookup(&set, &client));
+                let (u, ut) = update(i);
+                let (d, dt) =
+                    self.dnat_be(Field::Const(i), &format!("numgen random mod 1 offset {i}"));
+                e.extend(u);
+                e.extend(d);
+                rules.push(RuleDef {
+                    exprs: e,
+                    text: format!("{key_text} @{set} {ut} {dt}"),
+                });
+            }
+            for j in 0..k {
+                let mut e = vec![];
+                let mut text = String::new();
+                if j + 1 < k {
+                    e.push(Expr::Numgen {
+                        dreg: reg(0),
+                        modulus: k - j,
+                        offset: 0,
+                    });
+                    e.push(Expr::Cmp {
+                        sreg: reg(0),
+                        op: NFT_CMP_EQ,
+                        data: vec![0; 4],
+                    });
+                    text = format!("numgen random mod {} 0 ", k - j);
+                }
+                let (u, ut) = update(j);
+                let (d, dt) =
+                    self.dnat_be(Field::Const(j), &format!("numgen random mod 1 offset {j}"));
+                e.extend(u);
+                e.extend(d);
+                rules.push(RuleDef {
+                    exprs: e,
+                    text: format!("{text}{ut} {dt}"),
+                });
+            }
+            rules
+        } else {
+            let (e, text) = self.dnat_be(Field::Numgen(k), &format!("numgen random mod {k}"));
+            vec![RuleDef { exprs: e, text }]
         };
         ChainDef {
             name: self.name(),
             hook: None,
-            rules: vec![rule],
+            rules,
         }
     }
 }
@@ -689,6 +776,56 @@ fn ep_data(e: &Endpoint) -> Vec<u8> {
     d
 }
 
+/// What one service port puts in the table: its elements, the chains they jump to, the
+/// endpoint addresses that need hairpin masquerade.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Contribution {
+    pub elems: Vec<(&'static str, Vec<u8>, ElemData)>,
+    pub chains: Vec<LbChain>,
+    pub hairpin: Vec<IpAddr>,
+    pub endpoints: usize,
+}
+
+/// The node facts that shape every contribution.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NodeFacts {
+    pub name: String,
+    pub masquerade_all: bool,
+    pub cidrs: Vec<ipnet::IpNet>,
+}
+
+impl NodeFacts {
+    pub(crate) fn of(state: &ProxyState) -> Self {
+        Self {
+            name: state.node.name.clone(),
+            masquerade_all: state.node.masquerade_all,
+            cidrs: state.node.cluster_cidrs.clone(),
+        }
+    }
+
+    /// The interval sets of the cluster CIDRs.
+    pub(crate) fn cidr_sets(&self) -> BTreeMap<&'static str, Vec<ipnet::IpNet>> {
+        [(false, "cidr4"), (true, "cidr6")]
+            .into_iter()
+            .map(|(v6, name)| {
+                let nets = self
+                    .cidrs
+                    .iter()
+                    .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                    .copied()
+                    .collect();
+                (name, nets)
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn hairpin_elem(ip: IpAddr) -> (&'static str, Vec<u8>) {
+    let mut k = ip_bytes(ip);
+    k.extend(ip_bytes(ip));
+    (if ip.is_ipv6() { "hairpin6" } else { "hairpin4" }, k)
+}
+
 impl Desired {
     fn set(&mut self, name: &'static str) -> &mut SetElems {
         self.sets.entry(name).or_default()
@@ -696,144 +833,149 @@ impl Desired {
 
     /// Compute the elements for `state`.
     pub(crate) fn compute(state: &ProxyState) -> Self {
+        let facts = NodeFacts::of(state);
+        let contributions: Vec<Contribution> = state
+            .services
+            .values()
+            .map(|sp| contribution(sp, &facts))
+            .collect();
+        Self::aggregate(&facts, contributions.iter())
+    }
+
+    /// Everything, from the contributions of every service port.
+    pub(crate) fn aggregate<'a>(
+        facts: &NodeFacts,
+        contributions: impl Iterator<Item = &'a Contribution>,
+    ) -> Self {
         let mut d = Desired::default();
         for s in SETS.iter().filter(|s| !s.interval && !s.dynamic) {
             d.sets.insert(s.name, SetElems::new());
         }
-        let node = &state.node;
-        for (fam, name) in [(false, "cidr4"), (true, "cidr6")] {
-            let nets = node
-                .cluster_cidrs
-                .iter()
-                .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == fam)
-                .copied()
-                .collect();
-            d.cidrs.insert(name, nets);
-        }
+        d.cidrs = facts.cidr_sets();
         let mut hairpin: BTreeSet<IpAddr> = BTreeSet::new();
-        for sp in state.services.values() {
+        for c in contributions {
             d.service_ports += 1;
-            d.add_service(
-                sp,
-                &node.name,
-                node.masquerade_all,
-                &node.cluster_cidrs,
-                &mut hairpin,
-            );
+            d.endpoints += c.endpoints;
+            for (set, k, v) in &c.elems {
+                d.set(set).insert(k.clone(), v.clone());
+            }
+            d.chains.extend(c.chains.iter().cloned());
+            hairpin.extend(c.hairpin.iter().copied());
         }
         for ip in hairpin {
-            let mut k = ip_bytes(ip);
-            k.extend(ip_bytes(ip));
-            let set = if ip.is_ipv6() { "hairpin6" } else { "hairpin4" };
+            let (set, k) = hairpin_elem(ip);
             d.set(set).insert(k, ElemData::None);
         }
         d
     }
 
-    fn add_service(
-        &mut self,
-        sp: &ServicePort,
-        node: &str,
-        masquerade_all: bool,
-        cidrs: &[ipnet::IpNet],
-        hairpin: &mut BTreeSet<IpAddr>,
-    ) {
-        let proto = sp.protocol.number();
-        let mut programmed = BTreeSet::new();
-        for v6 in [false, true] {
-            let fam = |e: &&Endpoint| e.ip.is_ipv6() == v6;
-            let n = if v6 { "6" } else { "4" };
-            let by_source = |source: TrafficSource| -> Vec<Endpoint> {
-                let mut eps: Vec<Endpoint> = sp
-                    .usable_endpoints(source, node)
-                    .into_iter()
-                    .filter(fam)
-                    .cloned()
-                    .collect();
-                eps.sort_by_key(|e| (e.ip, e.port));
-                eps
+    /// The affinity sets the load-balancing chains need.
+    pub(crate) fn affinity_sets(&self) -> BTreeSet<(bool, u32)> {
+        self.chains.iter().flat_map(|c| c.affinity_sets()).collect()
+    }
+}
+
+/// What service port `sp` contributes on a node with `facts`.
+pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution {
+    let mut c = Contribution::default();
+    let proto = sp.protocol.number();
+    let mut programmed = BTreeSet::new();
+    let mut hairpin = BTreeSet::new();
+    for v6 in [false, true] {
+        let pick = |a: &'static str, b: &'static str| if v6 { b } else { a };
+        let by_source = |source: TrafficSource| -> Vec<Endpoint> {
+            let mut eps: Vec<Endpoint> = sp
+                .usable_endpoints(source, &facts.name)
+                .into_iter()
+                .filter(|e| e.ip.is_ipv6() == v6)
+                .cloned()
+                .collect();
+            eps.sort_by_key(|e| (e.ip, e.port));
+            eps
+        };
+        let internal = by_source(TrafficSource::Internal);
+        let external = by_source(TrafficSource::External);
+        let has_cidr = facts
+            .cidrs
+            .iter()
+            .any(|c| matches!(c, ipnet::IpNet::V6(_)) == v6);
+        for (ip, source) in sp.service_ips().filter(|(ip, _)| ip.is_ipv6() == v6) {
+            let eps = if source == TrafficSource::Internal {
+                &internal
+            } else {
+                &external
             };
-            let internal = by_source(TrafficSource::Internal);
-            let external = by_source(TrafficSource::External);
-            let has_cidr = cidrs.iter().any(|c| matches!(c, ipnet::IpNet::V6(_)) == v6);
-            for (ip, source) in sp.service_ips().filter(|(ip, _)| ip.is_ipv6() == v6) {
-                let eps = if source == TrafficSource::Internal {
-                    &internal
-                } else {
-                    &external
-                };
-                let key = svc_key(ip, proto, sp.port);
-                let leak = |s: &str| -> &'static str { set_def(s).name };
-                if eps.is_empty() {
-                    self.set(leak(&format!("noep{n}")))
-                        .insert(key, ElemData::None);
-                    continue;
-                }
-                let masq = masquerade_all
-                    || (source == TrafficSource::External && !sp.external_policy_local);
-                if masq {
-                    self.set(leak(&format!("masq{n}")))
-                        .insert(key.clone(), ElemData::None);
-                } else if source == TrafficSource::Internal && has_cidr {
-                    self.set(leak(&format!("internal{n}")))
-                        .insert(key.clone(), ElemData::None);
+            let key = svc_key(ip, proto, sp.port);
+            if eps.is_empty() {
+                c.elems.push((pick("noep4", "noep6"), key, ElemData::None));
+                continue;
+            }
+            let masq = facts.masquerade_all
+                || (source == TrafficSource::External && !sp.external_policy_local);
+            if masq {
+                c.elems
+                    .push((pick("masq4", "masq6"), key.clone(), ElemData::None));
+            } else if source == TrafficSource::Internal && has_cidr {
+                c.elems
+                    .push((pick("internal4", "internal6"), key.clone(), ElemData::None));
+            }
+            let chain = LbChain {
+                v6,
+                node_port: false,
+                k: eps.len() as u32,
+                affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
+            };
+            c.elems.push((
+                pick("svc4", "svc6"),
+                key.clone(),
+                ElemData::Goto(chain.name()),
+            ));
+            c.chains.push(chain);
+            for (i, e) in eps.iter().enumerate() {
+                let mut k = key.clone();
+                k.extend((i as u32).to_ne_bytes());
+                c.elems
+                    .push((pick("be4", "be6"), k, ElemData::Bytes(ep_data(e))));
+                programmed.insert((e.ip, e.port));
+                hairpin.insert(e.ip);
+            }
+        }
+        if let Some(np) = sp.node_port {
+            let mut key = proto_bytes(proto).to_vec();
+            key.extend(port_bytes(np));
+            if external.is_empty() {
+                c.elems
+                    .push((pick("noepnp4", "noepnp6"), key, ElemData::None));
+            } else {
+                if !sp.external_policy_local || facts.masquerade_all {
+                    c.elems.push(("npmasq", key.clone(), ElemData::None));
                 }
                 let chain = LbChain {
                     v6,
-                    node_port: false,
-                    k: eps.len() as u32,
-                    affinity: sp.affinity_timeout.is_some(),
+                    node_port: true,
+                    k: external.len() as u32,
+                    affinity: None,
                 };
-                self.set(leak(&format!("svc{n}")))
-                    .insert(key.clone(), ElemData::Goto(chain.name()));
-                self.chains.insert(chain);
-                for (i, e) in eps.iter().enumerate() {
+                c.elems.push((
+                    pick("np4", "np6"),
+                    key.clone(),
+                    ElemData::Goto(chain.name()),
+                ));
+                c.chains.push(chain);
+                for (i, e) in external.iter().enumerate() {
                     let mut k = key.clone();
                     k.extend((i as u32).to_ne_bytes());
-                    self.set(leak(&format!("be{n}")))
-                        .insert(k, ElemData::Bytes(ep_data(e)));
+                    c.elems
+                        .push((pick("npbe4", "npbe6"), k, ElemData::Bytes(ep_data(e))));
                     programmed.insert((e.ip, e.port));
                     hairpin.insert(e.ip);
                 }
             }
-            if let Some(np) = sp.node_port {
-                let mut key = proto_bytes(proto).to_vec();
-                key.extend(port_bytes(np));
-                if external.is_empty() {
-                    self.set(if v6 { "noepnp6" } else { "noepnp4" })
-                        .insert(key, ElemData::None);
-                } else {
-                    if !sp.external_policy_local || masquerade_all {
-                        self.set("npmasq").insert(key.clone(), ElemData::None);
-                    }
-                    let chain = LbChain {
-                        v6,
-                        node_port: true,
-                        k: external.len() as u32,
-                        affinity: false,
-                    };
-                    self.set(if v6 { "np6" } else { "np4" })
-                        .insert(key.clone(), ElemData::Goto(chain.name()));
-                    self.chains.insert(chain);
-                    for (i, e) in external.iter().enumerate() {
-                        let mut k = key.clone();
-                        k.extend((i as u32).to_ne_bytes());
-                        self.set(if v6 { "npbe6" } else { "npbe4" })
-                            .insert(k, ElemData::Bytes(ep_data(e)));
-                        programmed.insert((e.ip, e.port));
-                        hairpin.insert(e.ip);
-                    }
-                }
-            }
         }
-        self.endpoints += programmed.len();
     }
-
-    /// How many elements in all.
-    pub(crate) fn element_count(&self) -> usize {
-        self.sets.values().map(|s| s.len()).sum::<usize>()
-            + self.cidrs.values().map(|c| c.len()).sum::<usize>()
-    }
+    c.endpoints = programmed.len();
+    c.hairpin = hairpin.into_iter().collect();
+    c
 }
 
 fn fmt_field(t: Ty, b: &[u8]) -> String {
@@ -896,6 +1038,14 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
             decl.push_str(" flags interval;");
         }
         let _ = writeln!(out, "add {kind} inet {table} {} {{ {decl} }}", s.name);
+    }
+    for (v6, i) in desired.affinity_sets() {
+        let t = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+        let _ = writeln!(
+            out,
+            "add set inet {table} {} {{ type {t} . {t} . inet_proto . inet_service; flags dynamic,timeout; }}",
+            affinity_set_name(v6, i)
+        );
     }
     let chains: Vec<ChainDef> = skeleton()
         .into_iter()
@@ -967,4 +1117,118 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use node_core::{NodeInfo, Protocol, ServicePortName};
+    use std::time::Duration;
+
+    fn ep(ip: &str, node: &str) -> Endpoint {
+        Endpoint {
+            node_name: Some(node.into()),
+            ..Endpoint::ready(ip.parse().unwrap(), 8080)
+        }
+    }
+
+    fn state(sp: ServicePort) -> ProxyState {
+        ProxyState {
+            services: [(ServicePortName::new("d", "s", ""), sp)].into(),
+            node: NodeInfo {
+                name: "me".into(),
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn elements_grow_with_endpoints_and_chains_with_distinct_counts() {
+        let mut services = BTreeMap::new();
+        for s in 0..50u8 {
+            services.insert(
+                ServicePortName::new("d", format!("s{s}"), ""),
+                ServicePort {
+                    cluster_ips: vec![format!("10.96.1.{s}").parse().unwrap()],
+                    port: 80,
+                    endpoints: (0..3)
+                        .map(|e| ep(&format!("10.244.{s}.{e}"), "x"))
+                        .collect(),
+                    ..Default::default()
+                },
+            );
+        }
+        let d = Desired::compute(&ProxyState {
+            services,
+            ..Default::default()
+        });
+        assert_eq!(d.sets["be4"].len(), 150);
+        assert_eq!(d.sets["svc4"].len(), 50);
+        assert_eq!(d.chains.len(), 1, "one chain for every 3-endpoint service");
+        assert_eq!(d.endpoints, 150);
+    }
+
+    #[test]
+    fn policies_masquerade_and_rejects() {
+        let mut sp = ServicePort {
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            external_ips: vec!["192.0.2.1".parse().unwrap()],
+            port: 80,
+            protocol: Protocol::Udp,
+            node_port: Some(30000),
+            external_policy_local: true,
+            affinity_timeout: Some(Duration::from_secs(5)),
+            endpoints: vec![ep("10.244.0.1", "other"), ep("10.244.0.2", "other")],
+            ..Default::default()
+        };
+        let d = Desired::compute(&state(sp.clone()));
+        // ClusterIP: both endpoints, masqueraded only from outside the cluster CIDR
+        assert_eq!(d.sets["internal4"].len(), 1);
+        assert_eq!(
+            d.sets["masq4"].len(),
+            0,
+            "Local external policy keeps client addresses"
+        );
+        // external IP and node port: no local endpoint -> rejected
+        assert_eq!(d.sets["noep4"].len(), 1);
+        assert_eq!(d.sets["noepnp4"].len(), 1);
+        assert!(d.chains.iter().any(|c| c.name() == "aff4_2_5"));
+        assert_eq!(d.affinity_sets().len(), 2);
+        sp.external_policy_local = false;
+        let d = Desired::compute(&state(sp));
+        assert_eq!(d.sets["masq4"].len(), 1);
+        assert_eq!(d.sets["npmasq"].len(), 1);
+        assert_eq!(d.sets["npbe4"].len(), 2);
+        assert_eq!(d.sets["noep4"].len() + d.sets["noepnp4"].len(), 0);
+    }
+
+    #[test]
+    fn the_dump_names_every_set_and_element() {
+        let sp = ServicePort {
+            cluster_ips: vec!["fd00:96::1".parse().unwrap()],
+            port: 53,
+            protocol: Protocol::Sctp,
+            endpoints: vec![ep("fd00:244::5", "me")],
+            ..Default::default()
+        };
+        let text = render("t", &Desired::compute(&state(sp)));
+        assert!(
+            text.contains(
+                "add element inet t be6 { fd00:96::1 . sctp . 53 . 0 : fd00:244::5 . 8080 }"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("add element inet t cidr4 { 10.244.0.0/16 }"),
+            "{text}"
+        );
+        for s in SETS {
+            assert!(
+                text.contains(&format!(" inet t {} {{", s.name)),
+                "{} declared",
+                s.name
+            );
+        }
+    }
 }

@@ -217,6 +217,9 @@ pub fn affinity_pins_a_client(make: MakeRouter) {
     let counts = tcp_spread(&h.t.ext, addr("10.96.0.13", 80), 20, TO);
     assert!(!counts.contains_key("<error>"), "{counts:?}");
     assert_eq!(counts.len(), 1, "one pod for one client: {counts:?}");
+    // another client (a pod, inside the cluster) is pinned too, independently
+    let from_pod = tcp_spread(&h.t.pods[2].ns, addr("10.96.0.13", 80), 10, TO);
+    assert_eq!(from_pod.len(), 1, "one pod for one client: {from_pod:?}");
 }
 
 /// externalTrafficPolicy Local: only the endpoints on this node, and the client's address kept.

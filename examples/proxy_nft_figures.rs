@@ -1,0 +1,210 @@
+//! Prints the nftables router's figures next to the references, measured in the same run, in
+//! throwaway network namespaces (needs root, `nft`, `python3`, `iptables-legacy-restore`,
+//! `iptables-nft-restore` and the reference generators: `$NODEKIT_REFERENCE_DIR` or
+//! `../shared/reference` from the workspace root).
+//!
+//! `cargo run --release --example proxy_nft_figures -- [--sizes 1000,10000] [--runs 3] [--kp-nft-max 2000]`
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use node_core::ServiceRouter;
+use node_proxy::NftablesRouter;
+use node_test_support::NetnsFixture;
+use node_test_support::proxy_state::{
+    synthetic, with_one_endpoint_changed, with_one_service_added,
+};
+
+/// The directory of the reference generators.
+fn reference_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("NODEKIT_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+    if !dir.join("gen_kp_nft.py").exists() {
+        bail!(
+            "reference generators not found in {} (set NODEKIT_REFERENCE_DIR to the directory holding gen_kp_nft.py, gen_kp_ipt.py, gen_flat_nft.py)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Time `cmd < input` inside a fresh namespace (the command only).
+fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
+    let ns = NetnsFixture::new("ref")?;
+    let mut c = ns.command(program);
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let path = std::env::temp_dir().join(format!("nodekit-ref-{}.txt", std::process::id()));
+    std::fs::write(&path, input)?;
+    let file = std::fs::File::open(&path)?;
+    c.stdin(file);
+    let start = Instant::now();
+    let out = c.output()?;
+    let took = start.elapsed();
+    let _ = std::fs::remove_file(&path);
+    if !out.status.success() {
+        bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(took)
+}
+
+fn generate(dir: &PathBuf, script: &str, n: usize) -> Result<Vec<u8>> {
+    let out = Command::new("python3")
+        .arg(dir.join(script))
+        .args([n.to_string(), "5".into()])
+        .output()
+        .with_context(|| format!("python3 {script}"))?;
+    Ok(out.stdout)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let sizes: Vec<usize> = opt("--sizes")
+        .unwrap_or_else(|| "1000,10000".into())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let runs: usize = opt("--runs").map(|r| r.parse().unwrap()).unwrap_or(3);
+    let kp_nft_max: usize = opt("--kp-nft-max")
+        .map(|r| r.parse().unwrap())
+        .unwrap_or(2000);
+    let dir = reference_dir()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!("| size (services x 5) | measure | time (median of {runs}) |");
+    println!("|---|---|---|");
+    for &n in &sizes {
+        let ns = NetnsFixture::new("bench")?;
+        let a = synthetic(n, 5);
+        let b = with_one_endpoint_changed(&a);
+        let plus = with_one_service_added(&a, 5);
+        let rss0 = rss_kib();
+        let router: Arc<NftablesRouter> = Arc::new(ns.run_in(NftablesRouter::new)??);
+        let gen_t = median(
+            (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    router.generate(&a);
+                    t.elapsed()
+                })
+                .collect(),
+        );
+        let mut full = vec![];
+        for _ in 0..runs {
+            router.force_full_sync();
+            let r = rt.block_on(router.sync(&a))?;
+            assert!(r.full);
+            full.push(r.duration);
+        }
+        let rss1 = rss_kib();
+        let mut one = vec![];
+        for i in 0..runs.max(5) {
+            let r = rt.block_on(router.sync(if i % 2 == 0 { &b } else { &a }))?;
+            assert!(!r.full && r.changes > 0);
+            one.push(r.duration);
+        }
+        rt.block_on(router.sync(&a))?;
+        let mut add = vec![];
+        for i in 0..runs.max(5) {
+            let r = rt.block_on(router.sync(if i % 2 == 0 { &plus } else { &a }))?;
+            add.push(r.duration);
+        }
+        println!(
+            "| {n} | nodekit full sync (one transaction, {} elements) | {} |",
+            router.programmed_elements(),
+            ms(median(full))
+        );
+        println!(
+            "| {n} | nodekit one endpoint changed | {} |",
+            ms(median(one))
+        );
+        println!(
+            "| {n} | nodekit one service added/removed | {} |",
+            ms(median(add))
+        );
+        println!("| {n} | nodekit ruleset generation alone | {} |", ms(gen_t));
+        println!(
+            "| {n} | router RSS delta after full sync | {:.1} MiB |",
+            (rss1.saturating_sub(rss0)) as f64 / 1024.0
+        );
+        drop(router);
+        drop(ns);
+        let flat = generate(&dir, "gen_flat_nft.py", n)?;
+        let t = median(
+            (0..runs)
+                .map(|_| time_load("nft", &["-f", "-"], &flat))
+                .collect::<Result<_>>()?,
+        );
+        println!("| {n} | reference: flat interval map, nft -f | {} |", ms(t));
+        let ipt = generate(&dir, "gen_kp_ipt.py", n)?;
+        for tool in ["iptables-legacy-restore", "iptables-nft-restore"] {
+            let t = median(
+                (0..runs)
+                    .map(|_| time_load(tool, &[], &ipt))
+                    .collect::<Result<_>>()?,
+            );
+            println!(
+                "| {n} | reference: kube-proxy iptables layout, {tool} | {} |",
+                ms(t)
+            );
+        }
+        if n <= kp_nft_max {
+            let kp = generate(&dir, "gen_kp_nft.py", n)?;
+            let t = median(
+                (0..runs)
+                    .map(|_| time_load("nft", &["-f", "-"], &kp))
+                    .collect::<Result<_>>()?,
+            );
+            println!(
+                "| {n} | reference: kube-proxy nftables layout, nft -f | {} |",
+                ms(t)
+            );
+        } else {
+            println!(
+                "| {n} | reference: kube-proxy nftables layout, nft -f | not run (> --kp-nft-max {kp_nft_max}) |"
+            );
+        }
+    }
+    if kp_nft_max < 2000 || !sizes.contains(&2000) {
+        let kp = generate(&dir, "gen_kp_nft.py", 2000)?;
+        let t = time_load("nft", &["-f", "-"], &kp)?;
+        println!(
+            "| 2000 | reference: kube-proxy nftables layout, nft -f (1 run) | {} |",
+            ms(t)
+        );
+    }
+    Ok(())
+}
