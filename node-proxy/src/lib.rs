@@ -3,6 +3,8 @@
 
 pub mod conntrack;
 pub mod iptables;
+pub mod ipvs;
 
 pub use conntrack::{ConntrackCleaner, ConntrackFlush, stale_udp_flows};
 pub use iptables::{IpFamily, IptablesConfig, IptablesRouter, IptablesVariant};
+pub use ipvs::{IpvsConfig, IpvsRouter};
