@@ -225,6 +225,14 @@ impl Store {
             .filter_map(|id| self.sandbox(id).ok().flatten())
             .collect()
     }
+    /// The ids of every sandbox record.
+    pub fn sandbox_ids(&self) -> Vec<String> {
+        self.ids("sandboxes")
+    }
+    /// The ids of every container record.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.ids("containers")
+    }
     /// Forget a sandbox.
     pub fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
         self.remove("sandboxes", id)
