@@ -1408,6 +1408,46 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
             );
             rt.remove_container(&id).await.unwrap();
         }
+        // a directory left by a runtime that died while creating a sandbox (an old one, with a
+        // namespace bind-mounted in it) is swept by the next runtime on the root
+        let orphan = env.root.path().join("rt/sandboxes/0rphan");
+        std::fs::create_dir_all(orphan.join("ns")).unwrap();
+        std::fs::write(orphan.join("ns/net"), b"").unwrap();
+        let (src, dst) = (
+            std::ffi::CString::new("/proc/thread-self/ns/net").unwrap(),
+            std::ffi::CString::new(orphan.join("ns/net").display().to_string()).unwrap(),
+        );
+        // SAFETY: a bind mount under the test's own root.
+        assert_eq!(
+            unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            },
+            0
+        );
+        let old = [libc::timeval {
+            tv_sec: 1_000_000_000,
+            tv_usec: 0,
+        }; 2];
+        let dir = std::ffi::CString::new(orphan.display().to_string()).unwrap();
+        // SAFETY: setting the times of our own directory.
+        assert_eq!(unsafe { libc::utimes(dir.as_ptr(), old.as_ptr()) }, 0);
+        let before = env.mounts_under_root();
+        assert!(before.iter().any(|m| m.contains("0rphan")), "{before:?}");
+        drop(env.runtime());
+        assert!(!orphan.exists(), "the orphan is swept");
+        let after = env.mounts_under_root();
+        assert_eq!(
+            after.len(),
+            before.len() - 1,
+            "only the orphan's mount went: {after:?}"
+        );
+        assert!(after.iter().all(|m| !m.contains("0rphan")));
         // concurrent creations: distinct pods all run, the same pod twice runs once
         let names = ["c1", "c2", "c3", "c3"];
         let cfgs: Vec<cri::PodSandboxConfig> =

@@ -527,6 +527,7 @@ impl NativeRuntime {
                 log_path: (!log_path.as_os_str().is_empty()).then(|| log_path.clone()),
                 max_log_line: self.cfg.max_log_line_size,
                 exit_file: self.store.exit_file(&id),
+                started_file: Some(self.store.started_file(&id)),
             };
             let p = dir.join("spec.json");
             std::fs::write(
@@ -584,9 +585,13 @@ impl NativeRuntime {
             .await
         {
             Ok(started) => {
+                rec.started_at = if started.started_at > 0 {
+                    started.started_at
+                } else {
+                    now_ns()
+                };
                 rec.process = Some(started);
                 rec.status = ContainerStatus::Running;
-                rec.started_at = now_ns();
                 self.store.save_container(&rec)
             }
             Err(e) => {

@@ -227,6 +227,7 @@ fn run_sandbox(json: &str) -> R<i32> {
         start_ticks: start_ticks(pid),
         monitor_pid: 0,
         monitor_ticks: 0,
+        started_at: now_ns(),
     };
     println!("{}", serde_json::to_string(&started).unwrap_or_default());
     Ok(0)
@@ -427,7 +428,14 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
         start_ticks: start_ticks(child),
         monitor_pid: me,
         monitor_ticks: start_ticks(me),
+        started_at: now_ns(),
     };
+    if let Some(f) = &spec.started_file {
+        let tmp = f.with_extension("tmp");
+        if std::fs::write(&tmp, serde_json::to_vec(&started).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, f);
+        }
+    }
     write_all(
         report_w,
         format!("ok {}", serde_json::to_string(&started).unwrap_or_default()).as_bytes(),

@@ -323,13 +323,57 @@ impl NativeRuntime {
                 init.display()
             )));
         }
-        Ok(Self {
+        let rt = Self {
             cfg,
             store,
             init,
             locks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(Default::default()),
-        })
+        };
+        rt.sweep_orphans(Duration::from_secs(60));
+        Ok(rt)
+    }
+
+    /// Remove sandbox and container directories that no state record names (a runtime that
+    /// died in the middle of creating them) and that are older than `age` (so that a creation
+    /// in progress is left alone): namespace files and the pod's `/dev/shm` are unmounted.
+    fn sweep_orphans(&self, age: Duration) {
+        let old = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e > age)
+        };
+        for (kind, known) in [
+            ("sandboxes", self.store.sandbox_ids()),
+            ("containers", self.store.container_ids()),
+        ] {
+            for e in std::fs::read_dir(self.cfg.root.join(kind))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if known.contains(&id) || !old(&e.path()) {
+                    continue;
+                }
+                tracing::warn!(
+                    kind,
+                    id,
+                    "removing an orphaned directory left by an interrupted creation"
+                );
+                for f in std::fs::read_dir(e.path().join("ns"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    sandbox::unbind_ns(&f.path());
+                }
+                sandbox::unmount_dir(&e.path().join("shm"));
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// The configuration.

@@ -287,6 +287,10 @@ impl NativeRuntime {
                 mount_shm(&shm)?;
                 rec.shm = Some(shm);
             }
+            // on disk from here on (not ready yet): if the runtime dies during CNI ADD, the
+            // kubelet still finds the sandbox and stops and removes it
+            rec.status = SandboxStatus::NotReady;
+            self.store.save_sandbox(&rec)?;
             if !host_network {
                 let a = self.attachment(&rec);
                 let res = self.cfg.cni.add(&a).await.map_err(|e| {
@@ -314,6 +318,7 @@ impl NativeRuntime {
                 write("hosts", hosts_file(&hostname, &rec.ips))?;
             }
             write("resolv.conf", resolv_conf(config.dns_config.as_ref()))?;
+            rec.status = SandboxStatus::Ready;
             self.store.save_sandbox(&rec)
         }
         .await;
@@ -323,6 +328,7 @@ impl NativeRuntime {
                 let _ = CgroupHandle::open(&parent).destroy();
             }
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.store.remove_sandbox(&id);
             return Err(e);
         }
         Ok(id)

@@ -155,6 +155,10 @@ pub struct ContainerSpec {
     pub max_log_line: usize,
     /// Where the monitor records the exit.
     pub exit_file: PathBuf,
+    /// Where the monitor records the start (so that a runtime that died while starting the
+    /// container finds it running rather than created).
+    #[serde(default)]
+    pub started_file: Option<PathBuf>,
 }
 
 /// An exec in a running container.
@@ -182,6 +186,9 @@ pub struct Started {
     pub monitor_pid: i32,
     /// The monitor's start time in ticks.
     pub monitor_ticks: u64,
+    /// When the process was started, ns since the epoch (0 when unknown).
+    #[serde(default)]
+    pub started_at: i64,
 }
 
 /// What the monitor records when the container exits.

@@ -225,6 +225,14 @@ impl Store {
             .filter_map(|id| self.sandbox(id).ok().flatten())
             .collect()
     }
+    /// The ids of every sandbox record.
+    pub fn sandbox_ids(&self) -> Vec<String> {
+        self.ids("sandboxes")
+    }
+    /// The ids of every container record.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.ids("containers")
+    }
     /// Forget a sandbox.
     pub fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
         self.remove("sandboxes", id)
@@ -233,9 +241,22 @@ impl Store {
     pub fn save_container(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
         self.write("containers", &c.id, c)
     }
-    /// A container, if known.
+    /// A container, if known. A container recorded as created whose monitor recorded a start
+    /// (the runtime died while starting it) is running.
     pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>, RuntimeError> {
-        self.read("containers", id)
+        let Some(mut rec) = self.read::<ContainerRecord>("containers", id)? else {
+            return Ok(None);
+        };
+        if rec.status == ContainerStatus::Created
+            && let Some(started) = std::fs::read(self.started_file(id))
+                .ok()
+                .and_then(|d| serde_json::from_slice::<Started>(&d).ok())
+        {
+            rec.status = ContainerStatus::Running;
+            rec.started_at = started.started_at;
+            rec.process = Some(started);
+        }
+        Ok(Some(rec))
     }
     /// Every container.
     pub fn containers(&self) -> Vec<ContainerRecord> {
@@ -247,8 +268,16 @@ impl Store {
     /// Forget a container (and its exit record).
     pub fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         let _ = std::fs::remove_file(self.exit_file(id));
+        let _ = std::fs::remove_file(self.started_file(id));
         self.remove("containers", id)
     }
+    /// The file the monitor of container `id` records the start in.
+    pub fn started_file(&self, id: &str) -> PathBuf {
+        self.root
+            .join("containers")
+            .join(format!("{id}.started.json"))
+    }
+
     /// The monitor's exit record of a container, once it exited.
     pub fn exit_record(&self, id: &str) -> Option<ExitRecord> {
         serde_json::from_slice(&std::fs::read(self.exit_file(id)).ok()?).ok()
@@ -258,4 +287,62 @@ impl Store {
 /// Whether a label selector matches (every key equal).
 pub fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            sandbox_id: "s".into(),
+            config: cri::ContainerConfig::default(),
+            image_id: "sha256:x".into(),
+            status: ContainerStatus::Created,
+            created_at: 1,
+            started_at: 0,
+            process: None,
+            exit: None,
+            start_error: None,
+            stop_signal: 15,
+            cgroup: "nodekit/x".into(),
+            log_path: PathBuf::new(),
+            resources: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_a_start_the_monitor_recorded_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).unwrap();
+        store.save_container(&record("abc")).unwrap();
+        let rec = store.container("abc").unwrap().unwrap();
+        assert!(rec.status.can_start());
+        // the runtime died between the monitor's start and its own state write
+        let started = Started {
+            pid: 42,
+            start_ticks: 7,
+            monitor_pid: 41,
+            monitor_ticks: 6,
+            started_at: 99,
+        };
+        std::fs::write(
+            store.started_file("abc"),
+            serde_json::to_vec(&started).unwrap(),
+        )
+        .unwrap();
+        let rec = store.container("abc").unwrap().unwrap();
+        assert_eq!(
+            (rec.status, rec.started_at, rec.process.map(|p| p.pid)),
+            (ContainerStatus::Running, 99, Some(42))
+        );
+        assert!(!rec.status.can_start());
+        // side files are not records; bad ids name nothing
+        assert_eq!(store.containers().len(), 1);
+        assert!(store.container("../../etc/passwd").unwrap().is_none());
+        store.remove_container("abc").unwrap();
+        assert!(store.containers().is_empty());
+        assert!(!store.started_file("abc").exists());
+    }
 }
