@@ -13,6 +13,7 @@
 //! | probes and lifecycle hooks | [`probe`] |
 //! | pod status, and the JSON file status sink | [`status`] ([`JsonStatusSink`]) |
 //! | resource quantities | [`quantity`] |
+//! | the node: QoS cgroups, allocatable and admission, node status, eviction, volumes, shutdown, HTTP endpoints | [`node`] |
 //!
 //! The pod worker (one task per pod: observe, reconcile, act, publish, terminate) is internal.
 
@@ -21,6 +22,7 @@ pub mod cri_config;
 pub mod kubelet;
 pub mod labels;
 pub mod manifest;
+pub mod node;
 pub mod probe;
 pub mod quantity;
 pub mod reconcile;

@@ -1,10 +1,30 @@
 //! The service proxy as a library: `Service` + `EndpointSlice` tracking into node-core's
 //! `ProxyState`, and the `ServiceRouter` implementations (nftables, iptables, IPVS).
+//!
+//! | concern | module |
+//! |---|---|
+//! | Service/EndpointSlice -> proxy state | [`tracker`], [`manifest`] |
+//! | where services come from | [`source`] (manifest directory, API server) |
+//! | the sync loop and its metrics | [`proxy`], [`metrics`] |
+//! | routers | [`nftables`] (default), [`iptables`], [`ipvs`] |
+//! | stale UDP flows | [`conntrack`] |
 
 pub mod conntrack;
 pub mod iptables;
 pub mod ipvs;
+pub mod manifest;
+pub mod metrics;
+pub mod nftables;
+pub mod proxy;
+pub mod source;
+pub mod tracker;
 
 pub use conntrack::{ConntrackCleaner, ConntrackFlush, stale_udp_flows};
 pub use iptables::{IpFamily, IptablesConfig, IptablesRouter, IptablesVariant};
 pub use ipvs::{IpvsConfig, IpvsRouter};
+pub use manifest::{Manifests, parse_manifests};
+pub use metrics::ProxyMetrics;
+pub use nftables::{NftablesConfig, NftablesRouter};
+pub use proxy::{Proxy, ProxyBuilder, ProxyConfig, ProxyError};
+pub use source::{ApiServerSource, ManifestDir, ServiceEvent, ServiceSource, ServiceStream};
+pub use tracker::{InvalidObject, ServiceTracker, Tracked};
