@@ -325,7 +325,7 @@ impl BridgePlugin {
             node.set_hairpin(host_link.header.index).await?;
         }
 
-        let pod = Rtnl::in_netns(ns)?;
+        let pod = Rtnl::in_netns(ns).await?;
         pod.set_up(1).await?; // loopback is always index 1
         let eth = pod.link(&a.ifname).await?.ok_or_else(|| CniError::Netns {
             container_id: a.container_id.clone(),
@@ -527,7 +527,7 @@ impl CniPlugin for BridgePlugin {
                 self.config.bridge
             )));
         }
-        let pod = Rtnl::in_netns(&ns)?;
+        let pod = Rtnl::in_netns(&ns).await?;
         let eth = pod
             .link(&a.ifname)
             .await?
