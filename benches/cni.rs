@@ -1,6 +1,6 @@
 //! CNI ADD/DEL latency: the native `BridgePlugin` against `ExecCni` running the reference
-//! `bridge` + `host-local` plugins from /usr/lib/cni, in the same run; and 30 concurrent native
-//! ADDs against one. Needs root: everything runs inside throwaway network namespaces (the node
+//! `bridge` + `host-local` plugins from /usr/lib/cni, in the same run; and 30 concurrent ADDs
+//! against one, for both. Needs root: everything runs inside throwaway network namespaces (the node
 //! is a namespace too). Run with `cargo bench --bench cni`.
 
 use std::path::PathBuf;
@@ -107,35 +107,38 @@ fn main() -> anyhow::Result<()> {
             .enumerate()
             .map(|(i, p)| attachment(p, &format!("bench-{i}")))
             .collect();
-        let mut g = c.benchmark_group("cni_native_concurrent_add");
-        for n in [1usize, 30] {
-            g.bench_function(format!("{n}"), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t = Instant::now();
-                        rt.block_on(async {
-                            let tasks: Vec<_> = all[..n]
-                                .iter()
-                                .map(|a| {
-                                    let (p, a) = (native.clone(), a.clone());
-                                    tokio::spawn(async move { p.add(&a).await })
-                                })
-                                .collect();
-                            for t in tasks {
-                                t.await.expect("join").expect("ADD");
-                            }
-                        });
-                        total += t.elapsed();
-                        rt.block_on(async {
-                            for a in &all[..n] {
-                                native.del(a).await.expect("DEL");
-                            }
-                        });
-                    }
-                    total
-                })
-            });
+        let mut g = c.benchmark_group("cni_concurrent_add");
+        g.sample_size(10);
+        for (name, p) in &plugins {
+            for n in [1usize, 30] {
+                g.bench_function(format!("{name}/{n}"), |b| {
+                    b.iter_custom(|iters| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let t = Instant::now();
+                            rt.block_on(async {
+                                let tasks: Vec<_> = all[..n]
+                                    .iter()
+                                    .map(|a| {
+                                        let (p, a) = (p.clone(), a.clone());
+                                        tokio::spawn(async move { p.add(&a).await })
+                                    })
+                                    .collect();
+                                for t in tasks {
+                                    t.await.expect("join").expect("ADD");
+                                }
+                            });
+                            total += t.elapsed();
+                            rt.block_on(async {
+                                for a in &all[..n] {
+                                    p.del(a).await.expect("DEL");
+                                }
+                            });
+                        }
+                        total
+                    })
+                });
+            }
         }
         g.finish();
         rt.block_on(native.teardown_node(true))?;

@@ -99,28 +99,34 @@ impl Rtnl {
         })
     }
 
-    /// A connection in the namespace `ns` (an open `/run/netns/..` or `/proc/<pid>/ns/net`).
-    pub fn in_netns(ns: &File) -> Result<Self, CniError> {
-        let rt = tokio::runtime::Handle::current();
-        let opened = std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let _guard = rt.enter();
-                rtnetlink::new_connection()
-                    .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-            })
-            .join()
-        });
-        let (conn, handle, _) = match opened {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(CniError::Netlink {
-                    op: "open a netlink socket in a netns".into(),
-                    message: e.to_string(),
-                });
-            }
-            Err(_) => return Err(CniError::Other("the netns thread panicked".into())),
+    /// A connection in the namespace `ns` (an open `/run/netns/..` or `/proc/<pid>/ns/net`),
+    /// opened by a short-lived thread that enters it; the caller's thread (and the tokio
+    /// worker) never changes namespace nor blocks on that thread.
+    pub async fn in_netns(ns: &File) -> Result<Self, CniError> {
+        let io = |e: std::io::Error| CniError::Netlink {
+            op: "open a netlink socket in a netns".into(),
+            message: e.to_string(),
         };
+        let ns = ns.try_clone().map_err(io)?;
+        let rt = tokio::runtime::Handle::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("nodekit-netns".into())
+            .spawn(move || {
+                let opened = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| {
+                        let _guard = rt.enter();
+                        rtnetlink::new_connection()
+                    });
+                // The thread ends here, inside the pod's namespace; the socket stays bound to it.
+                let _ = tx.send(opened);
+            })
+            .map_err(io)?;
+        let (conn, handle, _) = rx
+            .await
+            .map_err(|_| CniError::Other("the netns thread ended without an answer".into()))?
+            .map_err(io)?;
         Ok(Self {
             handle,
             task: tokio::spawn(conn),

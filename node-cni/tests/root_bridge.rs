@@ -266,7 +266,7 @@ fn gc_frees_what_attachments_not_kept_hold() {
     }
     let env = Env::new(false);
     let node = NetnsFixture::new("node").unwrap();
-    let pods: Vec<NetnsFixture> = (0..3)
+    let pods: Vec<NetnsFixture> = (0..4)
         .map(|i| NetnsFixture::new(&format!("g{i}")).unwrap())
         .collect();
     node.run_in(|| {
@@ -286,8 +286,22 @@ fn gc_frees_what_attachments_not_kept_hold() {
             }];
             cni.add(&atts[0]).await.unwrap();
             cni.add(&atts[1]).await.unwrap();
-            cni.add(&with_port).await.unwrap();
+            let r2 = cni.add(&with_port).await.unwrap();
             assert_eq!(env.leases().len(), 3);
+            // A host port already taken: a clear error, the first pod keeps it, nothing leaks.
+            let mut clash = atts[3].clone();
+            clash.capabilities.port_mappings = with_port.capabilities.port_mappings.clone();
+            let e = cni.add(&clash).await.unwrap_err().to_string();
+            assert!(e.contains("g3") && e.contains("18081/udp"), "{e}");
+            assert_eq!(env.leases().len(), 3);
+            assert!(!has_link(&pods[3], "eth0"));
+            let map = node
+                .sh(&format!("nft list map inet {} hostports4", cni.nft_table()))
+                .unwrap();
+            assert!(
+                map.contains(&format!("18081 : {} . 80", r2.pod_ips()[0])),
+                "{map}"
+            );
             // GC from a fresh instance (after a restart), keeping only the first attachment.
             let again = env.plugin();
             again.gc(&[atts[0].key()]).await.unwrap();

@@ -325,7 +325,7 @@ impl BridgePlugin {
             node.set_hairpin(host_link.header.index).await?;
         }
 
-        let pod = Rtnl::in_netns(ns)?;
+        let pod = Rtnl::in_netns(ns).await?;
         pod.set_up(1).await?; // loopback is always index 1
         let eth = pod.link(&a.ifname).await?.ok_or_else(|| CniError::Netns {
             container_id: a.container_id.clone(),
@@ -342,18 +342,35 @@ impl BridgePlugin {
         }
 
         let ips: Vec<IpAddr> = leases.iter().map(|l| l.address.addr()).collect();
-        if !a.capabilities.port_mappings.is_empty() {
-            let ports = NftTable::host_ports(&a.capabilities.port_mappings, &ips)?;
+        let ports = NftTable::host_ports(&a.capabilities.port_mappings, &ips)?;
+        if !ports.is_empty() {
             self.ensure_nft().await?;
-            self.nft.add_ports(&ports).await?;
+            self.nft.add_ports(&ports).await.map_err(|e| {
+                let list: Vec<String> = a
+                    .capabilities
+                    .port_mappings
+                    .iter()
+                    .map(|m| format!("{}/{}", m.host_port, m.protocol))
+                    .collect();
+                CniError::Other(format!(
+                    "attachment {}/{}: host ports {} could not be mapped (already in use?): {e}",
+                    a.container_id,
+                    a.ifname,
+                    list.join(", ")
+                ))
+            })?;
         }
-        self.write_record(&Record {
+        let record = Record {
             container_id: a.container_id.clone(),
             ifname: a.ifname.clone(),
             netns: a.netns.clone(),
             ips: ips.clone(),
             port_mappings: a.capabilities.port_mappings.clone(),
-        })?;
+        };
+        if let Err(e) = self.write_record(&record) {
+            let _ = self.nft.del_ports(&ports).await;
+            return Err(e);
+        }
 
         Ok(CniResult {
             cni_version: crate::version::CURRENT_VERSION.into(),
@@ -468,7 +485,8 @@ impl CniPlugin for BridgePlugin {
         match self.attach(a, &ns, &leases).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                if let Err(undo) = self.detach(&a.key(), &a.capabilities.port_mappings).await {
+                // Host ports are undone by `attach` itself: by key they could be another pod's.
+                if let Err(undo) = self.detach(&a.key(), &[]).await {
                     tracing::warn!(container = %a.container_id, error = %undo, "undoing a failed ADD was incomplete");
                 }
                 Err(e)
@@ -509,7 +527,7 @@ impl CniPlugin for BridgePlugin {
                 self.config.bridge
             )));
         }
-        let pod = Rtnl::in_netns(&ns)?;
+        let pod = Rtnl::in_netns(&ns).await?;
         let eth = pod
             .link(&a.ifname)
             .await?

@@ -133,7 +133,8 @@ impl NftTable {
         Ok(out)
     }
 
-    /// Add host port elements (one transaction: all or none).
+    /// Add host port elements (one transaction: all or none). A host port already mapped (to
+    /// any pod) is an error: `create` refuses existing keys where `add` would keep the old value.
     pub async fn add_ports(&self, ports: &[HostPort]) -> Result<(), CniError> {
         if ports.is_empty() {
             return Ok(());
