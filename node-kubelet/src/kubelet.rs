@@ -71,7 +71,7 @@ pub enum KubeletError {
     /// A required part was not given to the builder.
     #[error("kubelet builder: no {0} given")]
     Missing(&'static str),
-    /// The runtime did not answer at start.
+    /// The runtime never answered before shutdown.
     #[error("runtime: {0}")]
     Runtime(#[source] RuntimeError),
 }
@@ -195,11 +195,19 @@ impl Kubelet {
     /// Run until `shutdown` is cancelled. Stopping the kubelet leaves the pods running: the next
     /// kubelet adopts them (matched by their labels and spec hashes) without restarting them.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KubeletError> {
-        let version = self
-            .runtime
-            .version()
-            .await
-            .map_err(KubeletError::Runtime)?;
+        // wait for the runtime (it may be starting beside us), as the kubelet does
+        let version = loop {
+            match self.runtime.version().await {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the container runtime does not answer yet; retrying in 1 s");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(KubeletError::Runtime(e)),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
         let runtime_name = if version.runtime_name.is_empty() {
             "cri".to_string()
         } else {

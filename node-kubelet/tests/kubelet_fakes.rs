@@ -719,3 +719,32 @@ async fn a_sidecar_starts_first_keeps_running_and_restarts() {
     .unwrap();
     k.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_kubelet_waits_for_a_runtime_that_is_not_up_yet() {
+    let rt = FakeRuntime::new();
+    for _ in 0..3 {
+        rt.fail_next(
+            "version",
+            RuntimeError::Unavailable("socket missing".into()),
+        );
+    }
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("test");
+    source.apply(pod("metadata: {name: late, uid: uid-late}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n"));
+    let started = Instant::now();
+    let k = start(&rt, &sink, &source);
+    until("running", Duration::from_secs(30), || running(&rt, "c")).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "three failed attempts, one second apart"
+    );
+    assert_eq!(
+        rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("version"))
+            .count(),
+        4
+    );
+    k.stop().await;
+}
