@@ -253,6 +253,19 @@ impl Kubelet {
                 update = updates.recv() => {
                     let Some(update) = update else { break };
                     match update {
+                        PodUpdate::Add(pod) | PodUpdate::Update(pod)
+                            if pod.metadata.deletion_timestamp.is_some() =>
+                        {
+                            // deleted through the API server: terminate gracefully now
+                            let uid = pod.metadata.uid.clone().unwrap_or_default();
+                            if let Some(w) = workers.get_mut(&uid)
+                                && !w.terminating
+                            {
+                                w.terminating = true;
+                                let _ = w.tx.send(WorkerMsg::Update(Box::new(pod)));
+                                let _ = w.tx.send(WorkerMsg::Terminate);
+                            }
+                        }
                         PodUpdate::Add(pod) | PodUpdate::Update(pod) => {
                             let uid = pod.metadata.uid.clone().unwrap_or_default();
                             match workers.get(&uid) {

@@ -748,3 +748,32 @@ async fn the_kubelet_waits_for_a_runtime_that_is_not_up_yet() {
     );
     k.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_marked_for_deletion_is_terminated_with_its_grace_period() {
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("api");
+    let yaml = "metadata: {name: del, uid: uid-del}\nspec:\n  containers:\n  - {name: c, image: \"img:1\", lifecycle: {preStop: {sleep: {seconds: 60}}}}\n";
+    source.apply(pod(yaml));
+    let k = start(&rt, &sink, &source);
+    until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    // the API server marks the pod deleted with a 2 s grace period
+    let mut deleted = pod(yaml);
+    deleted.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    deleted.metadata.deletion_grace_period_seconds = Some(2);
+    let t0 = Instant::now();
+    source.apply(deleted);
+    until("the sandbox removed", Duration::from_secs(30), || {
+        rt.sandboxes().is_empty().then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "the 60 s preStop is cut at the 2 s grace: {took:?}"
+    );
+    k.stop().await;
+}
