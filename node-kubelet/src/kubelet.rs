@@ -17,6 +17,7 @@ use crate::backoff::BackoffConfig;
 use crate::cri_config::{CriSettings, HostDns, InMemoryStore, ValueStore};
 use crate::labels;
 use crate::source::{PodConfig, PodUpdate};
+use crate::state::PodStates;
 use crate::worker::{PodWorker, Shared, WorkerMsg};
 
 /// The kubelet's settings.
@@ -138,6 +139,7 @@ impl KubeletBuilder {
             sink,
             store: self.store.unwrap_or_else(|| Arc::new(InMemoryStore::new())),
             config: self.config,
+            states: PodStates::new(),
         })
     }
 }
@@ -166,6 +168,7 @@ pub struct Kubelet {
     sink: Arc<dyn StatusSink>,
     store: Arc<dyn ValueStore>,
     config: KubeletConfig,
+    states: PodStates,
 }
 
 struct WorkerHandle {
@@ -185,6 +188,11 @@ impl Kubelet {
             store: None,
             config: KubeletConfig::default(),
         }
+    }
+
+    /// The pods and their latest statuses, live while the kubelet runs (clone it before `run`).
+    pub fn states(&self) -> PodStates {
+        self.states.clone()
     }
 
     /// The node's name.
@@ -234,6 +242,7 @@ impl Kubelet {
             sync_period: self.config.sync_period,
             backoff: self.config.restart_backoff,
             image_backoff: self.config.image_pull_backoff,
+            states: self.states.clone(),
         });
         let mut pod_config = PodConfig::new();
         for s in &self.sources {

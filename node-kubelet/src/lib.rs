@@ -12,6 +12,7 @@
 //! | labels on sandboxes/containers, the stable spec hash | [`labels`] |
 //! | probes and lifecycle hooks | [`probe`] |
 //! | pod status, and the JSON file status sink | [`status`] ([`JsonStatusSink`]) |
+//! | the live pods and statuses, for endpoints and integrators | [`state`] ([`PodStates`]) |
 //! | resource quantities | [`quantity`] |
 //!
 //! The pod worker (one task per pod: observe, reconcile, act, publish, terminate) is internal.
@@ -25,6 +26,7 @@ pub mod probe;
 pub mod quantity;
 pub mod reconcile;
 pub mod source;
+pub mod state;
 pub mod status;
 mod worker;
 
@@ -35,6 +37,7 @@ pub use source::{
     ApiServerSource, ChannelSource, FileSource, FileSourceConfig, HttpSource, HttpSourceConfig,
     PodConfig, PodUpdate,
 };
+pub use state::{PodState, PodStates};
 pub use status::JsonStatusSink;
 /// The token that stops [`Kubelet::run`].
 pub use tokio_util::sync::CancellationToken;

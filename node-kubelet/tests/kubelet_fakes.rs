@@ -777,3 +777,45 @@ async fn a_pod_marked_for_deletion_is_terminated_with_its_grace_period() {
     );
     k.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn pod_states_follow_pods_and_statuses() {
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("test");
+    let p = pod(
+        "metadata: {name: seen, uid: uid-seen, labels: {app: x}}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n",
+    );
+    source.apply(p.clone());
+    let kubelet = Kubelet::builder("node-1")
+        .source(Arc::new(source.clone()))
+        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
+        .status(Arc::new(sink.clone()))
+        .build()
+        .unwrap();
+    let states = kubelet.states();
+    let mut changes = states.subscribe();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
+    let ready = until("ready", Duration::from_secs(30), || {
+        states.pods().into_iter().find(|s| s.is_ready())
+    })
+    .await;
+    assert_eq!(ready.pod.metadata.labels.as_ref().unwrap()["app"], "x");
+    assert_eq!(
+        ready.pod.metadata.annotations.as_ref().unwrap()["kubernetes.io/config.source"],
+        "test"
+    );
+    assert!(ready.status.as_ref().unwrap().pod_ip.is_some());
+    assert!(changes.has_changed().unwrap());
+    changes.mark_unchanged();
+    source.delete(&p);
+    until("removed", Duration::from_secs(30), || {
+        states.pods().is_empty().then_some(())
+    })
+    .await;
+    assert!(changes.has_changed().unwrap());
+    token.cancel();
+    task.await.unwrap();
+}
