@@ -17,6 +17,7 @@ use crate::backoff::BackoffConfig;
 use crate::cri_config::{CriSettings, HostDns, InMemoryStore, ValueStore};
 use crate::labels;
 use crate::source::{PodConfig, PodUpdate};
+use crate::state::PodStates;
 use crate::worker::{PodWorker, Shared, WorkerMsg};
 
 /// The kubelet's settings.
@@ -71,7 +72,7 @@ pub enum KubeletError {
     /// A required part was not given to the builder.
     #[error("kubelet builder: no {0} given")]
     Missing(&'static str),
-    /// The runtime did not answer at start.
+    /// The runtime never answered before shutdown.
     #[error("runtime: {0}")]
     Runtime(#[source] RuntimeError),
 }
@@ -138,6 +139,7 @@ impl KubeletBuilder {
             sink,
             store: self.store.unwrap_or_else(|| Arc::new(InMemoryStore::new())),
             config: self.config,
+            states: PodStates::new(),
         })
     }
 }
@@ -166,6 +168,7 @@ pub struct Kubelet {
     sink: Arc<dyn StatusSink>,
     store: Arc<dyn ValueStore>,
     config: KubeletConfig,
+    states: PodStates,
 }
 
 struct WorkerHandle {
@@ -187,6 +190,11 @@ impl Kubelet {
         }
     }
 
+    /// The pods and their latest statuses, live while the kubelet runs (clone it before `run`).
+    pub fn states(&self) -> PodStates {
+        self.states.clone()
+    }
+
     /// The node's name.
     pub fn node_name(&self) -> &str {
         &self.node_name
@@ -195,11 +203,19 @@ impl Kubelet {
     /// Run until `shutdown` is cancelled. Stopping the kubelet leaves the pods running: the next
     /// kubelet adopts them (matched by their labels and spec hashes) without restarting them.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KubeletError> {
-        let version = self
-            .runtime
-            .version()
-            .await
-            .map_err(KubeletError::Runtime)?;
+        // wait for the runtime (it may be starting beside us), as the kubelet does
+        let version = loop {
+            match self.runtime.version().await {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the container runtime does not answer yet; retrying in 1 s");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(KubeletError::Runtime(e)),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
         let runtime_name = if version.runtime_name.is_empty() {
             "cri".to_string()
         } else {
@@ -226,6 +242,7 @@ impl Kubelet {
             sync_period: self.config.sync_period,
             backoff: self.config.restart_backoff,
             image_backoff: self.config.image_pull_backoff,
+            states: self.states.clone(),
         });
         let mut pod_config = PodConfig::new();
         for s in &self.sources {
@@ -245,6 +262,19 @@ impl Kubelet {
                 update = updates.recv() => {
                     let Some(update) = update else { break };
                     match update {
+                        PodUpdate::Add(pod) | PodUpdate::Update(pod)
+                            if pod.metadata.deletion_timestamp.is_some() =>
+                        {
+                            // deleted through the API server: terminate gracefully now
+                            let uid = pod.metadata.uid.clone().unwrap_or_default();
+                            if let Some(w) = workers.get_mut(&uid)
+                                && !w.terminating
+                            {
+                                w.terminating = true;
+                                let _ = w.tx.send(WorkerMsg::Update(Box::new(pod)));
+                                let _ = w.tx.send(WorkerMsg::Terminate);
+                            }
+                        }
                         PodUpdate::Add(pod) | PodUpdate::Update(pod) => {
                             let uid = pod.metadata.uid.clone().unwrap_or_default();
                             match workers.get(&uid) {

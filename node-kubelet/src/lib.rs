@@ -12,6 +12,7 @@
 //! | labels on sandboxes/containers, the stable spec hash | [`labels`] |
 //! | probes and lifecycle hooks | [`probe`] |
 //! | pod status, and the JSON file status sink | [`status`] ([`JsonStatusSink`]) |
+//! | the live pods and statuses, for endpoints and integrators | [`state`] ([`PodStates`]) |
 //! | resource quantities | [`quantity`] |
 //! | the node: QoS cgroups, allocatable and admission, node status, eviction, volumes, shutdown, HTTP endpoints | [`node`] |
 //!
@@ -27,6 +28,7 @@ pub mod probe;
 pub mod quantity;
 pub mod reconcile;
 pub mod source;
+pub mod state;
 pub mod status;
 mod worker;
 
@@ -37,6 +39,7 @@ pub use source::{
     ApiServerSource, ChannelSource, FileSource, FileSourceConfig, HttpSource, HttpSourceConfig,
     PodConfig, PodUpdate,
 };
+pub use state::{PodState, PodStates};
 pub use status::JsonStatusSink;
 /// The token that stops [`Kubelet::run`].
 pub use tokio_util::sync::CancellationToken;

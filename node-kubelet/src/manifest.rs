@@ -52,14 +52,16 @@ fn invalid(origin: &str, field: impl Into<String>, message: impl Into<String>) -
 /// Split a YAML stream into its documents at `---` lines (the marker must start the line, as the
 /// YAML spec says), so a broken document does not hide the others.
 fn split_yaml_documents(text: &str) -> Vec<String> {
+    // each document starts with as many empty lines as precede it in the file, so the parser's
+    // line numbers are the file's
     let mut docs = vec![String::new()];
-    for line in text.split_inclusive('\n') {
+    for (index, line) in text.split_inclusive('\n').enumerate() {
         let is_marker =
             line.starts_with("---") && line[3..].chars().next().is_none_or(|c| c.is_whitespace());
         if is_marker {
-            docs.push(line[3..].to_string());
+            docs.push(format!("{}{}", "\n".repeat(index), &line[3..]));
         } else if line.starts_with("...") && line[3..].trim().is_empty() {
-            docs.push(String::new());
+            docs.push("\n".repeat(index + 1));
         } else {
             docs.last_mut().expect("never empty").push_str(line);
         }
@@ -450,6 +452,13 @@ mod tests {
         assert_eq!(d.pods[1].0, 2);
         assert_eq!(d.errors.len(), 1);
         assert_eq!(field_of(&d.errors[0]).0, "/m/x.yaml#1");
+        let SourceError::InvalidManifest { message, .. } = &d.errors[0] else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("line 9"),
+            "line numbers are the file's: {message}"
+        );
     }
 
     #[test]

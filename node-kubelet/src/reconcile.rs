@@ -169,6 +169,8 @@ pub enum KillReason {
     StartupFailed,
     /// It was created but never started (the kubelet died in between).
     NeverStarted,
+    /// Its name is no longer in the pod spec.
+    NotInSpec,
 }
 
 /// A container to kill.
@@ -541,6 +543,28 @@ pub fn compute_actions(
             }
         }
     }
+    // running containers the spec no longer names
+    if let Some(sb) = current_sandbox {
+        let known = |n: &str| {
+            spec.containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .any(|c| c.name == n)
+        };
+        for o in observed
+            .containers
+            .iter()
+            .filter(|o| o.sandbox_id == sb && o.state == RunState::Running)
+        {
+            if !known(&o.name) {
+                a.kill.push(Kill {
+                    id: o.id.clone(),
+                    name: o.name.clone(),
+                    reason: KillReason::NotInSpec,
+                });
+            }
+        }
+    }
     a.requeue_after = earliest;
     a
 }
@@ -895,6 +919,25 @@ mod tests {
             assert_eq!(starts(&a), c.start, "{}: start", c.name);
             assert_eq!(a.terminal, c.terminal, "{}: terminal", c.name);
         }
+    }
+
+    #[test]
+    fn a_container_dropped_from_the_spec_is_killed() {
+        let two = pod(TWO);
+        let one = pod("  containers:\n  - {name: a, image: i}\n");
+        let observed = ObservedPod {
+            sandboxes: vec![sandbox(&one)],
+            containers: vec![ctr(&two, "a", "running", 0), ctr(&two, "b", "running", 0)],
+        };
+        let a = compute_actions(
+            &one,
+            &observed,
+            &ProbeResults::new(),
+            Instant::now(),
+            &mut Backoff::default(),
+        );
+        assert_eq!(kills(&a), ["b-0:NotInSpec"]);
+        assert!(a.start.is_empty());
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub(crate) struct Shared {
     pub sync_period: Duration,
     pub backoff: crate::backoff::BackoffConfig,
     pub image_backoff: crate::backoff::BackoffConfig,
+    pub states: crate::state::PodStates,
 }
 
 /// A message to a pod worker.
@@ -91,6 +92,7 @@ fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
 
 impl PodWorker {
     pub(crate) fn new(shared: Arc<Shared>, pod: Pod) -> Self {
+        shared.states.set_pod(&pod);
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         Self {
             pod_ref: PodRef::of(&pod),
@@ -125,6 +127,7 @@ impl PodWorker {
                     Some(WorkerMsg::Update(p)) => {
                         self.pod_ref = PodRef::of(&p);
                         self.pod = *p;
+                        self.shared.states.set_pod(&self.pod);
                     }
                     Some(WorkerMsg::Sync) => {}
                     Some(WorkerMsg::Terminate) => {
@@ -359,7 +362,10 @@ impl PodWorker {
             return;
         }
         match self.shared.sink.pod_status(&self.pod_ref, &status).await {
-            Ok(()) => self.last_status = Some(status),
+            Ok(()) => {
+                self.shared.states.set_status(&self.pod_ref, &status);
+                self.last_status = Some(status);
+            }
             Err(e) => {
                 tracing::warn!(pod = %self.pod_ref, error = %e, "cannot write the pod status; retrying");
                 self.extra_wake = Some(Duration::from_secs(1));
@@ -792,6 +798,7 @@ impl PodWorker {
         if let Err(e) = self.shared.sink.pod_deleted(&self.pod_ref).await {
             tracing::warn!(pod = %self.pod_ref, error = %e, "cannot report the pod deleted");
         }
+        self.shared.states.remove(&self.pod_ref);
         tracing::info!(pod = %self.pod_ref, "pod terminated");
     }
 }

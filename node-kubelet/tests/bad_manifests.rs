@@ -234,3 +234,81 @@ async fn valid_pods_run_and_keep_running_when_their_file_breaks() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn editing_a_manifest_replaces_its_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let yaml = |image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: edit}}\nspec:\n  containers: [{{name: c, image: \"{image}\"}}]\n"
+        )
+    };
+    std::fs::write(manifests.join("edit.yaml"), yaml("img:1")).unwrap();
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let kubelet = Kubelet::builder("node-1")
+        .source(Arc::new(FileSource::new(&manifests)))
+        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
+        .status(Arc::new(sink.clone()))
+        .config(KubeletConfig {
+            pod_log_root: dir.path().join("logs"),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move { kubelet.run(t).await });
+    let running_image = |rt: &FakeRuntime| {
+        rt.containers()
+            .into_iter()
+            .find(|c| c.state == node_core::cri::ContainerState::ContainerRunning)
+            .map(|c| {
+                (
+                    c.config.labels["io.kubernetes.pod.uid"].clone(),
+                    c.config.image.unwrap().image,
+                )
+            })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while running_image(&rt).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the pod starts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (uid1, _) = running_image(&rt).unwrap();
+    std::fs::write(manifests.join("edit.yaml"), yaml("img:2")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((uid, image)) = running_image(&rt)
+            && image == "img:2"
+        {
+            assert_ne!(
+                uid, uid1,
+                "a static pod's UID follows its content, as the kubelet's"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edit reaches the runtime"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sink.wait_for(Duration::from_secs(20), |pods| {
+        pods.len() == 1
+            && pods
+                .values()
+                .all(|s| s.container_statuses.as_ref().unwrap()[0].image == "img:2")
+    })
+    .await
+    .unwrap();
+    assert_eq!(rt.sandboxes().len(), 1, "the old pod's sandbox is gone");
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

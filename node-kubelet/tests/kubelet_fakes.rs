@@ -719,3 +719,103 @@ async fn a_sidecar_starts_first_keeps_running_and_restarts() {
     .unwrap();
     k.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_kubelet_waits_for_a_runtime_that_is_not_up_yet() {
+    let rt = FakeRuntime::new();
+    for _ in 0..3 {
+        rt.fail_next(
+            "version",
+            RuntimeError::Unavailable("socket missing".into()),
+        );
+    }
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("test");
+    source.apply(pod("metadata: {name: late, uid: uid-late}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n"));
+    let started = Instant::now();
+    let k = start(&rt, &sink, &source);
+    until("running", Duration::from_secs(30), || running(&rt, "c")).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "three failed attempts, one second apart"
+    );
+    assert_eq!(
+        rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("version"))
+            .count(),
+        4
+    );
+    k.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_marked_for_deletion_is_terminated_with_its_grace_period() {
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("api");
+    let yaml = "metadata: {name: del, uid: uid-del}\nspec:\n  containers:\n  - {name: c, image: \"img:1\", lifecycle: {preStop: {sleep: {seconds: 60}}}}\n";
+    source.apply(pod(yaml));
+    let k = start(&rt, &sink, &source);
+    until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    // the API server marks the pod deleted with a 2 s grace period
+    let mut deleted = pod(yaml);
+    deleted.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    deleted.metadata.deletion_grace_period_seconds = Some(2);
+    let t0 = Instant::now();
+    source.apply(deleted);
+    until("the sandbox removed", Duration::from_secs(30), || {
+        rt.sandboxes().is_empty().then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "the 60 s preStop is cut at the 2 s grace: {took:?}"
+    );
+    k.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pod_states_follow_pods_and_statuses() {
+    let rt = FakeRuntime::new();
+    let sink = FakeStatusSink::new();
+    let source = ScriptedPodSource::new("test");
+    let p = pod(
+        "metadata: {name: seen, uid: uid-seen, labels: {app: x}}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n",
+    );
+    source.apply(p.clone());
+    let kubelet = Kubelet::builder("node-1")
+        .source(Arc::new(source.clone()))
+        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
+        .status(Arc::new(sink.clone()))
+        .build()
+        .unwrap();
+    let states = kubelet.states();
+    let mut changes = states.subscribe();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
+    let ready = until("ready", Duration::from_secs(30), || {
+        states.pods().into_iter().find(|s| s.is_ready())
+    })
+    .await;
+    assert_eq!(ready.pod.metadata.labels.as_ref().unwrap()["app"], "x");
+    assert_eq!(
+        ready.pod.metadata.annotations.as_ref().unwrap()["kubernetes.io/config.source"],
+        "test"
+    );
+    assert!(ready.status.as_ref().unwrap().pod_ip.is_some());
+    assert!(changes.has_changed().unwrap());
+    changes.mark_unchanged();
+    source.delete(&p);
+    until("removed", Duration::from_secs(30), || {
+        states.pods().is_empty().then_some(())
+    })
+    .await;
+    assert!(changes.has_changed().unwrap());
+    token.cancel();
+    task.await.unwrap();
+}

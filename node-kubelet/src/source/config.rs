@@ -262,8 +262,8 @@ impl PodConfig {
                     next = all.next() => next,
                 };
                 let Some((i, item)) = next else {
-                    // every source ended: keep the view, stop
-                    futures::future::pending::<()>().await;
+                    // every source ended: the view stays as it is until shutdown
+                    shutdown.cancelled().await;
                     return;
                 };
                 for update in merger.handle(i, item) {
