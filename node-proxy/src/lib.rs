@@ -25,6 +25,6 @@ pub use ipvs::{IpvsConfig, IpvsRouter};
 pub use manifest::{Manifests, parse_manifests};
 pub use metrics::ProxyMetrics;
 pub use nftables::{NftablesConfig, NftablesRouter};
-pub use proxy::{Proxy, ProxyBuilder, ProxyConfig, ProxyError};
+pub use proxy::{CancellationToken, Proxy, ProxyBuilder, ProxyConfig, ProxyError};
 pub use source::{ApiServerSource, ManifestDir, ServiceEvent, ServiceSource, ServiceStream};
 pub use tracker::{InvalidObject, ServiceTracker, Tracked};
