@@ -453,6 +453,9 @@ impl ImageStore {
                 }
             }
         }
+        if state.images.get(&rec.id) == Some(&rec) {
+            return Ok(rec); // nothing new (a re-pull of a present image)
+        }
         let ids: Vec<String> = state
             .images
             .keys()
