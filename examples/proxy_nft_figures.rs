@@ -22,7 +22,16 @@ use node_test_support::proxy_state::{
 fn reference_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("NODEKIT_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+        .unwrap_or_else(|| {
+            // the workspace's sibling `shared/` (also from a worktree one level deeper)
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let near = root.join("../shared/reference");
+            if near.exists() {
+                near
+            } else {
+                root.join("../../shared/reference")
+            }
+        });
     if !dir.join("gen_kp_nft.py").exists() {
         bail!(
             "reference generators not found in {} (set NODEKIT_REFERENCE_DIR to the directory holding gen_kp_nft.py, gen_kp_ipt.py, gen_flat_nft.py)",
@@ -74,6 +83,23 @@ fn generate(dir: &PathBuf, script: &str, n: usize) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// CPU time of this thread (user + system: the kernel's work on our sendmsg included), so that
+/// figures can be read apart from the machine's load.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Run `f`, returning (wall, cpu).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (w, c) = (Instant::now(), thread_cpu());
+    let out = f();
+    (out, w.elapsed(), thread_cpu() - c)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -100,6 +126,14 @@ fn main() -> Result<()> {
     let kp_nft_max: usize = opt("--kp-nft-max")
         .map(|r| r.parse().unwrap())
         .unwrap_or(2000);
+    if let Some(n) = opt("--dump") {
+        // the ruleset of n x 5 as nft input, to compare with `nft -f` by hand
+        print!(
+            "{}",
+            node_proxy::nftables::render_ruleset("nodekit", &synthetic(n.parse()?, 5))
+        );
+        return Ok(());
+    }
     let dir = reference_dir()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
