@@ -147,49 +147,54 @@ fn main() -> Result<()> {
         let plus = with_one_service_added(&a, 5);
         let rss0 = rss_kib();
         let router: Arc<NftablesRouter> = Arc::new(ns.run_in(NftablesRouter::new)??);
-        let gen_t = median(
-            (0..runs)
-                .map(|_| {
-                    let t = Instant::now();
-                    router.generate(&a);
-                    t.elapsed()
-                })
-                .collect(),
-        );
-        let mut full = vec![];
+        let (mut gw, mut gc) = (vec![], vec![]);
+        for _ in 0..runs {
+            let (_, w, c) = timed(|| router.generate(&a));
+            gw.push(w);
+            gc.push(c);
+        }
+        let (mut fw, mut fc) = (vec![], vec![]);
         for _ in 0..runs {
             router.force_full_sync();
-            let r = rt.block_on(router.sync(&a))?;
-            assert!(r.full);
-            full.push(r.duration);
+            let (r, w, c) = timed(|| rt.block_on(router.sync(&a)));
+            assert!(r?.full);
+            fw.push(w);
+            fc.push(c);
         }
         let rss1 = rss_kib();
-        let mut one = vec![];
-        for i in 0..runs.max(5) {
-            let r = rt.block_on(router.sync(if i % 2 == 0 { &b } else { &a }))?;
+        let (mut ow, mut oc) = (vec![], vec![]);
+        for i in 0..runs.max(5) * 2 {
+            let (r, w, c) = timed(|| rt.block_on(router.sync(if i % 2 == 0 { &b } else { &a })));
+            let r = r?;
             assert!(!r.full && r.changes > 0);
-            one.push(r.duration);
+            ow.push(w);
+            oc.push(c);
         }
         rt.block_on(router.sync(&a))?;
-        let mut add = vec![];
-        for i in 0..runs.max(5) {
-            let r = rt.block_on(router.sync(if i % 2 == 0 { &plus } else { &a }))?;
-            add.push(r.duration);
+        let (mut aw, mut ac) = (vec![], vec![]);
+        for i in 0..runs.max(5) * 2 {
+            let (r, w, c) = timed(|| rt.block_on(router.sync(if i % 2 == 0 { &plus } else { &a })));
+            r?;
+            aw.push(w);
+            ac.push(c);
         }
+        let both = |w: Vec<Duration>, c: Vec<Duration>| {
+            format!("{} (cpu {})", ms(median(w)), ms(median(c)))
+        };
+        let elements = router.programmed_elements();
         println!(
-            "| {n} | nodekit full sync (one transaction, {} elements) | {} |",
-            router.programmed_elements(),
-            ms(median(full))
+            "| {n} | nodekit full sync (one transaction, {elements} elements) | {} |",
+            both(fw, fc)
         );
-        println!(
-            "| {n} | nodekit one endpoint changed | {} |",
-            ms(median(one))
-        );
+        println!("| {n} | nodekit one endpoint changed | {} |", both(ow, oc));
         println!(
             "| {n} | nodekit one service added/removed | {} |",
-            ms(median(add))
+            both(aw, ac)
         );
-        println!("| {n} | nodekit ruleset generation alone | {} |", ms(gen_t));
+        println!(
+            "| {n} | nodekit ruleset generation alone | {} |",
+            both(gw, gc)
+        );
         println!(
             "| {n} | router RSS delta after full sync | {:.1} MiB |",
             (rss1.saturating_sub(rss0)) as f64 / 1024.0

@@ -87,9 +87,9 @@ impl Programmed {
                 self.elements += 1;
             } else if *n == 0 {
                 self.elements -= 1;
+                self.hairpin.remove(ip);
             }
         }
-        self.hairpin.retain(|_, n| *n > 0);
         if sign > 0 {
             self.chains.extend(c.chains.iter().cloned());
         }
@@ -254,7 +254,7 @@ impl NftablesRouter {
         for (s, k) in &hairpin {
             by_set.entry(s).or_default().push((k.as_slice(), &none, 0));
         }
-        let cidrs: Vec<(&'static str, Vec<(Vec<u8>, u32)>)> = p
+        let cidrs: Vec<(&'static str, IntervalElems)> = p
             .facts
             .cidr_sets()
             .into_iter()
@@ -482,7 +482,10 @@ fn add_chains(b: &mut Batch, what: &mut Vec<String>, table: &Table, chains: &[Ch
     n
 }
 
-fn interval_elems(nets: &[ipnet::IpNet]) -> Vec<(Vec<u8>, u32)> {
+/// Start and end elements of interval sets, with their flags.
+type IntervalElems = Vec<(Vec<u8>, u32)>;
+
+fn interval_elems(nets: &[ipnet::IpNet]) -> IntervalElems {
     let mut out = vec![];
     for n in nets {
         let n = n.trunc();
