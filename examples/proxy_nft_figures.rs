@@ -52,8 +52,17 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Time `cmd < input` inside a fresh namespace (the command only).
-fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Time `cmd < input` inside a fresh namespace (the command only): wall and CPU (user + system,
+/// the kernel's work included).
+fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<(Duration, Duration)> {
     let ns = NetnsFixture::new("ref")?;
     let mut c = ns.command(program);
     c.args(args)
@@ -64,9 +73,9 @@ fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
     std::fs::write(&path, input)?;
     let file = std::fs::File::open(&path)?;
     c.stdin(file);
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), children_cpu());
     let out = c.output()?;
-    let took = start.elapsed();
+    let took = (start.elapsed(), children_cpu() - cpu0);
     let _ = std::fs::remove_file(&path);
     if !out.status.success() {
         bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -98,6 +107,11 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
     let (w, c) = (Instant::now(), thread_cpu());
     let out = f();
     (out, w.elapsed(), thread_cpu() - c)
+}
+
+fn median2(v: Vec<(Duration, Duration)>) -> String {
+    let (w, c): (Vec<Duration>, Vec<Duration>) = v.into_iter().unzip();
+    format!("{} (cpu {})", ms(median(w)), ms(median(c)))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -202,34 +216,34 @@ fn main() -> Result<()> {
         drop(router);
         drop(ns);
         let flat = generate(&dir, "gen_flat_nft.py", n)?;
-        let t = median(
+        let t = median2(
             (0..runs)
                 .map(|_| time_load("nft", &["-f", "-"], &flat))
                 .collect::<Result<_>>()?,
         );
-        println!("| {n} | reference: flat interval map, nft -f | {} |", ms(t));
+        println!("| {n} | reference: flat interval map, nft -f | {} |", t);
         let ipt = generate(&dir, "gen_kp_ipt.py", n)?;
         for tool in ["iptables-legacy-restore", "iptables-nft-restore"] {
-            let t = median(
+            let t = median2(
                 (0..runs)
                     .map(|_| time_load(tool, &[], &ipt))
                     .collect::<Result<_>>()?,
             );
             println!(
                 "| {n} | reference: kube-proxy iptables layout, {tool} | {} |",
-                ms(t)
+                t
             );
         }
         if n <= kp_nft_max {
             let kp = generate(&dir, "gen_kp_nft.py", n)?;
-            let t = median(
+            let t = median2(
                 (0..runs)
                     .map(|_| time_load("nft", &["-f", "-"], &kp))
                     .collect::<Result<_>>()?,
             );
             println!(
                 "| {n} | reference: kube-proxy nftables layout, nft -f | {} |",
-                ms(t)
+                t
             );
         } else {
             println!(
@@ -239,10 +253,10 @@ fn main() -> Result<()> {
     }
     if kp_nft_max < 2000 || !sizes.contains(&2000) {
         let kp = generate(&dir, "gen_kp_nft.py", 2000)?;
-        let t = time_load("nft", &["-f", "-"], &kp)?;
+        let t = median2(vec![time_load("nft", &["-f", "-"], &kp)?]);
         println!(
             "| 2000 | reference: kube-proxy nftables layout, nft -f (1 run) | {} |",
-            ms(t)
+            t
         );
     }
     Ok(())
