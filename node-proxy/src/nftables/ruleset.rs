@@ -11,6 +11,7 @@
 //! aff4_<K>_<T>: ClientIP affinity: per bucket i a dynamic set affb4_<i> of clients
 //!   (saddr . daddr . proto . port, timeout T): a known client returns to its bucket and refreshes
 //!   its timeout; a new one picks a bucket at random and is added to that bucket's set
+//! npaff4_<K>_<T>: the same for node ports (keyed by protocol . port in npbe4)
 //! filter prerouting/output: daddr . proto . port @noep4 -> reject (tcp reset / icmpx port-unreachable)
 //! nat postrouting: hairpin (ct status dnat, saddr . daddr @hairpin4) and marked traffic -> masquerade
 //! ```
@@ -594,7 +595,8 @@ impl LbChain {
     pub(crate) fn name(&self) -> String {
         let f = if self.v6 { '6' } else { '4' };
         match (self.node_port, self.affinity) {
-            (true, _) => format!("np{f}_{}", self.k),
+            (true, None) => format!("np{f}_{}", self.k),
+            (true, Some(t)) => format!("npaff{f}_{}_{t}", self.k),
             (false, None) => format!("lb{f}_{}", self.k),
             (false, Some(t)) => format!("aff{f}_{}_{t}", self.k),
         }
@@ -602,9 +604,9 @@ impl LbChain {
 
     /// The affinity sets the chain uses.
     pub(crate) fn affinity_sets(&self) -> Vec<(bool, u32)> {
-        match (self.node_port, self.affinity) {
-            (false, Some(_)) => (0..self.k).map(|i| (self.v6, i)).collect(),
-            _ => vec![],
+        match self.affinity {
+            Some(_) => (0..self.k).map(|i| (self.v6, i)).collect(),
+            None => vec![],
         }
     }
 
@@ -613,9 +615,23 @@ impl LbChain {
         let (n, ip) = (f.n, f.ip);
         let data_slot = 10;
         let mut e = nfproto(f.proto);
-        e.extend(concat(&[f.daddr, Field::L4proto, Field::Dport, pick], 0));
+        // node ports are keyed by protocol and port only (any local address)
+        let (map, key, key_text) = if self.node_port {
+            (
+                format!("npbe{n}"),
+                vec![Field::L4proto, Field::Dport, pick],
+                String::new(),
+            )
+        } else {
+            (
+                format!("be{n}"),
+                vec![f.daddr, Field::L4proto, Field::Dport, pick],
+                format!("{ip} daddr . "),
+            )
+        };
+        e.extend(concat(&key, 0));
         e.push(Expr::Lookup {
-            set: format!("be{n}"),
+            set: map.clone(),
             sreg: reg(0),
             dreg: Some(reg(data_slot)),
             invert: false,
@@ -627,7 +643,7 @@ impl LbChain {
         });
         (
             e,
-            format!("dnat {ip} to {ip} daddr . meta l4proto . th dport . {pick_text} map @be{n}"),
+            format!("dnat {ip} to {key_text}meta l4proto . th dport . {pick_text} map @{map}"),
         )
     }
 
@@ -636,7 +652,7 @@ impl LbChain {
         let (n, ip) = (f.n, f.ip);
         let k = self.k;
         let data_slot = 10;
-        let rules = if self.node_port {
+        let rules = if self.node_port && self.affinity.is_none() {
             let mut e = nfproto(f.proto);
             e.extend(concat(&[Field::L4proto, Field::Dport, Field::Numgen(k)], 0));
             e.push(Expr::Lookup {
@@ -954,7 +970,7 @@ pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution 
                     v6,
                     node_port: true,
                     k: external.len() as u32,
-                    affinity: None,
+                    affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
                 };
                 c.elems.push((
                     pick("np4", "np6"),
