@@ -268,3 +268,29 @@ spec: {{clusterIP: 10.96.0.51, ports: [{{port: 80, protocol: ICMP}}]}}
         node_test_support::tcp_spread(&h.t.ext, "192.168.50.1:30050".parse().unwrap(), 10, to);
     assert_eq!(counts.keys().collect::<Vec<_>>(), ["pod-0"], "{counts:?}");
 }
+
+#[test]
+fn node_ports_answer_only_on_node_port_addresses_when_given() {
+    if !ready("node_ports_answer_only_on_node_port_addresses_when_given") {
+        return;
+    }
+    let h = Harness::new(1, make);
+    let mut sp = cluster_ip("10.96.0.60", 80, Protocol::Tcp, vec![ep(h.pod_ip(0))]);
+    sp.node_port = Some(30060);
+    let mut s = state(vec![("np", sp)]);
+    s.node.node_port_addresses = vec!["10.244.0.1".parse().unwrap()];
+    h.sync(&s);
+    let to = Duration::from_secs(2);
+    let a =
+        node_test_support::tcp_request(&h.t.ext, "10.244.0.1:30060".parse().unwrap(), to).unwrap();
+    assert_eq!(a.pod, "pod-0");
+    let err = node_test_support::tcp_request(&h.t.ext, "192.168.50.1:30060".parse().unwrap(), to)
+        .expect_err("not a node-port address");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // back to every local address: a full rewrite (the rules change), and it answers again
+    s.node.node_port_addresses.clear();
+    assert!(h.sync(&s).full);
+    let a = node_test_support::tcp_request(&h.t.ext, "192.168.50.1:30060".parse().unwrap(), to)
+        .unwrap();
+    assert_eq!(a.pod, "pod-0");
+}

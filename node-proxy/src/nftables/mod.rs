@@ -61,7 +61,8 @@ impl Programmed {
             hairpin: HashMap::new(),
             chains: BTreeSet::new(),
             endpoints: 0,
-            elements: facts.cidr_sets().values().map(Vec::len).sum(),
+            elements: facts.cidr_sets().values().map(Vec::len).sum::<usize>()
+                + facts.node_port_addresses.len(),
             facts,
             at: Instant::now(),
         };
@@ -233,7 +234,7 @@ impl NftablesRouter {
             .into_iter()
             .collect();
         self.add_affinity_sets(&mut b, &mut what, &aff);
-        let chains: Vec<ChainDef> = ruleset::skeleton()
+        let chains: Vec<ChainDef> = ruleset::skeleton(!p.facts.node_port_addresses.is_empty())
             .into_iter()
             .chain(p.chains.iter().map(LbChain::def))
             .collect();
@@ -251,7 +252,8 @@ impl NftablesRouter {
                 by_set.entry(s).or_default().push((k.as_slice(), v, 0));
             }
         }
-        for (s, k) in &hairpin {
+        let npaddr = p.facts.node_port_elems();
+        for (s, k) in hairpin.iter().chain(&npaddr) {
             by_set.entry(s).or_default().push((k.as_slice(), &none, 0));
         }
         let cidrs: Vec<(&'static str, IntervalElems)> = p
@@ -573,7 +575,7 @@ impl ServiceRouter for NftablesRouter {
 /// The chains a state needs (for tests and tools).
 pub fn chain_names(state: &ProxyState) -> BTreeSet<String> {
     let d = Desired::compute(state);
-    ruleset::skeleton()
+    ruleset::skeleton(!state.node.node_port_addresses.is_empty())
         .into_iter()
         .map(|c| c.name)
         .chain(d.chains.iter().map(|c| c.name()))

@@ -190,6 +190,20 @@ pub(crate) const SETS: &[SetDef] = &[
         dynamic: false,
     },
     SetDef {
+        name: "npaddr4",
+        key: &[Ty::Ip4],
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "npaddr6",
+        key: &[Ty::Ip6],
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
         name: "npmasq",
         key: NP,
         data: DataTy::None,
@@ -359,8 +373,24 @@ const FAMS: [Fam; 2] = [
     },
 ];
 
-/// The fixed chains and rules.
-pub(crate) fn skeleton() -> Vec<ChainDef> {
+/// Where node ports answer: every local address (`fib daddr type local`), or, when the node
+/// restricts them (`restricted`), the addresses of the `npaddr4`/`npaddr6` sets.
+fn node_port_guard(f: &Fam, restricted: bool) -> (Vec<Expr>, String) {
+    let (n, ip) = (f.n, f.ip);
+    if restricted {
+        let mut e = nfproto(f.proto);
+        e.extend(lookup(&format!("npaddr{n}"), &[f.daddr]));
+        (e, format!("{ip} daddr @npaddr{n}"))
+    } else {
+        let mut e = nfproto(f.proto);
+        e.extend(fib_local());
+        (e, format!("meta nfproto ipv{n} fib daddr type local"))
+    }
+}
+
+/// The fixed chains and rules; `restricted`: node ports answer only on the node's
+/// `node_port_addresses`.
+pub(crate) fn skeleton(restricted: bool) -> Vec<ChainDef> {
     use nftnl::Hook as H;
     let reject = vec![
         rule(
@@ -403,9 +433,14 @@ pub(crate) fn skeleton() -> Vec<ChainDef> {
                 verdict(NFT_GOTO, "reject_it"),
             ],
         ));
+        let (guard, guard_text) = node_port_guard(f, restricted);
         noep.push(rule(
-            format!("meta nfproto ipv{n} fib daddr type local meta l4proto . th dport @noepnp{n} goto reject_it"),
-            vec![nfproto(f.proto), fib_local(), lookup(&format!("noepnp{n}"), &[Field::L4proto, Field::Dport]), verdict(NFT_GOTO, "reject_it")],
+            format!("{guard_text} meta l4proto . th dport @noepnp{n} goto reject_it"),
+            vec![
+                guard.clone(),
+                lookup(&format!("noepnp{n}"), &[Field::L4proto, Field::Dport]),
+                verdict(NFT_GOTO, "reject_it"),
+            ],
         ));
         services.push(rule(
             format!("{ip} daddr . meta l4proto . th dport @masq{n} meta mark set meta mark | {MASQ_MARK:#x}"),
@@ -446,10 +481,13 @@ pub(crate) fn skeleton() -> Vec<ChainDef> {
             text: format!("ct status dnat {ip} saddr . {ip} daddr @hairpin{n} masquerade"),
         });
     }
-    services.push(rule(
-        format!("fib daddr type local meta l4proto . th dport @npmasq meta mark set meta mark | {MASQ_MARK:#x}"),
-        vec![fib_local(), lookup("npmasq", &[Field::L4proto, Field::Dport]), mark_set(MASQ_MARK)],
-    ));
+    for f in &FAMS {
+        let (guard, guard_text) = node_port_guard(f, restricted);
+        services.push(rule(
+            format!("{guard_text} meta l4proto . th dport @npmasq meta mark set meta mark | {MASQ_MARK:#x}"),
+            vec![guard, lookup("npmasq", &[Field::L4proto, Field::Dport]), mark_set(MASQ_MARK)],
+        ));
+    }
     for f in &FAMS {
         let (n, ip) = (f.n, f.ip);
         services.push(rule(
@@ -462,11 +500,11 @@ pub(crate) fn skeleton() -> Vec<ChainDef> {
     }
     for f in &FAMS {
         let n = f.n;
+        let (guard, guard_text) = node_port_guard(f, restricted);
         services.push(rule(
-            format!("fib daddr type local meta nfproto ipv{n} meta l4proto . th dport vmap @np{n}"),
+            format!("{guard_text} meta l4proto . th dport vmap @np{n}"),
             vec![
-                fib_local(),
-                nfproto(f.proto),
+                guard,
                 vmap(&format!("np{n}"), &[Field::L4proto, Field::Dport]),
             ],
         ));
@@ -763,6 +801,8 @@ pub(crate) struct Desired {
     pub cidrs: BTreeMap<&'static str, Vec<ipnet::IpNet>>,
     pub service_ports: usize,
     pub endpoints: usize,
+    /// Node ports answer only on `npaddr4`/`npaddr6`.
+    pub node_ports_restricted: bool,
 }
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
@@ -808,6 +848,7 @@ pub(crate) struct NodeFacts {
     pub name: String,
     pub masquerade_all: bool,
     pub cidrs: Vec<ipnet::IpNet>,
+    pub node_port_addresses: Vec<IpAddr>,
 }
 
 impl NodeFacts {
@@ -816,7 +857,21 @@ impl NodeFacts {
             name: state.node.name.clone(),
             masquerade_all: state.node.masquerade_all,
             cidrs: state.node.cluster_cidrs.clone(),
+            node_port_addresses: state.node.node_port_addresses.clone(),
         }
+    }
+
+    /// The `npaddr4`/`npaddr6` elements.
+    pub(crate) fn node_port_elems(&self) -> Vec<(&'static str, Vec<u8>)> {
+        self.node_port_addresses
+            .iter()
+            .map(|ip| {
+                (
+                    if ip.is_ipv6() { "npaddr6" } else { "npaddr4" },
+                    ip_bytes(*ip),
+                )
+            })
+            .collect()
     }
 
     /// The interval sets of the cluster CIDRs.
@@ -882,6 +937,10 @@ impl Desired {
             let (set, k) = hairpin_elem(ip);
             d.set(set).insert(k, ElemData::None);
         }
+        for (set, k) in facts.node_port_elems() {
+            d.set(set).insert(k, ElemData::None);
+        }
+        d.node_ports_restricted = !facts.node_port_addresses.is_empty();
         d
     }
 
@@ -1063,7 +1122,7 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
             affinity_set_name(v6, i)
         );
     }
-    let chains: Vec<ChainDef> = skeleton()
+    let chains: Vec<ChainDef> = skeleton(desired.node_ports_restricted)
         .into_iter()
         .chain(desired.chains.iter().map(|c| c.def()))
         .collect();
