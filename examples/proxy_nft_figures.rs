@@ -83,7 +83,7 @@ fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<(Duration, Du
     Ok(took)
 }
 
-fn generate(dir: &PathBuf, script: &str, n: usize) -> Result<Vec<u8>> {
+fn generate(dir: &std::path::Path, script: &str, n: usize) -> Result<Vec<u8>> {
     let out = Command::new("python3")
         .arg(dir.join(script))
         .args([n.to_string(), "5".into()])
