@@ -29,7 +29,16 @@ fn sizes() -> Vec<usize> {
 fn reference_dir() -> PathBuf {
     let dir = std::env::var_os("NODEKIT_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+        .unwrap_or_else(|| {
+            // the workspace's sibling `shared/` (also from a worktree one level deeper)
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let near = root.join("../shared/reference");
+            if near.exists() {
+                near
+            } else {
+                root.join("../../shared/reference")
+            }
+        });
     assert!(
         dir.join("gen_kp_nft.py").exists(),
         "reference generators not found in {}: set NODEKIT_REFERENCE_DIR to the directory of gen_kp_nft.py, gen_kp_ipt.py and gen_flat_nft.py",

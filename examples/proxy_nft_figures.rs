@@ -22,7 +22,16 @@ use node_test_support::proxy_state::{
 fn reference_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("NODEKIT_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+        .unwrap_or_else(|| {
+            // the workspace's sibling `shared/` (also from a worktree one level deeper)
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let near = root.join("../shared/reference");
+            if near.exists() {
+                near
+            } else {
+                root.join("../../shared/reference")
+            }
+        });
     if !dir.join("gen_kp_nft.py").exists() {
         bail!(
             "reference generators not found in {} (set NODEKIT_REFERENCE_DIR to the directory holding gen_kp_nft.py, gen_kp_ipt.py, gen_flat_nft.py)",
@@ -43,8 +52,17 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Time `cmd < input` inside a fresh namespace (the command only).
-fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Time `cmd < input` inside a fresh namespace (the command only): wall and CPU (user + system,
+/// the kernel's work included).
+fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<(Duration, Duration)> {
     let ns = NetnsFixture::new("ref")?;
     let mut c = ns.command(program);
     c.args(args)
@@ -55,9 +73,9 @@ fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
     std::fs::write(&path, input)?;
     let file = std::fs::File::open(&path)?;
     c.stdin(file);
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), children_cpu());
     let out = c.output()?;
-    let took = start.elapsed();
+    let took = (start.elapsed(), children_cpu() - cpu0);
     let _ = std::fs::remove_file(&path);
     if !out.status.success() {
         bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -65,13 +83,35 @@ fn time_load(program: &str, args: &[&str], input: &[u8]) -> Result<Duration> {
     Ok(took)
 }
 
-fn generate(dir: &PathBuf, script: &str, n: usize) -> Result<Vec<u8>> {
+fn generate(dir: &std::path::Path, script: &str, n: usize) -> Result<Vec<u8>> {
     let out = Command::new("python3")
         .arg(dir.join(script))
         .args([n.to_string(), "5".into()])
         .output()
         .with_context(|| format!("python3 {script}"))?;
     Ok(out.stdout)
+}
+
+/// CPU time of this thread (user + system: the kernel's work on our sendmsg included), so that
+/// figures can be read apart from the machine's load.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Run `f`, returning (wall, cpu).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (w, c) = (Instant::now(), thread_cpu());
+    let out = f();
+    (out, w.elapsed(), thread_cpu() - c)
+}
+
+fn median2(v: Vec<(Duration, Duration)>) -> String {
+    let (w, c): (Vec<Duration>, Vec<Duration>) = v.into_iter().unzip();
+    format!("{} (cpu {})", ms(median(w)), ms(median(c)))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -100,6 +140,14 @@ fn main() -> Result<()> {
     let kp_nft_max: usize = opt("--kp-nft-max")
         .map(|r| r.parse().unwrap())
         .unwrap_or(2000);
+    if let Some(n) = opt("--dump") {
+        // the ruleset of n x 5 as nft input, to compare with `nft -f` by hand
+        print!(
+            "{}",
+            node_proxy::nftables::render_ruleset("nodekit", &synthetic(n.parse()?, 5))
+        );
+        return Ok(());
+    }
     let dir = reference_dir()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -113,49 +161,54 @@ fn main() -> Result<()> {
         let plus = with_one_service_added(&a, 5);
         let rss0 = rss_kib();
         let router: Arc<NftablesRouter> = Arc::new(ns.run_in(NftablesRouter::new)??);
-        let gen_t = median(
-            (0..runs)
-                .map(|_| {
-                    let t = Instant::now();
-                    router.generate(&a);
-                    t.elapsed()
-                })
-                .collect(),
-        );
-        let mut full = vec![];
+        let (mut gw, mut gc) = (vec![], vec![]);
+        for _ in 0..runs {
+            let (_, w, c) = timed(|| router.generate(&a));
+            gw.push(w);
+            gc.push(c);
+        }
+        let (mut fw, mut fc) = (vec![], vec![]);
         for _ in 0..runs {
             router.force_full_sync();
-            let r = rt.block_on(router.sync(&a))?;
-            assert!(r.full);
-            full.push(r.duration);
+            let (r, w, c) = timed(|| rt.block_on(router.sync(&a)));
+            assert!(r?.full);
+            fw.push(w);
+            fc.push(c);
         }
         let rss1 = rss_kib();
-        let mut one = vec![];
-        for i in 0..runs.max(5) {
-            let r = rt.block_on(router.sync(if i % 2 == 0 { &b } else { &a }))?;
+        let (mut ow, mut oc) = (vec![], vec![]);
+        for i in 0..runs.max(5) * 2 {
+            let (r, w, c) = timed(|| rt.block_on(router.sync(if i % 2 == 0 { &b } else { &a })));
+            let r = r?;
             assert!(!r.full && r.changes > 0);
-            one.push(r.duration);
+            ow.push(w);
+            oc.push(c);
         }
         rt.block_on(router.sync(&a))?;
-        let mut add = vec![];
-        for i in 0..runs.max(5) {
-            let r = rt.block_on(router.sync(if i % 2 == 0 { &plus } else { &a }))?;
-            add.push(r.duration);
+        let (mut aw, mut ac) = (vec![], vec![]);
+        for i in 0..runs.max(5) * 2 {
+            let (r, w, c) = timed(|| rt.block_on(router.sync(if i % 2 == 0 { &plus } else { &a })));
+            r?;
+            aw.push(w);
+            ac.push(c);
         }
+        let both = |w: Vec<Duration>, c: Vec<Duration>| {
+            format!("{} (cpu {})", ms(median(w)), ms(median(c)))
+        };
+        let elements = router.programmed_elements();
         println!(
-            "| {n} | nodekit full sync (one transaction, {} elements) | {} |",
-            router.programmed_elements(),
-            ms(median(full))
+            "| {n} | nodekit full sync (one transaction, {elements} elements) | {} |",
+            both(fw, fc)
         );
-        println!(
-            "| {n} | nodekit one endpoint changed | {} |",
-            ms(median(one))
-        );
+        println!("| {n} | nodekit one endpoint changed | {} |", both(ow, oc));
         println!(
             "| {n} | nodekit one service added/removed | {} |",
-            ms(median(add))
+            both(aw, ac)
         );
-        println!("| {n} | nodekit ruleset generation alone | {} |", ms(gen_t));
+        println!(
+            "| {n} | nodekit ruleset generation alone | {} |",
+            both(gw, gc)
+        );
         println!(
             "| {n} | router RSS delta after full sync | {:.1} MiB |",
             (rss1.saturating_sub(rss0)) as f64 / 1024.0
@@ -163,34 +216,34 @@ fn main() -> Result<()> {
         drop(router);
         drop(ns);
         let flat = generate(&dir, "gen_flat_nft.py", n)?;
-        let t = median(
+        let t = median2(
             (0..runs)
                 .map(|_| time_load("nft", &["-f", "-"], &flat))
                 .collect::<Result<_>>()?,
         );
-        println!("| {n} | reference: flat interval map, nft -f | {} |", ms(t));
+        println!("| {n} | reference: flat interval map, nft -f | {} |", t);
         let ipt = generate(&dir, "gen_kp_ipt.py", n)?;
         for tool in ["iptables-legacy-restore", "iptables-nft-restore"] {
-            let t = median(
+            let t = median2(
                 (0..runs)
                     .map(|_| time_load(tool, &[], &ipt))
                     .collect::<Result<_>>()?,
             );
             println!(
                 "| {n} | reference: kube-proxy iptables layout, {tool} | {} |",
-                ms(t)
+                t
             );
         }
         if n <= kp_nft_max {
             let kp = generate(&dir, "gen_kp_nft.py", n)?;
-            let t = median(
+            let t = median2(
                 (0..runs)
                     .map(|_| time_load("nft", &["-f", "-"], &kp))
                     .collect::<Result<_>>()?,
             );
             println!(
                 "| {n} | reference: kube-proxy nftables layout, nft -f | {} |",
-                ms(t)
+                t
             );
         } else {
             println!(
@@ -200,10 +253,10 @@ fn main() -> Result<()> {
     }
     if kp_nft_max < 2000 || !sizes.contains(&2000) {
         let kp = generate(&dir, "gen_kp_nft.py", 2000)?;
-        let t = time_load("nft", &["-f", "-"], &kp)?;
+        let t = median2(vec![time_load("nft", &["-f", "-"], &kp)?]);
         println!(
             "| 2000 | reference: kube-proxy nftables layout, nft -f (1 run) | {} |",
-            ms(t)
+            t
         );
     }
     Ok(())

@@ -192,3 +192,105 @@ fn partial_syncs_end_where_a_full_rewrite_does() {
         full.values().map(Vec::len).sum::<usize>()
     );
 }
+
+#[test]
+fn manifests_to_traffic_through_the_proxy_assembly() {
+    if !ready("manifests_to_traffic_through_the_proxy_assembly") {
+        return;
+    }
+    let h = Harness::new(2, make);
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, p1) = (h.pod_ip(0), h.pod_ip(1));
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.50
+  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30050}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-a, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- addresses: ["{p0}"]
+- addresses: ["{p1}"]
+  conditions: {{ready: false}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: broken, namespace: shop}}
+spec: {{clusterIP: 10.96.0.51, ports: [{{port: 80, protocol: ICMP}}]}}
+"#
+        ),
+    )
+    .unwrap();
+    let router = h.router.clone();
+    let path = dir.path().to_path_buf();
+    h.t.node
+        .run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut proxy = node_proxy::Proxy::builder()
+                .router(router)
+                .node(node_core::NodeInfo {
+                    name: scenarios::NODE.into(),
+                    cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                    ..Default::default()
+                })
+                .build()
+                .unwrap();
+            rt.block_on(proxy.run(
+                &node_proxy::ManifestDir::new(path).once(),
+                node_proxy::CancellationToken::new(),
+            ))
+            .unwrap();
+            assert_eq!(
+                proxy.metrics().invalid_objects.get(),
+                1,
+                "the ICMP service is reported"
+            );
+            assert_eq!(proxy.metrics().service_ports.get(), 1);
+        })
+        .unwrap();
+    // the named port resolved to 8080 through the slice; the not-ready pod gets nothing
+    let to = Duration::from_secs(2);
+    let counts = node_test_support::tcp_spread(&h.t.ext, "10.96.0.50:80".parse().unwrap(), 20, to);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["pod-0"], "{counts:?}");
+    let counts =
+        node_test_support::tcp_spread(&h.t.ext, "192.168.50.1:30050".parse().unwrap(), 10, to);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["pod-0"], "{counts:?}");
+}
+
+#[test]
+fn node_ports_answer_only_on_node_port_addresses_when_given() {
+    if !ready("node_ports_answer_only_on_node_port_addresses_when_given") {
+        return;
+    }
+    let h = Harness::new(1, make);
+    let mut sp = cluster_ip("10.96.0.60", 80, Protocol::Tcp, vec![ep(h.pod_ip(0))]);
+    sp.node_port = Some(30060);
+    let mut s = state(vec![("np", sp)]);
+    s.node.node_port_addresses = vec!["10.244.0.1".parse().unwrap()];
+    h.sync(&s);
+    let to = Duration::from_secs(2);
+    let a =
+        node_test_support::tcp_request(&h.t.ext, "10.244.0.1:30060".parse().unwrap(), to).unwrap();
+    assert_eq!(a.pod, "pod-0");
+    let err = node_test_support::tcp_request(&h.t.ext, "192.168.50.1:30060".parse().unwrap(), to)
+        .expect_err("not a node-port address");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // back to every local address: a full rewrite (the rules change), and it answers again
+    s.node.node_port_addresses.clear();
+    assert!(h.sync(&s).full);
+    let a = node_test_support::tcp_request(&h.t.ext, "192.168.50.1:30060".parse().unwrap(), to)
+        .unwrap();
+    assert_eq!(a.pod, "pod-0");
+}

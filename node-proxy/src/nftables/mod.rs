@@ -17,7 +17,7 @@ use nftnl::{Batch, Chain, ChainType, MsgType, ProtoFamily, Rule, Table};
 use node_core::{ProxyState, RouterError, ServicePort, ServicePortName, ServiceRouter, SyncReport};
 
 use netlink::{ELEM_INTERVAL_END, Elem, ElemsMsg, SetMsg, Socket};
-use ruleset::{ChainDef, Contribution, Desired, ElemData, LbChain, NodeFacts, SETS, SetElems};
+use ruleset::{ChainDef, Contribution, Desired, ElemData, LbChain, NodeFacts, SETS};
 
 /// How many elements go in one netlink message (each message stays under 64 KiB).
 const ELEMS_PER_MSG: usize = 400;
@@ -61,7 +61,8 @@ impl Programmed {
             hairpin: HashMap::new(),
             chains: BTreeSet::new(),
             endpoints: 0,
-            elements: facts.cidr_sets().values().map(Vec::len).sum(),
+            elements: facts.cidr_sets().values().map(Vec::len).sum::<usize>()
+                + facts.node_port_addresses.len(),
             facts,
             at: Instant::now(),
         };
@@ -87,16 +88,12 @@ impl Programmed {
                 self.elements += 1;
             } else if *n == 0 {
                 self.elements -= 1;
+                self.hairpin.remove(ip);
             }
         }
-        self.hairpin.retain(|_, n| *n > 0);
         if sign > 0 {
             self.chains.extend(c.chains.iter().cloned());
         }
-    }
-
-    fn desired(&self) -> Desired {
-        Desired::aggregate(&self.facts, self.services.values().map(|(_, c)| c))
     }
 }
 
@@ -164,8 +161,8 @@ impl NftablesRouter {
     /// Build (but do not send) the full transaction for `state`: its size in bytes. This is the
     /// whole userspace cost of a full sync, for benchmarks.
     pub fn generate(&self, state: &ProxyState) -> usize {
-        let desired = Desired::compute(state);
-        let (b, _, _) = self.full_batch(&desired);
+        let p = Programmed::build(state);
+        let (b, _, _) = self.full_batch(&p);
         b.finalize().iter().map(|p| p.len()).sum()
     }
 
@@ -200,13 +197,13 @@ impl NftablesRouter {
         Ok(())
     }
 
-    fn full(&self, inner: &Inner, desired: &Desired) -> Result<usize, RouterError> {
+    fn full(&self, inner: &Inner, desired: &Programmed) -> Result<usize, RouterError> {
         let (b, what, changes) = self.full_batch(desired);
         self.send(inner, b, &what)?;
         Ok(changes)
     }
 
-    fn full_batch(&self, desired: &Desired) -> (Batch, Vec<String>, usize) {
+    fn full_batch(&self, p: &Programmed) -> (Batch, Vec<String>, usize) {
         let mut b = Batch::new();
         let mut what = vec![];
         let table = Table::new(&self.table, ProtoFamily::Inet);
@@ -229,15 +226,62 @@ impl NftablesRouter {
             );
             what.push(format!("add set {}", def.name));
         }
-        let aff: Vec<(bool, u32)> = desired.affinity_sets().into_iter().collect();
-        self.add_affinity_sets(&mut b, &mut what, &aff);
-        let chains: Vec<ChainDef> = ruleset::skeleton()
+        let aff: Vec<(bool, u32)> = p
+            .chains
+            .iter()
+            .flat_map(|c| c.affinity_sets())
+            .collect::<BTreeSet<_>>()
             .into_iter()
-            .chain(desired.chains.iter().map(LbChain::def))
+            .collect();
+        self.add_affinity_sets(&mut b, &mut what, &aff);
+        let chains: Vec<ChainDef> = ruleset::skeleton(!p.facts.node_port_addresses.is_empty())
+            .into_iter()
+            .chain(p.chains.iter().map(LbChain::def))
             .collect();
         let mut n = SETS.len() + aff.len() + add_chains(&mut b, &mut what, &table, &chains);
-        let empty = Desired::default();
-        n += add_elements(&mut b, &mut what, &self.table, &empty, desired);
+        // every element, by set, straight from the contributions (no copy)
+        let none = ElemData::None;
+        let hairpin: Vec<(&'static str, Vec<u8>)> = p
+            .hairpin
+            .keys()
+            .map(|ip| ruleset::hairpin_elem(*ip))
+            .collect();
+        let mut by_set: BTreeMap<&'static str, Vec<Elem<'_>>> = BTreeMap::new();
+        for (_, c) in p.services.values() {
+            for (s, k, v) in &c.elems {
+                by_set.entry(s).or_default().push((k.as_slice(), v, 0));
+            }
+        }
+        let npaddr = p.facts.node_port_elems();
+        for (s, k) in hairpin.iter().chain(&npaddr) {
+            by_set.entry(s).or_default().push((k.as_slice(), &none, 0));
+        }
+        let cidrs: Vec<(&'static str, IntervalElems)> = p
+            .facts
+            .cidr_sets()
+            .into_iter()
+            .map(|(s, nets)| (s, interval_elems(&nets)))
+            .collect();
+        for (s, elems) in &cidrs {
+            for (k, f) in elems {
+                by_set.entry(s).or_default().push((k.as_slice(), &none, *f));
+            }
+        }
+        for (set, list) in by_set {
+            n += list.len();
+            for chunk in list.chunks(ELEMS_PER_MSG) {
+                b.add(
+                    &ElemsMsg {
+                        table: &self.table,
+                        set,
+                        elems: chunk.to_vec(),
+                        delete: false,
+                    },
+                    MsgType::Add,
+                );
+                what.push(format!("add {} elements to {set}", chunk.len()));
+            }
+        }
         (b, what, n)
     }
 
@@ -440,7 +484,10 @@ fn add_chains(b: &mut Batch, what: &mut Vec<String>, table: &Table, chains: &[Ch
     n
 }
 
-fn interval_elems(nets: &[ipnet::IpNet]) -> Vec<(Vec<u8>, u32)> {
+/// Start and end elements of interval sets, with their flags.
+type IntervalElems = Vec<(Vec<u8>, u32)>;
+
+fn interval_elems(nets: &[ipnet::IpNet]) -> IntervalElems {
     let mut out = vec![];
     for n in nets {
         let n = n.trunc();
@@ -470,107 +517,6 @@ fn interval_elems(nets: &[ipnet::IpNet]) -> Vec<(Vec<u8>, u32)> {
     out
 }
 
-/// Add the element messages turning `old` into `new`; the number of elements sent.
-fn add_elements(
-    b: &mut Batch,
-    what: &mut Vec<String>,
-    table: &CString,
-    old: &Desired,
-    new: &Desired,
-) -> usize {
-    let mut n = 0;
-    let none = ElemData::None;
-    // interval sets: rewritten whole when changed (a handful of CIDRs)
-    for (set, nets) in &new.cidrs {
-        let before = old.cidrs.get(set).cloned().unwrap_or_default();
-        if &before == nets {
-            continue;
-        }
-        let old_e = interval_elems(&before);
-        if !old_e.is_empty() {
-            let elems: Vec<Elem<'_>> = old_e
-                .iter()
-                .map(|(k, f)| (k.as_slice(), &none, *f))
-                .collect();
-            n += elems.len();
-            b.add(
-                &ElemsMsg {
-                    table,
-                    set,
-                    elems,
-                    delete: true,
-                },
-                MsgType::Del,
-            );
-            what.push(format!("delete elements of {set}"));
-        }
-        let new_e = interval_elems(nets);
-        if !new_e.is_empty() {
-            let elems: Vec<Elem<'_>> = new_e
-                .iter()
-                .map(|(k, f)| (k.as_slice(), &none, *f))
-                .collect();
-            n += elems.len();
-            b.add(
-                &ElemsMsg {
-                    table,
-                    set,
-                    elems,
-                    delete: false,
-                },
-                MsgType::Add,
-            );
-            what.push(format!("add elements to {set}"));
-        }
-    }
-    let empty = SetElems::new();
-    // deletions first (a changed element is deleted, then added), then additions
-    let mut adds: Vec<(&'static str, Vec<Elem<'_>>)> = vec![];
-    for (set, elems) in &new.sets {
-        let before = old.sets.get(set).unwrap_or(&empty);
-        let dels: Vec<Elem<'_>> = before
-            .iter()
-            .filter(|(k, v)| elems.get(*k) != Some(v))
-            .map(|(k, v)| (k.as_slice(), v, 0))
-            .collect();
-        for chunk in dels.chunks(ELEMS_PER_MSG) {
-            n += chunk.len();
-            b.add(
-                &ElemsMsg {
-                    table,
-                    set,
-                    elems: chunk.to_vec(),
-                    delete: true,
-                },
-                MsgType::Del,
-            );
-            what.push(format!("delete {} elements of {set}", chunk.len()));
-        }
-        let add: Vec<Elem<'_>> = elems
-            .iter()
-            .filter(|(k, v)| before.get(*k) != Some(v))
-            .map(|(k, v)| (k.as_slice(), v, 0))
-            .collect();
-        adds.push((set, add));
-    }
-    for (set, add) in adds {
-        for chunk in add.chunks(ELEMS_PER_MSG) {
-            n += chunk.len();
-            b.add(
-                &ElemsMsg {
-                    table,
-                    set,
-                    elems: chunk.to_vec(),
-                    delete: false,
-                },
-                MsgType::Add,
-            );
-            what.push(format!("add {} elements to {set}", chunk.len()));
-        }
-    }
-    n
-}
-
 #[async_trait]
 impl ServiceRouter for NftablesRouter {
     fn name(&self) -> &str {
@@ -595,7 +541,7 @@ impl ServiceRouter for NftablesRouter {
             }
             None => {
                 let p = Programmed::build(desired);
-                let changes = self.full(&inner, &p.desired())?;
+                let changes = self.full(&inner, &p)?;
                 (true, changes, p)
             }
         };
@@ -629,7 +575,7 @@ impl ServiceRouter for NftablesRouter {
 /// The chains a state needs (for tests and tools).
 pub fn chain_names(state: &ProxyState) -> BTreeSet<String> {
     let d = Desired::compute(state);
-    ruleset::skeleton()
+    ruleset::skeleton(!state.node.node_port_addresses.is_empty())
         .into_iter()
         .map(|c| c.name)
         .chain(d.chains.iter().map(|c| c.name()))

@@ -11,6 +11,7 @@
 //! aff4_<K>_<T>: ClientIP affinity: per bucket i a dynamic set affb4_<i> of clients
 //!   (saddr . daddr . proto . port, timeout T): a known client returns to its bucket and refreshes
 //!   its timeout; a new one picks a bucket at random and is added to that bucket's set
+//! npaff4_<K>_<T>: the same for node ports (keyed by protocol . port in npbe4)
 //! filter prerouting/output: daddr . proto . port @noep4 -> reject (tcp reset / icmpx port-unreachable)
 //! nat postrouting: hairpin (ct status dnat, saddr . daddr @hairpin4) and marked traffic -> masquerade
 //! ```
@@ -189,6 +190,20 @@ pub(crate) const SETS: &[SetDef] = &[
         dynamic: false,
     },
     SetDef {
+        name: "npaddr4",
+        key: &[Ty::Ip4],
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "npaddr6",
+        key: &[Ty::Ip6],
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
         name: "npmasq",
         key: NP,
         data: DataTy::None,
@@ -358,8 +373,24 @@ const FAMS: [Fam; 2] = [
     },
 ];
 
-/// The fixed chains and rules.
-pub(crate) fn skeleton() -> Vec<ChainDef> {
+/// Where node ports answer: every local address (`fib daddr type local`), or, when the node
+/// restricts them (`restricted`), the addresses of the `npaddr4`/`npaddr6` sets.
+fn node_port_guard(f: &Fam, restricted: bool) -> (Vec<Expr>, String) {
+    let (n, ip) = (f.n, f.ip);
+    if restricted {
+        let mut e = nfproto(f.proto);
+        e.extend(lookup(&format!("npaddr{n}"), &[f.daddr]));
+        (e, format!("{ip} daddr @npaddr{n}"))
+    } else {
+        let mut e = nfproto(f.proto);
+        e.extend(fib_local());
+        (e, format!("meta nfproto ipv{n} fib daddr type local"))
+    }
+}
+
+/// The fixed chains and rules; `restricted`: node ports answer only on the node's
+/// `node_port_addresses`.
+pub(crate) fn skeleton(restricted: bool) -> Vec<ChainDef> {
     use nftnl::Hook as H;
     let reject = vec![
         rule(
@@ -402,9 +433,14 @@ pub(crate) fn skeleton() -> Vec<ChainDef> {
                 verdict(NFT_GOTO, "reject_it"),
             ],
         ));
+        let (guard, guard_text) = node_port_guard(f, restricted);
         noep.push(rule(
-            format!("meta nfproto ipv{n} fib daddr type local meta l4proto . th dport @noepnp{n} goto reject_it"),
-            vec![nfproto(f.proto), fib_local(), lookup(&format!("noepnp{n}"), &[Field::L4proto, Field::Dport]), verdict(NFT_GOTO, "reject_it")],
+            format!("{guard_text} meta l4proto . th dport @noepnp{n} goto reject_it"),
+            vec![
+                guard.clone(),
+                lookup(&format!("noepnp{n}"), &[Field::L4proto, Field::Dport]),
+                verdict(NFT_GOTO, "reject_it"),
+            ],
         ));
         services.push(rule(
             format!("{ip} daddr . meta l4proto . th dport @masq{n} meta mark set meta mark | {MASQ_MARK:#x}"),
@@ -445,10 +481,13 @@ pub(crate) fn skeleton() -> Vec<ChainDef> {
             text: format!("ct status dnat {ip} saddr . {ip} daddr @hairpin{n} masquerade"),
         });
     }
-    services.push(rule(
-        format!("fib daddr type local meta l4proto . th dport @npmasq meta mark set meta mark | {MASQ_MARK:#x}"),
-        vec![fib_local(), lookup("npmasq", &[Field::L4proto, Field::Dport]), mark_set(MASQ_MARK)],
-    ));
+    for f in &FAMS {
+        let (guard, guard_text) = node_port_guard(f, restricted);
+        services.push(rule(
+            format!("{guard_text} meta l4proto . th dport @npmasq meta mark set meta mark | {MASQ_MARK:#x}"),
+            vec![guard, lookup("npmasq", &[Field::L4proto, Field::Dport]), mark_set(MASQ_MARK)],
+        ));
+    }
     for f in &FAMS {
         let (n, ip) = (f.n, f.ip);
         services.push(rule(
@@ -461,11 +500,11 @@ pub(crate) fn skeleton() -> Vec<ChainDef> {
     }
     for f in &FAMS {
         let n = f.n;
+        let (guard, guard_text) = node_port_guard(f, restricted);
         services.push(rule(
-            format!("fib daddr type local meta nfproto ipv{n} meta l4proto . th dport vmap @np{n}"),
+            format!("{guard_text} meta l4proto . th dport vmap @np{n}"),
             vec![
-                fib_local(),
-                nfproto(f.proto),
+                guard,
                 vmap(&format!("np{n}"), &[Field::L4proto, Field::Dport]),
             ],
         ));
@@ -594,7 +633,8 @@ impl LbChain {
     pub(crate) fn name(&self) -> String {
         let f = if self.v6 { '6' } else { '4' };
         match (self.node_port, self.affinity) {
-            (true, _) => format!("np{f}_{}", self.k),
+            (true, None) => format!("np{f}_{}", self.k),
+            (true, Some(t)) => format!("npaff{f}_{}_{t}", self.k),
             (false, None) => format!("lb{f}_{}", self.k),
             (false, Some(t)) => format!("aff{f}_{}_{t}", self.k),
         }
@@ -602,9 +642,9 @@ impl LbChain {
 
     /// The affinity sets the chain uses.
     pub(crate) fn affinity_sets(&self) -> Vec<(bool, u32)> {
-        match (self.node_port, self.affinity) {
-            (false, Some(_)) => (0..self.k).map(|i| (self.v6, i)).collect(),
-            _ => vec![],
+        match self.affinity {
+            Some(_) => (0..self.k).map(|i| (self.v6, i)).collect(),
+            None => vec![],
         }
     }
 
@@ -613,9 +653,23 @@ impl LbChain {
         let (n, ip) = (f.n, f.ip);
         let data_slot = 10;
         let mut e = nfproto(f.proto);
-        e.extend(concat(&[f.daddr, Field::L4proto, Field::Dport, pick], 0));
+        // node ports are keyed by protocol and port only (any local address)
+        let (map, key, key_text) = if self.node_port {
+            (
+                format!("npbe{n}"),
+                vec![Field::L4proto, Field::Dport, pick],
+                String::new(),
+            )
+        } else {
+            (
+                format!("be{n}"),
+                vec![f.daddr, Field::L4proto, Field::Dport, pick],
+                format!("{ip} daddr . "),
+            )
+        };
+        e.extend(concat(&key, 0));
         e.push(Expr::Lookup {
-            set: format!("be{n}"),
+            set: map.clone(),
             sreg: reg(0),
             dreg: Some(reg(data_slot)),
             invert: false,
@@ -627,7 +681,7 @@ impl LbChain {
         });
         (
             e,
-            format!("dnat {ip} to {ip} daddr . meta l4proto . th dport . {pick_text} map @be{n}"),
+            format!("dnat {ip} to {key_text}meta l4proto . th dport . {pick_text} map @{map}"),
         )
     }
 
@@ -636,7 +690,7 @@ impl LbChain {
         let (n, ip) = (f.n, f.ip);
         let k = self.k;
         let data_slot = 10;
-        let rules = if self.node_port {
+        let rules = if self.node_port && self.affinity.is_none() {
             let mut e = nfproto(f.proto);
             e.extend(concat(&[Field::L4proto, Field::Dport, Field::Numgen(k)], 0));
             e.push(Expr::Lookup {
@@ -747,6 +801,8 @@ pub(crate) struct Desired {
     pub cidrs: BTreeMap<&'static str, Vec<ipnet::IpNet>>,
     pub service_ports: usize,
     pub endpoints: usize,
+    /// Node ports answer only on `npaddr4`/`npaddr6`.
+    pub node_ports_restricted: bool,
 }
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
@@ -792,6 +848,7 @@ pub(crate) struct NodeFacts {
     pub name: String,
     pub masquerade_all: bool,
     pub cidrs: Vec<ipnet::IpNet>,
+    pub node_port_addresses: Vec<IpAddr>,
 }
 
 impl NodeFacts {
@@ -800,7 +857,21 @@ impl NodeFacts {
             name: state.node.name.clone(),
             masquerade_all: state.node.masquerade_all,
             cidrs: state.node.cluster_cidrs.clone(),
+            node_port_addresses: state.node.node_port_addresses.clone(),
         }
+    }
+
+    /// The `npaddr4`/`npaddr6` elements.
+    pub(crate) fn node_port_elems(&self) -> Vec<(&'static str, Vec<u8>)> {
+        self.node_port_addresses
+            .iter()
+            .map(|ip| {
+                (
+                    if ip.is_ipv6() { "npaddr6" } else { "npaddr4" },
+                    ip_bytes(*ip),
+                )
+            })
+            .collect()
     }
 
     /// The interval sets of the cluster CIDRs.
@@ -866,6 +937,10 @@ impl Desired {
             let (set, k) = hairpin_elem(ip);
             d.set(set).insert(k, ElemData::None);
         }
+        for (set, k) in facts.node_port_elems() {
+            d.set(set).insert(k, ElemData::None);
+        }
+        d.node_ports_restricted = !facts.node_port_addresses.is_empty();
         d
     }
 
@@ -954,7 +1029,7 @@ pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution 
                     v6,
                     node_port: true,
                     k: external.len() as u32,
-                    affinity: None,
+                    affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
                 };
                 c.elems.push((
                     pick("np4", "np6"),
@@ -1047,7 +1122,7 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
             affinity_set_name(v6, i)
         );
     }
-    let chains: Vec<ChainDef> = skeleton()
+    let chains: Vec<ChainDef> = skeleton(desired.node_ports_restricted)
         .into_iter()
         .chain(desired.chains.iter().map(|c| c.def()))
         .collect();

@@ -213,7 +213,15 @@ pub fn affinity_pins_a_client(make: MakeRouter) {
         (0..3).map(|i| ep(h.pod_ip(i))).collect(),
     );
     sp.affinity_timeout = Some(Duration::from_secs(60));
+    sp.node_port = Some(30082);
     h.sync(&state(vec![("aff", sp)]));
+    let counts = tcp_spread(&h.t.ext, addr(NODE_IP, 30082), 20, TO);
+    assert!(!counts.contains_key("<error>"), "{counts:?}");
+    assert_eq!(
+        counts.len(),
+        1,
+        "one pod for one client on the node port too: {counts:?}"
+    );
     let counts = tcp_spread(&h.t.ext, addr("10.96.0.13", 80), 20, TO);
     assert!(!counts.contains_key("<error>"), "{counts:?}");
     assert_eq!(counts.len(), 1, "one pod for one client: {counts:?}");
