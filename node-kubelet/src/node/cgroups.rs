@@ -139,6 +139,15 @@ pub struct PodCgroup {
     pub resources: CgroupResources,
 }
 
+/// What a pod's cgroup uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodCgroupUsage {
+    /// Memory usage minus inactive file pages, in bytes.
+    pub memory_working_set_bytes: i64,
+    /// Processes in the cgroup.
+    pub pids: i64,
+}
+
 /// Manages the pod cgroup hierarchy. Creating it creates the root and the QoS-class cgroups.
 #[derive(Debug)]
 pub struct PodCgroups {
@@ -376,6 +385,52 @@ impl PodCgroups {
             }
             dirs
         }
+    }
+
+    /// What the pod's cgroup uses now: the memory working set (usage minus inactive file
+    /// pages, as kubelet measures it) and the number of processes. `None` when the pod has no
+    /// cgroup.
+    pub fn pod_usage(&self, pod: &Pod) -> Result<Option<PodCgroupUsage>, CgroupError> {
+        let pc = self.pod_cgroup(pod)?;
+        let read = |dir: &Path, file: &str| -> Option<String> {
+            std::fs::read_to_string(dir.join(file)).ok()
+        };
+        let stat_field = |text: &str, key: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let dirs = self.directories(&pc.name);
+        if !dirs.iter().any(|d| d.exists()) {
+            return Ok(None);
+        }
+        let (mut memory, mut pids) = (0i64, 0i64);
+        for d in &dirs {
+            if self.v2 {
+                let current: i64 = read(d, "memory.current")
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                let inactive = read(d, "memory.stat")
+                    .map(|t| stat_field(&t, "inactive_file"))
+                    .unwrap_or(0);
+                memory = (current - inactive).max(0);
+                pids = read(d, "pids.current")
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+            } else if let Some(usage) = read(d, "memory.usage_in_bytes") {
+                let usage: i64 = usage.trim().parse().unwrap_or(0);
+                let inactive = read(d, "memory.stat")
+                    .map(|t| stat_field(&t, "total_inactive_file"))
+                    .unwrap_or(0);
+                memory = (usage - inactive).max(0);
+            } else if let Some(p) = read(d, "pids.current") {
+                pids = p.trim().parse().unwrap_or(0);
+            }
+        }
+        Ok(Some(PodCgroupUsage {
+            memory_working_set_bytes: memory,
+            pids,
+        }))
     }
 
     /// Removes the pod's cgroup (its processes must be gone). Absent is fine.
