@@ -175,6 +175,18 @@ pub fn pod_cgroup_name(root: &str, qos: QosClass, uid: &str) -> String {
     }
 }
 
+/// The CRI `cgroup_parent` of a pod for a runtime using the systemd cgroup driver
+/// (`SystemdCgroup = true` in containerd): `kubepods-burstable-pod<uid>.slice`, dashes of the
+/// UID turned into underscores as systemd unit names require.
+pub fn systemd_cgroup_parent(root: &str, qos: QosClass, uid: &str) -> String {
+    let root = root.trim_matches('/').replace('/', "-");
+    let uid = uid.replace('-', "_");
+    match qos.cgroup_dir() {
+        None => format!("{root}-pod{uid}.slice"),
+        Some(dir) => format!("{root}-{dir}-pod{uid}.slice"),
+    }
+}
+
 impl PodCgroups {
     /// Prepares the hierarchy: decides the version and creates `<root>`, `<root>/burstable`
     /// and `<root>/besteffort` (besteffort gets the minimum CPU shares).
@@ -526,6 +538,18 @@ mod tests {
         assert_eq!(
             pod_cgroup_name("kubepods", QosClass::BestEffort, "u1"),
             "kubepods/besteffort/podu1"
+        );
+    }
+
+    #[test]
+    fn systemd_slice_names() {
+        assert_eq!(
+            systemd_cgroup_parent("kubepods", QosClass::Burstable, "6c1d-0001"),
+            "kubepods-burstable-pod6c1d_0001.slice"
+        );
+        assert_eq!(
+            systemd_cgroup_parent("kubepods", QosClass::Guaranteed, "u1"),
+            "kubepods-podu1.slice"
         );
     }
 

@@ -89,6 +89,17 @@ impl Default for NodeHealth {
     }
 }
 
+impl NodeHealth {
+    /// Takes the pressure conditions the eviction manager reports (`MemoryPressure`,
+    /// `DiskPressure`, `PIDPressure`).
+    pub fn set_pressure<'a>(&mut self, pressure: impl IntoIterator<Item = &'a str>) {
+        let p: Vec<&str> = pressure.into_iter().collect();
+        self.memory_pressure = p.contains(&"MemoryPressure");
+        self.disk_pressure = p.contains(&"DiskPressure");
+        self.pid_pressure = p.contains(&"PIDPressure");
+    }
+}
+
 /// The node's conditions with kubelet's time semantics: `lastHeartbeatTime` moves on every
 /// update, `lastTransitionTime` only when the status changes.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -594,6 +605,15 @@ mod tests {
                 "Ready"
             ]
         );
+    }
+
+    #[test]
+    fn pressure_from_the_eviction_manager() {
+        let mut h = NodeHealth::default();
+        h.set_pressure(["DiskPressure"]);
+        assert!(h.disk_pressure && !h.memory_pressure && !h.pid_pressure);
+        h.set_pressure([]);
+        assert!(!h.disk_pressure);
     }
 
     #[test]
