@@ -115,6 +115,14 @@ pub enum CgroupError {
         /// `cpu` or `memory`.
         controller: &'static str,
     },
+    /// The requested cgroup version is not mounted where it must be.
+    #[error("cgroup {version} requested, but {reason}")]
+    Unavailable {
+        /// `v1` or `v2`.
+        version: &'static str,
+        /// What is missing.
+        reason: String,
+    },
     /// Removing a cgroup directory failed (processes still inside?).
     #[error("remove cgroup {path}: {source}")]
     Remove {
@@ -206,6 +214,22 @@ impl PodCgroups {
             CgroupVersion::V1 => false,
             CgroupVersion::V2 => true,
         };
+        if v2 && !hierarchies::is_cgroup2_unified_mode() {
+            return Err(CgroupError::Unavailable {
+                version: "v2",
+                reason: format!("{} is not a cgroup2 mount", hierarchies::UNIFIED_MOUNTPOINT),
+            });
+        }
+        if !v2
+            && V1::new()
+                .get_mount_point(cgroups_rs::fs::Controllers::Cpu)
+                .is_none()
+        {
+            return Err(CgroupError::Unavailable {
+                version: "v1",
+                reason: "no cgroup v1 cpu controller is mounted".into(),
+            });
+        }
         let config = CgroupConfig {
             root: root.to_string(),
             ..config
@@ -551,6 +575,22 @@ mod tests {
             systemd_cgroup_parent("kubepods", QosClass::Guaranteed, "u1"),
             "kubepods-podu1.slice"
         );
+    }
+
+    #[test]
+    fn refuses_a_version_the_host_does_not_mount() {
+        let wrong = if hierarchies::is_cgroup2_unified_mode() {
+            CgroupVersion::V1
+        } else {
+            CgroupVersion::V2
+        };
+        let e = PodCgroups::new(
+            CgroupConfig::default()
+                .root(format!("nodekit-never-{}", std::process::id()))
+                .version(wrong),
+        )
+        .unwrap_err();
+        assert!(matches!(e, CgroupError::Unavailable { .. }), "{e}");
     }
 
     #[test]
