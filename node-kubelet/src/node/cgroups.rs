@@ -506,8 +506,35 @@ impl PodCgroups {
         uids
     }
 
+    /// The directories of a cgroup path in every mounted hierarchy: a runtime joining a pod
+    /// cgroup (runc with `cgroupsPath`) creates it in controllers the manager does not limit
+    /// (blkio, cpuset, devices, freezer, name=systemd, the unified hierarchy of a hybrid
+    /// host...), and removal must take those too.
+    fn all_directories(&self, name: &str) -> Vec<PathBuf> {
+        let mut dirs = self.directories(name);
+        if !self.v2 {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for line in mountinfo.lines() {
+                let Some((left, right)) = line.split_once(" - ") else {
+                    continue;
+                };
+                // v1 hierarchies, and the unified one of a hybrid host (runc joins it too)
+                if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+                    continue;
+                }
+                if let Some(mount) = left.split(' ').nth(4) {
+                    let d = Path::new(mount).join(name);
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+            }
+        }
+        dirs
+    }
+
     fn remove_tree(&self, name: &str) -> Result<(), CgroupError> {
-        for dir in self.directories(name) {
+        for dir in self.all_directories(name) {
             remove_cgroup_dir(&dir)?;
         }
         Ok(())
