@@ -352,7 +352,7 @@ pub fn admit(
     }
     let wanted = host_ports(pod);
     // the pod's own ports may not collide with each other either
-    let mut used: Vec<HostPort> = active.iter().flat_map(|p| host_ports(p)).collect();
+    let used: Vec<HostPort> = active.iter().flat_map(|p| host_ports(p)).collect();
     let mut seen = BTreeSet::new();
     for hp in &wanted {
         if used.iter().any(|u| conflicts(u, hp)) || !seen.insert(*hp) {
@@ -362,7 +362,6 @@ pub fn admit(
             });
         }
     }
-    used.extend(wanted);
     Ok(())
 }
 

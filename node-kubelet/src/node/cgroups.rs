@@ -115,6 +115,14 @@ pub enum CgroupError {
         /// `cpu` or `memory`.
         controller: &'static str,
     },
+    /// The requested cgroup version is not mounted where it must be.
+    #[error("cgroup {version} requested, but {reason}")]
+    Unavailable {
+        /// `v1` or `v2`.
+        version: &'static str,
+        /// What is missing.
+        reason: String,
+    },
     /// Removing a cgroup directory failed (processes still inside?).
     #[error("remove cgroup {path}: {source}")]
     Remove {
@@ -137,6 +145,15 @@ pub struct PodCgroup {
     pub cgroup_parent: String,
     /// The resources written to it.
     pub resources: CgroupResources,
+}
+
+/// What a pod's cgroup uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodCgroupUsage {
+    /// Memory usage minus inactive file pages, in bytes.
+    pub memory_working_set_bytes: i64,
+    /// Processes in the cgroup.
+    pub pids: i64,
 }
 
 /// Manages the pod cgroup hierarchy. Creating it creates the root and the QoS-class cgroups.
@@ -166,6 +183,18 @@ pub fn pod_cgroup_name(root: &str, qos: QosClass, uid: &str) -> String {
     }
 }
 
+/// The CRI `cgroup_parent` of a pod for a runtime using the systemd cgroup driver
+/// (`SystemdCgroup = true` in containerd): `kubepods-burstable-pod<uid>.slice`, dashes of the
+/// UID turned into underscores as systemd unit names require.
+pub fn systemd_cgroup_parent(root: &str, qos: QosClass, uid: &str) -> String {
+    let root = root.trim_matches('/').replace('/', "-");
+    let uid = uid.replace('-', "_");
+    match qos.cgroup_dir() {
+        None => format!("{root}-pod{uid}.slice"),
+        Some(dir) => format!("{root}-{dir}-pod{uid}.slice"),
+    }
+}
+
 impl PodCgroups {
     /// Prepares the hierarchy: decides the version and creates `<root>`, `<root>/burstable`
     /// and `<root>/besteffort` (besteffort gets the minimum CPU shares).
@@ -185,6 +214,22 @@ impl PodCgroups {
             CgroupVersion::V1 => false,
             CgroupVersion::V2 => true,
         };
+        if v2 && !hierarchies::is_cgroup2_unified_mode() {
+            return Err(CgroupError::Unavailable {
+                version: "v2",
+                reason: format!("{} is not a cgroup2 mount", hierarchies::UNIFIED_MOUNTPOINT),
+            });
+        }
+        if !v2
+            && V1::new()
+                .get_mount_point(cgroups_rs::fs::Controllers::Cpu)
+                .is_none()
+        {
+            return Err(CgroupError::Unavailable {
+                version: "v1",
+                reason: "no cgroup v1 cpu controller is mounted".into(),
+            });
+        }
         let config = CgroupConfig {
             root: root.to_string(),
             ..config
@@ -378,6 +423,52 @@ impl PodCgroups {
         }
     }
 
+    /// What the pod's cgroup uses now: the memory working set (usage minus inactive file
+    /// pages, as kubelet measures it) and the number of processes. `None` when the pod has no
+    /// cgroup.
+    pub fn pod_usage(&self, pod: &Pod) -> Result<Option<PodCgroupUsage>, CgroupError> {
+        let pc = self.pod_cgroup(pod)?;
+        let read = |dir: &Path, file: &str| -> Option<String> {
+            std::fs::read_to_string(dir.join(file)).ok()
+        };
+        let stat_field = |text: &str, key: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let dirs = self.directories(&pc.name);
+        if !dirs.iter().any(|d| d.exists()) {
+            return Ok(None);
+        }
+        let (mut memory, mut pids) = (0i64, 0i64);
+        for d in &dirs {
+            if self.v2 {
+                let current: i64 = read(d, "memory.current")
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                let inactive = read(d, "memory.stat")
+                    .map(|t| stat_field(&t, "inactive_file"))
+                    .unwrap_or(0);
+                memory = (current - inactive).max(0);
+                pids = read(d, "pids.current")
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+            } else if let Some(usage) = read(d, "memory.usage_in_bytes") {
+                let usage: i64 = usage.trim().parse().unwrap_or(0);
+                let inactive = read(d, "memory.stat")
+                    .map(|t| stat_field(&t, "total_inactive_file"))
+                    .unwrap_or(0);
+                memory = (usage - inactive).max(0);
+            } else if let Some(p) = read(d, "pids.current") {
+                pids = p.trim().parse().unwrap_or(0);
+            }
+        }
+        Ok(Some(PodCgroupUsage {
+            memory_working_set_bytes: memory,
+            pids,
+        }))
+    }
+
     /// Removes the pod's cgroup (its processes must be gone). Absent is fine.
     pub fn remove_pod(&self, uid: &str) -> Result<(), CgroupError> {
         for qos in [
@@ -415,8 +506,35 @@ impl PodCgroups {
         uids
     }
 
+    /// The directories of a cgroup path in every mounted hierarchy: a runtime joining a pod
+    /// cgroup (runc with `cgroupsPath`) creates it in controllers the manager does not limit
+    /// (blkio, cpuset, devices, freezer, name=systemd, the unified hierarchy of a hybrid
+    /// host...), and removal must take those too.
+    fn all_directories(&self, name: &str) -> Vec<PathBuf> {
+        let mut dirs = self.directories(name);
+        if !self.v2 {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for line in mountinfo.lines() {
+                let Some((left, right)) = line.split_once(" - ") else {
+                    continue;
+                };
+                // v1 hierarchies, and the unified one of a hybrid host (runc joins it too)
+                if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+                    continue;
+                }
+                if let Some(mount) = left.split(' ').nth(4) {
+                    let d = Path::new(mount).join(name);
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+            }
+        }
+        dirs
+    }
+
     fn remove_tree(&self, name: &str) -> Result<(), CgroupError> {
-        for dir in self.directories(name) {
+        for dir in self.all_directories(name) {
             remove_cgroup_dir(&dir)?;
         }
         Ok(())
@@ -472,6 +590,34 @@ mod tests {
             pod_cgroup_name("kubepods", QosClass::BestEffort, "u1"),
             "kubepods/besteffort/podu1"
         );
+    }
+
+    #[test]
+    fn systemd_slice_names() {
+        assert_eq!(
+            systemd_cgroup_parent("kubepods", QosClass::Burstable, "6c1d-0001"),
+            "kubepods-burstable-pod6c1d_0001.slice"
+        );
+        assert_eq!(
+            systemd_cgroup_parent("kubepods", QosClass::Guaranteed, "u1"),
+            "kubepods-podu1.slice"
+        );
+    }
+
+    #[test]
+    fn refuses_a_version_the_host_does_not_mount() {
+        let wrong = if hierarchies::is_cgroup2_unified_mode() {
+            CgroupVersion::V1
+        } else {
+            CgroupVersion::V2
+        };
+        let e = PodCgroups::new(
+            CgroupConfig::default()
+                .root(format!("nodekit-never-{}", std::process::id()))
+                .version(wrong),
+        )
+        .unwrap_err();
+        assert!(matches!(e, CgroupError::Unavailable { .. }), "{e}");
     }
 
     #[test]

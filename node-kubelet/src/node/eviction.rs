@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::allocatable::{fs_stats, meminfo_field};
 use super::qos::{QosClass, pod_qos, pod_resources};
 use super::quantity::{self, format_bytes};
+use super::status::NodeHealth;
 
 /// An eviction signal, named as kubelet names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -784,6 +785,58 @@ impl EvictionManager {
     }
 }
 
+/// What the eviction loop needs from the pod workers.
+#[async_trait]
+pub trait PodEvictor: Send + Sync {
+    /// The pods on the node with their current usage.
+    async fn pod_usage(&self) -> Vec<PodUsage>;
+    /// Stops the pod within `eviction.grace_period` and sets its status: phase Failed, reason
+    /// `Evicted`, the message.
+    async fn evict(&self, eviction: &Eviction) -> Result<(), EvictionError>;
+}
+
+impl EvictionManager {
+    /// Runs a round every `every` (kubelet: 10 s) until `shutdown`: evicts the chosen pod through
+    /// the evictor and publishes the pressure conditions into `health`. Errors are logged and
+    /// the loop goes on.
+    pub async fn run(
+        mut self,
+        evictor: Arc<dyn PodEvictor>,
+        health: tokio::sync::watch::Sender<NodeHealth>,
+        every: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = interval.tick() => {}
+            }
+            let pods = evictor.pod_usage().await;
+            let outcome = match self.synchronize(&pods).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "eviction round failed");
+                    continue;
+                }
+            };
+            health.send_if_modified(|h| {
+                let before = h.clone();
+                h.set_pressure(outcome.pressure.iter().copied());
+                *h != before
+            });
+            if let Some(e) = &outcome.evict {
+                tracing::info!(pod = %e.pod, signal = %e.signal, "evicting pod");
+                if let Err(err) = evictor.evict(e).await {
+                    tracing::warn!(pod = %e.pod, error = %err, "eviction failed");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1018,6 +1071,63 @@ mod tests {
             Duration::from_secs(10),
             "capped by max pod grace"
         );
+    }
+
+    struct Evictor(Mutex<Vec<PodUsage>>, Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl PodEvictor for Evictor {
+        async fn pod_usage(&self) -> Vec<PodUsage> {
+            self.0.lock().unwrap().clone()
+        }
+        async fn evict(&self, e: &Eviction) -> Result<(), EvictionError> {
+            self.0
+                .lock()
+                .unwrap()
+                .retain(|p| p.pod.metadata.name.as_deref() != Some(e.pod.name.as_str()));
+            self.1.lock().unwrap().push(e.pod.name.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_evicts_one_pod_per_round_and_reports_pressure() {
+        let observer = FakeObserver(Mutex::new(vec![obs(
+            Signal::MemoryAvailable,
+            50 << 20,
+            1 << 30,
+        )]));
+        let m = EvictionManager::new(EvictionConfig::default(), Arc::new(observer));
+        let g = ", resources: {limits: {cpu: 100m, memory: 100Mi}}";
+        let evictor = Arc::new(Evictor(
+            Mutex::new(vec![
+                usage(pod("g", 0, g), 90),
+                usage(pod("be", 0, ""), 5),
+                usage(pod("b", 0, ", resources: {requests: {memory: 10Mi}}"), 50),
+            ]),
+            Mutex::default(),
+        ));
+        let (health_tx, health_rx) = tokio::sync::watch::channel(NodeHealth::default());
+        let start = tokio::time::Instant::now();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task =
+            tokio::spawn(
+                m.run(evictor.clone(), health_tx, Duration::from_secs(10), async {
+                    let _ = stopped.await;
+                }),
+            );
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert!(health_rx.borrow().memory_pressure);
+        assert_eq!(
+            *evictor.1.lock().unwrap(),
+            ["be", "b"],
+            "one pod per 10 s round"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*evictor.1.lock().unwrap(), ["be", "b", "g"]);
+        assert!(start.elapsed() >= Duration::from_secs(25));
+        stop.send(()).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -12,6 +12,33 @@
 //! | pod volumes, the atomic writer and subPath | [`volumes`] |
 //! | graceful node shutdown by pod priority | [`shutdown`] |
 //! | `/healthz`, `/pods`, `/metrics` and the node's metric families | [`http`] |
+//!
+//! Each module has its own error type and depends on nothing but node-core and the kernel, so a
+//! pod worker can call them in the order kubelet does:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use node_kubelet::node::{allocatable, cgroups, volumes};
+//! # fn sync(pod: &node_core::Pod, admitted: &[node_core::Pod]) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = allocatable::AllocatableConfig::default();
+//! let capacity = allocatable::node_capacity(&config)?;
+//! // 1. admission: a pod that does not fit is Failed with reason OutOfcpu, OutOfmemory, ...
+//! allocatable::admit(&allocatable::node_allocatable(&capacity, &config), admitted, pod)?;
+//! // 2. the pod cgroup; its cgroup_parent goes into the sandbox config for the runtime
+//! let pod_cgroups = cgroups::PodCgroups::new(cgroups::CgroupConfig::default())?;
+//! let cgroup_parent = pod_cgroups.ensure_pod(pod)?.cgroup_parent;
+//! // 3. volumes, then each container's CRI mounts
+//! let vm = volumes::VolumeManager::new(
+//!     volumes::VolumeConfig::default(),
+//!     Arc::new(volumes::MemoryObjectStore::default()),
+//! );
+//! let vols = vm.setup_pod(pod)?;
+//! for c in &pod.spec.as_ref().unwrap().containers {
+//!     let mounts = vm.container_mounts(c, &vols)?;
+//!     # let _ = (mounts, &cgroup_parent);
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod allocatable;
 pub mod api;

@@ -365,6 +365,68 @@ pub fn pod_cgroup_resources(
     })
 }
 
+/// `oom_score_adj` of Guaranteed containers (and critical pods).
+pub const GUARANTEED_OOM_SCORE_ADJ: i64 = -997;
+/// `oom_score_adj` of BestEffort containers.
+pub const BESTEFFORT_OOM_SCORE_ADJ: i64 = 1000;
+
+/// A container's `oom_score_adj`, as kubelet's `GetContainerOOMScoreAdjust`: -997 for Guaranteed
+/// pods, 1000 for BestEffort, else `1000 - 1000*memoryRequest/memoryCapacity` kept in [3, 999],
+/// so that the pods using more than they asked for go first.
+pub fn oom_score_adj(
+    qos: QosClass,
+    container: &Container,
+    memory_capacity: i64,
+) -> Result<i64, ResourceError> {
+    match qos {
+        QosClass::Guaranteed => return Ok(GUARANTEED_OOM_SCORE_ADJ),
+        QosClass::BestEffort => return Ok(BESTEFFORT_OOM_SCORE_ADJ),
+        QosClass::Burstable => {}
+    }
+    let r = resources_of(
+        container.resources.as_ref(),
+        &format!("container {}.resources", container.name),
+    )?;
+    if memory_capacity <= 0 {
+        return Ok(BESTEFFORT_OOM_SCORE_ADJ - 1);
+    }
+    let adj = 1000 - (1000 * r.requests.memory_bytes as i128 / memory_capacity as i128) as i64;
+    Ok(adj.clamp(
+        1000 + GUARANTEED_OOM_SCORE_ADJ,
+        BESTEFFORT_OOM_SCORE_ADJ - 1,
+    ))
+}
+
+/// The CRI resources of one container (kubelet's `generateLinuxContainerResources`): shares from
+/// its CPU request, quota from its CPU limit, its memory limit, and the `oom_score_adj` of its
+/// pod's QoS class.
+pub fn container_linux_resources(
+    pod: &Pod,
+    container: &Container,
+    memory_capacity: i64,
+    period_us: u64,
+    enforce_cpu_limits: bool,
+) -> Result<node_core::cri::LinuxContainerResources, ResourceError> {
+    let qos = pod_qos(pod)?;
+    let r = resources_of(
+        container.resources.as_ref(),
+        &format!("container {}.resources", container.name),
+    )?;
+    let quota = if enforce_cpu_limits {
+        r.cpu_limit.and_then(|l| milli_cpu_to_quota(l, period_us))
+    } else {
+        None
+    };
+    Ok(node_core::cri::LinuxContainerResources {
+        cpu_shares: milli_cpu_to_shares(r.requests.cpu_milli) as i64,
+        cpu_quota: quota.unwrap_or(0),
+        cpu_period: if quota.is_some() { period_us as i64 } else { 0 },
+        memory_limit_in_bytes: r.memory_limit.unwrap_or(0),
+        oom_score_adj: oom_score_adj(qos, container, memory_capacity)?,
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,6 +579,63 @@ spec:
         assert_eq!(cg.cpu_shares, 2);
         assert_eq!(cg.cpu_quota_us, None);
         assert_eq!(cg.memory_limit_bytes, None);
+    }
+
+    #[test]
+    fn oom_score_adj_by_qos() {
+        let g = with_containers(
+            "  - {name: a, image: i, resources: {limits: {cpu: 1, memory: 1Gi}}}\n",
+        );
+        let c = &g.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            oom_score_adj(QosClass::Guaranteed, c, 8 << 30).unwrap(),
+            -997
+        );
+        let b = with_containers(
+            "  - {name: a, image: i, resources: {requests: {memory: 2Gi}}}\n  - {name: z, image: i, resources: {requests: {cpu: 1}}}\n  - {name: huge, image: i, resources: {requests: {memory: 8Gi}}}\n",
+        );
+        let cs = &b.spec.as_ref().unwrap().containers;
+        assert_eq!(
+            oom_score_adj(QosClass::Burstable, &cs[0], 8 << 30).unwrap(),
+            750
+        );
+        assert_eq!(
+            oom_score_adj(QosClass::Burstable, &cs[1], 8 << 30).unwrap(),
+            999
+        );
+        assert_eq!(
+            oom_score_adj(QosClass::Burstable, &cs[2], 8 << 30).unwrap(),
+            3
+        );
+        let be = with_containers("  - {name: a, image: i}\n");
+        let r = container_linux_resources(
+            &be,
+            &be.spec.as_ref().unwrap().containers[0],
+            8 << 30,
+            DEFAULT_CFS_PERIOD_US,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.cpu_shares,
+                r.cpu_quota,
+                r.memory_limit_in_bytes,
+                r.oom_score_adj
+            ),
+            (2, 0, 0, 1000)
+        );
+        let r = container_linux_resources(&g, c, 8 << 30, DEFAULT_CFS_PERIOD_US, true).unwrap();
+        assert_eq!(
+            (
+                r.cpu_shares,
+                r.cpu_quota,
+                r.cpu_period,
+                r.memory_limit_in_bytes,
+                r.oom_score_adj
+            ),
+            (1024, 100_000, 100_000, 1 << 30, -997)
+        );
     }
 
     #[test]

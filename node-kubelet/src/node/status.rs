@@ -89,6 +89,17 @@ impl Default for NodeHealth {
     }
 }
 
+impl NodeHealth {
+    /// Takes the pressure conditions the eviction manager reports (`MemoryPressure`,
+    /// `DiskPressure`, `PIDPressure`).
+    pub fn set_pressure<'a>(&mut self, pressure: impl IntoIterator<Item = &'a str>) {
+        let p: Vec<&str> = pressure.into_iter().collect();
+        self.memory_pressure = p.contains(&"MemoryPressure");
+        self.disk_pressure = p.contains(&"DiskPressure");
+        self.pid_pressure = p.contains(&"PIDPressure");
+    }
+}
+
 /// The node's conditions with kubelet's time semantics: `lastHeartbeatTime` moves on every
 /// update, `lastTransitionTime` only when the status changes.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -531,6 +542,67 @@ impl NodeStatusReporter {
     }
 }
 
+/// Standalone mode's node status: a [`StatusSink`] that writes the Node object as JSON to a file
+/// (atomically) and passes pod status on to an inner sink, if any.
+pub struct NodeStatusFile {
+    path: std::path::PathBuf,
+    inner: Option<Arc<dyn StatusSink>>,
+}
+
+impl std::fmt::Debug for NodeStatusFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStatusFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeStatusFile {
+    /// Writes the node to `path`; pod status goes nowhere.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            inner: None,
+        }
+    }
+
+    /// Passes pod status (and a copy of node status) to `inner`.
+    #[must_use]
+    pub fn with_inner(mut self, inner: Arc<dyn StatusSink>) -> Self {
+        self.inner = Some(inner);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl StatusSink for NodeStatusFile {
+    async fn pod_status(
+        &self,
+        pod: &node_core::PodRef,
+        status: &k8s_openapi::api::core::v1::PodStatus,
+    ) -> Result<(), StatusError> {
+        match &self.inner {
+            Some(i) => i.pod_status(pod, status).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn pod_deleted(&self, pod: &node_core::PodRef) -> Result<(), StatusError> {
+        match &self.inner {
+            Some(i) => i.pod_deleted(pod).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn node_status(&self, node: &Node) -> Result<(), StatusError> {
+        write_node_json(node, &self.path)?;
+        match &self.inner {
+            Some(i) => i.node_status(node).await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// Writes the Node object as JSON to a file (standalone mode's node status), atomically.
 pub fn write_node_json(node: &Node, path: &Path) -> Result<(), StatusError> {
     let io = |source| StatusError::Io {
@@ -597,6 +669,15 @@ mod tests {
     }
 
     #[test]
+    fn pressure_from_the_eviction_manager() {
+        let mut h = NodeHealth::default();
+        h.set_pressure(["DiskPressure"]);
+        assert!(h.disk_pressure && !h.memory_pressure && !h.pid_pressure);
+        h.set_pressure([]);
+        assert!(!h.disk_pressure);
+    }
+
+    #[test]
     fn shutting_down_is_not_ready() {
         let mut c = NodeConditions::default();
         c.update(
@@ -654,6 +735,42 @@ mod tests {
                 .unwrap()
                 .contains_key("kubernetes.io/arch")
         );
+    }
+
+    #[tokio::test]
+    async fn standalone_node_status_is_a_json_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.json");
+        let sink: Arc<dyn StatusSink> = Arc::new(NodeStatusFile::new(&path));
+        let mut reporter = NodeStatusReporter::new(
+            sink,
+            NodeStatusBuilder::with_facts(
+                NodeStatusConfig {
+                    node_name: "n1".into(),
+                    internal_ips: vec!["10.0.0.5".parse().unwrap()],
+                    ..Default::default()
+                },
+                SystemFacts::default(),
+            ),
+        )
+        .with_capacity_fn(|| {
+            Ok(NodeResources {
+                cpu_milli: 1000,
+                memory_bytes: 1 << 30,
+                ephemeral_storage_bytes: 1 << 34,
+                pods: 110,
+            })
+        });
+        assert!(reporter.tick(&NodeHealth::default()).await.unwrap());
+        assert!(
+            !reporter.tick(&NodeHealth::default()).await.unwrap(),
+            "unchanged"
+        );
+        let node: Node = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(node.metadata.name.as_deref(), Some("n1"));
+        let st = node.status.unwrap();
+        assert_eq!(st.capacity.unwrap()["memory"].0, "1Gi");
+        assert_eq!(st.allocatable.unwrap()["memory"].0, "924Mi", "1Gi - 100Mi");
     }
 
     #[test]

@@ -674,6 +674,8 @@ impl VolumeManager {
         if !dir.exists() {
             return Ok(());
         }
+        // mountinfo names canonical paths: a root dir behind a symlink must not hide a mount
+        let dir = dir.canonicalize().map_err(io(&dir))?;
         for m in mounts_under(&dir) {
             nix::mount::umount2(&m, nix::mount::MntFlags::empty()).map_err(|source| {
                 VolumeError::Mount {
