@@ -377,11 +377,8 @@ fn cleanup_leaves_nothing_of_ours(variant: IptablesVariant) {
     web.node_port = Some(30080);
     let none = svc("10.96.0.11", Protocol::Udp, vec![]);
     let web6 = svc("fd00:96::10", Protocol::Tcp, ready(&t, &[0], true));
-    sync(
-        &t,
-        &r,
-        &state(vec![("web", web), ("none", none), ("web6", web6)]),
-    );
+    let s = state(vec![("web", web), ("none", none), ("web6", web6)]);
+    sync(&t, &r, &s);
     let programmed = ours(&save(&t, variant));
     assert!(
         programmed.iter().any(|l| l.starts_with(":NODEKIT-SEP-")),
@@ -391,6 +388,20 @@ fn cleanup_leaves_nothing_of_ours(variant: IptablesVariant) {
         programmed.iter().any(|l| l.starts_with("-A PREROUTING")),
         "{programmed:?}"
     );
+    // a restarted router's full sync finds its hooks in place and does not add them twice
+    let restarted = router(variant);
+    assert!(sync(&t, &restarted, &s).full);
+    let saved = save(&t, variant);
+    let mut hooks: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in saved.lines() {
+        if l.starts_with("-A ") && !l.starts_with("-A NODEKIT-") && l.contains("-j NODEKIT-") {
+            *hooks.entry(l).or_default() += 1;
+        }
+    }
+    // nat PREROUTING/OUTPUT/POSTROUTING, filter INPUT/FORWARD x2/OUTPUT: 7 distinct jumps, each
+    // once per family
+    assert_eq!(hooks.len(), 7, "{saved}");
+    assert!(hooks.values().all(|n| *n == 2), "{hooks:?}");
     // a second router (a restart) finds and removes chains it did not program itself
     let fresh = router(variant);
     in_node(&t, || block(fresh.cleanup())).unwrap();

@@ -486,53 +486,42 @@ pub fn render_top(
     (nat, filter)
 }
 
-/// The jumps from the built-in chains into ours: (table, built-in chain, rule spec).
-pub fn hooks() -> Vec<(&'static str, &'static str, Vec<String>)> {
-    let c = |s: &str| vec!["-m".into(), "comment".into(), "--comment".into(), s.into()];
-    let jump = |mut v: Vec<String>, to: &str| {
-        v.push("-j".into());
-        v.push(to.into());
-        v
-    };
-    let new = |mut v: Vec<String>| {
-        v.extend(["-m", "conntrack", "--ctstate", "NEW"].map(String::from));
-        v
-    };
+/// The jumps from the built-in chains into ours: (table, built-in chain, rule spec after the
+/// chain name, as `iptables-save` prints it).
+pub fn hooks() -> Vec<(&'static str, &'static str, String)> {
+    let portals = "-m comment --comment \"nodekit service portals\"";
+    let new = "-m conntrack --ctstate NEW";
     vec![
         (
             "nat",
             "PREROUTING",
-            jump(c("nodekit service portals"), SERVICES_CHAIN),
+            format!("{portals} -j {SERVICES_CHAIN}"),
         ),
-        (
-            "nat",
-            "OUTPUT",
-            jump(c("nodekit service portals"), SERVICES_CHAIN),
-        ),
+        ("nat", "OUTPUT", format!("{portals} -j {SERVICES_CHAIN}")),
         (
             "nat",
             "POSTROUTING",
-            jump(c("nodekit postrouting rules"), POSTROUTING_CHAIN),
+            format!("-m comment --comment \"nodekit postrouting rules\" -j {POSTROUTING_CHAIN}"),
         ),
         (
             "filter",
             "INPUT",
-            jump(new(c("nodekit service portals")), SERVICES_CHAIN),
+            format!("{portals} {new} -j {SERVICES_CHAIN}"),
         ),
         (
             "filter",
             "FORWARD",
-            jump(new(c("nodekit service portals")), SERVICES_CHAIN),
+            format!("{portals} {new} -j {SERVICES_CHAIN}"),
         ),
         (
             "filter",
             "OUTPUT",
-            jump(new(c("nodekit service portals")), SERVICES_CHAIN),
+            format!("{portals} {new} -j {SERVICES_CHAIN}"),
         ),
         (
             "filter",
             "FORWARD",
-            jump(c("nodekit forwarding rules"), FORWARD_CHAIN),
+            format!("-m comment --comment \"nodekit forwarding rules\" -j {FORWARD_CHAIN}"),
         ),
     ]
 }
@@ -544,8 +533,9 @@ pub fn write_table(
     table: &str,
     write: &[(&String, &Vec<String>)],
     delete: &[String],
+    extra: &[String],
 ) -> usize {
-    if write.is_empty() && delete.is_empty() {
+    if write.is_empty() && delete.is_empty() && extra.is_empty() {
         return 0;
     }
     let mut changes = 0;
@@ -568,6 +558,11 @@ pub fn write_table(
             out.push('\n');
         }
         changes += 1 + rules.len();
+    }
+    for line in extra {
+        out.push_str(line);
+        out.push('\n');
+        changes += 1;
     }
     for chain in delete {
         out.push_str("-X ");
