@@ -201,8 +201,9 @@ fn bench(c: &mut Criterion) {
 
         let mut g = c.benchmark_group(format!("iptables-{vname}/one-endpoint-changed"));
         g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_millis(200))
-            .measurement_time(Duration::from_secs(3));
+            .measurement_time(Duration::from_secs(2));
         for &n in &sizes {
             let ns = NetnsFixture::new("benchpart").expect("netns");
             let r = IptablesRouter::new(config(variant));

@@ -8,7 +8,7 @@
 
 mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -334,18 +334,30 @@ fn plan_family(
     nat_all.extend(nat_write);
     let mut nat_delete: Vec<String> = delete.into_iter().collect();
     let mut filter_delete = vec![];
-    for s in stale {
-        let (table, chain) = s.split_once(' ').unwrap_or(("nat", s));
-        let (all, del, top) = if table == "nat" {
-            (&nat_all, &mut nat_delete, &top_nat)
-        } else {
-            (&filter_write, &mut filter_delete, &top_filter)
-        };
-        let wanted = top.contains_key(chain)
-            || (table == "nat" && services.values().any(|r| r.nat_chains.contains_key(chain)));
-        if !wanted && !all.iter().any(|(c, _)| *c == chain) && !del.iter().any(|c| c == chain) {
-            del.push(chain.to_string());
+    if !stale.is_empty() {
+        // chains found in the kernel that nothing wants any more (sets: 10k services make 60k
+        // chains)
+        let mut wanted_nat: HashSet<&str> = top_nat.keys().map(String::as_str).collect();
+        for r in services.values() {
+            wanted_nat.extend(r.nat_chains.keys().map(String::as_str));
         }
+        wanted_nat.extend(nat_delete.iter().map(String::as_str));
+        let mut wanted_filter: HashSet<&str> = top_filter.keys().map(String::as_str).collect();
+        let mut extra_nat = vec![];
+        let mut extra_filter = vec![];
+        for s in stale {
+            let (table, chain) = s.split_once(' ').unwrap_or(("nat", s));
+            let (wanted, del) = if table == "nat" {
+                (&mut wanted_nat, &mut extra_nat)
+            } else {
+                (&mut wanted_filter, &mut extra_filter)
+            };
+            if wanted.insert(chain) {
+                del.push(chain.to_string());
+            }
+        }
+        nat_delete.extend(extra_nat);
+        filter_delete.extend(extra_filter);
     }
     let mut text = String::new();
     let mut changes = render::write_table(&mut text, "nat", &nat_all, &nat_delete, &hooks.0);
