@@ -191,6 +191,29 @@ fn node_port_and_external_ip(variant: IptablesVariant) {
     assert!(tcp_request(&t.ext, sa("192.168.50.1", 30081), TO).is_err());
 }
 
+fn load_balancer_source_ranges(variant: IptablesVariant) {
+    let t = topology(2);
+    t.ext
+        .sh("ip route add 192.168.60.0/24 via 192.168.50.1")
+        .unwrap();
+    let r = router(variant);
+    let mut open = svc("10.96.0.10", Protocol::Tcp, ready(&t, &[0, 1], false));
+    open.load_balancer_ips = vec!["192.168.60.20".parse().unwrap()];
+    open.load_balancer_source_ranges = vec!["192.168.50.0/24".parse().unwrap()];
+    let mut closed = open.clone();
+    closed.cluster_ips = vec!["10.96.0.11".parse().unwrap()];
+    closed.load_balancer_ips = vec!["192.168.60.21".parse().unwrap()];
+    closed.load_balancer_source_ranges = vec!["10.0.0.0/8".parse().unwrap()];
+    sync(&t, &r, &state(vec![("open", open), ("closed", closed)]));
+    let a = tcp_request(&t.ext, sa("192.168.60.20", 80), TO).unwrap();
+    assert!(a.pod.starts_with("pod-"));
+    // the client is outside the allowed range: dropped (not answered, not refused)
+    let err = tcp_request(&t.ext, sa("192.168.60.21", 80), Duration::from_millis(700)).unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    // the cluster IP of the same service is not restricted
+    assert!(tcp_request(&t.ext, sa("10.96.0.11", 80), TO).is_ok());
+}
+
 fn affinity_pins_a_client(variant: IptablesVariant) {
     let t = topology(3);
     let r = router(variant);
@@ -485,6 +508,13 @@ macro_rules! variant_tests {
                 go(
                     "node_port_and_external_ip",
                     super::node_port_and_external_ip,
+                )
+            }
+            #[test]
+            fn load_balancer_source_ranges() {
+                go(
+                    "load_balancer_source_ranges",
+                    super::load_balancer_source_ranges,
                 )
             }
             #[test]
