@@ -583,12 +583,15 @@ pub fn write_table(
     out.push('*');
     out.push_str(table);
     out.push('\n');
-    for (chain, _) in write {
-        out.push(':');
-        out.push_str(chain);
-        out.push_str(" - [0:0]\n");
-    }
-    for chain in delete {
+    // declared in name order: iptables-nft keeps its chain cache sorted and inserts linearly,
+    // so unsorted declarations cost O(n^2) (1k services: 1.2 s of CPU instead of 0.4 s)
+    let mut declare: Vec<&str> = write
+        .iter()
+        .map(|(c, _)| c.as_str())
+        .chain(delete.iter().map(String::as_str))
+        .collect();
+    declare.sort_unstable();
+    for chain in declare {
         out.push(':');
         out.push_str(chain);
         out.push_str(" - [0:0]\n");
