@@ -191,6 +191,29 @@ fn node_port_and_external_ip(variant: IptablesVariant) {
     assert!(tcp_request(&t.ext, sa("192.168.50.1", 30081), TO).is_err());
 }
 
+fn load_balancer_source_ranges(variant: IptablesVariant) {
+    let t = topology(2);
+    t.ext
+        .sh("ip route add 192.168.60.0/24 via 192.168.50.1")
+        .unwrap();
+    let r = router(variant);
+    let mut open = svc("10.96.0.10", Protocol::Tcp, ready(&t, &[0, 1], false));
+    open.load_balancer_ips = vec!["192.168.60.20".parse().unwrap()];
+    open.load_balancer_source_ranges = vec!["192.168.50.0/24".parse().unwrap()];
+    let mut closed = open.clone();
+    closed.cluster_ips = vec!["10.96.0.11".parse().unwrap()];
+    closed.load_balancer_ips = vec!["192.168.60.21".parse().unwrap()];
+    closed.load_balancer_source_ranges = vec!["10.0.0.0/8".parse().unwrap()];
+    sync(&t, &r, &state(vec![("open", open), ("closed", closed)]));
+    let a = tcp_request(&t.ext, sa("192.168.60.20", 80), TO).unwrap();
+    assert!(a.pod.starts_with("pod-"));
+    // the client is outside the allowed range: dropped (not answered, not refused)
+    let err = tcp_request(&t.ext, sa("192.168.60.21", 80), Duration::from_millis(700)).unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    // the cluster IP of the same service is not restricted
+    assert!(tcp_request(&t.ext, sa("10.96.0.11", 80), TO).is_ok());
+}
+
 fn affinity_pins_a_client(variant: IptablesVariant) {
     let t = topology(3);
     let r = router(variant);
@@ -377,11 +400,8 @@ fn cleanup_leaves_nothing_of_ours(variant: IptablesVariant) {
     web.node_port = Some(30080);
     let none = svc("10.96.0.11", Protocol::Udp, vec![]);
     let web6 = svc("fd00:96::10", Protocol::Tcp, ready(&t, &[0], true));
-    sync(
-        &t,
-        &r,
-        &state(vec![("web", web), ("none", none), ("web6", web6)]),
-    );
+    let s = state(vec![("web", web), ("none", none), ("web6", web6)]);
+    sync(&t, &r, &s);
     let programmed = ours(&save(&t, variant));
     assert!(
         programmed.iter().any(|l| l.starts_with(":NODEKIT-SEP-")),
@@ -391,6 +411,20 @@ fn cleanup_leaves_nothing_of_ours(variant: IptablesVariant) {
         programmed.iter().any(|l| l.starts_with("-A PREROUTING")),
         "{programmed:?}"
     );
+    // a restarted router's full sync finds its hooks in place and does not add them twice
+    let restarted = router(variant);
+    assert!(sync(&t, &restarted, &s).full);
+    let saved = save(&t, variant);
+    let mut hooks: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in saved.lines() {
+        if l.starts_with("-A ") && !l.starts_with("-A NODEKIT-") && l.contains("-j NODEKIT-") {
+            *hooks.entry(l).or_default() += 1;
+        }
+    }
+    // nat PREROUTING/OUTPUT/POSTROUTING, filter INPUT/FORWARD x2/OUTPUT: 7 distinct jumps, each
+    // once per family
+    assert_eq!(hooks.len(), 7, "{saved}");
+    assert!(hooks.values().all(|n| *n == 2), "{hooks:?}");
     // a second router (a restart) finds and removes chains it did not program itself
     let fresh = router(variant);
     in_node(&t, || block(fresh.cleanup())).unwrap();
@@ -474,6 +508,13 @@ macro_rules! variant_tests {
                 go(
                     "node_port_and_external_ip",
                     super::node_port_and_external_ip,
+                )
+            }
+            #[test]
+            fn load_balancer_source_ranges() {
+                go(
+                    "load_balancer_source_ranges",
+                    super::load_balancer_source_ranges,
                 )
             }
             #[test]

@@ -8,7 +8,7 @@
 
 mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -165,8 +165,26 @@ impl IptablesRouter {
     /// The full `iptables-restore` input for `desired` in `family` (what a full sync writes,
     /// without removing stale chains): the text `--dump` prints.
     pub fn render(&self, desired: &ProxyState, family: IpFamily) -> String {
-        let (plan, _) = plan_family(&self.config, desired, None, None, family, &[]);
+        let hooks = (
+            Existing::default().missing_hooks("nat"),
+            Existing::default().missing_hooks("filter"),
+        );
+        let (plan, _) = plan_family(&self.config, desired, None, None, family, &[], &hooks);
         plan.text
+    }
+
+    /// The full `iptables-restore` input of every configured family, each after a comment
+    /// line naming the program it is for.
+    pub fn dump(&self, desired: &ProxyState) -> String {
+        let mut out = String::new();
+        for &family in &self.config.families {
+            out.push_str(&format!(
+                "# {} -w --noflush\n",
+                self.config.variant.program(family, "restore")
+            ));
+            out.push_str(&self.render(desired, family));
+        }
+        out
     }
 
     async fn sync_inner(
@@ -184,10 +202,10 @@ impl IptablesRouter {
         };
         let mut new_families = BTreeMap::new();
         for &family in &self.config.families {
-            let stale = if full {
-                existing_chains(&self.config, family).await?
+            let found = if full {
+                existing(&self.config, family).await?
             } else {
-                vec![]
+                Existing::default()
             };
             let prev = if full {
                 None
@@ -195,15 +213,25 @@ impl IptablesRouter {
                 programmed.families.get(&family)
             };
             let last = if full { None } else { programmed.last.as_ref() };
-            let (plan, skipped) = plan_family(&self.config, desired, last, prev, family, &stale);
+            let hooks = if full {
+                (found.missing_hooks("nat"), found.missing_hooks("filter"))
+            } else {
+                (vec![], vec![])
+            };
+            let (plan, skipped) = plan_family(
+                &self.config,
+                desired,
+                last,
+                prev,
+                family,
+                &found.chains,
+                &hooks,
+            );
             if report.skipped.is_empty() {
                 report.skipped = skipped;
             }
             if !plan.text.is_empty() {
                 restore(&self.config, family, &plan.text).await?;
-            }
-            if full {
-                ensure_hooks(&self.config, family).await?;
             }
             report.changes += plan.changes;
             report.endpoints += plan.endpoints;
@@ -240,6 +268,7 @@ fn plan_family(
     prev: Option<&FamilyState>,
     family: IpFamily,
     stale: &[String],
+    hooks: &(Vec<String>, Vec<String>),
 ) -> (Plan, Vec<(ServicePortName, String)>) {
     let mut skipped = vec![];
     let mut services = BTreeMap::new();
@@ -305,22 +334,34 @@ fn plan_family(
     nat_all.extend(nat_write);
     let mut nat_delete: Vec<String> = delete.into_iter().collect();
     let mut filter_delete = vec![];
-    for s in stale {
-        let (table, chain) = s.split_once(' ').unwrap_or(("nat", s));
-        let (all, del, top) = if table == "nat" {
-            (&nat_all, &mut nat_delete, &top_nat)
-        } else {
-            (&filter_write, &mut filter_delete, &top_filter)
-        };
-        let wanted = top.contains_key(chain)
-            || (table == "nat" && services.values().any(|r| r.nat_chains.contains_key(chain)));
-        if !wanted && !all.iter().any(|(c, _)| *c == chain) && !del.iter().any(|c| c == chain) {
-            del.push(chain.to_string());
+    if !stale.is_empty() {
+        // chains found in the kernel that nothing wants any more (sets: 10k services make 60k
+        // chains)
+        let mut wanted_nat: HashSet<&str> = top_nat.keys().map(String::as_str).collect();
+        for r in services.values() {
+            wanted_nat.extend(r.nat_chains.keys().map(String::as_str));
         }
+        wanted_nat.extend(nat_delete.iter().map(String::as_str));
+        let mut wanted_filter: HashSet<&str> = top_filter.keys().map(String::as_str).collect();
+        let mut extra_nat = vec![];
+        let mut extra_filter = vec![];
+        for s in stale {
+            let (table, chain) = s.split_once(' ').unwrap_or(("nat", s));
+            let (wanted, del) = if table == "nat" {
+                (&mut wanted_nat, &mut extra_nat)
+            } else {
+                (&mut wanted_filter, &mut extra_filter)
+            };
+            if wanted.insert(chain) {
+                del.push(chain.to_string());
+            }
+        }
+        nat_delete.extend(extra_nat);
+        filter_delete.extend(extra_filter);
     }
     let mut text = String::new();
-    let mut changes = render::write_table(&mut text, "nat", &nat_all, &nat_delete);
-    changes += render::write_table(&mut text, "filter", &filter_write, &filter_delete);
+    let mut changes = render::write_table(&mut text, "nat", &nat_all, &nat_delete, &hooks.0);
+    changes += render::write_table(&mut text, "filter", &filter_write, &filter_delete, &hooks.1);
     (
         Plan {
             text,
@@ -398,78 +439,81 @@ async fn run(program: &str, args: &[String]) -> Result<std::process::Output, Rou
         .map_err(|e| spawn_error(program, e))
 }
 
-/// Our chains present in the kernel, as `"<table> <chain>"`.
-async fn existing_chains(
-    config: &IptablesConfig,
-    family: IpFamily,
-) -> Result<Vec<String>, RouterError> {
+/// What of ours is in the kernel, from one `iptables-save`.
+#[derive(Debug, Default)]
+struct Existing {
+    /// Our chains, as `"<table> <chain>"`.
+    chains: Vec<String>,
+    /// Jumps from built-in chains into ours: (table, the saved `-A ...` line).
+    jumps: Vec<(String, String)>,
+}
+
+impl Existing {
+    /// The `-I` lines that add the hooks missing in `table`.
+    fn missing_hooks(&self, table: &str) -> Vec<String> {
+        render::hooks()
+            .into_iter()
+            .filter(|(t, _, _)| *t == table)
+            .filter(|(t, chain, spec)| {
+                !self
+                    .jumps
+                    .iter()
+                    .any(|(jt, line)| jt == t && line == &format!("-A {chain} {spec}"))
+            })
+            .map(|(_, chain, spec)| format!("-I {chain} 1 {spec}"))
+            .collect()
+    }
+}
+
+/// Read our chains and hooks with one `iptables-save`.
+async fn existing(config: &IptablesConfig, family: IpFamily) -> Result<Existing, RouterError> {
     let program = config.variant.program(family, "save");
-    let mut found = vec![];
-    for table in ["nat", "filter"] {
-        let out = run(&program, &["-t".into(), table.into()]).await?;
-        if !out.status.success() {
-            return Err(command_error(&program, &out));
-        }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some(rest) = line.strip_prefix(':')
-                && rest.starts_with(CHAIN_PREFIX)
+    let out = run(&program, &[]).await?;
+    if !out.status.success() {
+        return Err(command_error(&program, &out));
+    }
+    let mut found = Existing::default();
+    let mut table = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+        } else if let Some(rest) = line.strip_prefix(':') {
+            if rest.starts_with(CHAIN_PREFIX)
                 && let Some(chain) = rest.split_whitespace().next()
             {
-                found.push(format!("{table} {chain}"));
+                found.chains.push(format!("{table} {chain}"));
             }
+        } else if let Some(rest) = line.strip_prefix("-A ")
+            && !rest.starts_with(CHAIN_PREFIX)
+            && rest.contains(&format!("-j {CHAIN_PREFIX}"))
+        {
+            found.jumps.push((table.clone(), line.to_string()));
         }
     }
     Ok(found)
 }
 
-/// Add the jumps from the built-in chains once (`-C`, then `-I` when missing).
-async fn ensure_hooks(config: &IptablesConfig, family: IpFamily) -> Result<(), RouterError> {
-    let program = config.variant.program(family, "");
-    let wait = config.lock_wait_seconds.to_string();
-    for (table, chain, spec) in render::hooks() {
-        let mut check: Vec<String> = vec!["-w".into(), wait.clone(), "-t".into(), table.into()];
-        check.push("-C".into());
-        check.push(chain.into());
-        check.extend(spec.iter().cloned());
-        if run(&program, &check).await?.status.success() {
-            continue;
-        }
-        let mut insert: Vec<String> = vec!["-w".into(), wait.clone(), "-t".into(), table.into()];
-        insert.push("-I".into());
-        insert.push(chain.into());
-        insert.extend(spec.iter().cloned());
-        let out = run(&program, &insert).await?;
-        if !out.status.success() {
-            return Err(command_error(&program, &out));
-        }
-    }
-    Ok(())
-}
-
-/// Remove our jumps and chains from both tables of `family`; other chains are left alone.
+/// Remove our jumps and chains from both tables of `family` in one restore; other chains and
+/// rules are left alone.
 async fn cleanup_family(config: &IptablesConfig, family: IpFamily) -> Result<(), RouterError> {
-    let program = config.variant.program(family, "");
-    let wait = config.lock_wait_seconds.to_string();
-    for (table, chain, spec) in render::hooks() {
-        // delete every copy of the jump
-        for _ in 0..16 {
-            let mut del: Vec<String> = vec!["-w".into(), wait.clone(), "-t".into(), table.into()];
-            del.push("-D".into());
-            del.push(chain.into());
-            del.extend(spec.iter().cloned());
-            if !run(&program, &del).await?.status.success() {
-                break;
-            }
-        }
-    }
-    let chains = existing_chains(config, family).await?;
+    let found = existing(config, family).await?;
     let mut text = String::new();
     for table in ["nat", "filter"] {
-        let ours: Vec<String> = chains
+        let ours: Vec<String> = found
+            .chains
             .iter()
             .filter_map(|c| c.strip_prefix(&format!("{table} ")).map(String::from))
             .collect();
-        render::write_table(&mut text, table, &[], &ours);
+        let unhook: Vec<String> = found
+            .jumps
+            .iter()
+            .filter(|(t, _)| t == table)
+            .map(|(_, line)| format!("-D {}", &line[3..]))
+            .collect();
+        // jumps go first: a chain still referenced cannot be deleted
+        let mut section = String::new();
+        render::write_table(&mut section, table, &[], &ours, &unhook);
+        text.push_str(&section);
     }
     if !text.is_empty() {
         restore(config, family, &text).await?;
@@ -510,6 +554,8 @@ mod tests {
     use super::*;
     use node_core::{Endpoint, NodeInfo, ServicePort};
 
+    const NO_HOOKS: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+
     fn state(n: usize, eps: usize) -> ProxyState {
         let mut s = ProxyState {
             node: NodeInfo {
@@ -544,13 +590,21 @@ mod tests {
     fn a_partial_sync_rewrites_only_the_changed_service() {
         let cfg = IptablesConfig::default();
         let s1 = state(50, 3);
-        let (full, _) = plan_family(&cfg, &s1, None, None, IpFamily::V4, &[]);
+        let (full, _) = plan_family(&cfg, &s1, None, None, IpFamily::V4, &[], &NO_HOOKS);
         assert_eq!(full.endpoints, 150);
         assert!(full.text.contains(":NODEKIT-SERVICES - [0:0]"));
         let mut s2 = s1.clone();
         let name = ServicePortName::new("default", "svc-7", "http");
         s2.services.get_mut(&name).unwrap().endpoints.pop();
-        let (part, _) = plan_family(&cfg, &s2, Some(&s1), Some(&full.state), IpFamily::V4, &[]);
+        let (part, _) = plan_family(
+            &cfg,
+            &s2,
+            Some(&s1),
+            Some(&full.state),
+            IpFamily::V4,
+            &[],
+            &NO_HOOKS,
+        );
         let declared: Vec<&str> = part.text.lines().filter(|l| l.starts_with(':')).collect();
         // the service's SVC chain is rewritten, the removed SEP chain deleted, nothing else
         assert_eq!(declared.len(), 2, "{}", part.text);
@@ -561,7 +615,15 @@ mod tests {
         );
         assert!(!part.text.contains("*filter"));
         // nothing changed: nothing to write
-        let (none, _) = plan_family(&cfg, &s2, Some(&s2), Some(&part.state), IpFamily::V4, &[]);
+        let (none, _) = plan_family(
+            &cfg,
+            &s2,
+            Some(&s2),
+            Some(&part.state),
+            IpFamily::V4,
+            &[],
+            &NO_HOOKS,
+        );
         assert!(none.text.is_empty(), "{}", none.text);
         assert_eq!(none.changes, 0);
     }
@@ -570,11 +632,19 @@ mod tests {
     fn removing_a_service_deletes_its_chains_and_dispatch_rule() {
         let cfg = IptablesConfig::default();
         let s1 = state(3, 2);
-        let (full, _) = plan_family(&cfg, &s1, None, None, IpFamily::V4, &[]);
+        let (full, _) = plan_family(&cfg, &s1, None, None, IpFamily::V4, &[], &NO_HOOKS);
         let mut s2 = s1.clone();
         s2.services
             .remove(&ServicePortName::new("default", "svc-1", "http"));
-        let (part, _) = plan_family(&cfg, &s2, Some(&s1), Some(&full.state), IpFamily::V4, &[]);
+        let (part, _) = plan_family(
+            &cfg,
+            &s2,
+            Some(&s1),
+            Some(&full.state),
+            IpFamily::V4,
+            &[],
+            &NO_HOOKS,
+        );
         assert_eq!(
             part.text.lines().filter(|l| l.starts_with("-X ")).count(),
             3
@@ -599,7 +669,7 @@ mod tests {
             "nat NODEKIT-SERVICES".to_string(),
             "filter NODEKIT-OLD".to_string(),
         ];
-        let (plan, _) = plan_family(&cfg, &s, None, None, IpFamily::V4, &stale);
+        let (plan, _) = plan_family(&cfg, &s, None, None, IpFamily::V4, &stale, &NO_HOOKS);
         assert!(plan.text.contains("-X NODEKIT-SVC-AAAAAAAAAAAAAAAA\n"));
         assert!(plan.text.contains("-X NODEKIT-OLD\n"));
         assert!(!plan.text.contains("-X NODEKIT-SERVICES"));
@@ -611,7 +681,7 @@ mod tests {
         let mut s = state(2, 1);
         let name = ServicePortName::new("default", "svc-0", "http");
         s.services.get_mut(&name).unwrap().port = 0;
-        let (plan, skipped) = plan_family(&cfg, &s, None, None, IpFamily::V4, &[]);
+        let (plan, skipped) = plan_family(&cfg, &s, None, None, IpFamily::V4, &[], &NO_HOOKS);
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].0, name);
         assert!(skipped[0].1.contains("default/svc-0:http"));

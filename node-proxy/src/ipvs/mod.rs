@@ -306,6 +306,47 @@ pub fn render_glue(
     (ipset, ipt)
 }
 
+/// The IPVS table of `desired` in `ipvsadm-save` form (`-A` virtual servers, `-a` masqueraded
+/// real servers), then the glue of every configured family: what `--dump` prints.
+pub fn dump(desired: &ProxyState, config: &IpvsConfig) -> String {
+    let mut out = String::from("# IPVS (ipvsadm-save form)\n");
+    let sock = |ip: &IpAddr, port: u16| match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    for (vs, dests) in desired_table(desired, config).values() {
+        let kind = match vs.protocol {
+            17 => "-u",
+            132 => "--sctp-service",
+            _ => "-t",
+        };
+        let vip = sock(&vs.addr, vs.port);
+        out.push_str(&format!("-A {kind} {vip} -s {}", vs.scheduler));
+        if vs.flags & messages::SVC_F_PERSISTENT != 0 {
+            out.push_str(&format!(" -p {}", vs.timeout));
+        }
+        out.push('\n');
+        for d in dests {
+            out.push_str(&format!(
+                "-a {kind} {vip} -r {} -m -w {}\n",
+                sock(&d.addr, d.port),
+                d.weight
+            ));
+        }
+    }
+    for &family in &config.iptables.families {
+        let (ipset, ipt) = render_glue(desired, config, family);
+        out.push_str("# ipset restore -exist\n");
+        out.push_str(&ipset);
+        out.push_str(&format!(
+            "# {} -w --noflush\n",
+            config.iptables.variant.program(family, "restore")
+        ));
+        out.push_str(&ipt);
+    }
+    out
+}
+
 #[derive(Debug, Default)]
 struct IpvsState {
     /// The IPVS table as programmed; `None`: read it from the kernel first.
@@ -719,6 +760,23 @@ mod tests {
             vs.flags |= messages::SVC_F_HASHED;
         }
         assert!(diff(&hashed, &t1).is_empty());
+    }
+
+    #[test]
+    fn dump_lists_virtual_and_real_servers() {
+        let mut s = state();
+        s.services.values_mut().next().unwrap().affinity_timeout = Some(Duration::from_secs(600));
+        let d = dump(&s, &IpvsConfig::default());
+        assert!(d.contains("-A -t 10.96.0.10:80 -s rr -p 600\n"), "{d}");
+        assert!(
+            d.contains("-a -t 10.96.0.10:80 -r 10.244.0.11:8080 -m -w 1\n"),
+            "{d}"
+        );
+        assert!(
+            d.contains("-a -t [fd00:96::10]:80 -r [fd00:244::10]:8080 -m -w 1\n"),
+            "{d}"
+        );
+        assert!(d.contains("# ip6tables-nft-restore -w --noflush\n"), "{d}");
     }
 
     #[test]
