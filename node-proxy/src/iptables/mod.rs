@@ -210,7 +210,7 @@ impl IptablesRouter {
             let prev = if full {
                 None
             } else {
-                programmed.families.get(&family)
+                programmed.families.remove(&family)
             };
             let last = if full { None } else { programmed.last.as_ref() };
             let hooks = if full {
@@ -259,22 +259,26 @@ impl Default for IptablesRouter {
 }
 
 /// Plan one family's sync: the restore text, the changes it makes and the new state.
-/// `last`/`prev` are the previous state and rules (`None`: full sync); `stale` are chains found
-/// in the kernel to remove unless wanted.
+/// `last`/`prev` are the previous state and rules (`None`: full sync), consumed: unchanged
+/// services' rules move into the new state; `stale` are chains found in the kernel to remove
+/// unless wanted.
+#[allow(clippy::too_many_arguments)]
 fn plan_family(
     config: &IptablesConfig,
     desired: &ProxyState,
     last: Option<&ProxyState>,
-    prev: Option<&FamilyState>,
+    prev: Option<FamilyState>,
     family: IpFamily,
     stale: &[String],
     hooks: &(Vec<String>, Vec<String>),
 ) -> (Plan, Vec<(ServicePortName, String)>) {
     let mut skipped = vec![];
     let mut services = BTreeMap::new();
-    let empty = FamilyState::default();
-    let prev_state = prev.unwrap_or(&empty);
-    let mut write_nat: Vec<(String, Vec<String>)> = vec![];
+    let had_prev = prev.is_some();
+    let mut prev_state = prev.unwrap_or_default();
+    let mut prev_services = std::mem::take(&mut prev_state.services);
+    // (service, chain) of the service chains to write
+    let mut changed: Vec<(ServicePortName, String)> = vec![];
     let mut endpoints = 0;
     let mut delete: BTreeSet<String> = BTreeSet::new();
     for (name, sp) in &desired.services {
@@ -282,18 +286,20 @@ fn plan_family(
             skipped.push((name.clone(), why));
             continue;
         }
+        let old = prev_services.remove(name);
         let unchanged = last.and_then(|l| l.services.get(name)) == Some(sp);
-        let rules = match (unchanged, prev_state.services.get(name)) {
-            (true, Some(old)) => old.clone(),
-            _ => {
+        let rules = match old {
+            Some(old) if unchanged => old,
+            old => {
                 let new = render::render_service(name, sp, &desired.node, config, family);
-                let old = prev_state.services.get(name);
                 for (chain, rules) in &new.nat_chains {
-                    if prev.is_none() || old.and_then(|o| o.nat_chains.get(chain)) != Some(rules) {
-                        write_nat.push((chain.clone(), rules.clone()));
+                    if !had_prev
+                        || old.as_ref().and_then(|o| o.nat_chains.get(chain)) != Some(rules)
+                    {
+                        changed.push((name.clone(), chain.clone()));
                     }
                 }
-                if let Some(old) = old {
+                if let Some(old) = &old {
                     for chain in old.nat_chains.keys() {
                         if !new.nat_chains.contains_key(chain) {
                             delete.insert(chain.clone());
@@ -303,35 +309,25 @@ fn plan_family(
                 new
             }
         };
-        if rules == ServiceRules::default() {
+        if rules.nat_chains.is_empty() && rules == ServiceRules::default() {
             continue;
         }
         endpoints += rules.endpoints;
         services.insert(name.clone(), rules);
     }
-    for (name, old) in &prev_state.services {
-        if !services.contains_key(name) {
-            delete.extend(old.nat_chains.keys().cloned());
-        }
+    // services gone (or now invalid): their chains go
+    for (_, old) in prev_services {
+        delete.extend(old.nat_chains.into_keys());
     }
     // a chain that moved between services (or was deleted and re-added) is rewritten, not deleted
-    delete.retain(|c| !services.values().any(|r| r.nat_chains.contains_key(c)));
+    if !delete.is_empty() {
+        let wanted: HashSet<&str> = services
+            .values()
+            .flat_map(|r| r.nat_chains.keys().map(String::as_str))
+            .collect();
+        delete.retain(|c| !wanted.contains(c.as_str()));
+    }
     let (top_nat, top_filter) = render::render_top(&services, &desired.node, config, family);
-    let mut nat_write: Vec<(&String, &Vec<String>)> = vec![];
-    let mut filter_write: Vec<(&String, &Vec<String>)> = vec![];
-    for (chain, rules) in &top_nat {
-        if prev.is_none() || prev_state.top_nat.get(chain) != Some(rules) {
-            nat_write.push((chain, rules));
-        }
-    }
-    for (chain, rules) in &top_filter {
-        if prev.is_none() || prev_state.top_filter.get(chain) != Some(rules) {
-            filter_write.push((chain, rules));
-        }
-    }
-    // declare every chain before rules jump to it: our own chains first
-    let mut nat_all: Vec<(&String, &Vec<String>)> = write_nat.iter().map(|(c, r)| (c, r)).collect();
-    nat_all.extend(nat_write);
     let mut nat_delete: Vec<String> = delete.into_iter().collect();
     let mut filter_delete = vec![];
     if !stale.is_empty() {
@@ -360,8 +356,26 @@ fn plan_family(
         filter_delete.extend(extra_filter);
     }
     let mut text = String::new();
-    let mut changes = render::write_table(&mut text, "nat", &nat_all, &nat_delete, &hooks.0);
-    changes += render::write_table(&mut text, "filter", &filter_write, &filter_delete, &hooks.1);
+    let changes = {
+        // our own chains, then the shared ones (declarations come first in the text anyway)
+        let mut nat_all: Vec<(&String, &Vec<String>)> = changed
+            .iter()
+            .filter_map(|(name, chain)| services.get(name)?.nat_chains.get_key_value(chain))
+            .collect();
+        let mut filter_write: Vec<(&String, &Vec<String>)> = vec![];
+        for (chain, rules) in &top_nat {
+            if !had_prev || prev_state.top_nat.get(chain) != Some(rules) {
+                nat_all.push((chain, rules));
+            }
+        }
+        for (chain, rules) in &top_filter {
+            if !had_prev || prev_state.top_filter.get(chain) != Some(rules) {
+                filter_write.push((chain, rules));
+            }
+        }
+        render::write_table(&mut text, "nat", &nat_all, &nat_delete, &hooks.0)
+            + render::write_table(&mut text, "filter", &filter_write, &filter_delete, &hooks.1)
+    };
     (
         Plan {
             text,
@@ -600,7 +614,7 @@ mod tests {
             &cfg,
             &s2,
             Some(&s1),
-            Some(&full.state),
+            Some(full.state),
             IpFamily::V4,
             &[],
             &NO_HOOKS,
@@ -619,7 +633,7 @@ mod tests {
             &cfg,
             &s2,
             Some(&s2),
-            Some(&part.state),
+            Some(part.state),
             IpFamily::V4,
             &[],
             &NO_HOOKS,
@@ -640,7 +654,7 @@ mod tests {
             &cfg,
             &s2,
             Some(&s1),
-            Some(&full.state),
+            Some(full.state),
             IpFamily::V4,
             &[],
             &NO_HOOKS,
