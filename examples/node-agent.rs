@@ -241,8 +241,32 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = cni.gc(&[]).await {
         tracing::warn!(error = %e, "pod network garbage collection");
     }
+    // the bridge plugin's own masquerade table and bridge: the node's pod network is gone
+    remove_pod_network(cni.nft_table(), &cni.config().bridge);
     tracing::info!("node agent stopped; nothing left behind");
     Ok(())
+}
+
+/// Delete the bridge plugin's nftables table and bridge (best effort, reported).
+fn remove_pod_network(table: &str, bridge: &str) {
+    for (what, cmd, args) in [
+        (
+            "nftables table",
+            "nft",
+            vec!["delete", "table", "inet", table],
+        ),
+        ("bridge", "ip", vec!["link", "del", bridge]),
+    ] {
+        match std::process::Command::new(cmd).args(&args).output() {
+            Ok(o) if o.status.success() => {
+                tracing::info!(what, name = args[args.len() - 1], "removed")
+            }
+            Ok(o) => {
+                tracing::warn!(what, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "not removed")
+            }
+            Err(e) => tracing::warn!(what, error = %e, "could not run {cmd}"),
+        }
+    }
 }
 
 /// Stop and remove every sandbox the kubelet manages (stopping kills the containers).
@@ -261,7 +285,11 @@ async fn remove_all_pods(rt: &dyn RuntimeBackend) {
             return;
         }
     };
-    for s in sandboxes {
+    futures::future::join_all(sandboxes.into_iter().map(|s| remove_pod(rt, s))).await;
+}
+
+async fn remove_pod(rt: &dyn RuntimeBackend, s: cri::PodSandbox) {
+    {
         let name = s
             .metadata
             .as_ref()
