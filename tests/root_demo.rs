@@ -88,7 +88,7 @@ fn build_binaries(root: &Path) -> PathBuf {
 fn pod_manifest(name: &str, token: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nspec:\n  \
-         terminationGracePeriodSeconds: 2\n  containers:\n    - name: web\n      image: {IMAGE}\n      \
+         containers:\n    - name: web\n      image: {IMAGE}\n      \
          imagePullPolicy: Never\n      env: [{{name: NK_DEMO_TOKEN, value: \"{token}\"}}]\n      \
          ports: [{{name: http, containerPort: 8080}}]\n      readinessProbe:\n        \
          httpGet: {{path: /, port: 8080}}\n        periodSeconds: 1\n"
