@@ -1,12 +1,505 @@
-//! The all-in-one node agent: pods and services from a manifest directory, the native runtime,
-//! the native bridge CNI plugin and the nftables router.
+//! The all-in-one node agent, standalone: pods and Services from a manifest directory (no API
+//! server), the native runtime, the native bridge CNI plugin and the nftables router.
 //!
-//! Not assembled yet: this placeholder says which parts are still missing.
+//! Endpoints are computed from the local pods that match each Service's selector and are Ready,
+//! one EndpointSlice per Service (as the endpointslice controller would), so unchanged Pod and
+//! Service YAML works. On Ctrl-C or SIGTERM every pod is stopped and removed, the service rules
+//! are deleted and pod networking is garbage-collected.
+//!
+//! ```text
+//! sudo target/debug/examples/node-agent --manifests examples/manifests \
+//!     --import-image /tmp/web-oci=nodekit.local/demo/web:1
+//! ```
 
-fn main() {
-    println!("nodekit node-agent: not assembled yet.");
-    println!(
-        "The demo needs the native runtime, the native bridge plugin, the nftables router and the pod workers;"
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use node_cni::{BridgeConfig, BridgePlugin};
+use node_core::k8s_openapi::api::core::v1::{Pod, Service};
+use node_core::k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+};
+use node_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use node_core::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use node_core::proxy::NodeInfo;
+use node_core::{CniPlugin, ImageBackend, RuntimeBackend, ServiceRouter, cri};
+use node_cri::native::image::{ImageStore, ImageStoreConfig};
+use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
+use node_kubelet::{CancellationToken, FileSource, JsonStatusSink, Kubelet, PodStates};
+use node_proxy::{ManifestDir, NftablesRouter, Proxy, ServiceEvent, ServiceSource, ServiceStream};
+
+#[derive(Debug, Parser)]
+#[command(about = "The nodekit all-in-one node agent (standalone mode)")]
+struct Args {
+    /// The directory of Pod and Service manifests.
+    #[arg(long, default_value = "examples/manifests")]
+    manifests: PathBuf,
+    /// Where the agent keeps its state.
+    #[arg(long, default_value = "/var/lib/nodekit")]
+    root: PathBuf,
+    /// The pod subnet of the bridge.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pod_cidr: ipnet::IpNet,
+    /// The service (ClusterIP) range.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    service_cidr: ipnet::IpNet,
+    /// Where `/healthz`, `/pods` and `/metrics` are served.
+    #[arg(long, default_value = "127.0.0.1:10255")]
+    http_addr: SocketAddr,
+    /// The node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Import a local OCI layout at start: `DIR=REFERENCE` (repeatable).
+    #[arg(long, value_name = "OCI_LAYOUT_DIR=REF")]
+    import_image: Vec<String>,
+    /// The init binary (default: `nodekit-init` next to this executable or in target/debug).
+    #[arg(long)]
+    init_binary: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn find_init(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        anyhow::ensure!(p.is_file(), "--init-binary {}: no such file", p.display());
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let mut candidates = vec![];
+    for dir in exe.ancestors().skip(1).take(3) {
+        candidates.push(dir.join("nodekit-init"));
+    }
+    candidates.push(PathBuf::from("target/debug/nodekit-init"));
+    candidates.into_iter().find(|p| p.is_file()).context(
+        "nodekit-init not found next to the agent nor in target/debug: \
+         run `cargo build -p node-cri --bin nodekit-init` or pass --init-binary",
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+struct StatesProvider(PodStates);
+
+impl PodsProvider for StatesProvider {
+    fn pods(&self) -> Vec<Pod> {
+        self.0
+            .pods()
+            .into_iter()
+            .map(|s| {
+                let mut pod = s.pod;
+                if s.status.is_some() {
+                    pod.status = s.status;
+                }
+                pod
+            })
+            .collect()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(&args.log_format);
+    let stop = node_kubelet::node::shutdown::termination_signal()?;
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    anyhow::ensure!(
+        args.manifests.is_dir(),
+        "--manifests {}: not a directory",
+        args.manifests.display()
     );
-    println!("see CHANGELOG.md for what has landed.");
+    std::fs::create_dir_all(&args.root)
+        .with_context(|| format!("creating --root {}", args.root.display()))?;
+
+    // images
+    let store = Arc::new(
+        ImageStore::new(ImageStoreConfig {
+            root: args.root.join("images"),
+            ..Default::default()
+        })
+        .context("opening the image store")?,
+    );
+    for spec in &args.import_image {
+        let (dir, reference) = spec
+            .split_once('=')
+            .with_context(|| format!("--import-image {spec:?}: expected OCI_LAYOUT_DIR=REF"))?;
+        let rec = store
+            .import_oci_layout(Path::new(dir), Some(reference))
+            .await
+            .with_context(|| format!("importing {dir} as {reference}"))?;
+        tracing::info!(image = reference, id = %rec.id, "image imported");
+    }
+
+    // networking and runtime
+    let cni = Arc::new(
+        BridgePlugin::new(BridgeConfig {
+            subnets: vec![args.pod_cidr],
+            masquerade: true,
+            lease_dir: args.root.join("cni/networks"),
+            state_dir: args.root.join("cni/state"),
+            ..Default::default()
+        })
+        .context("the bridge CNI plugin")?,
+    );
+    let runtime = Arc::new(
+        NativeRuntime::new(NativeConfig {
+            root: args.root.join("runtime"),
+            cni: cni.clone(),
+            images: store.clone(),
+            init_binary: Some(find_init(args.init_binary.clone())?),
+            ..Default::default()
+        })
+        .context("the native runtime")?,
+    );
+    let rt: Arc<dyn RuntimeBackend> = runtime.clone();
+    let images: Arc<dyn ImageBackend> = store.clone();
+
+    // the kubelet
+    let kubelet = Kubelet::builder(node_name.clone())
+        .source(Arc::new(FileSource::new(args.manifests.clone())))
+        .runtime(rt.clone(), images)
+        .status(Arc::new(JsonStatusSink::new(args.root.join("status"))?))
+        .build()?;
+    let states = kubelet.states();
+    let token = CancellationToken::new();
+
+    // the proxy
+    let nft = Arc::new(NftablesRouter::new().context("the nftables router")?);
+    let router_dyn: Arc<dyn ServiceRouter> = nft.clone();
+    let mut proxy = Proxy::builder()
+        .router(router_dyn)
+        .node(NodeInfo {
+            name: node_name.clone(),
+            cluster_cidrs: vec![args.pod_cidr],
+            ..Default::default()
+        })
+        .build()?;
+    let source = StandaloneServices {
+        dir: args.manifests.clone(),
+        states: states.clone(),
+        node: node_name.clone(),
+        service_cidr: args.service_cidr,
+    };
+
+    // HTTP
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding --http-addr {}", args.http_addr))?;
+    let app = router(HttpState::new(
+        Arc::new(StatesProvider(states.clone())),
+        &NodeMetrics::default(),
+    ));
+    let http_token = token.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_token.cancelled_owned())
+            .await
+    });
+    tracing::info!(node = %node_name, manifests = %args.manifests.display(), http = %args.http_addr, "node agent started");
+
+    let k_token = token.clone();
+    let kubelet_task = tokio::spawn(async move { kubelet.run(k_token).await });
+    let p_token = token.clone();
+    let proxy_task = tokio::spawn(async move { proxy.run(&source, p_token).await });
+
+    stop.await;
+    tracing::info!("shutting down: stopping every pod");
+    token.cancel();
+    if let Err(e) = kubelet_task.await? {
+        tracing::warn!(error = %e, "kubelet");
+    }
+    if let Err(e) = proxy_task.await? {
+        tracing::warn!(error = %e, "proxy");
+    }
+    let _ = http.await;
+    remove_all_pods(rt.as_ref()).await;
+    if let Err(e) = nft.cleanup().await {
+        tracing::warn!(error = %e, "removing the service rules");
+    }
+    if let Err(e) = cni.gc(&[]).await {
+        tracing::warn!(error = %e, "pod network garbage collection");
+    }
+    // the bridge plugin's own masquerade table and bridge: the node's pod network is gone
+    remove_pod_network(cni.nft_table(), &cni.config().bridge);
+    tracing::info!("node agent stopped; nothing left behind");
+    Ok(())
+}
+
+/// Delete the bridge plugin's nftables table and bridge (best effort, reported).
+fn remove_pod_network(table: &str, bridge: &str) {
+    for (what, cmd, args) in [
+        (
+            "nftables table",
+            "nft",
+            vec!["delete", "table", "inet", table],
+        ),
+        ("bridge", "ip", vec!["link", "del", bridge]),
+    ] {
+        match std::process::Command::new(cmd).args(&args).output() {
+            Ok(o) if o.status.success() => {
+                tracing::info!(what, name = args[args.len() - 1], "removed")
+            }
+            Ok(o) => {
+                tracing::warn!(what, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "not removed")
+            }
+            Err(e) => tracing::warn!(what, error = %e, "could not run {cmd}"),
+        }
+    }
+}
+
+/// Stop and remove every sandbox the kubelet manages (stopping kills the containers).
+async fn remove_all_pods(rt: &dyn RuntimeBackend) {
+    let filter = cri::PodSandboxFilter {
+        label_selector: HashMap::from([(
+            node_kubelet::labels::MANAGED.to_string(),
+            "true".to_string(),
+        )]),
+        ..Default::default()
+    };
+    let sandboxes = match rt.list_pod_sandbox(Some(filter)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the pods to remove");
+            return;
+        }
+    };
+    futures::future::join_all(sandboxes.into_iter().map(|s| remove_pod(rt, s))).await;
+}
+
+async fn remove_pod(rt: &dyn RuntimeBackend, s: cri::PodSandbox) {
+    {
+        let name = s
+            .metadata
+            .as_ref()
+            .map(|m| format!("{}/{}", m.namespace, m.name))
+            .unwrap_or_default();
+        if let Ok(cs) = rt
+            .list_containers(Some(cri::ContainerFilter {
+                pod_sandbox_id: s.id.clone(),
+                ..Default::default()
+            }))
+            .await
+        {
+            for c in cs {
+                let _ = rt.stop_container(&c.id, Duration::from_secs(5)).await;
+                let _ = rt.remove_container(&c.id).await;
+            }
+        }
+        if let Err(e) = rt.stop_pod_sandbox(&s.id).await {
+            tracing::warn!(pod = %name, error = %e, "stopping the pod");
+        }
+        match rt.remove_pod_sandbox(&s.id).await {
+            Ok(()) => tracing::info!(pod = %name, "pod removed"),
+            Err(e) => tracing::warn!(pod = %name, error = %e, "removing the pod"),
+        }
+    }
+}
+
+/// Services from the manifest directory, EndpointSlices computed from the kubelet's Ready pods.
+struct StandaloneServices {
+    dir: PathBuf,
+    states: PodStates,
+    node: String,
+    service_cidr: ipnet::IpNet,
+}
+
+impl ServiceSource for StandaloneServices {
+    fn name(&self) -> &str {
+        "standalone"
+    }
+
+    fn watch(&self) -> ServiceStream {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut manifests = ManifestDir::new(self.dir.clone()).watch();
+        let states = self.states.clone();
+        let node = self.node.clone();
+        let cidr = self.service_cidr;
+        tokio::spawn(async move {
+            let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
+            let mut last: Option<(Vec<Service>, Vec<EndpointSlice>)> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    ev = manifests.next() => match ev {
+                        None => return,
+                        Some(Err(e)) => { if tx.send(Err(e)).is_err() { return } }
+                        Some(Ok(ev)) => apply(&mut services, ev),
+                    },
+                    _ = tick.tick() => {}
+                }
+                let svcs: Vec<Service> = services
+                    .values()
+                    .filter(|s| in_range(s, cidr))
+                    .cloned()
+                    .collect();
+                let slices = compute_slices(&svcs, &states, &node);
+                if last.as_ref() != Some(&(svcs.clone(), slices.clone())) {
+                    last = Some((svcs.clone(), slices.clone()));
+                    let ev = ServiceEvent::Snapshot {
+                        services: Some(svcs),
+                        slices: Some(slices),
+                    };
+                    if tx.send(Ok(ev)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+            .boxed()
+    }
+}
+
+fn key(m: &ObjectMeta) -> (String, String) {
+    (
+        m.namespace.clone().unwrap_or_else(|| "default".into()),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+fn apply(services: &mut BTreeMap<(String, String), Service>, ev: ServiceEvent) {
+    match ev {
+        ServiceEvent::Snapshot {
+            services: Some(list),
+            ..
+        } => {
+            *services = list.into_iter().map(|s| (key(&s.metadata), s)).collect();
+        }
+        ServiceEvent::ServiceApplied(s) => {
+            services.insert(key(&s.metadata), *s);
+        }
+        ServiceEvent::ServiceDeleted(s) => {
+            services.remove(&key(&s.metadata));
+        }
+        _ => {}
+    }
+}
+
+/// A ClusterIP outside `--service-cidr` is reported and the Service left out.
+fn in_range(s: &Service, cidr: ipnet::IpNet) -> bool {
+    let ip = s.spec.as_ref().and_then(|sp| sp.cluster_ip.as_deref());
+    match ip.map(str::parse::<std::net::IpAddr>) {
+        Some(Ok(ip)) if !cidr.contains(&ip) => {
+            tracing::warn!(service = ?key(&s.metadata), %ip, %cidr, "clusterIP outside --service-cidr; service left out");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// One EndpointSlice per Service with a selector: its matching local pods that have an IP.
+fn compute_slices(services: &[Service], states: &PodStates, node: &str) -> Vec<EndpointSlice> {
+    let pods = states.pods();
+    let mut out = vec![];
+    for svc in services {
+        let (ns, name) = key(&svc.metadata);
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let mut endpoints = vec![];
+        let mut matched: Vec<&Pod> = vec![];
+        for st in &pods {
+            let meta = &st.pod.metadata;
+            if meta.namespace.as_deref().unwrap_or("default") != ns {
+                continue;
+            }
+            let labels = meta.labels.clone().unwrap_or_default();
+            if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                continue;
+            }
+            let Some(ip) = st.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+                continue;
+            };
+            let ready = st.is_ready();
+            let terminating = meta.deletion_timestamp.is_some();
+            endpoints.push(Endpoint {
+                addresses: vec![ip],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ready && !terminating),
+                    serving: Some(ready),
+                    terminating: Some(terminating),
+                }),
+                node_name: Some(node.to_string()),
+                target_ref: Some(node_core::k8s_openapi::api::core::v1::ObjectReference {
+                    kind: Some("Pod".into()),
+                    namespace: Some(ns.clone()),
+                    name: meta.name.clone(),
+                    uid: meta.uid.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            matched.push(&st.pod);
+        }
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
+                let number = match &target {
+                    IntOrString::Int(n) => Some(*n),
+                    // a named port: the first matching pod's container port of that name
+                    IntOrString::String(n) => matched.iter().find_map(|pod| {
+                        pod.spec.as_ref()?.containers.iter().find_map(|c| {
+                            c.ports
+                                .iter()
+                                .flatten()
+                                .find(|cp| cp.name.as_deref() == Some(n.as_str()))
+                                .map(|cp| cp.container_port)
+                        })
+                    }),
+                }?;
+                Some(EndpointPort {
+                    name: Some(p.name.clone().unwrap_or_default()),
+                    port: Some(number),
+                    protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
+                    app_protocol: p.app_protocol.clone(),
+                })
+            })
+            .collect::<Vec<_>>();
+        out.push(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}-standalone")),
+                namespace: Some(ns.clone()),
+                labels: Some(BTreeMap::from([
+                    ("kubernetes.io/service-name".to_string(), name.clone()),
+                    (
+                        "endpointslice.kubernetes.io/managed-by".to_string(),
+                        "nodekit-node-agent".to_string(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints,
+            ports: Some(ports),
+        });
+    }
+    out
 }

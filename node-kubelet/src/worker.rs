@@ -757,6 +757,12 @@ impl PodWorker {
         self.probes.stop_all();
         let grace = grace_period(&self.pod);
         tracing::info!(pod = %self.pod_ref, ?grace, "terminating pod");
+        // seen as terminating at once (endpoints computed from the states drop it now)
+        if self.pod.metadata.deletion_timestamp.is_none() {
+            let mut pod = self.pod.clone();
+            pod.metadata.deletion_timestamp = Some(crate::status::now_time());
+            self.shared.states.set_pod(&pod);
+        }
         let observed = match self.observe().await {
             Ok(o) => o,
             Err(e) => {
