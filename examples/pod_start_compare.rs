@@ -172,23 +172,15 @@ struct NativeEnv {
 
 impl Drop for NativeEnv {
     fn drop(&mut self) {
-        // pods remove their own cgroups; the parent is ours
-        for d in [
-            "cpu",
-            "cpuacct",
-            "cpu,cpuacct",
-            "memory",
-            "pids",
-            "unified",
-            "",
-        ] {
-            let _ = std::fs::remove_dir(
-                Path::new("/sys/fs/cgroup")
-                    .join(d)
-                    .join(&self.cgroup_parent),
-            );
+        // pods remove their own cgroups; the parent is ours, in every hierarchy (v1 and v2)
+        let base = Path::new("/sys/fs/cgroup");
+        let mut dirs = vec![base.join(&self.cgroup_parent)];
+        if let Ok(rd) = std::fs::read_dir(base) {
+            dirs.extend(rd.flatten().map(|e| e.path().join(&self.cgroup_parent)));
         }
-        let _ = &self.root;
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 

@@ -62,7 +62,13 @@ fn service_round_trips() {
     assert_eq!(spec.cluster_ips.as_ref().unwrap().len(), 2);
     assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30080));
     assert_eq!(
-        spec.session_affinity_config.as_ref().unwrap().client_ip.as_ref().unwrap().timeout_seconds,
+        spec.session_affinity_config
+            .as_ref()
+            .unwrap()
+            .client_ip
+            .as_ref()
+            .unwrap()
+            .timeout_seconds,
         Some(300)
     );
     let again: Service = serde_saphyr::from_str(&serde_saphyr::to_string(&svc).unwrap()).unwrap();
@@ -74,11 +80,16 @@ fn endpoint_slice_round_trips() {
     let slice: EndpointSlice = serde_saphyr::from_str(&documents()[1]).expect("slice parses");
     assert_eq!(slice.endpoints.len(), 2);
     let c = slice.endpoints[1].conditions.as_ref().unwrap();
-    assert_eq!((c.ready, c.serving, c.terminating), (Some(false), Some(true), Some(true)));
+    assert_eq!(
+        (c.ready, c.serving, c.terminating),
+        (Some(false), Some(true), Some(true))
+    );
     assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node-1"));
-    let again: EndpointSlice = serde_saphyr::from_str(&serde_saphyr::to_string(&slice).unwrap()).unwrap();
+    let again: EndpointSlice =
+        serde_saphyr::from_str(&serde_saphyr::to_string(&slice).unwrap()).unwrap();
     assert_eq!(slice, again);
-    let json: EndpointSlice = serde_json::from_value(serde_json::to_value(&slice).unwrap()).unwrap();
+    let json: EndpointSlice =
+        serde_json::from_value(serde_json::to_value(&slice).unwrap()).unwrap();
     assert_eq!(slice, json);
 }
 
