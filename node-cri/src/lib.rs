@@ -5,8 +5,11 @@
 //! |---|---|
 //! | [`client`] | [`CriClient`]: CRI `runtime.v1` over a unix socket, for containerd and CRI-O |
 //! | [`native`] | the native namespaces runtime: images (content store, safe unpacking, pulls) and pods |
+//! | [`server`] | [`CriServer`]: CRI `runtime.v1` served on a unix socket for any backend |
 
 pub mod client;
 pub mod native;
+pub mod server;
 
 pub use client::{CriClient, CriClientConfig, RuntimeConditions};
+pub use server::{CriServer, CriServerConfig};

@@ -34,7 +34,7 @@
 
 #[cfg(test)]
 mod fake_server_tests;
-mod status;
+pub(crate) mod status;
 pub mod timing;
 
 use std::future::Future;
