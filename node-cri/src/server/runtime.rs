@@ -39,6 +39,15 @@ fn idempotent(method: &str, r: Result<(), RuntimeError>) -> Result<(), Status> {
     }
 }
 
+/// The filter given to the backend: without the id, which the server matches itself (exactly or
+/// by a unique prefix, as containerd does), so that truncated ids work with any backend.
+fn without_id<F: Clone>(f: &Option<F>, id: impl Fn(&mut F) -> &mut String) -> Option<F> {
+    f.clone().map(|mut f| {
+        id(&mut f).clear();
+        f
+    })
+}
+
 /// `info` maps are only answered when `verbose` was asked.
 fn verbosity(info: &mut HashMap<String, String>, verbose: bool) {
     if !verbose {
@@ -348,7 +357,7 @@ impl RuntimeService for CriApi {
             let items = self
                 .0
                 .runtime
-                .list_pod_sandbox(f.clone())
+                .list_pod_sandbox(without_id(&f, |f| &mut f.id))
                 .await
                 .map_err(|e| to_status(M, &e))?;
             Ok(cri::ListPodSandboxResponse {
@@ -446,7 +455,10 @@ impl RuntimeService for CriApi {
             let items = self
                 .0
                 .runtime
-                .list_containers(f.clone())
+                .list_containers(without_id(&f, |f| &mut f.id).map(|mut f| {
+                    f.pod_sandbox_id.clear();
+                    f
+                }))
                 .await
                 .map_err(|e| to_status(M, &e))?;
             Ok(cri::ListContainersResponse {
@@ -620,7 +632,7 @@ impl RuntimeService for CriApi {
             let stats = self
                 .0
                 .runtime
-                .list_container_stats(f.clone())
+                .list_container_stats(without_id(&f, |f| &mut f.id))
                 .await
                 .map_err(|e| to_status(M, &e))?;
             // stats do not say which sandbox a container is in: ask the container list
@@ -681,7 +693,7 @@ impl RuntimeService for CriApi {
             let stats = self
                 .0
                 .runtime
-                .list_pod_sandbox_stats(f.clone())
+                .list_pod_sandbox_stats(without_id(&f, |f| &mut f.id))
                 .await
                 .map_err(|e| to_status(M, &e))?;
             Ok(cri::ListPodSandboxStatsResponse {

@@ -1,0 +1,4 @@
+//! Helpers shared by node-cri's integration tests.
+#![allow(dead_code)]
+
+pub mod server;
