@@ -1,4 +1,5 @@
 //! Helpers shared by node-cri's integration tests.
 #![allow(dead_code)]
 
+pub mod native;
 pub mod server;
