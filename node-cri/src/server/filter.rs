@@ -69,6 +69,38 @@ fn sandbox_matches(id: &str, want: &str) -> bool {
     id == want || id.starts_with(want)
 }
 
+/// The id and labels of a stats item, from its attributes.
+fn attributes_of<'a>(
+    attrs: Option<(&'a str, &'a HashMap<String, String>)>,
+) -> (&'a str, Option<&'a HashMap<String, String>>) {
+    match attrs {
+        Some((id, labels)) => (id, Some(labels)),
+        None => ("", None),
+    }
+}
+
+/// Keep the stats items matching an id (exact or unique prefix) and a label selector.
+fn stats_by_id_and_labels<T>(
+    items: Vec<T>,
+    id: &str,
+    want: &HashMap<String, String>,
+    attrs: impl Fn(&T) -> Option<(&str, &HashMap<String, String>)>,
+) -> Vec<T> {
+    let empty = HashMap::new();
+    by_id(items, id, |s| attributes_of(attrs(s)).0)
+        .into_iter()
+        .filter(|s| labels_match(attributes_of(attrs(s)).1.unwrap_or(&empty), want))
+        .collect()
+}
+
+fn container_attrs(s: &cri::ContainerStats) -> Option<(&str, &HashMap<String, String>)> {
+    s.attributes.as_ref().map(|a| (a.id.as_str(), &a.labels))
+}
+
+fn sandbox_attrs(s: &cri::PodSandboxStats) -> Option<(&str, &HashMap<String, String>)> {
+    s.attributes.as_ref().map(|a| (a.id.as_str(), &a.labels))
+}
+
 /// `ListContainerStats`' filter: id, labels, and the pod sandbox through `in_sandbox`, the ids of
 /// the containers of the filter's sandbox (`None`: no sandbox in the filter).
 pub fn container_stats(
@@ -77,24 +109,9 @@ pub fn container_stats(
     in_sandbox: Option<&HashSet<String>>,
 ) -> Vec<cri::ContainerStats> {
     let Some(f) = filter else { return items };
-    let id = |s: &cri::ContainerStats| -> String {
-        s.attributes
-            .as_ref()
-            .map(|a| a.id.clone())
-            .unwrap_or_default()
-    };
-    let mut items: Vec<(String, cri::ContainerStats)> =
-        items.into_iter().map(|s| (id(&s), s)).collect();
-    items = by_id(items, &f.id, |(id, _)| id);
-    items
+    stats_by_id_and_labels(items, &f.id, &f.label_selector, container_attrs)
         .into_iter()
-        .filter(|(id, _)| in_sandbox.is_none_or(|set| set.contains(id)))
-        .filter(|(_, s)| {
-            let empty = HashMap::new();
-            let labels = s.attributes.as_ref().map(|a| &a.labels).unwrap_or(&empty);
-            labels_match(labels, &f.label_selector)
-        })
-        .map(|(_, s)| s)
+        .filter(|s| in_sandbox.is_none_or(|set| set.contains(attributes_of(container_attrs(s)).0)))
         .collect()
 }
 
@@ -104,23 +121,7 @@ pub fn pod_sandbox_stats(
     filter: Option<&cri::PodSandboxStatsFilter>,
 ) -> Vec<cri::PodSandboxStats> {
     let Some(f) = filter else { return items };
-    let id = |s: &cri::PodSandboxStats| -> String {
-        s.attributes
-            .as_ref()
-            .map(|a| a.id.clone())
-            .unwrap_or_default()
-    };
-    let items: Vec<(String, cri::PodSandboxStats)> =
-        items.into_iter().map(|s| (id(&s), s)).collect();
-    by_id(items, &f.id, |(id, _)| id)
-        .into_iter()
-        .filter(|(_, s)| {
-            let empty = HashMap::new();
-            let labels = s.attributes.as_ref().map(|a| &a.labels).unwrap_or(&empty);
-            labels_match(labels, &f.label_selector)
-        })
-        .map(|(_, s)| s)
-        .collect()
+    stats_by_id_and_labels(items, &f.id, &f.label_selector, sandbox_attrs)
 }
 
 /// A reference in its fully qualified form: `busybox` is `docker.io/library/busybox:latest`.

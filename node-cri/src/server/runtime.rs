@@ -39,6 +39,26 @@ fn idempotent(method: &str, r: Result<(), RuntimeError>) -> Result<(), Status> {
     }
 }
 
+/// The backend's answer, its error mapped to the call's status.
+fn strict<T>(method: &str, r: Result<T, RuntimeError>) -> Result<T, Status> {
+    r.map_err(|e| to_status(method, &e))
+}
+
+/// The body of an RPC whose request is one id: the id is checked, the backend called with it,
+/// its answer passed through `finish` ([`strict`] or [`idempotent`]) and wrapped by `respond`.
+macro_rules! by_id {
+    ($r:ident, $method:literal, $field:ident, $finish:ident, |$id:ident| $call:expr, |$out:pat_param| $respond:expr) => {{
+        const M: &str = $method;
+        let $id = $r.into_inner().$field;
+        guarded(M, async {
+            need_id(M, stringify!($field), &$id)?;
+            let $out = $finish(M, $call.await)?;
+            Ok($respond)
+        })
+        .await
+    }};
+}
+
 /// The filter given to the backend: without the id, which the server matches itself (exactly or
 /// by a unique prefix, as containerd does), so that truncated ids work with any backend.
 fn without_id<F: Clone>(f: &Option<F>, id: impl Fn(&mut F) -> &mut String) -> Option<F> {
@@ -297,28 +317,28 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::StopPodSandboxRequest>,
     ) -> Answer<cri::StopPodSandboxResponse> {
-        const M: &str = "StopPodSandbox";
-        let id = r.into_inner().pod_sandbox_id;
-        guarded(M, async {
-            need_id(M, "pod_sandbox_id", &id)?;
-            idempotent(M, self.0.runtime.stop_pod_sandbox(&id).await)?;
-            Ok(cri::StopPodSandboxResponse {})
-        })
-        .await
+        by_id!(
+            r,
+            "StopPodSandbox",
+            pod_sandbox_id,
+            idempotent,
+            |id| self.0.runtime.stop_pod_sandbox(&id),
+            |()| cri::StopPodSandboxResponse {}
+        )
     }
 
     async fn remove_pod_sandbox(
         &self,
         r: Request<cri::RemovePodSandboxRequest>,
     ) -> Answer<cri::RemovePodSandboxResponse> {
-        const M: &str = "RemovePodSandbox";
-        let id = r.into_inner().pod_sandbox_id;
-        guarded(M, async {
-            need_id(M, "pod_sandbox_id", &id)?;
-            idempotent(M, self.0.runtime.remove_pod_sandbox(&id).await)?;
-            Ok(cri::RemovePodSandboxResponse {})
-        })
-        .await
+        by_id!(
+            r,
+            "RemovePodSandbox",
+            pod_sandbox_id,
+            idempotent,
+            |id| self.0.runtime.remove_pod_sandbox(&id),
+            |()| cri::RemovePodSandboxResponse {}
+        )
     }
 
     async fn pod_sandbox_status(
@@ -396,18 +416,14 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::StartContainerRequest>,
     ) -> Answer<cri::StartContainerResponse> {
-        const M: &str = "StartContainer";
-        let id = r.into_inner().container_id;
-        guarded(M, async {
-            need_id(M, "container_id", &id)?;
-            self.0
-                .runtime
-                .start_container(&id)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            Ok(cri::StartContainerResponse {})
-        })
-        .await
+        by_id!(
+            r,
+            "StartContainer",
+            container_id,
+            strict,
+            |id| self.0.runtime.start_container(&id),
+            |()| cri::StartContainerResponse {}
+        )
     }
 
     async fn stop_container(
@@ -435,14 +451,14 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::RemoveContainerRequest>,
     ) -> Answer<cri::RemoveContainerResponse> {
-        const M: &str = "RemoveContainer";
-        let id = r.into_inner().container_id;
-        guarded(M, async {
-            need_id(M, "container_id", &id)?;
-            idempotent(M, self.0.runtime.remove_container(&id).await)?;
-            Ok(cri::RemoveContainerResponse {})
-        })
-        .await
+        by_id!(
+            r,
+            "RemoveContainer",
+            container_id,
+            idempotent,
+            |id| self.0.runtime.remove_container(&id),
+            |()| cri::RemoveContainerResponse {}
+        )
     }
 
     async fn list_containers(
@@ -522,18 +538,14 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::ReopenContainerLogRequest>,
     ) -> Answer<cri::ReopenContainerLogResponse> {
-        const M: &str = "ReopenContainerLog";
-        let id = r.into_inner().container_id;
-        guarded(M, async {
-            need_id(M, "container_id", &id)?;
-            self.0
-                .runtime
-                .reopen_container_log(&id)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            Ok(cri::ReopenContainerLogResponse {})
-        })
-        .await
+        by_id!(
+            r,
+            "ReopenContainerLog",
+            container_id,
+            strict,
+            |id| self.0.runtime.reopen_container_log(&id),
+            |()| cri::ReopenContainerLogResponse {}
+        )
     }
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Answer<cri::ExecSyncResponse> {
@@ -607,19 +619,14 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::ContainerStatsRequest>,
     ) -> Answer<cri::ContainerStatsResponse> {
-        const M: &str = "ContainerStats";
-        let id = r.into_inner().container_id;
-        guarded(M, async {
-            need_id(M, "container_id", &id)?;
-            let stats = self
-                .0
-                .runtime
-                .container_stats(&id)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            Ok(cri::ContainerStatsResponse { stats: Some(stats) })
-        })
-        .await
+        by_id!(
+            r,
+            "ContainerStats",
+            container_id,
+            strict,
+            |id| self.0.runtime.container_stats(&id),
+            |stats| cri::ContainerStatsResponse { stats: Some(stats) }
+        )
     }
 
     async fn list_container_stats(
@@ -668,19 +675,14 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::PodSandboxStatsRequest>,
     ) -> Answer<cri::PodSandboxStatsResponse> {
-        const M: &str = "PodSandboxStats";
-        let id = r.into_inner().pod_sandbox_id;
-        guarded(M, async {
-            need_id(M, "pod_sandbox_id", &id)?;
-            let stats = self
-                .0
-                .runtime
-                .pod_sandbox_stats(&id)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            Ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
-        })
-        .await
+        by_id!(
+            r,
+            "PodSandboxStats",
+            pod_sandbox_id,
+            strict,
+            |id| self.0.runtime.pod_sandbox_stats(&id),
+            |stats| cri::PodSandboxStatsResponse { stats: Some(stats) }
+        )
     }
 
     async fn list_pod_sandbox_stats(
