@@ -279,6 +279,7 @@ where
                     .await
                     .expect("PullImage through the server");
                 assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+                let cleanup = client.clone();
                 f(Cri {
                     client,
                     native,
@@ -288,6 +289,12 @@ where
                     root: root.path().to_path_buf(),
                 })
                 .await;
+                // remove the pods here, where their monitors live: the namespace's removal
+                // kills every process in it
+                for pod in cleanup.list_pod_sandbox(None).await.unwrap() {
+                    cleanup.remove_pod_sandbox(&pod.id).await.unwrap();
+                }
+                drop(cleanup);
                 served.stop().await.expect("graceful stop");
                 drop(reg);
             })
