@@ -428,6 +428,40 @@ cri_test!(
             2
         );
         c.reopen_container_log(&client).await.unwrap();
+        let pod_stats = c.pod_sandbox_stats(&pod).await.unwrap();
+        assert_eq!(pod_stats.attributes.unwrap().id, pod);
+        let by_label = c
+            .list_pod_sandbox_stats(Some(cri::PodSandboxStatsFilter {
+                label_selector: HashMap::from([("app".into(), "web".into())]),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert_eq!(by_label.len(), 1);
+        // UpdateContainerResources reaches the container's cgroup
+        c.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: server.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                unified: HashMap::from([("pids.max".into(), "77".into())]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&c.container_status(&server, true).await.unwrap().info["info"])
+                .unwrap();
+        let pids = common::native::cgroup_dirs(info["cgroup"].as_str().unwrap())
+            .into_iter()
+            .find(|d| d.join("pids.max").exists())
+            .expect("the container's pids cgroup");
+        assert_eq!(
+            std::fs::read_to_string(pids.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "77"
+        );
 
         // stop: the containers exit, stopping again is fine
         c.stop_container(&server, Duration::from_secs(5))
