@@ -983,3 +983,21 @@ cri_test!(run_pod_sandbox_latency_through_the_server_vs_direct, |h| {
     assert!(h.client.list_pod_sandbox(None).await.unwrap().is_empty());
     let _ = ImageBackend::list_images(&h.client, None).await.unwrap();
 });
+
+cri_test!(exec_sync_timeout_is_reported_as_deadline_exceeded, |h| {
+    let id = h.sleeper("exectimeout", |_| {}).await;
+    let t0 = Instant::now();
+    let r = h
+        .client
+        .exec_sync(
+            &id,
+            vec!["sleep".into(), "30".into()],
+            Duration::from_secs(1),
+        )
+        .await;
+    // the client's own deadline is a minute longer: this is the server's DeadlineExceeded
+    assert!(matches!(r, Err(RuntimeError::Timeout(_))), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // the container is still usable
+    assert_eq!(h.sh(&id, "echo alive").await.1, "alive");
+});
