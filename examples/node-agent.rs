@@ -25,7 +25,7 @@
 //!     --runtime cri --cri-endpoint unix:///run/containerd/containerd.sock
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,9 +42,7 @@ use node_core::k8s_openapi::api::discovery::v1::{
 use node_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use node_core::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use node_core::proxy::NodeInfo;
-use node_core::{
-    CniPlugin, ImageBackend, PodSource, RuntimeBackend, ServiceRouter, StatusSink, cri,
-};
+use node_core::{CniPlugin, ImageBackend, PodSource, RuntimeBackend, ServiceRouter, StatusSink};
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::{CriClient, CriClientConfig};
@@ -53,6 +51,8 @@ use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::{CancellationToken, FileSource, JsonStatusSink, Kubelet, PodStates};
 use node_proxy::{ManifestDir, NftablesRouter, Proxy, ServiceEvent, ServiceSource, ServiceStream};
 
+#[path = "node-agent-parts/cleanup.rs"]
+mod cleanup;
 #[path = "node-agent-parts/cluster.rs"]
 mod cluster;
 
@@ -335,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = http.await;
-    remove_all_pods(rt.as_ref()).await;
+    cleanup::remove_all_pods(rt.as_ref()).await;
     if let Err(e) = nft.cleanup().await {
         tracing::warn!(error = %e, "removing the service rules");
     }
@@ -368,54 +368,6 @@ fn remove_pod_network(table: &str, bridge: &str) {
                 tracing::warn!(what, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "not removed")
             }
             Err(e) => tracing::warn!(what, error = %e, "could not run {cmd}"),
-        }
-    }
-}
-
-/// Stop and remove every sandbox the kubelet manages (stopping kills the containers).
-async fn remove_all_pods(rt: &dyn RuntimeBackend) {
-    let filter = cri::PodSandboxFilter {
-        label_selector: HashMap::from([(
-            node_kubelet::labels::MANAGED.to_string(),
-            "true".to_string(),
-        )]),
-        ..Default::default()
-    };
-    let sandboxes = match rt.list_pod_sandbox(Some(filter)).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing the pods to remove");
-            return;
-        }
-    };
-    futures::future::join_all(sandboxes.into_iter().map(|s| remove_pod(rt, s))).await;
-}
-
-async fn remove_pod(rt: &dyn RuntimeBackend, s: cri::PodSandbox) {
-    {
-        let name = s
-            .metadata
-            .as_ref()
-            .map(|m| format!("{}/{}", m.namespace, m.name))
-            .unwrap_or_default();
-        if let Ok(cs) = rt
-            .list_containers(Some(cri::ContainerFilter {
-                pod_sandbox_id: s.id.clone(),
-                ..Default::default()
-            }))
-            .await
-        {
-            for c in cs {
-                let _ = rt.stop_container(&c.id, Duration::from_secs(5)).await;
-                let _ = rt.remove_container(&c.id).await;
-            }
-        }
-        if let Err(e) = rt.stop_pod_sandbox(&s.id).await {
-            tracing::warn!(pod = %name, error = %e, "stopping the pod");
-        }
-        match rt.remove_pod_sandbox(&s.id).await {
-            Ok(()) => tracing::info!(pod = %name, "pod removed"),
-            Err(e) => tracing::warn!(pod = %name, error = %e, "removing the pod"),
         }
     }
 }
