@@ -394,7 +394,11 @@ impl ServiceSource for StandaloneServices {
         tokio::spawn(async move {
             let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
             let mut last: Option<(Vec<Service>, Vec<EndpointSlice>)> = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // recomputed when the kubelet's pods change (readiness, IPs, terminations), when the
+            // manifests change, and every second as a fallback
+            let mut pods_changed = states.subscribe();
+            let mut kubelet_running = true;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     ev = manifests.next() => match ev {
@@ -402,6 +406,7 @@ impl ServiceSource for StandaloneServices {
                         Some(Err(e)) => { if tx.send(Err(e)).is_err() { return } }
                         Some(Ok(ev)) => apply(&mut services, ev),
                     },
+                    r = pods_changed.changed(), if kubelet_running => kubelet_running = r.is_ok(),
                     _ = tick.tick() => {}
                 }
                 let svcs: Vec<Service> = services
