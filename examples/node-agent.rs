@@ -49,7 +49,9 @@ use node_cri::{CriClient, CriClientConfig};
 use node_kubelet::node::api::NodeApiConfig;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::{CancellationToken, FileSource, JsonStatusSink, Kubelet, PodStates};
-use node_proxy::{ManifestDir, NftablesRouter, Proxy, ServiceEvent, ServiceSource, ServiceStream};
+use node_proxy::{
+    ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent, ServiceSource, ServiceStream,
+};
 
 #[path = "node-agent-parts/cleanup.rs"]
 mod cleanup;
@@ -95,6 +97,11 @@ struct Args {
     /// The CRI runtime's socket (with `--runtime cri`).
     #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
     cri_endpoint: String,
+    /// The least time between two syncs of the service rules, in milliseconds (kube-proxy's
+    /// `--min-sync-period`, 1 s there; a node agent's few services afford a shorter one, which
+    /// bounds how late an endpoint change reaches the rules right after another).
+    #[arg(long, default_value = "250")]
+    min_sync_period_ms: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -271,6 +278,10 @@ async fn main() -> anyhow::Result<()> {
         .node(NodeInfo {
             name: node_name.clone(),
             cluster_cidrs: vec![args.pod_cidr],
+            ..Default::default()
+        })
+        .config(ProxyConfig {
+            min_sync_interval: Duration::from_millis(args.min_sync_period_ms),
             ..Default::default()
         })
         .build()?;

@@ -20,7 +20,7 @@ mod examples;
 mod fake_apiserver;
 
 use agent::{
-    Agent, DEMO_IMAGE, assert_nothing_left, build_agent, http_get, node_netns, pids_with_token,
+    Agent, DEMO_IMAGE, build_agent, http_get, node_netns, pids_with_token, stop_cleanly,
     write_demo_image,
 };
 use fake_apiserver::FakeApiServer;
@@ -194,15 +194,7 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
         || pids_with_token(&token).is_empty().then_some(()),
     );
 
-    let status = agent
-        .interrupt_and_wait(Duration::from_secs(40))
-        .expect("the agent did not exit within 40 s of SIGINT");
-    assert!(
-        status.success(),
-        "agent exit {status}; log:\n{}",
-        log_text()
-    );
-    assert_nothing_left(&ns, &root, &token);
+    stop_cleanly(&mut agent, &ns, &root, &token, &log_text);
     let renewals = api
         .requests()
         .iter()

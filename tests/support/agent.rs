@@ -115,19 +115,19 @@ pub fn leases_under(dir: &Path) -> Vec<PathBuf> {
 pub const DEMO_IMAGE: &str = "nodekit.local/demo/web:1";
 
 /// Writes the demo web image (busybox httpd answering `hello from <hostname>` on 8080) as an OCI
-/// layout in `dir`, for `--import-image DIR=DEMO_IMAGE`.
+/// layout in `dir` with the `demo-image` example, as `scripts/demo` does, for
+/// `--import-image DIR=DEMO_IMAGE`.
 pub fn write_demo_image(dir: &Path) {
-    node_test_support::TestImage::busybox()
-        .file("/var/www/.keep", "", 0o644)
-        .cmd(&[
-            "sh",
-            "-c",
-            "echo \"hello from $(hostname)\" > /var/www/index.html; exec httpd -f -p 8080 -h /var/www",
-        ])
-        .build()
-        .expect("the demo image")
-        .write_oci_layout(dir, DEMO_IMAGE)
-        .expect("writing the image layout");
+    let out = std::process::Command::new(example("demo-image"))
+        .arg(dir)
+        .arg(DEMO_IMAGE)
+        .output()
+        .expect("running demo-image");
+    assert!(
+        out.status.success(),
+        "demo-image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A network namespace for an agent, with a default route (to nowhere) as every node has: local
@@ -140,6 +140,22 @@ pub fn node_netns(label: &str) -> node_test_support::NetnsFixture {
     )
     .expect("the namespace's default route");
     ns
+}
+
+/// SIGINT to the agent: it exits successfully within 40 s and leaves nothing behind
+/// ([`assert_nothing_left`]).
+pub fn stop_cleanly(
+    agent: &mut Agent,
+    ns: &node_test_support::NetnsFixture,
+    root: &Path,
+    token: &str,
+    log: &dyn Fn() -> String,
+) {
+    let status = agent
+        .interrupt_and_wait(Duration::from_secs(40))
+        .expect("the agent did not exit within 40 s of SIGINT");
+    assert!(status.success(), "agent exit {status}; log:\n{}", log());
+    assert_nothing_left(ns, root, token);
 }
 
 /// After the agent exited: no pod process (by token), no nodekit nftables table, no pod veth or
