@@ -48,7 +48,9 @@ use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::{CriClient, CriClientConfig};
 use node_kubelet::node::api::NodeApiConfig;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
-use node_kubelet::{CancellationToken, FileSource, JsonStatusSink, Kubelet, PodStates};
+use node_kubelet::{
+    CancellationToken, FileSource, JsonStatusSink, Kubelet, KubeletConfig, PodStates,
+};
 use node_proxy::{
     ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent, ServiceSource, ServiceStream,
 };
@@ -97,6 +99,9 @@ struct Args {
     /// The CRI runtime's socket (with `--runtime cri`).
     #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
     cri_endpoint: String,
+    /// Where container logs go (`<root>/<namespace>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_log_root: PathBuf,
     /// The least time between two syncs of the service rules, in milliseconds (kube-proxy's
     /// `--min-sync-period`, 1 s there; a node agent's few services afford a shorter one, which
     /// bounds how late an endpoint change reaches the rules right after another).
@@ -265,6 +270,10 @@ async fn main() -> anyhow::Result<()> {
         .source(pods)
         .runtime(rt.clone(), images)
         .status(status)
+        .config(KubeletConfig {
+            pod_log_root: args.pod_log_root.clone(),
+            ..Default::default()
+        })
         .build()?;
     let states = kubelet.states();
     let token = CancellationToken::new();

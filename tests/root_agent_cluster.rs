@@ -113,6 +113,8 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
         .args(["--node-name", NODE])
         .arg("--root")
         .arg(&root)
+        .arg("--pod-log-root")
+        .arg(root.join("pod-logs"))
         .args([
             "--import-image",
             &format!("{}={DEMO_IMAGE}", image.display()),

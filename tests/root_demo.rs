@@ -112,6 +112,8 @@ fn demo_end_to_end_in_a_netns() {
         .command(agent_bin.to_str().unwrap())
         .args(["--manifests", manifests.to_str().unwrap()])
         .args(["--root", root.to_str().unwrap()])
+        .arg("--pod-log-root")
+        .arg(root.join("pod-logs"))
         .args(["--node-name", "demo-node"])
         .args(["--import-image", &format!("{}={IMAGE}", image.display())])
         .stdin(Stdio::null())
