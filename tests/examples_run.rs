@@ -1,6 +1,7 @@
 //! The examples that run without root, run as a user would: `custom-pod-source` on the fake
-//! runtime, the `cni-plugin` binary's protocol answers that need no kernel, and the node agent's
-//! clear errors for bad flags. (The root ones are in `root_examples.rs`.)
+//! runtime, the `cni-plugin` binary's protocol answers that need no kernel, `proxy --dump`,
+//! `demo-image`, and the node agent's clear errors for bad flags. (The root ones are in
+//! `root_examples.rs`, `root_demo.rs`, `root_agent_cluster.rs` and `root_agent_cri.rs`.)
 
 use std::process::Command;
 use std::time::Duration;
@@ -117,4 +118,57 @@ fn node_agent_names_a_bad_kubeconfig_or_manifest_directory() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn proxy_dump_prints_the_ruleset_of_a_manifest_directory() {
+    let bin = example("proxy");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.9.80\n  \
+         ports: [{name: http, port: 80, targetPort: 8080}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
+         labels: {kubernetes.io/service-name: web}\naddressType: IPv4\n\
+         endpoints: [{addresses: [10.88.9.9], conditions: {ready: true}}]\n\
+         ports: [{name: http, port: 8080, protocol: TCP}]\n",
+    )
+    .unwrap();
+    let out = run_with_limit(
+        Command::new(&bin)
+            .arg("--dump")
+            .arg("--manifests")
+            .arg(dir.path()),
+        LIMIT,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("table inet")
+            && stdout.contains("10.96.9.80")
+            && stdout.contains("10.88.9.9"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn demo_image_writes_an_oci_layout() {
+    let bin = example("demo-image");
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("web");
+    let out = run_with_limit(
+        Command::new(&bin)
+            .arg(&layout)
+            .arg("nodekit.local/demo/web:1"),
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "nodekit.local/demo/web:1",
+        "{index}"
+    );
+    assert!(layout.join("oci-layout").is_file());
 }

@@ -3,7 +3,7 @@
 //! registers its Node and Lease, runs only the pod bound to it (native runtime, bridge CNI),
 //! patches its status; with the EndpointSlice the test writes (as the endpointslice controller
 //! would) the ClusterIP answers; the pod deleted on the API server stops; SIGINT leaves nothing
-//! behind. What a real API server adds (admission, graceful deletion, the controllers) is not
+//! behind; the log is JSON (`--log-format json`). What a real API server adds (admission, graceful deletion, the controllers) is not
 //! exercised.
 
 use std::process::Stdio;
@@ -111,6 +111,7 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--node-name", NODE])
+        .args(["--log-format", "json"])
         .arg("--root")
         .arg(&root)
         .arg("--pod-log-root")
@@ -197,6 +198,18 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
     );
 
     stop_cleanly(&mut agent, &ns, &root, &token, &log_text);
+    // --log-format json: every line is a JSON object; the registration is among them
+    let lines: Vec<serde_json::Value> = log_text()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "node registered" && l["level"] == "INFO"),
+        "no JSON record of the registration"
+    );
     let renewals = api
         .requests()
         .iter()

@@ -108,7 +108,10 @@ fn node_agent_drives_containerd_with_runtime_cri() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let answer = ns.run_in(|| http_get("10.96.0.80:80", "/")).unwrap();
-        if answer.as_ref().is_ok_and(|a| a.trim() == "hello from web-0") {
+        if answer
+            .as_ref()
+            .is_ok_and(|a| a.trim() == "hello from web-0")
+        {
             break;
         }
         assert!(
