@@ -108,8 +108,10 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
     let log = std::fs::File::create(&log_path).unwrap();
     let child = ns
         .command(agent_bin.to_str().unwrap())
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        // --cluster: the default kube config, found through $KUBECONFIG (--kubeconfig PATH is
+        // tested in agent_cluster.rs and examples_run.rs)
+        .arg("--cluster")
+        .env("KUBECONFIG", &kubeconfig)
         .args(["--node-name", NODE])
         .args(["--log-format", "json"])
         .arg("--root")
