@@ -3,8 +3,10 @@
 //!
 //! Endpoints are computed from the local pods that match each Service's selector and are Ready,
 //! one EndpointSlice per Service (as the endpointslice controller would), so unchanged Pod and
-//! Service YAML works. On Ctrl-C or SIGTERM every pod is stopped and removed, the service rules
-//! are deleted and pod networking is garbage-collected.
+//! Service YAML works. On Ctrl-C or SIGTERM every pod is stopped and removed (in every mode: the
+//! agent leaves nothing behind, unlike a kubelet restart), the service rules are deleted and the
+//! bridge's pod networking is garbage-collected. Logs are human-readable on the terminal, JSON
+//! with `--log-format json`; `/healthz`, `/pods` and `/metrics` are served on `--http-addr`.
 //!
 //! ```text
 //! sudo target/debug/examples/node-agent --manifests examples/manifests \
