@@ -401,6 +401,80 @@ mod tests {
     }
 
     #[test]
+    fn any_plugin_runs_behind_the_skel() {
+        let fake = node_test_support::FakeCni::new();
+        let versions = &["1.0.0", "1.1.0"];
+        let call = |command: &str, conf: &str| {
+            let mut e = env(command);
+            e.extend(
+                [
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_NETNS", "/run/netns/nkt-fake"),
+                    (
+                        "CNI_ARGS",
+                        "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_UID=u",
+                    ),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+            let plugin = fake.clone();
+            rt().block_on(run_plugin(&e, conf.as_bytes(), versions, |raw| {
+                if raw.get("broken").is_some() {
+                    return Err(CniError::Config {
+                        origin: "mine".into(),
+                        message: "field broken is not allowed".into(),
+                    });
+                }
+                Ok(plugin)
+            }))
+        };
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"mine"}"#;
+        let v = call("VERSION", conf);
+        assert!(
+            v.stdout
+                .contains(r#""supportedVersions":["1.0.0","1.1.0"]"#),
+            "{v:?}"
+        );
+
+        let add = call("ADD", conf);
+        assert_eq!(add.status, 0, "{add:?}");
+        let r: Value = serde_json::from_str(&add.stdout).unwrap();
+        assert_eq!(r["cniVersion"], "1.0.0");
+        assert!(
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.88.")
+        );
+        assert_eq!(fake.attached().len(), 1);
+        assert_eq!(call("CHECK", conf).status, 0);
+
+        let gc = call(
+            "GC",
+            r#"{"cniVersion":"1.1.0","name":"n","type":"mine","cni.dev/valid-attachments":[]}"#,
+        );
+        assert_eq!(gc.status, 0, "{gc:?}");
+        assert!(
+            fake.attached().is_empty(),
+            "GC kept an attachment not listed"
+        );
+
+        let bad = call(
+            "ADD",
+            r#"{"cniVersion":"1.0.0","name":"n","type":"mine","broken":1}"#,
+        );
+        let v: Value = serde_json::from_str(&bad.stdout).unwrap();
+        assert_eq!((bad.status, v["code"].as_u64()), (1, Some(7)), "{bad:?}");
+        assert!(v["details"].as_str().unwrap().contains("broken"), "{v}");
+        assert_eq!(
+            fake.calls(),
+            ["add c1", "check c1", "gc "],
+            "the failed ADD reached the plugin"
+        );
+    }
+
+    #[test]
     fn cni_args_give_the_pod() {
         let p = pod_from_cni_args(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_UID=u",
