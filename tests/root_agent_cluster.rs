@@ -6,8 +6,7 @@
 //! behind; the log is JSON (`--log-format json`). What a real API server adds (admission, graceful deletion, the controllers) is not
 //! exercised.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use node_test_support::{require_command, require_path, require_root};
 use serde_json::json;
@@ -20,7 +19,7 @@ mod examples;
 mod fake_apiserver;
 
 use agent::{
-    Agent, DEMO_IMAGE, build_agent, http_get, node_netns, pids_with_token, stop_cleanly,
+    Agent, DEMO_IMAGE, build_agent, http_get, node_netns, pids_with_token, stop_cleanly, wait_for,
     write_demo_image,
 };
 use fake_apiserver::FakeApiServer;
@@ -38,27 +37,6 @@ fn pod(name: &str, node: &str, token: &str) -> serde_json::Value {
             "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
         }]},
     })
-}
-
-/// Polls `f` every 100 ms until it gives `Some`, at most `limit`; panics with `what` and the log.
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    log: &dyn Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?}; agent log:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -105,10 +83,8 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
 
     let log_path = tmp.path().join("agent.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = ns
-        .command(agent_bin.to_str().unwrap())
-        // --cluster: the default kube config, found through $KUBECONFIG (--kubeconfig PATH is
+    let mut cmd = ns.command(agent_bin.to_str().unwrap());
+    cmd // --cluster: the default kube config, found through $KUBECONFIG (--kubeconfig PATH is
         // tested in agent_cluster.rs and examples_run.rs)
         .arg("--cluster")
         .env("KUBECONFIG", &kubeconfig)
@@ -121,13 +97,8 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
         .args([
             "--import-image",
             &format!("{}={DEMO_IMAGE}", image.display()),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting the agent");
-    let mut agent = Agent { child: Some(child) };
+        ]);
+    let mut agent = Agent::start(cmd, &log_path);
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     // the Node and its Lease

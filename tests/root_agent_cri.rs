@@ -4,10 +4,8 @@
 //! the Service's ClusterIP answers from the pod, SIGINT removes the pod from containerd and the
 //! service rules.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use node_core::RuntimeBackend;
 use node_test_support::{ContainerdFixture, TestImage, require_command};
 
 #[path = "support/agent.rs"]
@@ -15,7 +13,7 @@ mod agent;
 #[path = "support/examples.rs"]
 mod examples;
 
-use agent::{Agent, build_agent, http_get, pids_with_token};
+use agent::{Agent, build_agent, http_get, pids_with_token, wait_for};
 
 #[test]
 fn node_agent_drives_containerd_with_runtime_cri() {
@@ -65,10 +63,8 @@ fn node_agent_drives_containerd_with_runtime_cri() {
     .expect("a default route");
 
     let log_path = tmp.path().join("agent.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = ns
-        .command(agent_bin.to_str().unwrap())
-        .arg("--manifests")
+    let mut cmd = ns.command(agent_bin.to_str().unwrap());
+    cmd.arg("--manifests")
         .arg(&manifests)
         .arg("--root")
         .arg(tmp.path().join("root"))
@@ -76,51 +72,40 @@ fn node_agent_drives_containerd_with_runtime_cri() {
         .args(["--pod-cidr", ctrd.subnet(), "--node-name", "cri-node"])
         .arg("--pod-log-root")
         .arg(ctrd.dir().join("pod-logs"))
-        .args(["--http-addr", "127.0.0.1:10256"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting the agent");
-    let mut agent = Agent { child: Some(child) };
+        .args(["--http-addr", "127.0.0.1:10256"]);
+    let mut agent = Agent::start(cmd, &log_path);
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     // web-0 Ready (the agent's /pods), then its answer through the ClusterIP
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let pods = ns
-            .run_in(|| http_get("127.0.0.1:10256", "/pods"))
-            .unwrap()
-            .unwrap_or_default();
-        if pods.contains(r#""type":"Ready","status":"True""#)
-            || pods.contains(r#""status":"True","type":"Ready""#)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "web-0 not Ready within 90 s: {pods}\nagent log:\n{}\ncontainerd:\n{}",
-            log_text(),
-            ctrd.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let answer = ns.run_in(|| http_get("10.96.0.80:80", "/")).unwrap();
-        if answer
-            .as_ref()
-            .is_ok_and(|a| a.trim() == "hello from web-0")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the ClusterIP does not answer from web-0: {answer:?}; agent log:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for(
+        "web-0 Ready in /pods",
+        Duration::from_secs(90),
+        &log_text,
+        || {
+            let pods = ns
+                .run_in(|| http_get("127.0.0.1:10256", "/pods"))
+                .ok()?
+                .ok()?;
+            let pods: serde_json::Value = serde_json::from_str(&pods).ok()?;
+            let web = pods["items"]
+                .as_array()?
+                .iter()
+                .find(|p| p["metadata"]["name"] == "web-0")?;
+            let ready = web["status"]["conditions"].as_array()?.iter();
+            { ready }
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(())
+        },
+    );
+    wait_for(
+        "web-0 answers through 10.96.0.80",
+        Duration::from_secs(15),
+        &log_text,
+        || {
+            let answer = ns.run_in(|| http_get("10.96.0.80:80", "/")).ok()?.ok()?;
+            (answer.trim() == "hello from web-0").then_some(())
+        },
+    );
     assert!(!pids_with_token(&token).is_empty());
 
     let status = agent
@@ -131,19 +116,7 @@ fn node_agent_drives_containerd_with_runtime_cri() {
         "agent exit {status}; log:\n{}",
         log_text()
     );
-    let left = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let c = node_cri::CriClient::connect(node_cri::CriClientConfig {
-                endpoint: ctrd.endpoint(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-            c.list_pod_sandbox(None).await.unwrap()
-        });
+    let left = examples::cri_sandboxes(&ctrd.endpoint());
     assert!(left.is_empty(), "sandboxes left in containerd: {left:?}");
     assert!(pids_with_token(&token).is_empty(), "pod processes left");
     let tables = ns.sh("nft list tables").unwrap();

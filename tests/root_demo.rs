@@ -4,7 +4,6 @@
 //! Service; SIGINT leaves no pod process, no service rules, no pod veth, no lease behind.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use node_test_support::{NetnsFixture, require_command, require_path, require_root};
@@ -107,21 +106,14 @@ fn demo_end_to_end_in_a_netns() {
     write_demo_image(&image);
 
     let ns = node_netns("agent");
-    let log = std::fs::File::create(tmp.join("agent.log")).unwrap();
-    let child = ns
-        .command(agent_bin.to_str().unwrap())
-        .args(["--manifests", manifests.to_str().unwrap()])
+    let mut cmd = ns.command(agent_bin.to_str().unwrap());
+    cmd.args(["--manifests", manifests.to_str().unwrap()])
         .args(["--root", root.to_str().unwrap()])
         .arg("--pod-log-root")
         .arg(root.join("pod-logs"))
         .args(["--node-name", "demo-node"])
-        .args(["--import-image", &format!("{}={IMAGE}", image.display())])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting the agent");
-    let mut agent = Agent { child: Some(child) };
+        .args(["--import-image", &format!("{}={IMAGE}", image.display())]);
+    let mut agent = Agent::start(cmd, &tmp.join("agent.log"));
     let log_text = || std::fs::read_to_string(tmp.join("agent.log")).unwrap_or_default();
 
     // both pods Ready

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use node_core::{Attachment, CniPlugin, PodRef, RuntimeBackend};
+use node_core::{Attachment, CniPlugin, PodRef};
 use node_test_support::{
     ContainerdFixture, NetnsFixture, TestImage, require_command, require_root,
 };
@@ -202,14 +202,6 @@ fn kubelet_containerd_runs_a_pod_on_containerd_and_removes_it() {
         "no status written"
     );
     // --once removed the pod from containerd
-    let left = runtime().block_on(async {
-        let c = node_cri::CriClient::connect(node_cri::CriClientConfig {
-            endpoint: ctrd.endpoint(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        c.list_pod_sandbox(None).await.unwrap()
-    });
+    let left = examples::cri_sandboxes(&ctrd.endpoint());
     assert!(left.is_empty(), "sandboxes left: {left:?}");
 }

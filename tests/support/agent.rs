@@ -44,6 +44,19 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts `cmd` (the agent, usually through `NetnsFixture::command`) with stdin closed and
+    /// stdout and stderr to the file `log`.
+    pub fn start(mut cmd: std::process::Command, log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("the agent's log file");
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("starting the agent");
+        Self { child: Some(child) }
+    }
+
     /// SIGINT, then wait up to `limit` for the exit (SIGKILL after): the exit status, or `None`
     /// when it had to be killed.
     pub fn interrupt_and_wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -185,4 +198,26 @@ pub fn assert_nothing_left(ns: &node_test_support::NetnsFixture, root: &Path, to
         !mounts.lines().any(|l| l.contains(root_s)),
         "mounts left under {root_s}"
     );
+}
+
+/// Polls `f` every 100 ms until it gives `Some`, at most `limit`; panics naming `what`, with
+/// the agent's `log`.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    log: &dyn Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?}; agent log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

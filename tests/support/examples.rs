@@ -86,3 +86,21 @@ pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
         stderr: t_err.join().unwrap_or_default(),
     }
 }
+
+/// The pod sandboxes a CRI runtime holds (e.g. a `ContainerdFixture`'s, after an example ran).
+pub fn cri_sandboxes(endpoint: &str) -> Vec<node_core::cri::PodSandbox> {
+    use node_core::RuntimeBackend;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        let c = node_cri::CriClient::connect(node_cri::CriClientConfig {
+            endpoint: endpoint.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("connecting to the CRI runtime");
+        c.list_pod_sandbox(None).await.expect("listing sandboxes")
+    })
+}
