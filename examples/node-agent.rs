@@ -3,15 +3,31 @@
 //!
 //! Endpoints are computed from the local pods that match each Service's selector and are Ready,
 //! one EndpointSlice per Service (as the endpointslice controller would), so unchanged Pod and
-//! Service YAML works. On Ctrl-C or SIGTERM every pod is stopped and removed, the service rules
-//! are deleted and pod networking is garbage-collected.
+//! Service YAML works. On Ctrl-C or SIGTERM every pod is stopped and removed (in every mode: the
+//! agent leaves nothing behind, unlike a kubelet restart), the service rules are deleted and the
+//! bridge's pod networking is garbage-collected. Logs are human-readable on the terminal, JSON
+//! with `--log-format json`; `/healthz`, `/pods` and `/metrics` are served on `--http-addr`.
 //!
 //! ```text
 //! sudo target/debug/examples/node-agent --manifests examples/manifests \
 //!     --import-image /tmp/web-oci=nodekit.local/demo/web:1
 //! ```
+//!
+//! Cluster mode (`--kubeconfig PATH`, or `--cluster` for the in-cluster/default kube config):
+//! the pods bound to `--node-name` (default: the hostname) come from the API server, pod status is
+//! patched there, the Node is registered and its Lease renewed, and Services and EndpointSlices
+//! are watched from the API server (see `node-agent-parts/cluster.rs`).
+//!
+//! `--runtime cri --cri-endpoint unix:///run/containerd/containerd.sock` drives containerd (or any
+//! CRI runtime) through `CriClient` instead of the native runtime; the runtime then sets up pod
+//! networking itself (its own CNI config), so the bridge plugin is not used.
+//!
+//! ```text
+//! sudo target/debug/examples/node-agent --kubeconfig /etc/kubernetes/kubelet.conf \
+//!     --runtime cri --cri-endpoint unix:///run/containerd/containerd.sock
+//! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,12 +44,23 @@ use node_core::k8s_openapi::api::discovery::v1::{
 use node_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use node_core::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use node_core::proxy::NodeInfo;
-use node_core::{CniPlugin, ImageBackend, RuntimeBackend, ServiceRouter, cri};
+use node_core::{CniPlugin, ImageBackend, PodSource, RuntimeBackend, ServiceRouter, StatusSink};
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_cri::{CriClient, CriClientConfig};
+use node_kubelet::node::api::NodeApiConfig;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
-use node_kubelet::{CancellationToken, FileSource, JsonStatusSink, Kubelet, PodStates};
-use node_proxy::{ManifestDir, NftablesRouter, Proxy, ServiceEvent, ServiceSource, ServiceStream};
+use node_kubelet::{
+    CancellationToken, FileSource, JsonStatusSink, Kubelet, KubeletConfig, PodStates,
+};
+use node_proxy::{
+    ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent, ServiceSource, ServiceStream,
+};
+
+#[path = "node-agent-parts/cleanup.rs"]
+mod cleanup;
+#[path = "node-agent-parts/cluster.rs"]
+mod cluster;
 
 #[derive(Debug, Parser)]
 #[command(about = "The nodekit all-in-one node agent (standalone mode)")]
@@ -62,6 +89,26 @@ struct Args {
     /// The init binary (default: `nodekit-init` next to this executable or in target/debug).
     #[arg(long)]
     init_binary: Option<PathBuf>,
+    /// Join a cluster with this kubeconfig instead of the manifest directory.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Join a cluster with the in-cluster config or the default kubeconfig.
+    #[arg(long)]
+    cluster: bool,
+    /// The container runtime: the embedded native runtime or a CRI runtime (containerd, CRI-O).
+    #[arg(long, default_value = "native", value_parser = ["native", "cri"])]
+    runtime: String,
+    /// The CRI runtime's socket (with `--runtime cri`).
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    cri_endpoint: String,
+    /// Where container logs go (`<root>/<namespace>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_log_root: PathBuf,
+    /// The least time between two syncs of the service rules, in milliseconds (kube-proxy's
+    /// `--min-sync-period`, 1 s there; a node agent's few services afford a shorter one, which
+    /// bounds how late an endpoint change reaches the rules right after another).
+    #[arg(long, default_value = "250")]
+    min_sync_period_ms: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -119,21 +166,39 @@ impl PodsProvider for StatesProvider {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_logs(&args.log_format);
-    let stop = node_kubelet::node::shutdown::termination_signal()?;
-    let node_name = args.node_name.clone().unwrap_or_else(hostname);
-    anyhow::ensure!(
-        args.manifests.is_dir(),
-        "--manifests {}: not a directory",
-        args.manifests.display()
-    );
-    std::fs::create_dir_all(&args.root)
-        .with_context(|| format!("creating --root {}", args.root.display()))?;
+/// The native runtime's parts that need cleaning up on exit.
+struct NativeParts {
+    cni: Arc<BridgePlugin>,
+}
 
-    // images
+/// The runtime and image service: the embedded native runtime (with the bridge plugin) or a CRI
+/// runtime through `CriClient`.
+async fn runtime(
+    args: &Args,
+) -> anyhow::Result<(
+    Arc<dyn RuntimeBackend>,
+    Arc<dyn ImageBackend>,
+    Option<NativeParts>,
+)> {
+    if args.runtime == "cri" {
+        anyhow::ensure!(
+            args.import_image.is_empty(),
+            "--import-image works with --runtime native only (import into the CRI runtime with its own tools)"
+        );
+        let client = CriClient::connect_waiting(
+            CriClientConfig {
+                endpoint: args.cri_endpoint.clone(),
+                ..Default::default()
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("--cri-endpoint {}", args.cri_endpoint))?;
+        tracing::info!(endpoint = %args.cri_endpoint, runtime = client.runtime_name(),
+            version = client.runtime_version(), "CRI runtime connected");
+        let client = Arc::new(client);
+        return Ok((client.clone(), client, None));
+    }
     let store = Arc::new(
         ImageStore::new(ImageStoreConfig {
             root: args.root.join("images"),
@@ -151,8 +216,6 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("importing {dir} as {reference}"))?;
         tracing::info!(image = reference, id = %rec.id, "image imported");
     }
-
-    // networking and runtime
     let cni = Arc::new(
         BridgePlugin::new(BridgeConfig {
             subnets: vec![args.pod_cidr],
@@ -173,19 +236,52 @@ async fn main() -> anyhow::Result<()> {
         })
         .context("the native runtime")?,
     );
-    let rt: Arc<dyn RuntimeBackend> = runtime.clone();
-    let images: Arc<dyn ImageBackend> = store.clone();
+    Ok((runtime, store, Some(NativeParts { cni })))
+}
 
-    // the kubelet
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(&args.log_format);
+    let stop = node_kubelet::node::shutdown::termination_signal()?;
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let cluster = if args.cluster || args.kubeconfig.is_some() {
+        Some(cluster::Cluster::connect(args.kubeconfig.as_deref(), &node_name).await?)
+    } else {
+        anyhow::ensure!(
+            args.manifests.is_dir(),
+            "--manifests {}: not a directory",
+            args.manifests.display()
+        );
+        None
+    };
+    std::fs::create_dir_all(&args.root)
+        .with_context(|| format!("creating --root {}", args.root.display()))?;
+
+    let (rt, images, native) = runtime(&args).await?;
+
+    // the kubelet: pods from the manifest directory or the API server
+    let (pods, status): (Arc<dyn PodSource>, Arc<dyn StatusSink>) = match &cluster {
+        Some(c) => (c.pod_source(), c.status_sink()),
+        None => (
+            Arc::new(FileSource::new(args.manifests.clone())),
+            Arc::new(JsonStatusSink::new(args.root.join("status"))?),
+        ),
+    };
     let kubelet = Kubelet::builder(node_name.clone())
-        .source(Arc::new(FileSource::new(args.manifests.clone())))
+        .source(pods)
         .runtime(rt.clone(), images)
-        .status(Arc::new(JsonStatusSink::new(args.root.join("status"))?))
+        .status(status)
+        .config(KubeletConfig {
+            pod_log_root: args.pod_log_root.clone(),
+            ..Default::default()
+        })
         .build()?;
     let states = kubelet.states();
     let token = CancellationToken::new();
 
-    // the proxy
+    // the proxy: services from the manifest directory (endpoints from local Ready pods) or the
+    // API server (Services and EndpointSlices)
     let nft = Arc::new(NftablesRouter::new().context("the nftables router")?);
     let router_dyn: Arc<dyn ServiceRouter> = nft.clone();
     let mut proxy = Proxy::builder()
@@ -195,12 +291,31 @@ async fn main() -> anyhow::Result<()> {
             cluster_cidrs: vec![args.pod_cidr],
             ..Default::default()
         })
+        .config(ProxyConfig {
+            min_sync_interval: Duration::from_millis(args.min_sync_period_ms),
+            ..Default::default()
+        })
         .build()?;
-    let source = StandaloneServices {
-        dir: args.manifests.clone(),
-        states: states.clone(),
-        node: node_name.clone(),
-        service_cidr: args.service_cidr,
+    let source: Box<dyn ServiceSource> = match &cluster {
+        Some(c) => Box::new(c.service_source()),
+        None => Box::new(StandaloneServices {
+            dir: args.manifests.clone(),
+            states: states.clone(),
+            node: node_name.clone(),
+            service_cidr: args.service_cidr,
+        }),
+    };
+
+    // the node in the cluster: registration, Lease, node status
+    let node_task = match &cluster {
+        Some(c) => {
+            let version = match rt.version().await {
+                Ok(v) => format!("{}://{}", v.runtime_name, v.runtime_version),
+                Err(_) => String::new(),
+            };
+            Some(c.run_node(version, NodeApiConfig::default(), token.clone()))
+        }
+        None => None,
     };
 
     // HTTP
@@ -217,12 +332,17 @@ async fn main() -> anyhow::Result<()> {
             .with_graceful_shutdown(http_token.cancelled_owned())
             .await
     });
-    tracing::info!(node = %node_name, manifests = %args.manifests.display(), http = %args.http_addr, "node agent started");
+    let mode = if cluster.is_some() {
+        "cluster"
+    } else {
+        "standalone"
+    };
+    tracing::info!(node = %node_name, mode, runtime = %args.runtime, http = %args.http_addr, "node agent started");
 
     let k_token = token.clone();
     let kubelet_task = tokio::spawn(async move { kubelet.run(k_token).await });
     let p_token = token.clone();
-    let proxy_task = tokio::spawn(async move { proxy.run(&source, p_token).await });
+    let proxy_task = tokio::spawn(async move { proxy.run(source.as_ref(), p_token).await });
 
     stop.await;
     tracing::info!("shutting down: stopping every pod");
@@ -233,16 +353,21 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = proxy_task.await? {
         tracing::warn!(error = %e, "proxy");
     }
+    if let Some(t) = node_task {
+        let _ = t.await;
+    }
     let _ = http.await;
-    remove_all_pods(rt.as_ref()).await;
+    cleanup::remove_all_pods(rt.as_ref()).await;
     if let Err(e) = nft.cleanup().await {
         tracing::warn!(error = %e, "removing the service rules");
     }
-    if let Err(e) = cni.gc(&[]).await {
-        tracing::warn!(error = %e, "pod network garbage collection");
+    if let Some(NativeParts { cni }) = native {
+        if let Err(e) = cni.gc(&[]).await {
+            tracing::warn!(error = %e, "pod network garbage collection");
+        }
+        // the bridge plugin's own masquerade table and bridge: the node's pod network is gone
+        remove_pod_network(cni.nft_table(), &cni.config().bridge);
     }
-    // the bridge plugin's own masquerade table and bridge: the node's pod network is gone
-    remove_pod_network(cni.nft_table(), &cni.config().bridge);
     tracing::info!("node agent stopped; nothing left behind");
     Ok(())
 }
@@ -269,54 +394,6 @@ fn remove_pod_network(table: &str, bridge: &str) {
     }
 }
 
-/// Stop and remove every sandbox the kubelet manages (stopping kills the containers).
-async fn remove_all_pods(rt: &dyn RuntimeBackend) {
-    let filter = cri::PodSandboxFilter {
-        label_selector: HashMap::from([(
-            node_kubelet::labels::MANAGED.to_string(),
-            "true".to_string(),
-        )]),
-        ..Default::default()
-    };
-    let sandboxes = match rt.list_pod_sandbox(Some(filter)).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing the pods to remove");
-            return;
-        }
-    };
-    futures::future::join_all(sandboxes.into_iter().map(|s| remove_pod(rt, s))).await;
-}
-
-async fn remove_pod(rt: &dyn RuntimeBackend, s: cri::PodSandbox) {
-    {
-        let name = s
-            .metadata
-            .as_ref()
-            .map(|m| format!("{}/{}", m.namespace, m.name))
-            .unwrap_or_default();
-        if let Ok(cs) = rt
-            .list_containers(Some(cri::ContainerFilter {
-                pod_sandbox_id: s.id.clone(),
-                ..Default::default()
-            }))
-            .await
-        {
-            for c in cs {
-                let _ = rt.stop_container(&c.id, Duration::from_secs(5)).await;
-                let _ = rt.remove_container(&c.id).await;
-            }
-        }
-        if let Err(e) = rt.stop_pod_sandbox(&s.id).await {
-            tracing::warn!(pod = %name, error = %e, "stopping the pod");
-        }
-        match rt.remove_pod_sandbox(&s.id).await {
-            Ok(()) => tracing::info!(pod = %name, "pod removed"),
-            Err(e) => tracing::warn!(pod = %name, error = %e, "removing the pod"),
-        }
-    }
-}
-
 /// Services from the manifest directory, EndpointSlices computed from the kubelet's Ready pods.
 struct StandaloneServices {
     dir: PathBuf,
@@ -339,7 +416,11 @@ impl ServiceSource for StandaloneServices {
         tokio::spawn(async move {
             let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
             let mut last: Option<(Vec<Service>, Vec<EndpointSlice>)> = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // recomputed when the kubelet's pods change (readiness, IPs, terminations), when the
+            // manifests change, and every second as a fallback
+            let mut pods_changed = states.subscribe();
+            let mut kubelet_running = true;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     ev = manifests.next() => match ev {
@@ -347,6 +428,7 @@ impl ServiceSource for StandaloneServices {
                         Some(Err(e)) => { if tx.send(Err(e)).is_err() { return } }
                         Some(Ok(ev)) => apply(&mut services, ev),
                     },
+                    r = pods_changed.changed(), if kubelet_running => kubelet_running = r.is_ok(),
                     _ = tick.tick() => {}
                 }
                 let svcs: Vec<Service> = services

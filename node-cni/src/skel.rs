@@ -1,7 +1,8 @@
 //! The CNI plugin side of the protocol, for shipping a [`CniPlugin`] as a plugin binary: read
 //! `CNI_*` from the environment and the network config from stdin, run the command, and answer
 //! with the result JSON or a spec error JSON (and its exit status), like libcni's `skel`.
-//! The `nodekit-bridge` binary is [`BridgePlugin`] behind this.
+//! [`run_plugin`] and [`plugin_main`] ship any [`CniPlugin`] this way; the `nodekit-bridge`
+//! binary is [`BridgePlugin`] behind [`run_bridge`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -132,6 +133,43 @@ pub fn pod_from_cni_args(args: &str) -> PodRef {
 /// Run one invocation of the `nodekit-bridge` plugin: `env` is the process environment,
 /// `stdin` the network config. Needs a tokio runtime.
 pub async fn run_bridge(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
+    run_plugin(env, stdin, PLUGIN_VERSIONS, bridge_plugin).await
+}
+
+/// The [`BridgePlugin`] of a `nodekit-bridge` network config.
+pub fn bridge_plugin(raw: &Value) -> Result<BridgePlugin, CniError> {
+    let conf = BridgeNetConf::deserialize(raw).map_err(|e| CniError::Config {
+        origin: "stdin".into(),
+        message: e.to_string(),
+    })?;
+    BridgePlugin::new(conf.bridge_config())
+}
+
+/// The parts of a network config every plugin reads (besides its own fields).
+#[derive(Debug, Default, Deserialize)]
+struct CommonConf {
+    #[serde(default, rename = "runtimeConfig")]
+    runtime_config: CapabilityArgs,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    valid_attachments: Vec<AttachmentKey>,
+}
+
+/// Run one invocation of any [`CniPlugin`] as a plugin binary, like libcni's `skel.PluginMain`:
+/// `env` is the process environment (`CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_NETNS`,
+/// `CNI_IFNAME`, `CNI_ARGS`), `stdin` the network config, `versions` the spec versions the
+/// plugin speaks (answered to `VERSION`, others refused with code 1), and `make` builds the
+/// plugin from the network config (a [`CniError::Config`] from it is answered with code 7).
+/// Needs a tokio runtime.
+pub async fn run_plugin<P, F>(
+    env: &HashMap<String, String>,
+    stdin: &[u8],
+    versions: &[&str],
+    make: F,
+) -> Outcome
+where
+    P: CniPlugin,
+    F: FnOnce(&Value) -> Result<P, CniError>,
+{
     let var = |k: &str| env.get(k).cloned().unwrap_or_default();
     let command = var("CNI_COMMAND");
     let raw: Value = match serde_json::from_slice(stdin) {
@@ -152,19 +190,20 @@ pub async fn run_bridge(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome 
         .to_string();
     if command == "VERSION" {
         return Outcome {
-            stdout: json!({"cniVersion": version::CURRENT_VERSION, "supportedVersions": PLUGIN_VERSIONS}).to_string(),
+            stdout: json!({"cniVersion": version::CURRENT_VERSION, "supportedVersions": versions})
+                .to_string(),
             status: 0,
         };
     }
-    if !PLUGIN_VERSIONS.contains(&conf_version.as_str()) {
+    if !versions.contains(&conf_version.as_str()) {
         return spec_error(
             "",
             1,
             format!("cniVersion {conf_version:?} is not supported"),
-            format!("supported: {}", PLUGIN_VERSIONS.join(", ")),
+            format!("supported: {}", versions.join(", ")),
         );
     }
-    let conf: BridgeNetConf = match serde_json::from_value(raw) {
+    let common = match CommonConf::deserialize(&raw) {
         Ok(c) => c,
         Err(e) => {
             return spec_error(
@@ -175,8 +214,11 @@ pub async fn run_bridge(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome 
             );
         }
     };
-    let plugin = match BridgePlugin::new(conf.bridge_config()) {
+    let plugin = match make(&raw) {
         Ok(p) => p,
+        Err(CniError::Config { message, .. }) => {
+            return spec_error(&conf_version, 7, "invalid network config".into(), message);
+        }
         Err(e) => return from_error(&conf_version, &e),
     };
     let needs_attachment = matches!(command.as_str(), "ADD" | "DEL" | "CHECK");
@@ -200,7 +242,7 @@ pub async fn run_bridge(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome 
         netns: PathBuf::from(var("CNI_NETNS")),
         ifname: var("CNI_IFNAME"),
         pod: pod_from_cni_args(&var("CNI_ARGS")),
-        capabilities: conf.runtime_config.clone(),
+        capabilities: common.runtime_config,
     };
     let done = |r: Result<(), CniError>| match r {
         Ok(()) => Outcome {
@@ -237,7 +279,7 @@ pub async fn run_bridge(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome 
         "DEL" => done(plugin.del(&a).await),
         "CHECK" => done(plugin.check(&a).await),
         "STATUS" => done(plugin.status().await),
-        "GC" => done(plugin.gc(&conf.valid_attachments).await),
+        "GC" => done(plugin.gc(&common.valid_attachments).await),
         other => spec_error(
             &conf_version,
             4,
@@ -245,6 +287,41 @@ pub async fn run_bridge(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome 
             String::new(),
         ),
     }
+}
+
+/// The `main` of a plugin binary: reads the environment and stdin, runs [`run_plugin`] on a
+/// current-thread tokio runtime, prints the answer on stdout and exits with its status.
+///
+/// ```no_run
+/// use node_cni::{BridgeConfig, BridgePlugin};
+///
+/// fn main() {
+///     // a plugin that always uses the same bridge, whatever the network config says
+///     node_cni::skel::plugin_main(&["1.0.0", "1.1.0"], |_conf| {
+///         BridgePlugin::new(BridgeConfig { bridge: "corp0".into(), ..Default::default() })
+///     })
+/// }
+/// ```
+pub fn plugin_main<P, F>(versions: &[&str], make: F) -> !
+where
+    P: CniPlugin,
+    F: FnOnce(&Value) -> Result<P, CniError>,
+{
+    use std::io::{Read, Write};
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let env = std::env::vars().collect();
+    let outcome = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run_plugin(&env, &stdin, versions, make)),
+        Err(e) => spec_error("", 5, format!("cannot start a runtime: {e}"), String::new()),
+    };
+    let mut out = std::io::stdout();
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    std::process::exit(outcome.status);
 }
 
 #[cfg(test)]
@@ -321,6 +398,80 @@ mod tests {
         let v: Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(v["code"], 3);
         assert!(v["msg"].as_str().unwrap().contains("nkt-missing"));
+    }
+
+    #[test]
+    fn any_plugin_runs_behind_the_skel() {
+        let fake = node_test_support::FakeCni::new();
+        let versions = &["1.0.0", "1.1.0"];
+        let call = |command: &str, conf: &str| {
+            let mut e = env(command);
+            e.extend(
+                [
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_NETNS", "/run/netns/nkt-fake"),
+                    (
+                        "CNI_ARGS",
+                        "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_UID=u",
+                    ),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+            let plugin = fake.clone();
+            rt().block_on(run_plugin(&e, conf.as_bytes(), versions, |raw| {
+                if raw.get("broken").is_some() {
+                    return Err(CniError::Config {
+                        origin: "mine".into(),
+                        message: "field broken is not allowed".into(),
+                    });
+                }
+                Ok(plugin)
+            }))
+        };
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"mine"}"#;
+        let v = call("VERSION", conf);
+        assert!(
+            v.stdout
+                .contains(r#""supportedVersions":["1.0.0","1.1.0"]"#),
+            "{v:?}"
+        );
+
+        let add = call("ADD", conf);
+        assert_eq!(add.status, 0, "{add:?}");
+        let r: Value = serde_json::from_str(&add.stdout).unwrap();
+        assert_eq!(r["cniVersion"], "1.0.0");
+        assert!(
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.88.")
+        );
+        assert_eq!(fake.attached().len(), 1);
+        assert_eq!(call("CHECK", conf).status, 0);
+
+        let gc = call(
+            "GC",
+            r#"{"cniVersion":"1.1.0","name":"n","type":"mine","cni.dev/valid-attachments":[]}"#,
+        );
+        assert_eq!(gc.status, 0, "{gc:?}");
+        assert!(
+            fake.attached().is_empty(),
+            "GC kept an attachment not listed"
+        );
+
+        let bad = call(
+            "ADD",
+            r#"{"cniVersion":"1.0.0","name":"n","type":"mine","broken":1}"#,
+        );
+        let v: Value = serde_json::from_str(&bad.stdout).unwrap();
+        assert_eq!((bad.status, v["code"].as_u64()), (1, Some(7)), "{bad:?}");
+        assert!(v["details"].as_str().unwrap().contains("broken"), "{v}");
+        assert_eq!(
+            fake.calls(),
+            ["add c1", "check c1", "gc "],
+            "the failed ADD reached the plugin"
+        );
     }
 
     #[test]

@@ -1,0 +1,121 @@
+//! The node agent's cluster mode: the parts that talk to a Kubernetes API server instead of a
+//! manifest directory.
+//!
+//! - pods: those bound to this node (`spec.nodeName=<node>`), watched by node-kubelet's
+//!   [`ApiServerSource`];
+//! - pod status: merge patches of `pods/<name>/status` ([`ApiStatusSink`]);
+//! - the node: the Node object registered (with back-off), its Lease in `kube-node-lease`
+//!   renewed every 10 s, its status reported when it changes ([`Cluster::run_node`]);
+//! - services: Services and EndpointSlices watched by node-proxy's `ApiServerSource` (the
+//!   endpointslice controller computes endpoints in a cluster; the agent computes none).
+//!
+//! Shared by `examples/node-agent.rs` and the fake-API-server test `tests/agent_cluster.rs`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use node_core::k8s_openapi::jiff::Timestamp;
+use node_core::{PodSource, StatusSink};
+use node_kubelet::node::api::{
+    ApiStatusSink, NodeApiConfig, NodeLease, register_node_with_backoff,
+};
+use node_kubelet::node::status::{
+    NodeHealth, NodeStatusBuilder, NodeStatusConfig, NodeStatusReporter,
+};
+use node_kubelet::{ApiServerSource, CancellationToken};
+
+/// A connection to the cluster, for one node.
+#[derive(Clone)]
+pub struct Cluster {
+    client: kube::Client,
+    node_name: String,
+}
+
+impl Cluster {
+    /// The cluster of `kubeconfig` (its current context); without one, the in-cluster config
+    /// (service account) or the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`).
+    pub async fn connect(kubeconfig: Option<&Path>, node_name: &str) -> anyhow::Result<Self> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("--kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .with_context(|| format!("--kubeconfig {}", path.display()))?
+            }
+            None => kube::Config::infer().await.context(
+                "no kube config: not in a cluster and no default kubeconfig ($KUBECONFIG, \
+                 ~/.kube/config); pass --kubeconfig PATH",
+            )?,
+        };
+        let server = config.cluster_url.clone();
+        let client = kube::Client::try_from(config)
+            .with_context(|| format!("a client for the API server {server}"))?;
+        tracing::info!(%server, node = node_name, "cluster mode");
+        Ok(Self::new(client, node_name))
+    }
+
+    /// Over an existing client.
+    pub fn new(client: kube::Client, node_name: &str) -> Self {
+        Self {
+            client,
+            node_name: node_name.to_string(),
+        }
+    }
+
+    /// The pods bound to this node.
+    pub fn pod_source(&self) -> Arc<dyn PodSource> {
+        Arc::new(ApiServerSource::new(self.client.clone(), &self.node_name))
+    }
+
+    /// Pod (and node) status to the API server.
+    pub fn status_sink(&self) -> Arc<dyn StatusSink> {
+        Arc::new(ApiStatusSink::new(self.client.clone()))
+    }
+
+    /// Services and EndpointSlices from the API server.
+    pub fn service_source(&self) -> node_proxy::ApiServerSource {
+        node_proxy::ApiServerSource::new(self.client.clone())
+    }
+
+    /// Registers the Node (retrying with back-off), then renews its Lease and reports its status
+    /// until `token` is cancelled. `runtime_version` goes into `nodeInfo`
+    /// (`containerd://1.6.20`).
+    pub fn run_node(
+        &self,
+        runtime_version: String,
+        api: NodeApiConfig,
+        token: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let name = self.node_name.clone();
+        tokio::spawn(async move {
+            let mut builder = NodeStatusBuilder::new(NodeStatusConfig {
+                node_name: name.clone(),
+                container_runtime_version: runtime_version,
+                ..Default::default()
+            });
+            let node = match builder.build(&NodeHealth::default(), Timestamp::now()) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "the Node object could not be built");
+                    return;
+                }
+            };
+            let Some(registered) =
+                register_node_with_backoff(&client, &node, &api, token.cancelled()).await
+            else {
+                return;
+            };
+            tracing::info!(node = %name, uid = ?registered.metadata.uid, "node registered");
+            let lease = NodeLease::new(client.clone(), &name, api);
+            let reporter = NodeStatusReporter::new(Arc::new(ApiStatusSink::new(client)), builder);
+            let (_health, health_rx) = tokio::sync::watch::channel(NodeHealth::default());
+            tokio::join!(
+                lease.run(token.cancelled()),
+                reporter.run(health_rx, token.cancelled())
+            );
+        })
+    }
+}

@@ -1,0 +1,241 @@
+//! The node agent's cluster mode against a fake API server (no root): the same wiring as
+//! `examples/node-agent.rs` (`examples/node-agent-parts/cluster.rs`), with the fake runtime and
+//! the fake router in place of the native runtime and nftables.
+//!
+//! Shown: only the pods bound to this node run; their status is patched on the API server; the
+//! Node is registered and its Lease created and owned by it; the proxy programs the Services and
+//! EndpointSlices of the API server; a pod deleted on the API server is stopped and removed, a
+//! deleted EndpointSlice leaves its Service without endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use node_core::ServiceRouter;
+use node_core::proxy::NodeInfo;
+use node_kubelet::node::api::NodeApiConfig;
+use node_kubelet::{CancellationToken, Kubelet};
+use node_proxy::Proxy;
+use node_test_support::{FakeRouter, FakeRuntime};
+use serde_json::json;
+
+#[path = "../examples/node-agent-parts/cluster.rs"]
+mod cluster;
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use fake_apiserver::FakeApiServer;
+
+const IMAGE: &str = "registry.test/web:1";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pod(name: &str, node: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{"name": "web", "image": IMAGE,
+            "ports": [{"name": "http", "containerPort": 8080}]}]},
+    })
+}
+
+fn sandbox_names(rt: &FakeRuntime) -> Vec<String> {
+    rt.sandboxes()
+        .into_iter()
+        .filter(|s| s.state == node_core::cri::PodSandboxState::SandboxReady)
+        .filter_map(|s| s.config.metadata.map(|m| m.name))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
+    let api = FakeApiServer::start().await;
+    api.apply("pods", pod("web", "node-1"));
+    api.apply("pods", pod("elsewhere", "node-2"));
+    api.apply(
+        "services",
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "type": "ClusterIP",
+                "selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}),
+    );
+    api.apply(
+        "endpointslices",
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abc", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.88.0.5"], "conditions": {"ready": true},
+                "nodeName": "node-1"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+    );
+
+    // the agent's cluster wiring, with fakes for the runtime and the router
+    let c = cluster::Cluster::new(api.client(), "node-1");
+    let rt = Arc::new(FakeRuntime::new());
+    rt.add_image(IMAGE);
+    let kubelet = Kubelet::builder("node-1")
+        .source(c.pod_source())
+        .runtime(rt.clone(), rt.clone())
+        .status(c.status_sink())
+        .build()
+        .unwrap();
+    let router = Arc::new(FakeRouter::new());
+    let router_dyn: Arc<dyn ServiceRouter> = router.clone();
+    let mut proxy = Proxy::builder()
+        .router(router_dyn)
+        .node(NodeInfo {
+            name: "node-1".into(),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let services = c.service_source();
+    let token = CancellationToken::new();
+    let node_task = c.run_node(
+        "fake://0.1".into(),
+        NodeApiConfig {
+            renew_interval: Duration::from_millis(300),
+            ..Default::default()
+        },
+        token.clone(),
+    );
+    let k = tokio::spawn(kubelet.run(token.clone()));
+    let p_token = token.clone();
+    let p = tokio::spawn(async move { proxy.run(&services, p_token).await });
+
+    // the Node, its Lease (owned by the Node) and renewals
+    api.wait_for("the Node registered", WAIT, |a| {
+        a.get("nodes", "", "node-1").is_some()
+    })
+    .await
+    .unwrap();
+    let node = api.get("nodes", "", "node-1").unwrap();
+    assert_eq!(
+        node["status"]["nodeInfo"]["containerRuntimeVersion"],
+        "fake://0.1"
+    );
+    api.wait_for("the Lease renewed twice", WAIT, |a| {
+        a.requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.uri.contains("/leases/node-1"))
+            .count()
+            >= 2
+    })
+    .await
+    .unwrap();
+    let lease = api.get("leases", "kube-node-lease", "node-1").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "node-1");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
+    assert_eq!(
+        lease["metadata"]["ownerReferences"][0]["uid"],
+        node["metadata"]["uid"]
+    );
+
+    // only the pod bound to node-1 runs, and its status reaches the API server
+    api.wait_for("web Running on the API server", WAIT, |a| {
+        a.get("pods", "default", "web")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    })
+    .await
+    .unwrap();
+    assert_eq!(sandbox_names(&rt), ["web"]);
+    let web = api.get("pods", "default", "web").unwrap();
+    assert!(web["status"]["podIP"].is_string(), "{web}");
+    assert!(
+        api.get("pods", "default", "elsewhere").unwrap()["status"].is_null(),
+        "a pod of another node got a status"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.uri.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+        "pods not listed by spec.nodeName"
+    );
+
+    // the proxy programs the Service with the EndpointSlice's endpoint
+    let endpoints = |r: &FakeRouter| -> Option<Vec<String>> {
+        let st = r.last()?;
+        let (_, sp) = st.services.iter().find(|(n, _)| n.name == "web")?;
+        Some(
+            sp.endpoints
+                .iter()
+                .map(|e| format!("{}:{}", e.ip, e.port))
+                .collect(),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while endpoints(&router) != Some(vec!["10.88.0.5:8080".to_string()]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service web not programmed: {:?}",
+            router.last()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = router.last().unwrap();
+    let (_, sp) = st.services.iter().find(|(n, _)| n.name == "web").unwrap();
+    assert_eq!(
+        sp.cluster_ips,
+        ["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(sp.port, 80);
+
+    // deletions on the API server: the pod is stopped and removed, the endpoints go
+    assert!(api.delete("pods", "default", "web"));
+    assert!(api.delete("endpointslices", "default", "web-abc"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !sandbox_names(&rt).is_empty() || endpoints(&router) != Some(vec![]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after deletion: sandboxes {:?}, endpoints {:?}",
+            sandbox_names(&rt),
+            endpoints(&router)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    token.cancel();
+    tokio::time::timeout(WAIT, k)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, p)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, node_task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_kubeconfig_is_named_in_the_error() {
+    let err = cluster::Cluster::connect(Some(std::path::Path::new("/nonexistent/kc")), "n")
+        .await
+        .err()
+        .expect("an error");
+    assert!(format!("{err:#}").contains("/nonexistent/kc"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_kubeconfig_file_reaches_the_server_it_names() {
+    let api = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, api.kubeconfig()).unwrap();
+    let c = cluster::Cluster::connect(Some(&kc), "node-kc")
+        .await
+        .unwrap();
+    let token = CancellationToken::new();
+    let t = c.run_node(String::new(), NodeApiConfig::default(), token.clone());
+    api.wait_for("the Node registered through the kubeconfig", WAIT, |a| {
+        a.get("nodes", "", "node-kc").is_some()
+    })
+    .await
+    .unwrap();
+    token.cancel();
+    tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+}
