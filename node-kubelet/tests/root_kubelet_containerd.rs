@@ -19,41 +19,17 @@ use node_kubelet::{FileSource, FileSourceConfig, Kubelet, KubeletConfig};
 use node_test_support::{ContainerdFixture, TestImage};
 
 mod support;
-use support::{Hooked, Recorder, Running, condition, container, is_ready};
+use support::{Hooked, Recorder, Running, WEB_POD, condition, container, is_ready, pod_yaml};
 
 const NODE: &str = "ctrd-node";
 
-/// `web` (init container, two containers, exec + httpGet + tcpSocket probes) and `live`, whose
-/// `app` fails its liveness probe once: `toggler` stops serving the probed port from 3 s to 6 s
-/// after it starts.
-const PODS: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: web}
-spec:
-  terminationGracePeriodSeconds: 2
-  initContainers:
-  - name: init
-    image: IMG
-    command: [sh, -c, "echo init ran"]
-  containers:
-  - name: server
-    image: IMG
-    command: [httpd, -f, -p, "8080", -h, /var/www]
-    ports: [{containerPort: 8080}]
-    readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
-    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
-  - name: helper
-    image: IMG
-    command: [sh, -c, "touch /tmp/ready; exec sleep 1000000"]
-    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: live}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
+/// `live`: its `app` fails its liveness probe once, as `toggler` stops serving the probed port
+/// from 3 s to 6 s after it starts.
+fn live_pod() -> String {
+    pod_yaml(
+        "live",
+        1,
+        r#"
   - name: toggler
     image: IMG
     command: [sh, -c, "httpd -f -p 9090 -h /var/www & p=$!; sleep 3; kill $p; sleep 3; exec httpd -f -p 9090 -h /var/www"]
@@ -61,7 +37,9 @@ spec:
     image: IMG
     command: [sleep, "1000000"]
     livenessProbe: {tcpSocket: {port: 9090}, initialDelaySeconds: 2, periodSeconds: 1, failureThreshold: 2}
-"#;
+"#,
+    )
+}
 
 async fn connect(f: &ContainerdFixture) -> Arc<CriClient> {
     Arc::new(
@@ -158,13 +136,12 @@ fn pod_lifecycle_with_containerd_through_the_cri_client() {
     let manifests = work.path().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(work.path().join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
-    let (web_yaml, live_yaml) = PODS
-        .replace("IMG", &image)
-        .split_once("---")
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .unwrap();
-    std::fs::write(manifests.join("web.yaml"), web_yaml).unwrap();
-    std::fs::write(manifests.join("live.yaml"), live_yaml).unwrap();
+    std::fs::write(manifests.join("web.yaml"), WEB_POD.replace("IMG", &image)).unwrap();
+    std::fs::write(
+        manifests.join("live.yaml"),
+        live_pod().replace("IMG", &image),
+    )
+    .unwrap();
     let fr = &f;
     let (manifests, work_dir) = (manifests.as_path(), work.path());
     f.netns()
@@ -228,11 +205,7 @@ fn pod_lifecycle_with_containerd_through_the_cri_client() {
                     // deletion terminates the pod and removes it from containerd
                     let t0 = Instant::now();
                     std::fs::remove_file(manifests.join("web.yaml")).unwrap();
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    while !k.recorder.history().iter().any(|(_, p, s)| p.uid == web.uid && s.is_none()) {
-                        assert!(Instant::now() < deadline, "web was not terminated");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    k.wait_deleted("web", &web.uid, Duration::from_secs(60)).await;
                     eprintln!("figure: containerd pod terminated {:.2} s after its file was deleted", t0.elapsed().as_secs_f64());
                     assert_eq!(k.sandboxes_of(&web.uid).await, 0);
                     assert!(k.containers_of(&web.uid).await.is_empty());

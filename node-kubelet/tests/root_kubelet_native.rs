@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::PodStatus;
 use node_cni::{BridgeConfig, BridgePlugin};
 use node_core::{RuntimeBackend, cri};
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
@@ -31,10 +30,13 @@ use node_kubelet::backoff::BackoffConfig;
 use node_kubelet::{
     CancellationToken, FileSource, FileSourceConfig, JsonStatusSink, Kubelet, KubeletConfig,
 };
+use node_test_support::sweep::{cgroup_dirs, detach_mounts_under, kill_cgroup_tree};
 use node_test_support::{NetnsFixture, TestImage, require_command, require_path, require_root};
 
 mod support;
-use support::{Instance, Recorder, Running, condition, container, is_ready};
+use support::{
+    Instance, Recorder, Running, WEB_POD, any_started, condition, container, is_ready, pod_yaml,
+};
 
 const NODE: &str = "e2e-node";
 const IMAGE: &str = "nodekit.local/e2e/busybox:1";
@@ -155,6 +157,11 @@ struct Env {
 }
 
 impl Env {
+    /// The environment of `test`, or `None` when its prerequisites are missing (skipped).
+    fn for_test(test: &str, label: &str) -> Option<Self> {
+        prerequisites(test).then(|| Self::new(label))
+    }
+
     fn new(label: &str) -> Self {
         sweep_stale();
         let pid = std::process::id();
@@ -256,29 +263,13 @@ impl Drop for Env {
         });
         // then brute force for whatever a failed test left
         for d in cgroup_dirs(&self.layout.cgroup_parent) {
-            sweep_cgroup(&d);
+            kill_cgroup_tree(&d);
         }
         for d in cgroup_dirs("nodekit-test") {
             let _ = std::fs::remove_dir(d); // fails while another test still uses it
         }
-        unmount_under(&self.layout.root);
+        detach_mounts_under(&self.layout.root);
         // the namespace (bridge, veths, leftover processes) and the directory go next
-    }
-}
-
-fn unmount_under(root: &Path) {
-    let root = root.display().to_string();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&root))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        let c = std::ffi::CString::new(m).unwrap();
-        // SAFETY: detaching a mount point under a test's own temporary directory.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
@@ -293,7 +284,7 @@ fn sweep_stale() {
         for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if e.path().is_dir() && name.contains("-kube-") && dead(&name, "") {
-                sweep_cgroup(&e.path());
+                kill_cgroup_tree(&e.path());
             }
         }
     }
@@ -304,48 +295,9 @@ fn sweep_stale() {
     {
         let name = e.file_name().to_string_lossy().into_owned();
         if dead(&name, "nodekit-kube-") {
-            unmount_under(&e.path());
+            detach_mounts_under(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
-    }
-}
-
-fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let mut v = vec![];
-    for e in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let d = e.path().join(rel);
-        if d.exists() {
-            v.push(d);
-        }
-    }
-    let unified = Path::new("/sys/fs/cgroup").join(rel);
-    if unified.exists() && !v.contains(&unified) {
-        v.push(unified);
-    }
-    v
-}
-
-/// Kill every process in a cgroup tree and remove it, deepest first.
-fn sweep_cgroup(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            sweep_cgroup(&e.path());
-        }
-    }
-    for _ in 0..200 {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: killing processes of the test's own cgroup.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -434,41 +386,15 @@ async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 // ---------------------------------------------------------------------------------------------
 // the tests
 
-const WEB: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: web
-  labels: {app: web}
-spec:
-  terminationGracePeriodSeconds: 2
-  initContainers:
-  - name: init
-    image: IMG
-    imagePullPolicy: Never
-    command: [sh, -c, "echo init ran"]
-  containers:
-  - name: server
-    image: IMG
-    imagePullPolicy: Never
-    command: [httpd, -f, -p, "8080", -h, /var/www]
-    ports: [{containerPort: 8080}]
-    readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
-    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
-  - name: helper
-    image: IMG
-    imagePullPolicy: Never
-    command: [sh, -c, "touch /tmp/ready; exec sleep 1000000"]
-    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
-"#;
-
 #[test]
 fn pod_with_init_container_two_containers_and_probes_becomes_ready() {
-    if !prerequisites("pod_with_init_container_two_containers_and_probes_becomes_ready") {
+    let Some(env) = Env::for_test(
+        "pod_with_init_container_two_containers_and_probes_becomes_ready",
+        "kready",
+    ) else {
         return;
-    }
-    let env = Env::new("kready");
-    env.write_manifest("web.yaml", WEB);
+    };
+    env.write_manifest("web.yaml", WEB_POD);
     let layout = env.layout.clone();
     env.run(|| async move {
         let k = start_kubelet(&layout);
@@ -520,24 +446,24 @@ fn pod_with_init_container_two_containers_and_probes_becomes_ready() {
 
 #[test]
 fn crashing_container_backs_off_with_growing_delays_into_crash_loop_back_off() {
-    if !prerequisites("crashing_container_backs_off_with_growing_delays_into_crash_loop_back_off") {
+    let Some(env) = Env::for_test(
+        "crashing_container_backs_off_with_growing_delays_into_crash_loop_back_off",
+        "kcrash",
+    ) else {
         return;
-    }
-    let env = Env::new("kcrash");
+    };
     env.write_manifest(
         "crash.yaml",
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: crash}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
+        &pod_yaml(
+            "crash",
+            1,
+            r#"
   - name: app
     image: IMG
     imagePullPolicy: Never
     command: [sh, -c, "echo crashing; exit 3"]
 "#,
+        ),
     );
     let layout = env.layout.clone();
     env.run(|| async move {
@@ -607,25 +533,22 @@ spec:
 
 #[test]
 fn liveness_failure_restarts_the_container() {
-    if !prerequisites("liveness_failure_restarts_the_container") {
+    let Some(env) = Env::for_test("liveness_failure_restarts_the_container", "klive") else {
         return;
-    }
-    let env = Env::new("klive");
+    };
     env.write_manifest(
         "live.yaml",
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: live}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
+        &pod_yaml(
+            "live",
+            1,
+            r#"
   - name: app
     image: IMG
     imagePullPolicy: Never
     command: [sh, -c, "touch /tmp/alive; sleep 3; rm /tmp/alive; exec sleep 1000000"]
     livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
 "#,
+        ),
     );
     let layout = env.layout.clone();
     env.run(|| async move {
@@ -635,12 +558,7 @@ spec:
                 "app running",
                 "live-e2e-node",
                 Duration::from_secs(60),
-                |s| {
-                    s.container_statuses
-                        .iter()
-                        .flatten()
-                        .any(|c| c.started == Some(true))
-                },
+                any_started,
             )
             .await;
         let first_id = container(&first, "app").container_id.clone().unwrap();
@@ -661,25 +579,22 @@ spec:
 
 #[test]
 fn editing_the_file_updates_the_pod() {
-    if !prerequisites("editing_the_file_updates_the_pod") {
+    let Some(env) = Env::for_test("editing_the_file_updates_the_pod", "kedit") else {
         return;
-    }
-    let env = Env::new("kedit");
+    };
     let manifest = |version: u32| {
-        format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: app}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
+        pod_yaml(
+            "app",
+            1,
+            &format!(
+                r#"
   - name: app
     image: IMG
     imagePullPolicy: Never
     env: [{{name: VERSION, value: "{version}"}}]
     command: [sh, -c, "exec sleep 1000000"]
 "#
+            ),
         )
     };
     env.write_manifest("app.yaml", &manifest(1));
@@ -687,18 +602,12 @@ spec:
     let env = &env;
     env.run(|| async move {
         let k = start_kubelet(&layout);
-        let running = |s: &PodStatus| {
-            s.container_statuses
-                .iter()
-                .flatten()
-                .any(|c| c.started == Some(true))
-        };
         let (v1, _) = k
             .wait_status(
                 "v1 running",
                 "app-e2e-node",
                 Duration::from_secs(60),
-                running,
+                any_started,
             )
             .await;
         env.write_manifest("app.yaml", &manifest(2));
@@ -706,7 +615,7 @@ spec:
         let v2 = loop {
             if let Some((p, s)) = k.recorder.latest("app-e2e-node")
                 && p.uid != v1.uid
-                && running(&s)
+                && any_started(&s)
             {
                 break p;
             }
@@ -735,10 +644,7 @@ spec:
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
-            k.recorder
-                .history()
-                .iter()
-                .any(|(_, p, s)| p.uid == v1.uid && s.is_none()),
+            k.recorder.deleted(&v1.uid),
             "the old pod was reported deleted"
         );
         k.stop().await;
@@ -747,10 +653,12 @@ spec:
 
 #[test]
 fn deleting_the_file_runs_pre_stop_and_terminates_the_pod() {
-    if !prerequisites("deleting_the_file_runs_pre_stop_and_terminates_the_pod") {
+    let Some(env) = Env::for_test(
+        "deleting_the_file_runs_pre_stop_and_terminates_the_pod",
+        "kdel",
+    ) else {
         return;
-    }
-    let env = Env::new("kdel");
+    };
     let layout = env.layout.clone();
     let env = &env;
     env.run(|| async move {
@@ -759,14 +667,11 @@ fn deleting_the_file_runs_pre_stop_and_terminates_the_pod() {
         let port = listener.local_addr().unwrap().port();
         env.write_manifest(
             "del.yaml",
-            &format!(
-                r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: del}}
-spec:
-  terminationGracePeriodSeconds: 10
-  containers:
+            &pod_yaml(
+                "del",
+                10,
+                &format!(
+                    r#"
   - name: app
     image: IMG
     imagePullPolicy: Never
@@ -775,6 +680,7 @@ spec:
       preStop:
         httpGet: {{host: 127.0.0.1, port: {port}, path: /prestop}}
 "#
+                ),
             ),
         );
         let k = start_kubelet(&layout);
@@ -783,12 +689,7 @@ spec:
                 "del running",
                 "del-e2e-node",
                 Duration::from_secs(60),
-                |s| {
-                    s.container_statuses
-                        .iter()
-                        .flatten()
-                        .any(|c| c.started == Some(true))
-                },
+                any_started,
             )
             .await;
         let id = container(&s, "app").container_id.clone().unwrap();
@@ -822,19 +723,8 @@ spec:
         });
         let t0 = Instant::now();
         env.remove_manifest("del.yaml");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !k
-            .recorder
-            .history()
-            .iter()
-            .any(|(_, p, s)| p.uid == pod.uid && s.is_none())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the pod was not terminated within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        k.wait_deleted("del", &pod.uid, Duration::from_secs(60))
+            .await;
         eprintln!(
             "figure: pod terminated {} after its file was deleted (preStop httpGet, TERM handled)",
             secs(t0.elapsed())
@@ -980,21 +870,17 @@ fn kill_9_of_the_kubelet_process_restarts_no_container_and_status_continues() {
     if let Ok(layout) = std::env::var(CHILD_ENV) {
         return run_kubelet_process(Layout::from_env(&layout));
     }
-    if !prerequisites(TEST) {
+    let Some(env) = Env::for_test(TEST, "kkill") else {
         return;
-    }
-    let env = Env::new("kkill");
+    };
     // `steady` stays Ready for 15 s after it starts, then its readiness file goes: the second
     // kubelet must notice that (status continues) without restarting anything
     env.write_manifest(
         "steady.yaml",
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: steady}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
+        &pod_yaml(
+            "steady",
+            1,
+            r#"
   - name: flip
     image: IMG
     imagePullPolicy: Never
@@ -1006,6 +892,7 @@ spec:
     command: [sleep, "1000000"]
     livenessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
 "#,
+        ),
     );
     let status = env.layout.status_dir().join("default_steady-e2e-node.json");
     let containers_dir = env.layout.root.join("rt/state/containers");

@@ -16,6 +16,41 @@ use node_core::{
 use node_kubelet::{CancellationToken, JsonStatusSink, Kubelet, labels};
 use tokio::sync::mpsc;
 
+/// A pod manifest: `name`, its grace period, and its containers (YAML list items).
+pub fn pod_yaml(name: &str, grace_seconds: u32, containers: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  \
+         terminationGracePeriodSeconds: {grace_seconds}\n  containers:\n{containers}"
+    )
+}
+
+/// A pod with an init container and two containers with exec, httpGet and tcpSocket probes
+/// (`IMG`: the busybox test image with `/var/www/index.html`).
+pub const WEB_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: init
+    image: IMG
+    command: [sh, -c, "echo init ran"]
+  containers:
+  - name: server
+    image: IMG
+    command: [httpd, -f, -p, "8080", -h, /var/www]
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: helper
+    image: IMG
+    command: [sh, -c, "touch /tmp/ready; exec sleep 1000000"]
+    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
+"#;
+
 /// Adjusts a sandbox config on its way to the runtime.
 pub type SandboxHook = Arc<dyn Fn(&mut cri::PodSandboxConfig) + Send + Sync>;
 /// The container events a test feeds, taken by the first subscription.
@@ -177,6 +212,12 @@ impl Recorder {
             .and_then(|(_, p, s)| s.clone().map(|s| (p.clone(), s)))
     }
 
+    /// Whether the pod with this UID was reported deleted.
+    pub fn deleted(&self, uid: &str) -> bool {
+        let log = self.log.lock().unwrap();
+        log.iter().any(|(_, p, s)| p.uid == uid && s.is_none())
+    }
+
     pub fn history(&self) -> Vec<Written> {
         self.log.lock().unwrap().clone()
     }
@@ -211,6 +252,14 @@ pub fn condition(s: &PodStatus, kind: &str) -> Option<String> {
         .flatten()
         .find(|c| c.type_ == kind)
         .map(|c| c.status.clone())
+}
+
+/// Whether a container of the pod has started.
+pub fn any_started(s: &PodStatus) -> bool {
+    s.container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.started == Some(true))
 }
 
 pub fn is_ready(s: &PodStatus) -> bool {
@@ -275,6 +324,18 @@ impl Running {
                 Instant::now() < deadline,
                 "timed out after {timeout:?} waiting for {what}; last status: {:#?}",
                 self.recorder.latest(name)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the pod with this UID was reported deleted.
+    pub async fn wait_deleted(&self, what: &str, uid: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.recorder.deleted(uid) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not deleted within {timeout:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
