@@ -34,7 +34,7 @@ pub use proxy::{
     Endpoint, NodeInfo, Protocol, ProxyState, RouterError, ServicePort, ServicePortName,
     ServiceRouter, SyncReport, TrafficSource,
 };
-pub use runtime::{ImageBackend, RuntimeBackend, RuntimeError};
+pub use runtime::{ContainerEventStream, ImageBackend, RuntimeBackend, RuntimeError};
 pub use status::{StatusError, StatusSink};
 
 /// The Kubernetes `Pod` type.

@@ -242,7 +242,17 @@ pub trait RuntimeBackend: Send + Sync {
     async fn update_runtime_config(&self, _config: cri::RuntimeConfig) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unimplemented("UpdateRuntimeConfig"))
     }
+    /// Container lifecycle events as they happen (the CRI's `GetContainerEvents`, kubelet's
+    /// evented PLEG): created, started, stopped, deleted, each with the sandbox's status. The
+    /// stream ends or fails when the runtime stops sending; callers relist as their fallback.
+    async fn get_container_events(&self) -> Result<ContainerEventStream, RuntimeError> {
+        Err(RuntimeError::Unimplemented("GetContainerEvents"))
+    }
 }
+
+/// The stream of [`RuntimeBackend::get_container_events`].
+pub type ContainerEventStream =
+    futures::stream::BoxStream<'static, Result<cri::ContainerEventResponse, RuntimeError>>;
 
 /// Images: the CRI `ImageService`.
 ///

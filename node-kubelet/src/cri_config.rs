@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 use node_core::cri;
 
 use crate::labels;
-use crate::quantity;
+use crate::node::quantity;
 
 /// Why a container config could not be built (the kubelet's `CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -495,26 +495,27 @@ fn resource_value(
         _ => return Err(bad(format!("unsupported resource {resource:?}"))),
     };
     let is_cpu = name == "cpu";
-    let value = match (&text, kind, is_cpu) {
-        (Some(t), _, true) => {
-            quantity::cpu_millis(t).map_err(|e| bad(e.to_string()))? as f64 / 1000.0
+    // as kubelet: CPU in millicores over the divisor's millicores, the rest in units over the
+    // divisor's units, rounded up
+    let amount = |t: &str| {
+        if is_cpu {
+            quantity::milli_value(t)
+        } else {
+            quantity::value(t)
         }
-        (Some(t), _, false) => quantity::bytes(t).map_err(|e| bad(e.to_string()))? as f64,
-        (None, "limits", true) => s.node_cpu_millis as f64 / 1000.0,
-        (None, "limits", false) => s.node_memory_bytes as f64,
-        (None, _, _) => 0.0,
     };
-    let divisor = match divisor {
-        Some(d) => quantity::parse_quantity(d).map_err(|e| bad(e.to_string()))?,
-        None => 1.0,
+    let value = match (&text, kind, is_cpu) {
+        (Some(t), _, _) => amount(t).map_err(|e| bad(e.to_string()))?,
+        (None, "limits", true) => s.node_cpu_millis,
+        (None, "limits", false) => s.node_memory_bytes,
+        (None, _, _) => 0,
     };
-    if divisor <= 0.0 {
+    let divisor = amount(divisor.unwrap_or("1")).map_err(|e| bad(e.to_string()))?;
+    if divisor <= 0 {
         return Err(bad("divisor must be positive".into()));
     }
-    Ok(format!(
-        "{}",
-        (value / divisor - 1e-9).ceil().max(0.0) as i64
-    ))
+    let rounded_up = value / divisor + i64::from(value % divisor > 0);
+    Ok(rounded_up.max(0).to_string())
 }
 
 fn field_value(
@@ -779,14 +780,14 @@ pub fn linux_resources(pod: &Pod, c: &Container, s: &CriSettings) -> cri::LinuxC
          name: &str| { list.as_ref().and_then(|l| l.get(name)).map(|q| q.0.clone()) };
     let cpu_request = q(&r.requests, "cpu")
         .or_else(|| q(&r.limits, "cpu"))
-        .and_then(|t| quantity::cpu_millis(&t).ok());
-    let cpu_limit = q(&r.limits, "cpu").and_then(|t| quantity::cpu_millis(&t).ok());
+        .and_then(|t| quantity::milli_value(&t).ok());
+    let cpu_limit = q(&r.limits, "cpu").and_then(|t| quantity::milli_value(&t).ok());
     let memory_limit = q(&r.limits, "memory")
-        .and_then(|t| quantity::bytes(&t).ok())
+        .and_then(|t| quantity::value(&t).ok())
         .unwrap_or(0);
     let memory_request = q(&r.requests, "memory")
         .or_else(|| q(&r.limits, "memory"))
-        .and_then(|t| quantity::bytes(&t).ok());
+        .and_then(|t| quantity::value(&t).ok());
     let period = 100_000;
     let oom_score_adj = match qos_class(pod) {
         "Guaranteed" => -997,

@@ -1,6 +1,7 @@
 //! The [`Kubelet`] assembly: sources merged into pod workers, a pod lifecycle event generator
-//! that relists the runtime every second and wakes the workers of pods that changed, adoption of
-//! what already runs, and cleanup of pods no source wants any more.
+//! that wakes the worker of a pod at once on a runtime container event (when the runtime sends
+//! them, [`RuntimeBackend::get_container_events`]) and relists the runtime every second as the
+//! fallback, adoption of what already runs, and cleanup of pods no source wants any more.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -33,7 +34,8 @@ pub struct KubeletConfig {
     pub pod_log_root: PathBuf,
     /// The node's IP (`status.hostIP`); `None`: not reported.
     pub host_ip: Option<IpAddr>,
-    /// How often the runtime is relisted to notice container exits (1 s).
+    /// How often the runtime is relisted to notice container exits (1 s; container events, when
+    /// the runtime sends them, are noticed at once).
     pub relist_period: Duration,
     /// How often each pod is synced without any event (10 s).
     pub sync_period: Duration,
@@ -256,9 +258,20 @@ impl Kubelet {
         let mut last_relist: HashMap<String, String> = HashMap::new();
         let mut relist = tokio::time::interval(self.config.relist_period);
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (event_tx, mut events) = mpsc::unbounded_channel();
+        let event_task = tokio::spawn(watch_container_events(
+            self.runtime.clone(),
+            event_tx,
+            sources_token.clone(),
+        ));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(uid) = events.recv() => {
+                    if let Some(w) = workers.get(&uid) {
+                        let _ = w.tx.send(WorkerMsg::Sync);
+                    }
+                }
                 update = updates.recv() => {
                     let Some(update) = update else { break };
                     match update {
@@ -329,6 +342,7 @@ impl Kubelet {
             }
         }
         sources_token.cancel();
+        event_task.abort();
         tracing::info!(node = %self.node_name, "kubelet stopping; pods keep running");
         // closing the channels stops the workers without touching their pods
         let tasks: Vec<JoinHandle<()>> = workers
@@ -345,6 +359,63 @@ impl Kubelet {
             }
         }
         Ok(())
+    }
+}
+
+/// Forward the pod UID of every runtime container event (the evented PLEG) so its worker syncs
+/// at once; the relist stays the fallback. A runtime without events is asked once; a stream that
+/// fails or ends is asked for again after 5 s.
+async fn watch_container_events(
+    rt: Arc<dyn RuntimeBackend>,
+    tx: mpsc::UnboundedSender<String>,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    loop {
+        let mut stream = match rt.get_container_events().await {
+            Ok(s) => s,
+            Err(RuntimeError::Unimplemented(_)) => {
+                tracing::debug!("the runtime sends no container events; relisting only");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to container events; retrying in 5 s");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = stream.next() => e,
+            };
+            match event {
+                Some(Ok(e)) => {
+                    let uid = e.pod_sandbox_status.as_ref().and_then(|s| {
+                        s.labels
+                            .get(labels::POD_UID)
+                            .cloned()
+                            .or_else(|| s.metadata.as_ref().map(|m| m.uid.clone()))
+                    });
+                    if let Some(uid) = uid
+                        && tx.send(uid).is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "container event stream failed; resubscribing in 5 s");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
     }
 }
 

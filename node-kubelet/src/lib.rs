@@ -13,7 +13,7 @@
 //! | probes and lifecycle hooks | [`probe`] |
 //! | pod status, and the JSON file status sink | [`status`] ([`JsonStatusSink`]) |
 //! | the live pods and statuses, for endpoints and integrators | [`state`] ([`PodStates`]) |
-//! | resource quantities | [`quantity`] |
+//! | resource quantities (exact, rounding up as Kubernetes does) | [`node::quantity`] |
 //! | the node: QoS cgroups, allocatable and admission, node status, eviction, volumes, shutdown, HTTP endpoints | [`node`] |
 //!
 //! The pod worker (one task per pod: observe, reconcile, act, publish, terminate) is internal.
@@ -25,7 +25,6 @@ pub mod labels;
 pub mod manifest;
 pub mod node;
 pub mod probe;
-pub mod quantity;
 pub mod reconcile;
 pub mod source;
 pub mod state;

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use node_core::SourceError;
 
-use crate::quantity;
+use crate::node::quantity;
 
 /// A problem found in a manifest: an error that rejects a document, or a warning (an unknown
 /// field) that does not stop the pod.
@@ -93,7 +93,7 @@ pub fn decode(origin: &str, text: &str, json: bool) -> Decoded {
             .map(|(i, d)| {
                 (
                     i,
-                    serde_saphyr::from_str::<Value>(&d).map_err(|e| first_line(&e.to_string())),
+                    parse_yaml_document(&d).map_err(|e| first_line(&e.to_string())),
                 )
             })
             .collect()
@@ -114,6 +114,76 @@ pub fn decode(origin: &str, text: &str, json: bool) -> Decoded {
         }
     }
     out
+}
+
+/// One YAML document as a JSON value. Integers written with a leading zero (`0600`, YAML 1.1
+/// octal, which YAML 1.2 does not have) stay strings here; [`yaml11_octal_modes`] turns those of
+/// the file mode fields into numbers as kubectl's YAML 1.1 reading does, and anywhere else they
+/// fail to decode with the field named.
+fn parse_yaml_document(doc: &str) -> Result<Value, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.leading_zero_numbers_as_strings = true;
+    let mut value: Value = serde_saphyr::from_str_with_options(doc, options)?;
+    yaml11_octal_modes(&mut value);
+    Ok(value)
+}
+
+/// The file mode fields of a pod's volumes, which manifests write in octal: `defaultMode` of
+/// configMap, secret, projected and downwardAPI volumes and `mode` of their items (projected
+/// sources included).
+fn yaml11_octal_modes(doc: &mut Value) {
+    let pods: Vec<&mut Value> = match doc.get("kind").and_then(Value::as_str) {
+        Some("Pod") => vec![doc],
+        Some("PodList" | "List") => match doc.get_mut("items") {
+            Some(Value::Array(items)) => items.iter_mut().collect(),
+            _ => vec![],
+        },
+        _ => vec![],
+    };
+    let mode_fields = |source: &mut Value| {
+        if let Some(m) = source.get_mut("defaultMode") {
+            octal_mode(m);
+        }
+        if let Some(Value::Array(items)) = source.get_mut("items") {
+            for m in items.iter_mut().filter_map(|i| i.get_mut("mode")) {
+                octal_mode(m);
+            }
+        }
+    };
+    for pod in pods {
+        let Some(Value::Array(volumes)) = pod.pointer_mut("/spec/volumes") else {
+            continue;
+        };
+        for volume in volumes {
+            for kind in ["configMap", "secret", "projected", "downwardAPI"] {
+                if let Some(source) = volume.get_mut(kind) {
+                    mode_fields(source);
+                }
+            }
+            if let Some(Value::Array(sources)) = volume.pointer_mut("/projected/sources") {
+                for projection in sources {
+                    for kind in ["configMap", "secret", "downwardAPI"] {
+                        if let Some(source) = projection.get_mut(kind) {
+                            mode_fields(source);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A YAML 1.1 octal integer left as a string (`"0600"`) becomes its number (384); anything
+/// else is left alone (`0800` stays a string and is reported as not a number).
+fn octal_mode(v: &mut Value) {
+    if let Value::String(s) = v
+        && s.len() > 1
+        && s.starts_with('0')
+        && s.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        && let Ok(n) = i64::from_str_radix(&s[1..], 8)
+    {
+        *v = Value::from(n);
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -323,6 +393,7 @@ pub fn validate(origin: &str, pod: &Pod) -> Result<(), SourceError> {
             format!("{policy:?} is not ClusterFirst, ClusterFirstWithHostNet, Default or None"),
         ));
     }
+    validate_modes(origin, spec)?;
     let mut names = std::collections::BTreeSet::new();
     let all = spec
         .init_containers
@@ -366,7 +437,7 @@ pub fn validate(origin: &str, pod: &Pod) -> Result<(), SourceError> {
         if let Some(r) = &c.resources {
             for (kind, list) in [("limits", &r.limits), ("requests", &r.requests)] {
                 for (res, q) in list.iter().flatten() {
-                    if let Err(e) = quantity::parse_quantity(&q.0) {
+                    if let Err(e) = quantity::value(&q.0) {
                         return Err(invalid(
                             origin,
                             format!("{field}.resources.{kind}.{res}"),
@@ -405,6 +476,65 @@ pub fn validate(origin: &str, pod: &Pod) -> Result<(), SourceError> {
     Ok(())
 }
 
+/// File modes of volumes must be within 0 and 0777, as the API server validates them.
+fn validate_modes(
+    origin: &str,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Result<(), SourceError> {
+    let check = |field: String, mode: Option<i32>| match mode {
+        Some(m) if !(0..=0o777).contains(&m) => Err(invalid(
+            origin,
+            field,
+            format!("{m} (octal {m:o}) is not a file mode between 0 and 0777"),
+        )),
+        _ => Ok(()),
+    };
+    let items = |field: &str, items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>| {
+        for (i, item) in items.into_iter().flatten().enumerate() {
+            check(format!("{field}.items[{i}].mode"), item.mode)?;
+        }
+        Ok::<(), SourceError>(())
+    };
+    let downward =
+        |field: &str, items: Option<&Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>| {
+            for (i, item) in items.into_iter().flatten().enumerate() {
+                check(format!("{field}.items[{i}].mode"), item.mode)?;
+            }
+            Ok::<(), SourceError>(())
+        };
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let field = format!("spec.volumes[{i}]");
+        if let Some(c) = &v.config_map {
+            check(format!("{field}.configMap.defaultMode"), c.default_mode)?;
+            items(&format!("{field}.configMap"), c.items.as_ref())?;
+        }
+        if let Some(s) = &v.secret {
+            check(format!("{field}.secret.defaultMode"), s.default_mode)?;
+            items(&format!("{field}.secret"), s.items.as_ref())?;
+        }
+        if let Some(d) = &v.downward_api {
+            check(format!("{field}.downwardAPI.defaultMode"), d.default_mode)?;
+            downward(&format!("{field}.downwardAPI"), d.items.as_ref())?;
+        }
+        if let Some(p) = &v.projected {
+            check(format!("{field}.projected.defaultMode"), p.default_mode)?;
+            for (j, s) in p.sources.iter().flatten().enumerate() {
+                let field = format!("{field}.projected.sources[{j}]");
+                if let Some(c) = &s.config_map {
+                    items(&format!("{field}.configMap"), c.items.as_ref())?;
+                }
+                if let Some(c) = &s.secret {
+                    items(&format!("{field}.secret"), c.items.as_ref())?;
+                }
+                if let Some(d) = &s.downward_api {
+                    downward(&format!("{field}.downwardAPI"), d.items.as_ref())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The UID the kubelet gives a pod from a file or URL that names none: a hash of the pod's content
 /// (its canonical JSON), the node name and the source (`file:<path>` or `url:<url>`), so the same
 /// manifest on the same node always yields the same UID, and an edit yields a new one.
@@ -417,7 +547,17 @@ pub fn static_pod_uid(pod: &Pod, node_name: &str, source: &str) -> String {
     hex::encode(&digest[..16])
 }
 
-/// Give a static pod its defaults: namespace `default` and the deterministic UID.
+/// The annotation naming where a static pod came from (`file` or `http`), as the kubelet sets it.
+pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+/// The annotation holding a static pod's content hash (its UID), as the kubelet sets it; the
+/// mirror pod carries it as `kubernetes.io/config.mirror`.
+pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
+
+/// Give a static pod its defaults as the kubelet does: namespace `default`, the deterministic
+/// UID (computed first, from the pod as written), then the name suffix `-<nodeName>` (the node
+/// name lowercased; none when `node_name` is empty), `spec.nodeName`, and the annotations
+/// [`CONFIG_SOURCE_ANNOTATION`] (`file` for a `file:` source, `http` for a `url:` one) and
+/// [`CONFIG_HASH_ANNOTATION`] (the UID).
 pub fn apply_static_defaults(pod: &mut Pod, node_name: &str, source: &str) {
     if pod.metadata.namespace.as_deref().unwrap_or("").is_empty() {
         pod.metadata.namespace = Some("default".into());
@@ -425,6 +565,29 @@ pub fn apply_static_defaults(pod: &mut Pod, node_name: &str, source: &str) {
     if pod.metadata.uid.as_deref().unwrap_or("").is_empty() {
         pod.metadata.uid = Some(static_pod_uid(pod, node_name, source));
     }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if !node_name.is_empty() {
+        let suffix = format!("-{}", node_name.to_lowercase());
+        if let Some(name) = pod.metadata.name.as_mut()
+            && !name.ends_with(&suffix)
+        {
+            name.push_str(&suffix);
+        }
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = Some(node_name.to_string());
+        }
+    }
+    let kind = if source.starts_with("url:") {
+        "http"
+    } else {
+        "file"
+    };
+    let annotations = pod
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    annotations.insert(CONFIG_SOURCE_ANNOTATION.into(), kind.into());
+    annotations.insert(CONFIG_HASH_ANNOTATION.into(), uid);
 }
 
 #[cfg(test)]
@@ -567,5 +730,137 @@ mod tests {
         let mut d = decode("f", GOOD, false).pods.remove(0).1;
         apply_static_defaults(&mut d, "node-2", "file:/m/a.yaml");
         assert_ne!(a.metadata.uid, d.metadata.uid);
+    }
+
+    #[test]
+    fn yaml11_octal_file_modes_are_read_as_kubectl_does() {
+        let pod = |volumes: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: a}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n  volumes:\n{volumes}"
+            )
+        };
+        let good = pod(concat!(
+            "  - name: cm\n    configMap:\n      name: x\n      defaultMode: 0600\n",
+            "      items: [{key: k, path: p, mode: 0o440}, {key: l, path: q, mode: 0755}]\n",
+            "  - name: s\n    secret: {secretName: sec, defaultMode: 0400}\n",
+            "  - name: d\n    downwardAPI:\n      defaultMode: 0644\n",
+            "      items: [{path: labels, fieldRef: {fieldPath: metadata.labels}, mode: 0600}]\n",
+            "  - name: p\n    projected:\n      defaultMode: 0o640\n      sources:\n",
+            "      - configMap: {name: x, items: [{key: k, path: p, mode: 0444}]}\n",
+            "      - secret: {name: sec, items: [{key: k, path: s, mode: 0400}]}\n",
+            "  - name: plain\n    configMap: {name: z, defaultMode: 420}\n",
+        ));
+        let d = decode("/m/modes.yaml", &good, false);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let volumes = d.pods[0].1.spec.clone().unwrap().volumes.unwrap();
+        let cm = volumes[0].config_map.as_ref().unwrap();
+        assert_eq!(cm.default_mode, Some(0o600));
+        let modes: Vec<_> = cm.items.iter().flatten().map(|i| i.mode).collect();
+        assert_eq!(modes, [Some(0o440), Some(0o755)]);
+        assert_eq!(
+            volumes[1].secret.as_ref().unwrap().default_mode,
+            Some(0o400)
+        );
+        let da = volumes[2].downward_api.as_ref().unwrap();
+        assert_eq!(da.default_mode, Some(0o644));
+        assert_eq!(da.items.as_ref().unwrap()[0].mode, Some(0o600));
+        let pr = volumes[3].projected.as_ref().unwrap();
+        assert_eq!(pr.default_mode, Some(0o640));
+        let sources = pr.sources.as_ref().unwrap();
+        let cm_items = sources[0]
+            .config_map
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap();
+        assert_eq!(cm_items[0].mode, Some(0o444));
+        let s_items = sources[1].secret.as_ref().unwrap().items.as_ref().unwrap();
+        assert_eq!(s_items[0].mode, Some(0o400));
+        assert_eq!(
+            volumes[4].config_map.as_ref().unwrap().default_mode,
+            Some(420)
+        );
+
+        // garbage stays garbage, named by field
+        for (volumes, field) in [
+            (
+                "  - name: cm\n    configMap: {name: x, defaultMode: 0800}\n",
+                "spec.volumes[0].configMap.defaultMode",
+            ),
+            (
+                "  - name: cm\n    configMap: {name: x, defaultMode: 01777}\n",
+                "spec.volumes[0].configMap.defaultMode",
+            ),
+            (
+                "  - name: s\n    secret: {secretName: sec, items: [{key: k, path: p, mode: rw}]}\n",
+                "spec.volumes[0].secret.items[0].mode",
+            ),
+            (
+                "  - name: s\n    secret: {secretName: sec, items: [{key: k, path: p, mode: 4096}]}\n",
+                "spec.volumes[0].secret.items[0].mode",
+            ),
+        ] {
+            let d = decode("/m/bad.yaml", &pod(volumes), false);
+            assert!(d.pods.is_empty(), "{volumes}");
+            assert_eq!(
+                field_of(&d.errors[0]),
+                ("/m/bad.yaml#0", field),
+                "{volumes}"
+            );
+        }
+        // a leading-zero number outside the mode fields is not silently read as octal
+        let port = GOOD.replace(
+            "image: busybox}",
+            "image: busybox, ports: [{containerPort: 0080}]}",
+        );
+        let d = decode("/m/port.yaml", &port, false);
+        assert!(d.pods.is_empty());
+        assert_eq!(
+            field_of(&d.errors[0]).1,
+            "spec.containers[0].ports[0].containerPort"
+        );
+    }
+
+    #[test]
+    fn static_pods_get_the_node_suffix_node_name_and_config_annotations() {
+        let pod = decode("f", GOOD, false).pods.remove(0).1;
+        let mut from_file = pod.clone();
+        apply_static_defaults(&mut from_file, "Node-1", "file:/m/a.yaml");
+        assert_eq!(from_file.metadata.name.as_deref(), Some("a-node-1"));
+        let uid = from_file.metadata.uid.clone().unwrap();
+        // the UID is the hash of the pod as written: the suffix does not change it
+        assert_eq!(
+            uid,
+            static_pod_uid(
+                &{
+                    let mut p = pod.clone();
+                    p.metadata.namespace = Some("default".into());
+                    p
+                },
+                "Node-1",
+                "file:/m/a.yaml"
+            )
+        );
+        let spec = from_file.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("Node-1"));
+        let ann = from_file.metadata.annotations.clone().unwrap();
+        assert_eq!(ann[CONFIG_SOURCE_ANNOTATION], "file");
+        assert_eq!(ann[CONFIG_HASH_ANNOTATION], uid);
+        // applying again (a re-read of an unchanged pod) does not stack suffixes
+        apply_static_defaults(&mut from_file, "Node-1", "file:/m/a.yaml");
+        assert_eq!(from_file.metadata.name.as_deref(), Some("a-node-1"));
+
+        let mut from_url = pod.clone();
+        apply_static_defaults(&mut from_url, "n2", "url:http://x/pods");
+        assert_eq!(from_url.metadata.name.as_deref(), Some("a-n2"));
+        assert_eq!(
+            from_url.metadata.annotations.unwrap()[CONFIG_SOURCE_ANNOTATION],
+            "http"
+        );
+        // no node name: nothing to suffix
+        let mut anonymous = pod;
+        apply_static_defaults(&mut anonymous, "", "file:/m/a.yaml");
+        assert_eq!(anonymous.metadata.name.as_deref(), Some("a"));
     }
 }

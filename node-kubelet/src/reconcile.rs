@@ -241,6 +241,35 @@ impl Actions {
             && self.kill.is_empty()
             && self.start.is_empty()
     }
+
+    /// Start the next attempt of container `name`.
+    fn start_next(&mut self, name: &str, kind: ContainerKind, observed: &ObservedPod) {
+        self.start.push(Start {
+            name: name.to_string(),
+            kind,
+            attempt: observed.next_attempt(name),
+        });
+    }
+
+    /// Kill the observed container `o`.
+    fn kill(&mut self, o: &ObservedContainer, reason: KillReason) {
+        self.kill.push(Kill {
+            id: o.id.clone(),
+            name: o.name.clone(),
+            reason,
+        });
+    }
+
+    /// Replace a container that was created but never started (the kubelet died in between).
+    fn replace_unstarted(
+        &mut self,
+        o: &ObservedContainer,
+        kind: ContainerKind,
+        observed: &ObservedPod,
+    ) {
+        self.kill(o, KillReason::NeverStarted);
+        self.start_next(&o.name, kind, observed);
+    }
 }
 
 /// The back-off key of a container of a pod.
@@ -380,11 +409,7 @@ pub fn compute_actions(
                 note_wait(wait);
             } else {
                 backoff.next(&key, event, now);
-                a.start.push(Start {
-                    name: c.name.clone(),
-                    kind,
-                    attempt: observed.next_attempt(&c.name),
-                });
+                a.start_next(&c.name, kind, observed);
             }
         };
 
@@ -402,20 +427,12 @@ pub fn compute_actions(
                 None
             };
             let Some(reason) = reason else { return false };
-            a.kill.push(Kill {
-                id: o.id.clone(),
-                name: c.name.clone(),
-                reason,
-            });
+            a.kill(o, reason);
             let restart = reason == KillReason::SpecChanged
                 || kind == ContainerKind::Sidecar
                 || policy != "Never";
             if restart {
-                a.start.push(Start {
-                    name: c.name.clone(),
-                    kind,
-                    attempt: observed.next_attempt(&c.name),
-                });
+                a.start_next(&c.name, kind, observed);
             }
             true
         };
@@ -440,25 +457,12 @@ pub fn compute_actions(
         }
         match o {
             None => {
-                a.start.push(Start {
-                    name: c.name.clone(),
-                    kind,
-                    attempt: observed.next_attempt(&c.name),
-                });
+                a.start_next(&c.name, kind, observed);
                 initialized = false;
                 break;
             }
             Some(o) if o.state == RunState::Created => {
-                a.kill.push(Kill {
-                    id: o.id.clone(),
-                    name: c.name.clone(),
-                    reason: KillReason::NeverStarted,
-                });
-                a.start.push(Start {
-                    name: c.name.clone(),
-                    kind,
-                    attempt: observed.next_attempt(&c.name),
-                });
+                a.replace_unstarted(o, kind, observed);
                 initialized = false;
                 break;
             }
@@ -498,24 +502,11 @@ pub fn compute_actions(
                         .latest(&c.name, None)
                         .is_some_and(|o| matches!(o.state, RunState::Exited) && o.exit_code == 0);
                     if !(policy == "OnFailure" && done_before) {
-                        a.start.push(Start {
-                            name: c.name.clone(),
-                            kind: ContainerKind::App,
-                            attempt: observed.next_attempt(&c.name),
-                        });
+                        a.start_next(&c.name, ContainerKind::App, observed);
                     }
                 }
                 Some(o) if o.state == RunState::Created => {
-                    a.kill.push(Kill {
-                        id: o.id.clone(),
-                        name: c.name.clone(),
-                        reason: KillReason::NeverStarted,
-                    });
-                    a.start.push(Start {
-                        name: c.name.clone(),
-                        kind: ContainerKind::App,
-                        attempt: observed.next_attempt(&c.name),
-                    });
+                    a.replace_unstarted(o, ContainerKind::App, observed);
                 }
                 Some(o) if o.state == RunState::Running => {
                     check_running(&mut a, c, ContainerKind::App, o);
@@ -557,11 +548,7 @@ pub fn compute_actions(
             .filter(|o| o.sandbox_id == sb && o.state == RunState::Running)
         {
             if !known(&o.name) {
-                a.kill.push(Kill {
-                    id: o.id.clone(),
-                    name: o.name.clone(),
-                    reason: KillReason::NotInSpec,
-                });
+                a.kill(o, KillReason::NotInSpec);
             }
         }
     }
@@ -641,283 +628,128 @@ mod tests {
             .collect()
     }
 
-    struct Case {
-        name: &'static str,
-        spec: String,
-        sandbox: bool,
-        containers: Vec<(&'static str, &'static str, u32)>,
-        probes: Vec<(&'static str, ProbeStatus)>,
-        create_sandbox: Option<u32>,
-        kill_pod: bool,
-        kill: Vec<&'static str>,
-        start: Vec<&'static str>,
-        terminal: Option<Terminal>,
-    }
-
-    fn case(name: &'static str, spec: &str) -> Case {
-        Case {
-            name,
-            spec: spec.to_string(),
-            sandbox: true,
-            containers: vec![],
-            probes: vec![],
-            create_sandbox: None,
-            kill_pod: false,
-            kill: vec![],
-            start: vec![],
-            terminal: None,
-        }
-    }
-
-    #[test]
-    fn transitions() {
-        let live_fail = ProbeStatus {
-            liveness: Some(false),
-            ..Default::default()
-        };
-        let started = ProbeStatus {
-            startup: Some(true),
-            ..Default::default()
-        };
-        let startup_fail = ProbeStatus {
-            startup: Some(false),
-            ..Default::default()
-        };
-        let probed = "  containers:\n  - {name: a, image: i, livenessProbe: {exec: {command: [x]}}, startupProbe: {exec: {command: [x]}}}\n";
-        let cases = vec![
-            Case {
-                sandbox: false,
-                create_sandbox: Some(0),
-                start: vec!["a#0", "b#0"],
-                ..case("new pod: sandbox and every app container", TWO)
-            },
-            Case {
-                sandbox: false,
-                create_sandbox: Some(0),
-                start: vec!["i1#0"],
-                ..case("new pod with init: the first init container only", INIT)
-            },
-            Case {
-                containers: vec![("i1", "running", 0)],
-                ..case("init running: wait", INIT)
-            },
-            Case {
-                containers: vec![("i1", "exited:0", 0)],
-                start: vec!["i2#0"],
-                ..case("init done: the next one", INIT)
-            },
-            Case {
-                containers: vec![("i1", "exited:0", 0), ("i2", "exited:0", 0)],
-                start: vec!["a#0"],
-                ..case("all init done: app containers", INIT)
-            },
-            Case {
-                containers: vec![("i1", "exited:1", 0)],
-                start: vec!["i1#1"],
-                ..case("init failed: restart it (Always)", INIT)
-            },
-            Case {
-                containers: vec![("i1", "exited:1", 0)],
-                kill_pod: true,
-                terminal: Some(Terminal::Failed),
-                ..case(
-                    "init failed under Never: the pod failed",
-                    &format!("  restartPolicy: Never\n{INIT}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "running", 0)],
-                ..case("init gone but app started: nothing", INIT)
-            },
-            Case {
-                sandbox: false,
-                create_sandbox: Some(0),
-                start: vec!["side#0"],
-                ..case("sidecar starts first", SIDECAR)
-            },
-            Case {
-                containers: vec![("side", "running", 0)],
-                start: vec!["i1#0"],
-                ..case("sidecar running: next init container", SIDECAR)
-            },
-            Case {
-                containers: vec![
-                    ("side", "exited:1", 0),
-                    ("i1", "exited:0", 0),
-                    ("a", "running", 0),
-                ],
-                start: vec!["side#1"],
-                ..case(
-                    "exited sidecar restarts even with Never",
-                    &format!("  restartPolicy: Never\n{SIDECAR}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "running", 0), ("b", "running", 0)],
-                ..case("all running: nothing", TWO)
-            },
-            Case {
-                containers: vec![("a", "running", 0), ("b", "exited:1", 0)],
-                start: vec!["b#1"],
-                ..case("crashed: restart (Always)", TWO)
-            },
-            Case {
-                containers: vec![("a", "running", 0), ("b", "exited:0", 0)],
-                start: vec!["b#1"],
-                ..case("completed: restart (Always)", TWO)
-            },
-            Case {
-                containers: vec![("a", "running", 0), ("b", "exited:0", 0)],
-                ..case(
-                    "completed: stays (OnFailure)",
-                    &format!("  restartPolicy: OnFailure\n{TWO}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "running", 0), ("b", "exited:2", 0)],
-                start: vec!["b#1"],
-                ..case(
-                    "failed: restart (OnFailure)",
-                    &format!("  restartPolicy: OnFailure\n{TWO}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "running", 0), ("b", "exited:2", 0)],
-                ..case(
-                    "failed: stays (Never)",
-                    &format!("  restartPolicy: Never\n{TWO}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "exited:0", 0), ("b", "exited:0", 0)],
-                kill_pod: true,
-                terminal: Some(Terminal::Succeeded),
-                ..case(
-                    "all done (Never): succeeded, sandbox stopped",
-                    &format!("  restartPolicy: Never\n{TWO}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "exited:0", 0), ("b", "exited:3", 0)],
-                kill_pod: true,
-                terminal: Some(Terminal::Failed),
-                ..case(
-                    "one failed (Never): failed",
-                    &format!("  restartPolicy: Never\n{TWO}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "exited:0", 0), ("b", "exited:0", 0)],
-                kill_pod: true,
-                terminal: Some(Terminal::Succeeded),
-                ..case(
-                    "all succeeded (OnFailure): succeeded",
-                    &format!("  restartPolicy: OnFailure\n{TWO}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "running", 0)],
-                kill: vec!["a-0:SpecChanged"],
-                start: vec!["a#1"],
-                ..case(
-                    "spec changed: kill and recreate",
-                    "  containers:\n  - {name: a, image: new}\n",
-                )
-            },
-            Case {
-                containers: vec![("a", "running", 0)],
-                probes: vec![(
-                    "a-0",
-                    ProbeStatus {
-                        startup: Some(true),
-                        liveness: Some(false),
-                        readiness: None,
-                    },
-                )],
-                kill: vec!["a-0:LivenessFailed"],
-                start: vec!["a#1"],
-                ..case("liveness failed: kill and restart", probed)
-            },
-            Case {
-                containers: vec![("a", "running", 0)],
-                probes: vec![("a-0", live_fail)],
-                kill: vec!["a-0:LivenessFailed"],
-                ..case(
-                    "liveness failed under Never: kill only",
-                    &format!("  restartPolicy: Never\n{probed}"),
-                )
-            },
-            Case {
-                containers: vec![("a", "running", 0)],
-                probes: vec![("a-0", startup_fail)],
-                kill: vec!["a-0:StartupFailed"],
-                start: vec!["a#1"],
-                ..case("startup failed: kill and restart", probed)
-            },
-            Case {
-                containers: vec![("a", "running", 0)],
-                probes: vec![("a-0", started)],
-                ..case("startup passed: nothing", probed)
-            },
-            Case {
-                containers: vec![("a", "created", 0), ("b", "running", 0)],
-                kill: vec!["a-0:NeverStarted"],
-                start: vec!["a#1"],
-                ..case("created but never started: replace", TWO)
-            },
-            Case {
-                sandbox: false,
-                containers: vec![("a", "exited:137", 0), ("b", "exited:137", 0)],
-                kill_pod: true,
-                create_sandbox: Some(1),
-                start: vec!["a#1", "b#1"],
-                ..case("sandbox died: new sandbox, containers again", TWO)
-            },
-            Case {
-                sandbox: false,
-                containers: vec![("a", "exited:137", 0), ("b", "exited:0", 0)],
-                terminal: Some(Terminal::Failed),
-                ..case(
-                    "sandbox died under Never: failed",
-                    &format!("  restartPolicy: Never\n{TWO}"),
-                )
-            },
-        ];
-        for c in cases {
-            let p = pod(&c.spec);
-            let mut observed = ObservedPod::default();
-            if c.sandbox {
-                observed.sandboxes.push(sandbox(&p));
-            } else if !c.containers.is_empty() {
-                observed.sandboxes.push(ObservedSandbox {
-                    ready: false,
-                    ..sandbox(&p)
-                });
-            }
-            for (name, state, attempt) in &c.containers {
-                // the spec-changed case observes a container created from the old spec
-                let mut o = ctr(&p, name, state, *attempt);
-                if c.name.starts_with("spec changed") {
+    /// What the runtime has, in a compact notation: `name=state` per container (`running`,
+    /// `exited:N`, `created`; `~old` when it was created from another spec), `-sandbox` when
+    /// the sandbox is gone (not ready), `probe:ID:startup+,live-` for probe results.
+    fn observe(p: &Pod, notation: &str) -> (ObservedPod, ProbeResults) {
+        let mut observed = ObservedPod::default();
+        let mut probes = ProbeResults::new();
+        let mut ready = true;
+        for token in notation.split_whitespace() {
+            if token == "-sandbox" {
+                ready = false;
+            } else if let Some(rest) = token.strip_prefix("probe:") {
+                let (id, results) = rest.split_once(':').unwrap();
+                let mut status = ProbeStatus::default();
+                for r in results.split(',') {
+                    let (kind, ok) = r.split_at(r.len() - 1);
+                    let ok = Some(ok == "+");
+                    match kind {
+                        "startup" => status.startup = ok,
+                        "live" => status.liveness = ok,
+                        other => panic!("probe kind {other}"),
+                    }
+                }
+                probes.insert(id.to_string(), status);
+            } else {
+                let (name, state) = token.split_once('=').unwrap();
+                let (state, old) = match state.strip_suffix("~old") {
+                    Some(s) => (s, true),
+                    None => (state, false),
+                };
+                let mut o = ctr(p, name, state, 0);
+                if old {
                     o.hash = "old".into();
                 }
                 observed.containers.push(o);
             }
-            let probes: ProbeResults = c
-                .probes
-                .iter()
-                .map(|(id, s)| (id.to_string(), *s))
-                .collect();
+        }
+        if ready || !observed.containers.is_empty() {
+            observed.sandboxes.push(ObservedSandbox {
+                ready,
+                ..sandbox(p)
+            });
+        }
+        (observed, probes)
+    }
+
+    /// The actions in the notation of the expectations: `killpod`, `sandbox:ATTEMPT`,
+    /// `kill:ID:REASON`, `start:NAME#ATTEMPT`, `terminal:KIND`, in that order.
+    fn describe(a: &Actions) -> String {
+        let mut out: Vec<String> = vec![];
+        out.extend(a.kill_pod.then(|| "killpod".to_string()));
+        out.extend(a.create_sandbox.map(|n| format!("sandbox:{n}")));
+        out.extend(kills(a).into_iter().map(|k| format!("kill:{k}")));
+        out.extend(starts(a).into_iter().map(|s| format!("start:{s}")));
+        out.extend(a.terminal.map(|t| format!("terminal:{t:?}")));
+        out.join(" ")
+    }
+
+    /// The reconcile's transitions: `case | spec | observed | expected actions`, the spec by name
+    /// (`never:`/`onfailure:` prefix a restart policy), the rest in the notations of [`observe`]
+    /// and [`describe`].
+    const TRANSITIONS: &str = "
+        new pod: sandbox and every app container | TWO | -sandbox | sandbox:0 start:a#0 start:b#0
+        new pod with init: the first init container only | INIT | -sandbox | sandbox:0 start:i1#0
+        init running: wait | INIT | i1=running |
+        init done: the next one | INIT | i1=exited:0 | start:i2#0
+        all init done: app containers | INIT | i1=exited:0 i2=exited:0 | start:a#0
+        init failed: restart it (Always) | INIT | i1=exited:1 | start:i1#1
+        init failed under Never: the pod failed | never:INIT | i1=exited:1 | killpod terminal:Failed
+        init gone but app started: nothing | INIT | a=running |
+        sidecar starts first | SIDECAR | -sandbox | sandbox:0 start:side#0
+        sidecar running: next init container | SIDECAR | side=running | start:i1#0
+        exited sidecar restarts even with Never | never:SIDECAR | side=exited:1 i1=exited:0 a=running | start:side#1
+        all running: nothing | TWO | a=running b=running |
+        crashed: restart (Always) | TWO | a=running b=exited:1 | start:b#1
+        completed: restart (Always) | TWO | a=running b=exited:0 | start:b#1
+        completed: stays (OnFailure) | onfailure:TWO | a=running b=exited:0 |
+        failed: restart (OnFailure) | onfailure:TWO | a=running b=exited:2 | start:b#1
+        failed: stays (Never) | never:TWO | a=running b=exited:2 |
+        all done (Never): succeeded, sandbox stopped | never:TWO | a=exited:0 b=exited:0 | killpod terminal:Succeeded
+        one failed (Never): failed | never:TWO | a=exited:0 b=exited:3 | killpod terminal:Failed
+        all succeeded (OnFailure): succeeded | onfailure:TWO | a=exited:0 b=exited:0 | killpod terminal:Succeeded
+        spec changed: kill and recreate | NEW_IMAGE | a=running~old | kill:a-0:SpecChanged start:a#1
+        liveness failed: kill and restart | PROBED | a=running probe:a-0:startup+,live- | kill:a-0:LivenessFailed start:a#1
+        liveness failed under Never: kill only | never:PROBED | a=running probe:a-0:live- | kill:a-0:LivenessFailed
+        startup failed: kill and restart | PROBED | a=running probe:a-0:startup- | kill:a-0:StartupFailed start:a#1
+        startup passed: nothing | PROBED | a=running probe:a-0:startup+ |
+        created but never started: replace | TWO | a=created b=running | kill:a-0:NeverStarted start:a#1
+        sandbox died: new sandbox, containers again | TWO | -sandbox a=exited:137 b=exited:137 | killpod sandbox:1 start:a#1 start:b#1
+        sandbox died under Never: failed | never:TWO | -sandbox a=exited:137 b=exited:0 | terminal:Failed
+    ";
+
+    fn spec_named(name: &str) -> String {
+        let (policy, name) = match name.split_once(':') {
+            Some(("never", n)) => ("  restartPolicy: Never\n", n),
+            Some(("onfailure", n)) => ("  restartPolicy: OnFailure\n", n),
+            _ => ("", name),
+        };
+        let spec = match name {
+            "TWO" => TWO,
+            "INIT" => INIT,
+            "SIDECAR" => SIDECAR,
+            "PROBED" => {
+                "  containers:\n  - {name: a, image: i, livenessProbe: {exec: {command: [x]}}, startupProbe: {exec: {command: [x]}}}\n"
+            }
+            "NEW_IMAGE" => "  containers:\n  - {name: a, image: new}\n",
+            other => panic!("no spec {other}"),
+        };
+        format!("{policy}{spec}")
+    }
+
+    #[test]
+    fn transitions() {
+        for row in TRANSITIONS.lines().filter(|l| !l.trim().is_empty()) {
+            let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+            let [case, spec, observed, expected] = cols[..] else {
+                panic!("bad row {row:?}");
+            };
+            let p = pod(&spec_named(spec));
+            let (observed, probes) = observe(&p, observed);
             let mut backoff = Backoff::default();
             let a = compute_actions(&p, &observed, &probes, Instant::now(), &mut backoff);
-            assert_eq!(
-                a.create_sandbox, c.create_sandbox,
-                "{}: create_sandbox",
-                c.name
-            );
-            assert_eq!(a.kill_pod, c.kill_pod, "{}: kill_pod", c.name);
-            assert_eq!(kills(&a), c.kill, "{}: kill", c.name);
-            assert_eq!(starts(&a), c.start, "{}: start", c.name);
-            assert_eq!(a.terminal, c.terminal, "{}: terminal", c.name);
+            assert_eq!(describe(&a), expected, "{case}");
         }
     }
 

@@ -12,6 +12,7 @@ pub mod image;
 pub mod netns;
 pub mod proxy_state;
 pub mod registry;
+pub mod sweep;
 pub mod topology;
 
 pub use containerd::ContainerdFixture;

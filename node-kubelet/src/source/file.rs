@@ -18,7 +18,8 @@ use crate::manifest::{self, ManifestIssue};
 /// Settings of a [`FileSource`].
 #[derive(Debug, Clone)]
 pub struct FileSourceConfig {
-    /// The node name, part of the static pods' UIDs (as the kubelet hashes `host:<node>`).
+    /// The node name, part of the static pods' UIDs (as the kubelet hashes `host:<node>`) and of
+    /// their names (`<name>-<node>`, as the kubelet names static pods); empty: no suffix.
     pub node_name: String,
     /// How long to wait after a change notification before rescanning, so an editor's burst of
     /// writes is read once.
@@ -52,7 +53,9 @@ pub struct Diagnostics {
 /// each may hold any number of YAML documents. Only `kind: Pod` with `apiVersion: v1` is taken;
 /// other kinds (Services beside the pods) are skipped with a debug log. A pod without UID gets
 /// one derived from its content, the node name and its file path (stable across restarts), and
-/// namespace `default` when it names none.
+/// namespace `default` when it names none; with a node name, pods are named `<name>-<node>` and
+/// carry the `kubernetes.io/config.source` and `kubernetes.io/config.hash` annotations, as the
+/// kubelet's static pods do.
 ///
 /// A broken file is reported (one [`SourceError::InvalidManifest`] per bad document, naming the
 /// file, document index and field) and keeps the pods it had before; other files are unaffected.
@@ -405,10 +408,11 @@ mod tests {
         std::fs::write(dir.path().join("b.yml"), pod_yaml("b", "img:1")).unwrap();
         std::fs::write(dir.path().join(".hidden.yaml"), pod_yaml("h", "img:1")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+        // static pods are named <name>-<node>, as kubelet names them
         let mut s = DirState::new(dir.path().to_path_buf(), "n".into());
         assert_eq!(
             names(&s.snapshot()),
-            ["init", "init-apply a", "init-apply b", "init-done"]
+            ["init", "init-apply a-n", "init-apply b-n", "init-done"]
         );
         assert!(s.rescan().is_empty(), "nothing changed");
 
@@ -423,21 +427,21 @@ mod tests {
         assert!(s.rescan().is_empty(), "a broken file is reported once");
         assert_eq!(s.current.len(), 2, "the broken file keeps its pod");
 
-        let uid_before = s.current[&("default".to_string(), "a".to_string())]
+        let uid_before = s.current[&("default".to_string(), "a-n".to_string())]
             .metadata
             .uid
             .clone();
         std::fs::write(dir.path().join("a.yaml"), pod_yaml("a", "img:2")).unwrap();
-        assert_eq!(names(&s.rescan()), ["delete a", "apply a"]);
+        assert_eq!(names(&s.rescan()), ["delete a-n", "apply a-n"]);
         assert_ne!(
-            s.current[&("default".to_string(), "a".to_string())]
+            s.current[&("default".to_string(), "a-n".to_string())]
                 .metadata
                 .uid,
             uid_before
         );
 
         std::fs::remove_file(dir.path().join("b.yml")).unwrap();
-        assert_eq!(names(&s.rescan()), ["delete b"]);
+        assert_eq!(names(&s.rescan()), ["delete b-n"]);
     }
 
     #[test]
@@ -449,10 +453,10 @@ mod tests {
         let ev = names(&s.snapshot());
         assert!(
             ev[0].starts_with("error ")
-                && ev[0].contains("2.yaml#0: metadata.name: duplicate pod default/web"),
+                && ev[0].contains("2.yaml#0: metadata.name: duplicate pod default/web-n"),
             "{ev:?}"
         );
-        let web = &s.current[&("default".to_string(), "web".to_string())];
+        let web = &s.current[&("default".to_string(), "web-n".to_string())];
         assert_eq!(
             web.spec.as_ref().unwrap().containers[0].image.as_deref(),
             Some("img:1")

@@ -1,0 +1,406 @@
+//! Test helpers shared by the kubelet's integration tests.
+
+#![allow(dead_code)] // each test file uses some of them
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
+use node_core::{
+    ContainerEventStream, PodRef, RuntimeBackend, RuntimeError, StatusError, StatusSink, cri,
+};
+use node_kubelet::{CancellationToken, JsonStatusSink, Kubelet, labels};
+use tokio::sync::mpsc;
+
+/// A pod manifest: `name`, its grace period, and its containers (YAML list items).
+pub fn pod_yaml(name: &str, grace_seconds: u32, containers: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  \
+         terminationGracePeriodSeconds: {grace_seconds}\n  containers:\n{containers}"
+    )
+}
+
+/// A pod with an init container and two containers with exec, httpGet and tcpSocket probes
+/// (`IMG`: the busybox test image with `/var/www/index.html`).
+pub const WEB_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: init
+    image: IMG
+    command: [sh, -c, "echo init ran"]
+  containers:
+  - name: server
+    image: IMG
+    command: [httpd, -f, -p, "8080", -h, /var/www]
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: helper
+    image: IMG
+    command: [sh, -c, "touch /tmp/ready; exec sleep 1000000"]
+    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
+"#;
+
+/// Adjusts a sandbox config on its way to the runtime.
+pub type SandboxHook = Arc<dyn Fn(&mut cri::PodSandboxConfig) + Send + Sync>;
+/// The container events a test feeds, taken by the first subscription.
+pub type EventFeed = Arc<Mutex<Option<mpsc::UnboundedReceiver<cri::ContainerEventResponse>>>>;
+
+/// A runtime in front of another: every call goes through, sandbox requests may be adjusted
+/// (`adjust_sandbox`, e.g. a test's cgroup parent) and container events come from a channel the
+/// test feeds (`events`; `None`: the inner runtime's events).
+#[derive(Clone)]
+pub struct Hooked {
+    pub inner: Arc<dyn RuntimeBackend>,
+    pub adjust_sandbox: Option<SandboxHook>,
+    pub events: Option<EventFeed>,
+    pub subscriptions: Arc<Mutex<usize>>,
+}
+
+impl Hooked {
+    pub fn new(inner: Arc<dyn RuntimeBackend>) -> Self {
+        Self {
+            inner,
+            adjust_sandbox: None,
+            events: None,
+            subscriptions: Arc::default(),
+        }
+    }
+
+    /// Send the events pushed into the returned sender (one subscription).
+    pub fn with_events(mut self) -> (Self, mpsc::UnboundedSender<cri::ContainerEventResponse>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events = Some(Arc::new(Mutex::new(Some(rx))));
+        (self, tx)
+    }
+
+    /// Adjust every sandbox config before it reaches the runtime.
+    pub fn adjusting_sandboxes(
+        mut self,
+        f: impl Fn(&mut cri::PodSandboxConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.adjust_sandbox = Some(Arc::new(f));
+        self
+    }
+}
+
+#[async_trait]
+impl RuntimeBackend for Hooked {
+    async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
+        self.inner.version().await
+    }
+    async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
+        self.inner.status(verbose).await
+    }
+    async fn run_pod_sandbox(
+        &self,
+        mut req: cri::RunPodSandboxRequest,
+    ) -> Result<String, RuntimeError> {
+        if let (Some(f), Some(config)) = (&self.adjust_sandbox, req.config.as_mut()) {
+            f(config);
+        }
+        self.inner.run_pod_sandbox(req).await
+    }
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.stop_pod_sandbox(id).await
+    }
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.remove_pod_sandbox(id).await
+    }
+    async fn pod_sandbox_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
+        self.inner.pod_sandbox_status(id, verbose).await
+    }
+    async fn list_pod_sandbox(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        self.inner.list_pod_sandbox(filter).await
+    }
+    async fn create_container(
+        &self,
+        mut req: cri::CreateContainerRequest,
+    ) -> Result<String, RuntimeError> {
+        if let (Some(f), Some(config)) = (&self.adjust_sandbox, req.sandbox_config.as_mut()) {
+            f(config);
+        }
+        self.inner.create_container(req).await
+    }
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.start_container(id).await
+    }
+    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        self.inner.stop_container(id, timeout).await
+    }
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.remove_container(id).await
+    }
+    async fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
+        self.inner.container_status(id, verbose).await
+    }
+    async fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>, RuntimeError> {
+        self.inner.list_containers(filter).await
+    }
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
+        self.inner.exec_sync(id, cmd, timeout).await
+    }
+    async fn get_container_events(&self) -> Result<ContainerEventStream, RuntimeError> {
+        *self.subscriptions.lock().unwrap() += 1;
+        let Some(events) = &self.events else {
+            return self.inner.get_container_events().await;
+        };
+        let rx = events
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| RuntimeError::Unavailable("already subscribed".into()))?;
+        Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(Ok)
+            .boxed())
+    }
+}
+
+/// One status write: when, which pod, the status (`None`: the pod was reported deleted).
+pub type Written = (SystemTime, PodRef, Option<PodStatus>);
+
+/// Every status the kubelet wrote (with when), in front of the JSON file sink.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<JsonStatusSink>,
+    log: Arc<Mutex<Vec<Written>>>,
+}
+
+impl Recorder {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            inner: Arc::new(JsonStatusSink::new(dir).unwrap()),
+            log: Arc::default(),
+        }
+    }
+
+    /// The latest status of the pod named `name` (any UID), with its reference.
+    pub fn latest(&self, name: &str) -> Option<(PodRef, PodStatus)> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .rev()
+            .find(|(_, p, _)| p.name == name)
+            .and_then(|(_, p, s)| s.clone().map(|s| (p.clone(), s)))
+    }
+
+    /// Whether the pod with this UID was reported deleted.
+    pub fn deleted(&self, uid: &str) -> bool {
+        let log = self.log.lock().unwrap();
+        log.iter().any(|(_, p, s)| p.uid == uid && s.is_none())
+    }
+
+    pub fn history(&self) -> Vec<Written> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl StatusSink for Recorder {
+    async fn pod_status(&self, pod: &PodRef, status: &PodStatus) -> Result<(), StatusError> {
+        self.inner.pod_status(pod, status).await?;
+        self.log
+            .lock()
+            .unwrap()
+            .push((SystemTime::now(), pod.clone(), Some(status.clone())));
+        Ok(())
+    }
+    async fn pod_deleted(&self, pod: &PodRef) -> Result<(), StatusError> {
+        self.inner.pod_deleted(pod).await?;
+        self.log
+            .lock()
+            .unwrap()
+            .push((SystemTime::now(), pod.clone(), None));
+        Ok(())
+    }
+    async fn node_status(&self, node: &Node) -> Result<(), StatusError> {
+        self.inner.node_status(node).await
+    }
+}
+
+pub fn condition(s: &PodStatus, kind: &str) -> Option<String> {
+    s.conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+}
+
+/// Whether a container of the pod has started.
+pub fn any_started(s: &PodStatus) -> bool {
+    s.container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.started == Some(true))
+}
+
+pub fn is_ready(s: &PodStatus) -> bool {
+    condition(s, "Ready").as_deref() == Some("True")
+}
+
+pub fn container<'a>(s: &'a PodStatus, name: &str) -> &'a ContainerStatus {
+    s.container_statuses
+        .iter()
+        .flatten()
+        .chain(s.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no status of container {name}: {s:#?}"))
+}
+
+/// A kubelet running on a task of the current runtime.
+pub struct Running {
+    pub rt: Arc<dyn RuntimeBackend>,
+    pub recorder: Recorder,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), node_kubelet::KubeletError>>,
+    pub started: Instant,
+}
+
+impl Running {
+    pub fn start(kubelet: Kubelet, rt: Arc<dyn RuntimeBackend>, recorder: Recorder) -> Self {
+        let token = CancellationToken::new();
+        let task = tokio::spawn(kubelet.run(token.clone()));
+        Self {
+            rt,
+            recorder,
+            token,
+            task,
+            started: Instant::now(),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.token.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the kubelet stops within 30 s");
+        r.unwrap().unwrap();
+    }
+
+    /// Wait until the latest status of pod `name` satisfies `f`.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        name: &str,
+        timeout: Duration,
+        f: impl Fn(&PodStatus) -> bool,
+    ) -> (PodRef, PodStatus) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((p, s)) = self.recorder.latest(name)
+                && f(&s)
+            {
+                return (p, s);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last status: {:#?}",
+                self.recorder.latest(name)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the pod with this UID was reported deleted.
+    pub async fn wait_deleted(&self, what: &str, uid: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.recorder.deleted(uid) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not deleted within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The pod's containers in the runtime: id -> (name, attempt, state, started_at, finished_at).
+    pub async fn containers_of(&self, uid: &str) -> BTreeMap<String, Instance> {
+        let filter = cri::ContainerFilter {
+            label_selector: HashMap::from([(labels::POD_UID.to_string(), uid.to_string())]),
+            ..Default::default()
+        };
+        let mut out = BTreeMap::new();
+        for c in self.rt.list_containers(Some(filter)).await.unwrap() {
+            let Ok(st) = self.rt.container_status(&c.id, false).await else {
+                continue;
+            };
+            let st = st.status.unwrap_or_default();
+            out.insert(
+                c.id.clone(),
+                Instance {
+                    name: c
+                        .labels
+                        .get(labels::CONTAINER_NAME)
+                        .cloned()
+                        .unwrap_or_default(),
+                    attempt: c.metadata.map(|m| m.attempt).unwrap_or(0),
+                    state: st.state,
+                    started_at: st.started_at,
+                    finished_at: st.finished_at,
+                },
+            );
+        }
+        out
+    }
+
+    pub async fn sandboxes_of(&self, uid: &str) -> usize {
+        let filter = cri::PodSandboxFilter {
+            label_selector: HashMap::from([(labels::POD_UID.to_string(), uid.to_string())]),
+            ..Default::default()
+        };
+        self.rt.list_pod_sandbox(Some(filter)).await.unwrap().len()
+    }
+
+    /// When the kubelet first published a status showing container `id` terminated.
+    pub fn exit_noticed(&self, id: &str) -> Option<SystemTime> {
+        self.recorder.history().into_iter().find_map(|(t, _, s)| {
+            let s = s?;
+            let shows = s.container_statuses.iter().flatten().any(|c| {
+                let ended = |st: &Option<k8s_openapi::api::core::v1::ContainerState>| {
+                    st.as_ref()
+                        .and_then(|st| st.terminated.as_ref())
+                        .is_some_and(|t| t.container_id.as_deref().is_some_and(|c| c.ends_with(id)))
+                };
+                ended(&c.state) || ended(&c.last_state)
+            });
+            shows.then_some(t)
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub name: String,
+    pub attempt: u32,
+    pub state: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+}
