@@ -309,6 +309,41 @@ fn plugin_dir(v: &Volume) -> Option<&'static str> {
     })
 }
 
+/// A configMap or secret a volume (or a projection) draws keys from.
+#[derive(Clone, Copy)]
+enum KeyedKind {
+    ConfigMap,
+    Secret,
+}
+
+impl KeyedKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "configmap",
+            Self::Secret => "secret",
+        }
+    }
+}
+
+struct KeyedSource<'a> {
+    kind: KeyedKind,
+    name: &'a str,
+    items: Option<&'a [KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+}
+
+/// Where the tokens of `serviceAccountToken` projections come from (already requested: see
+/// [`ServiceAccountTokens`](crate::node::tokens::ServiceAccountTokens)).
+pub trait TokenSource: Send + Sync {
+    /// The token for this pod and projection, `None` when not (yet) obtained.
+    fn token(
+        &self,
+        pod: &Pod,
+        projection: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    ) -> Option<String>;
+}
+
 impl VolumeManager {
     /// A manager over a store of configMaps and secrets.
     pub fn new(config: VolumeConfig, store: Arc<dyn ObjectStore>) -> Self {
@@ -323,6 +358,15 @@ impl VolumeManager {
     /// Sets up (or updates: configMap/secret/downwardAPI contents are rewritten atomically when
     /// they changed) every volume of the pod. Returns the host path of each.
     pub fn setup_pod(&self, pod: &Pod) -> Result<PodVolumes, VolumeError> {
+        self.setup_pod_with(pod, None)
+    }
+
+    /// As [`setup_pod`](Self::setup_pod), with the tokens of `serviceAccountToken` projections.
+    pub fn setup_pod_with(
+        &self,
+        pod: &Pod,
+        tokens: Option<&dyn TokenSource>,
+    ) -> Result<PodVolumes, VolumeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or("");
         if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
             return Err(spec_err(
@@ -334,7 +378,7 @@ impl VolumeManager {
         let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
         for (i, v) in volumes.into_iter().flatten().enumerate() {
             let field = format!("spec.volumes[{i}]");
-            let mounted = self.setup_volume(pod, uid, v, &field)?;
+            let mounted = self.setup_volume(pod, uid, v, &field, tokens)?;
             out.insert(v.name.clone(), mounted);
         }
         Ok(out)
@@ -346,6 +390,7 @@ impl VolumeManager {
         uid: &str,
         v: &Volume,
         field: &str,
+        tokens: Option<&dyn TokenSource>,
     ) -> Result<MountedVolume, VolumeError> {
         if let Some(hp) = &v.host_path {
             return check_host_path(&v.name, hp).map(|p| MountedVolume {
@@ -396,26 +441,23 @@ impl VolumeManager {
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let (payload, tmpfs) = if let Some(cm) = &v.config_map {
-            let p = self.config_map_payload(
-                &v.name,
-                namespace,
-                &cm.name,
-                cm.items.as_deref(),
-                cm.default_mode,
-                cm.optional,
-            )?;
-            (p, false)
+            let src = KeyedSource {
+                kind: KeyedKind::ConfigMap,
+                name: &cm.name,
+                items: cm.items.as_deref(),
+                default_mode: cm.default_mode,
+                optional: cm.optional,
+            };
+            (self.keyed_payload(&v.name, namespace, src)?, false)
         } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let p = self.secret_payload(
-                &v.name,
-                namespace,
-                &name,
-                s.items.as_deref(),
-                s.default_mode,
-                s.optional,
-            )?;
-            (p, true)
+            let src = KeyedSource {
+                kind: KeyedKind::Secret,
+                name: s.secret_name.as_deref().unwrap_or(""),
+                items: s.items.as_deref(),
+                default_mode: s.default_mode,
+                optional: s.optional,
+            };
+            (self.keyed_payload(&v.name, namespace, src)?, true)
         } else if let Some(d) = &v.downward_api {
             let mode = d.default_mode.map(|m| m as u32).unwrap_or(DEFAULT_MODE);
             let p = self.downward_payload(
@@ -427,48 +469,61 @@ impl VolumeManager {
             (p, false)
         } else {
             let proj = v.projected.as_ref().expect("plugin_dir said projected");
-            let mode = proj.default_mode.map(|m| m as u32);
+            let mode = proj.default_mode;
             let mut payload = BTreeMap::new();
             for (j, src) in proj.sources.iter().flatten().enumerate() {
                 let f = format!("{field}.projected.sources[{j}]");
                 let part = if let Some(cm) = &src.config_map {
-                    self.config_map_payload(
-                        &v.name,
-                        namespace,
-                        &cm.name,
-                        cm.items.as_deref(),
-                        mode.map(|m| m as i32),
-                        cm.optional,
-                    )?
+                    let src = KeyedSource {
+                        kind: KeyedKind::ConfigMap,
+                        name: &cm.name,
+                        items: cm.items.as_deref(),
+                        default_mode: mode,
+                        optional: cm.optional,
+                    };
+                    self.keyed_payload(&v.name, namespace, src)?
                 } else if let Some(s) = &src.secret {
-                    self.secret_payload(
-                        &v.name,
-                        namespace,
-                        &s.name,
-                        s.items.as_deref(),
-                        mode.map(|m| m as i32),
-                        s.optional,
-                    )?
+                    let src = KeyedSource {
+                        kind: KeyedKind::Secret,
+                        name: &s.name,
+                        items: s.items.as_deref(),
+                        default_mode: mode,
+                        optional: s.optional,
+                    };
+                    self.keyed_payload(&v.name, namespace, src)?
                 } else if let Some(d) = &src.downward_api {
                     self.downward_payload(
                         pod,
                         d.items.as_deref().unwrap_or(&[]),
-                        mode.unwrap_or(DEFAULT_MODE),
+                        mode.map(|m| m as u32).unwrap_or(DEFAULT_MODE),
                         &format!("{f}.downwardAPI"),
                     )?
-                } else if src.service_account_token.is_some() {
-                    return Err(spec_err(
-                        format!("{f}.serviceAccountToken"),
-                        "service account tokens need an API server token source, not configured",
-                    ));
+                } else if let Some(sat) = &src.service_account_token {
+                    let token = tokens.and_then(|t| t.token(pod, sat)).ok_or_else(|| {
+                        spec_err(
+                            format!("{f}.serviceAccountToken"),
+                            "no token: service account tokens need an API server (NodeManager::api)",
+                        )
+                    })?;
+                    BTreeMap::from([(
+                        sat.path.clone(),
+                        FileProjection {
+                            data: token.into_bytes(),
+                            mode: mode.map(|m| m as u32).unwrap_or(0o600),
+                        },
+                    )])
                 } else {
                     return Err(spec_err(f, "no supported projection"));
                 };
                 payload.extend(part);
             }
-            // secrets in a projected volume keep it in memory
-            let has_secret = proj.sources.iter().flatten().any(|s| s.secret.is_some());
-            (payload, has_secret)
+            // secrets and tokens in a projected volume keep it in memory
+            let in_memory = proj
+                .sources
+                .iter()
+                .flatten()
+                .any(|s| s.secret.is_some() || s.service_account_token.is_some());
+            (payload, in_memory)
         };
         if tmpfs {
             mount_tmpfs(&dir, None)?;
@@ -481,72 +536,49 @@ impl VolumeManager {
         })
     }
 
-    fn config_map_payload(
+    fn keyed_payload(
         &self,
         volume: &str,
         namespace: &str,
-        name: &str,
-        items: Option<&[KeyToPath]>,
-        default_mode: Option<i32>,
-        optional: Option<bool>,
+        src: KeyedSource<'_>,
     ) -> Result<BTreeMap<String, FileProjection>, VolumeError> {
-        let Some(cm) = self.store.config_map(namespace, name) else {
-            if optional == Some(true) {
+        let kind = src.kind.as_str();
+        let data: Option<BTreeMap<String, Vec<u8>>> = match src.kind {
+            KeyedKind::ConfigMap => self.store.config_map(namespace, src.name).map(|cm| {
+                let text = cm
+                    .data
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.into_bytes()));
+                let binary = cm.binary_data.into_iter().flatten().map(|(k, v)| (k, v.0));
+                text.chain(binary).collect()
+            }),
+            KeyedKind::Secret => self.store.secret(namespace, src.name).map(|s| {
+                let data = s.data.into_iter().flatten().map(|(k, v)| (k, v.0));
+                let text = s.string_data.into_iter().flatten();
+                data.chain(text.map(|(k, v)| (k, v.into_bytes()))).collect()
+            }),
+        };
+        let Some(data) = data else {
+            if src.optional == Some(true) {
                 return Ok(BTreeMap::new());
             }
             return Err(VolumeError::NotFound {
                 volume: volume.into(),
-                kind: "configmap",
+                kind,
                 namespace: namespace.into(),
-                name: name.into(),
+                name: src.name.into(),
             });
         };
-        let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in cm.data.iter().flatten() {
-            data.insert(k.clone(), v.clone().into_bytes());
-        }
-        for (k, v) in cm.binary_data.iter().flatten() {
-            data.insert(k.clone(), v.0.clone());
-        }
         project(
             volume,
-            "configmap",
-            name,
+            kind,
+            src.name,
             &data,
-            items,
-            default_mode,
-            optional,
+            src.items,
+            src.default_mode,
+            src.optional,
         )
-    }
-
-    fn secret_payload(
-        &self,
-        volume: &str,
-        namespace: &str,
-        name: &str,
-        items: Option<&[KeyToPath]>,
-        default_mode: Option<i32>,
-        optional: Option<bool>,
-    ) -> Result<BTreeMap<String, FileProjection>, VolumeError> {
-        let Some(s) = self.store.secret(namespace, name) else {
-            if optional == Some(true) {
-                return Ok(BTreeMap::new());
-            }
-            return Err(VolumeError::NotFound {
-                volume: volume.into(),
-                kind: "secret",
-                namespace: namespace.into(),
-                name: name.into(),
-            });
-        };
-        let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in s.data.iter().flatten() {
-            data.insert(k.clone(), v.0.clone());
-        }
-        for (k, v) in s.string_data.iter().flatten() {
-            data.insert(k.clone(), v.clone().into_bytes());
-        }
-        project(volume, "secret", name, &data, items, default_mode, optional)
     }
 
     fn downward_payload(
@@ -658,6 +690,17 @@ impl VolumeManager {
             });
         }
         Ok(out)
+    }
+
+    /// The CRI mounts of a container of `pod`, as [`container_mounts`](Self::container_mounts).
+    pub fn container_mounts_for(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        volumes: &PodVolumes,
+    ) -> Result<Vec<cri::Mount>, VolumeError> {
+        let _ = pod;
+        self.container_mounts(container, volumes)
     }
 
     /// Removes every volume of the pod: unmounts what is mounted under its volume directory
