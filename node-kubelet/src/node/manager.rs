@@ -394,7 +394,7 @@ impl NodeHooks for NodeManager {
         container: &Container,
     ) -> Result<Vec<cri::Mount>, NodeHookError> {
         self.volumes
-            .container_mounts_for(pod, container, &setup.volumes)
+            .container_mounts(pod, container, &setup.volumes)
             .map_err(|e| hook_err(pod, "mounts")(e.into()))
     }
 

@@ -38,7 +38,7 @@
 //! );
 //! let vols = vm.setup_pod(pod)?;
 //! for c in &pod.spec.as_ref().unwrap().containers {
-//!     let mounts = vm.container_mounts(c, &vols)?;
+//!     let mounts = vm.container_mounts(pod, c, &vols)?;
 //!     # let _ = (mounts, &cgroup_parent);
 //! }
 //! # Ok(()) }

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 use node_core::cri;
 
 use self::atomic_writer::{FileProjection, write_atomic};
-use self::subpath::resolve_subpath;
+use self::subpath::bind_subpath;
 use super::quantity;
 
 /// An error of volume setup or teardown.
@@ -352,7 +352,7 @@ impl VolumeManager {
 
     /// The directory of a pod's volumes.
     pub fn pod_volumes_dir(&self, uid: &str) -> PathBuf {
-        self.config.root_dir.join("pods").join(uid).join("volumes")
+        self.pod_dir(uid).join("volumes")
     }
 
     /// Sets up (or updates: configMap/secret/downwardAPI contents are rewritten atomically when
@@ -367,13 +367,7 @@ impl VolumeManager {
         pod: &Pod,
         tokens: Option<&dyn TokenSource>,
     ) -> Result<PodVolumes, VolumeError> {
-        let uid = pod.metadata.uid.as_deref().unwrap_or("");
-        if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
-            return Err(spec_err(
-                "metadata.uid".into(),
-                "missing or not a plain name",
-            ));
-        }
+        let uid = pod_uid(pod)?;
         let mut out = PodVolumes::new();
         let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
         for (i, v) in volumes.into_iter().flatten().enumerate() {
@@ -658,13 +652,18 @@ impl VolumeManager {
         Ok(((value_milli + divisor_milli - 1) / divisor_milli).to_string())
     }
 
-    /// The CRI mounts of a container: its volumeMounts resolved to host paths (subPath checked
-    /// and created inside the volume), read-only when the mount or the volume says so.
+    /// The CRI mounts of a container of `pod`: its volumeMounts resolved to host paths,
+    /// read-only when the mount or the volume says so. A subPath is opened beneath its volume
+    /// (created when missing) and bind-mounted onto
+    /// `<root>/pods/<uid>/volume-subpaths/<volume>/<container>/<index>`, which the runtime is
+    /// given: a symlink swapped in later cannot redirect it.
     pub fn container_mounts(
         &self,
+        pod: &Pod,
         container: &Container,
         volumes: &PodVolumes,
     ) -> Result<Vec<cri::Mount>, VolumeError> {
+        let uid = pod_uid(pod)?;
         let mut out = Vec::new();
         for (i, m) in container.volume_mounts.iter().flatten().enumerate() {
             let field = format!("containers[{}].volumeMounts[{i}]", container.name);
@@ -674,7 +673,16 @@ impl VolumeManager {
             let sub = m.sub_path.as_deref().filter(|s| !s.is_empty());
             let host_path = match sub {
                 None => v.host_path.clone(),
-                Some(s) => resolve_subpath(&v.host_path, s)?,
+                Some(s) => {
+                    let target = self
+                        .pod_dir(uid)
+                        .join(SUBPATHS_DIR)
+                        .join(&m.name)
+                        .join(&container.name)
+                        .join(i.to_string());
+                    bind_subpath(&v.host_path, s, &target)?;
+                    target
+                }
             };
             let propagation = match m.mount_propagation.as_deref() {
                 Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer,
@@ -692,17 +700,6 @@ impl VolumeManager {
         Ok(out)
     }
 
-    /// The CRI mounts of a container of `pod`, as [`container_mounts`](Self::container_mounts).
-    pub fn container_mounts_for(
-        &self,
-        pod: &Pod,
-        container: &Container,
-        volumes: &PodVolumes,
-    ) -> Result<Vec<cri::Mount>, VolumeError> {
-        let _ = pod;
-        self.container_mounts(container, volumes)
-    }
-
     /// Removes every volume of the pod: unmounts what is mounted under its volume directory
     /// (tmpfs, and anything else found there), then removes the directories. hostPath volumes
     /// are never touched.
@@ -713,34 +710,58 @@ impl VolumeManager {
                 "missing or not a plain name",
             ));
         }
-        let dir = self.pod_volumes_dir(uid);
-        if !dir.exists() {
-            return Ok(());
-        }
-        // mountinfo names canonical paths: a root dir behind a symlink must not hide a mount
-        let dir = dir.canonicalize().map_err(io(&dir))?;
-        for m in mounts_under(&dir) {
-            nix::mount::umount2(&m, nix::mount::MntFlags::empty()).map_err(|source| {
-                VolumeError::Mount {
-                    op: "unmount",
-                    path: m.clone(),
-                    source,
-                }
-            })?;
-        }
-        // refuse to recurse into anything still mounted (a bind mount would delete host files)
-        if let Some(m) = mounts_under(&dir).into_iter().next() {
-            return Err(VolumeError::Mount {
-                op: "unmount",
-                path: m,
-                source: nix::Error::EBUSY,
-            });
-        }
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        let pod_dir = self.config.root_dir.join("pods").join(uid);
+        let pod_dir = self.pod_dir(uid);
+        // subPath binds first: they pin directories of the volumes
+        unmount_and_remove(&pod_dir.join(SUBPATHS_DIR))?;
+        unmount_and_remove(&pod_dir.join("volumes"))?;
         let _ = std::fs::remove_dir(&pod_dir);
         Ok(())
     }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.config.root_dir.join("pods").join(uid)
+    }
+}
+
+/// The directory of a pod's subPath bind mounts, beside its volumes.
+const SUBPATHS_DIR: &str = "volume-subpaths";
+
+fn pod_uid(pod: &Pod) -> Result<&str, VolumeError> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
+        return Err(spec_err(
+            "metadata.uid".into(),
+            "missing or not a plain name",
+        ));
+    }
+    Ok(uid)
+}
+
+/// Unmounts everything at or under `dir` (deepest first), then removes it; refuses to recurse
+/// into anything still mounted (a bind mount would delete host files).
+fn unmount_and_remove(dir: &Path) -> Result<(), VolumeError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    // mountinfo names canonical paths: a root dir behind a symlink must not hide a mount
+    let dir = dir.canonicalize().map_err(io(dir))?;
+    for m in mounts_under(&dir) {
+        nix::mount::umount2(&m, nix::mount::MntFlags::empty()).map_err(|source| {
+            VolumeError::Mount {
+                op: "unmount",
+                path: m.clone(),
+                source,
+            }
+        })?;
+    }
+    if let Some(m) = mounts_under(&dir).into_iter().next() {
+        return Err(VolumeError::Mount {
+            op: "unmount",
+            path: m,
+            source: nix::Error::EBUSY,
+        });
+    }
+    std::fs::remove_dir_all(&dir).map_err(io(&dir))
 }
 
 fn project(
