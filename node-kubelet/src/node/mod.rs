@@ -11,6 +11,7 @@
 //! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
 //! | pod volumes, the atomic writer and subPath | [`volumes`] |
 //! | graceful node shutdown by pod priority | [`shutdown`] |
+//! | the systemd-logind delay inhibitor that triggers it | [`logind`] |
 //! | the seam the pod workers call, and the [`PodControl`] the node stops pods with | [`hooks`] |
 //! | the real hooks: admission, cgroups, volumes, eviction and shutdown wired together | [`manager`] ([`NodeManager`]) |
 //! | mirror pods of static pods | [`mirror`] |
@@ -50,6 +51,7 @@ pub mod cgroups;
 pub mod eviction;
 pub mod hooks;
 pub mod http;
+pub mod logind;
 pub mod manager;
 pub mod mirror;
 pub mod qos;
