@@ -79,16 +79,18 @@ impl Drop for Bus {
 #[allow(missing_docs)]
 mod fake {
     use std::io::Read;
-    use std::os::fd::OwnedFd;
     use std::sync::{Arc, Mutex};
 
     use zbus::object_server::SignalEmitter;
+
+    /// One Inhibit call: what, who, why, mode.
+    pub type Inhibit = (String, String, String, String);
 
     /// logind's manager, as far as the inhibitor needs it. Each lock handed out is the write end
     /// of a pipe whose read end is kept: EOF there means every copy of the lock was closed.
     #[derive(Clone, Default)]
     pub struct FakeLogind {
-        pub inhibits: Arc<Mutex<Vec<(String, String, String, String)>>>,
+        pub inhibits: Arc<Mutex<Vec<Inhibit>>>,
         pub locks: Arc<Mutex<Vec<std::fs::File>>>,
     }
 
@@ -106,7 +108,7 @@ mod fake {
             let (r, w) =
                 nix::unistd::pipe().map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
             self.locks.lock().unwrap().push(std::fs::File::from(r));
-            Ok(OwnedFd::from(w).into())
+            Ok(w.into())
         }
 
         /// logind's maximum delay for a delay lock.
@@ -129,7 +131,7 @@ mod fake {
             let locks = self.locks.lock().unwrap();
             let f = locks.first().expect("a lock was taken");
             nix::fcntl::fcntl(
-                &*f,
+                f,
                 nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
             )
             .unwrap();

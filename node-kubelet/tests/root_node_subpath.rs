@@ -61,7 +61,7 @@ fn a_symlink_swap_cannot_make_a_subpath_escape() {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = std::fs::remove_file(vol.join("swap"));
                     let _ = std::fs::remove_dir(vol.join("swap"));
-                    if flips % 2 == 0 {
+                    if flips.is_multiple_of(2) {
                         let _ = std::os::unix::fs::symlink(&outside, vol.join("swap"));
                     } else {
                         let _ = std::os::unix::fs::symlink("real", vol.join("swap"));
