@@ -473,17 +473,26 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
                     ..Default::default()
                 });
                 c.eviction_interval = Duration::from_secs(3);
+                c.qos_update_interval = Duration::from_millis(500);
             },
             Arc::new(MemoryObjectStore::default()),
         );
         node.source.apply(sleeper(
             "burstable",
-            "requests: {memory: 16Mi}",
+            "requests: {cpu: 300m, memory: 16Mi}",
             "priority: 0",
         ));
         node.source
             .apply(sleeper("besteffort", "", "priority: 100"));
         node.wait_running(&["burstable", "besteffort"]).await;
+        // the Burstable class's shares follow its pods' CPU requests (300m: 307 shares)
+        let burstable = Path::new("/sys/fs/cgroup/cpu")
+            .join(g2.cgroup_root())
+            .join("burstable/cpu.shares");
+        until("burstable shares", Duration::from_secs(10), || async {
+            (read(&burstable) == "307").then_some(())
+        })
+        .await;
         let evicted = |n: &Node| -> Vec<&'static str> {
             ["besteffort", "burstable"]
                 .into_iter()

@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub eviction_interval: Duration,
     /// Graceful shutdown groups; empty: pods are left running on the trigger.
     pub shutdown: ShutdownConfig,
+    /// How often the QoS class cgroups are updated from the pods' requests (10 s).
+    pub qos_update_interval: Duration,
 }
 
 impl NodeConfig {
@@ -86,6 +88,7 @@ impl NodeConfig {
             eviction: None,
             eviction_interval: Duration::from_secs(10),
             shutdown: ShutdownConfig::default(),
+            qos_update_interval: Duration::from_secs(10),
         }
     }
 }
@@ -313,6 +316,23 @@ impl PodTerminator for Terminator {
 #[async_trait]
 impl NodeHooks for NodeManager {
     fn start(&self, control: PodControl, shutdown: CancellationToken) {
+        if let Some(cg) = self.cgroups.clone() {
+            // the Burstable class's CPU shares follow the sum of its pods' requests
+            let (control, token) = (control.clone(), shutdown.clone());
+            let every = self.config.qos_update_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = cg.update_qos_classes(&control.active_pods()) {
+                        tracing::warn!(error = %e, "cannot update the QoS class cgroups");
+                    }
+                }
+            });
+        }
         if let Some(config) = &self.config.eviction {
             let manager = EvictionManager::new(config.clone(), self.observer.clone());
             let evictor = Arc::new(Evictor {
