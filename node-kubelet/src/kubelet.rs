@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::BackoffConfig;
 use crate::cri_config::{CriSettings, HostDns, InMemoryStore, ValueStore};
 use crate::labels;
+use crate::node::hooks::{NoNodeHooks, NodeHooks, PodControl};
 use crate::source::{PodConfig, PodUpdate};
 use crate::state::PodStates;
 use crate::worker::{PodWorker, Shared, WorkerMsg};
@@ -86,6 +87,7 @@ pub struct KubeletBuilder {
     runtime: Option<(Arc<dyn RuntimeBackend>, Arc<dyn ImageBackend>)>,
     sink: Option<Arc<dyn StatusSink>>,
     store: Option<Arc<dyn ValueStore>>,
+    node: Option<Arc<dyn NodeHooks>>,
     config: KubeletConfig,
 }
 
@@ -122,6 +124,14 @@ impl KubeletBuilder {
         self
     }
 
+    /// The node's part: admission, pod cgroups, volumes, eviction, graceful shutdown
+    /// ([`NodeManager`](crate::node::NodeManager)); default: none of it ([`NoNodeHooks`]).
+    #[must_use]
+    pub fn node(mut self, node: Arc<dyn NodeHooks>) -> Self {
+        self.node = Some(node);
+        self
+    }
+
     /// The kubelet's settings.
     #[must_use]
     pub fn config(mut self, config: KubeletConfig) -> Self {
@@ -140,6 +150,7 @@ impl KubeletBuilder {
             images,
             sink,
             store: self.store.unwrap_or_else(|| Arc::new(InMemoryStore::new())),
+            node: self.node.unwrap_or_else(|| Arc::new(NoNodeHooks)),
             config: self.config,
             states: PodStates::new(),
         })
@@ -169,6 +180,7 @@ pub struct Kubelet {
     images: Arc<dyn ImageBackend>,
     sink: Arc<dyn StatusSink>,
     store: Arc<dyn ValueStore>,
+    node: Arc<dyn NodeHooks>,
     config: KubeletConfig,
     states: PodStates,
 }
@@ -188,6 +200,7 @@ impl Kubelet {
             runtime: None,
             sink: None,
             store: None,
+            node: None,
             config: KubeletConfig::default(),
         }
     }
@@ -238,6 +251,7 @@ impl Kubelet {
             images: self.images.clone(),
             sink: self.sink.clone(),
             store: self.store.clone(),
+            node: self.node.clone(),
             settings,
             runtime_name,
             host_ip: self.config.host_ip.map(|ip| ip.to_string()),
@@ -256,6 +270,8 @@ impl Kubelet {
         let mut sources_ready = false;
         let mut cleaning: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut last_relist: HashMap<String, String> = HashMap::new();
+        let (control, mut node_stops) = PodControl::new(self.states.clone());
+        self.node.start(control, shutdown.child_token());
         let mut relist = tokio::time::interval(self.config.relist_period);
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (event_tx, mut events) = mpsc::unbounded_channel();
@@ -310,6 +326,12 @@ impl Kubelet {
                         }
                         PodUpdate::SourcesReady => sources_ready = true,
                         PodUpdate::Error { .. } => {}
+                    }
+                }
+                Some(stop) = node_stops.recv() => {
+                    // eviction or node shutdown: the worker stops the pod and keeps it Failed
+                    if let Some(w) = workers.get(&stop.pod.uid).filter(|w| !w.terminating) {
+                        let _ = w.tx.send(WorkerMsg::Stop(stop));
                     }
                 }
                 _ = relist.tick() => {

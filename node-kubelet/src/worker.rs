@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::cri_config::{self, CriSettings, PodRuntimeInfo, ValueStore};
 use crate::labels;
+use crate::node::hooks::{NodeHooks, PodSetup, PodStop};
 use crate::probe::{Handler, ProbeWorkers, Target, run_handler};
 use crate::reconcile::{
     Actions, ContainerKind, KillReason, ObservedContainer, ObservedPod, ObservedSandbox, RunState,
@@ -29,6 +30,7 @@ pub(crate) struct Shared {
     pub images: Arc<dyn ImageBackend>,
     pub sink: Arc<dyn StatusSink>,
     pub store: Arc<dyn ValueStore>,
+    pub node: Arc<dyn NodeHooks>,
     pub settings: CriSettings,
     pub runtime_name: String,
     pub host_ip: Option<String>,
@@ -47,6 +49,8 @@ pub(crate) enum WorkerMsg {
     Sync,
     /// The pod was deleted from its source: terminate it and end.
     Terminate,
+    /// The node stops the pod (eviction, shutdown): stop it and keep it Failed.
+    Stop(PodStop),
 }
 
 pub(crate) struct PodWorker {
@@ -68,6 +72,10 @@ pub(crate) struct PodWorker {
     extra_wake: Option<Duration>,
     /// Whether the first observation (adoption) is done.
     adopted: bool,
+    /// The pod's cgroup and volumes, from the node hooks.
+    setup: PodSetup,
+    /// Rejected at admission or stopped by the node: (reason, message) of its Failed status.
+    ended: Option<(String, String)>,
 }
 
 fn grace_period(pod: &Pod) -> Duration {
@@ -92,6 +100,7 @@ fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
 
 impl PodWorker {
     pub(crate) fn new(shared: Arc<Shared>, pod: Pod) -> Self {
+        let ended = admit(&shared, &pod);
         shared.states.set_pod(&pod);
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         Self {
@@ -110,6 +119,8 @@ impl PodWorker {
             start_time: None,
             extra_wake: None,
             adopted: false,
+            setup: PodSetup::default(),
+            ended,
         }
     }
 
@@ -134,6 +145,7 @@ impl PodWorker {
                         self.terminate().await;
                         return;
                     }
+                    Some(WorkerMsg::Stop(stop)) => self.stop_for_node(stop).await,
                 },
                 Some(()) = self.probe_wake.recv() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -281,7 +293,7 @@ impl PodWorker {
             self.start_time = Some(now_time());
         }
         self.extra_wake = None;
-        let mut may_act = true;
+        let mut may_act = self.prepare_node().await;
         for round in 0..4 {
             let observed = match self.observe().await {
                 Ok(o) => o,
@@ -346,7 +358,7 @@ impl PodWorker {
         for (k, v) in &self.errors {
             waiting.insert(k.clone(), v.clone());
         }
-        let status = pod_status(&StatusInput {
+        let mut status = pod_status(&StatusInput {
             pod: &self.pod,
             observed,
             probes: &probes,
@@ -358,6 +370,11 @@ impl PodWorker {
             previous: self.last_status.as_ref(),
             now: now_time(),
         });
+        if let Some((reason, message)) = &self.ended {
+            status.phase = Some("Failed".into());
+            status.reason = Some(reason.clone());
+            status.message = Some(message.clone());
+        }
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
@@ -416,7 +433,7 @@ impl PodWorker {
         let mut sandbox_config = None;
         if let Some(attempt) = actions.create_sandbox {
             acted = true;
-            let config = cri_config::sandbox_config(&self.pod, &self.shared.settings, attempt);
+            let config = self.sandbox_config(attempt);
             let handler = self
                 .pod
                 .spec
@@ -473,11 +490,7 @@ impl PodWorker {
             return acted;
         };
         let sandbox_config = sandbox_config.unwrap_or_else(|| {
-            cri_config::sandbox_config(
-                &self.pod,
-                &self.shared.settings,
-                observed.latest_sandbox().map(|s| s.attempt).unwrap_or(0),
-            )
+            self.sandbox_config(observed.latest_sandbox().map(|s| s.attempt).unwrap_or(0))
         });
         for s in &actions.start {
             let Some(spec) = find_container(&self.pod, &s.name).cloned() else {
@@ -620,21 +633,28 @@ impl PodWorker {
             pod_ips: pod_ips.to_vec(),
             host_ip: self.shared.host_ip.clone(),
         };
-        let config = match cri_config::container_config(
+        let config = cri_config::container_config(
             &self.pod,
             c,
             attempt,
             &info,
             self.shared.store.as_ref(),
             &self.shared.settings,
-        ) {
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|mut config| {
+            let mounts = self.shared.node.container_mounts(&self.pod, &self.setup, c);
+            config.mounts.extend(mounts.map_err(|e| e.to_string())?);
+            Ok(config)
+        });
+        let config = match config {
             Ok(config) => config,
-            Err(e) => {
+            Err(message) => {
                 self.errors.insert(
                     c.name.clone(),
                     Waiting {
                         reason: "CreateContainerConfigError".into(),
-                        message: e.to_string(),
+                        message,
                     },
                 );
                 self.extra_wake = Some(Duration::from_secs(2));
@@ -763,10 +783,36 @@ impl PodWorker {
             pod.metadata.deletion_timestamp = Some(crate::status::now_time());
             self.shared.states.set_pod(&pod);
         }
+        let observed = self.stop_running(grace).await;
+        for s in &observed.sandboxes {
+            if let Err(e) = self.shared.runtime.stop_pod_sandbox(&s.id).await {
+                tracing::warn!(pod = %self.pod_ref, error = %e, "stopping the sandbox failed");
+            }
+            if let Err(e) = self.shared.runtime.remove_pod_sandbox(&s.id).await {
+                tracing::warn!(pod = %self.pod_ref, error = %e, "removing the sandbox failed");
+            }
+        }
+        self.shared.node.pod_removed(&self.pod).await;
+        let log_dir = cri_config::pod_log_dir(&self.shared.settings.pod_log_root, &self.pod);
+        if let Err(e) = std::fs::remove_dir_all(&log_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pod = %self.pod_ref, dir = %log_dir.display(), error = %e, "cannot remove the pod log directory");
+        }
+        if let Err(e) = self.shared.sink.pod_deleted(&self.pod_ref).await {
+            tracing::warn!(pod = %self.pod_ref, error = %e, "cannot report the pod deleted");
+        }
+        self.shared.states.remove(&self.pod_ref);
+        tracing::info!(pod = %self.pod_ref, "pod terminated");
+    }
+
+    /// Run the preStop hooks and stop the running containers (in parallel, within `grace`);
+    /// returns what was observed before.
+    async fn stop_running(&mut self, grace: Duration) -> ObservedPod {
         let observed = match self.observe().await {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(pod = %self.pod_ref, error = %e, "cannot observe the runtime while terminating");
+                tracing::warn!(pod = %self.pod_ref, error = %e, "cannot observe the runtime while stopping");
                 ObservedPod::default()
             }
         };
@@ -787,26 +833,85 @@ impl PodWorker {
             }
         });
         futures::future::join_all(stops).await;
+        observed
+    }
+
+    /// The sandbox config, with the pod cgroup from the node hooks as its `cgroup_parent`.
+    fn sandbox_config(&self, attempt: u32) -> cri::PodSandboxConfig {
+        let mut config = cri_config::sandbox_config(&self.pod, &self.shared.settings, attempt);
+        if let Some(linux) = config.linux.as_mut() {
+            linux.cgroup_parent = self.setup.cgroup_parent.clone();
+        }
+        config
+    }
+
+    /// Prepare the pod's cgroup and volumes (every sync: configMap and secret updates land);
+    /// returns whether the pod may be acted on. An ended pod is never acted on.
+    async fn prepare_node(&mut self) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
+        const PREPARING: &str = "ContainerCreating";
+        match self.shared.node.prepare_pod(&self.pod).await {
+            Ok(setup) => {
+                self.setup = setup;
+                self.errors.retain(|_, w| w.reason != PREPARING);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.pod_ref, error = %e, "cannot prepare the pod; retrying");
+                for c in &self.pod.spec.clone().unwrap_or_default().containers {
+                    let waiting = Waiting {
+                        reason: PREPARING.into(),
+                        message: e.to_string(),
+                    };
+                    self.errors.entry(c.name.clone()).or_insert(waiting);
+                }
+                self.extra_wake = Some(Duration::from_secs(2));
+                false
+            }
+        }
+    }
+
+    /// The node stops the pod (eviction, shutdown): its containers and sandboxes stop, and it
+    /// stays Failed with the node's reason until its source deletes it.
+    async fn stop_for_node(&mut self, stop: PodStop) {
+        tracing::info!(pod = %self.pod_ref, reason = %stop.reason, grace = ?stop.grace_period, "the node stops the pod");
+        self.probes.stop_all();
+        self.ended = Some((stop.reason, stop.message));
+        let observed = self.stop_running(stop.grace_period).await;
         for s in &observed.sandboxes {
             if let Err(e) = self.shared.runtime.stop_pod_sandbox(&s.id).await {
                 tracing::warn!(pod = %self.pod_ref, error = %e, "stopping the sandbox failed");
             }
-            if let Err(e) = self.shared.runtime.remove_pod_sandbox(&s.id).await {
-                tracing::warn!(pod = %self.pod_ref, error = %e, "removing the sandbox failed");
-            }
         }
-        let log_dir = cri_config::pod_log_dir(&self.shared.settings.pod_log_root, &self.pod);
-        if let Err(e) = std::fs::remove_dir_all(&log_dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(pod = %self.pod_ref, dir = %log_dir.display(), error = %e, "cannot remove the pod log directory");
-        }
-        if let Err(e) = self.shared.sink.pod_deleted(&self.pod_ref).await {
-            tracing::warn!(pod = %self.pod_ref, error = %e, "cannot report the pod deleted");
-        }
-        self.shared.states.remove(&self.pod_ref);
-        tracing::info!(pod = %self.pod_ref, "pod terminated");
+        let _ = stop.done.send(());
     }
+}
+
+/// Admission of a new pod against the pods already running; the rejection's Failed status is
+/// recorded at once, so the next admission does not count the pod.
+fn admit(shared: &Shared, pod: &Pod) -> Option<(String, String)> {
+    let uid = pod.metadata.uid.as_deref();
+    let active: Vec<Pod> = shared
+        .states
+        .pods()
+        .into_iter()
+        .filter(|s| s.pod.metadata.uid.as_deref() != uid)
+        .filter(|s| !crate::node::hooks::is_ended(s.status.as_ref()))
+        .map(|s| s.pod)
+        .collect();
+    let rejection = shared.node.admit(pod, &active).err()?;
+    tracing::warn!(pod = %PodRef::of(pod), reason = %rejection.reason, message = %rejection.message, "pod rejected");
+    shared.states.set_pod(pod);
+    let status = PodStatus {
+        phase: Some("Failed".into()),
+        reason: Some(rejection.reason.clone()),
+        message: Some(rejection.message.clone()),
+        ..Default::default()
+    };
+    shared.states.set_status(&PodRef::of(pod), &status);
+    Some((rejection.reason, rejection.message))
 }
 
 /// The registry credentials for `image` from the pod's `imagePullSecrets` (secrets of type

@@ -99,8 +99,12 @@ spec:
         let volumes = vm.setup_pod(&p).unwrap();
         let spec = p.spec.as_ref().unwrap();
         let (w, r) = (dir.path().join("writer"), dir.path().join("reader"));
-        let wm = vm.container_mounts(&spec.containers[0], &volumes).unwrap();
-        let rm = vm.container_mounts(&spec.containers[1], &volumes).unwrap();
+        let wm = vm
+            .container_mounts(&p, &spec.containers[0], &volumes)
+            .unwrap();
+        let rm = vm
+            .container_mounts(&p, &spec.containers[1], &volumes)
+            .unwrap();
         let wout = bind(&wm[0].host_path, &w, &wm[0].container_path, wm[0].readonly);
         let rin = bind(&rm[0].host_path, &r, &rm[0].container_path, rm[0].readonly);
 
@@ -252,7 +256,7 @@ spec:
 "#);
         let v = vm.setup_pod(&p).unwrap();
         let m = vm
-            .container_mounts(&p.spec.as_ref().unwrap().containers[0], &v)
+            .container_mounts(&p, &p.spec.as_ref().unwrap().containers[0], &v)
             .unwrap();
         assert!(m[0].readonly);
         let etc_app = bind(

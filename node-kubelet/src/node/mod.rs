@@ -11,6 +11,11 @@
 //! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
 //! | pod volumes, the atomic writer and subPath | [`volumes`] |
 //! | graceful node shutdown by pod priority | [`shutdown`] |
+//! | the systemd-logind delay inhibitor that triggers it | [`logind`] |
+//! | the seam the pod workers call, and the [`PodControl`] the node stops pods with | [`hooks`] |
+//! | the real hooks: admission, cgroups, volumes, eviction and shutdown wired together | [`manager`] ([`NodeManager`]) |
+//! | mirror pods of static pods | [`mirror`] |
+//! | service-account tokens for projected volumes | [`tokens`] |
 //! | `/healthz`, `/pods`, `/metrics` and the node's metric families | [`http`] |
 //!
 //! Each module has its own error type and depends on nothing but node-core and the kernel, so a
@@ -34,7 +39,7 @@
 //! );
 //! let vols = vm.setup_pod(pod)?;
 //! for c in &pod.spec.as_ref().unwrap().containers {
-//!     let mounts = vm.container_mounts(c, &vols)?;
+//!     let mounts = vm.container_mounts(pod, c, &vols)?;
 //!     # let _ = (mounts, &cgroup_parent);
 //! }
 //! # Ok(()) }
@@ -44,9 +49,17 @@ pub mod allocatable;
 pub mod api;
 pub mod cgroups;
 pub mod eviction;
+pub mod hooks;
 pub mod http;
+pub mod logind;
+pub mod manager;
+pub mod mirror;
 pub mod qos;
 pub mod quantity;
 pub mod shutdown;
 pub mod status;
+pub mod tokens;
 pub mod volumes;
+
+pub use hooks::{NoNodeHooks, NodeHooks, PodControl};
+pub use manager::{NodeConfig, NodeManager};

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 use node_core::cri;
 
 use self::atomic_writer::{FileProjection, write_atomic};
-use self::subpath::resolve_subpath;
+use self::subpath::bind_subpath;
 use super::quantity;
 
 /// An error of volume setup or teardown.
@@ -309,6 +309,41 @@ fn plugin_dir(v: &Volume) -> Option<&'static str> {
     })
 }
 
+/// A configMap or secret a volume (or a projection) draws keys from.
+#[derive(Clone, Copy)]
+enum KeyedKind {
+    ConfigMap,
+    Secret,
+}
+
+impl KeyedKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "configmap",
+            Self::Secret => "secret",
+        }
+    }
+}
+
+struct KeyedSource<'a> {
+    kind: KeyedKind,
+    name: &'a str,
+    items: Option<&'a [KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+}
+
+/// Where the tokens of `serviceAccountToken` projections come from (already requested: see
+/// [`ServiceAccountTokens`](crate::node::tokens::ServiceAccountTokens)).
+pub trait TokenSource: Send + Sync {
+    /// The token for this pod and projection, `None` when not (yet) obtained.
+    fn token(
+        &self,
+        pod: &Pod,
+        projection: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    ) -> Option<String>;
+}
+
 impl VolumeManager {
     /// A manager over a store of configMaps and secrets.
     pub fn new(config: VolumeConfig, store: Arc<dyn ObjectStore>) -> Self {
@@ -317,24 +352,27 @@ impl VolumeManager {
 
     /// The directory of a pod's volumes.
     pub fn pod_volumes_dir(&self, uid: &str) -> PathBuf {
-        self.config.root_dir.join("pods").join(uid).join("volumes")
+        self.pod_dir(uid).join("volumes")
     }
 
     /// Sets up (or updates: configMap/secret/downwardAPI contents are rewritten atomically when
     /// they changed) every volume of the pod. Returns the host path of each.
     pub fn setup_pod(&self, pod: &Pod) -> Result<PodVolumes, VolumeError> {
-        let uid = pod.metadata.uid.as_deref().unwrap_or("");
-        if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
-            return Err(spec_err(
-                "metadata.uid".into(),
-                "missing or not a plain name",
-            ));
-        }
+        self.setup_pod_with(pod, None)
+    }
+
+    /// As [`setup_pod`](Self::setup_pod), with the tokens of `serviceAccountToken` projections.
+    pub fn setup_pod_with(
+        &self,
+        pod: &Pod,
+        tokens: Option<&dyn TokenSource>,
+    ) -> Result<PodVolumes, VolumeError> {
+        let uid = pod_uid(pod)?;
         let mut out = PodVolumes::new();
         let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
         for (i, v) in volumes.into_iter().flatten().enumerate() {
             let field = format!("spec.volumes[{i}]");
-            let mounted = self.setup_volume(pod, uid, v, &field)?;
+            let mounted = self.setup_volume(pod, uid, v, &field, tokens)?;
             out.insert(v.name.clone(), mounted);
         }
         Ok(out)
@@ -346,6 +384,7 @@ impl VolumeManager {
         uid: &str,
         v: &Volume,
         field: &str,
+        tokens: Option<&dyn TokenSource>,
     ) -> Result<MountedVolume, VolumeError> {
         if let Some(hp) = &v.host_path {
             return check_host_path(&v.name, hp).map(|p| MountedVolume {
@@ -396,26 +435,23 @@ impl VolumeManager {
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let (payload, tmpfs) = if let Some(cm) = &v.config_map {
-            let p = self.config_map_payload(
-                &v.name,
-                namespace,
-                &cm.name,
-                cm.items.as_deref(),
-                cm.default_mode,
-                cm.optional,
-            )?;
-            (p, false)
+            let src = KeyedSource {
+                kind: KeyedKind::ConfigMap,
+                name: &cm.name,
+                items: cm.items.as_deref(),
+                default_mode: cm.default_mode,
+                optional: cm.optional,
+            };
+            (self.keyed_payload(&v.name, namespace, src)?, false)
         } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let p = self.secret_payload(
-                &v.name,
-                namespace,
-                &name,
-                s.items.as_deref(),
-                s.default_mode,
-                s.optional,
-            )?;
-            (p, true)
+            let src = KeyedSource {
+                kind: KeyedKind::Secret,
+                name: s.secret_name.as_deref().unwrap_or(""),
+                items: s.items.as_deref(),
+                default_mode: s.default_mode,
+                optional: s.optional,
+            };
+            (self.keyed_payload(&v.name, namespace, src)?, true)
         } else if let Some(d) = &v.downward_api {
             let mode = d.default_mode.map(|m| m as u32).unwrap_or(DEFAULT_MODE);
             let p = self.downward_payload(
@@ -427,48 +463,61 @@ impl VolumeManager {
             (p, false)
         } else {
             let proj = v.projected.as_ref().expect("plugin_dir said projected");
-            let mode = proj.default_mode.map(|m| m as u32);
+            let mode = proj.default_mode;
             let mut payload = BTreeMap::new();
             for (j, src) in proj.sources.iter().flatten().enumerate() {
                 let f = format!("{field}.projected.sources[{j}]");
                 let part = if let Some(cm) = &src.config_map {
-                    self.config_map_payload(
-                        &v.name,
-                        namespace,
-                        &cm.name,
-                        cm.items.as_deref(),
-                        mode.map(|m| m as i32),
-                        cm.optional,
-                    )?
+                    let src = KeyedSource {
+                        kind: KeyedKind::ConfigMap,
+                        name: &cm.name,
+                        items: cm.items.as_deref(),
+                        default_mode: mode,
+                        optional: cm.optional,
+                    };
+                    self.keyed_payload(&v.name, namespace, src)?
                 } else if let Some(s) = &src.secret {
-                    self.secret_payload(
-                        &v.name,
-                        namespace,
-                        &s.name,
-                        s.items.as_deref(),
-                        mode.map(|m| m as i32),
-                        s.optional,
-                    )?
+                    let src = KeyedSource {
+                        kind: KeyedKind::Secret,
+                        name: &s.name,
+                        items: s.items.as_deref(),
+                        default_mode: mode,
+                        optional: s.optional,
+                    };
+                    self.keyed_payload(&v.name, namespace, src)?
                 } else if let Some(d) = &src.downward_api {
                     self.downward_payload(
                         pod,
                         d.items.as_deref().unwrap_or(&[]),
-                        mode.unwrap_or(DEFAULT_MODE),
+                        mode.map(|m| m as u32).unwrap_or(DEFAULT_MODE),
                         &format!("{f}.downwardAPI"),
                     )?
-                } else if src.service_account_token.is_some() {
-                    return Err(spec_err(
-                        format!("{f}.serviceAccountToken"),
-                        "service account tokens need an API server token source, not configured",
-                    ));
+                } else if let Some(sat) = &src.service_account_token {
+                    let token = tokens.and_then(|t| t.token(pod, sat)).ok_or_else(|| {
+                        spec_err(
+                            format!("{f}.serviceAccountToken"),
+                            "no token: service account tokens need an API server (NodeManager::api)",
+                        )
+                    })?;
+                    BTreeMap::from([(
+                        sat.path.clone(),
+                        FileProjection {
+                            data: token.into_bytes(),
+                            mode: mode.map(|m| m as u32).unwrap_or(0o600),
+                        },
+                    )])
                 } else {
                     return Err(spec_err(f, "no supported projection"));
                 };
                 payload.extend(part);
             }
-            // secrets in a projected volume keep it in memory
-            let has_secret = proj.sources.iter().flatten().any(|s| s.secret.is_some());
-            (payload, has_secret)
+            // secrets and tokens in a projected volume keep it in memory
+            let in_memory = proj
+                .sources
+                .iter()
+                .flatten()
+                .any(|s| s.secret.is_some() || s.service_account_token.is_some());
+            (payload, in_memory)
         };
         if tmpfs {
             mount_tmpfs(&dir, None)?;
@@ -481,72 +530,49 @@ impl VolumeManager {
         })
     }
 
-    fn config_map_payload(
+    fn keyed_payload(
         &self,
         volume: &str,
         namespace: &str,
-        name: &str,
-        items: Option<&[KeyToPath]>,
-        default_mode: Option<i32>,
-        optional: Option<bool>,
+        src: KeyedSource<'_>,
     ) -> Result<BTreeMap<String, FileProjection>, VolumeError> {
-        let Some(cm) = self.store.config_map(namespace, name) else {
-            if optional == Some(true) {
+        let kind = src.kind.as_str();
+        let data: Option<BTreeMap<String, Vec<u8>>> = match src.kind {
+            KeyedKind::ConfigMap => self.store.config_map(namespace, src.name).map(|cm| {
+                let text = cm
+                    .data
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.into_bytes()));
+                let binary = cm.binary_data.into_iter().flatten().map(|(k, v)| (k, v.0));
+                text.chain(binary).collect()
+            }),
+            KeyedKind::Secret => self.store.secret(namespace, src.name).map(|s| {
+                let data = s.data.into_iter().flatten().map(|(k, v)| (k, v.0));
+                let text = s.string_data.into_iter().flatten();
+                data.chain(text.map(|(k, v)| (k, v.into_bytes()))).collect()
+            }),
+        };
+        let Some(data) = data else {
+            if src.optional == Some(true) {
                 return Ok(BTreeMap::new());
             }
             return Err(VolumeError::NotFound {
                 volume: volume.into(),
-                kind: "configmap",
+                kind,
                 namespace: namespace.into(),
-                name: name.into(),
+                name: src.name.into(),
             });
         };
-        let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in cm.data.iter().flatten() {
-            data.insert(k.clone(), v.clone().into_bytes());
-        }
-        for (k, v) in cm.binary_data.iter().flatten() {
-            data.insert(k.clone(), v.0.clone());
-        }
         project(
             volume,
-            "configmap",
-            name,
+            kind,
+            src.name,
             &data,
-            items,
-            default_mode,
-            optional,
+            src.items,
+            src.default_mode,
+            src.optional,
         )
-    }
-
-    fn secret_payload(
-        &self,
-        volume: &str,
-        namespace: &str,
-        name: &str,
-        items: Option<&[KeyToPath]>,
-        default_mode: Option<i32>,
-        optional: Option<bool>,
-    ) -> Result<BTreeMap<String, FileProjection>, VolumeError> {
-        let Some(s) = self.store.secret(namespace, name) else {
-            if optional == Some(true) {
-                return Ok(BTreeMap::new());
-            }
-            return Err(VolumeError::NotFound {
-                volume: volume.into(),
-                kind: "secret",
-                namespace: namespace.into(),
-                name: name.into(),
-            });
-        };
-        let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in s.data.iter().flatten() {
-            data.insert(k.clone(), v.0.clone());
-        }
-        for (k, v) in s.string_data.iter().flatten() {
-            data.insert(k.clone(), v.clone().into_bytes());
-        }
-        project(volume, "secret", name, &data, items, default_mode, optional)
     }
 
     fn downward_payload(
@@ -626,13 +652,18 @@ impl VolumeManager {
         Ok(((value_milli + divisor_milli - 1) / divisor_milli).to_string())
     }
 
-    /// The CRI mounts of a container: its volumeMounts resolved to host paths (subPath checked
-    /// and created inside the volume), read-only when the mount or the volume says so.
+    /// The CRI mounts of a container of `pod`: its volumeMounts resolved to host paths,
+    /// read-only when the mount or the volume says so. A subPath is opened beneath its volume
+    /// (created when missing) and bind-mounted onto
+    /// `<root>/pods/<uid>/volume-subpaths/<volume>/<container>/<index>`, which the runtime is
+    /// given: a symlink swapped in later cannot redirect it.
     pub fn container_mounts(
         &self,
+        pod: &Pod,
         container: &Container,
         volumes: &PodVolumes,
     ) -> Result<Vec<cri::Mount>, VolumeError> {
+        let uid = pod_uid(pod)?;
         let mut out = Vec::new();
         for (i, m) in container.volume_mounts.iter().flatten().enumerate() {
             let field = format!("containers[{}].volumeMounts[{i}]", container.name);
@@ -642,7 +673,16 @@ impl VolumeManager {
             let sub = m.sub_path.as_deref().filter(|s| !s.is_empty());
             let host_path = match sub {
                 None => v.host_path.clone(),
-                Some(s) => resolve_subpath(&v.host_path, s)?,
+                Some(s) => {
+                    let target = self
+                        .pod_dir(uid)
+                        .join(SUBPATHS_DIR)
+                        .join(&m.name)
+                        .join(&container.name)
+                        .join(i.to_string());
+                    bind_subpath(&v.host_path, s, &target)?;
+                    target
+                }
             };
             let propagation = match m.mount_propagation.as_deref() {
                 Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer,
@@ -670,34 +710,58 @@ impl VolumeManager {
                 "missing or not a plain name",
             ));
         }
-        let dir = self.pod_volumes_dir(uid);
-        if !dir.exists() {
-            return Ok(());
-        }
-        // mountinfo names canonical paths: a root dir behind a symlink must not hide a mount
-        let dir = dir.canonicalize().map_err(io(&dir))?;
-        for m in mounts_under(&dir) {
-            nix::mount::umount2(&m, nix::mount::MntFlags::empty()).map_err(|source| {
-                VolumeError::Mount {
-                    op: "unmount",
-                    path: m.clone(),
-                    source,
-                }
-            })?;
-        }
-        // refuse to recurse into anything still mounted (a bind mount would delete host files)
-        if let Some(m) = mounts_under(&dir).into_iter().next() {
-            return Err(VolumeError::Mount {
-                op: "unmount",
-                path: m,
-                source: nix::Error::EBUSY,
-            });
-        }
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        let pod_dir = self.config.root_dir.join("pods").join(uid);
+        let pod_dir = self.pod_dir(uid);
+        // subPath binds first: they pin directories of the volumes
+        unmount_and_remove(&pod_dir.join(SUBPATHS_DIR))?;
+        unmount_and_remove(&pod_dir.join("volumes"))?;
         let _ = std::fs::remove_dir(&pod_dir);
         Ok(())
     }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.config.root_dir.join("pods").join(uid)
+    }
+}
+
+/// The directory of a pod's subPath bind mounts, beside its volumes.
+const SUBPATHS_DIR: &str = "volume-subpaths";
+
+fn pod_uid(pod: &Pod) -> Result<&str, VolumeError> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
+        return Err(spec_err(
+            "metadata.uid".into(),
+            "missing or not a plain name",
+        ));
+    }
+    Ok(uid)
+}
+
+/// Unmounts everything at or under `dir` (deepest first), then removes it; refuses to recurse
+/// into anything still mounted (a bind mount would delete host files).
+fn unmount_and_remove(dir: &Path) -> Result<(), VolumeError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    // mountinfo names canonical paths: a root dir behind a symlink must not hide a mount
+    let dir = dir.canonicalize().map_err(io(dir))?;
+    for m in mounts_under(&dir) {
+        nix::mount::umount2(&m, nix::mount::MntFlags::empty()).map_err(|source| {
+            VolumeError::Mount {
+                op: "unmount",
+                path: m.clone(),
+                source,
+            }
+        })?;
+    }
+    if let Some(m) = mounts_under(&dir).into_iter().next() {
+        return Err(VolumeError::Mount {
+            op: "unmount",
+            path: m,
+            source: nix::Error::EBUSY,
+        });
+    }
+    std::fs::remove_dir_all(&dir).map_err(io(&dir))
 }
 
 fn project(
