@@ -351,8 +351,9 @@ impl Kubelet {
                                     if !workers.contains_key(uid) && !cleaning.contains_key(uid) {
                                         let rt = self.runtime.clone();
                                         let sink = self.sink.clone();
+                                        let node = self.node.clone();
                                         let uid2 = uid.clone();
-                                        cleaning.insert(uid.clone(), tokio::spawn(async move { clean_orphan(rt, sink, uid2).await }));
+                                        cleaning.insert(uid.clone(), tokio::spawn(async move { clean_orphan(rt, sink, node, uid2).await }));
                                     }
                                 }
                             }
@@ -474,7 +475,12 @@ async fn relist_runtime(rt: &dyn RuntimeBackend) -> Result<HashMap<String, Strin
 }
 
 /// Stop and remove what runs for a pod no source wants (deleted while the kubelet was down).
-async fn clean_orphan(rt: Arc<dyn RuntimeBackend>, sink: Arc<dyn StatusSink>, uid: String) {
+async fn clean_orphan(
+    rt: Arc<dyn RuntimeBackend>,
+    sink: Arc<dyn StatusSink>,
+    node: Arc<dyn NodeHooks>,
+    uid: String,
+) {
     let selector = HashMap::from([(labels::POD_UID.to_string(), uid.clone())]);
     let Ok(sandboxes) = rt
         .list_pod_sandbox(Some(cri::PodSandboxFilter {
@@ -522,6 +528,17 @@ async fn clean_orphan(rt: Arc<dyn RuntimeBackend>, sink: Arc<dyn StatusSink>, ui
         let _ = rt.stop_pod_sandbox(&s.id).await;
         let _ = rt.remove_pod_sandbox(&s.id).await;
     }
+    // its cgroup, volumes and mirror pod go too: the node hooks only need its identity
+    let meta = node_core::k8s_openapi::api::core::v1::Pod {
+        metadata: node_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(uid.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    node.pod_removed(&meta).await;
     if !pod.name.is_empty() {
         let _ = sink.pod_deleted(&pod).await;
     }
