@@ -5,8 +5,10 @@
 //! |---|---|
 //! | [`client`] | [`CriClient`]: CRI `runtime.v1` over a unix socket, for containerd and CRI-O |
 //! | [`native`] | the native namespaces runtime: images (content store, safe unpacking, pulls) and pods |
+//! | [`streaming`] | the streaming server for Exec, Attach and PortForward (SPDY/3.1 and WebSocket) and its clients |
 
 pub mod client;
 pub mod native;
+pub mod streaming;
 
 pub use client::{CriClient, CriClientConfig, RuntimeConditions};

@@ -6,7 +6,9 @@
 //!   them (pid 1 of the pod's PID namespace).
 //! - `nodekit-init container <spec file>`: fork the container's monitor (it outlives the
 //!   runtime, writes the CRI log and records the exit), which forks the container process.
-//! - `nodekit-init exec <json>`: join a running container and run one command in it.
+//! - `nodekit-init exec [<spec file>]`: join a running container and run one command in it
+//!   (the spec on stdin, stdio discarded; or in a file, removed once read, with the caller's
+//!   stdio passed through: interactive exec).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -34,7 +36,7 @@ pub fn main() -> ! {
     let result = match arg(1).as_str() {
         "sandbox" => run_sandbox(&arg(2)),
         "container" => run_container(Path::new(&arg(2))),
-        "exec" => run_exec(),
+        "exec" => run_exec(args.get(2).map(PathBuf::from)),
         other => Err(format!(
             "unknown command {other:?}; usage: nodekit-init sandbox|container|exec <spec>"
         )),
@@ -339,7 +341,7 @@ struct Stdio {
     child: [RawFd; 3],
 }
 
-fn make_stdio(tty: bool) -> R<Stdio> {
+fn make_stdio(tty: bool, stdin_fifo: Option<&Path>) -> R<Stdio> {
     if tty {
         let (mut master, mut slave) = (0, 0);
         // SAFETY: openpty writes two descriptors; the other pointers may be null.
@@ -365,7 +367,15 @@ fn make_stdio(tty: bool) -> R<Stdio> {
     }
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    // stdin: the attach FIFO (read-write, so it never reaches EOF) or /dev/null
+    let null = match stdin_fifo {
+        Some(f) => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f)
+            .map_err(|e| format!("stdin fifo {}: {e}", f.display()))?,
+        None => std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?,
+    };
     let null_fd = null.as_raw_fd();
     std::mem::forget(null);
     Ok(Stdio {
@@ -385,7 +395,7 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
         libc::setsid();
         libc::chdir(c"/".as_ptr());
     }
-    let stdio = make_stdio(spec.tty).unwrap_or_else(|e| fail(e));
+    let stdio = make_stdio(spec.tty, spec.stdin_fifo.as_deref()).unwrap_or_else(|e| fail(e));
     let (ep_r, ep_w) = pipe().unwrap_or_else(|e| fail(e));
     if spec.new_pid {
         // SAFETY: the monitor's next child starts a new PID namespace.
@@ -1175,13 +1185,19 @@ fn exec(args: &[String], env: &[String]) -> R<std::convert::Infallible> {
 // ---------------------------------------------------------------------------------------------
 // exec: join a running container
 
-fn run_exec() -> R<i32> {
-    // the spec comes on stdin (it holds the container's environment: not for `ps` to show)
+fn run_exec(spec_file: Option<PathBuf>) -> R<i32> {
+    // the spec holds the container's environment: not for `ps` to show, so on stdin or in a
+    // root-only file
     let mut json = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut json)
-        .map_err(|e| format!("read exec spec: {e}"))?;
-    null_stdio(true);
+    if let Some(f) = &spec_file {
+        json = std::fs::read(f).map_err(|e| format!("read exec spec {}: {e}", f.display()))?;
+        let _ = std::fs::remove_file(f);
+    } else {
+        std::io::stdin()
+            .read_to_end(&mut json)
+            .map_err(|e| format!("read exec spec: {e}"))?;
+        null_stdio(true);
+    }
     let spec: ExecSpec = serde_json::from_slice(&json).map_err(|e| format!("exec spec: {e}"))?;
     let mut fds = Vec::new();
     for (kind, flag) in [
@@ -1211,6 +1227,13 @@ fn run_exec() -> R<i32> {
     if child == 0 {
         // SAFETY: die with the exec init (the runtime kills it on timeout).
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        if spec.tty {
+            // SAFETY: a new session whose controlling terminal is the inherited pty slave.
+            unsafe {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+        }
         let e = apply_process(&spec.process).unwrap_err();
         eprintln!("nodekit-init: {e}");
         // SAFETY: leaving the forked child.

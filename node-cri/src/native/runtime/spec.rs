@@ -155,6 +155,10 @@ pub struct ContainerSpec {
     pub max_log_line: usize,
     /// Where the monitor records the exit.
     pub exit_file: PathBuf,
+    /// A FIFO the container reads as its stdin (CRI `stdin: true` without a TTY), which
+    /// attach writes to; opened read-write by the monitor so the container never sees EOF.
+    #[serde(default)]
+    pub stdin_fifo: Option<PathBuf>,
     /// Where the monitor records the start (so that a runtime that died while starting the
     /// container finds it running rather than created).
     #[serde(default)]
@@ -172,6 +176,9 @@ pub struct ExecSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// The process to run.
     pub process: ProcessSpec,
+    /// Make the inherited stdin (a pty slave) the process's controlling terminal.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// What the init reports once a container process runs (or a sandbox's pause process).
