@@ -95,6 +95,28 @@ fn processes_with_cmdline(argv: &[&str]) -> Vec<i32> {
         .collect()
 }
 
+/// The streams to open: stdin, stdout, stderr, tty.
+fn opts(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecOptions {
+    ExecOptions {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+    }
+}
+
+/// A sandbox named `name` with a long-running container `box` in it: (sandbox, its config,
+/// container).
+async fn pod_with_box(
+    env: &Env,
+    rt: &NativeRuntime,
+    name: &str,
+) -> (String, cri::PodSandboxConfig, String) {
+    let (sb, sb_cfg) = sandbox(env, rt, name).await;
+    let c = run_container(rt, &sb, &sb_cfg, long_running("box")).await;
+    (sb, sb_cfg, c)
+}
+
 fn long_running(name: &str) -> cri::ContainerConfig {
     container_config(name, &["sh", "-c", "while true; do sleep 1; done"])
 }
@@ -107,14 +129,8 @@ fn exec_with_stdin_and_without_tty_over_spdy_and_websocket() {
     let env = Env::new();
     in_netns("stexec", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "exec").await;
-        let c = run_container(&rt, &sb, &sb_cfg, long_running("box")).await;
-        let all = ExecOptions {
-            stdin: true,
-            stdout: true,
-            stderr: true,
-            tty: false,
-        };
+        let (_, _, c) = pod_with_box(&env, &rt, "exec").await;
+        let all = opts(true, true, true, false);
         for t in TRANSPORTS {
             let url = exec_url(&rt, &c, &["cat"], all).await;
             assert!(url.starts_with("http://127.0.0.1:"), "{url}");
@@ -151,10 +167,7 @@ fn exec_with_stdin_and_without_tty_over_spdy_and_websocket() {
             assert_eq!(cmd.wait().await.expect("status"), 7, "{t:?}");
 
             // the exec runs inside the container (its hostname, its pid namespace)
-            let o = ExecOptions {
-                stdout: true,
-                ..Default::default()
-            };
+            let o = opts(false, true, false, false);
             let url = exec_url(&rt, &c, &["sh", "-c", "hostname; echo $$"], o).await;
             let mut cmd = client::exec(&url, t, o).await.expect("connect");
             let out = String::from_utf8(read_all(cmd.stdout.take()).await).unwrap();
@@ -184,14 +197,8 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
     let env = Env::new();
     in_netns("sttty", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "tty").await;
-        let c = run_container(&rt, &sb, &sb_cfg, long_running("box")).await;
-        let o = ExecOptions {
-            stdin: true,
-            stdout: true,
-            stderr: false,
-            tty: true,
-        };
+        let (_, _, c) = pod_with_box(&env, &rt, "tty").await;
+        let o = opts(true, true, false, true);
         for (t, (w, h)) in TRANSPORTS.into_iter().zip([(123u16, 45u16), (77, 31)]) {
             let url = exec_url(&rt, &c, &["sh"], o).await;
             let mut cmd = client::exec(&url, t, o).await.expect("connect");
@@ -273,12 +280,7 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("started"))
         })
         .await;
-        let o = ExecOptions {
-            stdin: true,
-            stdout: true,
-            stderr: true,
-            tty: false,
-        };
+        let o = opts(true, true, true, false);
         for t in TRANSPORTS {
             let url = rt
                 .attach(cri::AttachRequest {
@@ -353,10 +355,7 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
             .await
             .unwrap()
             .url;
-        let o = ExecOptions {
-            stdout: true,
-            ..Default::default()
-        };
+        let o = opts(false, true, false, false);
         let mut a = client::exec(&url, Transport::WebSocket, o).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         rt.stop_container(&c, Duration::from_secs(1)).await.unwrap();
@@ -462,12 +461,8 @@ fn bad_tokens_unknown_ids_and_clients_that_hang_up() {
         let mut cfg = env.config();
         cfg.streaming.token_ttl = Duration::from_millis(300);
         let rt = NativeRuntime::new(cfg).unwrap();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "bad").await;
-        let c = run_container(&rt, &sb, &sb_cfg, long_running("box")).await;
-        let o = ExecOptions {
-            stdout: true,
-            ..Default::default()
-        };
+        let (sb, sb_cfg, c) = pod_with_box(&env, &rt, "bad").await;
+        let o = opts(false, true, false, false);
         let base = rt.streaming_server().await.unwrap().base_url().to_string();
         for t in TRANSPORTS {
             // unknown token
@@ -581,11 +576,7 @@ fn bad_tokens_unknown_ids_and_clients_that_hang_up() {
 
         // a client hanging up mid-stream kills the exec'd process and leaks nothing
         let server = rt.streaming_server().await.unwrap();
-        let io = ExecOptions {
-            stdin: true,
-            stdout: true,
-            ..Default::default()
-        };
+        let io = opts(true, true, false, false);
         for (t, secs) in TRANSPORTS.into_iter().zip(["4241", "4242"]) {
             let url = exec_url(&rt, &c, &["sleep", secs], io).await;
             let cmd = client::exec(&url, t, io).await.unwrap();
@@ -654,17 +645,9 @@ fn exec_round_trip_latency_spdy_vs_websocket() {
     let env = Env::new();
     in_netns("stlat", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "lat").await;
-        let c = run_container(&rt, &sb, &sb_cfg, long_running("box")).await;
-        let io = ExecOptions {
-            stdin: true,
-            stdout: true,
-            ..Default::default()
-        };
-        let out = ExecOptions {
-            stdout: true,
-            ..Default::default()
-        };
+        let (_, _, c) = pod_with_box(&env, &rt, "lat").await;
+        let io = opts(true, true, false, false);
+        let out = opts(false, true, false, false);
         println!("exec round trip, p50 (debug build, shared 2-core machine):");
         for t in TRANSPORTS {
             let url = exec_url(&rt, &c, &["cat"], io).await;

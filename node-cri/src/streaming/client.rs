@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -72,8 +72,7 @@ pub struct RemoteCommand {
     /// The negotiated protocol.
     pub protocol: String,
     status: Option<oneshot::Receiver<Result<i32, StreamingError>>>,
-    tasks: Vec<JoinHandle<()>>,
-    session: Option<Session>,
+    run: Hangup,
 }
 
 impl std::fmt::Debug for RemoteCommand {
@@ -84,7 +83,14 @@ impl std::fmt::Debug for RemoteCommand {
     }
 }
 
-impl Drop for RemoteCommand {
+/// What a client session runs; dropped, it hangs up.
+#[derive(Default)]
+struct Hangup {
+    tasks: Vec<JoinHandle<()>>,
+    session: Option<Session>,
+}
+
+impl Drop for Hangup {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
@@ -96,6 +102,18 @@ impl Drop for RemoteCommand {
 }
 
 impl RemoteCommand {
+    fn new(protocol: String, run: Hangup) -> Self {
+        Self {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            resize: None,
+            protocol,
+            status: None,
+            run,
+        }
+    }
+
     /// The exit code the server reported (0 for success), or the remote error.
     pub async fn wait(&mut self) -> Result<i32, StreamingError> {
         let rx = self
@@ -299,20 +317,17 @@ async fn exec_spdy(url: &str, opts: ExecOptions) -> Result<RemoteCommand, Stream
         async move { session.open(h, OPEN_TIMEOUT).await }
     };
     let mut error = open("error").await?;
-    let mut cmd = RemoteCommand {
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        resize: None,
+    let mut cmd = RemoteCommand::new(
         protocol,
-        status: None,
-        tasks: Vec::new(),
-        session: Some(session.clone()),
-    };
+        Hangup {
+            tasks: Vec::new(),
+            session: Some(session.clone()),
+        },
+    );
     if opts.stdin {
         let s = open("stdin").await?;
         let (a, b) = tokio::io::duplex(PIPE);
-        cmd.tasks.push(tokio::spawn(spdy_out(b, s.writer())));
+        cmd.run.tasks.push(tokio::spawn(spdy_out(b, s.writer())));
         cmd.stdin = Some(Box::new(a));
     }
     for (name, want) in [
@@ -324,7 +339,7 @@ async fn exec_spdy(url: &str, opts: ExecOptions) -> Result<RemoteCommand, Stream
         }
         let s = open(name).await?;
         let (a, b) = tokio::io::duplex(PIPE);
-        cmd.tasks.push(tokio::spawn(spdy_in(s, a)));
+        cmd.run.tasks.push(tokio::spawn(spdy_in(s, a)));
         if name == "stdout" {
             cmd.stdout = Some(Box::new(b));
         } else {
@@ -335,7 +350,7 @@ async fn exec_spdy(url: &str, opts: ExecOptions) -> Result<RemoteCommand, Stream
         let s = open("resize").await?;
         let (tx, mut rx) = mpsc::channel::<TermSize>(8);
         let w = s.writer();
-        cmd.tasks.push(tokio::spawn(async move {
+        cmd.run.tasks.push(tokio::spawn(async move {
             let _keep = s;
             while let Some(size) = rx.recv().await {
                 let mut b = serde_json::to_vec(&size).unwrap_or_default();
@@ -348,7 +363,7 @@ async fn exec_spdy(url: &str, opts: ExecOptions) -> Result<RemoteCommand, Stream
         cmd.resize = Some(tx);
     }
     let (stx, srx) = oneshot::channel();
-    cmd.tasks.push(tokio::spawn(async move {
+    cmd.run.tasks.push(tokio::spawn(async move {
         let mut data = Vec::new();
         while let Some(b) = error.recv().await {
             data.extend_from_slice(&b);
@@ -376,32 +391,18 @@ async fn exec_ws(url: &str, opts: ExecOptions) -> Result<RemoteCommand, Streamin
     let json = v5 || protocol == "v4.channel.k8s.io";
     let (sink, mut source) = socket.split();
     let (out, writer) = ws::writer(sink);
-    let mut cmd = RemoteCommand {
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        resize: None,
+    let mut cmd = RemoteCommand::new(
         protocol,
-        status: None,
-        tasks: vec![writer],
-        session: None,
-    };
+        Hangup {
+            tasks: vec![writer],
+            session: None,
+        },
+    );
     if opts.stdin {
         let (a, mut b) = tokio::io::duplex(PIPE);
         let out = out.clone();
-        cmd.tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 32 * 1024 + 1];
-            loop {
-                buf[0] = ws::STDIN;
-                match b.read(&mut buf[1..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if out.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+        cmd.run.tasks.push(tokio::spawn(async move {
+            ws::pump_out(&mut b, ws::STDIN, out.clone()).await;
             if v5 {
                 let _ = out.send(Message::binary(vec![ws::CLOSE, ws::STDIN])).await;
             }
@@ -426,7 +427,7 @@ async fn exec_ws(url: &str, opts: ExecOptions) -> Result<RemoteCommand, Streamin
     if opts.tty {
         let (tx, mut rx) = mpsc::channel::<TermSize>(8);
         let out = out.clone();
-        cmd.tasks.push(tokio::spawn(async move {
+        cmd.run.tasks.push(tokio::spawn(async move {
             while let Some(size) = rx.recv().await {
                 let mut m = vec![ws::RESIZE];
                 m.extend_from_slice(&serde_json::to_vec(&size).unwrap_or_default());
@@ -438,17 +439,10 @@ async fn exec_ws(url: &str, opts: ExecOptions) -> Result<RemoteCommand, Streamin
         cmd.resize = Some(tx);
     }
     let (stx, srx) = oneshot::channel();
-    cmd.tasks.push(tokio::spawn(async move {
+    cmd.run.tasks.push(tokio::spawn(async move {
         let mut status = Vec::new();
-        while let Some(Ok(msg)) = source.next().await {
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&ch, payload)) = data.split_first() else {
-                continue;
-            };
+        while let Some((ch, data)) = ws::next_frame(&mut source).await {
+            let payload = &data[1..];
             match ch {
                 ws::STDOUT | ws::STDERR => {
                     if let Some(s) = sinks[ch as usize].as_mut()
@@ -485,24 +479,12 @@ pub struct Forwarded {
     /// The connection to the pod's port.
     pub stream: DuplexStream,
     errors: mpsc::Receiver<String>,
-    tasks: Vec<JoinHandle<()>>,
-    session: Option<Session>,
+    _run: Hangup,
 }
 
 impl std::fmt::Debug for Forwarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarded").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Forwarded {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        if let Some(s) = &self.session {
-            s.abort();
-        }
     }
 }
 
@@ -566,16 +548,8 @@ pub async fn port_forward(
                 // the first two bytes of each channel are the port
                 let mut skip = [2usize, 2usize];
                 let mut err = Vec::new();
-                while let Some(Ok(m)) = source.next().await {
-                    let Message::Binary(d) = m else {
-                        if matches!(m, Message::Close(_)) {
-                            break;
-                        }
-                        continue;
-                    };
-                    let Some((&ch, mut payload)) = d.split_first() else {
-                        continue;
-                    };
+                while let Some((ch, d)) = ws::next_frame(&mut source).await {
+                    let mut payload = &d[1..];
                     if ch > 1 {
                         continue;
                     }
@@ -594,18 +568,7 @@ pub async fn port_forward(
                 let _ = etx.send(String::from_utf8_lossy(&err).into_owned()).await;
             }));
             tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024 + 1];
-                loop {
-                    buf[0] = 0;
-                    match r.read(&mut buf[1..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if out.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+                ws::pump_out(&mut r, 0, out.clone()).await;
                 // keep the socket open for the answer: the server closes when the port does
                 std::future::pending::<()>().await;
             }));
@@ -614,8 +577,10 @@ pub async fn port_forward(
     Ok(Forwarded {
         stream: mine,
         errors: erx,
-        tasks,
-        session: spdy_session,
+        _run: Hangup {
+            tasks,
+            session: spdy_session,
+        },
     })
 }
 

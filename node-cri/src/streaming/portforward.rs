@@ -164,15 +164,8 @@ pub(crate) async fn serve_ws<S>(
         });
     }
     let reader = async {
-        while let Some(Ok(msg)) = source.next().await {
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&ch, payload)) = data.split_first() else {
-                continue;
-            };
+        while let Some((ch, data)) = ws::next_frame(&mut source).await {
+            let payload = &data[1..];
             let i = ch as usize / 2;
             if ch % 2 == 0
                 && let Some(slot) = to_port.get_mut(i)

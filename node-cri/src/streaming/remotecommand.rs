@@ -189,6 +189,16 @@ async fn drain(pumps: Vec<JoinHandle<()>>) {
     }
 }
 
+fn no_io(tty: bool) -> StreamIo {
+    StreamIo {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        tty,
+        resize: None,
+    }
+}
+
 /// Serve an exec or attach over SPDY.
 pub(crate) async fn serve_spdy(
     shared: Arc<Shared>,
@@ -248,13 +258,7 @@ pub(crate) async fn serve_spdy(
         return;
     };
     let mut pumps = Vec::new();
-    let mut io = StreamIo {
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        tty: opts.tty,
-        resize: None,
-    };
+    let mut io = no_io(opts.tty);
     let mut stdin_pump = None;
     if let Some(s) = streams.remove("stdin")
         && opts.stdin
@@ -338,13 +342,7 @@ pub(crate) async fn serve_ws<S>(
 {
     let (sink, mut source) = socket.split();
     let (out, writer) = ws::writer(sink);
-    let mut io = StreamIo {
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        tty: opts.tty,
-        resize: None,
-    };
+    let mut io = no_io(opts.tty);
     let mut stdin: Option<DuplexStream> = None;
     if opts.stdin {
         let (a, b) = tokio::io::duplex(PIPE);
@@ -372,15 +370,8 @@ pub(crate) async fn serve_ws<S>(
     }
     let reader = async move {
         let mut dec = ResizeDecoder::default();
-        while let Some(Ok(msg)) = source.next().await {
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&ch, payload)) = data.split_first() else {
-                continue;
-            };
+        while let Some((ch, data)) = ws::next_frame(&mut source).await {
+            let payload = &data[1..];
             match ch {
                 ws::STDIN => {
                     if let Some(s) = stdin.as_mut()

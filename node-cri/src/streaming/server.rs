@@ -196,17 +196,6 @@ impl StreamingServer {
     /// A URL for an exec (kubelet's validation: one of stdin/stdout/stderr, not tty with
     /// stderr, a command).
     pub fn get_exec(&self, req: &cri::ExecRequest) -> Result<cri::ExecResponse, StreamingError> {
-        if req.container_id.is_empty() {
-            return Err(StreamingError::InvalidRequest(
-                "Exec: container_id is required".into(),
-            ));
-        }
-        if req.cmd.is_empty() {
-            return Err(StreamingError::InvalidRequest(format!(
-                "Exec in {}: cmd is empty",
-                req.container_id
-            )));
-        }
         validate_streams(
             "Exec",
             &req.container_id,
@@ -215,6 +204,12 @@ impl StreamingServer {
             req.stderr,
             req.tty,
         )?;
+        if req.cmd.is_empty() {
+            return Err(StreamingError::InvalidRequest(format!(
+                "Exec in {}: cmd is empty",
+                req.container_id
+            )));
+        }
         Ok(cri::ExecResponse {
             url: self.issue("exec", Pending::Exec(req.clone()))?,
         })
@@ -225,11 +220,6 @@ impl StreamingServer {
         &self,
         req: &cri::AttachRequest,
     ) -> Result<cri::AttachResponse, StreamingError> {
-        if req.container_id.is_empty() {
-            return Err(StreamingError::InvalidRequest(
-                "Attach: container_id is required".into(),
-            ));
-        }
         validate_streams(
             "Attach",
             &req.container_id,
@@ -273,6 +263,11 @@ fn validate_streams(
     stderr: bool,
     tty: bool,
 ) -> Result<(), StreamingError> {
+    if id.is_empty() {
+        return Err(StreamingError::InvalidRequest(format!(
+            "{call}: container_id is required"
+        )));
+    }
     if tty && stderr {
         return Err(StreamingError::InvalidRequest(format!(
             "{call} in {id}: tty and stderr cannot both be true"

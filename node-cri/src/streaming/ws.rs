@@ -2,7 +2,7 @@
 //! message starts with its channel number; and a byte-stream tunnel over binary messages (for
 //! `SPDY/3.1+portforward.k8s.io`).
 
-use futures::{Sink, SinkExt, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -102,4 +102,22 @@ pub(crate) fn normal_close() -> Message {
         code: CloseCode::Normal,
         reason: "".into(),
     }))
+}
+
+/// The next binary message that has a channel byte: `(channel, whole message)`; `None` once
+/// the peer closed or the connection failed.
+pub(crate) async fn next_frame<S, E>(
+    source: &mut S,
+) -> Option<(u8, tokio_tungstenite::tungstenite::Bytes)>
+where
+    S: Stream<Item = Result<Message, E>> + Unpin,
+{
+    while let Some(Ok(msg)) = source.next().await {
+        match msg {
+            Message::Binary(d) if !d.is_empty() => return Some((d[0], d)),
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+    None
 }

@@ -8,8 +8,8 @@ use node_core::{RuntimeError, cri};
 
 use super::cgroup::CgroupHandle;
 use super::spec::{
-    BindMount, ContainerSpec, ExecSpec, ExitRecord, JoinNamespace, ProcessSpec, Propagation,
-    Seccomp, UserSpec,
+    BindMount, ContainerSpec, ExitRecord, JoinNamespace, ProcessSpec, Propagation, Seccomp,
+    UserSpec,
 };
 use super::state::{ContainerRecord, ContainerStatus, labels_match};
 use super::{
@@ -772,17 +772,7 @@ impl NativeRuntime {
             )));
         }
         let spec = self.load_spec(id)?;
-        let p = rec.process.clone().unwrap_or_default();
-        let exec = ExecSpec {
-            pid: p.pid,
-            start_ticks: p.start_ticks,
-            cgroup_procs: spec.cgroup_procs.clone(),
-            process: ProcessSpec {
-                args: cmd,
-                ..spec.process.clone()
-            },
-            tty: false,
-        };
+        let exec = super::stream::exec_spec(&rec, &spec, cmd, false);
         let json =
             serde_json::to_string(&exec).map_err(|e| RuntimeError::Internal(e.to_string()))?;
         let mut child = tokio::process::Command::new(&self.init)

@@ -26,7 +26,8 @@ use node_core::{RuntimeError, cri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use super::spec::{ExecSpec, ProcessSpec};
+use super::spec::{ContainerSpec, ExecSpec, ProcessSpec};
+use super::state::ContainerRecord;
 use super::{NativeRuntime, io_err, new_id};
 use crate::streaming::{Duplex, StreamIo, StreamingRuntime, StreamingServer, TermSize, Writer};
 
@@ -46,6 +47,26 @@ pub(super) fn stdin_fifo(
     nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| io_err(&p, e.into()))?;
     Ok(Some(p))
+}
+
+/// What the init needs to run `cmd` in a running container (exec and exec_sync alike).
+pub(super) fn exec_spec(
+    rec: &ContainerRecord,
+    spec: &ContainerSpec,
+    cmd: Vec<String>,
+    tty: bool,
+) -> ExecSpec {
+    let p = rec.process.clone().unwrap_or_default();
+    ExecSpec {
+        pid: p.pid,
+        start_ticks: p.start_ticks,
+        cgroup_procs: spec.cgroup_procs.clone(),
+        process: ProcessSpec {
+            args: cmd,
+            ..spec.process.clone()
+        },
+        tty,
+    }
 }
 
 /// Tasks aborted when the call is dropped.
@@ -140,10 +161,7 @@ impl NativeRuntime {
     }
 
     /// The container's record and spec when it runs.
-    fn running(
-        &self,
-        id: &str,
-    ) -> Result<(super::state::ContainerRecord, super::spec::ContainerSpec), RuntimeError> {
+    fn running(&self, id: &str) -> Result<(ContainerRecord, ContainerSpec), RuntimeError> {
         if id.is_empty() {
             return Err(RuntimeError::InvalidArgument(
                 "container_id is required".into(),
@@ -213,7 +231,7 @@ impl NativeRuntime {
 
 fn check_attach(
     id: &str,
-    spec: &super::spec::ContainerSpec,
+    spec: &ContainerSpec,
     stdin: bool,
     output: bool,
 ) -> Result<(), RuntimeError> {
@@ -361,17 +379,7 @@ impl StreamingRuntime for NativeStreams {
                 "exec in {container_id}: cmd is empty"
             )));
         }
-        let p = rec.process.clone().unwrap_or_default();
-        let exec = ExecSpec {
-            pid: p.pid,
-            start_ticks: p.start_ticks,
-            cgroup_procs: spec.cgroup_procs.clone(),
-            process: ProcessSpec {
-                args: cmd,
-                ..spec.process.clone()
-            },
-            tty: io.tty,
-        };
+        let exec = exec_spec(&rec, &spec, cmd, io.tty);
         let file = rt
             .container_dir(container_id)
             .join(format!("exec-{}.json", &new_id()[..16]));
