@@ -390,6 +390,62 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
 }
 
 #[test]
+fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
+    if !prerequisites("attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stattty", || async {
+        let rt = env.runtime();
+        let (sb, sb_cfg) = sandbox(&env, &rt, "ttyattach").await;
+        let mut cfg = container_config("shell", &["sh"]);
+        cfg.stdin = true;
+        cfg.tty = true;
+        let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let o = opts(true, true, false, true);
+        for (t, (w, h)) in TRANSPORTS.into_iter().zip([(91u16, 17u16), (64, 29)]) {
+            let url = rt
+                .attach(cri::AttachRequest {
+                    container_id: c.clone(),
+                    stdin: true,
+                    tty: true,
+                    stdout: true,
+                    stderr: false,
+                })
+                .await
+                .expect("attach url")
+                .url;
+            let mut a = client::exec(&url, t, o).await.expect("connect");
+            let resize = a.resize.clone().expect("resize with a tty");
+            let mut stdin = a.stdin.take().unwrap();
+            let mut stdout = a.stdout.take().unwrap();
+            resize
+                .send(TermSize {
+                    width: w,
+                    height: h,
+                })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stdin
+                .write_all(b"[ -t 0 ] && echo TTY-$((6*7)); busybox stty size\n")
+                .await
+                .unwrap();
+            let out = read_until(&mut stdout, &format!("{h} {w}"), &format!("{t:?}")).await;
+            assert!(out.contains("TTY-42"), "{t:?}: {out:?}");
+            drop(a);
+        }
+        let st = rt
+            .container_status(&c, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    });
+}
+
+#[test]
 fn port_forward_to_a_tcp_server_in_the_pod_over_spdy_and_websocket() {
     if !prerequisites("port_forward_to_a_tcp_server_in_the_pod_over_spdy_and_websocket") {
         return;

@@ -528,7 +528,8 @@ impl NativeRuntime {
                 max_log_line: self.cfg.max_log_line_size,
                 exit_file: self.store.exit_file(&id),
                 started_file: Some(self.store.started_file(&id)),
-                stdin_fifo: super::stream::stdin_fifo(&dir, &cfg)?,
+                stdin_fifo: super::stream::attach_fifo(&dir, &cfg, "stdin", cfg.stdin)?,
+                resize_fifo: super::stream::attach_fifo(&dir, &cfg, "resize", cfg.tty)?,
             };
             let p = dir.join("spec.json");
             std::fs::write(

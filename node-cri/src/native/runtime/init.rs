@@ -395,7 +395,8 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
         libc::setsid();
         libc::chdir(c"/".as_ptr());
     }
-    let stdio = make_stdio(spec.tty, spec.stdin_fifo.as_deref()).unwrap_or_else(|e| fail(e));
+    let stdin_fifo = spec.stdin_fifo.as_deref().filter(|_| !spec.tty);
+    let stdio = make_stdio(spec.tty, stdin_fifo).unwrap_or_else(|e| fail(e));
     let (ep_r, ep_w) = pipe().unwrap_or_else(|e| fail(e));
     if spec.new_pid {
         // SAFETY: the monitor's next child starts a new PID namespace.
@@ -454,7 +455,8 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
     null_stdio(false);
     // SAFETY: a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGUSR1, on_reopen as *const () as libc::sighandler_t) };
-    let record = monitor_loop(spec, child, stdio.read);
+    let input = TtyInput::open(spec, &stdio.read);
+    let record = monitor_loop(spec, child, stdio.read, input);
     let tmp = spec.exit_file.with_extension("tmp");
     if std::fs::write(&tmp, serde_json::to_vec(&record).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, &spec.exit_file);
@@ -463,10 +465,99 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
     unsafe { libc::_exit(0) }
 }
 
+/// What the monitor relays into a TTY container's terminal: the attach FIFO's bytes, and the
+/// resize FIFO's `cols rows` lines as window sizes.
+struct TtyInput {
+    master: RawFd,
+    stdin: Option<RawFd>,
+    resize: Option<RawFd>,
+    partial: Vec<u8>,
+}
+
+impl TtyInput {
+    fn open(spec: &ContainerSpec, read: &[(RawFd, Stream)]) -> Option<Self> {
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let master = read.first().map(|(fd, _)| *fd).filter(|_| spec.tty)?;
+        let open = |p: &Option<PathBuf>| {
+            p.as_ref().and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(p)
+                    .ok()
+                    .map(|f| f.into_raw_fd())
+            })
+        };
+        Some(Self {
+            master,
+            stdin: open(&spec.stdin_fifo),
+            resize: open(&spec.resize_fifo),
+            partial: Vec::new(),
+        })
+    }
+
+    fn pollfds(&self) -> impl Iterator<Item = libc::pollfd> {
+        [self.stdin, self.resize]
+            .into_iter()
+            .flatten()
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+    }
+
+    fn ready(&mut self, fd: RawFd, buf: &mut [u8]) {
+        // SAFETY: reading into our buffer from a non-blocking FIFO.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r <= 0 {
+            return;
+        }
+        let data = &buf[..r as usize];
+        if Some(fd) == self.stdin {
+            // typed input: as much as the terminal takes now (never block the output loop)
+            for chunk in data.chunks(256) {
+                let mut p = libc::pollfd {
+                    fd: self.master,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; then a write of our own bytes.
+                unsafe {
+                    if libc::poll(&mut p, 1, 100) <= 0 {
+                        return;
+                    }
+                    libc::write(self.master, chunk.as_ptr().cast(), chunk.len());
+                }
+            }
+            return;
+        }
+        self.partial.extend_from_slice(data);
+        while let Some(nl) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            let text = String::from_utf8_lossy(&line);
+            let mut it = text.split_whitespace().map(|v| v.parse::<u16>());
+            if let (Some(Ok(cols)), Some(Ok(rows))) = (it.next(), it.next()) {
+                let ws = libc::winsize {
+                    ws_row: rows,
+                    ws_col: cols,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: TIOCSWINSZ with a valid winsize on the pty master we hold.
+                unsafe { libc::ioctl(self.master, libc::TIOCSWINSZ, &ws) };
+            }
+        }
+    }
+}
+
 fn monitor_loop(
     spec: &ContainerSpec,
     child: libc::pid_t,
     mut fds: Vec<(RawFd, Stream)>,
+    mut input: Option<TtyInput>,
 ) -> ExitRecord {
     let mut log = CriLogWriter::open(spec.log_path.clone(), spec.max_log_line.max(1));
     let mut status: Option<libc::c_int> = None;
@@ -497,6 +588,8 @@ fn monitor_loop(
                 revents: 0,
             })
             .collect();
+        let outputs = pfds.len();
+        pfds.extend(input.iter().flat_map(TtyInput::pollfds));
         let timeout = if status.is_some() { 50 } else { 200 };
         // SAFETY: pfds is a valid array of pollfd.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
@@ -504,6 +597,12 @@ fn monitor_loop(
         if n > 0 {
             for (i, p) in pfds.iter().enumerate() {
                 if p.revents == 0 {
+                    continue;
+                }
+                if i >= outputs {
+                    if let Some(inp) = input.as_mut() {
+                        inp.ready(p.fd, &mut buf);
+                    }
                     continue;
                 }
                 // SAFETY: reading into our buffer.

@@ -155,10 +155,15 @@ pub struct ContainerSpec {
     pub max_log_line: usize,
     /// Where the monitor records the exit.
     pub exit_file: PathBuf,
-    /// A FIFO the container reads as its stdin (CRI `stdin: true` without a TTY), which
-    /// attach writes to; opened read-write by the monitor so the container never sees EOF.
+    /// The attach FIFO (CRI `stdin: true`): without a TTY the container reads it as its stdin
+    /// (opened read-write so it never sees EOF); with one the monitor relays it to the
+    /// terminal.
     #[serde(default)]
     pub stdin_fifo: Option<PathBuf>,
+    /// With a TTY: a FIFO of `cols rows` lines the monitor applies to the terminal (attach's
+    /// resize events; the attach FIFO's bytes go to the terminal too).
+    #[serde(default)]
+    pub resize_fifo: Option<PathBuf>,
     /// Where the monitor records the start (so that a runtime that died while starting the
     /// container finds it running rather than created).
     #[serde(default)]

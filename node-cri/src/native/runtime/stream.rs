@@ -6,10 +6,12 @@
 //!   pipes, or with a pty slave as stdin/stdout/stderr for a TTY (resized with `TIOCSWINSZ` on
 //!   the master). Dropping the call (the client hung up) kills the init, whose child dies with
 //!   it (`PR_SET_PDEATHSIG`).
-//! - attach writes to the container's stdin FIFO (created for `stdin: true` without a TTY,
-//!   held open read-write by the container itself) and follows the container's CRI log file
-//!   from its current end. Both live on disk, so attach works the same after the runtime
-//!   restarted; what a container printed before the attach is not replayed.
+//! - attach writes to the container's stdin FIFO (created for `stdin: true`: without a TTY
+//!   the container reads it, held open read-write by the container itself; with a TTY the
+//!   monitor relays it to the terminal, and a second FIFO carries resizes) and follows the
+//!   container's CRI log file from its current end. All of it lives on disk, so attach works
+//!   the same after the runtime restarted; what a container printed before the attach is not
+//!   replayed.
 //! - port forwarding connects to localhost inside the pod's network namespace from a
 //!   dedicated thread that joins it (`setns`), then hands the socket to tokio.
 
@@ -35,15 +37,18 @@ use crate::streaming::{Duplex, StreamIo, StreamingRuntime, StreamingServer, Term
 /// the pipes open does not hold the session forever).
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
-/// The stdin FIFO of a container that asked for stdin without a TTY.
-pub(super) fn stdin_fifo(
+/// An attach FIFO `name` of a container (`stdin` when it asked for stdin, `resize` when it
+/// has a TTY), created when `wanted`.
+pub(super) fn attach_fifo(
     dir: &Path,
     cfg: &cri::ContainerConfig,
+    name: &str,
+    wanted: bool,
 ) -> Result<Option<PathBuf>, RuntimeError> {
-    if !cfg.stdin || cfg.tty {
+    if !wanted || (name == "resize" && !cfg.stdin) {
         return Ok(None);
     }
-    let p = dir.join("stdin");
+    let p = dir.join(name);
     nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| io_err(&p, e.into()))?;
     Ok(Some(p))
@@ -235,11 +240,6 @@ fn check_attach(
     stdin: bool,
     output: bool,
 ) -> Result<(), RuntimeError> {
-    if stdin && spec.tty {
-        return Err(RuntimeError::FailedPrecondition(format!(
-            "attach to container {id}: stdin of a TTY container is not supported by the native runtime"
-        )));
-    }
     if stdin && spec.stdin_fifo.is_none() {
         return Err(RuntimeError::FailedPrecondition(format!(
             "attach to container {id}: the container was not created with stdin"
@@ -486,6 +486,20 @@ impl StreamingRuntime for NativeStreams {
                 let mut input = input;
                 let mut w = w;
                 let _ = tokio::io::copy(&mut input, &mut w).await;
+            }));
+        }
+        if let (Some(mut resize), Some(fifo)) = (io.resize.take(), spec.resize_fifo.as_ref()) {
+            let w = tokio::net::unix::pipe::OpenOptions::new()
+                .open_sender(fifo)
+                .map_err(|e| io_err(fifo, e))?;
+            tasks.0.push(tokio::spawn(async move {
+                let mut w = w;
+                while let Some(s) = resize.recv().await {
+                    let line = format!("{} {}\n", s.width, s.height);
+                    if w.write_all(line.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
             }));
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
