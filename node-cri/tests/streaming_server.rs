@@ -267,7 +267,7 @@ async fn port_forward_reaches_a_local_server_over_both_transports() {
 #[tokio::test]
 async fn tokens_are_single_use_and_expire_and_bad_requests_are_refused() {
     let (srv, _) = server(StreamingConfig {
-        token_ttl: Duration::from_millis(100),
+        token_ttl: Duration::from_millis(800),
         max_tokens: 3,
         ..Default::default()
     })
@@ -322,7 +322,7 @@ async fn tokens_are_single_use_and_expire_and_bad_requests_are_refused() {
     );
     // expired
     let url = srv.get_exec(&exec_req(&["cat"], false, false)).unwrap().url;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let e = client::exec(&url, Transport::Spdy, opts(false, false))
         .await
         .unwrap_err();
