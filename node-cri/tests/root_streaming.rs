@@ -213,9 +213,9 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 .unwrap();
             let mut stdin = cmd.stdin.take().unwrap();
             let mut stdout = cmd.stdout.take().unwrap();
-            // the shell is on a terminal: stdin is a tty, and the size is the one we sent
+            // the shell is on a terminal of the container's own devpts, of the size we sent
             stdin
-                .write_all(b"sleep 0.3; [ -t 0 ] && echo IS-A-TTY; busybox stty size; exit 3\n")
+                .write_all(b"sleep 0.3; [ -t 0 ] && test -c \"$(busybox tty)\" && echo IS-A-TTY; busybox stty size; exit 3\n")
                 .await
                 .unwrap();
             let out = read_until(&mut stdout, &format!("{h} {w}\r\n"), &format!("{t:?}")).await;

@@ -1322,21 +1322,39 @@ fn run_exec(spec_file: Option<PathBuf>) -> R<i32> {
         })?;
     }
     drop(fds);
+    // a TTY: a pty of the container's own devpts; the master goes back to the runtime over
+    // stdin (a unix socket), the slave becomes the process's stdio
+    let slave = if spec.tty {
+        let (master, slave) = container_pty()?;
+        let sent = send_fd(0, master);
+        close(master);
+        sent?;
+        Some(slave)
+    } else {
+        None
+    };
     let child = fork()?;
     if child == 0 {
         // SAFETY: die with the exec init (the runtime kills it on timeout).
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-        if spec.tty {
-            // SAFETY: a new session whose controlling terminal is the inherited pty slave.
+        if let Some(slave) = slave {
+            // SAFETY: a new session whose controlling terminal is the pty slave.
             unsafe {
                 libc::setsid();
+                for fd in 0..3 {
+                    libc::dup2(slave, fd);
+                }
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
+            close(slave);
         }
         let e = apply_process(&spec.process).unwrap_err();
         eprintln!("nodekit-init: {e}");
         // SAFETY: leaving the forked child.
         unsafe { libc::_exit(127) };
+    }
+    if let Some(slave) = slave {
+        close(slave);
     }
     let mut st = 0;
     // SAFETY: waiting for our child.
@@ -1344,6 +1362,56 @@ fn run_exec(spec_file: Option<PathBuf>) -> R<i32> {
         "wait".into()
     })?;
     Ok(wait_status_code(st).0)
+}
+
+/// A pty of the devpts mounted at the current `/dev/pts` (the container's): master, slave.
+fn container_pty() -> R<(RawFd, RawFd)> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: opening the container's ptmx and its peer; the descriptors are ours.
+    unsafe {
+        let master = libc::open(c"/dev/ptmx".as_ptr(), flags);
+        check(master, || "open the container's /dev/ptmx".into())?;
+        if libc::unlockpt(master) != 0 {
+            let e = format!("unlockpt: {}", errno());
+            close(master);
+            return Err(e);
+        }
+        let slave = libc::ioctl(master, libc::TIOCGPTPEER, flags);
+        if slave < 0 {
+            let e = format!("open the pty slave: {}", errno());
+            close(master);
+            return Err(e);
+        }
+        Ok((master, slave))
+    }
+}
+
+/// Send `fd` over the unix socket `sock` (SCM_RIGHTS, one byte of data).
+fn send_fd(sock: RawFd, fd: RawFd) -> R<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a control buffer sized by CMSG_SPACE for one descriptor, filled through the
+    // CMSG_* accessors, and a msghdr pointing at live buffers.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let mut cbuf = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        check(libc::sendmsg(sock, &msg, 0) as libc::c_int, || {
+            "send the pty to the runtime".into()
+        })
+    }
 }
 
 #[cfg(test)]

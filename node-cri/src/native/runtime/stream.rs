@@ -3,8 +3,9 @@
 //! server's URLs.
 //!
 //! - exec re-executes the init (`nodekit-init exec <spec file>`) with the client's streams as
-//!   pipes, or with a pty slave as stdin/stdout/stderr for a TTY (resized with `TIOCSWINSZ` on
-//!   the master). Dropping the call (the client hung up) kills the init, whose child dies with
+//!   pipes; for a TTY the init opens a pty in the container's own devpts, hands the master
+//!   back over a unix socket (SCM_RIGHTS, runc's console-socket pattern) and gives the slave
+//!   to the process; resizes are `TIOCSWINSZ` on the master. Dropping the call (the client hung up) kills the init, whose child dies with
 //!   it (`PR_SET_PDEATHSIG`).
 //! - attach writes to the container's stdin FIFO (created for `stdin: true`: without a TTY
 //!   the container reads it, held open read-write by the container itself; with a TTY the
@@ -132,6 +133,41 @@ fn set_nonblocking_cloexec(fd: &OwnedFd) -> io::Result<()> {
         libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
     }
     Ok(())
+}
+
+/// Receive one descriptor (SCM_RIGHTS) from the init, waiting at most 30 s.
+fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: recvmsg into live buffers sized by CMSG_SPACE for one descriptor; the
+    // descriptor read from the control message is new and ours.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let mut cbuf = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if n == 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the init sent no terminal",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
 }
 
 /// The runtime's side of the streaming server: a view of the runtime's root.
@@ -401,22 +437,16 @@ impl StreamingRuntime for NativeStreams {
         command.arg("exec").arg(&file).kill_on_drop(true);
         let mut tasks = Tasks(Vec::new());
         let mut outputs = Vec::new();
-        let mut master = None;
+        let mut console = None;
         if io.tty {
-            let pty = nix::pty::openpty(None, None)
-                .map_err(|e| RuntimeError::Internal(format!("openpty: {e}")))?;
-            set_nonblocking_cloexec(&pty.master).map_err(|e| io_err(Path::new("/dev/ptmx"), e))?;
-            let slave = |fd: &OwnedFd| {
-                fd.try_clone()
-                    .map(Stdio::from)
-                    .map_err(|e| io_err(Path::new("/dev/pts"), e))
-            };
+            // the init sends the master of a pty in the container's devpts over this socket
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| io_err(Path::new("socketpair"), e))?;
             command
-                .stdin(slave(&pty.slave)?)
-                .stdout(slave(&pty.slave)?)
-                .stderr(slave(&pty.slave)?);
-            drop(pty.slave);
-            master = Some(pty.master);
+                .stdin(Stdio::from(OwnedFd::from(theirs)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            console = Some(ours);
         } else {
             let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
             command
@@ -425,9 +455,37 @@ impl StreamingRuntime for NativeStreams {
                 .stderr(piped(io.stderr.is_some()));
         }
         let mut child = command.spawn().map_err(|e| io_err(&rt.init, e))?;
-        // our copies of the pty slave go with the command
+        // our copy of the init's end of the socket goes with the command
         drop(command);
+        let mut master = None;
+        if let Some(sock) = console {
+            let received = tokio::task::spawn_blocking(move || recv_fd(&sock))
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+            match received {
+                Ok(fd) => master = Some(fd),
+                Err(e) => {
+                    // the init failed before it had a terminal: its own words are on stderr
+                    let mut why = String::new();
+                    if let Some(mut err) = child.stderr.take() {
+                        let _ =
+                            tokio::time::timeout(OUTPUT_GRACE, err.read_to_string(&mut why)).await;
+                    }
+                    let _ = child.wait().await;
+                    let why = why.trim().trim_start_matches("nodekit-init: ");
+                    return Err(RuntimeError::Internal(format!(
+                        "exec in {container_id}: {}",
+                        if why.is_empty() {
+                            e.to_string()
+                        } else {
+                            why.to_string()
+                        }
+                    )));
+                }
+            }
+        }
         if let Some(master) = master {
+            set_nonblocking_cloexec(&master).map_err(|e| io_err(Path::new("/dev/ptmx"), e))?;
             let dup = |m: &OwnedFd| m.try_clone().map_err(|e| io_err(Path::new("/dev/ptmx"), e));
             let rd = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(dup(&master)?)
                 .map_err(|e| io_err(Path::new("/dev/ptmx"), e))?;
