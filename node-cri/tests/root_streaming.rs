@@ -44,6 +44,27 @@ async fn exec_url(rt: &NativeRuntime, id: &str, cmd: &[&str], o: ExecOptions) ->
     .url
 }
 
+/// Attach to `id` with the streams `o` names, through the URL the runtime returns.
+async fn attach(
+    rt: &NativeRuntime,
+    id: &str,
+    t: Transport,
+    o: ExecOptions,
+) -> client::RemoteCommand {
+    let url = rt
+        .attach(cri::AttachRequest {
+            container_id: id.into(),
+            stdin: o.stdin,
+            tty: o.tty,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+        .await
+        .expect("attach url")
+        .url;
+    client::exec(&url, t, o).await.expect("connect")
+}
+
 async fn read_all(r: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
     let mut v = Vec::new();
     if let Some(mut r) = r {
@@ -282,18 +303,7 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
         .await;
         let o = opts(true, true, true, false);
         for t in TRANSPORTS {
-            let url = rt
-                .attach(cri::AttachRequest {
-                    container_id: c.clone(),
-                    stdin: true,
-                    tty: false,
-                    stdout: true,
-                    stderr: true,
-                })
-                .await
-                .expect("attach url")
-                .url;
-            let mut a = client::exec(&url, t, o).await.expect("connect");
+            let mut a = attach(&rt, &c, t, o).await;
             let mut stdin = a.stdin.take().unwrap();
             let mut stdout = a.stdout.take().unwrap();
             let mut stderr = a.stderr.take().unwrap();
@@ -404,18 +414,7 @@ fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
         let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
         let o = opts(true, true, false, true);
         for (t, (w, h)) in TRANSPORTS.into_iter().zip([(91u16, 17u16), (64, 29)]) {
-            let url = rt
-                .attach(cri::AttachRequest {
-                    container_id: c.clone(),
-                    stdin: true,
-                    tty: true,
-                    stdout: true,
-                    stderr: false,
-                })
-                .await
-                .expect("attach url")
-                .url;
-            let mut a = client::exec(&url, t, o).await.expect("connect");
+            let mut a = attach(&rt, &c, t, o).await;
             let resize = a.resize.clone().expect("resize with a tty");
             let mut stdin = a.stdin.take().unwrap();
             let mut stdout = a.stdout.take().unwrap();

@@ -13,7 +13,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1386,32 +1386,64 @@ fn container_pty() -> R<(RawFd, RawFd)> {
     }
 }
 
-/// Send `fd` over the unix socket `sock` (SCM_RIGHTS, one byte of data).
-fn send_fd(sock: RawFd, fd: RawFd) -> R<()> {
+/// Run `f` with a msghdr over one byte of data and room for one descriptor.
+fn with_fd_msg<T>(f: impl FnOnce(&mut libc::msghdr) -> T) -> T {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // SAFETY: a control buffer sized by CMSG_SPACE for one descriptor, filled through the
-    // CMSG_* accessors, and a msghdr pointing at live buffers.
-    unsafe {
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let mut cbuf = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-        check(libc::sendmsg(sock, &msg, 0) as libc::c_int, || {
-            "send the pty to the runtime".into()
-        })
-    }
+    // SAFETY: CMSG_SPACE is a size computation; the msghdr points at live buffers.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    f(&mut msg)
+}
+
+/// Send `fd` over the unix socket `sock` (SCM_RIGHTS).
+fn send_fd(sock: RawFd, fd: RawFd) -> R<()> {
+    with_fd_msg(|msg| {
+        // SAFETY: the control buffer has room for one descriptor (with_fd_msg).
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+            check(libc::sendmsg(sock, msg, 0) as libc::c_int, || {
+                "send the pty to the runtime".into()
+            })
+        }
+    })
+}
+
+/// Receive one descriptor that [`send_fd`] sent (close-on-exec), waiting at most 30 s.
+pub(super) fn recv_fd(sock: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    with_fd_msg(|msg| {
+        // SAFETY: recvmsg into the buffers of with_fd_msg; the descriptor read from the
+        // control message is new and ours.
+        unsafe {
+            let n = libc::recvmsg(sock.as_raw_fd(), msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 {
+                return Err(errno());
+            }
+            let c = libc::CMSG_FIRSTHDR(msg);
+            if n == 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the init sent no terminal",
+                ));
+            }
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+            Ok(OwnedFd::from_raw_fd(fd))
+        }
+    })
 }
 
 #[cfg(test)]

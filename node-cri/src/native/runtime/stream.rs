@@ -135,41 +135,6 @@ fn set_nonblocking_cloexec(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Receive one descriptor (SCM_RIGHTS) from the init, waiting at most 30 s.
-fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: recvmsg into live buffers sized by CMSG_SPACE for one descriptor; the
-    // descriptor read from the control message is new and ours.
-    unsafe {
-        let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
-        let mut cbuf = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the init sent no terminal",
-            ));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
 /// The runtime's side of the streaming server: a view of the runtime's root.
 pub(super) struct NativeStreams {
     rt: NativeRuntime,
@@ -459,7 +424,7 @@ impl StreamingRuntime for NativeStreams {
         drop(command);
         let mut master = None;
         if let Some(sock) = console {
-            let received = tokio::task::spawn_blocking(move || recv_fd(&sock))
+            let received = tokio::task::spawn_blocking(move || super::init::recv_fd(&sock))
                 .await
                 .map_err(|e| RuntimeError::Internal(e.to_string()))?;
             match received {
