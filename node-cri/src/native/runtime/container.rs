@@ -8,8 +8,8 @@ use node_core::{RuntimeError, cri};
 
 use super::cgroup::CgroupHandle;
 use super::spec::{
-    BindMount, ContainerSpec, ExecSpec, ExitRecord, JoinNamespace, ProcessSpec, Propagation,
-    Seccomp, UserSpec,
+    BindMount, ContainerSpec, ExitRecord, JoinNamespace, ProcessSpec, Propagation, Seccomp,
+    UserSpec,
 };
 use super::state::{ContainerRecord, ContainerStatus, labels_match};
 use super::{
@@ -117,7 +117,7 @@ impl NativeRuntime {
         }
     }
 
-    fn record(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
+    pub(super) fn record(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
         self.store.container(id)?.ok_or_else(|| Self::not_found(id))
     }
 
@@ -125,7 +125,7 @@ impl NativeRuntime {
         self.container_dir(id).join("spec.json")
     }
 
-    fn load_spec(&self, id: &str) -> Result<ContainerSpec, RuntimeError> {
+    pub(super) fn load_spec(&self, id: &str) -> Result<ContainerSpec, RuntimeError> {
         let p = self.spec_path(id);
         let data = std::fs::read(&p).map_err(|e| io_err(&p, e))?;
         serde_json::from_slice(&data)
@@ -133,7 +133,7 @@ impl NativeRuntime {
     }
 
     /// The state as the kubelet sees it, with the exit when there is one.
-    fn observe(
+    pub(super) fn observe(
         &self,
         rec: &ContainerRecord,
     ) -> (cri::ContainerState, Option<ExitRecord>, String, String) {
@@ -528,6 +528,8 @@ impl NativeRuntime {
                 max_log_line: self.cfg.max_log_line_size,
                 exit_file: self.store.exit_file(&id),
                 started_file: Some(self.store.started_file(&id)),
+                stdin_fifo: super::stream::attach_fifo(&dir, &cfg, "stdin", cfg.stdin)?,
+                resize_fifo: super::stream::attach_fifo(&dir, &cfg, "resize", cfg.tty)?,
             };
             let p = dir.join("spec.json");
             std::fs::write(
@@ -771,16 +773,7 @@ impl NativeRuntime {
             )));
         }
         let spec = self.load_spec(id)?;
-        let p = rec.process.clone().unwrap_or_default();
-        let exec = ExecSpec {
-            pid: p.pid,
-            start_ticks: p.start_ticks,
-            cgroup_procs: spec.cgroup_procs.clone(),
-            process: ProcessSpec {
-                args: cmd,
-                ..spec.process.clone()
-            },
-        };
+        let exec = super::stream::exec_spec(&rec, &spec, cmd, false);
         let json =
             serde_json::to_string(&exec).map_err(|e| RuntimeError::Internal(e.to_string()))?;
         let mut child = tokio::process::Command::new(&self.init)

@@ -6,12 +6,14 @@
 //!   them (pid 1 of the pod's PID namespace).
 //! - `nodekit-init container <spec file>`: fork the container's monitor (it outlives the
 //!   runtime, writes the CRI log and records the exit), which forks the container process.
-//! - `nodekit-init exec <json>`: join a running container and run one command in it.
+//! - `nodekit-init exec [<spec file>]`: join a running container and run one command in it
+//!   (the spec on stdin, stdio discarded; or in a file, removed once read, with the caller's
+//!   stdio passed through: interactive exec).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +36,7 @@ pub fn main() -> ! {
     let result = match arg(1).as_str() {
         "sandbox" => run_sandbox(&arg(2)),
         "container" => run_container(Path::new(&arg(2))),
-        "exec" => run_exec(),
+        "exec" => run_exec(args.get(2).map(PathBuf::from)),
         other => Err(format!(
             "unknown command {other:?}; usage: nodekit-init sandbox|container|exec <spec>"
         )),
@@ -339,7 +341,7 @@ struct Stdio {
     child: [RawFd; 3],
 }
 
-fn make_stdio(tty: bool) -> R<Stdio> {
+fn make_stdio(tty: bool, stdin_fifo: Option<&Path>) -> R<Stdio> {
     if tty {
         let (mut master, mut slave) = (0, 0);
         // SAFETY: openpty writes two descriptors; the other pointers may be null.
@@ -365,7 +367,15 @@ fn make_stdio(tty: bool) -> R<Stdio> {
     }
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    // stdin: the attach FIFO (read-write, so it never reaches EOF) or /dev/null
+    let null = match stdin_fifo {
+        Some(f) => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f)
+            .map_err(|e| format!("stdin fifo {}: {e}", f.display()))?,
+        None => std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?,
+    };
     let null_fd = null.as_raw_fd();
     std::mem::forget(null);
     Ok(Stdio {
@@ -385,7 +395,8 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
         libc::setsid();
         libc::chdir(c"/".as_ptr());
     }
-    let stdio = make_stdio(spec.tty).unwrap_or_else(|e| fail(e));
+    let stdin_fifo = spec.stdin_fifo.as_deref().filter(|_| !spec.tty);
+    let stdio = make_stdio(spec.tty, stdin_fifo).unwrap_or_else(|e| fail(e));
     let (ep_r, ep_w) = pipe().unwrap_or_else(|e| fail(e));
     if spec.new_pid {
         // SAFETY: the monitor's next child starts a new PID namespace.
@@ -444,7 +455,8 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
     null_stdio(false);
     // SAFETY: a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGUSR1, on_reopen as *const () as libc::sighandler_t) };
-    let record = monitor_loop(spec, child, stdio.read);
+    let input = TtyInput::open(spec, &stdio.read);
+    let record = monitor_loop(spec, child, stdio.read, input);
     let tmp = spec.exit_file.with_extension("tmp");
     if std::fs::write(&tmp, serde_json::to_vec(&record).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, &spec.exit_file);
@@ -453,10 +465,99 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
     unsafe { libc::_exit(0) }
 }
 
+/// What the monitor relays into a TTY container's terminal: the attach FIFO's bytes, and the
+/// resize FIFO's `cols rows` lines as window sizes.
+struct TtyInput {
+    master: RawFd,
+    stdin: Option<RawFd>,
+    resize: Option<RawFd>,
+    partial: Vec<u8>,
+}
+
+impl TtyInput {
+    fn open(spec: &ContainerSpec, read: &[(RawFd, Stream)]) -> Option<Self> {
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let master = read.first().map(|(fd, _)| *fd).filter(|_| spec.tty)?;
+        let open = |p: &Option<PathBuf>| {
+            p.as_ref().and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(p)
+                    .ok()
+                    .map(|f| f.into_raw_fd())
+            })
+        };
+        Some(Self {
+            master,
+            stdin: open(&spec.stdin_fifo),
+            resize: open(&spec.resize_fifo),
+            partial: Vec::new(),
+        })
+    }
+
+    fn pollfds(&self) -> impl Iterator<Item = libc::pollfd> {
+        [self.stdin, self.resize]
+            .into_iter()
+            .flatten()
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+    }
+
+    fn ready(&mut self, fd: RawFd, buf: &mut [u8]) {
+        // SAFETY: reading into our buffer from a non-blocking FIFO.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r <= 0 {
+            return;
+        }
+        let data = &buf[..r as usize];
+        if Some(fd) == self.stdin {
+            // typed input: as much as the terminal takes now (never block the output loop)
+            for chunk in data.chunks(256) {
+                let mut p = libc::pollfd {
+                    fd: self.master,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; then a write of our own bytes.
+                unsafe {
+                    if libc::poll(&mut p, 1, 100) <= 0 {
+                        return;
+                    }
+                    libc::write(self.master, chunk.as_ptr().cast(), chunk.len());
+                }
+            }
+            return;
+        }
+        self.partial.extend_from_slice(data);
+        while let Some(nl) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            let text = String::from_utf8_lossy(&line);
+            let mut it = text.split_whitespace().map(|v| v.parse::<u16>());
+            if let (Some(Ok(cols)), Some(Ok(rows))) = (it.next(), it.next()) {
+                let ws = libc::winsize {
+                    ws_row: rows,
+                    ws_col: cols,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: TIOCSWINSZ with a valid winsize on the pty master we hold.
+                unsafe { libc::ioctl(self.master, libc::TIOCSWINSZ, &ws) };
+            }
+        }
+    }
+}
+
 fn monitor_loop(
     spec: &ContainerSpec,
     child: libc::pid_t,
     mut fds: Vec<(RawFd, Stream)>,
+    mut input: Option<TtyInput>,
 ) -> ExitRecord {
     let mut log = CriLogWriter::open(spec.log_path.clone(), spec.max_log_line.max(1));
     let mut status: Option<libc::c_int> = None;
@@ -487,6 +588,8 @@ fn monitor_loop(
                 revents: 0,
             })
             .collect();
+        let outputs = pfds.len();
+        pfds.extend(input.iter().flat_map(TtyInput::pollfds));
         let timeout = if status.is_some() { 50 } else { 200 };
         // SAFETY: pfds is a valid array of pollfd.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
@@ -494,6 +597,12 @@ fn monitor_loop(
         if n > 0 {
             for (i, p) in pfds.iter().enumerate() {
                 if p.revents == 0 {
+                    continue;
+                }
+                if i >= outputs {
+                    if let Some(inp) = input.as_mut() {
+                        inp.ready(p.fd, &mut buf);
+                    }
                     continue;
                 }
                 // SAFETY: reading into our buffer.
@@ -1175,13 +1284,19 @@ fn exec(args: &[String], env: &[String]) -> R<std::convert::Infallible> {
 // ---------------------------------------------------------------------------------------------
 // exec: join a running container
 
-fn run_exec() -> R<i32> {
-    // the spec comes on stdin (it holds the container's environment: not for `ps` to show)
+fn run_exec(spec_file: Option<PathBuf>) -> R<i32> {
+    // the spec holds the container's environment: not for `ps` to show, so on stdin or in a
+    // root-only file
     let mut json = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut json)
-        .map_err(|e| format!("read exec spec: {e}"))?;
-    null_stdio(true);
+    if let Some(f) = &spec_file {
+        json = std::fs::read(f).map_err(|e| format!("read exec spec {}: {e}", f.display()))?;
+        let _ = std::fs::remove_file(f);
+    } else {
+        std::io::stdin()
+            .read_to_end(&mut json)
+            .map_err(|e| format!("read exec spec: {e}"))?;
+        null_stdio(true);
+    }
     let spec: ExecSpec = serde_json::from_slice(&json).map_err(|e| format!("exec spec: {e}"))?;
     let mut fds = Vec::new();
     for (kind, flag) in [
@@ -1207,14 +1322,39 @@ fn run_exec() -> R<i32> {
         })?;
     }
     drop(fds);
+    // a TTY: a pty of the container's own devpts; the master goes back to the runtime over
+    // stdin (a unix socket), the slave becomes the process's stdio
+    let slave = if spec.tty {
+        let (master, slave) = container_pty()?;
+        let sent = send_fd(0, master);
+        close(master);
+        sent?;
+        Some(slave)
+    } else {
+        None
+    };
     let child = fork()?;
     if child == 0 {
         // SAFETY: die with the exec init (the runtime kills it on timeout).
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        if let Some(slave) = slave {
+            // SAFETY: a new session whose controlling terminal is the pty slave.
+            unsafe {
+                libc::setsid();
+                for fd in 0..3 {
+                    libc::dup2(slave, fd);
+                }
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+            close(slave);
+        }
         let e = apply_process(&spec.process).unwrap_err();
         eprintln!("nodekit-init: {e}");
         // SAFETY: leaving the forked child.
         unsafe { libc::_exit(127) };
+    }
+    if let Some(slave) = slave {
+        close(slave);
     }
     let mut st = 0;
     // SAFETY: waiting for our child.
@@ -1222,6 +1362,88 @@ fn run_exec() -> R<i32> {
         "wait".into()
     })?;
     Ok(wait_status_code(st).0)
+}
+
+/// A pty of the devpts mounted at the current `/dev/pts` (the container's): master, slave.
+fn container_pty() -> R<(RawFd, RawFd)> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: opening the container's ptmx and its peer; the descriptors are ours.
+    unsafe {
+        let master = libc::open(c"/dev/ptmx".as_ptr(), flags);
+        check(master, || "open the container's /dev/ptmx".into())?;
+        if libc::unlockpt(master) != 0 {
+            let e = format!("unlockpt: {}", errno());
+            close(master);
+            return Err(e);
+        }
+        let slave = libc::ioctl(master, libc::TIOCGPTPEER, flags);
+        if slave < 0 {
+            let e = format!("open the pty slave: {}", errno());
+            close(master);
+            return Err(e);
+        }
+        Ok((master, slave))
+    }
+}
+
+/// Run `f` with a msghdr over one byte of data and room for one descriptor.
+fn with_fd_msg<T>(f: impl FnOnce(&mut libc::msghdr) -> T) -> T {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a size computation; the msghdr points at live buffers.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    f(&mut msg)
+}
+
+/// Send `fd` over the unix socket `sock` (SCM_RIGHTS).
+fn send_fd(sock: RawFd, fd: RawFd) -> R<()> {
+    with_fd_msg(|msg| {
+        // SAFETY: the control buffer has room for one descriptor (with_fd_msg).
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+            check(libc::sendmsg(sock, msg, 0) as libc::c_int, || {
+                "send the pty to the runtime".into()
+            })
+        }
+    })
+}
+
+/// Receive one descriptor that [`send_fd`] sent (close-on-exec), waiting at most 30 s.
+pub(super) fn recv_fd(sock: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    with_fd_msg(|msg| {
+        // SAFETY: recvmsg into the buffers of with_fd_msg; the descriptor read from the
+        // control message is new and ours.
+        unsafe {
+            let n = libc::recvmsg(sock.as_raw_fd(), msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 {
+                return Err(errno());
+            }
+            let c = libc::CMSG_FIRSTHDR(msg);
+            if n == 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the init sent no terminal",
+                ));
+            }
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+            Ok(OwnedFd::from_raw_fd(fd))
+        }
+    })
 }
 
 #[cfg(test)]

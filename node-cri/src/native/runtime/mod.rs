@@ -18,6 +18,7 @@ mod sandbox;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+mod stream;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -164,6 +165,9 @@ pub struct NativeConfig {
     pub rlimits: Vec<(u32, u64, u64)>,
     /// How long to wait for a killed container's exit to be recorded.
     pub kill_wait: Duration,
+    /// The streaming server for Exec, Attach and PortForward (started on the first such call,
+    /// on that caller's tokio runtime; default `127.0.0.1:0`).
+    pub streaming: crate::streaming::StreamingConfig,
 }
 
 impl Default for NativeConfig {
@@ -178,6 +182,7 @@ impl Default for NativeConfig {
             max_log_line_size: 16 * 1024,
             rlimits: Vec::new(),
             kill_wait: Duration::from_secs(10),
+            streaming: Default::default(),
         }
     }
 }
@@ -235,6 +240,7 @@ pub struct NativeRuntime {
     init: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     reserved: Mutex<std::collections::HashSet<String>>,
+    streaming: tokio::sync::OnceCell<crate::streaming::StreamingServer>,
 }
 
 impl std::fmt::Debug for NativeRuntime {
@@ -329,6 +335,7 @@ impl NativeRuntime {
             init,
             locks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(Default::default()),
+            streaming: Default::default(),
         };
         rt.sweep_orphans(Duration::from_secs(60));
         Ok(rt)
@@ -560,5 +567,17 @@ impl RuntimeBackend for NativeRuntime {
     }
     async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
         self.reopen_log(id)
+    }
+    async fn exec(&self, req: cri::ExecRequest) -> Result<cri::ExecResponse, RuntimeError> {
+        self.exec_url(req).await
+    }
+    async fn attach(&self, req: cri::AttachRequest) -> Result<cri::AttachResponse, RuntimeError> {
+        self.attach_url(req).await
+    }
+    async fn port_forward(
+        &self,
+        req: cri::PortForwardRequest,
+    ) -> Result<cri::PortForwardResponse, RuntimeError> {
+        self.port_forward_url(req).await
     }
 }

@@ -155,6 +155,15 @@ pub struct ContainerSpec {
     pub max_log_line: usize,
     /// Where the monitor records the exit.
     pub exit_file: PathBuf,
+    /// The attach FIFO (CRI `stdin: true`): without a TTY the container reads it as its stdin
+    /// (opened read-write so it never sees EOF); with one the monitor relays it to the
+    /// terminal.
+    #[serde(default)]
+    pub stdin_fifo: Option<PathBuf>,
+    /// With a TTY: a FIFO of `cols rows` lines the monitor applies to the terminal (attach's
+    /// resize events; the attach FIFO's bytes go to the terminal too).
+    #[serde(default)]
+    pub resize_fifo: Option<PathBuf>,
     /// Where the monitor records the start (so that a runtime that died while starting the
     /// container finds it running rather than created).
     #[serde(default)]
@@ -172,6 +181,9 @@ pub struct ExecSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// The process to run.
     pub process: ProcessSpec,
+    /// Make the inherited stdin (a pty slave) the process's controlling terminal.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// What the init reports once a container process runs (or a sandbox's pause process).

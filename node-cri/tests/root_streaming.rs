@@ -1,0 +1,1069 @@
+//! Root tests of the native runtime's streaming (need root, overlayfs, cgroups and
+//! busybox-static): exec with and without a TTY, attach and port forwarding, each end to end
+//! through the URL the runtime returns, over SPDY/3.1 and over WebSocket; bad tokens, unknown
+//! ids and clients that hang up. Setup is shared with `root_native_runtime.rs` (tests/common).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::env::*;
+use node_core::{RuntimeBackend, RuntimeError, cri};
+use node_cri::native::runtime::NativeRuntime;
+use node_cri::streaming::client::{self, ExecOptions, Transport};
+use node_cri::streaming::{StreamingError, TermSize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+const TRANSPORTS: [Transport; 2] = [Transport::Spdy, Transport::WebSocket];
+const T: Duration = Duration::from_secs(20);
+
+/// A ready sandbox (own network namespace) named `name`.
+async fn sandbox(env: &Env, rt: &NativeRuntime, name: &str) -> (String, cri::PodSandboxConfig) {
+    let cfg = env.sandbox_config(name);
+    let id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run sandbox");
+    (id, cfg)
+}
+
+async fn exec_url(rt: &NativeRuntime, id: &str, cmd: &[&str], o: ExecOptions) -> String {
+    rt.exec(cri::ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: o.tty,
+        stdin: o.stdin,
+        stdout: o.stdout,
+        stderr: o.stderr,
+    })
+    .await
+    .expect("exec url")
+    .url
+}
+
+/// Attach to `id` with the streams `o` names, through the URL the runtime returns.
+async fn attach(
+    rt: &NativeRuntime,
+    id: &str,
+    t: Transport,
+    o: ExecOptions,
+) -> client::RemoteCommand {
+    let url = rt
+        .attach(cri::AttachRequest {
+            container_id: id.into(),
+            stdin: o.stdin,
+            tty: o.tty,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+        .await
+        .expect("attach url")
+        .url;
+    client::exec(&url, t, o).await.expect("connect")
+}
+
+async fn read_all(r: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let mut v = Vec::new();
+    if let Some(mut r) = r {
+        tokio::time::timeout(T, r.read_to_end(&mut v))
+            .await
+            .expect("output within the timeout")
+            .expect("read output");
+    }
+    v
+}
+
+/// Read from `r` until the text contains `needle`; everything read.
+async fn read_until(r: &mut (impl AsyncRead + Unpin), needle: &str, what: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + T;
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, r.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: no {needle:?} within {T:?}, got {:?}",
+                    String::from_utf8_lossy(&got)
+                )
+            })
+            .expect("read");
+        assert!(
+            n > 0,
+            "{what}: EOF before {needle:?}, got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Processes whose command line is exactly `argv`.
+fn processes_with_cmdline(argv: &[&str]) -> Vec<i32> {
+    let want = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+        })
+        .collect()
+}
+
+/// The streams to open: stdin, stdout, stderr, tty.
+fn opts(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecOptions {
+    ExecOptions {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+    }
+}
+
+/// A sandbox named `name` with a long-running container `box` in it: (sandbox, its config,
+/// container).
+async fn pod_with_box(
+    env: &Env,
+    rt: &NativeRuntime,
+    name: &str,
+) -> (String, cri::PodSandboxConfig, String) {
+    let (sb, sb_cfg) = sandbox(env, rt, name).await;
+    let c = run_container(rt, &sb, &sb_cfg, long_running("box")).await;
+    (sb, sb_cfg, c)
+}
+
+fn long_running(name: &str) -> cri::ContainerConfig {
+    container_config(name, &["sh", "-c", "while true; do sleep 1; done"])
+}
+
+#[test]
+fn exec_with_stdin_and_without_tty_over_spdy_and_websocket() {
+    if !prerequisites("exec_with_stdin_and_without_tty_over_spdy_and_websocket") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stexec", || async {
+        let rt = env.runtime();
+        let (_, _, c) = pod_with_box(&env, &rt, "exec").await;
+        let all = opts(true, true, true, false);
+        for t in TRANSPORTS {
+            let url = exec_url(&rt, &c, &["cat"], all).await;
+            assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+            let mut cmd = client::exec(&url, t, all).await.expect("connect");
+            // more than any pipe buffer, echoed back through cat
+            let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let mut stdin = cmd.stdin.take().unwrap();
+            let payload = data.clone();
+            let writer = tokio::spawn(async move {
+                stdin.write_all(&payload).await.unwrap();
+                stdin.shutdown().await.unwrap();
+            });
+            let out = read_all(cmd.stdout.take()).await;
+            writer.await.unwrap();
+            assert_eq!(out.len(), data.len(), "{t:?}: cat echoed everything");
+            assert!(out == data, "{t:?}: the bytes came back unchanged");
+            assert_eq!(read_all(cmd.stderr.take()).await, b"");
+            assert_eq!(cmd.wait().await.expect("status"), 0, "{t:?}");
+
+            // a non-zero exit code and stderr come through
+            let url = exec_url(
+                &rt,
+                &c,
+                &["sh", "-c", "echo out; echo oops >&2; exit 7"],
+                all,
+            )
+            .await;
+            let mut cmd = client::exec(&url, t, all).await.expect("connect");
+            drop(cmd.stdin.take());
+            let out = read_all(cmd.stdout.take()).await;
+            let err = read_all(cmd.stderr.take()).await;
+            assert_eq!(out, b"out\n", "{t:?}");
+            assert_eq!(err, b"oops\n", "{t:?}");
+            assert_eq!(cmd.wait().await.expect("status"), 7, "{t:?}");
+
+            // the exec runs inside the container (its hostname, its pid namespace)
+            let o = opts(false, true, false, false);
+            let url = exec_url(&rt, &c, &["sh", "-c", "hostname; echo $$"], o).await;
+            let mut cmd = client::exec(&url, t, o).await.expect("connect");
+            let out = String::from_utf8(read_all(cmd.stdout.take()).await).unwrap();
+            assert_eq!(cmd.wait().await.unwrap(), 0);
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines[0], "exec", "{t:?}: {out:?}");
+            let pid: i32 = lines[1].parse().unwrap();
+            assert!(
+                pid < 100,
+                "{t:?}: a pid of the container's namespace, got {pid}"
+            );
+        }
+        let server = rt.streaming_server().await.unwrap();
+        wait_for("sessions to end", T, || async {
+            server.active_sessions() == 0
+        })
+        .await;
+        assert_eq!(server.pending_tokens(), 0);
+    });
+}
+
+#[test]
+fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
+    if !prerequisites("exec_with_a_tty_follows_resizes_over_spdy_and_websocket") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("sttty", || async {
+        let rt = env.runtime();
+        let (_, _, c) = pod_with_box(&env, &rt, "tty").await;
+        let o = opts(true, true, false, true);
+        for (t, (w, h)) in TRANSPORTS.into_iter().zip([(123u16, 45u16), (77, 31)]) {
+            let url = exec_url(&rt, &c, &["sh"], o).await;
+            let mut cmd = client::exec(&url, t, o).await.expect("connect");
+            assert!(cmd.stderr.is_none());
+            let resize = cmd.resize.clone().expect("a resize stream with a tty");
+            resize
+                .send(TermSize {
+                    width: w,
+                    height: h,
+                })
+                .await
+                .unwrap();
+            let mut stdin = cmd.stdin.take().unwrap();
+            let mut stdout = cmd.stdout.take().unwrap();
+            // the shell is on a terminal of the container's own devpts, of the size we sent
+            stdin
+                .write_all(b"sleep 0.3; [ -t 0 ] && test -c \"$(busybox tty)\" && echo IS-A-TTY; busybox stty size; exit 3\n")
+                .await
+                .unwrap();
+            let out = read_until(&mut stdout, &format!("{h} {w}\r\n"), &format!("{t:?}")).await;
+            assert!(out.contains("IS-A-TTY\r\n"), "{t:?}: {out:?}");
+            // and a later resize too
+            resize
+                .send(TermSize {
+                    width: 200,
+                    height: 60,
+                })
+                .await
+                .unwrap();
+            drop(stdin);
+            let rest = String::from_utf8_lossy(&read_all(Some(stdout)).await).into_owned();
+            assert_eq!(cmd.wait().await.expect("status"), 3, "{t:?}: {rest:?}");
+
+            let url = exec_url(&rt, &c, &["sh"], o).await;
+            let mut cmd = client::exec(&url, t, o).await.expect("connect");
+            let resize = cmd.resize.clone().unwrap();
+            let mut stdin = cmd.stdin.take().unwrap();
+            let mut stdout = cmd.stdout.take().unwrap();
+            stdin.write_all(b"echo READY\n").await.unwrap();
+            read_until(&mut stdout, "READY\r\n", "prompt").await;
+            resize
+                .send(TermSize {
+                    width: 99,
+                    height: 11,
+                })
+                .await
+                .unwrap();
+            stdin
+                .write_all(b"sleep 0.3; busybox stty size; exit 0\n")
+                .await
+                .unwrap();
+            read_until(&mut stdout, "11 99\r\n", &format!("{t:?} resize")).await;
+            assert_eq!(cmd.wait().await.expect("status"), 0);
+        }
+    });
+}
+
+#[test]
+fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
+    if !prerequisites("attach_to_a_container_started_with_stdin_over_spdy_and_websocket") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("statt", || async {
+        let rt = env.runtime();
+        let (sb, sb_cfg) = sandbox(&env, &rt, "attach").await;
+        let mut cfg = container_config(
+            "echo",
+            &[
+                "sh",
+                "-c",
+                "echo started; while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo eof",
+            ],
+        );
+        cfg.stdin = true;
+        let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let log = env.logs.join("attach/echo/0.log");
+        wait_for("the container's first line", T, || async {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("started"))
+        })
+        .await;
+        let o = opts(true, true, true, false);
+        for t in TRANSPORTS {
+            let mut a = attach(&rt, &c, t, o).await;
+            let mut stdin = a.stdin.take().unwrap();
+            let mut stdout = a.stdout.take().unwrap();
+            let mut stderr = a.stderr.take().unwrap();
+            let word = format!("hello-{t:?}");
+            // the follower starts at the log's end: send until the echo shows up
+            let mut got = String::new();
+            for _ in 0..20 {
+                stdin
+                    .write_all(format!("{word}\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 256];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf)).await
+                {
+                    got.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if got.contains(&format!("got {word}\n")) {
+                        break;
+                    }
+                }
+            }
+            assert!(
+                got.contains(&format!("got {word}\n")),
+                "{t:?}: stdout {got:?}"
+            );
+            read_until(
+                &mut stderr,
+                &format!("err {word}\n"),
+                &format!("{t:?} stderr"),
+            )
+            .await;
+            assert!(
+                !got.contains("started"),
+                "{t:?}: attach follows from the current end, got {got:?}"
+            );
+            // detaching leaves the container running, its stdin open
+            drop(stdin);
+            drop(a);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let st = rt
+                .container_status(&c, false)
+                .await
+                .unwrap()
+                .status
+                .unwrap();
+            assert_eq!(
+                st.state,
+                cri::ContainerState::ContainerRunning as i32,
+                "{t:?}"
+            );
+        }
+        // an attach ends with the container, with its exit code
+        let url = rt
+            .attach(cri::AttachRequest {
+                container_id: c.clone(),
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .url;
+        let o = opts(false, true, false, false);
+        let mut a = client::exec(&url, Transport::WebSocket, o).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rt.stop_container(&c, Duration::from_secs(1)).await.unwrap();
+        let code = tokio::time::timeout(T, a.wait())
+            .await
+            .expect("attach ends with the container")
+            .unwrap();
+        let st = rt
+            .container_status(&c, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(code, st.exit_code, "the container's own exit code");
+        assert_ne!(code, 0);
+        // no stdin for a container created without it
+        let plain = run_container(&rt, &sb, &sb_cfg, long_running("nostdin")).await;
+        let e = rt
+            .attach(cri::AttachRequest {
+                container_id: plain,
+                stdin: true,
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::FailedPrecondition(m) if m.contains("not created with stdin")),
+            "{e:?}"
+        );
+    });
+}
+
+#[test]
+fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
+    if !prerequisites("attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stattty", || async {
+        let rt = env.runtime();
+        let (sb, sb_cfg) = sandbox(&env, &rt, "ttyattach").await;
+        let mut cfg = container_config("shell", &["sh"]);
+        cfg.stdin = true;
+        cfg.tty = true;
+        let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let o = opts(true, true, false, true);
+        for (t, (w, h)) in TRANSPORTS.into_iter().zip([(91u16, 17u16), (64, 29)]) {
+            let mut a = attach(&rt, &c, t, o).await;
+            let resize = a.resize.clone().expect("resize with a tty");
+            let mut stdin = a.stdin.take().unwrap();
+            let mut stdout = a.stdout.take().unwrap();
+            resize
+                .send(TermSize {
+                    width: w,
+                    height: h,
+                })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stdin
+                .write_all(b"[ -t 0 ] && echo TTY-$((6*7)); busybox stty size\n")
+                .await
+                .unwrap();
+            let out = read_until(&mut stdout, &format!("{h} {w}"), &format!("{t:?}")).await;
+            assert!(out.contains("TTY-42"), "{t:?}: {out:?}");
+            drop(a);
+        }
+        let st = rt
+            .container_status(&c, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    });
+}
+
+#[test]
+fn port_forward_to_a_tcp_server_in_the_pod_over_spdy_and_websocket() {
+    if !prerequisites("port_forward_to_a_tcp_server_in_the_pod_over_spdy_and_websocket") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stpf", || async {
+        let rt = env.runtime();
+        let (sb, sb_cfg) = sandbox(&env, &rt, "pf").await;
+        run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config("web", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+        )
+        .await;
+        // the server listens in the pod's network namespace, not in ours
+        assert!(std::net::TcpStream::connect("127.0.0.1:8080").is_err());
+        let url_for = |port: i32| {
+            let rt = &rt;
+            let sb = sb.clone();
+            async move {
+                rt.port_forward(cri::PortForwardRequest {
+                    pod_sandbox_id: sb,
+                    port: vec![port],
+                })
+                .await
+                .expect("port forward url")
+                .url
+            }
+        };
+        for t in TRANSPORTS {
+            let mut body = String::new();
+            let deadline = Instant::now() + T;
+            while !body.contains("hello from nodekit") {
+                assert!(Instant::now() < deadline, "{t:?}: no answer, last {body:?}");
+                let url = url_for(8080).await;
+                let mut f = client::port_forward(&url, t, 8080).await.expect("connect");
+                f.stream
+                    .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut v = Vec::new();
+                let _ = tokio::time::timeout(T, f.stream.read_to_end(&mut v)).await;
+                body = String::from_utf8_lossy(&v).into_owned();
+                if !body.contains("hello from nodekit") {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            assert!(body.starts_with("HTTP/1."), "{t:?}: {body:?}");
+            // a closed port: the error comes on the error stream
+            let url = url_for(9).await;
+            let mut f = client::port_forward(&url, t, 9).await.expect("connect");
+            let e = f.error(T).await.unwrap_or_default();
+            assert!(
+                e.contains("port 9") && e.contains("refused"),
+                "{t:?}: {e:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn bad_tokens_unknown_ids_and_clients_that_hang_up() {
+    if !prerequisites("bad_tokens_unknown_ids_and_clients_that_hang_up") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stbad", || async {
+        let mut cfg = env.config();
+        cfg.streaming.token_ttl = Duration::from_secs(1);
+        let rt = NativeRuntime::new(cfg).unwrap();
+        let (sb, sb_cfg, c) = pod_with_box(&env, &rt, "bad").await;
+        let o = opts(false, true, false, false);
+        let base = rt.streaming_server().await.unwrap().base_url().to_string();
+        for t in TRANSPORTS {
+            // unknown token
+            let e = client::exec(&format!("{base}/exec/nope"), t, o)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, StreamingError::Status { status: 404, .. }),
+                "{t:?}: {e:?}"
+            );
+            // expired token
+            let url = exec_url(&rt, &c, &["true"], o).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let e = client::exec(&url, t, o).await.unwrap_err();
+            assert!(
+                matches!(&e, StreamingError::Status { status: 404, .. }),
+                "{t:?}: {e:?}"
+            );
+            // a token is good once
+            let url = exec_url(&rt, &c, &["true"], o).await;
+            let mut ok = client::exec(&url, t, o).await.unwrap();
+            assert_eq!(ok.wait().await.unwrap(), 0);
+            let e = client::exec(&url, t, o).await.unwrap_err();
+            assert!(
+                matches!(&e, StreamingError::Status { status: 404, .. }),
+                "{t:?}: {e:?}"
+            );
+            // a token for exec does not open a port forward
+            let e = client::port_forward(&url.replace("/exec/", "/portforward/"), t, 80)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, StreamingError::Status { status: 404, .. }),
+                "{t:?}: {e:?}"
+            );
+        }
+        // unknown ids and bad requests are refused before any URL is handed out
+        let e = rt
+            .exec(cri::ExecRequest {
+                container_id: "no-such-container".into(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::NotFound { id, .. } if id == "no-such-container"),
+            "{e:?}"
+        );
+        let e = rt
+            .attach(cri::AttachRequest {
+                container_id: "no-such-container".into(),
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e:?}");
+        let e = rt
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: "no-such-pod".into(),
+                port: vec![80],
+            })
+            .await
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e:?}");
+        let e = rt
+            .exec(cri::ExecRequest {
+                container_id: c.clone(),
+                cmd: vec!["sh".into()],
+                tty: true,
+                stderr: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::InvalidArgument(m) if m.contains("tty and stderr")),
+            "{e:?}"
+        );
+        let e = rt
+            .exec(cri::ExecRequest {
+                container_id: c.clone(),
+                cmd: vec![],
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RuntimeError::InvalidArgument(_)), "{e:?}");
+
+        // a container removed between the URL and the connection: a clear remote error
+        // (a runtime on the same root with the default token lifetime: stopping takes a while)
+        let patient = env.runtime();
+        for (i, t) in TRANSPORTS.into_iter().enumerate() {
+            let gone = run_container(&rt, &sb, &sb_cfg, long_running(&format!("gone{i}"))).await;
+            let url = exec_url(&patient, &gone, &["true"], o).await;
+            if t == Transport::WebSocket {
+                rt.remove_container(&gone).await.unwrap();
+            }
+            if t == Transport::Spdy {
+                rt.stop_container(&gone, Duration::ZERO).await.unwrap();
+            }
+            let mut cmd = client::exec(&url, t, o).await.unwrap();
+            let e = cmd.wait().await.unwrap_err();
+            let m = e.to_string();
+            assert!(
+                m.contains(&gone) && (m.contains("not running") || m.contains("not found")),
+                "{t:?}: {m}"
+            );
+        }
+
+        // a client hanging up mid-stream kills the exec'd process and leaks nothing
+        let server = rt.streaming_server().await.unwrap();
+        let io = opts(true, true, false, false);
+        for (t, secs) in TRANSPORTS.into_iter().zip(["4241", "4242"]) {
+            let url = exec_url(&rt, &c, &["sleep", secs], io).await;
+            let cmd = client::exec(&url, t, io).await.unwrap();
+            wait_for("the exec'd sleep to run", T, || async {
+                processes_with_cmdline(&["sleep", secs]).len() == 1
+            })
+            .await;
+            assert_eq!(server.active_sessions(), 1);
+            drop(cmd);
+            wait_for("the exec'd sleep to die", T, || async {
+                processes_with_cmdline(&["sleep", secs]).is_empty()
+            })
+            .await;
+            wait_for("the session to end", T, || async {
+                server.active_sessions() == 0
+            })
+            .await;
+        }
+        // no exec init left, no exec spec file left
+        let dir = env.config().root.join("containers").join(&c);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("exec-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let inits: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.get(1) == Some(&&b"exec"[..])
+                    && args
+                        .get(2)
+                        .is_some_and(|a| a.starts_with(dir.display().to_string().as_bytes()))
+            })
+            .collect();
+        assert!(inits.is_empty(), "exec inits left: {inits:?}");
+        // the container itself is unharmed
+        let st = rt
+            .container_status(&c, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    });
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Prints the exec round-trip figures (SPDY vs WebSocket), measured on a loaded 2-core
+/// machine: a line through `cat` in a running exec, and a whole exec of `true` (URL, connect,
+/// run, status).
+#[test]
+fn exec_round_trip_latency_spdy_vs_websocket() {
+    if !prerequisites("exec_round_trip_latency_spdy_vs_websocket") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stlat", || async {
+        let rt = env.runtime();
+        let (_, _, c) = pod_with_box(&env, &rt, "lat").await;
+        let io = opts(true, true, false, false);
+        let out = opts(false, true, false, false);
+        println!("exec round trip, p50 (debug build, shared 2-core machine):");
+        for t in TRANSPORTS {
+            let url = exec_url(&rt, &c, &["cat"], io).await;
+            let mut cmd = client::exec(&url, t, io).await.unwrap();
+            let mut stdin = cmd.stdin.take().unwrap();
+            let mut stdout = cmd.stdout.take().unwrap();
+            let mut line_rt = Vec::new();
+            let mut buf = [0u8; 64];
+            for i in 0..200 {
+                let msg = format!("line {i:05}\n");
+                let start = Instant::now();
+                stdin.write_all(msg.as_bytes()).await.unwrap();
+                let mut got = 0;
+                while got < msg.len() {
+                    let n = tokio::time::timeout(T, stdout.read(&mut buf[got..]))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert!(n > 0);
+                    got += n;
+                }
+                line_rt.push(start.elapsed());
+                assert_eq!(&buf[..got], msg.as_bytes());
+            }
+            drop(stdin);
+            assert_eq!(cmd.wait().await.unwrap(), 0);
+            let mut whole = Vec::new();
+            for _ in 0..20 {
+                let start = Instant::now();
+                let url = exec_url(&rt, &c, &["true"], out).await;
+                let mut cmd = client::exec(&url, t, out).await.unwrap();
+                read_all(cmd.stdout.take()).await;
+                assert_eq!(cmd.wait().await.unwrap(), 0);
+                whole.push(start.elapsed());
+            }
+            println!(
+                "  {t:?}: line echo through cat {:?} (n=200), whole exec of `true` {:?} (n=20)",
+                p50(line_rt),
+                p50(whole)
+            );
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// kubectl against the streaming server, through a stand-in for the API server
+
+/// `a+b%20c` -> `a b c` (form decoding as Go's `url.Values` encodes).
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct FakeApi {
+    rt: std::sync::Arc<NativeRuntime>,
+    pod: String,
+    container_id: String,
+    sandbox_id: String,
+    /// The `Upgrade` header of every exec/portforward request, in order.
+    upgrades: std::sync::Mutex<Vec<String>>,
+}
+
+impl FakeApi {
+    fn json_for(&self, path: &str) -> Option<String> {
+        let pod_path = format!("/api/v1/namespaces/default/pods/{}", self.pod);
+        Some(match path {
+            "/api" => r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1:443"}]}"#.into(),
+            "/apis" => r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#.into(),
+            "/version" => r#"{"major":"1","minor":"32","gitVersion":"v1.32.0"}"#.into(),
+            "/api/v1" => r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[
+                {"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},
+                {"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},
+                {"name":"pods/attach","singularName":"","namespaced":true,"kind":"PodAttachOptions","verbs":["create","get"]},
+                {"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}"#.into(),
+            p if p == pod_path => serde_json::json!({
+                "kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": self.pod, "namespace": "default", "uid": "uid-1"},
+                "spec": {"containers": [{"name": "box", "image": "busybox:test"}]},
+                "status": {"phase": "Running", "containerStatuses": [{"name": "box", "ready": true,
+                    "restartCount": 0, "image": "busybox:test", "imageID": "", "state": {"running": {}}}]},
+            })
+            .to_string(),
+            _ => return None,
+        })
+    }
+
+    /// Serve one client connection: JSON for the GETs; the exec and portforward subresources
+    /// become CRI calls whose URL the connection is proxied to, as the kubelet does.
+    async fn serve(self: std::sync::Arc<Self>, mut tcp: tokio::net::TcpStream) {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let end = loop {
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end);
+            let mut lines = head.split("\r\n");
+            let request_line = lines.next().unwrap_or("").to_string();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+            let mut parts = request_line.split(' ');
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let q: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), form_decode(v)))
+                .collect();
+            let flag = |k: &str| q.iter().any(|(n, v)| n == k && (v == "true" || v == "1"));
+            if path.ends_with("/exec") || path.ends_with("/portforward") {
+                let upgrade = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("upgrade"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                self.upgrades.lock().unwrap().push(upgrade);
+                let url = if path.ends_with("/exec") {
+                    self.rt
+                        .exec(cri::ExecRequest {
+                            container_id: self.container_id.clone(),
+                            cmd: q
+                                .iter()
+                                .filter(|(k, _)| k == "command")
+                                .map(|(_, v)| v.clone())
+                                .collect(),
+                            tty: flag("tty"),
+                            stdin: flag("stdin"),
+                            stdout: flag("stdout"),
+                            stderr: flag("stderr"),
+                        })
+                        .await
+                        .map(|r| r.url)
+                } else {
+                    self.rt
+                        .port_forward(cri::PortForwardRequest {
+                            pod_sandbox_id: self.sandbox_id.clone(),
+                            port: vec![],
+                        })
+                        .await
+                        .map(|r| r.url)
+                }
+                .expect("streaming url");
+                let rest = url.strip_prefix("http://").unwrap();
+                let (authority, upath) = rest.split_at(rest.find('/').unwrap());
+                let mut up = tokio::net::TcpStream::connect(authority).await.unwrap();
+                let mut req = format!("{method} {upath} HTTP/1.1\r\nHost: {authority}\r\n");
+                for (k, v) in &headers {
+                    if !k.eq_ignore_ascii_case("host") {
+                        req.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                }
+                req.push_str("\r\n");
+                up.write_all(req.as_bytes()).await.unwrap();
+                up.write_all(&buf).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+                return;
+            }
+            let (status, body) = match self.json_for(path) {
+                Some(b) => ("200 OK", b),
+                None => (
+                    "404 Not Found",
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.into(),
+                ),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if tcp.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// kubectl (the real client) runs exec and port-forward against our streaming server, once
+/// forced onto SPDY and once on WebSocket (kubectl's default since 1.30; port-forward
+/// tunnels SPDY in WebSocket messages).
+#[test]
+fn kubectl_exec_and_port_forward_over_spdy_and_websocket() {
+    if !prerequisites("kubectl_exec_and_port_forward_over_spdy_and_websocket")
+        || !node_test_support::require_command(
+            "kubectl_exec_and_port_forward_over_spdy_and_websocket",
+            "kubectl",
+        )
+    {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stkubectl", || async {
+        let rt = std::sync::Arc::new(env.runtime());
+        let (sb, sb_cfg) = sandbox(&env, &rt, "web").await;
+        let c = run_container(
+            &rt,
+            &sb,
+            &sb_cfg,
+            container_config("box", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
+        )
+        .await;
+        let api = std::sync::Arc::new(FakeApi {
+            rt: rt.clone(),
+            pod: "web".into(),
+            container_id: c.clone(),
+            sandbox_id: sb.clone(),
+            upgrades: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let a = api.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(a.clone().serve(tcp));
+            }
+        });
+        let home = env.root.path().join("kubectl-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let kubeconfig = home.join("config");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
+            ),
+        )
+        .unwrap();
+        let kubectl = |websockets: bool| {
+            let mut c = tokio::process::Command::new("kubectl");
+            c.env("KUBECONFIG", &kubeconfig)
+                .env("HOME", &home)
+                .env(
+                    "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+                    if websockets { "true" } else { "false" },
+                )
+                .env(
+                    "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+                    if websockets { "true" } else { "false" },
+                )
+                .kill_on_drop(true);
+            c
+        };
+        for websockets in [false, true] {
+            let what = if websockets { "websocket" } else { "spdy" };
+            // exec with stdin, stdout, stderr and an exit code
+            let mut cmd = kubectl(websockets);
+            cmd.args([
+                "exec",
+                "-i",
+                "web",
+                "-c",
+                "box",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo to-stderr >&2; exit 5",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"piped through kubectl\n").await.unwrap();
+            drop(stdin);
+            let out = tokio::time::timeout(T, child.wait_with_output())
+                .await
+                .expect("kubectl exec finished")
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stdout, "piped through kubectl\n", "{what}: stderr {stderr}");
+            assert!(stderr.contains("to-stderr"), "{what}: {stderr}");
+            assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
+            let seen = api
+                .upgrades
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default();
+            let want = if websockets { "websocket" } else { "SPDY/3.1" };
+            assert!(
+                seen.eq_ignore_ascii_case(want),
+                "{what}: kubectl upgraded to {seen:?}"
+            );
+
+            // port-forward to the pod's httpd
+            let mut pf = kubectl(websockets);
+            pf.args(["port-forward", "pod/web", ":8080"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = pf.spawn().unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            let line = read_until(&mut stdout, " -> 8080", &format!("{what} port-forward")).await;
+            let local: u16 = line
+                .split("127.0.0.1:")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: no local port in {line:?}"));
+            let mut body = String::new();
+            let deadline = Instant::now() + T;
+            while !body.contains("hello from nodekit") {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: no answer, last {body:?}"
+                );
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                    .await
+                    .unwrap();
+                s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut v = Vec::new();
+                let _ = tokio::time::timeout(T, s.read_to_end(&mut v)).await;
+                body = String::from_utf8_lossy(&v).into_owned();
+                if !body.contains("hello from nodekit") {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            let seen = api
+                .upgrades
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                seen.eq_ignore_ascii_case(want),
+                "{what}: port-forward upgraded to {seen:?}"
+            );
+            let _ = child.kill().await;
+        }
+    });
+}
