@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::scenarios::{self, Harness, MakeRouter, cluster_ip, ep, state};
 use node_core::{Protocol, ServiceRouter};
-use node_proxy::NftablesRouter;
+use node_proxy::{NftablesConfig, NftablesRouter};
 use node_test_support::{require_command, require_root};
 
 fn make() -> Arc<dyn ServiceRouter> {
@@ -293,4 +293,124 @@ fn node_ports_answer_only_on_node_port_addresses_when_given() {
     let a = node_test_support::tcp_request(&h.t.ext, "192.168.50.1:30060".parse().unwrap(), to)
         .unwrap();
     assert_eq!(a.pod, "pod-0");
+}
+
+/// One UDP client (one source port) sticks to the endpoint of its first datagram through its
+/// conntrack entry; that endpoint is removed. Returns (first answer, answer after removal).
+fn remove_the_used_udp_endpoint(cleanup: bool) -> (String, std::io::Result<String>) {
+    use std::net::{SocketAddr, UdpSocket};
+    let make: MakeRouter = if cleanup { make } else { make_without_cleanup };
+    let mut h = Harness::new(2, make);
+    let ips = [h.pod_ip(0), h.pod_ip(1)];
+    let svc = |pods: &[usize]| {
+        state(vec![(
+            "dns",
+            cluster_ip(
+                "10.96.0.53",
+                53,
+                Protocol::Udp,
+                pods.iter().map(|&i| ep(ips[i])).collect(),
+            ),
+        )])
+    };
+    h.sync(&svc(&[0, 1]));
+    // One socket, so one source port and one conntrack entry for every datagram.
+    let sock: UdpSocket =
+        h.t.ext
+            .run_in(|| UdpSocket::bind("0.0.0.0:0"))
+            .unwrap()
+            .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let vip: SocketAddr = "10.96.0.53:53".parse().unwrap();
+    let ask = |sock: &UdpSocket| -> std::io::Result<String> {
+        let mut buf = [0u8; 256];
+        sock.send_to(b"hello\n", vip)?;
+        let (n, _) = sock.recv_from(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        Ok(text.split(' ').next().unwrap_or("").trim().to_string())
+    };
+    let first = ask(&sock).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            ask(&sock).unwrap(),
+            first,
+            "one flow sticks to one endpoint"
+        );
+    }
+    let used = if first == "pod-0" { 0 } else { 1 };
+    h.t.stop_serving(used);
+    let r = h.sync(&svc(&[1 - used]));
+    assert!(!r.full, "an endpoint removal is a partial sync");
+    (first, ask(&sock))
+}
+
+fn make_without_cleanup() -> Arc<dyn ServiceRouter> {
+    Arc::new(
+        NftablesRouter::with_config(NftablesConfig {
+            conntrack_cleanup: false,
+            ..Default::default()
+        })
+        .expect("nftables router"),
+    )
+}
+
+#[test]
+fn removed_udp_endpoint_conntrack_entries_are_deleted() {
+    let test = "removed_udp_endpoint_conntrack_entries_are_deleted";
+    if !ready(test) || !require_command(test, "conntrack") {
+        return;
+    }
+    // Without cleanup the stale entry keeps sending the client to the removed endpoint.
+    let (first, after) = remove_the_used_udp_endpoint(false);
+    if let Ok(pod) = after {
+        panic!("without cleanup the client still reached {pod} (first {first})");
+    }
+    // With cleanup the next datagram reaches the remaining endpoint.
+    let (first, after) = remove_the_used_udp_endpoint(true);
+    let after = after.expect("the next datagram is answered");
+    assert_ne!(after, first);
+    assert!(after.starts_with("pod-"), "{after}");
+}
+
+#[test]
+fn unprogrammable_service_ports_are_skipped_by_name_and_the_others_work() {
+    let test = "unprogrammable_service_ports_are_skipped_by_name_and_the_others_work";
+    if !ready(test) {
+        return;
+    }
+    let h = Harness::new(1, make);
+    let good = cluster_ip("10.96.0.60", 80, Protocol::Tcp, vec![ep(h.pod_ip(0))]);
+    let mut bad = cluster_ip("10.96.0.61", 80, Protocol::Tcp, vec![ep(h.pod_ip(0))]);
+    bad.endpoints[0].port = 0;
+    let mut no_ip = good.clone();
+    no_ip.cluster_ips.clear();
+    let r = h.sync(&state(vec![
+        ("good", good.clone()),
+        ("bad", bad),
+        ("noip", no_ip),
+    ]));
+    let skipped: Vec<String> = r.skipped.iter().map(|(_, why)| why.clone()).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped
+            .iter()
+            .any(|w| w.contains("default/bad") && w.contains("port 0")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|w| w.contains("default/noip") && w.contains("no cluster")),
+        "{skipped:?}"
+    );
+    let a = node_test_support::topology::tcp_request(
+        &h.t.ext,
+        "10.96.0.60:80".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .expect("the valid service answers");
+    assert_eq!(a.pod, "pod-0");
+    // Fixed by a partial sync: nothing is skipped any more.
+    let r = h.sync(&state(vec![("good", good)]));
+    assert!(!r.full && r.skipped.is_empty(), "{r:?}");
 }

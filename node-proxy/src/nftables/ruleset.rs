@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use node_core::{Endpoint, ProxyState, ServicePort, TrafficSource};
+use node_core::{Endpoint, ProxyState, ServicePort, ServicePortName, TrafficSource};
 
 use super::expr::*;
 
@@ -950,6 +950,70 @@ impl Desired {
     }
 }
 
+/// Where a load-balanced key goes: its verdict map (to the chain for its endpoint count) and
+/// the backend map (`key . bucket` to `address . port`).
+struct Balanced {
+    vmap: &'static str,
+    backends: &'static str,
+    node_port: bool,
+}
+
+impl Balanced {
+    /// The verdict element of `key`, its chain, and one backend element per endpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        c: &mut Contribution,
+        sp: &ServicePort,
+        v6: bool,
+        key: &[u8],
+        eps: &[Endpoint],
+        programmed: &mut BTreeSet<(IpAddr, u16)>,
+        hairpin: &mut BTreeSet<IpAddr>,
+    ) {
+        let chain = LbChain {
+            v6,
+            node_port: self.node_port,
+            k: eps.len() as u32,
+            affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
+        };
+        c.elems
+            .push((self.vmap, key.to_vec(), ElemData::Goto(chain.name())));
+        c.chains.push(chain);
+        for (i, e) in eps.iter().enumerate() {
+            let mut k = key.to_vec();
+            k.extend((i as u32).to_ne_bytes());
+            c.elems
+                .push((self.backends, k, ElemData::Bytes(ep_data(e))));
+            programmed.insert((e.ip, e.port));
+            hairpin.insert(e.ip);
+        }
+    }
+}
+
+/// Why the router cannot program `sp`, if it cannot: the reason names the service port.
+pub(crate) fn unprogrammable(name: &ServicePortName, sp: &ServicePort) -> Option<String> {
+    let bad_ip = sp
+        .service_ips()
+        .map(|(ip, _)| ip)
+        .find(|ip| ip.is_unspecified() || ip.is_multicast());
+    let bad_ep = sp.endpoints.iter().find(|e| e.port == 0);
+    let why = if sp.port == 0 {
+        "port 0".to_string()
+    } else if sp.node_port == Some(0) {
+        "nodePort 0".to_string()
+    } else if sp.service_ips().next().is_none() {
+        "no cluster, external or load-balancer IP".to_string()
+    } else if let Some(ip) = bad_ip {
+        format!("service address {ip} is unspecified or multicast")
+    } else if let Some(e) = bad_ep {
+        format!("endpoint {} has port 0", e.ip)
+    } else {
+        return None;
+    };
+    Some(format!("{name}: {why}"))
+}
+
 /// What service port `sp` contributes on a node with `facts`.
 pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution {
     let mut c = Contribution::default();
@@ -994,26 +1058,12 @@ pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution 
                 c.elems
                     .push((pick("internal4", "internal6"), key.clone(), ElemData::None));
             }
-            let chain = LbChain {
-                v6,
+            let lb = Balanced {
+                vmap: pick("svc4", "svc6"),
+                backends: pick("be4", "be6"),
                 node_port: false,
-                k: eps.len() as u32,
-                affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
             };
-            c.elems.push((
-                pick("svc4", "svc6"),
-                key.clone(),
-                ElemData::Goto(chain.name()),
-            ));
-            c.chains.push(chain);
-            for (i, e) in eps.iter().enumerate() {
-                let mut k = key.clone();
-                k.extend((i as u32).to_ne_bytes());
-                c.elems
-                    .push((pick("be4", "be6"), k, ElemData::Bytes(ep_data(e))));
-                programmed.insert((e.ip, e.port));
-                hairpin.insert(e.ip);
-            }
+            lb.push(&mut c, sp, v6, &key, eps, &mut programmed, &mut hairpin);
         }
         if let Some(np) = sp.node_port {
             let mut key = proto_bytes(proto).to_vec();
@@ -1025,26 +1075,20 @@ pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution 
                 if !sp.external_policy_local || facts.masquerade_all {
                     c.elems.push(("npmasq", key.clone(), ElemData::None));
                 }
-                let chain = LbChain {
-                    v6,
+                let lb = Balanced {
+                    vmap: pick("np4", "np6"),
+                    backends: pick("npbe4", "npbe6"),
                     node_port: true,
-                    k: external.len() as u32,
-                    affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
                 };
-                c.elems.push((
-                    pick("np4", "np6"),
-                    key.clone(),
-                    ElemData::Goto(chain.name()),
-                ));
-                c.chains.push(chain);
-                for (i, e) in external.iter().enumerate() {
-                    let mut k = key.clone();
-                    k.extend((i as u32).to_ne_bytes());
-                    c.elems
-                        .push((pick("npbe4", "npbe6"), k, ElemData::Bytes(ep_data(e))));
-                    programmed.insert((e.ip, e.port));
-                    hairpin.insert(e.ip);
-                }
+                lb.push(
+                    &mut c,
+                    sp,
+                    v6,
+                    &key,
+                    &external,
+                    &mut programmed,
+                    &mut hairpin,
+                );
             }
         }
     }
