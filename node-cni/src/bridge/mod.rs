@@ -8,9 +8,10 @@
 //! nftables table of our own (`inet nodekit_<network>`). An ADD that fails midway is undone; DEL is idempotent;
 //! GC releases what attachments no longer valid hold.
 //!
-//! The node is the network namespace of the thread calling the plugin; pod-side work happens
-//! on netlink sockets opened from a short-lived thread inside the pod's namespace, so the
-//! calling thread never changes namespace.
+//! The node is the network namespace of the thread making the plugin's first ADD: a few worker
+//! threads started there do each ADD's netlink work in three batched `sendmsg`s (see `wire`),
+//! entering the pod's namespace for the pod side, so the calling thread never changes namespace.
+//! The `bandwidth` capability shapes on the node's end of the veth (see `shape`).
 
 pub mod ipam;
 mod nft;
@@ -33,6 +34,9 @@ use tokio::sync::Mutex;
 use self::ipam::{LeaseStore, Range};
 use self::nft::NftTable;
 use crate::rtnl::{self, Rtnl};
+
+/// Threads that do the ADDs' netlink work.
+const WORKERS: usize = 4;
 
 /// The configuration of a [`BridgePlugin`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +104,7 @@ pub struct BridgePlugin {
     leases: LeaseStore,
     nft: NftTable,
     prepared: Mutex<Prepared>,
+    workers: std::sync::OnceLock<wire::Workers>,
 }
 
 fn config_err(field: &str, message: impl Into<String>) -> CniError {
@@ -158,6 +163,7 @@ impl BridgePlugin {
             ranges,
             config,
             prepared: Mutex::new(Prepared::default()),
+            workers: std::sync::OnceLock::new(),
         })
     }
 
@@ -315,7 +321,14 @@ impl BridgePlugin {
             ingress: shaping.0,
             egress: shaping.1,
         };
-        let wired = match wire::wire_on_thread(wiring, ns).await {
+        if self.workers.get().is_none() {
+            // Started from this thread, so in the node's namespace; without them (the threads
+            // could not start) every ADD gets a thread of its own.
+            if let Ok(w) = wire::Workers::start(WORKERS) {
+                let _ = self.workers.set(w);
+            }
+        }
+        let wired = match wire::wire_on_thread(wiring, ns, self.workers.get()).await {
             Ok(w) => w,
             Err(e) => {
                 if e.bridge_gone {

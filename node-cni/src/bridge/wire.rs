@@ -1,4 +1,4 @@
-//! The netlink side of one ADD, in three batches (three `sendmsg`s) on a short-lived thread:
+//! The netlink side of one ADD, in three batches (three `sendmsg`s) on a worker thread:
 //!
 //! 1. node: create the veth (host end on the bridge and up, the pod end created directly in
 //!    the pod's namespace with its final name), hairpin mode on the bridge port (by name), and
@@ -6,8 +6,9 @@
 //! 2. pod: loopback up, the pod end up (by name), read it back (its index);
 //! 3. pod: the addresses and default routes.
 //!
-//! The thread starts in the caller's (the node's) namespace, enters the pod's for 2 and 3, and
-//! ends there: the caller's threads never change namespace, tokio workers never block on it.
+//! The workers are started in the caller's (the node's) namespace; one enters the pod's for 2
+//! and 3 and goes back to the node's afterwards. The caller's threads never change namespace,
+//! tokio workers never block on the kernel, and no thread is created per ADD.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -67,20 +68,71 @@ impl From<CniError> for WireError {
     }
 }
 
-/// Run [`wire`] on a new thread (which starts in the calling thread's namespace).
-pub(crate) async fn wire_on_thread(w: Wiring, pod_ns: &File) -> Result<Wired, WireError> {
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A few long-lived threads, started in the node's namespace, that run the ADDs' netlink work:
+/// no thread is created per ADD. A job may enter a pod's namespace; its worker goes back to the
+/// node's before the next job, and ends if it cannot.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl Workers {
+    /// Start `n` workers in the calling thread's namespace.
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let node = File::open("/proc/thread-self/ns/net")?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..n {
+            let (rx, node) = (rx.clone(), node.try_clone()?);
+            std::thread::Builder::new()
+                .name(format!("nodekit-cni-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().map(|r| r.recv()) {
+                            Ok(Ok(job)) => job,
+                            _ => return,
+                        };
+                        job();
+                        let back =
+                            nix::sched::setns(node.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+                        if back.is_err() {
+                            return;
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { tx })
+    }
+}
+
+/// Run [`wire`] on a worker, or on a new thread (which starts in the calling thread's
+/// namespace) when there is none.
+pub(crate) async fn wire_on_thread(
+    w: Wiring,
+    pod_ns: &File,
+    workers: Option<&Workers>,
+) -> Result<Wired, WireError> {
     let ns = pod_ns.try_clone().map_err(|e| CniError::Netns {
         container_id: w.container_id.clone(),
         path: w.netns.clone(),
         message: e.to_string(),
     })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("nodekit-cni-add".into())
-        .spawn(move || {
-            let _ = tx.send(wire(&w, &ns));
-        })
-        .map_err(|e| CniError::Other(format!("spawn the netlink thread: {e}")))?;
+    let job: Job = Box::new(move || {
+        let _ = tx.send(wire(&w, &ns));
+    });
+    let job = match workers {
+        Some(p) => p.tx.send(job).err().map(|e| e.0),
+        None => Some(job),
+    };
+    if let Some(job) = job {
+        std::thread::Builder::new()
+            .name("nodekit-cni-add".into())
+            .spawn(job)
+            .map_err(|e| CniError::Other(format!("spawn the netlink thread: {e}")))?;
+    }
     rx.await
         .map_err(|_| CniError::Other("the netlink thread ended without an answer".into()))?
 }
