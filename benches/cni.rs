@@ -22,6 +22,65 @@ fn attachment(pod: &NetnsFixture, id: &str) -> Attachment {
     }
 }
 
+/// CPU time (user + system) of this process and its reaped children so far.
+fn cpu_time() -> Duration {
+    let mut total = Duration::ZERO;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage fills the zeroed struct we own.
+        let u = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(who, &mut u);
+            u
+        };
+        for tv in [u.ru_utime, u.ru_stime] {
+            total +=
+                Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);
+        }
+    }
+    total
+}
+
+/// 30 concurrent ADDs (then their DELs), three rounds: the median wall time of the ADDs and
+/// the CPU time (ours and the plugins' processes) per ADD. On `cores` CPUs, 30 ADDs cannot take
+/// less than `30 x cpu per ADD / cores` whatever the concurrency: printed as the floor.
+fn cpu_probe(rt: &tokio::runtime::Runtime, name: &str, p: &Arc<dyn CniPlugin>, all: &[Attachment]) {
+    let mut walls = Vec::new();
+    let mut cpus = Vec::new();
+    for _ in 0..3 {
+        let (t, c) = (Instant::now(), cpu_time());
+        rt.block_on(async {
+            let tasks: Vec<_> = all
+                .iter()
+                .map(|a| {
+                    let (p, a) = (p.clone(), a.clone());
+                    tokio::spawn(async move { p.add(&a).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("join").expect("ADD");
+            }
+        });
+        walls.push(t.elapsed());
+        cpus.push(cpu_time() - c);
+        rt.block_on(async {
+            for a in all {
+                p.del(a).await.expect("DEL");
+            }
+        });
+    }
+    walls.sort();
+    cpus.sort();
+    let n = all.len() as u32;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
+    let per_add = cpus[1] / n;
+    println!(
+        "{name}: {n} concurrent ADDs: wall {:.1} ms, cpu {:.2} ms per ADD, floor on {cores} cores {:.1} ms",
+        walls[1].as_secs_f64() * 1e3,
+        per_add.as_secs_f64() * 1e3,
+        (per_add * n / cores).as_secs_f64() * 1e3
+    );
+}
+
 fn main() -> anyhow::Result<()> {
     let me = "benches/cni.rs";
     if !(node_test_support::require_root(me)
@@ -107,6 +166,9 @@ fn main() -> anyhow::Result<()> {
             .enumerate()
             .map(|(i, p)| attachment(p, &format!("bench-{i}")))
             .collect();
+        for (name, p) in &plugins {
+            cpu_probe(&rt, name, p, &all);
+        }
         let mut g = c.benchmark_group("cni_concurrent_add");
         g.sample_size(10);
         for (name, p) in &plugins {

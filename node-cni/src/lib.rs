@@ -11,6 +11,7 @@
 
 pub mod bridge;
 pub mod exec;
+mod nlbatch;
 mod rtnl;
 pub mod skel;
 pub mod version;

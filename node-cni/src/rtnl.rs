@@ -8,20 +8,15 @@
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
-};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use node_core::CniError;
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
 pub(crate) const EEXIST: i32 = libc::EEXIST;
 pub(crate) const ENODEV: i32 = libc::ENODEV;
@@ -227,42 +222,6 @@ impl Rtnl {
             .collect())
     }
 
-    /// Create a veth pair: `host` here, enslaved to `bridge` and up; its peer `peer` created
-    /// directly inside the namespace `peer_ns` (IFLA_NET_NS_FD on the peer), still down.
-    pub async fn add_veth(
-        &self,
-        host: &str,
-        peer: &str,
-        peer_ns: &File,
-        bridge: u32,
-        mtu: Option<u32>,
-    ) -> Result<(), rtnetlink::Error> {
-        // The peer cannot be brought up here: veth_open answers ENOTCONN until both ends exist.
-        let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.as_raw_fd());
-        let mut v = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(host)
-            .controller(bridge)
-            .up();
-        if let Some(m) = mtu {
-            p = p.mtu(m);
-            v = v.mtu(m);
-        }
-        let msg = v
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
-            .build();
-        self.handle.link().add(msg).execute().await
-    }
-
-    /// Turn hairpin mode on for bridge port `index`.
-    pub async fn set_hairpin(&self, index: u32) -> Result<(), CniError> {
-        self.handle
-            .link()
-            .set_port(LinkBridgePort::new(index).hairpin(true).build())
-            .execute()
-            .await
-            .map_err(nl_err(format!("set hairpin mode on port {index}")))
-    }
-
     /// Delete the link called `name`; `false` when there was none.
     pub async fn del_link(&self, name: &str) -> Result<bool, CniError> {
         let Some(link) = self.link(name).await? else {
@@ -273,27 +232,6 @@ impl Rtnl {
             Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
             Err(e) => Err(nl_err(format!("delete link {name}"))(e)),
         }
-    }
-
-    /// Add a default route via `gw` on link `index`; one already there is fine.
-    pub async fn add_default_route(&self, index: u32, gw: IpAddr) -> Result<(), CniError> {
-        let msg = match gw {
-            IpAddr::V4(g) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .gateway(g)
-                .output_interface(index)
-                .build(),
-            IpAddr::V6(g) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .gateway(g)
-                .output_interface(index)
-                .build(),
-        };
-        self.handle
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .or_else(|e| ignore(e, EEXIST))
-            .map_err(nl_err(format!("add default route via {gw}")))
     }
 
     /// The gateways of the default routes (both families) through link `index`.

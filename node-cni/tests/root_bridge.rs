@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use node_cni::{BridgeConfig, BridgePlugin};
-use node_core::{AttachmentKey, CniError, CniPlugin, PortMapping};
+use node_core::{AttachmentKey, Bandwidth, CniError, CniPlugin, PortMapping};
 use node_test_support::{NetnsFixture, connect_veth, require_command, require_path, require_root};
 
 fn prerequisites(test: &str) -> bool {
@@ -477,4 +477,219 @@ fn bad_input_gives_clear_errors_and_leaks_nothing() {
         container_id: String::new(),
         ifname: String::new(),
     };
+}
+
+fn ifbs(node: &NetnsFixture) -> String {
+    node.sh("ip -o link show type ifb").unwrap()
+}
+
+#[test]
+fn bandwidth_limits_both_directions_on_the_node_side() {
+    if !prerequisites("bandwidth_limits_both_directions_on_the_node_side") {
+        return;
+    }
+    let env = Env::new(false);
+    let node = NetnsFixture::new("node").unwrap();
+    let shaped = NetnsFixture::new("bw1").unwrap();
+    let free = NetnsFixture::new("bw2").unwrap();
+    // 16 Mbit/s = 2 MB/s each way, a 64 KiB bucket.
+    let limit = 2_000_000.0;
+    let mut a = attachment(&shaped, "bw-one");
+    a.capabilities.bandwidth = Some(Bandwidth {
+        ingress_rate: 16_000_000,
+        ingress_burst: 64 * 1024 * 8,
+        egress_rate: 16_000_000,
+        egress_burst: 64 * 1024 * 8,
+    });
+    let b = attachment(&free, "bw-two");
+    let cni = Arc::new(env.plugin());
+    let (ip1, ip2) = node
+        .run_in(|| {
+            runtime().block_on(async {
+                let r1 = cni.add(&a).await.unwrap();
+                let r2 = cni.add(&b).await.unwrap();
+                (r1.pod_ips()[0], r2.pod_ips()[0])
+            })
+        })
+        .unwrap();
+    let host = BridgePlugin::host_ifname(&a.key());
+    let qdiscs = node.sh(&format!("tc qdisc show dev {host}")).unwrap();
+    assert!(
+        qdiscs.contains("tbf") && qdiscs.contains("ingress"),
+        "{qdiscs}"
+    );
+    assert_eq!(ifbs(&node).lines().count(), 1, "{}", ifbs(&node));
+    let gw: std::net::IpAddr = env.gateway.parse().unwrap();
+    let bytes = 4 * 1024 * 1024;
+    let to_pod = tcp_throughput(&node, &shaped, ip1, bytes);
+    let from_pod = tcp_throughput(&shaped, &node, gw, bytes);
+    let unshaped = tcp_throughput(&node, &free, ip2, bytes);
+    // Generous bounds: the shaped pod stays under twice its rate, the other pod goes far beyond.
+    assert!(
+        to_pod < 2.0 * limit,
+        "to the shaped pod: {to_pod:.0} B/s (limit {limit})"
+    );
+    assert!(
+        from_pod < 2.0 * limit,
+        "from the shaped pod: {from_pod:.0} B/s (limit {limit})"
+    );
+    assert!(
+        unshaped > 5.0 * limit,
+        "the unshaped pod is limited too: {unshaped:.0} B/s"
+    );
+    node.run_in(|| {
+        runtime().block_on(async {
+            cni.del(&a).await.unwrap();
+            cni.del(&b).await.unwrap();
+        })
+    })
+    .unwrap();
+    assert!(ifbs(&node).trim().is_empty(), "ifb left: {}", ifbs(&node));
+    assert!(veths(&node).is_empty());
+}
+
+#[test]
+fn host_ports_answer_on_the_node_loopback() {
+    if !prerequisites("host_ports_answer_on_the_node_loopback") {
+        return;
+    }
+    let env = Env::new(false);
+    let node = NetnsFixture::new("node").unwrap();
+    let pod = NetnsFixture::new("lo").unwrap();
+    let web = tempfile::tempdir().unwrap();
+    let mut a = attachment(&pod, "lo-one");
+    a.capabilities.port_mappings = vec![PortMapping {
+        host_port: 18083,
+        container_port: 8080,
+        protocol: "tcp".into(),
+        host_ip: None,
+    }];
+    node.run_in(|| {
+        runtime().block_on(async {
+            let cni = env.plugin();
+            cni.add(&a).await.unwrap();
+            let _server = serve_http(&pod, web.path(), 8080, "loopback pod");
+            assert_eq!(
+                http_get(&node, "http://127.0.0.1:18083/").as_deref(),
+                Some("loopback pod"),
+                "host port on the node's 127.0.0.1"
+            );
+            let sysctl = node
+                .sh(&format!(
+                    "cat /proc/sys/net/ipv4/conf/{}/route_localnet",
+                    env.config.bridge
+                ))
+                .unwrap();
+            assert_eq!(sysctl.trim(), "1");
+            cni.del(&a).await.unwrap();
+            assert!(http_get(&node, "http://127.0.0.1:18083/").is_none());
+            cni.teardown_node(true).await.unwrap();
+        })
+    })
+    .unwrap();
+}
+
+#[test]
+fn every_failing_add_path_leaves_nothing() {
+    if !prerequisites("every_failing_add_path_leaves_nothing") {
+        return;
+    }
+    let mut env = Env::new(false);
+    let tiny = format!("{}/30", env.subnet.trim_end_matches("/24"));
+    env.config.subnets = vec![tiny.parse().unwrap()];
+    let node = NetnsFixture::new("node").unwrap();
+    let pod1 = NetnsFixture::new("f1").unwrap();
+    let pod2 = NetnsFixture::new("f2").unwrap();
+    let port = |p: u16| PortMapping {
+        host_port: p,
+        container_port: 80,
+        protocol: "tcp".into(),
+        host_ip: None,
+    };
+    let records = || {
+        std::fs::read_dir(env.tmp.path().join("state/nkt-native"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    node.run_in(|| {
+        runtime().block_on(async {
+            let cni = env.plugin();
+            let table = cni.nft_table().to_string();
+            let mut first = attachment(&pod1, "f-first");
+            first.capabilities.port_mappings = vec![port(18084)];
+            cni.add(&first).await.unwrap();
+            let nothing_more = |what: &str| {
+                assert_eq!(env.leases().len(), 1, "{what}: a lease leaked");
+                assert_eq!(veths(&node).len(), 1, "{what}: a veth leaked");
+                assert!(!has_link(&pod2, "eth0"), "{what}: the pod kept an eth0");
+                assert!(ifbs(&node).trim().is_empty(), "{what}: an ifb leaked");
+                let elems = host_port_elements(&node, &table);
+                assert!(
+                    elems.contains("18084") && !elems.contains("18085"),
+                    "{what}: {elems}"
+                );
+                assert_eq!(records(), 1, "{what}: a record leaked");
+            };
+
+            // The range is exhausted (a /30 holds one pod).
+            let mut second = attachment(&pod2, "f-second");
+            second.capabilities.port_mappings = vec![port(18085)];
+            let e = cni.add(&second).await.unwrap_err();
+            assert!(matches!(e, CniError::IpamExhausted { .. }), "{e}");
+            nothing_more("exhausted range");
+            cni.del(&first).await.unwrap();
+
+            // A netns that does not exist.
+            let mut gone = second.clone();
+            gone.netns = Path::new("/run/netns/nkt-no-such-netns").into();
+            let e = cni.add(&gone).await.unwrap_err();
+            assert!(matches!(e, CniError::Netns { .. }), "{e}");
+            cni.add(&first).await.unwrap();
+            nothing_more("missing netns");
+
+            // A bandwidth without burst: refused before anything is made.
+            let mut shaped = second.clone();
+            shaped.capabilities.bandwidth = Some(Bandwidth {
+                ingress_rate: 1_000_000,
+                ..Default::default()
+            });
+            cni.del(&first).await.unwrap();
+            let e = cni.add(&shaped).await.unwrap_err().to_string();
+            assert!(e.contains("bandwidth") && e.contains("ingressBurst"), "{e}");
+            cni.add(&first).await.unwrap();
+            nothing_more("bad bandwidth");
+
+            // Failing after the veth, the ifb and the shaping exist: a host port clash.
+            cni.del(&first).await.unwrap();
+            let mut other = attachment(&pod1, "f-holder");
+            other.capabilities.port_mappings = vec![port(18084)];
+            let wide = Env::new(false);
+            let cni = wide.plugin();
+            cni.add(&other).await.unwrap();
+            let mut clash = attachment(&pod2, "f-clash");
+            clash.capabilities.port_mappings = vec![port(18084)];
+            clash.capabilities.bandwidth = Some(Bandwidth {
+                ingress_rate: 8_000_000,
+                ingress_burst: 800_000,
+                egress_rate: 8_000_000,
+                egress_burst: 800_000,
+            });
+            let e = cni.add(&clash).await.unwrap_err().to_string();
+            assert!(e.contains("f-clash") && e.contains("18084"), "{e}");
+            assert_eq!(veths(&node).len(), 1);
+            assert!(
+                ifbs(&node).trim().is_empty(),
+                "an ifb leaked: {}",
+                ifbs(&node)
+            );
+            assert!(!has_link(&pod2, "eth0"));
+            assert_eq!(wide.leases().len(), 1);
+            cni.del(&other).await.unwrap();
+            let left = host_port_elements(&node, cni.nft_table());
+            assert!(left.is_empty(), "{left}");
+            assert!(veths(&node).is_empty() && wide.leases().is_empty());
+            assert_eq!(records(), 0);
+        })
+    })
+    .unwrap();
 }

@@ -181,29 +181,13 @@ fn reference_chain_add_answers_check_passes_del_frees_everything() {
     .unwrap();
 }
 
-const FAILING_PLUGIN: &str = r#"#!/bin/sh
-cat >/dev/null
-echo "$CNI_COMMAND $CNI_CONTAINERID" >> "$(dirname "$0")/calls"
-case "$CNI_COMMAND" in
-  ADD) echo '{"cniVersion":"1.0.0","code":107,"msg":"scripted failure","details":"always fails ADD"}'; exit 1 ;;
-  VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
-esac
-exit 0
-"#;
-
 #[test]
 fn failing_plugin_in_the_chain_rolls_back_earlier_plugins() {
     if !prerequisites("failing_plugin_in_the_chain_rolls_back_earlier_plugins") {
         return;
     }
     let env = Env::new();
-    let script = env.bin_dir.join("nkt-fail");
-    std::fs::write(&script, FAILING_PLUGIN).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&script).unwrap().permissions(),
-        0o755,
-    );
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_failing_plugin(&env.bin_dir);
     env.write_conf(r#",{"type":"nkt-fail"}"#);
     let node = NetnsFixture::new("node").unwrap();
     let pod = NetnsFixture::new("pod").unwrap();

@@ -3,12 +3,29 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use node_cni::{ExecCni, ExecConfig};
 use node_core::{CniPlugin, PortMapping};
 use node_test_support::{NetnsFixture, require_command, require_path, require_root};
+
+/// Write `<dir>/net.d/10-nodekit.conflist`: network `name`, the nodekit-bridge plugin on a new
+/// bridge with `subnet` (leases and state under `dir`), then the plugins of `more`.
+fn write_conflist(dir: &Path, name: &str, subnet: &str, more: &str) -> PathBuf {
+    let conf_dir = dir.join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"{name}","plugins":[
+          {{"type":"nodekit-bridge","bridge":"{bridge}","subnets":["{subnet}"],
+            "dataDir":"{d}/leases","stateDir":"{d}/state",
+            "capabilities":{{"portMappings":true,"bandwidth":true}}}}{more}]}}"#,
+        bridge = bridge_name(),
+        d = dir.display()
+    );
+    std::fs::write(conf_dir.join("10-nodekit.conflist"), conf).unwrap();
+    conf_dir
+}
 
 #[test]
 fn plugin_binary_adds_checks_deletes_and_collects_through_exec_cni() {
@@ -19,19 +36,7 @@ fn plugin_binary_adds_checks_deletes_and_collects_through_exec_cni() {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_nodekit-bridge"));
     let tmp = tempfile::tempdir().unwrap();
     let (subnet, gateway) = subnet24();
-    let bridge = bridge_name();
-    let conf_dir = tmp.path().join("net.d");
-    std::fs::create_dir_all(&conf_dir).unwrap();
-    std::fs::write(
-        conf_dir.join("10-nodekit.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.1.0","name":"nkt-bin","plugins":[
-              {{"type":"nodekit-bridge","bridge":"{bridge}","subnets":["{subnet}"],
-                "dataDir":"{d}/leases","stateDir":"{d}/state","capabilities":{{"portMappings":true}}}}]}}"#,
-            d = tmp.path().display()
-        ),
-    )
-    .unwrap();
+    let conf_dir = write_conflist(tmp.path(), "nkt-bin", &subnet, "");
     let lease_dir = tmp.path().join("leases/nkt-bin");
     let node = NetnsFixture::new("node").unwrap();
     let pod1 = NetnsFixture::new("pod1").unwrap();
@@ -106,6 +111,74 @@ fn plugin_binary_adds_checks_deletes_and_collects_through_exec_cni() {
                     .unwrap()
                     .next()
                     .is_none()
+            );
+        })
+    })
+    .unwrap();
+}
+
+#[test]
+fn failing_plugin_after_the_binary_leaves_nothing() {
+    let test = "failing_plugin_after_the_binary_leaves_nothing";
+    if !(require_root(test) && require_command(test, "nft")) {
+        return;
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_nodekit-bridge"));
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(&bin, bin_dir.join("nodekit-bridge")).unwrap();
+    write_failing_plugin(&bin_dir);
+    let (subnet, _) = subnet24();
+    let conf_dir = write_conflist(tmp.path(), "nkt-chain", &subnet, r#",{"type":"nkt-fail"}"#);
+    let node = NetnsFixture::new("node").unwrap();
+    let pod = NetnsFixture::new("pod").unwrap();
+    node.run_in(|| {
+        runtime().block_on(async {
+            let cni = ExecCni::new(
+                ExecConfig::default()
+                    .conf_dir(&conf_dir)
+                    .bin_dirs([bin_dir.clone()])
+                    .cache_dir(tmp.path().join("cache"))
+                    .timeout(std::time::Duration::from_secs(30)),
+            )
+            .unwrap();
+            let mut a = attachment(&pod, "chain-fail");
+            a.capabilities.port_mappings = vec![PortMapping {
+                host_port: 18087,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: None,
+            }];
+            a.capabilities.bandwidth = Some(node_core::Bandwidth {
+                ingress_rate: 8_000_000,
+                ingress_burst: 800_000,
+                egress_rate: 8_000_000,
+                egress_burst: 800_000,
+            });
+            let e = cni.add(&a).await.unwrap_err().to_string();
+            assert!(e.contains("nkt-fail"), "{e}");
+            assert!(!has_link(&pod, "eth0"), "the pod kept its eth0");
+            assert!(veths(&node).is_empty(), "{:?}", veths(&node));
+            assert!(
+                node.sh("ip -o link show type ifb")
+                    .unwrap()
+                    .trim()
+                    .is_empty(),
+                "an ifb leaked"
+            );
+            assert!(leases(&tmp.path().join("leases/nkt-chain")).is_empty());
+            let table = node_cni::BridgePlugin::new(node_cni::BridgeConfig {
+                network: "nkt-chain".into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .nft_table()
+            .to_string();
+            assert!(host_port_elements(&node, &table).is_empty());
+            assert_eq!(
+                std::fs::read_to_string(bin_dir.join("calls")).unwrap(),
+                "ADD chain-fail\nDEL chain-fail\n"
             );
         })
     })

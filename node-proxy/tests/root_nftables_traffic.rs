@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::scenarios::{self, Harness, MakeRouter, cluster_ip, ep, state};
 use node_core::{Protocol, ServiceRouter};
-use node_proxy::NftablesRouter;
+use node_proxy::{NftablesConfig, NftablesRouter};
 use node_test_support::{require_command, require_root};
 
 fn make() -> Arc<dyn ServiceRouter> {
@@ -293,4 +293,188 @@ fn node_ports_answer_only_on_node_port_addresses_when_given() {
     let a = node_test_support::tcp_request(&h.t.ext, "192.168.50.1:30060".parse().unwrap(), to)
         .unwrap();
     assert_eq!(a.pod, "pod-0");
+}
+
+/// One UDP client (one source port) sticks to the endpoint of its first datagram through its
+/// conntrack entry; that endpoint is removed. Returns (first answer, answer after removal).
+fn remove_the_used_udp_endpoint(cleanup: bool) -> (String, std::io::Result<String>) {
+    use std::net::{SocketAddr, UdpSocket};
+    let make: MakeRouter = if cleanup { make } else { make_without_cleanup };
+    let mut h = Harness::new(2, make);
+    let ips = [h.pod_ip(0), h.pod_ip(1)];
+    let svc = |pods: &[usize]| {
+        state(vec![(
+            "dns",
+            cluster_ip(
+                "10.96.0.53",
+                53,
+                Protocol::Udp,
+                pods.iter().map(|&i| ep(ips[i])).collect(),
+            ),
+        )])
+    };
+    h.sync(&svc(&[0, 1]));
+    // One socket, so one source port and one conntrack entry for every datagram.
+    let sock: UdpSocket =
+        h.t.ext
+            .run_in(|| UdpSocket::bind("0.0.0.0:0"))
+            .unwrap()
+            .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let vip: SocketAddr = "10.96.0.53:53".parse().unwrap();
+    let ask = |sock: &UdpSocket| -> std::io::Result<String> {
+        let mut buf = [0u8; 256];
+        sock.send_to(b"hello\n", vip)?;
+        let (n, _) = sock.recv_from(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        Ok(text.split(' ').next().unwrap_or("").trim().to_string())
+    };
+    // The first datagram may be lost while the echo servers start or neighbours resolve.
+    let first = (0..5)
+        .find_map(|_| ask(&sock).ok())
+        .expect("the service answers");
+    for _ in 0..3 {
+        assert_eq!(
+            ask(&sock).unwrap(),
+            first,
+            "one flow sticks to one endpoint"
+        );
+    }
+    let used = if first == "pod-0" { 0 } else { 1 };
+    h.t.stop_serving(used);
+    let r = h.sync(&svc(&[1 - used]));
+    assert!(!r.full, "an endpoint removal is a partial sync");
+    (first, ask(&sock))
+}
+
+fn make_without_cleanup() -> Arc<dyn ServiceRouter> {
+    Arc::new(
+        NftablesRouter::with_config(NftablesConfig {
+            conntrack_cleanup: false,
+            ..Default::default()
+        })
+        .expect("nftables router"),
+    )
+}
+
+#[test]
+fn removed_udp_endpoint_conntrack_entries_are_deleted() {
+    let test = "removed_udp_endpoint_conntrack_entries_are_deleted";
+    if !ready(test) || !require_command(test, "conntrack") {
+        return;
+    }
+    // Without cleanup the stale entry keeps sending the client to the removed endpoint.
+    let (first, after) = remove_the_used_udp_endpoint(false);
+    if let Ok(pod) = after {
+        panic!("without cleanup the client still reached {pod} (first {first})");
+    }
+    // With cleanup the next datagram reaches the remaining endpoint.
+    let (first, after) = remove_the_used_udp_endpoint(true);
+    let after = after.expect("the next datagram is answered");
+    assert_ne!(after, first);
+    assert!(after.starts_with("pod-"), "{after}");
+}
+
+#[test]
+fn unprogrammable_service_ports_are_skipped_by_name_and_the_others_work() {
+    let test = "unprogrammable_service_ports_are_skipped_by_name_and_the_others_work";
+    if !ready(test) {
+        return;
+    }
+    let h = Harness::new(1, make);
+    let good = cluster_ip("10.96.0.60", 80, Protocol::Tcp, vec![ep(h.pod_ip(0))]);
+    let mut bad = cluster_ip("10.96.0.61", 80, Protocol::Tcp, vec![ep(h.pod_ip(0))]);
+    bad.endpoints[0].port = 0;
+    let mut no_ip = good.clone();
+    no_ip.cluster_ips.clear();
+    let r = h.sync(&state(vec![
+        ("good", good.clone()),
+        ("bad", bad),
+        ("noip", no_ip),
+    ]));
+    let skipped: Vec<String> = r.skipped.iter().map(|(_, why)| why.clone()).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped
+            .iter()
+            .any(|w| w.contains("default/bad") && w.contains("port 0")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|w| w.contains("default/noip") && w.contains("no cluster")),
+        "{skipped:?}"
+    );
+    let a = node_test_support::topology::tcp_request(
+        &h.t.ext,
+        "10.96.0.60:80".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .expect("the valid service answers");
+    assert_eq!(a.pod, "pod-0");
+    // Fixed by a partial sync: nothing is skipped any more.
+    let r = h.sync(&state(vec![("good", good)]));
+    assert!(!r.full && r.skipped.is_empty(), "{r:?}");
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_sources() {
+    let test = "load_balancer_source_ranges_admit_only_their_sources";
+    if !ready(test) {
+        return;
+    }
+    use node_test_support::topology::tcp_request;
+    let h = Harness::new(2, make);
+    // The outside client (192.168.50.2) reaches load-balancer IPs through the node.
+    h.t.ext
+        .sh("ip route add 192.168.60.0/24 via 192.168.50.1")
+        .unwrap();
+    let eps = vec![ep(h.pod_ip(0)), ep(h.pod_ip(1))];
+    let mut open = cluster_ip("10.96.0.70", 80, Protocol::Tcp, eps);
+    open.load_balancer_ips = vec!["192.168.60.20".parse().unwrap()];
+    open.load_balancer_source_ranges = vec!["192.168.50.0/24".parse().unwrap()];
+    let mut closed = open.clone();
+    closed.cluster_ips = vec!["10.96.0.71".parse().unwrap()];
+    closed.load_balancer_ips = vec!["192.168.60.21".parse().unwrap()];
+    closed.load_balancer_source_ranges = vec!["10.0.0.0/8".parse().unwrap()];
+    let to = Duration::from_secs(2);
+    h.sync(&state(vec![
+        ("open", open.clone()),
+        ("closed", closed.clone()),
+    ]));
+    let a = tcp_request(&h.t.ext, "192.168.60.20:80".parse().unwrap(), to)
+        .expect("an allowed source is answered");
+    assert!(a.pod.starts_with("pod-"));
+    let e = tcp_request(
+        &h.t.ext,
+        "192.168.60.21:80".parse().unwrap(),
+        Duration::from_millis(700),
+    )
+    .expect_err("a source outside the ranges is dropped");
+    assert_ne!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "dropped, not refused: {e}"
+    );
+    // The cluster IP of the same service is not restricted.
+    assert!(tcp_request(&h.t.ext, "10.96.0.71:80".parse().unwrap(), to).is_ok());
+    // Opening the range in a partial sync lets the client in; closing it shuts it out again.
+    let mut reopened = closed.clone();
+    reopened
+        .load_balancer_source_ranges
+        .push("192.168.50.2/32".parse().unwrap());
+    let r = h.sync(&state(vec![("open", open.clone()), ("closed", reopened)]));
+    assert!(!r.full);
+    assert!(tcp_request(&h.t.ext, "192.168.60.21:80".parse().unwrap(), to).is_ok());
+    let r = h.sync(&state(vec![("open", open), ("closed", closed)]));
+    assert!(!r.full);
+    assert!(
+        tcp_request(
+            &h.t.ext,
+            "192.168.60.21:80".parse().unwrap(),
+            Duration::from_millis(700)
+        )
+        .is_err()
+    );
 }

@@ -8,12 +8,15 @@
 //! nftables table of our own (`inet nodekit_<network>`). An ADD that fails midway is undone; DEL is idempotent;
 //! GC releases what attachments no longer valid hold.
 //!
-//! The node is the network namespace of the thread calling the plugin; pod-side work happens
-//! on netlink sockets opened from a short-lived thread inside the pod's namespace, so the
-//! calling thread never changes namespace.
+//! The node is the network namespace of the thread making the plugin's first ADD: a few worker
+//! threads started there do each ADD's netlink work in three batched `sendmsg`s (see `wire`),
+//! entering the pod's namespace for the pod side, so the calling thread never changes namespace.
+//! The `bandwidth` capability shapes on the node's end of the veth (see `shape`).
 
 pub mod ipam;
 mod nft;
+mod shape;
+mod wire;
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -31,6 +34,9 @@ use tokio::sync::Mutex;
 use self::ipam::{LeaseStore, Range};
 use self::nft::NftTable;
 use crate::rtnl::{self, Rtnl};
+
+/// Threads that do the ADDs' netlink work.
+const WORKERS: usize = 4;
 
 /// The configuration of a [`BridgePlugin`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +104,7 @@ pub struct BridgePlugin {
     leases: LeaseStore,
     nft: NftTable,
     prepared: Mutex<Prepared>,
+    workers: std::sync::OnceLock<wire::Workers>,
 }
 
 fn config_err(field: &str, message: impl Into<String>) -> CniError {
@@ -156,6 +163,7 @@ impl BridgePlugin {
             ranges,
             config,
             prepared: Mutex::new(Prepared::default()),
+            workers: std::sync::OnceLock::new(),
         })
     }
 
@@ -238,11 +246,12 @@ impl BridgePlugin {
 
     /// The bridge, with its gateway addresses, forwarding on and the nftables table when
     /// masquerading; done once per instance.
-    async fn prepare(&self, node: &Rtnl) -> Result<(u32, String), CniError> {
+    async fn prepare(&self) -> Result<(u32, String), CniError> {
         let mut p = self.prepared.lock().await;
         if let Some(b) = &p.bridge {
             return Ok(b.clone());
         }
+        let node = Rtnl::current()?;
         let link = node
             .ensure_bridge(&self.config.bridge, self.config.mtu)
             .await?;
@@ -251,10 +260,17 @@ impl BridgePlugin {
             let gw = IpNet::new(r.gateway, r.subnet.prefix_len()).expect("valid prefix");
             node.add_address(index, gw).await?;
         }
-        // Forwarding in the node's namespace (this thread's: /proc/sys/net follows the opener).
+        // Forwarding in the node's namespace (this thread's: /proc/sys/net follows the opener),
+        // and host ports on the node's 127.0.0.1: loopback-sourced traffic may be routed through
+        // the bridge (then masqueraded, see `nft`), as the portmap plugin does.
+        let localnet = format!(
+            "/proc/sys/net/ipv4/conf/{}/route_localnet",
+            self.config.bridge
+        );
         for (path, v4) in [
             ("/proc/sys/net/ipv4/ip_forward", true),
             ("/proc/sys/net/ipv6/conf/all/forwarding", false),
+            (localnet.as_str(), true),
         ] {
             if self.ranges.iter().any(|r| r.subnet.addr().is_ipv4() == v4) {
                 let _ = std::fs::write(path, "1");
@@ -285,61 +301,43 @@ impl BridgePlugin {
         a: &Attachment,
         ns: &File,
         leases: &[ipam::Lease],
+        shaping: (Option<shape::Limit>, Option<shape::Limit>),
     ) -> Result<CniResult, CniError> {
         let key = a.key();
-        let node = Rtnl::current()?;
-        let (bridge_index, bridge_mac) = self.prepare(&node).await?;
+        let (bridge_index, bridge_mac) = self.prepare().await?;
         let host = Self::host_ifname(&key);
         let mtu = self.config.mtu;
-        if let Err(e) = node.add_veth(&host, &a.ifname, ns, bridge_index, mtu).await {
-            match rtnl::errno(&e) {
-                // Left by an earlier ADD of the same attachment: start again.
-                Some(rtnl::EEXIST) if node.del_link(&host).await? => node
-                    .add_veth(&host, &a.ifname, ns, bridge_index, mtu)
-                    .await
-                    .map_err(rtnl::nl_err(format!(
-                        "create veth {host} for {}/{}",
-                        a.container_id, a.ifname
-                    )))?,
-                // The bridge went away under us: make it again next time.
-                Some(rtnl::ENODEV) => {
-                    self.prepared.lock().await.bridge = None;
-                    return Err(rtnl::nl_err(format!(
-                        "create veth {host} on bridge {}",
-                        self.config.bridge
-                    ))(e));
-                }
-                _ => {
-                    return Err(rtnl::nl_err(format!(
-                        "create veth {host} for {}/{}",
-                        a.container_id, a.ifname
-                    ))(e));
-                }
+        let wiring = wire::Wiring {
+            who: format!("{}/{}", a.container_id, a.ifname),
+            container_id: a.container_id.clone(),
+            netns: a.netns.clone(),
+            host: host.clone(),
+            ifname: a.ifname.clone(),
+            bridge: bridge_index,
+            mtu,
+            hairpin: self.config.hairpin,
+            addresses: leases.iter().map(|l| l.address).collect(),
+            gateways: self.ranges.iter().map(|r| r.gateway).collect(),
+            ingress: shaping.0,
+            egress: shaping.1,
+        };
+        if self.workers.get().is_none() {
+            // Started from this thread, so in the node's namespace; without them (the threads
+            // could not start) every ADD gets a thread of its own.
+            if let Ok(w) = wire::Workers::start(WORKERS) {
+                let _ = self.workers.set(w);
             }
         }
-        let host_link = node.link(&host).await?.ok_or_else(|| CniError::Netlink {
-            op: format!("create veth {host}"),
-            message: "the veth vanished".into(),
-        })?;
-        if self.config.hairpin {
-            node.set_hairpin(host_link.header.index).await?;
-        }
-
-        let pod = Rtnl::in_netns(ns).await?;
-        pod.set_up(1).await?; // loopback is always index 1
-        let eth = pod.link(&a.ifname).await?.ok_or_else(|| CniError::Netns {
-            container_id: a.container_id.clone(),
-            path: a.netns.clone(),
-            message: format!("{} did not appear in the pod", a.ifname),
-        })?;
-        let idx = eth.header.index;
-        pod.set_up(idx).await?;
-        for l in leases {
-            pod.add_address(idx, l.address).await?;
-        }
-        for r in &self.ranges {
-            pod.add_default_route(idx, r.gateway).await?;
-        }
+        let wired = match wire::wire_on_thread(wiring, ns, self.workers.get()).await {
+            Ok(w) => w,
+            Err(e) => {
+                if e.bridge_gone {
+                    // The bridge went away under us: make it again next time.
+                    self.prepared.lock().await.bridge = None;
+                }
+                return Err(e.error);
+            }
+        };
 
         let ips: Vec<IpAddr> = leases.iter().map(|l| l.address.addr()).collect();
         let ports = NftTable::host_ports(&a.capabilities.port_mappings, &ips)?;
@@ -383,13 +381,13 @@ impl BridgePlugin {
                 },
                 Interface {
                     name: host,
-                    mac: rtnl::mac_of(&host_link),
+                    mac: wired.host_mac,
                     mtu,
                     sandbox: String::new(),
                 },
                 Interface {
                     name: a.ifname.clone(),
-                    mac: rtnl::mac_of(&eth),
+                    mac: wired.pod_mac,
                     mtu,
                     sandbox: a.netns.display().to_string(),
                 },
@@ -436,7 +434,8 @@ impl BridgePlugin {
                 self.nft.del_ports(&ports).await?;
             }
         }
-        Rtnl::current()?.del_link(&Self::host_ifname(key)).await?;
+        let host = Self::host_ifname(key);
+        wire::delete_links(&[shape::ifb_name(&host), host])?;
         self.leases.release(key)?;
         match std::fs::remove_file(self.record_path(key)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CniError::Io {
@@ -480,9 +479,19 @@ fn open_netns(a: &Attachment) -> Result<File, CniError> {
 impl CniPlugin for BridgePlugin {
     async fn add(&self, a: &Attachment) -> Result<CniResult, CniError> {
         check_attachment(a)?;
+        let shaping = match &a.capabilities.bandwidth {
+            Some(b) => shape::limits(b).map_err(|e| match e {
+                CniError::Config { origin, message } => CniError::Config {
+                    origin,
+                    message: format!("attachment {}/{}: {message}", a.container_id, a.ifname),
+                },
+                e => e,
+            })?,
+            None => (None, None),
+        };
         let ns = open_netns(a)?;
         let leases = self.leases.allocate(&a.key())?;
-        match self.attach(a, &ns, &leases).await {
+        match self.attach(a, &ns, &leases, shaping).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 // Host ports are undone by `attach` itself: by key they could be another pod's.

@@ -64,6 +64,13 @@ impl NftTable {
                 ));
             }
         }
+        if subnets.iter().any(|n| n.addr().is_ipv4()) {
+            // Host ports reached on the node's 127.0.0.1 (route_localnet on the bridge): the pod
+            // must answer to the node's bridge address, not to its own loopback.
+            s.push_str(&format!(
+                "add rule inet {t} postrouting ct status dnat ip saddr 127.0.0.0/8 masquerade\n"
+            ));
+        }
         for n in subnets {
             let fam = if n.addr().is_ipv4() { "ip" } else { "ip6" };
             let n = n.trunc();

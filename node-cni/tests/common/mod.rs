@@ -150,3 +150,84 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Bytes per second of one TCP transfer of `bytes` from `from` to `to_ip` (a listener inside
+/// `to`), measured by the receiver from the first byte to the end; every wait has a timeout.
+pub fn tcp_throughput(
+    from: &NetnsFixture,
+    to: &NetnsFixture,
+    to_ip: std::net::IpAddr,
+    bytes: usize,
+) -> f64 {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let listener = to
+        .run_in(move || TcpListener::bind(SocketAddr::new(to_ip, 0)))
+        .unwrap()
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        let mut start = None;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            start.get_or_insert_with(Instant::now);
+            got += n;
+        }
+        (got, start.map(|t| t.elapsed()).unwrap_or_default())
+    });
+    let mut s = from
+        .run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        s.write_all(&chunk[..n]).unwrap();
+        sent += n;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, took) = receiver.join().unwrap();
+    assert_eq!(got, bytes, "the whole transfer arrived");
+    got as f64 / took.as_secs_f64().max(1e-6)
+}
+
+/// The elements of the host port maps of nftables table `inet <table>` in `node` (empty when
+/// the table does not exist).
+pub fn host_port_elements(node: &NetnsFixture, table: &str) -> String {
+    node.sh(&format!(
+        "nft list map inet {table} hostports4 2>/dev/null; nft list map inet {table} hostports6 2>/dev/null; true"
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| l.contains(" : ") && !l.trim_start().starts_with("type "))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// A CNI plugin (a shell script) that fails every ADD with code 107 and logs each call to
+/// `calls` beside itself.
+pub const FAILING_PLUGIN: &str = r#"#!/bin/sh
+cat >/dev/null
+echo "$CNI_COMMAND $CNI_CONTAINERID" >> "$(dirname "$0")/calls"
+case "$CNI_COMMAND" in
+  ADD) echo '{"cniVersion":"1.0.0","code":107,"msg":"scripted failure","details":"always fails ADD"}'; exit 1 ;;
+  VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
+esac
+exit 0
+"#;
+
+/// Write [`FAILING_PLUGIN`] as `<dir>/nkt-fail`, executable.
+pub fn write_failing_plugin(dir: &Path) {
+    let script = dir.join("nkt-fail");
+    std::fs::write(&script, FAILING_PLUGIN).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}

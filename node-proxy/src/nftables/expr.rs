@@ -26,6 +26,7 @@ pub(crate) const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
 pub(crate) const NFT_REJECT_ICMPX_PORT_UNREACH: u32 = 1;
 pub(crate) const NFT_CT_STATUS: u32 = 2;
 pub(crate) const IPS_DST_NAT: u32 = 0x20;
+pub(crate) const NF_DROP: i32 = 0;
 pub(crate) const NFT_JUMP: i32 = -3;
 pub(crate) const NFT_GOTO: i32 = -4;
 pub(crate) const NFT_DYNSET_OP_UPDATE: u32 = 1;
@@ -226,10 +227,12 @@ impl Expression for Expr {
                     sys::nftnl_expr_set_u8(p, sys::NFTNL_EXPR_REJECT_CODE as u16, *code as u8);
                 }
                 Expr::Verdict { code, chain } => {
-                    let s = cstr(chain);
                     u32_(sys::NFTNL_EXPR_IMM_DREG, 0);
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_IMM_VERDICT as u16, *code as u32);
-                    sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_IMM_CHAIN as u16, s.as_ptr());
+                    if !chain.is_empty() {
+                        let s = cstr(chain);
+                        sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_IMM_CHAIN as u16, s.as_ptr());
+                    }
                 }
             }
             e

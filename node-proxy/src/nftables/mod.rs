@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nftnl::{Batch, Chain, ChainType, MsgType, ProtoFamily, Rule, Table};
-use node_core::{ProxyState, RouterError, ServicePort, ServicePortName, ServiceRouter, SyncReport};
+use node_core::{
+    Protocol, ProxyState, RouterError, ServicePort, ServicePortName, ServiceRouter, SyncReport,
+};
+
+use crate::conntrack::{self, ConntrackCleaner, ConntrackFlush};
 
 use netlink::{ELEM_INTERVAL_END, Elem, ElemsMsg, SetMsg, Socket};
 use ruleset::{ChainDef, Contribution, Desired, ElemData, LbChain, NodeFacts, SETS};
@@ -29,6 +33,9 @@ pub struct NftablesConfig {
     pub table: String,
     /// Rewrite everything at least this often, even when only diffs were needed.
     pub full_resync_interval: Duration,
+    /// Delete stale UDP conntrack entries after a sync (on by default; needs the `conntrack`
+    /// command, see [`crate::conntrack`]).
+    pub conntrack_cleanup: bool,
 }
 
 impl Default for NftablesConfig {
@@ -36,6 +43,7 @@ impl Default for NftablesConfig {
         Self {
             table: "nodekit".into(),
             full_resync_interval: Duration::from_secs(3600),
+            conntrack_cleanup: true,
         }
     }
 }
@@ -50,6 +58,8 @@ struct Programmed {
     chains: BTreeSet<LbChain>,
     endpoints: usize,
     elements: usize,
+    /// Service ports that cannot be programmed, with the reason (they contribute nothing).
+    skipped: BTreeMap<ServicePortName, String>,
     at: Instant,
 }
 
@@ -64,14 +74,29 @@ impl Programmed {
             elements: facts.cidr_sets().values().map(Vec::len).sum::<usize>()
                 + facts.node_port_addresses.len(),
             facts,
+            skipped: BTreeMap::new(),
             at: Instant::now(),
         };
         for (name, sp) in &state.services {
-            let c = ruleset::contribution(sp, &p.facts);
+            let c = p.contribution(name, sp);
             p.account(&c, 1);
             p.services.insert(name.clone(), (sp.clone(), c));
         }
         p
+    }
+
+    /// What `sp` contributes; nothing (and noted in `skipped`) when it cannot be programmed.
+    fn contribution(&mut self, name: &ServicePortName, sp: &ServicePort) -> Contribution {
+        match ruleset::unprogrammable(name, sp) {
+            Some(why) => {
+                self.skipped.insert(name.clone(), why);
+                Contribution::default()
+            }
+            None => {
+                self.skipped.remove(name);
+                ruleset::contribution(sp, &self.facts)
+            }
+        }
     }
 
     /// Count a contribution in (`sign` 1) or out (-1); the hairpin addresses whose count
@@ -101,6 +126,28 @@ impl Programmed {
 struct Inner {
     socket: Socket,
     programmed: Option<Programmed>,
+    /// Conntrack deletions a sync could not do yet (retried by the next one).
+    pending_flushes: Vec<ConntrackFlush>,
+}
+
+/// A UDP service port that changed: its name, what was programmed and what is wanted.
+type UdpChange = (ServicePortName, Option<ServicePort>, Option<ServicePort>);
+
+/// The conntrack entries the UDP changes make stale (node name `node`).
+fn udp_flushes(node: &str, changes: Vec<UdpChange>) -> Vec<ConntrackFlush> {
+    let mut old = ProxyState::default();
+    let mut new = ProxyState::default();
+    old.node.name = node.to_string();
+    new.node.name = node.to_string();
+    for (name, o, n) in changes {
+        if let Some(o) = o {
+            old.services.insert(name.clone(), o);
+        }
+        if let Some(n) = n {
+            new.services.insert(name, n);
+        }
+    }
+    conntrack::stale_udp_flows(&old, &new)
 }
 
 /// Programs services into nftables: `inet <table>` only, never any other table.
@@ -112,6 +159,7 @@ pub struct NftablesRouter {
     config: NftablesConfig,
     table: CString,
     inner: Mutex<Inner>,
+    conntrack: ConntrackCleaner,
 }
 
 fn nl_err(op: &str, source: std::io::Error) -> RouterError {
@@ -138,7 +186,9 @@ impl NftablesRouter {
             inner: Mutex::new(Inner {
                 socket,
                 programmed: None,
+                pending_flushes: Vec::new(),
             }),
+            conntrack: ConntrackCleaner::default(),
         })
     }
 
@@ -313,14 +363,26 @@ impl NftablesRouter {
         inner: &Inner,
         p: &mut Programmed,
         state: &ProxyState,
+        udp: &mut Vec<UdpChange>,
     ) -> Result<usize, RouterError> {
         let mut changed: Vec<(Option<Contribution>, Option<Contribution>)> = vec![];
         for (name, sp) in &state.services {
             match p.services.get(name) {
                 Some((old, _)) if old == sp => {}
                 _ => {
-                    let c = ruleset::contribution(sp, &p.facts);
+                    let c = p.contribution(name, sp);
                     let old = p.services.insert(name.clone(), (sp.clone(), c.clone()));
+                    if sp.protocol == Protocol::Udp
+                        || old
+                            .as_ref()
+                            .is_some_and(|(o, _)| o.protocol == Protocol::Udp)
+                    {
+                        udp.push((
+                            name.clone(),
+                            old.as_ref().map(|(o, _)| o.clone()),
+                            Some(sp.clone()),
+                        ));
+                    }
                     changed.push((old.map(|(_, c)| c), Some(c)));
                 }
             }
@@ -333,7 +395,11 @@ impl NftablesRouter {
                 .cloned()
                 .collect();
             for k in gone {
-                if let Some((_, c)) = p.services.remove(&k) {
+                p.skipped.remove(&k);
+                if let Some((old, c)) = p.services.remove(&k) {
+                    if old.protocol == Protocol::Udp {
+                        udp.push((k, Some(old), None));
+                    }
                     changed.push((Some(c), None));
                 }
             }
@@ -525,36 +591,80 @@ impl ServiceRouter for NftablesRouter {
 
     async fn sync(&self, desired: &ProxyState) -> Result<SyncReport, RouterError> {
         let start = Instant::now();
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| RouterError::Other("router lock poisoned".into()))?;
-        // taken out: if anything fails, the next sync rewrites everything
-        let previous = inner.programmed.take();
-        let reusable = previous.filter(|p| {
-            p.at.elapsed() < self.config.full_resync_interval && p.facts == NodeFacts::of(desired)
-        });
-        let (full, changes, programmed) = match reusable {
-            Some(mut p) => {
-                let changes = self.partial(&inner, &mut p, desired)?;
-                (false, changes, p)
+        let (report, flushes) = {
+            let mut inner = self
+                .inner
+                .lock()
+                .map_err(|_| RouterError::Other("router lock poisoned".into()))?;
+            // taken out: if anything fails, the next sync rewrites everything
+            let previous = inner.programmed.take();
+            let mut udp: Vec<UdpChange> = vec![];
+            let (full, changes, programmed) = match previous {
+                Some(mut p)
+                    if p.at.elapsed() < self.config.full_resync_interval
+                        && p.facts == NodeFacts::of(desired) =>
+                {
+                    let changes = self.partial(&inner, &mut p, desired, &mut udp)?;
+                    (false, changes, p)
+                }
+                previous => {
+                    let p = Programmed::build(desired);
+                    let changes = self.full(&inner, &p)?;
+                    if self.config.conntrack_cleanup {
+                        let mut old: HashMap<&ServicePortName, &ServicePort> = previous
+                            .iter()
+                            .flat_map(|p| p.services.iter())
+                            .map(|(n, (sp, _))| (n, sp))
+                            .collect();
+                        for (name, sp) in &desired.services {
+                            let was = old.remove(name);
+                            let is_udp = |s: &ServicePort| s.protocol == Protocol::Udp;
+                            if is_udp(sp) || was.is_some_and(is_udp) {
+                                udp.push((name.clone(), was.cloned(), Some(sp.clone())));
+                            }
+                        }
+                        udp.extend(
+                            old.into_iter()
+                                .filter(|(_, sp)| sp.protocol == Protocol::Udp)
+                                .map(|(n, sp)| (n.clone(), Some(sp.clone()), None)),
+                        );
+                    }
+                    (true, changes, p)
+                }
+            };
+            let report = SyncReport {
+                full,
+                service_ports: programmed.services.len(),
+                endpoints: programmed.endpoints,
+                changes,
+                skipped: programmed
+                    .skipped
+                    .iter()
+                    .map(|(n, why)| (n.clone(), why.clone()))
+                    .collect(),
+                duration: Duration::ZERO,
+            };
+            let mut flushes = std::mem::take(&mut inner.pending_flushes);
+            if self.config.conntrack_cleanup && !udp.is_empty() {
+                flushes.extend(udp_flushes(&programmed.facts.name, udp));
             }
-            None => {
-                let p = Programmed::build(desired);
-                let changes = self.full(&inner, &p)?;
-                (true, changes, p)
-            }
+            inner.programmed = Some(programmed);
+            (report, flushes)
         };
-        let report = SyncReport {
-            full,
-            service_ports: programmed.services.len(),
-            endpoints: programmed.endpoints,
-            changes,
-            skipped: vec![],
+        let flushed = match flushes.is_empty() {
+            true => Ok(()),
+            false => self.conntrack.flush(&flushes).await,
+        };
+        if let Err(e) = flushed {
+            if let Ok(mut inner) = self.inner.lock() {
+                inner.pending_flushes = flushes;
+            }
+            return Err(e);
+        }
+        Ok(SyncReport {
             duration: start.elapsed(),
-        };
-        inner.programmed = Some(programmed);
-        Ok(report)
+            ..report
+        })
     }
 
     async fn cleanup(&self) -> Result<(), RouterError> {

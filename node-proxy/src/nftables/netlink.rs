@@ -19,6 +19,7 @@ const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
+const NFT_SET_CONCAT: u32 = 0x80;
 /// `NFT_SET_ELEM_INTERVAL_END`.
 pub(crate) const ELEM_INTERVAL_END: u32 = 1;
 const NFPROTO_INET: u16 = 1;
@@ -53,6 +54,20 @@ unsafe impl NlMsg for SetMsg {
             }
             if self.def.dynamic {
                 flags |= NFT_SET_TIMEOUT | NFT_SET_EVAL;
+            }
+            if self.def.concat_interval() {
+                // the field lengths let the kernel pick its concatenated-range set (pipapo)
+                flags |= NFT_SET_CONCAT;
+                let mut lens = [0u8; 16];
+                for (l, t) in lens.iter_mut().zip(self.def.key) {
+                    *l = t.field_len();
+                }
+                sys::nftnl_set_set_data(
+                    s,
+                    sys::NFTNL_SET_DESC_CONCAT as u16,
+                    lens.as_ptr().cast(),
+                    lens.len() as u32,
+                );
             }
             if let Some((ty, len)) = self.def.data_type_len() {
                 flags |= NFT_SET_MAP;
@@ -96,17 +111,32 @@ unsafe impl NlMsg for ElemsMsg<'_> {
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, self.table.as_ptr());
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr());
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_INET as u32);
+            let ranges = super::ruleset::set_def(self.set).concat_interval();
             for (key, data, flags) in &self.elems {
                 let e = sys::nftnl_set_elem_alloc();
                 if e.is_null() {
                     std::process::abort();
                 }
+                // a range of a concatenation: the start key, then the end key
+                let (key, end) = if ranges {
+                    key.split_at(key.len() / 2)
+                } else {
+                    (*key, &[][..])
+                };
                 sys::nftnl_set_elem_set(
                     e,
                     sys::NFTNL_SET_ELEM_KEY as u16,
                     key.as_ptr().cast(),
                     key.len() as u32,
                 );
+                if !end.is_empty() {
+                    sys::nftnl_set_elem_set(
+                        e,
+                        sys::NFTNL_SET_ELEM_KEY_END as u16,
+                        end.as_ptr().cast(),
+                        end.len() as u32,
+                    );
+                }
                 if *flags != 0 {
                     sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, *flags);
                 }

@@ -13,6 +13,8 @@
 //!   its timeout; a new one picks a bucket at random and is added to that bucket's set
 //! npaff4_<K>_<T>: the same for node ports (keyed by protocol . port in npbe4)
 //! filter prerouting/output: daddr . proto . port @noep4 -> reject (tcp reset / icmpx port-unreachable)
+//! filter prerouting (firewall): daddr . proto . port @fwsvc4 && daddr . proto . port . saddr
+//!   !@fwallow4 -> drop (loadBalancerSourceRanges; fwallow4 holds ranges of a concatenation)
 //! nat postrouting: hairpin (ct status dnat, saddr . daddr @hairpin4) and marked traffic -> masquerade
 //! ```
 
@@ -20,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use node_core::{Endpoint, ProxyState, ServicePort, TrafficSource};
+use node_core::{Endpoint, ProxyState, ServicePort, ServicePortName, TrafficSource};
 
 use super::expr::*;
 
@@ -50,6 +52,15 @@ impl Ty {
     fn len(self) -> u32 {
         match self {
             Ty::Ip6 => 16,
+            _ => 4,
+        }
+    }
+    /// The field's own length in bytes (a concatenated interval set's field description).
+    pub(crate) fn field_len(self) -> u8 {
+        match self {
+            Ty::Ip6 => 16,
+            Ty::Proto => 1,
+            Ty::Port => 2,
             _ => 4,
         }
     }
@@ -98,6 +109,11 @@ impl SetDef {
     }
     pub(crate) fn key_len(&self) -> u32 {
         self.key.iter().map(|t| t.len()).sum()
+    }
+    /// An interval set over a concatenation: its elements are ranges given by a start and an
+    /// (inclusive) end key, stored one after the other in an element's key bytes.
+    pub(crate) fn concat_interval(&self) -> bool {
+        self.interval && self.key.len() > 1
     }
     pub(crate) fn data_type_len(&self) -> Option<(u32, u32)> {
         match self.data {
@@ -222,6 +238,34 @@ pub(crate) const SETS: &[SetDef] = &[
         key: &[Ty::Ip6, Ty::Ip6],
         data: DataTy::None,
         interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "fwsvc4",
+        key: IP4_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "fwsvc6",
+        key: IP6_SVC,
+        data: DataTy::None,
+        interval: false,
+        dynamic: false,
+    },
+    SetDef {
+        name: "fwallow4",
+        key: &[Ty::Ip4, Ty::Proto, Ty::Port, Ty::Ip4],
+        data: DataTy::None,
+        interval: true,
+        dynamic: false,
+    },
+    SetDef {
+        name: "fwallow6",
+        key: &[Ty::Ip6, Ty::Proto, Ty::Port, Ty::Ip6],
+        data: DataTy::None,
+        interval: true,
         dynamic: false,
     },
     SetDef {
@@ -422,9 +466,28 @@ pub(crate) fn skeleton(restricted: bool) -> Vec<ChainDef> {
     let mut noep = vec![];
     let mut services = vec![];
     let mut post = vec![];
+    let mut firewall = vec![];
     for f in &FAMS {
         let (n, ip) = (f.n, f.ip);
         let svc = [f.daddr, Field::L4proto, Field::Dport];
+        // loadBalancerSourceRanges: a firewalled load-balancer address . port drops the sources
+        // outside its ranges (before any DNAT; the node's own traffic never comes this way).
+        let mut allowed = concat(&[f.daddr, Field::L4proto, Field::Dport, f.saddr], 0);
+        allowed.push(Expr::Lookup {
+            set: format!("fwallow{n}"),
+            sreg: reg(0),
+            dreg: None,
+            invert: true,
+        });
+        firewall.push(rule(
+            format!("{ip} daddr . meta l4proto . th dport @fwsvc{n} {ip} daddr . meta l4proto . th dport . {ip} saddr != @fwallow{n} drop"),
+            vec![
+                nfproto(f.proto),
+                lookup(&format!("fwsvc{n}"), &svc),
+                allowed,
+                verdict(NF_DROP, ""),
+            ],
+        ));
         noep.push(rule(
             format!("{ip} daddr . meta l4proto . th dport @noep{n} goto reject_it"),
             vec![
@@ -568,9 +631,14 @@ pub(crate) fn skeleton(restricted: bool) -> Vec<ChainDef> {
             rules: services,
         },
         ChainDef {
+            name: "firewall".into(),
+            hook: None,
+            rules: firewall,
+        },
+        ChainDef {
             name: "filter_prerouting".into(),
             hook: hook(H::PreRouting, false, -110),
-            rules: vec![jump("no_endpoints")],
+            rules: vec![jump("firewall"), jump("no_endpoints")],
         },
         ChainDef {
             name: "filter_output".into(),
@@ -950,6 +1018,89 @@ impl Desired {
     }
 }
 
+/// Where a load-balanced key goes: its verdict map (to the chain for its endpoint count) and
+/// the backend map (`key . bucket` to `address . port`).
+struct Balanced {
+    vmap: &'static str,
+    backends: &'static str,
+    node_port: bool,
+}
+
+impl Balanced {
+    /// The verdict element of `key`, its chain, and one backend element per endpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        c: &mut Contribution,
+        sp: &ServicePort,
+        v6: bool,
+        key: &[u8],
+        eps: &[Endpoint],
+        programmed: &mut BTreeSet<(IpAddr, u16)>,
+        hairpin: &mut BTreeSet<IpAddr>,
+    ) {
+        let chain = LbChain {
+            v6,
+            node_port: self.node_port,
+            k: eps.len() as u32,
+            affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
+        };
+        c.elems
+            .push((self.vmap, key.to_vec(), ElemData::Goto(chain.name())));
+        c.chains.push(chain);
+        for (i, e) in eps.iter().enumerate() {
+            let mut k = key.to_vec();
+            k.extend((i as u32).to_ne_bytes());
+            c.elems
+                .push((self.backends, k, ElemData::Bytes(ep_data(e))));
+            programmed.insert((e.ip, e.port));
+            hairpin.insert(e.ip);
+        }
+    }
+}
+
+/// The firewall elements of load-balancer key `key`: the key in `fwsvc`, and one range per
+/// source range of the family in `fwallow` (start key then end key).
+fn firewall_elems(c: &mut Contribution, v6: bool, key: &[u8], ranges: &[ipnet::IpNet]) {
+    let (svc, allow) = if v6 {
+        ("fwsvc6", "fwallow6")
+    } else {
+        ("fwsvc4", "fwallow4")
+    };
+    c.elems.push((svc, key.to_vec(), ElemData::None));
+    for r in ranges.iter().filter(|r| r.addr().is_ipv6() == v6) {
+        let r = r.trunc();
+        let mut k = key.to_vec();
+        k.extend(ip_bytes(r.network()));
+        k.extend_from_slice(key);
+        k.extend(ip_bytes(r.broadcast()));
+        c.elems.push((allow, k, ElemData::None));
+    }
+}
+
+/// Why the router cannot program `sp`, if it cannot: the reason names the service port.
+pub(crate) fn unprogrammable(name: &ServicePortName, sp: &ServicePort) -> Option<String> {
+    let bad_ip = sp
+        .service_ips()
+        .map(|(ip, _)| ip)
+        .find(|ip| ip.is_unspecified() || ip.is_multicast());
+    let bad_ep = sp.endpoints.iter().find(|e| e.port == 0);
+    let why = if sp.port == 0 {
+        "port 0".to_string()
+    } else if sp.node_port == Some(0) {
+        "nodePort 0".to_string()
+    } else if sp.service_ips().next().is_none() {
+        "no cluster, external or load-balancer IP".to_string()
+    } else if let Some(ip) = bad_ip {
+        format!("service address {ip} is unspecified or multicast")
+    } else if let Some(e) = bad_ep {
+        format!("endpoint {} has port 0", e.ip)
+    } else {
+        return None;
+    };
+    Some(format!("{name}: {why}"))
+}
+
 /// What service port `sp` contributes on a node with `facts`.
 pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution {
     let mut c = Contribution::default();
@@ -981,6 +1132,9 @@ pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution 
                 &external
             };
             let key = svc_key(ip, proto, sp.port);
+            if !sp.load_balancer_source_ranges.is_empty() && sp.load_balancer_ips.contains(&ip) {
+                firewall_elems(&mut c, v6, &key, &sp.load_balancer_source_ranges);
+            }
             if eps.is_empty() {
                 c.elems.push((pick("noep4", "noep6"), key, ElemData::None));
                 continue;
@@ -994,26 +1148,12 @@ pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution 
                 c.elems
                     .push((pick("internal4", "internal6"), key.clone(), ElemData::None));
             }
-            let chain = LbChain {
-                v6,
+            let lb = Balanced {
+                vmap: pick("svc4", "svc6"),
+                backends: pick("be4", "be6"),
                 node_port: false,
-                k: eps.len() as u32,
-                affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
             };
-            c.elems.push((
-                pick("svc4", "svc6"),
-                key.clone(),
-                ElemData::Goto(chain.name()),
-            ));
-            c.chains.push(chain);
-            for (i, e) in eps.iter().enumerate() {
-                let mut k = key.clone();
-                k.extend((i as u32).to_ne_bytes());
-                c.elems
-                    .push((pick("be4", "be6"), k, ElemData::Bytes(ep_data(e))));
-                programmed.insert((e.ip, e.port));
-                hairpin.insert(e.ip);
-            }
+            lb.push(&mut c, sp, v6, &key, eps, &mut programmed, &mut hairpin);
         }
         if let Some(np) = sp.node_port {
             let mut key = proto_bytes(proto).to_vec();
@@ -1025,26 +1165,20 @@ pub(crate) fn contribution(sp: &ServicePort, facts: &NodeFacts) -> Contribution 
                 if !sp.external_policy_local || facts.masquerade_all {
                     c.elems.push(("npmasq", key.clone(), ElemData::None));
                 }
-                let chain = LbChain {
-                    v6,
+                let lb = Balanced {
+                    vmap: pick("np4", "np6"),
+                    backends: pick("npbe4", "npbe6"),
                     node_port: true,
-                    k: external.len() as u32,
-                    affinity: sp.affinity_timeout.map(|t| t.as_secs().max(1)),
                 };
-                c.elems.push((
-                    pick("np4", "np6"),
-                    key.clone(),
-                    ElemData::Goto(chain.name()),
-                ));
-                c.chains.push(chain);
-                for (i, e) in external.iter().enumerate() {
-                    let mut k = key.clone();
-                    k.extend((i as u32).to_ne_bytes());
-                    c.elems
-                        .push((pick("npbe4", "npbe6"), k, ElemData::Bytes(ep_data(e))));
-                    programmed.insert((e.ip, e.port));
-                    hairpin.insert(e.ip);
-                }
+                lb.push(
+                    &mut c,
+                    sp,
+                    v6,
+                    &key,
+                    &external,
+                    &mut programmed,
+                    &mut hairpin,
+                );
             }
         }
     }
@@ -1173,7 +1307,20 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
         let items: Vec<String> = elems
             .iter()
             .map(|(k, v)| {
-                let key = fmt_concat(def.key, k);
+                let key = if def.concat_interval() {
+                    // `a . b . start-end`: the range is on the last field
+                    let (start, end) = k.split_at(k.len() / 2);
+                    let (last, head) = def.key.split_last().expect("a concatenation");
+                    let at = start.len() - last.len() as usize;
+                    format!(
+                        "{} . {}-{}",
+                        fmt_concat(head, &start[..at]),
+                        fmt_field(*last, &start[at..]),
+                        fmt_field(*last, &end[at..])
+                    )
+                } else {
+                    fmt_concat(def.key, k)
+                };
                 match (v, def.data) {
                     (ElemData::Bytes(b), DataTy::Concat(tys)) => {
                         format!("{key} : {}", fmt_concat(tys, b))
@@ -1305,5 +1452,32 @@ mod tests {
                 s.name
             );
         }
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_are_ranges_of_a_concatenation() {
+        let mut sp = ServicePort {
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            load_balancer_ips: vec!["192.168.60.20".parse().unwrap()],
+            load_balancer_source_ranges: vec![
+                "192.168.50.0/24".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ],
+            port: 80,
+            protocol: Protocol::Tcp,
+            endpoints: vec![ep("10.244.1.5", "other")],
+            ..Default::default()
+        };
+        let text = render("t", &Desired::compute(&state(sp.clone())));
+        assert!(
+            text.contains("add element inet t fwallow4 { 192.168.60.20 . tcp . 80 . 192.168.50.0-192.168.50.255 }"),
+            "{text}"
+        );
+        assert!(text.contains("add element inet t fwsvc4 { 192.168.60.20 . tcp . 80 }"));
+        // no IPv6 load-balancer IP: nothing in the IPv6 sets; the cluster IP is never firewalled
+        assert!(!text.contains("add element inet t fwallow6") && !text.contains("fwsvc4 { 10.96"));
+        sp.load_balancer_source_ranges.clear();
+        let text = render("t", &Desired::compute(&state(sp)));
+        assert!(!text.contains("add element inet t fwsvc4"), "{text}");
     }
 }

@@ -1,0 +1,349 @@
+//! The netlink side of one ADD, in three batches (three `sendmsg`s) on a worker thread:
+//!
+//! 1. node: create the veth (host end on the bridge and up, the pod end created directly in
+//!    the pod's namespace with its final name), hairpin mode on the bridge port (by name), and
+//!    read the host end back;
+//! 2. pod: loopback up, the pod end up (by name), read it back (its index);
+//! 3. pod: the addresses and default routes.
+//!
+//! The workers are started in the caller's (the node's) namespace; one enters the pod's for 2
+//! and 3 and goes back to the node's afterwards. The caller's threads never change namespace,
+//! tokio workers never block on the kernel, and no thread is created per ADD.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd};
+
+use ipnet::IpNet;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use node_core::CniError;
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use rtnetlink::{
+    AddressMessageBuilder, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
+
+use super::shape::{self, Limit};
+use crate::nlbatch::{NlSocket, Request, check};
+use crate::rtnl;
+
+/// What to wire for one attachment.
+pub(crate) struct Wiring {
+    pub who: String,
+    pub container_id: String,
+    pub netns: std::path::PathBuf,
+    pub host: String,
+    pub ifname: String,
+    pub bridge: u32,
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    pub addresses: Vec<IpNet>,
+    pub gateways: Vec<IpAddr>,
+    /// Shaping of the traffic to the pod (`bandwidth` ingress).
+    pub ingress: Option<Limit>,
+    /// Shaping of the traffic from the pod (`bandwidth` egress).
+    pub egress: Option<Limit>,
+}
+
+/// What was wired: the host and pod ends' MACs.
+pub(crate) struct Wired {
+    pub host_mac: String,
+    pub pod_mac: String,
+}
+
+/// Why wiring failed; `bridge_gone` when the bridge index no longer exists.
+pub(crate) struct WireError {
+    pub error: CniError,
+    pub bridge_gone: bool,
+}
+
+impl From<CniError> for WireError {
+    fn from(error: CniError) -> Self {
+        Self {
+            error,
+            bridge_gone: false,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A few long-lived threads, started in the node's namespace, that run the ADDs' netlink work:
+/// no thread is created per ADD. A job may enter a pod's namespace; its worker goes back to the
+/// node's before the next job, and ends if it cannot.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl Workers {
+    /// Start `n` workers in the calling thread's namespace.
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let node = File::open("/proc/thread-self/ns/net")?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..n {
+            let (rx, node) = (rx.clone(), node.try_clone()?);
+            std::thread::Builder::new()
+                .name(format!("nodekit-cni-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().map(|r| r.recv()) {
+                            Ok(Ok(job)) => job,
+                            _ => return,
+                        };
+                        job();
+                        let back =
+                            nix::sched::setns(node.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+                        if back.is_err() {
+                            return;
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { tx })
+    }
+}
+
+/// Run [`wire`] on a worker, or on a new thread (which starts in the calling thread's
+/// namespace) when there is none.
+pub(crate) async fn wire_on_thread(
+    w: Wiring,
+    pod_ns: &File,
+    workers: Option<&Workers>,
+) -> Result<Wired, WireError> {
+    let ns = pod_ns.try_clone().map_err(|e| CniError::Netns {
+        container_id: w.container_id.clone(),
+        path: w.netns.clone(),
+        message: e.to_string(),
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(wire(&w, &ns));
+    });
+    let job = match workers {
+        Some(p) => p.tx.send(job).err().map(|e| e.0),
+        None => Some(job),
+    };
+    if let Some(job) = job {
+        std::thread::Builder::new()
+            .name("nodekit-cni-add".into())
+            .spawn(job)
+            .map_err(|e| CniError::Other(format!("spawn the netlink thread: {e}")))?;
+    }
+    rx.await
+        .map_err(|_| CniError::Other("the netlink thread ended without an answer".into()))?
+}
+
+fn veth(w: &Wiring, pod_ns: &File) -> Request {
+    // The pod end cannot be brought up here: veth_open answers ENOTCONN until both ends exist.
+    let mut p = LinkUnspec::new_with_name(&w.ifname).setns_by_fd(pod_ns.as_raw_fd());
+    let mut v = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(w.host.clone())
+        .controller(w.bridge)
+        .up();
+    if let Some(m) = w.mtu {
+        p = p.mtu(m);
+        v = v.mtu(m);
+    }
+    let msg = v
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
+        .build();
+    Request::new(
+        format!("create veth {} for {}", w.host, w.who),
+        RouteNetlinkMessage::NewLink(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+}
+
+fn get_link(name: &str) -> Request {
+    Request::new(
+        format!("get link {name}"),
+        RouteNetlinkMessage::GetLink(LinkUnspec::new_with_name(name).build()),
+        0,
+    )
+}
+
+fn del_link(name: &str) -> Request {
+    Request::new(
+        format!("delete link {name}"),
+        RouteNetlinkMessage::DelLink(LinkUnspec::new_with_name(name).build()),
+        0,
+    )
+}
+
+fn first_batch(w: &Wiring, pod_ns: &File) -> Vec<Request> {
+    let mut reqs = vec![veth(w, pod_ns)];
+    if w.hairpin {
+        reqs.push(Request::new(
+            format!("set hairpin mode on {}", w.host),
+            RouteNetlinkMessage::NewLink(
+                LinkBridgePort::new(0)
+                    .name(w.host.clone())
+                    .hairpin(true)
+                    .build(),
+            ),
+            0,
+        ));
+    }
+    reqs.push(get_link(&w.host));
+    reqs
+}
+
+/// Wire one attachment; the calling thread must be in the node's namespace, and ends in the
+/// pod's.
+pub(crate) fn wire(w: &Wiring, pod_ns: &File) -> Result<Wired, WireError> {
+    let mut node = NlSocket::open()?;
+    let reqs = first_batch(w, pod_ns);
+    let mut answers = node.batch(reqs)?;
+    if answers[0].errno == Some(rtnl::EEXIST) {
+        // Left by an earlier ADD of the same attachment: start again.
+        let gone = node.batch(vec![del_link(&w.host)])?;
+        if gone[0].errno.is_none() {
+            answers = node.batch(first_batch(w, pod_ns))?;
+        }
+    }
+    let create_op = format!("create veth {} for {}", w.host, w.who);
+    if answers[0].errno == Some(rtnl::ENODEV) {
+        return Err(WireError {
+            error: check(&create_op, &answers[0]).expect_err("an errno"),
+            bridge_gone: true,
+        });
+    }
+    check(&create_op, &answers[0])?;
+    if w.hairpin {
+        check(&format!("set hairpin mode on {}", w.host), &answers[1])?;
+    }
+    let host_link = answers
+        .last()
+        .and_then(|a| a.link())
+        .ok_or_else(|| CniError::Netlink {
+            op: format!("get link {}", w.host),
+            message: "no answer".into(),
+        })?;
+    let (host_index, host_mac) = (host_link.header.index, rtnl::mac_of(host_link));
+    if w.ingress.is_some() || w.egress.is_some() {
+        shape_host(&mut node, w, host_index)?;
+    }
+
+    nix::sched::setns(pod_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        CniError::Netns {
+            container_id: w.container_id.clone(),
+            path: w.netns.clone(),
+            message: format!("enter the pod's network namespace: {e}"),
+        }
+    })?;
+    let mut pod = NlSocket::open()?;
+    let up = |name: &str, m| {
+        Request::new(
+            format!("set link {name} up in the pod"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    };
+    let answers = pod.batch(vec![
+        up("lo", LinkUnspec::new_with_index(1).up().build()),
+        up(&w.ifname, LinkUnspec::new_with_name(&w.ifname).up().build()),
+        get_link(&w.ifname),
+    ])?;
+    check("set link lo up in the pod", &answers[0])?;
+    check(&format!("set link {} up in the pod", w.ifname), &answers[1])?;
+    let eth = answers[2].link().ok_or_else(|| CniError::Netlink {
+        op: format!("get link {} in the pod", w.ifname),
+        message: "no answer".into(),
+    })?;
+    let (idx, pod_mac) = (eth.header.index, rtnl::mac_of(eth));
+
+    let mut reqs = Vec::new();
+    for a in &w.addresses {
+        let mut msg = match a.addr() {
+            IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(idx)
+                .address(ip, a.prefix_len())
+                .build(),
+            IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(idx)
+                .address(ip, a.prefix_len())
+                .build(),
+        };
+        if a.addr().is_ipv6() {
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        reqs.push(Request::new(
+            format!("add address {a} to {} in the pod", w.ifname),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ));
+    }
+    for gw in &w.gateways {
+        let msg = match gw {
+            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(*g)
+                .output_interface(idx)
+                .build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(*g)
+                .output_interface(idx)
+                .build(),
+        };
+        reqs.push(Request::new(
+            format!("add default route via {gw} in the pod"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ));
+    }
+    let ops: Vec<String> = reqs.iter().map(|r| r.op.clone()).collect();
+    for (op, a) in ops.iter().zip(pod.batch(reqs)?) {
+        if a.errno != Some(rtnl::EEXIST) {
+            check(op, &a)?;
+        }
+    }
+    Ok(Wired { host_mac, pod_mac })
+}
+
+/// The `bandwidth` shaping on the host end (index `host`): one batch for the ifb device (egress
+/// only), one for the qdiscs and the redirect.
+fn shape_host(node: &mut NlSocket, w: &Wiring, host: u32) -> Result<(), CniError> {
+    let mut reqs = Vec::new();
+    let ifb = shape::ifb_name(&w.host);
+    let mut ifb_index = 0;
+    if w.egress.is_some() {
+        let mut a = node.batch(vec![shape::add_ifb(&ifb), get_link(&ifb)])?;
+        if a[0].errno == Some(rtnl::EEXIST) {
+            // Left by an earlier ADD of the same attachment.
+            node.batch(vec![del_link(&ifb)])?;
+            a = node.batch(vec![shape::add_ifb(&ifb), get_link(&ifb)])?;
+        }
+        check(&format!("create ifb device {ifb}"), &a[0])?;
+        ifb_index = a[1].link().map(|l| l.header.index).unwrap_or_default();
+    }
+    if let Some(l) = w.ingress {
+        reqs.push(shape::tbf(&w.host, host, l));
+    }
+    if let Some(l) = w.egress {
+        reqs.push(shape::ingress_qdisc(&w.host, host));
+        reqs.push(shape::redirect(&w.host, host, &ifb, ifb_index));
+        reqs.push(shape::tbf(&ifb, ifb_index, l));
+    }
+    let ops: Vec<String> = reqs.iter().map(|r| r.op.clone()).collect();
+    for (op, a) in ops.iter().zip(node.batch(reqs)?) {
+        check(op, &a)?;
+    }
+    Ok(())
+}
+
+/// Delete the links `names` (one batch) in the calling thread's namespace; links already gone
+/// are fine.
+pub(crate) fn delete_links(names: &[String]) -> Result<(), CniError> {
+    let mut s = NlSocket::open()?;
+    let answers = s.batch(names.iter().map(|n| del_link(n)).collect())?;
+    for (name, a) in names.iter().zip(&answers) {
+        if a.errno != Some(rtnl::ENODEV) {
+            check(&format!("delete link {name}"), a)?;
+        }
+    }
+    Ok(())
+}
