@@ -1,414 +1,26 @@
 //! Root tests of the native runtime's sandboxes and containers (need root, overlayfs, cgroups
 //! and busybox-static). Every test runs its runtime calls on a thread inside a NetnsFixture
 //! (so host-network pods land in the fixture's namespace), uses its own root directory and
-//! cgroup parent, and a guard kills, unmounts and removes everything on drop, panics included.
+//! cgroup parent, and a guard kills, unmounts and removes everything on drop, panics included
+//! (the fixture: `common/native_fixture.rs`).
+
+#[path = "common/native_fixture.rs"]
+mod native_fixture;
+#[path = "common/pod_fixture.rs"]
+mod pod_fixture;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use native_fixture::{
+    Env, alive, cgroup_dirs, container_config, in_netns, log_entries, pid_of, prerequisites,
+    run_container, status, wait_for,
+};
 use node_core::{RuntimeBackend, RuntimeError, cri};
-use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
-use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path, require_root};
-
-const INIT: &str = env!("CARGO_BIN_EXE_nodekit-init");
-static N: AtomicUsize = AtomicUsize::new(0);
-
-/// A CNI plugin that remembers every attachment it was given, around [`FakeCni`].
-#[derive(Default)]
-struct RecordingCni {
-    inner: FakeCni,
-    seen: std::sync::Mutex<Vec<node_core::Attachment>>,
-}
-
-#[async_trait::async_trait]
-impl node_core::CniPlugin for RecordingCni {
-    async fn add(
-        &self,
-        a: &node_core::Attachment,
-    ) -> Result<node_core::CniResult, node_core::CniError> {
-        self.seen.lock().unwrap().push(a.clone());
-        self.inner.add(a).await
-    }
-    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
-        self.inner.del(a).await
-    }
-    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
-        self.inner.check(a).await
-    }
-    async fn status(&self) -> Result<(), node_core::CniError> {
-        self.inner.status().await
-    }
-    async fn gc(&self, keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
-        self.inner.gc(keep).await
-    }
-}
-
-/// A runtime root for one test; dropping it removes everything the runtime made under it.
-struct Env {
-    root: tempfile::TempDir,
-    cgroup_parent: String,
-    cni: FakeCni,
-    recorder: Arc<RecordingCni>,
-    images: Arc<LayerDirImages>,
-    logs: PathBuf,
-}
-
-impl Env {
-    fn new() -> Self {
-        sweep_stale();
-        let root = tempfile::Builder::new()
-            .prefix(&format!("nodekit-rt-{}-", std::process::id()))
-            .tempdir()
-            .unwrap();
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let cgroup_parent = format!("nodekit-test/{}-{n}", std::process::id());
-        let images = Arc::new(LayerDirImages::new());
-        let img = TestImage::busybox()
-            .file("/var/www/index.html", "hello from nodekit\n", 0o644)
-            .build()
-            .expect("busybox image");
-        let layer = root.path().join("layers/0");
-        std::fs::create_dir_all(&layer).unwrap();
-        tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
-            .unpack(&layer)
-            .unwrap();
-        let config: oci_spec::image::ImageConfiguration =
-            serde_json::from_slice(&img.config.bytes).unwrap();
-        images.insert(
-            "busybox:test",
-            ResolvedImage {
-                id: img.config.digest.clone(),
-                layer_dirs: vec![layer],
-                config,
-            },
-        );
-        let logs = root.path().join("pod-logs");
-        let recorder = Arc::new(RecordingCni::default());
-        Self {
-            root,
-            cgroup_parent,
-            cni: recorder.inner.clone(),
-            recorder,
-            images,
-            logs,
-        }
-    }
-
-    fn config(&self) -> NativeConfig {
-        NativeConfig {
-            root: self.root.path().join("rt"),
-            cni: self.recorder.clone(),
-            images: self.images.clone(),
-            init_binary: Some(PathBuf::from(INIT)),
-            cgroup_parent: self.cgroup_parent.clone(),
-            kill_wait: Duration::from_secs(10),
-            rlimits: vec![(libc::RLIMIT_NOFILE, 4096, 4096)],
-            ..Default::default()
-        }
-    }
-
-    fn runtime(&self) -> NativeRuntime {
-        NativeRuntime::new(self.config()).expect("runtime")
-    }
-
-    fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.logs.join(name).display().to_string(),
-            dns_config: Some(cri::DnsConfig {
-                servers: vec!["10.96.0.10".into()],
-                searches: vec!["default.svc.cluster.local".into()],
-                options: vec!["ndots:5".into()],
-            }),
-            labels: HashMap::from([("app".into(), name.into())]),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent.clone(),
-                sysctls: HashMap::from([(
-                    "net.ipv4.ip_unprivileged_port_start".into(),
-                    "80".into(),
-                )]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// The mount points under the root (none must be left).
-    fn mounts_under_root(&self) -> Vec<String> {
-        let root = self.root.path().display().to_string();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&root))
-            .collect()
-    }
-
-    /// The cgroup directories of this test left in any hierarchy.
-    fn cgroups_left(&self) -> Vec<PathBuf> {
-        cgroup_dirs(&self.cgroup_parent)
-            .into_iter()
-            .filter(|d| {
-                d.exists()
-                    && std::fs::read_dir(d)
-                        .map(|r| r.flatten().any(|e| e.path().is_dir()))
-                        .unwrap_or(false)
-            })
-            .collect()
-    }
-}
-
-/// Remove what test processes that were killed left behind: their cgroups (with every process
-/// inside) and the mounts under their roots. Names carry the test process's pid.
-fn sweep_stale() {
-    let dead = |name: &str, prefix: &str| {
-        name.strip_prefix(prefix)
-            .and_then(|r| r.split('-').next()?.parse::<u32>().ok())
-            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-    };
-    for top in cgroup_dirs("nodekit-test") {
-        for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
-            if e.path().is_dir() && dead(&e.file_name().to_string_lossy(), "") {
-                sweep_cgroup(&e.path());
-            }
-        }
-    }
-    let tmp = std::env::temp_dir();
-    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !dead(&name, "nodekit-rt-") {
-            continue;
-        }
-        let root = e.path().display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let c = std::ffi::CString::new(m).unwrap();
-            // SAFETY: unmounting under a dead test's temporary root.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_dir_all(e.path());
-    }
-}
-
-fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let mut v = vec![];
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in rd.flatten() {
-            let d = e.path().join(rel);
-            if d.exists() {
-                v.push(d);
-            }
-        }
-    }
-    if Path::new("/sys/fs/cgroup").join(rel).exists() {
-        v.push(Path::new("/sys/fs/cgroup").join(rel));
-    }
-    v
-}
-
-/// Kill every process in a cgroup tree and remove it, deepest first.
-fn sweep_cgroup(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                sweep_cgroup(&e.path());
-            }
-        }
-    }
-    for _ in 0..200 {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: killing processes of the test's own cgroup.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // the runtime's own removal first, on a thread of its own (we may be inside a runtime)
-        let cfg = self.config();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(r) = NativeRuntime::new(cfg) {
-                    for s in r.list_pod_sandbox(None).await.unwrap_or_default() {
-                        let _ = r.remove_pod_sandbox(&s.id).await;
-                    }
-                    for c in r.list_containers(None).await.unwrap_or_default() {
-                        let _ = r.remove_container(&c.id).await;
-                    }
-                }
-            })
-        })
-        .join();
-        // then brute force: pause processes, monitors and containers live in our cgroups;
-        // monitors do not, so kill whatever still has the root open as its spec
-        for d in cgroup_dirs(&self.cgroup_parent) {
-            sweep_cgroup(&d);
-        }
-        for d in cgroup_dirs("nodekit-test") {
-            let _ = std::fs::remove_dir(d); // fails while another test still uses it
-        }
-        let mut mounts = self.mounts_under_root();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let c = std::ffi::CString::new(m).unwrap();
-            // SAFETY: unmounting a mount point under our own temporary root.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
-
-fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: "busybox:test".into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: HashMap::from([("container".into(), name.into())]),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn run_container(
-    rt: &NativeRuntime,
-    sandbox: &str,
-    sandbox_cfg: &cri::PodSandboxConfig,
-    cfg: cri::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.into(),
-            config: Some(cfg),
-            sandbox_config: Some(sandbox_cfg.clone()),
-        })
-        .await
-        .expect("create container");
-    rt.start_container(&id).await.expect("start container");
-    id
-}
-
-async fn status(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
-    rt.container_status(id, true).await.unwrap().status.unwrap()
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn pid_of(st: &cri::ContainerStatusResponse) -> i32 {
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
-    info["pid"].as_i64().unwrap() as i32
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
-        .unwrap_or(false)
-}
-
-fn prerequisites(test: &str) -> bool {
-    let overlay = std::fs::read_to_string("/proc/filesystems")
-        .unwrap_or_default()
-        .contains("overlay");
-    let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "/sys/fs/cgroup/cgroup.controllers"
-    } else {
-        "/sys/fs/cgroup/pids"
-    };
-    require_root(test)
-        && require_path(test, node_test_support::image::BUSYBOX)
-        && require_path(test, cgroups)
-        // overlayfs registered with the kernel (else the module's directory is missing too)
-        && require_path(test, if overlay { "/proc/filesystems" } else { "/sys/module/overlay" })
-}
-
-/// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.
-fn in_netns<F, Fut>(label: &str, f: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: std::future::Future<Output = ()>,
-{
-    let ns = NetnsFixture::new(label).expect("netns");
-    ns.run_in(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
-    })
-    .expect("inside netns");
-}
-
-fn log_entries(path: &Path) -> Vec<(String, String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let mut it = l.splitn(4, ' ');
-            let ts = it.next().unwrap_or("").to_string();
-            assert!(
-                ts.ends_with('Z') && ts.contains('T'),
-                "bad timestamp in {l:?}"
-            );
-            (
-                it.next().unwrap_or("").into(),
-                it.next().unwrap_or("").into(),
-                it.next().unwrap_or("").into(),
-            )
-        })
-        .collect()
-}
+use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_test_support::{NetnsFixture, require_path};
 
 #[test]
 fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
@@ -870,18 +482,13 @@ fn with_resources(
 }
 
 async fn wait_exited(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = status(rt, id).await;
-        if st.state == cri::ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "container {id} did not exit: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    pod_fixture::wait_state(
+        rt,
+        id,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 #[test]
@@ -1602,4 +1209,105 @@ fn two_pods_talk_over_the_reference_bridge_plugin() {
         })
     })
     .expect("inside netns");
+}
+
+/// The assembly an operator makes: an `ImageStore` pulls from a registry through the CRI image
+/// service, and the same store is the runtime's `RootfsProvider`.
+#[test]
+fn an_image_pulled_from_a_registry_runs_from_the_image_store() {
+    let test = "an_image_pulled_from_a_registry_runs_from_the_image_store";
+    if !prerequisites(test) || !node_test_support::require_command(test, "docker-registry") {
+        return;
+    }
+    let env = Env::new();
+    let reg = node_test_support::LocalRegistry::start().expect("registry");
+    let img = node_test_support::TestImage::busybox()
+        .file("/srv/motd", "pulled from the registry\n", 0o644)
+        .cmd(&["sh", "-c", "cat /srv/motd; exec sleep 1000"])
+        .build()
+        .unwrap();
+    let reference = reg.push(&img, "nodekit/pulled", "1.0").unwrap();
+    use node_core::ImageBackend;
+    use node_cri::native::image::{ImageStore, ImageStoreConfig};
+    let store = Arc::new(
+        ImageStore::new(ImageStoreConfig {
+            root: env.root.path().join("images"),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    // the pull from the node's side (the registry listens on the node's loopback)
+    let image_ref = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(store.pull_image(pod_fixture::image_spec(&reference), None, None))
+        .unwrap();
+    assert_eq!(image_ref, img.config.digest);
+    in_netns("rtpull", || async {
+        let rt = NativeRuntime::new(NativeConfig {
+            images: store.clone(),
+            ..env.config()
+        })
+        .unwrap();
+        let sb_cfg = env.sandbox_config("pulled");
+        let sb = pod_fixture::run_pod(&rt, &sb_cfg).await;
+        // no command: the image's own Cmd runs, from the pulled layers
+        let mut cfg = container_config("app", &[]);
+        cfg.image = Some(pod_fixture::image_spec(&reference));
+        let id = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let log = env.logs.join("pulled/app/0.log");
+        wait_for(
+            "the image's Cmd output",
+            Duration::from_secs(10),
+            || async {
+                log_entries(&log)
+                    .iter()
+                    .any(|e| e.2 == "pulled from the registry")
+            },
+        )
+        .await;
+        let st = status(&rt, &id).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+        assert_eq!(
+            (st.image_ref.as_str(), st.image_id.as_str()),
+            (image_ref.as_str(), image_ref.as_str())
+        );
+        // the rootfs is an overlay over the store's unpacked layer: writes stay in the container
+        let out = rt
+            .exec_sync(
+                &id,
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo changed > /srv/motd && cat /srv/motd && grep ' / ' /proc/self/mounts"
+                        .into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("changed\noverlay / overlay"), "{out:?}");
+        let layer = store.layer_dirs(&image_ref).unwrap()[0].join("srv/motd");
+        assert_eq!(
+            std::fs::read_to_string(&layer).unwrap(),
+            "pulled from the registry\n",
+            "the shared layer is untouched"
+        );
+        // the image is found by its id as well (what the kubelet passes after a pull)
+        let mut by_id = container_config("by-id", &["true"]);
+        by_id.image = Some(pod_fixture::image_spec(&image_ref));
+        let id2 = run_container(&rt, &sb, &sb_cfg, by_id).await;
+        let st = wait_exited(&rt, &id2).await;
+        assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        store
+            .remove_image(pod_fixture::image_spec(&reference))
+            .await
+            .unwrap();
+        assert!(store.list_images(None).await.unwrap().is_empty());
+    });
 }

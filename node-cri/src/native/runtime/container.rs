@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use node_core::{RuntimeError, cri};
 
 use super::cgroup::CgroupHandle;
+use super::phases::PhaseTimer;
+use super::seccomp_profile::SeccompProfile;
 use super::spec::{
     BindMount, ContainerSpec, ExecSpec, ExitRecord, JoinNamespace, ProcessSpec, Propagation,
     Seccomp, UserSpec,
@@ -238,7 +240,9 @@ impl NativeRuntime {
                 .find(|c| c.sandbox_id == sb.id && c.config.metadata.as_ref() == Some(&md))?;
             Some(format!("{key} is reserved by {}", other.id))
         })?;
+        let mut t = PhaseTimer::start();
         let img = self.cfg.images.resolve(&image)?;
+        t.mark("resolve_image");
         let icfg = img.config.config().clone().unwrap_or_default();
         let id = new_id();
         let dir = self.container_dir(&id);
@@ -251,7 +255,9 @@ impl NativeRuntime {
             for d in ["upper", "work", "rootfs"] {
                 std::fs::create_dir_all(dir.join(d)).map_err(|e| io_err(&dir.join(d), e))?;
             }
+            t.mark("dirs");
             let cg = CgroupHandle::create(&cgroup)?;
+            t.mark("cgroup");
             // devices asked for: bind-mounted and allowed in the devices cgroup
             let mut device_mounts = Vec::new();
             let mut device_rules = Vec::new();
@@ -306,6 +312,7 @@ impl NativeRuntime {
                 &resources,
                 Some(pids_limit(Some(&resources), self.cfg.pids_limit)),
             )?;
+            t.mark("cgroup_limits");
 
             let hostname = std::fs::read_to_string(sdir.join("hostname"))
                 .unwrap_or_default()
@@ -395,10 +402,22 @@ impl NativeRuntime {
                 Some(Ok(cri::security_profile::ProfileType::RuntimeDefault)) => {
                     Seccomp::RuntimeDefault
                 }
-                _ => {
+                Some(Ok(cri::security_profile::ProfileType::Localhost)) => {
+                    let path = sc
+                        .seccomp
+                        .as_ref()
+                        .map(|p| p.localhost_ref.as_str())
+                        .unwrap_or_default();
+                    let profile = SeccompProfile::load(Path::new(path)).map_err(|e| {
+                        RuntimeError::InvalidArgument(format!("container {}: {e}", md.name))
+                    })?;
+                    Seccomp::Localhost(Box::new(profile))
+                }
+                Some(Err(_)) => {
                     return Err(RuntimeError::InvalidArgument(format!(
-                        "container {}: only the RuntimeDefault and Unconfined seccomp profiles are supported",
-                        md.name
+                        "container {}: unknown seccomp profile type {}",
+                        md.name,
+                        sc.seccomp.as_ref().map_or(0, |p| p.profile_type)
                     )));
                 }
             };
@@ -536,6 +555,7 @@ impl NativeRuntime {
                     .map_err(|e| RuntimeError::Internal(e.to_string()))?,
             )
             .map_err(|e| io_err(&p, e))?;
+            t.mark("spec");
             let rec = ContainerRecord {
                 id: id.clone(),
                 sandbox_id: sb.id.clone(),
@@ -557,10 +577,14 @@ impl NativeRuntime {
                 resources: Some(resources),
             };
             self.store.save_container(&rec)?;
+            t.mark("save");
             Ok(rec)
         })();
         match result {
-            Ok(rec) => Ok(rec.id),
+            Ok(rec) => {
+                self.phases.record(&rec.id, "create", t);
+                Ok(rec.id)
+            }
             Err(e) => {
                 let _ = CgroupHandle::open(&cgroup).destroy();
                 let _ = std::fs::remove_dir_all(&dir);
@@ -580,11 +604,16 @@ impl NativeRuntime {
             )));
         }
         let spec = self.spec_path(id);
-        match self
+        let mut t = PhaseTimer::start();
+        let started = self
             .run_init_started(&["container".as_ref(), spec.as_os_str()])
-            .await
-        {
-            Ok(started) => {
+            .await;
+        t.mark("init");
+        match started {
+            Ok(mut started) => {
+                for (name, us) in std::mem::take(&mut started.phases) {
+                    t.add(format!("init.{name}"), Duration::from_micros(us));
+                }
                 rec.started_at = if started.started_at > 0 {
                     started.started_at
                 } else {
@@ -592,7 +621,10 @@ impl NativeRuntime {
                 };
                 rec.process = Some(started);
                 rec.status = ContainerStatus::Running;
-                self.store.save_container(&rec)
+                self.store.save_container(&rec)?;
+                t.mark("save");
+                self.phases.record(id, "start", t);
+                Ok(())
             }
             Err(e) => {
                 rec.status = ContainerStatus::Exited;
@@ -677,6 +709,7 @@ impl NativeRuntime {
             _ => {}
         }
         self.store.remove_container(id)?;
+        self.phases.forget(id);
         drop(_g);
         self.forget_lock(id);
         Ok(())
@@ -692,7 +725,7 @@ impl NativeRuntime {
         let mut info = std::collections::HashMap::new();
         if verbose {
             let p = rec.process.clone().unwrap_or_default();
-            info.insert("info".into(), serde_json::json!({"pid": p.pid, "monitorPid": p.monitor_pid, "cgroup": rec.cgroup, "sandboxID": rec.sandbox_id}).to_string());
+            info.insert("info".into(), serde_json::json!({"pid": p.pid, "monitorPid": p.monitor_pid, "cgroup": rec.cgroup, "sandboxID": rec.sandbox_id, "phases": self.phases.json(id)}).to_string());
         }
         Ok(cri::ContainerStatusResponse {
             status: Some(cri::ContainerStatus {

@@ -14,8 +14,10 @@ pub mod cgroup;
 mod container;
 pub mod init;
 pub mod log;
+pub mod phases;
 mod sandbox;
 pub mod seccomp;
+pub mod seccomp_profile;
 pub mod spec;
 pub mod state;
 
@@ -235,6 +237,7 @@ pub struct NativeRuntime {
     init: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     reserved: Mutex<std::collections::HashSet<String>>,
+    phases: phases::PhaseLog,
 }
 
 impl std::fmt::Debug for NativeRuntime {
@@ -329,6 +332,7 @@ impl NativeRuntime {
             init,
             locks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(Default::default()),
+            phases: Default::default(),
         };
         rt.sweep_orphans(Duration::from_secs(60));
         Ok(rt)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use node_core::{Attachment, CapabilityArgs, PodRef, PortMapping, RuntimeError, cri};
 
 use super::cgroup::CgroupHandle;
+use super::phases::PhaseTimer;
 use super::spec::{SandboxSpec, Started};
 use super::state::{SandboxRecord, SandboxStatus, labels_match};
 use super::{NativeRuntime, io_err, new_id, now_ns, process_alive, signal};
@@ -134,6 +135,10 @@ impl NativeRuntime {
     ) -> Result<Started, RuntimeError> {
         let out = tokio::process::Command::new(&self.init)
             .args(args)
+            .env(
+                "NODEKIT_INIT_SPAWNED_NS",
+                super::init::monotonic_ns().to_string(),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -248,10 +253,13 @@ impl NativeRuntime {
             owns_cgroup_parent,
             runtime_handler: req.runtime_handler.clone(),
         };
+        let mut t = PhaseTimer::start();
         // everything below is rolled back on failure
         let result = async {
             std::fs::create_dir_all(dir.join("ns")).map_err(|e| io_err(&dir, e))?;
+            t.mark("dirs");
             let cg = CgroupHandle::create(&format!("{parent}/{id}"))?;
+            t.mark("cgroup");
             let spec = SandboxSpec {
                 new_net: !host_network,
                 new_ipc: !host_ipc,
@@ -264,6 +272,7 @@ impl NativeRuntime {
             rec.pause = self
                 .run_init_started(&["sandbox".as_ref(), json.as_ref()])
                 .await?;
+            t.mark("init");
             let mut kinds = vec!["pid"];
             if spec.new_net {
                 kinds.push("net");
@@ -282,15 +291,18 @@ impl NativeRuntime {
                 )?;
                 rec.ns_files.push((k.to_string(), target));
             }
+            t.mark("bind_ns");
             if !host_ipc {
                 let shm = dir.join("shm");
                 mount_shm(&shm)?;
                 rec.shm = Some(shm);
             }
+            t.mark("shm");
             // on disk from here on (not ready yet): if the runtime dies during CNI ADD, the
             // kubelet still finds the sandbox and stops and removes it
             rec.status = SandboxStatus::NotReady;
             self.store.save_sandbox(&rec)?;
+            t.mark("save");
             if !host_network {
                 let a = self.attachment(&rec);
                 let res = self.cfg.cni.add(&a).await.map_err(|e| {
@@ -301,6 +313,7 @@ impl NativeRuntime {
                 })?;
                 rec.ips = res.pod_ips().iter().map(|i| i.to_string()).collect();
             }
+            t.mark("cni");
             let write = |name: &str, data: String| {
                 std::fs::write(dir.join(name), data).map_err(|e| io_err(&dir.join(name), e))
             };
@@ -318,8 +331,11 @@ impl NativeRuntime {
                 write("hosts", hosts_file(&hostname, &rec.ips))?;
             }
             write("resolv.conf", resolv_conf(config.dns_config.as_ref()))?;
+            t.mark("files");
             rec.status = SandboxStatus::Ready;
-            self.store.save_sandbox(&rec)
+            self.store.save_sandbox(&rec)?;
+            t.mark("save_ready");
+            Ok::<(), RuntimeError>(())
         }
         .await;
         if let Err(e) = result {
@@ -331,6 +347,7 @@ impl NativeRuntime {
             let _ = self.store.remove_sandbox(&id);
             return Err(e);
         }
+        self.phases.record(&id, "run", t);
         Ok(id)
     }
 
@@ -430,6 +447,7 @@ impl NativeRuntime {
             CgroupHandle::open(&rec.cgroup_parent).destroy()?;
         }
         self.store.remove_sandbox(id)?;
+        self.phases.forget(id);
         drop(_g);
         self.forget_lock(id);
         Ok(())
@@ -484,7 +502,7 @@ impl NativeRuntime {
             })?;
         let mut info = std::collections::HashMap::new();
         if verbose {
-            info.insert("info".into(), serde_json::json!({"pid": rec.pause.pid, "cgroupParent": rec.cgroup_parent, "hostNetwork": rec.host_network}).to_string());
+            info.insert("info".into(), serde_json::json!({"pid": rec.pause.pid, "cgroupParent": rec.cgroup_parent, "hostNetwork": rec.host_network, "phases": self.phases.json(id)}).to_string());
         }
         Ok(cri::PodSandboxStatusResponse {
             status: Some(self.to_status(&rec)),
