@@ -256,7 +256,7 @@ impl NativeRuntime {
                 std::fs::create_dir_all(dir.join(d)).map_err(|e| io_err(&dir.join(d), e))?;
             }
             t.mark("dirs");
-            let cg = CgroupHandle::create(&cgroup)?;
+            let cg = CgroupHandle::create_in(&self.cfg.cgroups, &cgroup)?;
             t.mark("cgroup");
             // devices asked for: bind-mounted and allowed in the devices cgroup
             let mut device_mounts = Vec::new();
@@ -586,7 +586,7 @@ impl NativeRuntime {
                 Ok(rec.id)
             }
             Err(e) => {
-                let _ = CgroupHandle::open(&cgroup).destroy();
+                let _ = CgroupHandle::open_in(&self.cfg.cgroups, &cgroup).destroy();
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
@@ -670,7 +670,7 @@ impl NativeRuntime {
             return Ok(());
         }
         signal(p.pid, p.start_ticks, libc::SIGKILL);
-        let cg = CgroupHandle::open(&rec.cgroup);
+        let cg = CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup);
         for pid in cg.pids() {
             // SAFETY: kill with a pid read from the container's own cgroup.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -702,7 +702,7 @@ impl NativeRuntime {
         self.stop(id, Duration::ZERO).await?;
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
-        CgroupHandle::open(&rec.cgroup).destroy()?;
+        CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup).destroy()?;
         let dir = self.container_dir(id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&dir, e)),
@@ -853,7 +853,7 @@ impl NativeRuntime {
     }
 
     fn stats_for(&self, rec: &ContainerRecord) -> cri::ContainerStats {
-        let cg = CgroupHandle::open(&rec.cgroup);
+        let cg = CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup);
         let ts = now_ns();
         let u = |v: u64| Some(cri::UInt64Value { value: v });
         let mem = cg.memory_usage();
@@ -908,7 +908,7 @@ impl NativeRuntime {
         let _g = lock.lock().await;
         let mut rec = self.record(&req.container_id)?;
         let Some(r) = req.linux else { return Ok(()) };
-        CgroupHandle::open(&rec.cgroup)
+        CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup)
             .apply(&r, Some(pids_limit(Some(&r), self.cfg.pids_limit)))?;
         rec.resources = Some(r);
         self.store.save_container(&rec)

@@ -157,6 +157,8 @@ pub struct NativeConfig {
     /// Where pods whose config names no `cgroup_parent` get their own: `<cgroup_parent>/pod-<id>`
     /// (relative to the hierarchy roots), removed with the pod.
     pub cgroup_parent: String,
+    /// The cgroup hierarchy (default: the host's, [`cgroup::Hierarchy::detect`]).
+    pub cgroups: cgroup::Hierarchy,
     /// A pids limit for every container (0: none); `unified["pids.max"]` in the CRI resources
     /// overrides it per container.
     pub pids_limit: i64,
@@ -176,6 +178,7 @@ impl Default for NativeConfig {
             images: Arc::new(NoImages),
             init_binary: None,
             cgroup_parent: "nodekit".into(),
+            cgroups: cgroup::Hierarchy::detect(),
             pids_limit: 0,
             max_log_line_size: 16 * 1024,
             rlimits: Vec::new(),
@@ -190,6 +193,7 @@ impl std::fmt::Debug for NativeConfig {
             .field("root", &self.root)
             .field("init_binary", &self.init_binary)
             .field("cgroup_parent", &self.cgroup_parent)
+            .field("cgroups", &self.cgroups)
             .field("pids_limit", &self.pids_limit)
             .finish_non_exhaustive()
     }

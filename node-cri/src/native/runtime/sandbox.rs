@@ -258,7 +258,7 @@ impl NativeRuntime {
         let result = async {
             std::fs::create_dir_all(dir.join("ns")).map_err(|e| io_err(&dir, e))?;
             t.mark("dirs");
-            let cg = CgroupHandle::create(&format!("{parent}/{id}"))?;
+            let cg = CgroupHandle::create_in(&self.cfg.cgroups, &format!("{parent}/{id}"))?;
             t.mark("cgroup");
             let spec = SandboxSpec {
                 new_net: !host_network,
@@ -341,7 +341,7 @@ impl NativeRuntime {
         if let Err(e) = result {
             self.teardown_sandbox(&rec, !rec.ips.is_empty()).await;
             if owns_cgroup_parent {
-                let _ = CgroupHandle::open(&parent).destroy();
+                let _ = CgroupHandle::open_in(&self.cfg.cgroups, &parent).destroy();
             }
             let _ = std::fs::remove_dir_all(&dir);
             let _ = self.store.remove_sandbox(&id);
@@ -381,7 +381,10 @@ impl NativeRuntime {
         if let Some(shm) = &rec.shm {
             unmount_dir(shm);
         }
-        let cg = CgroupHandle::open(&format!("{}/{}", rec.cgroup_parent, rec.id));
+        let cg = CgroupHandle::open_in(
+            &self.cfg.cgroups,
+            &format!("{}/{}", rec.cgroup_parent, rec.id),
+        );
         if let Err(e) = cg.destroy() {
             err.get_or_insert(e);
         }
@@ -444,7 +447,7 @@ impl NativeRuntime {
             _ => {}
         }
         if let Some(rec) = self.store.sandbox(id)?.filter(|r| r.owns_cgroup_parent) {
-            CgroupHandle::open(&rec.cgroup_parent).destroy()?;
+            CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup_parent).destroy()?;
         }
         self.store.remove_sandbox(id)?;
         self.phases.forget(id);
@@ -547,7 +550,10 @@ impl NativeRuntime {
                 ..Default::default()
             }));
         // the pod's usage: its containers plus the pause process
-        let pause = CgroupHandle::open(&format!("{}/{}", rec.cgroup_parent, rec.id));
+        let pause = CgroupHandle::open_in(
+            &self.cfg.cgroups,
+            &format!("{}/{}", rec.cgroup_parent, rec.id),
+        );
         let mut cpu = pause.cpu_usage_ns().unwrap_or(0);
         let (mut usage, mut working_set) = pause.memory_usage().unwrap_or((0, 0));
         let mut procs = pause.pids().len() as u64;
@@ -574,7 +580,9 @@ impl NativeRuntime {
             .iter()
             .filter(|c| c.sandbox_id == rec.id)
         {
-            procs += CgroupHandle::open(&c.cgroup).pids().len() as u64;
+            procs += CgroupHandle::open_in(&self.cfg.cgroups, &c.cgroup)
+                .pids()
+                .len() as u64;
         }
         let u = |v: u64| Some(cri::UInt64Value { value: v });
         cri::PodSandboxStats {

@@ -556,7 +556,11 @@ mod tests {
         assert_eq!(p.applicable(&[22]).count(), 5);
         let small = p.compile(&[]).unwrap().export_bpf().unwrap();
         let big = p.compile(&[22]).unwrap().export_bpf().unwrap();
-        assert!(!small.is_empty() && small.len().is_multiple_of(8), "{}", small.len());
+        assert!(
+            !small.is_empty() && small.len().is_multiple_of(8),
+            "{}",
+            small.len()
+        );
         assert!(big.len() > small.len(), "the reboot rule adds instructions");
         // the errno 13 (EACCES) is in the program: SECCOMP_RET_ERRNO | 13
         let words: Vec<u32> = small
