@@ -605,9 +605,7 @@ impl NativeRuntime {
         }
         let spec = self.spec_path(id);
         let mut t = PhaseTimer::start();
-        let started = self
-            .run_init_started(&["container".as_ref(), spec.as_os_str()])
-            .await;
+        let started = self.run_monitor(&spec).await;
         t.mark("init");
         match started {
             Ok(mut started) => {

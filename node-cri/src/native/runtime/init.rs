@@ -4,8 +4,9 @@
 //!
 //! - `nodekit-init sandbox <json>`: create the pod's namespaces and leave a pause process in
 //!   them (pid 1 of the pod's PID namespace).
-//! - `nodekit-init container <spec file>`: fork the container's monitor (it outlives the
-//!   runtime, writes the CRI log and records the exit), which forks the container process.
+//! - `nodekit-init container <spec file>`: become the container's monitor (it outlives the
+//!   runtime, writes the CRI log and records the exit), which forks the container process and
+//!   reports `ok <Started JSON>` or `err <message>` on its stdout, then closes it.
 //! - `nodekit-init exec <json>`: join a running container and run one command in it.
 
 use std::ffi::CString;
@@ -192,6 +193,7 @@ fn wait_status_code(status: libc::c_int) -> (i32, Option<i32>) {
 // sandbox: the pause process
 
 fn run_sandbox(json: &str) -> R<i32> {
+    let mut marks = Marks::since_spawn();
     let spec: SandboxSpec = serde_json::from_str(json).map_err(|e| format!("sandbox spec: {e}"))?;
     let mut flags = libc::CLONE_NEWPID;
     if spec.new_net {
@@ -207,6 +209,7 @@ fn run_sandbox(json: &str) -> R<i32> {
     check(unsafe { libc::unshare(flags) }, || {
         "unshare sandbox namespaces".into()
     })?;
+    marks.mark("unshare");
     if spec.new_uts && !spec.hostname.is_empty() {
         let h = spec.hostname.as_bytes();
         // SAFETY: h is a valid buffer of h.len() bytes.
@@ -218,17 +221,19 @@ fn run_sandbox(json: &str) -> R<i32> {
     if spec.new_net {
         loopback_up()?;
     }
+    marks.mark("hostname_lo");
     let pid = fork()?;
     if pid == 0 {
         pause_main(&spec);
     }
+    marks.mark("fork");
     let started = Started {
         pid,
         start_ticks: start_ticks(pid),
         monitor_pid: 0,
         monitor_ticks: 0,
         started_at: now_ns(),
-        phases: Vec::new(),
+        phases: marks.v,
     };
     println!("{}", serde_json::to_string(&started).unwrap_or_default());
     Ok(0)
@@ -380,22 +385,9 @@ fn run_container(spec_path: &Path) -> R<i32> {
     let spec: ContainerSpec =
         serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", spec_path.display()))?;
     marks.mark("launcher.spec");
-    let (report_r, report_w) = pipe()?;
-    let pid = fork()?;
-    if pid == 0 {
-        close(report_r);
-        monitor_main(&spec, report_w, marks);
-    }
-    close(report_w);
-    let report = String::from_utf8_lossy(&read_to_end(report_r)).into_owned();
-    if let Some(ok) = report.strip_prefix("ok ") {
-        println!("{ok}");
-        Ok(0)
-    } else if let Some(e) = report.strip_prefix("err ") {
-        Err(e.to_string())
-    } else {
-        Err("the container monitor died before reporting".into())
-    }
+    // this process is the monitor (no launcher in between: one process hand-off less on every
+    // start); the report goes to stdout, which the runtime reads until the monitor closes it
+    monitor_main(&spec, 1, marks)
 }
 
 static REOPEN: AtomicBool = AtomicBool::new(false);

@@ -128,12 +128,16 @@ fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
 }
 
 impl NativeRuntime {
-    /// Run the init binary with `args`; its stdout is the [`Started`] JSON.
+    /// Run the init binary with `args`; the first line of its stdout is the [`Started`] JSON.
+    /// The answer is read up to its newline and the init's exit awaited, not the end of its
+    /// output: the pause process it forks holds copies of the pipes until it has been scheduled
+    /// and closed them, which under load took milliseconds of every sandbox start.
     pub(crate) async fn run_init_started(
         &self,
         args: &[&std::ffi::OsStr],
     ) -> Result<Started, RuntimeError> {
-        let out = tokio::process::Command::new(&self.init)
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut child = tokio::process::Command::new(&self.init)
             .args(args)
             .env(
                 "NODEKIT_INIT_SPAWNED_NS",
@@ -142,20 +146,77 @@ impl NativeRuntime {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .output()
-            .await
+            .spawn()
             .map_err(|e| io_err(&self.init, e))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let err = err.trim().trim_start_matches("nodekit-init: ");
-            return Err(RuntimeError::Internal(err.to_string()));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = tokio::io::BufReader::new(out).read_line(&mut line).await;
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            RuntimeError::Internal(format!(
-                "init answered {:?}: {e}",
-                String::from_utf8_lossy(&out.stdout)
-            ))
-        })
+        let status = child.wait().await.map_err(|e| io_err(&self.init, e))?;
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            let err = err.trim().trim_start_matches("nodekit-init: ");
+            return Err(RuntimeError::Internal(if err.is_empty() {
+                format!("the init exited with {status}")
+            } else {
+                err.to_string()
+            }));
+        }
+        serde_json::from_str(line.trim())
+            .map_err(|e| RuntimeError::Internal(format!("init answered {line:?}: {e}")))
+    }
+
+    /// Start a container's monitor (`nodekit-init container <spec>`): it reports on its stdout
+    /// and closes it, then lives on (the runtime does not wait for it: tokio reaps it when it
+    /// exits, or, after a restart of the runtime, whoever inherits it).
+    pub(crate) async fn run_monitor(&self, spec: &Path) -> Result<Started, RuntimeError> {
+        use tokio::io::AsyncReadExt;
+        let mut child = tokio::process::Command::new(&self.init)
+            .arg("container")
+            .arg(spec)
+            .env(
+                "NODEKIT_INIT_SPAWNED_NS",
+                super::init::monotonic_ns().to_string(),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| io_err(&self.init, e))?;
+        let (mut out, mut err) = (String::new(), String::new());
+        let (mut so, mut se) = (child.stdout.take(), child.stderr.take());
+        let read_out = async {
+            if let Some(s) = so.as_mut() {
+                let _ = s.read_to_string(&mut out).await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = se.as_mut() {
+                let _ = s.read_to_string(&mut err).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        if let Some(ok) = out.strip_prefix("ok ") {
+            return serde_json::from_str(ok.trim()).map_err(|e| {
+                RuntimeError::Internal(format!("the container monitor answered {out:?}: {e}"))
+            });
+        }
+        let _ = child.wait().await;
+        let msg = out
+            .strip_prefix("err ")
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let e = err.trim().trim_start_matches("nodekit-init: ");
+                if e.is_empty() {
+                    "the container monitor died before reporting".into()
+                } else {
+                    e.to_string()
+                }
+            });
+        Err(RuntimeError::Internal(msg))
     }
 
     fn attachment(&self, rec: &SandboxRecord) -> Attachment {
@@ -273,6 +334,9 @@ impl NativeRuntime {
                 .run_init_started(&["sandbox".as_ref(), json.as_ref()])
                 .await?;
             t.mark("init");
+            for (name, us) in std::mem::take(&mut rec.pause.phases) {
+                t.add(format!("init.{name}"), Duration::from_micros(us));
+            }
             let mut kinds = vec!["pid"];
             if spec.new_net {
                 kinds.push("net");
