@@ -347,14 +347,15 @@ fn main() -> Result<()> {
          {runs} runs after {WARMUPS} warm-ups; {profile} build; shared 2-core machine, noisy\n"
     );
     println!(
-        "| runtime | pod start p50 | pod start p90 | stop+remove p50 | stop+remove p90 | containerd/native (start p50) | load (1/5/15 min) | date |"
+        "| runtime | pod start p50 | pod start p90 | pod start p99 | stop+remove p50 | stop+remove p90 | containerd/native (start p50) | load (1/5/15 min) | date |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let row = |name: &str, f: &Figures, ratio: String, load: &str| {
         println!(
-            "| {name} | {} | {} | {} | {} | {ratio} | {} | {date} |",
+            "| {name} | {} | {} | {} | {} | {} | {ratio} | {} | {date} |",
             ms(f.start.p50_total()),
             ms(f.start.percentile(0.9, |s| s.total)),
+            ms(f.start.percentile(0.99, |s| s.total)),
             ms(p(&f.stop_remove, 0.5)),
             ms(p(&f.stop_remove, 0.9)),
             load.split_whitespace()

@@ -13,6 +13,13 @@ use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
 use node_cri::client::timing::{PodStartSpec, measure_pod_start};
 use node_cri::{CriClient, CriClientConfig};
 use node_test_support::{ContainerdFixture, TestImage};
+use pod_fixture::{
+    image_spec as spec, is_rfc3339_nano, labels, parse_cri_log, run_pod, start_container,
+    wait_state,
+};
+
+#[path = "common/pod_fixture.rs"]
+mod pod_fixture;
 
 const NS: &str = "nodekit-test";
 
@@ -46,39 +53,20 @@ async fn busybox(f: &ContainerdFixture, c: &CriClient) -> String {
     reference
 }
 
-fn spec(image: &str) -> cri::ImageSpec {
-    cri::ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    }
-}
-
-fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
-    kv.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn sandbox_config(
     f: &ContainerdFixture,
     name: &str,
     pod_labels: &[(&str, &str)],
 ) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}-{}", std::process::id()),
-            namespace: NS.into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: f.pod_log_dir(name).unwrap().display().to_string(),
         labels: labels(pod_labels),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: f.cgroup_parent().into(),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..pod_fixture::sandbox_config(
+            name,
+            &format!("uid-{name}-{}", std::process::id()),
+            NS,
+            &f.pod_log_dir(name).unwrap().display().to_string(),
+            f.cgroup_parent(),
+        )
     }
 }
 
@@ -89,66 +77,8 @@ fn container_config(
     ctr_labels: &[(&str, &str)],
 ) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(spec(image)),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
         labels: labels(ctr_labels),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-async fn run_pod(c: &CriClient, config: &cri::PodSandboxConfig) -> String {
-    c.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("run pod sandbox: {e}"))
-}
-
-async fn start_container(
-    c: &CriClient,
-    pod: &str,
-    sandbox: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> String {
-    let id = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create container: {e}"));
-    c.start_container(&id)
-        .await
-        .unwrap_or_else(|e| panic!("start container: {e}"));
-    id
-}
-
-/// Wait until a container is in `state`; its status.
-async fn wait_state(
-    c: &CriClient,
-    id: &str,
-    state: cri::ContainerState,
-    timeout: Duration,
-) -> cri::ContainerStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let st = c.container_status(id, false).await.unwrap().status.unwrap();
-        if st.state == state as i32 {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "container {id} not {state:?} within {timeout:?}: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        ..pod_fixture::container_config(name, image, command, &format!("{name}.log"))
     }
 }
 
@@ -196,35 +126,6 @@ fn http_get(f: &ContainerdFixture, addr: SocketAddr) -> String {
             }
         })
         .unwrap()
-}
-
-/// The lines of a CRI log file: `<RFC3339Nano time> <stream> <P|F> <content>`.
-fn parse_cri_log(text: &str) -> Vec<(String, String, String, String)> {
-    text.lines()
-        .map(|l| {
-            let mut parts = l.splitn(4, ' ');
-            let t = parts.next().unwrap_or_default().to_string();
-            let stream = parts.next().unwrap_or_default().to_string();
-            let tag = parts.next().unwrap_or_default().to_string();
-            let content = parts.next().unwrap_or_default().to_string();
-            (t, stream, tag, content)
-        })
-        .collect()
-}
-
-/// Whether `t` looks like RFC 3339 with nanoseconds: `2026-11-23T05:40:32.123456789Z` (or an
-/// offset instead of `Z`).
-fn is_rfc3339_nano(t: &str) -> bool {
-    let b = t.as_bytes();
-    b.len() >= 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && t[20..].chars().take_while(|c| c.is_ascii_digit()).count() >= 1
-        && (t.ends_with('Z') || t[20..].contains('+') || t[20..].contains('-'))
 }
 
 #[tokio::test]

@@ -1,219 +1,26 @@
 //! Root tests of the native runtime's sandboxes and containers (need root, overlayfs, cgroups
 //! and busybox-static). Every test runs its runtime calls on a thread inside a NetnsFixture
 //! (so host-network pods land in the fixture's namespace), uses its own root directory and
-//! cgroup parent, and a guard kills, unmounts and removes everything on drop, panics included.
+//! cgroup parent, and a guard kills, unmounts and removes everything on drop, panics included
+//! (the fixture: `common/native_fixture.rs`).
+
+#[path = "common/native_fixture.rs"]
+mod native_fixture;
+#[path = "common/pod_fixture.rs"]
+mod pod_fixture;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node_core::{RuntimeBackend, RuntimeError, cri};
-use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
-use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path};
-
-mod common;
-
-use common::native::{
-    INIT, cgroup_dirs, in_netns, log_entries, new_root, prerequisites, teardown, wait_for,
+use native_fixture::{
+    Env, alive, cgroup_dirs, container_config, in_netns, log_entries, pid_of, prerequisites,
+    run_container, status, wait_for,
 };
-
-/// A CNI plugin that remembers every attachment it was given, around [`FakeCni`].
-#[derive(Default)]
-struct RecordingCni {
-    inner: FakeCni,
-    seen: std::sync::Mutex<Vec<node_core::Attachment>>,
-}
-
-#[async_trait::async_trait]
-impl node_core::CniPlugin for RecordingCni {
-    async fn add(
-        &self,
-        a: &node_core::Attachment,
-    ) -> Result<node_core::CniResult, node_core::CniError> {
-        self.seen.lock().unwrap().push(a.clone());
-        self.inner.add(a).await
-    }
-    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
-        self.inner.del(a).await
-    }
-    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
-        self.inner.check(a).await
-    }
-    async fn status(&self) -> Result<(), node_core::CniError> {
-        self.inner.status().await
-    }
-    async fn gc(&self, keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
-        self.inner.gc(keep).await
-    }
-}
-
-/// A runtime root for one test; dropping it removes everything the runtime made under it.
-struct Env {
-    root: tempfile::TempDir,
-    cgroup_parent: String,
-    cni: FakeCni,
-    recorder: Arc<RecordingCni>,
-    images: Arc<LayerDirImages>,
-    logs: PathBuf,
-}
-
-impl Env {
-    fn new() -> Self {
-        let (root, cgroup_parent) = new_root();
-        let images = Arc::new(LayerDirImages::new());
-        let img = TestImage::busybox()
-            .file("/var/www/index.html", "hello from nodekit\n", 0o644)
-            .build()
-            .expect("busybox image");
-        let layer = root.path().join("layers/0");
-        std::fs::create_dir_all(&layer).unwrap();
-        tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
-            .unpack(&layer)
-            .unwrap();
-        let config: oci_spec::image::ImageConfiguration =
-            serde_json::from_slice(&img.config.bytes).unwrap();
-        images.insert(
-            "busybox:test",
-            ResolvedImage {
-                id: img.config.digest.clone(),
-                layer_dirs: vec![layer],
-                config,
-            },
-        );
-        let logs = root.path().join("pod-logs");
-        let recorder = Arc::new(RecordingCni::default());
-        Self {
-            root,
-            cgroup_parent,
-            cni: recorder.inner.clone(),
-            recorder,
-            images,
-            logs,
-        }
-    }
-
-    fn config(&self) -> NativeConfig {
-        NativeConfig {
-            root: self.root.path().join("rt"),
-            cni: self.recorder.clone(),
-            images: self.images.clone(),
-            init_binary: Some(PathBuf::from(INIT)),
-            cgroup_parent: self.cgroup_parent.clone(),
-            kill_wait: Duration::from_secs(10),
-            rlimits: vec![(libc::RLIMIT_NOFILE, 4096, 4096)],
-            ..Default::default()
-        }
-    }
-
-    fn runtime(&self) -> NativeRuntime {
-        NativeRuntime::new(self.config()).expect("runtime")
-    }
-
-    fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.logs.join(name).display().to_string(),
-            dns_config: Some(cri::DnsConfig {
-                servers: vec!["10.96.0.10".into()],
-                searches: vec!["default.svc.cluster.local".into()],
-                options: vec!["ndots:5".into()],
-            }),
-            labels: HashMap::from([("app".into(), name.into())]),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent.clone(),
-                sysctls: HashMap::from([(
-                    "net.ipv4.ip_unprivileged_port_start".into(),
-                    "80".into(),
-                )]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// The mount points under the root (none must be left).
-    fn mounts_under_root(&self) -> Vec<String> {
-        common::native::mounts_under(self.root.path())
-    }
-
-    /// The cgroup directories of this test left in any hierarchy.
-    fn cgroups_left(&self) -> Vec<PathBuf> {
-        common::native::cgroups_left(&self.cgroup_parent)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        teardown(self.config(), self.root.path(), &self.cgroup_parent);
-    }
-}
-
-fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: "busybox:test".into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: HashMap::from([("container".into(), name.into())]),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn run_container(
-    rt: &NativeRuntime,
-    sandbox: &str,
-    sandbox_cfg: &cri::PodSandboxConfig,
-    cfg: cri::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.into(),
-            config: Some(cfg),
-            sandbox_config: Some(sandbox_cfg.clone()),
-        })
-        .await
-        .expect("create container");
-    rt.start_container(&id).await.expect("start container");
-    id
-}
-
-async fn status(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
-    rt.container_status(id, true).await.unwrap().status.unwrap()
-}
-
-fn pid_of(st: &cri::ContainerStatusResponse) -> i32 {
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
-    info["pid"].as_i64().unwrap() as i32
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
-        .unwrap_or(false)
-}
+use node_core::{RuntimeBackend, RuntimeError, cri};
+use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_test_support::{NetnsFixture, require_path};
 
 #[test]
 fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
@@ -675,18 +482,13 @@ fn with_resources(
 }
 
 async fn wait_exited(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = status(rt, id).await;
-        if st.state == cri::ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "container {id} did not exit: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    pod_fixture::wait_state(
+        rt,
+        id,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 #[test]
@@ -1407,4 +1209,105 @@ fn two_pods_talk_over_the_reference_bridge_plugin() {
         })
     })
     .expect("inside netns");
+}
+
+/// The assembly an operator makes: an `ImageStore` pulls from a registry through the CRI image
+/// service, and the same store is the runtime's `RootfsProvider`.
+#[test]
+fn an_image_pulled_from_a_registry_runs_from_the_image_store() {
+    let test = "an_image_pulled_from_a_registry_runs_from_the_image_store";
+    if !prerequisites(test) || !node_test_support::require_command(test, "docker-registry") {
+        return;
+    }
+    let env = Env::new();
+    let reg = node_test_support::LocalRegistry::start().expect("registry");
+    let img = node_test_support::TestImage::busybox()
+        .file("/srv/motd", "pulled from the registry\n", 0o644)
+        .cmd(&["sh", "-c", "cat /srv/motd; exec sleep 1000"])
+        .build()
+        .unwrap();
+    let reference = reg.push(&img, "nodekit/pulled", "1.0").unwrap();
+    use node_core::ImageBackend;
+    use node_cri::native::image::{ImageStore, ImageStoreConfig};
+    let store = Arc::new(
+        ImageStore::new(ImageStoreConfig {
+            root: env.root.path().join("images"),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    // the pull from the node's side (the registry listens on the node's loopback)
+    let image_ref = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(store.pull_image(pod_fixture::image_spec(&reference), None, None))
+        .unwrap();
+    assert_eq!(image_ref, img.config.digest);
+    in_netns("rtpull", || async {
+        let rt = NativeRuntime::new(NativeConfig {
+            images: store.clone(),
+            ..env.config()
+        })
+        .unwrap();
+        let sb_cfg = env.sandbox_config("pulled");
+        let sb = pod_fixture::run_pod(&rt, &sb_cfg).await;
+        // no command: the image's own Cmd runs, from the pulled layers
+        let mut cfg = container_config("app", &[]);
+        cfg.image = Some(pod_fixture::image_spec(&reference));
+        let id = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let log = env.logs.join("pulled/app/0.log");
+        wait_for(
+            "the image's Cmd output",
+            Duration::from_secs(10),
+            || async {
+                log_entries(&log)
+                    .iter()
+                    .any(|e| e.2 == "pulled from the registry")
+            },
+        )
+        .await;
+        let st = status(&rt, &id).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+        assert_eq!(
+            (st.image_ref.as_str(), st.image_id.as_str()),
+            (image_ref.as_str(), image_ref.as_str())
+        );
+        // the rootfs is an overlay over the store's unpacked layer: writes stay in the container
+        let out = rt
+            .exec_sync(
+                &id,
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo changed > /srv/motd && cat /srv/motd && grep ' / ' /proc/self/mounts"
+                        .into(),
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("changed\noverlay / overlay"), "{out:?}");
+        let layer = store.layer_dirs(&image_ref).unwrap()[0].join("srv/motd");
+        assert_eq!(
+            std::fs::read_to_string(&layer).unwrap(),
+            "pulled from the registry\n",
+            "the shared layer is untouched"
+        );
+        // the image is found by its id as well (what the kubelet passes after a pull)
+        let mut by_id = container_config("by-id", &["true"]);
+        by_id.image = Some(pod_fixture::image_spec(&image_ref));
+        let id2 = run_container(&rt, &sb, &sb_cfg, by_id).await;
+        let st = wait_exited(&rt, &id2).await;
+        assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        store
+            .remove_image(pod_fixture::image_spec(&reference))
+            .await
+            .unwrap();
+        assert!(store.list_images(None).await.unwrap().is_empty());
+    });
 }

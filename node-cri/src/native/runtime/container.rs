@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use node_core::{RuntimeError, cri};
 
 use super::cgroup::CgroupHandle;
+use super::phases::PhaseTimer;
+use super::seccomp_profile::SeccompProfile;
 use super::spec::{
     BindMount, ContainerSpec, ExitRecord, JoinNamespace, ProcessSpec, Propagation, Seccomp,
     UserSpec,
@@ -238,7 +240,9 @@ impl NativeRuntime {
                 .find(|c| c.sandbox_id == sb.id && c.config.metadata.as_ref() == Some(&md))?;
             Some(format!("{key} is reserved by {}", other.id))
         })?;
+        let mut t = PhaseTimer::start();
         let img = self.cfg.images.resolve(&image)?;
+        t.mark("resolve_image");
         let icfg = img.config.config().clone().unwrap_or_default();
         let id = new_id();
         let dir = self.container_dir(&id);
@@ -251,7 +255,9 @@ impl NativeRuntime {
             for d in ["upper", "work", "rootfs"] {
                 std::fs::create_dir_all(dir.join(d)).map_err(|e| io_err(&dir.join(d), e))?;
             }
-            let cg = CgroupHandle::create(&cgroup)?;
+            t.mark("dirs");
+            let cg = CgroupHandle::create_in(&self.cfg.cgroups, &cgroup)?;
+            t.mark("cgroup");
             // devices asked for: bind-mounted and allowed in the devices cgroup
             let mut device_mounts = Vec::new();
             let mut device_rules = Vec::new();
@@ -306,6 +312,7 @@ impl NativeRuntime {
                 &resources,
                 Some(pids_limit(Some(&resources), self.cfg.pids_limit)),
             )?;
+            t.mark("cgroup_limits");
 
             let hostname = std::fs::read_to_string(sdir.join("hostname"))
                 .unwrap_or_default()
@@ -395,10 +402,22 @@ impl NativeRuntime {
                 Some(Ok(cri::security_profile::ProfileType::RuntimeDefault)) => {
                     Seccomp::RuntimeDefault
                 }
-                _ => {
+                Some(Ok(cri::security_profile::ProfileType::Localhost)) => {
+                    let path = sc
+                        .seccomp
+                        .as_ref()
+                        .map(|p| p.localhost_ref.as_str())
+                        .unwrap_or_default();
+                    let profile = SeccompProfile::load(Path::new(path)).map_err(|e| {
+                        RuntimeError::InvalidArgument(format!("container {}: {e}", md.name))
+                    })?;
+                    Seccomp::Localhost(Box::new(profile))
+                }
+                Some(Err(_)) => {
                     return Err(RuntimeError::InvalidArgument(format!(
-                        "container {}: only the RuntimeDefault and Unconfined seccomp profiles are supported",
-                        md.name
+                        "container {}: unknown seccomp profile type {}",
+                        md.name,
+                        sc.seccomp.as_ref().map_or(0, |p| p.profile_type)
                     )));
                 }
             };
@@ -538,6 +557,7 @@ impl NativeRuntime {
                     .map_err(|e| RuntimeError::Internal(e.to_string()))?,
             )
             .map_err(|e| io_err(&p, e))?;
+            t.mark("spec");
             let rec = ContainerRecord {
                 id: id.clone(),
                 sandbox_id: sb.id.clone(),
@@ -559,12 +579,16 @@ impl NativeRuntime {
                 resources: Some(resources),
             };
             self.store.save_container(&rec)?;
+            t.mark("save");
             Ok(rec)
         })();
         match result {
-            Ok(rec) => Ok(rec.id),
+            Ok(rec) => {
+                self.phases.record(&rec.id, "create", t);
+                Ok(rec.id)
+            }
             Err(e) => {
-                let _ = CgroupHandle::open(&cgroup).destroy();
+                let _ = CgroupHandle::open_in(&self.cfg.cgroups, &cgroup).destroy();
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
@@ -582,11 +606,14 @@ impl NativeRuntime {
             )));
         }
         let spec = self.spec_path(id);
-        match self
-            .run_init_started(&["container".as_ref(), spec.as_os_str()])
-            .await
-        {
-            Ok(started) => {
+        let mut t = PhaseTimer::start();
+        let started = self.run_monitor(&spec).await;
+        t.mark("init");
+        match started {
+            Ok(mut started) => {
+                for (name, us) in std::mem::take(&mut started.phases) {
+                    t.add(format!("init.{name}"), Duration::from_micros(us));
+                }
                 rec.started_at = if started.started_at > 0 {
                     started.started_at
                 } else {
@@ -594,7 +621,10 @@ impl NativeRuntime {
                 };
                 rec.process = Some(started);
                 rec.status = ContainerStatus::Running;
-                self.store.save_container(&rec)
+                self.store.save_container(&rec)?;
+                t.mark("save");
+                self.phases.record(id, "start", t);
+                Ok(())
             }
             Err(e) => {
                 rec.status = ContainerStatus::Exited;
@@ -640,7 +670,7 @@ impl NativeRuntime {
             return Ok(());
         }
         signal(p.pid, p.start_ticks, libc::SIGKILL);
-        let cg = CgroupHandle::open(&rec.cgroup);
+        let cg = CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup);
         for pid in cg.pids() {
             // SAFETY: kill with a pid read from the container's own cgroup.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -672,13 +702,14 @@ impl NativeRuntime {
         self.stop(id, Duration::ZERO).await?;
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
-        CgroupHandle::open(&rec.cgroup).destroy()?;
+        CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup).destroy()?;
         let dir = self.container_dir(id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&dir, e)),
             _ => {}
         }
         self.store.remove_container(id)?;
+        self.phases.forget(id);
         drop(_g);
         self.forget_lock(id);
         Ok(())
@@ -694,7 +725,7 @@ impl NativeRuntime {
         let mut info = std::collections::HashMap::new();
         if verbose {
             let p = rec.process.clone().unwrap_or_default();
-            info.insert("info".into(), serde_json::json!({"pid": p.pid, "monitorPid": p.monitor_pid, "cgroup": rec.cgroup, "sandboxID": rec.sandbox_id}).to_string());
+            info.insert("info".into(), serde_json::json!({"pid": p.pid, "monitorPid": p.monitor_pid, "cgroup": rec.cgroup, "sandboxID": rec.sandbox_id, "phases": self.phases.json(id)}).to_string());
         }
         Ok(cri::ContainerStatusResponse {
             status: Some(cri::ContainerStatus {
@@ -813,7 +844,7 @@ impl NativeRuntime {
     }
 
     fn stats_for(&self, rec: &ContainerRecord) -> cri::ContainerStats {
-        let cg = CgroupHandle::open(&rec.cgroup);
+        let cg = CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup);
         let ts = now_ns();
         let u = |v: u64| Some(cri::UInt64Value { value: v });
         let mem = cg.memory_usage();
@@ -868,7 +899,7 @@ impl NativeRuntime {
         let _g = lock.lock().await;
         let mut rec = self.record(&req.container_id)?;
         let Some(r) = req.linux else { return Ok(()) };
-        CgroupHandle::open(&rec.cgroup)
+        CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup)
             .apply(&r, Some(pids_limit(Some(&r), self.cfg.pids_limit)))?;
         rec.resources = Some(r);
         self.store.save_container(&rec)

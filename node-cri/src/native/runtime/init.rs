@@ -4,8 +4,9 @@
 //!
 //! - `nodekit-init sandbox <json>`: create the pod's namespaces and leave a pause process in
 //!   them (pid 1 of the pod's PID namespace).
-//! - `nodekit-init container <spec file>`: fork the container's monitor (it outlives the
-//!   runtime, writes the CRI log and records the exit), which forks the container process.
+//! - `nodekit-init container <spec file>`: become the container's monitor (it outlives the
+//!   runtime, writes the CRI log and records the exit), which forks the container process and
+//!   reports `ok <Started JSON>` or `err <message>` on its stdout, then closes it.
 //! - `nodekit-init exec [<spec file>]`: join a running container and run one command in it
 //!   (the spec on stdin, stdio discarded; or in a file, removed once read, with the caller's
 //!   stdio passed through: interactive exec).
@@ -194,6 +195,7 @@ fn wait_status_code(status: libc::c_int) -> (i32, Option<i32>) {
 // sandbox: the pause process
 
 fn run_sandbox(json: &str) -> R<i32> {
+    let mut marks = Marks::since_spawn();
     let spec: SandboxSpec = serde_json::from_str(json).map_err(|e| format!("sandbox spec: {e}"))?;
     let mut flags = libc::CLONE_NEWPID;
     if spec.new_net {
@@ -209,6 +211,7 @@ fn run_sandbox(json: &str) -> R<i32> {
     check(unsafe { libc::unshare(flags) }, || {
         "unshare sandbox namespaces".into()
     })?;
+    marks.mark("unshare");
     if spec.new_uts && !spec.hostname.is_empty() {
         let h = spec.hostname.as_bytes();
         // SAFETY: h is a valid buffer of h.len() bytes.
@@ -220,16 +223,19 @@ fn run_sandbox(json: &str) -> R<i32> {
     if spec.new_net {
         loopback_up()?;
     }
+    marks.mark("hostname_lo");
     let pid = fork()?;
     if pid == 0 {
         pause_main(&spec);
     }
+    marks.mark("fork");
     let started = Started {
         pid,
         start_ticks: start_ticks(pid),
         monitor_pid: 0,
         monitor_ticks: 0,
         started_at: now_ns(),
+        phases: marks.v,
     };
     println!("{}", serde_json::to_string(&started).unwrap_or_default());
     Ok(0)
@@ -307,26 +313,83 @@ fn loopback_up() -> R<()> {
 // ---------------------------------------------------------------------------------------------
 // container: launcher -> monitor -> container process
 
+/// Phase marks of a container start inside the init (microseconds), reported in
+/// [`Started::phases`].
+struct Marks {
+    last: std::time::Instant,
+    v: Vec<(String, u64)>,
+}
+
+impl Marks {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            v: Vec::new(),
+        }
+    }
+    /// Marks whose first phase (`launcher.exec`) began when the runtime spawned the init: the
+    /// runtime passes its `CLOCK_MONOTONIC` time in `NODEKIT_INIT_SPAWNED_NS`.
+    fn since_spawn() -> Self {
+        let mut m = Self::new();
+        let spawned: Option<u64> = std::env::var("NODEKIT_INIT_SPAWNED_NS")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if let Some(spawned) = spawned {
+            let now = monotonic_ns();
+            m.v.push(("launcher.exec".into(), now.saturating_sub(spawned) / 1000));
+        }
+        m
+    }
+    fn mark(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        self.v
+            .push((name.to_string(), (now - self.last).as_micros() as u64));
+        self.last = now;
+    }
+    /// The marks as lines of the setup pipe: `\x01<name> <us>\n` each.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, us) in &self.v {
+            out.extend_from_slice(format!("\x01{n} {us}\n").as_bytes());
+        }
+        out
+    }
+    /// Split what the container process wrote on the setup pipe into its marks and its error.
+    fn decode(data: &[u8]) -> (Vec<(String, u64)>, String) {
+        let text = String::from_utf8_lossy(data);
+        let mut marks = Vec::new();
+        let mut rest = text.as_ref();
+        while let Some(line) = rest.strip_prefix('\x01') {
+            let (line, tail) = line.split_once('\n').unwrap_or((line, ""));
+            if let Some((n, us)) = line.rsplit_once(' ') {
+                marks.push((n.to_string(), us.parse().unwrap_or(0)));
+            }
+            rest = tail;
+        }
+        (marks, rest.to_string())
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the same clock in every process of the machine).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn run_container(spec_path: &Path) -> R<i32> {
+    let mut marks = Marks::since_spawn();
     let data = std::fs::read(spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
     let spec: ContainerSpec =
         serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", spec_path.display()))?;
-    let (report_r, report_w) = pipe()?;
-    let pid = fork()?;
-    if pid == 0 {
-        close(report_r);
-        monitor_main(&spec, report_w);
-    }
-    close(report_w);
-    let report = String::from_utf8_lossy(&read_to_end(report_r)).into_owned();
-    if let Some(ok) = report.strip_prefix("ok ") {
-        println!("{ok}");
-        Ok(0)
-    } else if let Some(e) = report.strip_prefix("err ") {
-        Err(e.to_string())
-    } else {
-        Err("the container monitor died before reporting".into())
-    }
+    marks.mark("launcher.spec");
+    // this process is the monitor (no launcher in between: one process hand-off less on every
+    // start); the report goes to stdout, which the runtime reads until the monitor closes it
+    monitor_main(&spec, 1, marks)
 }
 
 static REOPEN: AtomicBool = AtomicBool::new(false);
@@ -384,7 +447,7 @@ fn make_stdio(tty: bool, stdin_fifo: Option<&Path>) -> R<Stdio> {
     })
 }
 
-fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
+fn monitor_main(spec: &ContainerSpec, report_w: RawFd, mut marks: Marks) -> ! {
     let fail = |msg: String| -> ! {
         write_all(report_w, format!("err {msg}").as_bytes());
         // SAFETY: leaving the forked monitor.
@@ -407,13 +470,15 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
     } else if let Some(pid_ns) = spec.join.iter().find(|j| j.kind == "pid") {
         setns_path(&pid_ns.path, libc::CLONE_NEWPID).unwrap_or_else(|e| fail(e));
     }
+    marks.mark("monitor.setup");
     let child = fork().unwrap_or_else(|e| fail(e));
     if child == 0 {
         close(ep_r);
         for (fd, _) in &stdio.read {
             close(*fd);
         }
-        let err = container_main(spec, &stdio.child).unwrap_err();
+        let mut child_marks = Marks::new();
+        let err = container_main(spec, &stdio.child, &mut child_marks, ep_w).unwrap_err();
         write_all(ep_w, err.as_bytes());
         // SAFETY: leaving the forked child after a setup failure.
         unsafe { libc::_exit(127) };
@@ -425,21 +490,35 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd) -> ! {
             close(fd);
         }
     }
-    let setup_error = read_to_end(ep_r);
+    let (child_marks, setup_error) = Marks::decode(&read_to_end(ep_r));
+    marks.mark("container");
+    let child_total: u64 = child_marks.iter().map(|m| m.1).sum();
     if !setup_error.is_empty() {
         let mut st = 0;
         // SAFETY: reaping our child.
         unsafe { libc::waitpid(child, &mut st, 0) };
-        fail(String::from_utf8_lossy(&setup_error).into_owned());
+        fail(setup_error);
     }
     // SAFETY: getpid cannot fail.
     let me = unsafe { libc::getpid() };
+    let mut phases = std::mem::take(&mut marks.v);
+    let container_us = phases.pop().map(|m| m.1).unwrap_or(0);
+    phases.extend(
+        child_marks
+            .into_iter()
+            .map(|(n, us)| (format!("container.{n}"), us)),
+    );
+    phases.push((
+        "container.exec".into(),
+        container_us.saturating_sub(child_total),
+    ));
     let started = Started {
         pid: child,
         start_ticks: start_ticks(child),
         monitor_pid: me,
         monitor_ticks: start_ticks(me),
         started_at: now_ns(),
+        phases,
     };
     if let Some(f) = &spec.started_file {
         let tmp = f.with_extension("tmp");
@@ -644,7 +723,12 @@ fn monitor_loop(
     }
 }
 
-fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::Infallible> {
+fn container_main(
+    spec: &ContainerSpec,
+    stdio: &[RawFd; 3],
+    marks: &mut Marks,
+    setup_pipe: RawFd,
+) -> R<std::convert::Infallible> {
     // SAFETY: plain syscalls in the single-threaded child.
     unsafe {
         libc::setsid();
@@ -655,7 +739,9 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
             libc::dup2(*fd, i as RawFd);
         }
     }
+    marks.mark("fork");
     join_cgroups(&spec.cgroup_procs)?;
+    marks.mark("join_cgroups");
     if let Some(adj) = spec.oom_score_adj {
         // lowering it needs CAP_SYS_RESOURCE: without it the score stays (not an error)
         let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
@@ -663,6 +749,7 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
     for j in spec.join.iter().filter(|j| j.kind != "pid") {
         setns_path(&j.path, ns_flag(&j.kind)?)?;
     }
+    marks.mark("setns");
     // SAFETY: a new mount namespace for this single-threaded process.
     check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, || {
         "unshare mount namespace".into()
@@ -674,8 +761,10 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
         libc::MS_REC | libc::MS_SLAVE,
         None,
     )?;
-    mount_rootfs(spec)?;
+    marks.mark("mount_ns");
+    mount_rootfs(spec, marks)?;
     pivot_root(&spec.rootfs)?;
+    marks.mark("pivot_root");
     for (k, v) in &spec.sysctls {
         let p = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&p, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
@@ -691,6 +780,8 @@ fn container_main(spec: &ContainerSpec, stdio: &[RawFd; 3]) -> R<std::convert::I
     if spec.readonly_rootfs {
         remount_readonly(Path::new("/"))?;
     }
+    marks.mark("masked_paths");
+    write_all(setup_pipe, &marks.encode());
     apply_process(&spec.process)
 }
 
@@ -777,7 +868,7 @@ fn mkdir_all(p: &Path) -> R<()> {
     std::fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
 }
 
-fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
+fn mount_rootfs(spec: &ContainerSpec, marks: &mut Marks) -> R<()> {
     if spec.layers.is_empty() {
         return Err("the image has no layers".into());
     }
@@ -801,6 +892,7 @@ fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
         libc::MS_NODEV,
         Some(&opts),
     )?;
+    marks.mark("overlay");
     let root = &spec.rootfs;
     let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
     let at = |p: &str| -> R<PathBuf> {
@@ -898,9 +990,11 @@ fn mount_rootfs(spec: &ContainerSpec) -> R<()> {
         sys_flags,
         None,
     )?;
+    marks.mark("proc_dev_sys");
     for m in &spec.mounts {
         bind_mount(root, m)?;
     }
+    marks.mark("bind_mounts");
     Ok(())
 }
 
@@ -1191,8 +1285,21 @@ fn apply_process(p: &ProcessSpec) -> R<std::convert::Infallible> {
             || "no_new_privs".into(),
         )?;
     }
-    if p.seccomp == Seccomp::RuntimeDefault {
-        seccomp::install(&seccomp::runtime_default(&keep))?;
+    // a Localhost profile is compiled while every system call is allowed; with no_new_privs it
+    // is loaded right before execve (as runc does, so that the profile need not allow the
+    // setup's own calls), without it now, while CAP_SYS_ADMIN is still effective
+    let mut late_filter = None;
+    match &p.seccomp {
+        Seccomp::RuntimeDefault => seccomp::install(&seccomp::runtime_default(&keep))?,
+        Seccomp::Localhost(profile) => {
+            let filter = profile.compile(&keep)?;
+            if p.no_new_privs {
+                late_filter = Some(filter);
+            } else {
+                filter.load()?;
+            }
+        }
+        Seccomp::Unconfined => {}
     }
     let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -1239,10 +1346,14 @@ fn apply_process(p: &ProcessSpec) -> R<std::convert::Infallible> {
     check(unsafe { libc::chdir(cwd_c.as_ptr()) }, || {
         format!("chdir {cwd}")
     })?;
-    exec(&p.args, &p.env)
+    exec(&p.args, &p.env, late_filter)
 }
 
-fn exec(args: &[String], env: &[String]) -> R<std::convert::Infallible> {
+fn exec(
+    args: &[String],
+    env: &[String],
+    filter: Option<super::seccomp_profile::Filter>,
+) -> R<std::convert::Infallible> {
     let prog = args
         .first()
         .ok_or("no command: the image has no Entrypoint or Cmd and the config none")?;
@@ -1276,6 +1387,9 @@ fn exec(args: &[String], env: &[String]) -> R<std::convert::Infallible> {
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_p.push(std::ptr::null());
     let path_c = cstr(&path);
+    if let Some(f) = filter {
+        f.load()?;
+    }
     // SAFETY: null-terminated arrays of valid C strings.
     unsafe { libc::execve(path_c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
     Err(format!("exec {}: {}", path.display(), errno()))

@@ -14,8 +14,10 @@ pub mod cgroup;
 mod container;
 pub mod init;
 pub mod log;
+pub mod phases;
 mod sandbox;
 pub mod seccomp;
+pub mod seccomp_profile;
 pub mod spec;
 pub mod state;
 mod stream;
@@ -156,6 +158,8 @@ pub struct NativeConfig {
     /// Where pods whose config names no `cgroup_parent` get their own: `<cgroup_parent>/pod-<id>`
     /// (relative to the hierarchy roots), removed with the pod.
     pub cgroup_parent: String,
+    /// The cgroup hierarchy (default: the host's, [`cgroup::Hierarchy::detect`]).
+    pub cgroups: cgroup::Hierarchy,
     /// A pids limit for every container (0: none); `unified["pids.max"]` in the CRI resources
     /// overrides it per container.
     pub pids_limit: i64,
@@ -178,6 +182,7 @@ impl Default for NativeConfig {
             images: Arc::new(NoImages),
             init_binary: None,
             cgroup_parent: "nodekit".into(),
+            cgroups: cgroup::Hierarchy::detect(),
             pids_limit: 0,
             max_log_line_size: 16 * 1024,
             rlimits: Vec::new(),
@@ -193,6 +198,7 @@ impl std::fmt::Debug for NativeConfig {
             .field("root", &self.root)
             .field("init_binary", &self.init_binary)
             .field("cgroup_parent", &self.cgroup_parent)
+            .field("cgroups", &self.cgroups)
             .field("pids_limit", &self.pids_limit)
             .finish_non_exhaustive()
     }
@@ -241,6 +247,7 @@ pub struct NativeRuntime {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     reserved: Mutex<std::collections::HashSet<String>>,
     streaming: tokio::sync::OnceCell<crate::streaming::StreamingServer>,
+    phases: phases::PhaseLog,
 }
 
 impl std::fmt::Debug for NativeRuntime {
@@ -336,6 +343,7 @@ impl NativeRuntime {
             locks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(Default::default()),
             streaming: Default::default(),
+            phases: Default::default(),
         };
         rt.sweep_orphans(Duration::from_secs(60));
         Ok(rt)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use node_core::{Attachment, CapabilityArgs, PodRef, PortMapping, RuntimeError, cri};
 
 use super::cgroup::CgroupHandle;
+use super::phases::PhaseTimer;
 use super::spec::{SandboxSpec, Started};
 use super::state::{SandboxRecord, SandboxStatus, labels_match};
 use super::{NativeRuntime, io_err, new_id, now_ns, process_alive, signal};
@@ -127,30 +128,95 @@ fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
 }
 
 impl NativeRuntime {
-    /// Run the init binary with `args`; its stdout is the [`Started`] JSON.
+    /// Run the init binary with `args`; the first line of its stdout is the [`Started`] JSON.
+    /// The answer is read up to its newline and the init's exit awaited, not the end of its
+    /// output: the pause process it forks holds copies of the pipes until it has been scheduled
+    /// and closed them, which under load took milliseconds of every sandbox start.
     pub(crate) async fn run_init_started(
         &self,
         args: &[&std::ffi::OsStr],
     ) -> Result<Started, RuntimeError> {
-        let out = tokio::process::Command::new(&self.init)
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut child = tokio::process::Command::new(&self.init)
             .args(args)
+            .env(
+                "NODEKIT_INIT_SPAWNED_NS",
+                super::init::monotonic_ns().to_string(),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .output()
-            .await
+            .spawn()
             .map_err(|e| io_err(&self.init, e))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let err = err.trim().trim_start_matches("nodekit-init: ");
-            return Err(RuntimeError::Internal(err.to_string()));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = tokio::io::BufReader::new(out).read_line(&mut line).await;
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            RuntimeError::Internal(format!(
-                "init answered {:?}: {e}",
-                String::from_utf8_lossy(&out.stdout)
-            ))
-        })
+        let status = child.wait().await.map_err(|e| io_err(&self.init, e))?;
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            let err = err.trim().trim_start_matches("nodekit-init: ");
+            return Err(RuntimeError::Internal(if err.is_empty() {
+                format!("the init exited with {status}")
+            } else {
+                err.to_string()
+            }));
+        }
+        serde_json::from_str(line.trim())
+            .map_err(|e| RuntimeError::Internal(format!("init answered {line:?}: {e}")))
+    }
+
+    /// Start a container's monitor (`nodekit-init container <spec>`): it reports on its stdout
+    /// and closes it, then lives on (the runtime does not wait for it: tokio reaps it when it
+    /// exits, or, after a restart of the runtime, whoever inherits it).
+    pub(crate) async fn run_monitor(&self, spec: &Path) -> Result<Started, RuntimeError> {
+        use tokio::io::AsyncReadExt;
+        let mut child = tokio::process::Command::new(&self.init)
+            .arg("container")
+            .arg(spec)
+            .env(
+                "NODEKIT_INIT_SPAWNED_NS",
+                super::init::monotonic_ns().to_string(),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| io_err(&self.init, e))?;
+        let (mut out, mut err) = (String::new(), String::new());
+        let (mut so, mut se) = (child.stdout.take(), child.stderr.take());
+        let read_out = async {
+            if let Some(s) = so.as_mut() {
+                let _ = s.read_to_string(&mut out).await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = se.as_mut() {
+                let _ = s.read_to_string(&mut err).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        if let Some(ok) = out.strip_prefix("ok ") {
+            return serde_json::from_str(ok.trim()).map_err(|e| {
+                RuntimeError::Internal(format!("the container monitor answered {out:?}: {e}"))
+            });
+        }
+        let _ = child.wait().await;
+        let msg = out
+            .strip_prefix("err ")
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let e = err.trim().trim_start_matches("nodekit-init: ");
+                if e.is_empty() {
+                    "the container monitor died before reporting".into()
+                } else {
+                    e.to_string()
+                }
+            });
+        Err(RuntimeError::Internal(msg))
     }
 
     fn attachment(&self, rec: &SandboxRecord) -> Attachment {
@@ -248,10 +314,13 @@ impl NativeRuntime {
             owns_cgroup_parent,
             runtime_handler: req.runtime_handler.clone(),
         };
+        let mut t = PhaseTimer::start();
         // everything below is rolled back on failure
         let result = async {
             std::fs::create_dir_all(dir.join("ns")).map_err(|e| io_err(&dir, e))?;
-            let cg = CgroupHandle::create(&format!("{parent}/{id}"))?;
+            t.mark("dirs");
+            let cg = CgroupHandle::create_in(&self.cfg.cgroups, &format!("{parent}/{id}"))?;
+            t.mark("cgroup");
             let spec = SandboxSpec {
                 new_net: !host_network,
                 new_ipc: !host_ipc,
@@ -264,6 +333,10 @@ impl NativeRuntime {
             rec.pause = self
                 .run_init_started(&["sandbox".as_ref(), json.as_ref()])
                 .await?;
+            t.mark("init");
+            for (name, us) in std::mem::take(&mut rec.pause.phases) {
+                t.add(format!("init.{name}"), Duration::from_micros(us));
+            }
             let mut kinds = vec!["pid"];
             if spec.new_net {
                 kinds.push("net");
@@ -282,15 +355,18 @@ impl NativeRuntime {
                 )?;
                 rec.ns_files.push((k.to_string(), target));
             }
+            t.mark("bind_ns");
             if !host_ipc {
                 let shm = dir.join("shm");
                 mount_shm(&shm)?;
                 rec.shm = Some(shm);
             }
+            t.mark("shm");
             // on disk from here on (not ready yet): if the runtime dies during CNI ADD, the
             // kubelet still finds the sandbox and stops and removes it
             rec.status = SandboxStatus::NotReady;
             self.store.save_sandbox(&rec)?;
+            t.mark("save");
             if !host_network {
                 let a = self.attachment(&rec);
                 let res = self.cfg.cni.add(&a).await.map_err(|e| {
@@ -301,6 +377,7 @@ impl NativeRuntime {
                 })?;
                 rec.ips = res.pod_ips().iter().map(|i| i.to_string()).collect();
             }
+            t.mark("cni");
             let write = |name: &str, data: String| {
                 std::fs::write(dir.join(name), data).map_err(|e| io_err(&dir.join(name), e))
             };
@@ -318,19 +395,23 @@ impl NativeRuntime {
                 write("hosts", hosts_file(&hostname, &rec.ips))?;
             }
             write("resolv.conf", resolv_conf(config.dns_config.as_ref()))?;
+            t.mark("files");
             rec.status = SandboxStatus::Ready;
-            self.store.save_sandbox(&rec)
+            self.store.save_sandbox(&rec)?;
+            t.mark("save_ready");
+            Ok::<(), RuntimeError>(())
         }
         .await;
         if let Err(e) = result {
             self.teardown_sandbox(&rec, !rec.ips.is_empty()).await;
             if owns_cgroup_parent {
-                let _ = CgroupHandle::open(&parent).destroy();
+                let _ = CgroupHandle::open_in(&self.cfg.cgroups, &parent).destroy();
             }
             let _ = std::fs::remove_dir_all(&dir);
             let _ = self.store.remove_sandbox(&id);
             return Err(e);
         }
+        self.phases.record(&id, "run", t);
         Ok(id)
     }
 
@@ -364,7 +445,10 @@ impl NativeRuntime {
         if let Some(shm) = &rec.shm {
             unmount_dir(shm);
         }
-        let cg = CgroupHandle::open(&format!("{}/{}", rec.cgroup_parent, rec.id));
+        let cg = CgroupHandle::open_in(
+            &self.cfg.cgroups,
+            &format!("{}/{}", rec.cgroup_parent, rec.id),
+        );
         if let Err(e) = cg.destroy() {
             err.get_or_insert(e);
         }
@@ -427,9 +511,10 @@ impl NativeRuntime {
             _ => {}
         }
         if let Some(rec) = self.store.sandbox(id)?.filter(|r| r.owns_cgroup_parent) {
-            CgroupHandle::open(&rec.cgroup_parent).destroy()?;
+            CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup_parent).destroy()?;
         }
         self.store.remove_sandbox(id)?;
+        self.phases.forget(id);
         drop(_g);
         self.forget_lock(id);
         Ok(())
@@ -484,7 +569,7 @@ impl NativeRuntime {
             })?;
         let mut info = std::collections::HashMap::new();
         if verbose {
-            info.insert("info".into(), serde_json::json!({"pid": rec.pause.pid, "cgroupParent": rec.cgroup_parent, "hostNetwork": rec.host_network}).to_string());
+            info.insert("info".into(), serde_json::json!({"pid": rec.pause.pid, "cgroupParent": rec.cgroup_parent, "hostNetwork": rec.host_network, "phases": self.phases.json(id)}).to_string());
         }
         Ok(cri::PodSandboxStatusResponse {
             status: Some(self.to_status(&rec)),
@@ -529,7 +614,10 @@ impl NativeRuntime {
                 ..Default::default()
             }));
         // the pod's usage: its containers plus the pause process
-        let pause = CgroupHandle::open(&format!("{}/{}", rec.cgroup_parent, rec.id));
+        let pause = CgroupHandle::open_in(
+            &self.cfg.cgroups,
+            &format!("{}/{}", rec.cgroup_parent, rec.id),
+        );
         let mut cpu = pause.cpu_usage_ns().unwrap_or(0);
         let (mut usage, mut working_set) = pause.memory_usage().unwrap_or((0, 0));
         let mut procs = pause.pids().len() as u64;
@@ -556,7 +644,9 @@ impl NativeRuntime {
             .iter()
             .filter(|c| c.sandbox_id == rec.id)
         {
-            procs += CgroupHandle::open(&c.cgroup).pids().len() as u64;
+            procs += CgroupHandle::open_in(&self.cfg.cgroups, &c.cgroup)
+                .pids()
+                .len() as u64;
         }
         let u = |v: u64| Some(cri::UInt64Value { value: v });
         cri::PodSandboxStats {

@@ -56,13 +56,15 @@ pub struct BindMount {
 }
 
 /// The seccomp profile to install.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Seccomp {
     /// No filter.
     Unconfined,
     /// The runtime's default filter (dangerous system calls answer EPERM).
     #[default]
     RuntimeDefault,
+    /// A profile from a file on the node (CRI `Localhost`), read and validated at create.
+    Localhost(Box<super::seccomp_profile::SeccompProfile>),
 }
 
 /// Who the process runs as, before resolution against the container's `/etc/passwd`.
@@ -201,6 +203,10 @@ pub struct Started {
     /// When the process was started, ns since the epoch (0 when unknown).
     #[serde(default)]
     pub started_at: i64,
+    /// How long each phase of the start took inside the init, in microseconds (for
+    /// profiling; not kept in the state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(String, u64)>,
 }
 
 /// What the monitor records when the container exits.

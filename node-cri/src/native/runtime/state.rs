@@ -326,6 +326,7 @@ mod tests {
             monitor_pid: 41,
             monitor_ticks: 6,
             started_at: 99,
+            ..Default::default()
         };
         std::fs::write(
             store.started_file("abc"),

@@ -150,6 +150,7 @@ impl NativeRuntime {
             locks: Default::default(),
             reserved: Default::default(),
             streaming: Default::default(),
+            phases: Default::default(),
         }
     }
 

@@ -1,0 +1,380 @@
+//! The native runtime's fixture for the root tests `root_native_*.rs`: a runtime root of its
+//! own per test (temporary directory, cgroup parent, a recording fake CNI plugin, the busybox
+//! test image as `busybox:test`) whose drop removes every sandbox, container, cgroup and mount
+//! the runtime made, panics included; the prerequisites check; running a closure inside a
+//! fresh network namespace; container config, pid, liveness and CRI log helpers.
+//!
+//! Needs `pod_fixture` next to it: `#[path = "common/pod_fixture.rs"] mod pod_fixture;` and
+//! `#[path = "common/native_fixture.rs"] mod native_fixture;` at the test crate's root.
+
+#![allow(dead_code)] // every test file uses a part of it
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use node_core::{RuntimeBackend, cri};
+use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
+use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path, require_root};
+
+use crate::pod_fixture;
+
+pub const INIT: &str = env!("CARGO_BIN_EXE_nodekit-init");
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A CNI plugin that remembers every attachment it was given, around [`FakeCni`].
+#[derive(Default)]
+pub struct RecordingCni {
+    pub inner: FakeCni,
+    pub seen: std::sync::Mutex<Vec<node_core::Attachment>>,
+}
+
+#[async_trait::async_trait]
+impl node_core::CniPlugin for RecordingCni {
+    async fn add(
+        &self,
+        a: &node_core::Attachment,
+    ) -> Result<node_core::CniResult, node_core::CniError> {
+        self.seen.lock().unwrap().push(a.clone());
+        self.inner.add(a).await
+    }
+    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.del(a).await
+    }
+    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.check(a).await
+    }
+    async fn status(&self) -> Result<(), node_core::CniError> {
+        self.inner.status().await
+    }
+    async fn gc(&self, keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
+        self.inner.gc(keep).await
+    }
+}
+
+/// A runtime root for one test; dropping it removes everything the runtime made under it.
+pub struct Env {
+    /// The test's temporary root (the runtime's root is `rt/` under it).
+    pub root: tempfile::TempDir,
+    /// The cgroup parent of the test's pods.
+    pub cgroup_parent: String,
+    /// The fake CNI plugin (its attachments and calls).
+    pub cni: FakeCni,
+    /// The plugin the runtime is given: records every attachment, then calls `cni`.
+    pub recorder: Arc<RecordingCni>,
+    /// The images the runtime resolves (`busybox:test`).
+    pub images: Arc<LayerDirImages>,
+    /// The kubelet's pod log directories.
+    pub logs: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        sweep_stale();
+        let root = tempfile::Builder::new()
+            .prefix(&format!("nodekit-rt-{}-", std::process::id()))
+            .tempdir()
+            .unwrap();
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let cgroup_parent = format!("nodekit-test/{}-{n}", std::process::id());
+        let images = Arc::new(LayerDirImages::new());
+        let img = TestImage::busybox()
+            .file("/var/www/index.html", "hello from nodekit\n", 0o644)
+            .build()
+            .expect("busybox image");
+        let layer = root.path().join("layers/0");
+        std::fs::create_dir_all(&layer).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
+            .unpack(&layer)
+            .unwrap();
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&img.config.bytes).unwrap();
+        images.insert(
+            "busybox:test",
+            ResolvedImage {
+                id: img.config.digest.clone(),
+                layer_dirs: vec![layer],
+                config,
+            },
+        );
+        let logs = root.path().join("pod-logs");
+        let recorder = Arc::new(RecordingCni::default());
+        Self {
+            root,
+            cgroup_parent,
+            cni: recorder.inner.clone(),
+            recorder,
+            images,
+            logs,
+        }
+    }
+
+    pub fn config(&self) -> NativeConfig {
+        NativeConfig {
+            root: self.root.path().join("rt"),
+            cni: self.recorder.clone(),
+            images: self.images.clone(),
+            init_binary: Some(PathBuf::from(INIT)),
+            cgroup_parent: self.cgroup_parent.clone(),
+            kill_wait: Duration::from_secs(10),
+            rlimits: vec![(libc::RLIMIT_NOFILE, 4096, 4096)],
+            ..Default::default()
+        }
+    }
+
+    pub fn runtime(&self) -> NativeRuntime {
+        NativeRuntime::new(self.config()).expect("runtime")
+    }
+
+    pub fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let mut c = pod_fixture::sandbox_config(
+            name,
+            &format!("uid-{name}"),
+            "default",
+            &self.logs.join(name).display().to_string(),
+            &self.cgroup_parent,
+        );
+        c.dns_config = Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        });
+        c.labels = pod_fixture::labels(&[("app", name)]);
+        c.linux.as_mut().unwrap().sysctls =
+            HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]);
+        c
+    }
+
+    /// The mount points under the root (none must be left).
+    pub fn mounts_under_root(&self) -> Vec<String> {
+        let root = self.root.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    /// The cgroup directories of this test left in any hierarchy.
+    pub fn cgroups_left(&self) -> Vec<PathBuf> {
+        cgroup_dirs(&self.cgroup_parent)
+            .into_iter()
+            .filter(|d| {
+                d.exists()
+                    && std::fs::read_dir(d)
+                        .map(|r| r.flatten().any(|e| e.path().is_dir()))
+                        .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+/// Remove what test processes that were killed left behind: their cgroups (with every process
+/// inside) and the mounts under their roots. Names carry the test process's pid.
+pub fn sweep_stale() {
+    let dead = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|r| r.split('-').next()?.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for top in cgroup_dirs("nodekit-test") {
+        for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
+            if e.path().is_dir() && dead(&e.file_name().to_string_lossy(), "") {
+                sweep_cgroup(&e.path());
+            }
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !dead(&name, "nodekit-rt-") {
+            continue;
+        }
+        let root = e.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let c = std::ffi::CString::new(m).unwrap();
+            // SAFETY: unmounting under a dead test's temporary root.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let mut v = vec![];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let d = e.path().join(rel);
+            if d.exists() {
+                v.push(d);
+            }
+        }
+    }
+    if Path::new("/sys/fs/cgroup").join(rel).exists() {
+        v.push(Path::new("/sys/fs/cgroup").join(rel));
+    }
+    v
+}
+
+/// Kill every process in a cgroup tree and remove it, deepest first.
+pub fn sweep_cgroup(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                sweep_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..200 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: killing processes of the test's own cgroup.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // the runtime's own removal first, on a thread of its own (we may be inside a runtime)
+        let cfg = self.config();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(r) = NativeRuntime::new(cfg) {
+                    for s in r.list_pod_sandbox(None).await.unwrap_or_default() {
+                        let _ = r.remove_pod_sandbox(&s.id).await;
+                    }
+                    for c in r.list_containers(None).await.unwrap_or_default() {
+                        let _ = r.remove_container(&c.id).await;
+                    }
+                }
+            })
+        })
+        .join();
+        // then brute force: pause processes, monitors and containers live in our cgroups;
+        // monitors do not, so kill whatever still has the root open as its spec
+        for d in cgroup_dirs(&self.cgroup_parent) {
+            sweep_cgroup(&d);
+        }
+        for d in cgroup_dirs("nodekit-test") {
+            let _ = std::fs::remove_dir(d); // fails while another test still uses it
+        }
+        let mut mounts = self.mounts_under_root();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let c = std::ffi::CString::new(m).unwrap();
+            // SAFETY: unmounting a mount point under our own temporary root.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// A container of `busybox:test` running `command` in a PID namespace of its own, labelled
+/// `container=<name>`, logging to `<name>/0.log`.
+pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
+    let mut c =
+        pod_fixture::container_config(name, "busybox:test", command, &format!("{name}/0.log"));
+    c.labels = pod_fixture::labels(&[("container", name)]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+/// Create and start a container; its id.
+pub async fn run_container(
+    rt: &NativeRuntime,
+    sandbox: &str,
+    sandbox_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> String {
+    pod_fixture::start_container(rt, sandbox, sandbox_cfg, cfg).await
+}
+
+pub async fn status(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
+    rt.container_status(id, true).await.unwrap().status.unwrap()
+}
+
+#[allow(unused_imports)] // not every test file waits
+pub use pod_fixture::wait_for;
+
+pub fn pid_of(st: &cri::ContainerStatusResponse) -> i32 {
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    info["pid"].as_i64().unwrap() as i32
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+pub fn prerequisites(test: &str) -> bool {
+    let overlay = std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("overlay");
+    let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup/cgroup.controllers"
+    } else {
+        "/sys/fs/cgroup/pids"
+    };
+    require_root(test)
+        && require_path(test, node_test_support::image::BUSYBOX)
+        && require_path(test, cgroups)
+        // overlayfs registered with the kernel (else the module's directory is missing too)
+        && require_path(test, if overlay { "/proc/filesystems" } else { "/sys/module/overlay" })
+}
+
+/// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.
+pub fn in_netns<F, Fut>(label: &str, f: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ns = NetnsFixture::new(label).expect("netns");
+    ns.run_in(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .expect("inside netns");
+}
+
+/// The (stream, tag, content) of every line of a CRI log file, asserting the timestamps.
+pub fn log_entries(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    pod_fixture::parse_cri_log(&text)
+        .into_iter()
+        .map(|(t, stream, tag, content)| {
+            assert!(pod_fixture::is_rfc3339_nano(&t), "bad timestamp {t:?}");
+            (stream, tag, content)
+        })
+        .collect()
+}

@@ -1,0 +1,177 @@
+//! The pod fixture shared by the root tests of every runtime (containerd through `CriClient` in
+//! `root_containerd.rs`, the native runtime in `root_native_*.rs`): CRI sandbox and container
+//! configs, running a pod and starting a container through any [`RuntimeBackend`], waiting for
+//! a container state, and reading the CRI log format.
+//!
+//! Include it with `#[path = "common/pod_fixture.rs"] mod pod_fixture;`.
+
+#![allow(dead_code)] // every test file uses a part of it
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use node_core::{RuntimeBackend, cri};
+
+/// Labels from pairs.
+pub fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// An image spec naming `image`.
+pub fn image_spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    }
+}
+
+/// A pod sandbox config: metadata, hostname `name`, the kubelet's log directory and cgroup
+/// parent.
+pub fn sandbox_config(
+    name: &str,
+    uid: &str,
+    namespace: &str,
+    log_directory: &str,
+    cgroup_parent: &str,
+) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.into(),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_directory.into(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container config running `command` (empty: the image's) of `image`, logging to
+/// `log_path` under the pod's log directory.
+pub fn container_config(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    log_path: &str,
+) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(image_spec(image)),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: log_path.into(),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// `RunPodSandbox`, panicking with the error.
+pub async fn run_pod(rt: &dyn RuntimeBackend, config: &cri::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("run pod sandbox: {e}"))
+}
+
+/// `CreateContainer` + `StartContainer`, panicking with the error; the container id.
+pub async fn start_container(
+    rt: &dyn RuntimeBackend,
+    pod: &str,
+    sandbox: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create container: {e}"));
+    rt.start_container(&id)
+        .await
+        .unwrap_or_else(|e| panic!("start container: {e}"));
+    id
+}
+
+/// Wait until a container is in `state`; its status.
+pub async fn wait_state(
+    rt: &dyn RuntimeBackend,
+    id: &str,
+    state: cri::ContainerState,
+    timeout: Duration,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = rt
+            .container_status(id, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        if st.state == state as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} not {state:?} within {timeout:?}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until `f` answers true, panicking after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lines of a CRI log file: `<RFC3339Nano time> <stream> <P|F> <content>`.
+pub fn parse_cri_log(text: &str) -> Vec<(String, String, String, String)> {
+    text.lines()
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let t = parts.next().unwrap_or_default().to_string();
+            let stream = parts.next().unwrap_or_default().to_string();
+            let tag = parts.next().unwrap_or_default().to_string();
+            let content = parts.next().unwrap_or_default().to_string();
+            (t, stream, tag, content)
+        })
+        .collect()
+}
+
+/// Whether `t` looks like RFC 3339 with nanoseconds: `2026-11-23T05:40:32.123456789Z` (or an
+/// offset instead of `Z`).
+pub fn is_rfc3339_nano(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && t[20..].chars().take_while(|c| c.is_ascii_digit()).count() >= 1
+        && (t.ends_with('Z') || t[20..].contains('+') || t[20..].contains('-'))
+}
