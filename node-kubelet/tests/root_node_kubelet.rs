@@ -56,59 +56,12 @@ impl Guard {
     }
 }
 
-fn hierarchy_dirs(rel: &str) -> Vec<PathBuf> {
-    let mut v = vec![];
-    for e in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let d = e.path().join(rel);
-        if d.exists() {
-            v.push(d);
-        }
-    }
-    v
-}
-
-/// Kill every process in a cgroup tree and remove it, deepest first.
-fn sweep_cgroup(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            sweep_cgroup(&e.path());
-        }
-    }
-    for _ in 0..200 {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: killing processes of the test's own cgroup.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 impl Drop for Guard {
     fn drop(&mut self) {
-        for d in hierarchy_dirs(&self.cgroup_top) {
-            sweep_cgroup(&d);
+        for d in node_test_support::sweep::cgroup_dirs(&self.cgroup_top) {
+            node_test_support::sweep::kill_cgroup_tree(&d);
         }
-        let root = self.dir.path().display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let c = std::ffi::CString::new(m).unwrap();
-            // SAFETY: unmounting under the test's own temporary root.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        node_test_support::sweep::detach_mounts_under(self.dir.path());
     }
 }
 
@@ -472,7 +425,8 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
                     .unwrap(),
                     ..Default::default()
                 });
-                c.eviction_interval = Duration::from_secs(3);
+                // long enough for both pods to be seen running first, even on a loaded machine
+                c.eviction_interval = Duration::from_secs(8);
                 c.qos_update_interval = Duration::from_millis(500);
             },
             Arc::new(MemoryObjectStore::default()),
