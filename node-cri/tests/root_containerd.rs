@@ -4,22 +4,22 @@
 //! Needs root, containerd, runc, the CNI plugins, docker-registry and busybox-static; each test
 //! starts with `ContainerdFixture::require`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::pod_fixture;
+use common::pod_fixture::{
+    image_spec as spec, is_rfc3339_nano, labels, parse_cri_log, run_pod, start_container,
+    wait_state,
+};
 use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
 use node_cri::client::timing::{PodStartSpec, measure_pod_start};
 use node_cri::{CriClient, CriClientConfig};
 use node_test_support::{ContainerdFixture, TestImage};
-use pod_fixture::{
-    image_spec as spec, is_rfc3339_nano, labels, parse_cri_log, run_pod, start_container,
-    wait_state,
-};
-
-#[path = "common/pod_fixture.rs"]
-mod pod_fixture;
 
 const NS: &str = "nodekit-test";
 

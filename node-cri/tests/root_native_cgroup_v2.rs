@@ -8,19 +8,18 @@
 //! a limit whose controller is missing is a clear error; the limit files themselves are
 //! checked by the unit tests of `cgroup::v2_limits`.
 
-#[path = "common/native_fixture.rs"]
-mod native_fixture;
-#[path = "common/pod_fixture.rs"]
-mod pod_fixture;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use native_fixture::{Env, container_config, in_netns, prerequisites, run_container};
+use common::native::{Env, container_config, in_netns, prerequisites, run_container};
+use common::{native, pod_fixture};
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_cri::native::runtime::cgroup::{CgroupHandle, Hierarchy, enable_controllers, is_cgroup2};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_test_support::require_path;
+use node_test_support::sweep::kill_cgroup_tree;
 
 /// The host's cgroup2 mount point, if any.
 fn cgroup2_mount() -> Option<PathBuf> {
@@ -64,7 +63,7 @@ impl V2Tree {
 
 impl Drop for V2Tree {
     fn drop(&mut self) {
-        native_fixture::sweep_cgroup(&self.tree);
+        kill_cgroup_tree(&self.tree);
         let _ = std::fs::remove_dir(self.tree.parent().unwrap()); // nodekit-test, when unused
         let file = self.mount.join("cgroup.subtree_control");
         let now = std::fs::read_to_string(&file).unwrap_or_default();
@@ -92,7 +91,7 @@ fn a_v2_hierarchy_holds_processes_enables_offered_controllers_and_is_destroyed()
         return;
     };
     assert!(is_cgroup2(&mount), "{} is a cgroup2 mount", mount.display());
-    native_fixture::sweep_stale();
+    native::sweep_stale();
     let base = format!("nodekit-test/{}-v2", std::process::id());
     let tree = V2Tree::new(&mount, &base);
     let root_control = tree.subtree_control.clone();

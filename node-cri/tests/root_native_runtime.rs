@@ -2,22 +2,20 @@
 //! and busybox-static). Every test runs its runtime calls on a thread inside a NetnsFixture
 //! (so host-network pods land in the fixture's namespace), uses its own root directory and
 //! cgroup parent, and a guard kills, unmounts and removes everything on drop, panics included
-//! (the fixture: `common/native_fixture.rs`).
+//! (the fixture: `common/native.rs`).
 
-#[path = "common/native_fixture.rs"]
-mod native_fixture;
-#[path = "common/pod_fixture.rs"]
-mod pod_fixture;
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use native_fixture::{
+use common::native::{
     Env, alive, cgroup_dirs, container_config, in_netns, log_entries, pid_of, prerequisites,
     run_container, status, wait_for,
 };
+use common::pod_fixture;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_test_support::{NetnsFixture, require_path};

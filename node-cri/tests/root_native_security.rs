@@ -6,16 +6,14 @@
 //! `common/native_fixture.rs` (its own runtime root, cgroup parent and network namespace,
 //! everything removed on drop).
 
-#[path = "common/native_fixture.rs"]
-mod native_fixture;
-#[path = "common/pod_fixture.rs"]
-mod pod_fixture;
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use native_fixture::{Env, container_config, in_netns, prerequisites, run_container};
+use common::native::{Env, container_config, in_netns, prerequisites, run_container};
+use common::pod_fixture;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_cri::native::runtime::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, NativeRuntime};
 

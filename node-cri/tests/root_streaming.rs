@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::env::*;
+use common::native::*;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_cri::native::runtime::NativeRuntime;
 use node_cri::streaming::client::{self, ExecOptions, Transport};

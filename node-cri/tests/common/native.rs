@@ -1,14 +1,26 @@
-//! What every root test of the native runtime needs: a root directory and cgroup parent of its
-//! own, removed with everything the runtime made in them (processes, mounts, cgroups) even
-//! after a panic or a killed test process; a network namespace to run in; log reading.
+//! The native runtime's fixture for every root test that runs it (`root_native_*.rs`,
+//! `root_streaming.rs`, `root_cri_server.rs`): a runtime root and cgroup parent of its own per
+//! test, removed with everything the runtime made in them (sandboxes, containers, processes,
+//! mounts, cgroups) even after a panic or a killed test process; [`Env`], the same with a
+//! recording fake CNI plugin and the busybox test image as `busybox:test`; the prerequisites
+//! check; running a closure inside a fresh network namespace; container config, pid, liveness
+//! and CRI log helpers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use node_core::RuntimeBackend;
-use node_cri::native::runtime::{NativeConfig, NativeRuntime};
-use node_test_support::{NetnsFixture, require_path, require_root};
+use node_core::{RuntimeBackend, cri};
+use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
+use node_test_support::sweep::{detach_mounts_under, kill_cgroup_tree};
+use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path, require_root};
+
+use super::pod_fixture;
+
+#[allow(unused_imports)] // not every test file waits or looks at cgroups
+pub use {super::pod_fixture::wait_for, node_test_support::sweep::cgroup_dirs};
 
 /// The init binary of this package.
 pub const INIT: &str = env!("CARGO_BIN_EXE_nodekit-init");
@@ -26,7 +38,7 @@ pub fn new_root() -> (tempfile::TempDir, String) {
     (root, format!("nodekit-test/{}-{n}", std::process::id()))
 }
 
-/// The mount points under `root` (none must be left).
+/// The mount points at or under `root` (none must be left).
 pub fn mounts_under(root: &Path) -> Vec<String> {
     let root = root.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -73,18 +85,12 @@ pub fn teardown(cfg: NativeConfig, root: &Path, cgroup_parent: &str) {
     .join();
     // pause processes and containers live in our cgroups
     for d in cgroup_dirs(cgroup_parent) {
-        sweep_cgroup(&d);
+        kill_cgroup_tree(&d);
     }
     for d in cgroup_dirs("nodekit-test") {
         let _ = std::fs::remove_dir(d); // fails while another test still uses it
     }
-    let mut mounts = mounts_under(root);
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        let c = std::ffi::CString::new(m).unwrap();
-        // SAFETY: unmounting a mount point under our own temporary root.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    detach_mounts_under(root);
 }
 
 /// Remove what test processes that were killed left behind: their cgroups (with every process
@@ -98,86 +104,204 @@ pub fn sweep_stale() {
     for top in cgroup_dirs("nodekit-test") {
         for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
             if e.path().is_dir() && dead(&e.file_name().to_string_lossy(), "") {
-                sweep_cgroup(&e.path());
+                kill_cgroup_tree(&e.path());
             }
         }
     }
-    let tmp = std::env::temp_dir();
-    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !dead(&name, "nodekit-rt-") {
-            continue;
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if dead(&e.file_name().to_string_lossy(), "nodekit-rt-") {
+            detach_mounts_under(&e.path());
+            let _ = std::fs::remove_dir_all(e.path());
         }
-        let root = e.path().display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let c = std::ffi::CString::new(m).unwrap();
-            // SAFETY: unmounting under a dead test's temporary root.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 
-pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let mut v = vec![];
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in rd.flatten() {
-            let d = e.path().join(rel);
-            if d.exists() {
-                v.push(d);
-            }
-        }
-    }
-    if Path::new("/sys/fs/cgroup").join(rel).exists() {
-        v.push(Path::new("/sys/fs/cgroup").join(rel));
-    }
-    v
+/// A CNI plugin that remembers every attachment it was given, around [`FakeCni`].
+#[derive(Default)]
+pub struct RecordingCni {
+    pub inner: FakeCni,
+    pub seen: std::sync::Mutex<Vec<node_core::Attachment>>,
 }
 
-/// Kill every process in a cgroup tree and remove it, deepest first.
-pub fn sweep_cgroup(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                sweep_cgroup(&e.path());
-            }
-        }
+#[async_trait::async_trait]
+impl node_core::CniPlugin for RecordingCni {
+    async fn add(
+        &self,
+        a: &node_core::Attachment,
+    ) -> Result<node_core::CniResult, node_core::CniError> {
+        self.seen.lock().unwrap().push(a.clone());
+        self.inner.add(a).await
     }
-    for _ in 0..200 {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: killing processes of the test's own cgroup.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    async fn del(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.del(a).await
+    }
+    async fn check(&self, a: &node_core::Attachment) -> Result<(), node_core::CniError> {
+        self.inner.check(a).await
+    }
+    async fn status(&self) -> Result<(), node_core::CniError> {
+        self.inner.status().await
+    }
+    async fn gc(&self, keep: &[node_core::AttachmentKey]) -> Result<(), node_core::CniError> {
+        self.inner.gc(keep).await
     }
 }
 
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+/// A runtime root for one test; dropping it removes everything the runtime made under it.
+pub struct Env {
+    /// The test's temporary root (the runtime's root is `rt/` under it).
+    pub root: tempfile::TempDir,
+    /// The cgroup parent of the test's pods.
+    pub cgroup_parent: String,
+    /// The fake CNI plugin (its attachments and calls).
+    pub cni: FakeCni,
+    /// The plugin the runtime is given: records every attachment, then calls `cni`.
+    pub recorder: Arc<RecordingCni>,
+    /// The images the runtime resolves (`busybox:test`).
+    pub images: Arc<LayerDirImages>,
+    /// The kubelet's pod log directories.
+    pub logs: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let (root, cgroup_parent) = new_root();
+        let images = Arc::new(LayerDirImages::new());
+        let img = TestImage::busybox()
+            .file("/var/www/index.html", "hello from nodekit\n", 0o644)
+            .build()
+            .expect("busybox image");
+        let layer = root.path().join("layers/0");
+        std::fs::create_dir_all(&layer).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
+            .unpack(&layer)
+            .unwrap();
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&img.config.bytes).unwrap();
+        images.insert(
+            "busybox:test",
+            ResolvedImage {
+                id: img.config.digest.clone(),
+                layer_dirs: vec![layer],
+                config,
+            },
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let logs = root.path().join("pod-logs");
+        let recorder = Arc::new(RecordingCni::default());
+        Self {
+            root,
+            cgroup_parent,
+            cni: recorder.inner.clone(),
+            recorder,
+            images,
+            logs,
+        }
+    }
+
+    pub fn config(&self) -> NativeConfig {
+        NativeConfig {
+            root: self.root.path().join("rt"),
+            cni: self.recorder.clone(),
+            images: self.images.clone(),
+            init_binary: Some(PathBuf::from(INIT)),
+            cgroup_parent: self.cgroup_parent.clone(),
+            kill_wait: Duration::from_secs(10),
+            rlimits: vec![(libc::RLIMIT_NOFILE, 4096, 4096)],
+            ..Default::default()
+        }
+    }
+
+    pub fn runtime(&self) -> NativeRuntime {
+        NativeRuntime::new(self.config()).expect("runtime")
+    }
+
+    pub fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let mut c = pod_fixture::sandbox_config(
+            name,
+            &format!("uid-{name}"),
+            "default",
+            &self.logs.join(name).display().to_string(),
+            &self.cgroup_parent,
+        );
+        c.dns_config = Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        });
+        c.labels = pod_fixture::labels(&[("app", name)]);
+        c.linux.as_mut().unwrap().sysctls =
+            HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]);
+        c
+    }
+
+    /// The mount points under the root (none must be left).
+    pub fn mounts_under_root(&self) -> Vec<String> {
+        mounts_under(self.root.path())
+    }
+
+    /// The cgroup directories of this test left in any hierarchy.
+    pub fn cgroups_left(&self) -> Vec<PathBuf> {
+        cgroups_left(&self.cgroup_parent)
     }
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        teardown(self.config(), self.root.path(), &self.cgroup_parent);
+    }
+}
+
+/// A container of `busybox:test` running `command` in a PID namespace of its own, labelled
+/// `container=<name>`, logging to `<name>/0.log`.
+pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
+    let mut c =
+        pod_fixture::container_config(name, "busybox:test", command, &format!("{name}/0.log"));
+    c.labels = pod_fixture::labels(&[("container", name)]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+/// Create and start a container; its id.
+pub async fn run_container(
+    rt: &NativeRuntime,
+    sandbox: &str,
+    sandbox_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> String {
+    pod_fixture::start_container(rt, sandbox, sandbox_cfg, cfg).await
+}
+
+/// A container's verbose status.
+pub async fn status(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
+    rt.container_status(id, true).await.unwrap().status.unwrap()
+}
+
+/// The pid of a container's process, from its verbose status.
+pub fn pid_of(st: &cri::ContainerStatusResponse) -> i32 {
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    info["pid"].as_i64().unwrap() as i32
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Root, busybox-static, cgroups and overlayfs (skip locally, panic under CI=true).
 pub fn prerequisites(test: &str) -> bool {
     let overlay = std::fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()
@@ -211,22 +335,14 @@ where
     .expect("inside netns");
 }
 
+/// The (stream, tag, content) of every line of a CRI log file, asserting the timestamps.
 pub fn log_entries(path: &Path) -> Vec<(String, String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let mut it = l.splitn(4, ' ');
-            let ts = it.next().unwrap_or("").to_string();
-            assert!(
-                ts.ends_with('Z') && ts.contains('T'),
-                "bad timestamp in {l:?}"
-            );
-            (
-                it.next().unwrap_or("").into(),
-                it.next().unwrap_or("").into(),
-                it.next().unwrap_or("").into(),
-            )
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    pod_fixture::parse_cri_log(&text)
+        .into_iter()
+        .map(|(t, stream, tag, content)| {
+            assert!(pod_fixture::is_rfc3339_nano(&t), "bad timestamp {t:?}");
+            (stream, tag, content)
         })
         .collect()
 }

@@ -3,9 +3,7 @@
 //! configs, running a pod and starting a container through any [`RuntimeBackend`], waiting for
 //! a container state, and reading the CRI log format.
 //!
-//! Include it with `#[path = "common/pod_fixture.rs"] mod pod_fixture;`.
-
-#![allow(dead_code)] // every test file uses a part of it
+//! Included through `mod common;` (`common::pod_fixture`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
