@@ -81,7 +81,8 @@ pub struct LeakScope {
     pub mount_roots: Vec<PathBuf>,
     /// Also read the mount tables of these processes (a child in another mount namespace).
     pub mount_pids: Vec<u32>,
-    /// Cgroup parents, relative to each hierarchy's root (`nodekit`): every cgroup below counts.
+    /// Cgroup parents, relative to each hierarchy's root (`nodekit`): every cgroup below counts
+    /// (not the parent itself).
     pub cgroup_parents: Vec<String>,
     /// A process whose command line contains one of these is ours (`nodekit-init`).
     pub process_markers: Vec<String>,
@@ -348,13 +349,16 @@ impl Inventory {
     fn cgroups(&mut self, scope: &LeakScope) {
         for hier in cgroup_hierarchies() {
             for parent in &scope.cgroup_parents {
+                // the cgroups below the parent (the parent itself is configuration, not a leak)
                 let base = hier.join(parent.trim_matches('/'));
-                let mut stack = vec![base];
+                let mut stack = vec![base.clone()];
                 while let Some(dir) = stack.pop() {
                     let Ok(rd) = std::fs::read_dir(&dir) else {
                         continue;
                     };
-                    self.add(LeakKind::Cgroup, dir.display().to_string(), "cgroup");
+                    if dir != base {
+                        self.add(LeakKind::Cgroup, dir.display().to_string(), "cgroup");
+                    }
                     for e in rd.flatten() {
                         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                             stack.push(e.path());
