@@ -145,6 +145,7 @@ impl Node {
                 &format!("{}={IMAGE}", self.image.display()),
             ])
             .env("RUST_LOG", "info")
+            .env("NODEKIT_FAULT_RUN", &self.token)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -472,12 +473,19 @@ fn run_faults(test: &str, iterations: usize, seed: u64) {
     )
     .expect("the namespace's default route");
     let token = format!("f{}", std::process::id());
-    let scope = LeakScope::default()
-        .netns_named(format!("nkt-{}-", std::process::id()))
-        .in_netns(ns.name())
-        .ipam_dir(tmp.join("root/cni/networks"))
-        .mount_root(&tmp)
-        .process_marker(tmp.to_str().unwrap());
+    // the agent's cgroup parent (`nodekit`) is shared with any other agent on the machine; its
+    // processes are recognised by an environment tag they inherit, or by our root in their
+    // command line
+    let scope = LeakScope {
+        process_markers: vec![],
+        ..LeakScope::default()
+    }
+    .netns_named(format!("nkt-{}-", std::process::id()))
+    .env_marker(format!("NODEKIT_FAULT_RUN={token}"))
+    .in_netns(ns.name())
+    .ipam_dir(tmp.join("root/cni/networks"))
+    .mount_root(&tmp)
+    .process_marker(tmp.to_str().unwrap());
     let before = Inventory::take(&scope);
     let mut node = Node {
         ns,

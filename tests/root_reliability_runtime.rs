@@ -46,7 +46,9 @@ impl Case {
             .tempdir()
             .unwrap();
         let cgroup_parent = format!("nodekit-rel/{}-{name}", std::process::id());
-        let scope = LeakScope::default()
+        // precise markers only: other nodekit tests may run beside this one
+        let scope = LeakScope::none()
+            .netns_named(format!("nkt-{}-", std::process::id()))
             .mount_root(dir.path())
             .cgroup_parent(&cgroup_parent)
             .process_marker(dir.path().to_str().unwrap())
@@ -114,20 +116,20 @@ impl Case {
         }
     }
 
-    fn container(&self, sandbox_id: &str, pod: &str) -> cri::CreateContainerRequest {
+    fn container(&self, sandbox_id: &str, pod: &str, name: &str) -> cri::CreateContainerRequest {
         let sb = self.sandbox(pod).config;
         cri::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.into(),
             config: Some(cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata {
-                    name: "c".into(),
+                    name: name.into(),
                     attempt: 0,
                 }),
                 image: Some(cri::ImageSpec {
                     image: IMAGE.into(),
                     ..Default::default()
                 }),
-                log_path: "c/0.log".into(),
+                log_path: format!("{name}/0.log"),
                 ..Default::default()
             }),
             sandbox_config: sb,
@@ -348,7 +350,7 @@ fn runtime_root_disk_full_fails_clearly_and_recovers() {
             // a pod that runs before the disk fills
             let a = rt.run_pod_sandbox(case.sandbox("before")).await.unwrap();
             let ca = rt
-                .create_container(case.container(&a, "before"))
+                .create_container(case.container(&a, "before", "c"))
                 .await
                 .unwrap();
             rt.start_container(&ca).await.unwrap();
@@ -370,7 +372,7 @@ fn runtime_root_disk_full_fails_clearly_and_recovers() {
                 "the error does not name the path: {msg}"
             );
             let err = rt
-                .create_container(case.container(&a, "before"))
+                .create_container(case.container(&a, "before", "second"))
                 .await
                 .expect_err("a new container on a full disk");
             eprintln!("container on a full disk: {err}");
@@ -395,6 +397,13 @@ fn runtime_root_disk_full_fails_clearly_and_recovers() {
                     .unwrap()
                     .flatten()
                 {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".json.tmp") {
+                        // a write that hit ENOSPC leaves its empty staging file (never read: the
+                        // record it would have replaced is intact); reported in RELIABILITY.md
+                        eprintln!("staging file left by the failed write: {name}");
+                        continue;
+                    }
                     let data = std::fs::read(e.path()).unwrap();
                     serde_json::from_slice::<serde_json::Value>(&data)
                         .unwrap_or_else(|err| panic!("{} corrupted: {err}", e.path().display()));
@@ -407,7 +416,7 @@ fn runtime_root_disk_full_fails_clearly_and_recovers() {
             std::fs::remove_file(filler).unwrap();
             let b = rt.run_pod_sandbox(case.sandbox("after")).await.unwrap();
             let cb = rt
-                .create_container(case.container(&b, "after"))
+                .create_container(case.container(&b, "after", "c"))
                 .await
                 .unwrap();
             rt.start_container(&cb).await.unwrap();
@@ -421,5 +430,6 @@ fn runtime_root_disk_full_fails_clearly_and_recovers() {
     })
     .unwrap();
     drop(umount);
+    drop(ns);
     case.assert_nothing_left(&before, "after the disk-full case");
 }

@@ -86,6 +86,9 @@ pub struct LeakScope {
     pub cgroup_parents: Vec<String>,
     /// A process whose command line contains one of these is ours (`nodekit-init`).
     pub process_markers: Vec<String>,
+    /// A process whose environment holds one of these `KEY=VALUE` entries is ours (set one on
+    /// the agent under test: the runtime's helper processes inherit it).
+    pub env_markers: Vec<String>,
     /// nftables table name prefixes of ours.
     pub nft_prefixes: Vec<String>,
 }
@@ -103,12 +106,22 @@ impl Default for LeakScope {
             mount_pids: vec![],
             cgroup_parents: vec!["nodekit".into()],
             process_markers: vec!["nodekit-init".into()],
+            env_markers: vec![],
             nft_prefixes: vec!["nodekit".into()],
         }
     }
 }
 
 impl LeakScope {
+    /// Our link and nftables prefixes only: no cgroup parent, no process marker (add precise ones
+    /// with the builders when other nodekit processes may run beside the test).
+    pub fn none() -> Self {
+        Self {
+            cgroup_parents: vec![],
+            process_markers: vec![],
+            ..Self::default()
+        }
+    }
     /// Also inventory this IPAM directory.
     #[must_use]
     pub fn ipam_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -143,6 +156,12 @@ impl LeakScope {
     #[must_use]
     pub fn process_marker(mut self, marker: impl Into<String>) -> Self {
         self.process_markers.push(marker.into());
+        self
+    }
+    /// Also count processes whose environment holds `key_value` (`KEY=VALUE`).
+    #[must_use]
+    pub fn env_marker(mut self, key_value: impl Into<String>) -> Self {
+        self.env_markers.push(key_value.into());
         self
     }
     /// Also count links whose name starts with `prefix`.
@@ -393,7 +412,14 @@ impl Inventory {
                     path == p || path.starts_with(&format!("{p}/"))
                 })
             });
-            if !(marked || in_ours) {
+            let tagged = !scope.env_markers.is_empty()
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| {
+                        env.split(|b| *b == 0)
+                            .any(|kv| scope.env_markers.iter().any(|m| kv == m.as_bytes()))
+                    })
+                    .unwrap_or(false);
+            if !(marked || in_ours || tagged) {
                 continue;
             }
             let ticks = start_ticks(pid);

@@ -192,6 +192,26 @@ fn every_kind_of_planted_leak_is_detected() {
         "a killed process still reported"
     );
 
+    // a process marked by its environment
+    let before = Inventory::take(&scope_env(&scope, &marker));
+    let tagged = Killed(
+        Command::new("sleep")
+            .arg("60")
+            .env("NKT_LEAK_TAG", &marker)
+            .spawn()
+            .unwrap(),
+    );
+    let leaked = Inventory::take(&scope_env(&scope, &marker)).diff(&before);
+    let pid_s = format!("{}@", tagged.0.id());
+    drop(tagged);
+    assert!(
+        leaked
+            .of(LeakKind::Process)
+            .iter()
+            .any(|r| r.id.starts_with(&pid_s)),
+        "a process with NKT_LEAK_TAG={marker} in its environment not detected: {leaked}"
+    );
+
     // a process marked by its cgroup (the unified hierarchy or pids on v1)
     let h = hiers
         .iter()
@@ -230,4 +250,8 @@ fn every_kind_of_planted_leak_is_detected() {
         },
     );
     assert!(!Path::new(&format!("/run/netns/{name}")).exists());
+}
+
+fn scope_env(scope: &LeakScope, marker: &str) -> LeakScope {
+    scope.clone().env_marker(format!("NKT_LEAK_TAG={marker}"))
 }
