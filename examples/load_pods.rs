@@ -133,7 +133,8 @@ async fn main() -> anyhow::Result<()> {
     let init = find_init(args.init_binary.clone())?;
     let tmp = tempfile::Builder::new().prefix("nodekit-load-").tempdir()?;
     let cgroup_parent = format!("nodekit-load/{}", std::process::id());
-    let scope = LeakScope::default()
+    // precise markers: other nodekit processes may run on this machine
+    let scope = LeakScope::none()
         .mount_root(tmp.path())
         .cgroup_parent(&cgroup_parent)
         .process_marker(tmp.path().to_str().unwrap_or("nodekit-load-"));
