@@ -7,17 +7,16 @@ use node_core::CniResult;
 
 /// One input: its bytes as a conflist, a conf and a result.
 pub fn run(data: &[u8]) {
-    for parsed in [
+    let parsed = [
         NetworkConfigList::parse_list(data, "fuzz.conflist"),
         NetworkConfigList::parse_conf(data, "fuzz.conf"),
-    ] {
-        if let Ok(list) = parsed {
-            assert!(
-                !list.plugins.is_empty(),
-                "a network with no plugin accepted"
-            );
-            let _ = version::parse(&list.cni_version);
-        }
+    ];
+    for list in parsed.into_iter().flatten() {
+        assert!(
+            !list.plugins.is_empty(),
+            "a network with no plugin accepted"
+        );
+        let _ = version::parse(&list.cni_version);
     }
     if let Ok(result) = serde_json::from_slice::<CniResult>(data) {
         let _ = result.pod_ips();

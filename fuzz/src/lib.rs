@@ -13,8 +13,11 @@ pub mod layer_unpack;
 pub mod manifest;
 pub mod mutate;
 
+/// A target's body.
+pub type Body = fn(&[u8]);
+
 /// The fuzz targets by name (as the `corpus/` directories are named).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("manifest", manifest::run),
     ("layer_unpack", layer_unpack::run),
     ("cni_parse", cni_parse::run),

@@ -132,7 +132,10 @@ fn a_panicking_body_is_a_finding() {
 
 // ---- the generated seeds ----
 
-fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+/// One tar entry of a generated seed: name, type, data, link target.
+type SeedEntry<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+
+fn tar_of(entries: &[SeedEntry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, data, link) in entries {
         let mut h = tar::Header::new_gnu();
@@ -184,7 +187,7 @@ fn write_seed_corpora() {
         "plain.tar.zst",
         &zstd::encode_all(plain.as_slice(), 1).unwrap(),
     );
-    let hostile: &[(&str, &[(&str, T, &[u8], Option<&str>)])] = &[
+    let hostile: &[(&str, &[SeedEntry<'_>])] = &[
         ("dotdot.tar", &[("../outside/evil", T::Regular, b"x", None)]),
         (
             "absolute.tar",
