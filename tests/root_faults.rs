@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use node_test_support::leaks::{Inventory, LeakScope};
 use node_test_support::{NetnsFixture, TestImage, require_command, require_path, require_root};
 
+mod reliability_common;
+
 const IMAGE: &str = "nodekit.local/faults/web:1";
 const PODS: [&str; 4] = ["web-0", "web-1", "web-2", "web-3"];
 const MAIN_IP: &str = "10.96.0.80";
@@ -84,23 +86,11 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     }
 }
 
-fn build_agent(repo: &Path) -> (PathBuf, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let builds: [&[&str]; 2] = [
-        &["build", "-p", "nodekit", "--example", "node-agent"],
-        &["build", "-p", "node-cri", "--bin", "nodekit-init"],
-    ];
-    for args in builds {
-        let st = Command::new(&cargo)
-            .args(args)
-            .current_dir(repo)
-            .status()
-            .expect("running cargo");
-        assert!(st.success(), "cargo {args:?} failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo.join("target"));
+fn build_agent() -> (PathBuf, PathBuf) {
+    let target = reliability_common::cargo_build(&[
+        &["-p", "nodekit", "--example", "node-agent"],
+        reliability_common::INIT,
+    ]);
     (
         target.join("debug/examples/node-agent"),
         target.join("debug/nodekit-init"),
@@ -448,8 +438,7 @@ fn run_faults(test: &str, iterations: usize, seed: u64) {
     if !require_root(test) || !require_command(test, "nft") || !require_path(test, "/bin/busybox") {
         return;
     }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let (agent_bin, init_bin) = build_agent(&repo);
+    let (agent_bin, init_bin) = build_agent();
     let tmp = std::env::temp_dir().join(format!("nodekit-faults-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(tmp.join("manifests")).unwrap();

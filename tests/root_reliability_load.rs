@@ -9,24 +9,14 @@ use std::process::Command;
 
 use node_test_support::{require_command, require_path, require_root};
 
+mod reliability_common;
+
 /// Build `example` (and the init binary); the target directory.
-fn build(repo: &std::path::Path, example: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let builds: [&[&str]; 2] = [
-        &["build", "-p", "nodekit", "--example", example],
-        &["build", "-p", "node-cri", "--bin", "nodekit-init"],
-    ];
-    for args in builds {
-        let st = Command::new(&cargo)
-            .args(args)
-            .current_dir(repo)
-            .status()
-            .expect("running cargo");
-        assert!(st.success(), "cargo {args:?} failed");
-    }
-    std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo.join("target"))
+fn build(example: &str) -> PathBuf {
+    reliability_common::cargo_build(&[
+        &["-p", "nodekit", "--example", example],
+        reliability_common::INIT,
+    ])
 }
 
 #[test]
@@ -35,7 +25,7 @@ fn ten_pods_churn_without_failure_or_leak() {
     if !require_root(test) || !require_path(test, "/bin/busybox") {
         return;
     }
-    let target = build(&PathBuf::from(env!("CARGO_MANIFEST_DIR")), "load_pods");
+    let target = build("load_pods");
     let out = Command::new(target.join("debug/examples/load_pods"))
         .args(["--pods", "10", "--concurrency", "5", "--rounds", "2"])
         .args([
@@ -60,7 +50,7 @@ fn proxy_syncs_under_churn_without_dropping_stable_traffic() {
     if !require_root(test) || !require_command(test, "nft") {
         return;
     }
-    let target = build(&PathBuf::from(env!("CARGO_MANIFEST_DIR")), "load_proxy");
+    let target = build("load_proxy");
     let out = Command::new(target.join("debug/examples/load_proxy"))
         .args(["--services", "1000", "--seconds", "5", "--churn", "20"])
         .output()

@@ -15,21 +15,12 @@ use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_test_support::leaks::{Inventory, LeakScope};
 use node_test_support::{FakeCni, NetnsFixture, TestImage, require_path, require_root};
 
+mod reliability_common;
+
 const IMAGE: &str = "nodekit.local/reliability/busybox:1";
 
 fn init_binary() -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "-p", "node-cri", "--bin", "nodekit-init"])
-        .current_dir(&repo)
-        .status()
-        .expect("running cargo");
-    assert!(st.success(), "building nodekit-init failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo.join("target"));
-    target.join("debug/nodekit-init")
+    reliability_common::cargo_build(&[reliability_common::INIT]).join("debug/nodekit-init")
 }
 
 /// A test's directory, cgroup parent and leak scope.
