@@ -1,7 +1,7 @@
 //! Test support for nodekit, in the spirit of `tower-test`: fakes of every node-core trait, a
 //! scripted pod source, network-namespace fixtures, a tiny OCI test image built from
-//! busybox-static, a docker-registry on 127.0.0.1 to serve it, and a private containerd for CRI
-//! tests.
+//! busybox-static, a docker-registry on 127.0.0.1 to serve it, a private containerd for CRI
+//! tests, and a leak checker that inventories what a node leaves behind.
 //!
 //! Tests that need root or a kernel feature call [`require_root`] (or [`require_command`]):
 //! locally they skip with a printed reason; under `CI=true` they fail loudly instead.
@@ -9,6 +9,7 @@
 pub mod containerd;
 pub mod fakes;
 pub mod image;
+pub mod leaks;
 pub mod netns;
 pub mod proxy_state;
 pub mod registry;
@@ -18,6 +19,7 @@ pub mod topology;
 pub use containerd::ContainerdFixture;
 pub use fakes::{FakeCni, FakeRouter, FakeRuntime, FakeStatusSink, ScriptedPodSource};
 pub use image::{Blob, TestImage};
+pub use leaks::{Inventory, LeakKind, LeakScope, Leaks};
 pub use netns::{NetnsFixture, connect_veth};
 pub use registry::LocalRegistry;
 pub use topology::{ServiceTopology, tcp_request, tcp_spread, udp_request};
