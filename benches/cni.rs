@@ -73,7 +73,7 @@ fn cpu_probe(rt: &tokio::runtime::Runtime, name: &str, p: &Arc<dyn CniPlugin>, a
     let n = all.len() as u32;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
     let per_add = cpus[1] / n;
-    println!(
+    eprintln!(
         "{name}: {n} concurrent ADDs: wall {:.1} ms, cpu {:.2} ms per ADD, floor on {cores} cores {:.1} ms",
         walls[1].as_secs_f64() * 1e3,
         per_add.as_secs_f64() * 1e3,
