@@ -1309,3 +1309,119 @@ fn an_image_pulled_from_a_registry_runs_from_the_image_store() {
         assert!(store.list_images(None).await.unwrap().is_empty());
     });
 }
+
+/// The pids of every `cgroup.procs` at or below the cgroup directories `dirs`.
+fn pids_below(dirs: &[PathBuf]) -> Vec<i32> {
+    let mut pids = vec![];
+    let mut todo = dirs.to_vec();
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                todo.push(e.path());
+            }
+        }
+        pids.extend(
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok()),
+        );
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+#[test]
+fn a_runtime_killed_while_creating_a_sandbox_leaves_a_notready_record_that_stop_and_remove_clean_up()
+ {
+    if !prerequisites(
+        "a_runtime_killed_while_creating_a_sandbox_leaves_a_notready_record_that_stop_and_remove_clean_up",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    in_netns("rtcrash", || async {
+        // the runtime "dies" once the pause process runs in the pod's cgroup and its namespaces
+        // and /dev/shm are mounted, before the record names them: the call is dropped there
+        let crashing = NativeRuntime::new(NativeConfig {
+            hang_after_pause_for_tests: true,
+            ..env.config()
+        })
+        .unwrap();
+        let req = cri::RunPodSandboxRequest {
+            config: Some(env.sandbox_config("crash")),
+            runtime_handler: String::new(),
+        };
+        let at_crash_point = async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !env.mounts_under_root().iter().any(|m| m.ends_with("/shm")) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the pod's /dev/shm never appeared"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            r = crashing.run_pod_sandbox(req) => panic!("run_pod_sandbox returned {r:?}"),
+            () = at_crash_point => {}
+        }
+        drop(crashing);
+        // the pause process joins the pod's cgroup itself, right after its fork
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pids = pids_below(&cgroup_dirs(&env.cgroup_parent));
+        while pids.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pids = pids_below(&cgroup_dirs(&env.cgroup_parent));
+        }
+        assert!(
+            !pids.is_empty() && pids.iter().all(|p| alive(*p)),
+            "the pause process runs in the pod's cgroup: {pids:?}"
+        );
+        let netns = std::fs::read_link(format!("/proc/{}/ns/net", pids[0])).unwrap();
+        assert!(
+            env.mounts_under_root()
+                .iter()
+                .any(|m| m.ends_with("/ns/net")),
+            "{:?}",
+            env.mounts_under_root()
+        );
+
+        // a restarted runtime knows the half-made sandbox
+        let rt = env.runtime();
+        let listed = rt.list_pod_sandbox(None).await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(
+            listed[0].state,
+            cri::PodSandboxState::SandboxNotready as i32
+        );
+        assert_eq!(listed[0].metadata.as_ref().unwrap().name, "crash");
+        let id = listed[0].id.clone();
+        assert!(pids.iter().all(|p| alive(*p)), "nothing killed it yet");
+
+        rt.stop_pod_sandbox(&id).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            pids.iter().all(|p| !alive(*p)),
+            "stop killed every process of the sandbox: {pids:?}"
+        );
+        rt.remove_pod_sandbox(&id).await.unwrap();
+        assert!(rt.list_pod_sandbox(None).await.unwrap().is_empty());
+        assert_eq!(env.mounts_under_root(), Vec::<String>::new());
+        assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
+        assert!(pids_below(&cgroup_dirs(&env.cgroup_parent)).is_empty());
+        assert!(!env.root.path().join("rt/sandboxes").join(&id).exists());
+        // nothing holds the pod's network namespace any more
+        let holders: Vec<_> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path().join("ns/net")).ok().as_ref() == Some(&netns))
+            .map(|e| e.file_name())
+            .collect();
+        assert!(holders.is_empty(), "{netns:?} held by {holders:?}");
+    });
+}

@@ -172,6 +172,11 @@ pub struct NativeConfig {
     /// The streaming server for Exec, Attach and PortForward (started on the first such call,
     /// on that caller's tokio runtime; default `127.0.0.1:0`).
     pub streaming: crate::streaming::StreamingConfig,
+    /// Test only: `run_sandbox` never returns once the pause process runs and its namespaces
+    /// are bind-mounted, before the sandbox record names them (dropping the call there is a
+    /// kill -9 of the runtime in that window).
+    #[doc(hidden)]
+    pub hang_after_pause_for_tests: bool,
 }
 
 impl Default for NativeConfig {
@@ -188,6 +193,7 @@ impl Default for NativeConfig {
             rlimits: Vec::new(),
             kill_wait: Duration::from_secs(10),
             streaming: Default::default(),
+            hang_after_pause_for_tests: false,
         }
     }
 }

@@ -281,6 +281,10 @@ impl NativeRuntime {
         let host_network = mode(ns_opts, |o| o.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns_opts, |o| o.ipc) == cri::NamespaceMode::Node;
         let id = new_id();
+        // held until the sandbox is made or rolled back: a stop of the record below (listed
+        // as NOTREADY while it is created) waits for the creation
+        let lock = self.lock_for(&id);
+        let _creating = lock.lock().await;
         let dir = self.sandbox_dir(&id);
         let given = config
             .linux
@@ -303,7 +307,7 @@ impl NativeRuntime {
         let mut rec = SandboxRecord {
             id: id.clone(),
             config: config.clone(),
-            status: SandboxStatus::Ready,
+            status: SandboxStatus::NotReady,
             created_at: now_ns(),
             pause: Started::default(),
             ips: vec![],
@@ -317,6 +321,11 @@ impl NativeRuntime {
         let mut t = PhaseTimer::start();
         // everything below is rolled back on failure
         let result = async {
+            // on disk before anything is made (containerd's "creating" sandbox): if the runtime
+            // dies from here on, a restarted runtime lists the sandbox as NOTREADY and its stop
+            // and removal kill whatever runs in its cgroup and remove the cgroup and mounts
+            self.store.save_sandbox(&rec)?;
+            t.mark("save_creating");
             std::fs::create_dir_all(dir.join("ns")).map_err(|e| io_err(&dir, e))?;
             t.mark("dirs");
             let cg = CgroupHandle::create_in(&self.cfg.cgroups, &format!("{parent}/{id}"))?;
@@ -362,9 +371,11 @@ impl NativeRuntime {
                 rec.shm = Some(shm);
             }
             t.mark("shm");
-            // on disk from here on (not ready yet): if the runtime dies during CNI ADD, the
-            // kubelet still finds the sandbox and stops and removes it
-            rec.status = SandboxStatus::NotReady;
+            if self.cfg.hang_after_pause_for_tests {
+                std::future::pending::<()>().await;
+            }
+            // the pause process and namespace files on disk (not ready yet): if the runtime
+            // dies during CNI ADD, the kubelet still finds them and stops and removes the sandbox
             self.store.save_sandbox(&rec)?;
             t.mark("save");
             if !host_network {
@@ -409,6 +420,8 @@ impl NativeRuntime {
             }
             let _ = std::fs::remove_dir_all(&dir);
             let _ = self.store.remove_sandbox(&id);
+            drop(_creating);
+            self.forget_lock(&id);
             return Err(e);
         }
         self.phases.record(&id, "run", t);
@@ -416,7 +429,8 @@ impl NativeRuntime {
     }
 
     /// Kill the pause process, release the network (when `cni_del`), unmount namespace files and
-    /// remove the pod cgroup. Errors of CNI DEL are returned; the rest is best effort.
+    /// remove the pod cgroup, killing every process still in it (a pause process the record
+    /// does not name yet included). Errors of CNI DEL are returned; the rest is best effort.
     async fn teardown_sandbox(&self, rec: &SandboxRecord, cni_del: bool) -> Option<RuntimeError> {
         let mut err = None;
         if cni_del
@@ -473,7 +487,9 @@ impl NativeRuntime {
         {
             self.stop(&c.id, Duration::ZERO).await?;
         }
-        if rec.status == SandboxStatus::NotReady && rec.ns_files.is_empty() {
+        // stopped already; a record without a pause process is one whose creation was
+        // interrupted: whatever it made is torn down (its cgroup's processes killed)
+        if rec.status == SandboxStatus::NotReady && rec.ns_files.is_empty() && rec.pause.pid > 0 {
             return Ok(());
         }
         if let Some(e) = self.teardown_sandbox(&rec, true).await {

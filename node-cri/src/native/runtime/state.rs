@@ -149,6 +149,12 @@ impl Store {
         for d in ["sandboxes", "containers"] {
             let p = s.root.join(d);
             std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+            // staging files of writes that never completed (a crash or a full disk)
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
         Ok(s)
     }
@@ -167,8 +173,14 @@ impl Store {
         let tmp = p.with_extension("json.tmp");
         let data = serde_json::to_vec_pretty(v)
             .map_err(|e| RuntimeError::Internal(format!("encode state {id}: {e}")))?;
-        std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))
+        let res = std::fs::write(&tmp, data)
+            .map_err(|e| io(&tmp, e))
+            .and_then(|()| std::fs::rename(&tmp, &p).map_err(|e| io(&p, e)));
+        if res.is_err() {
+            // a full disk leaves an empty or partial staging file: never keep it
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res
     }
 
     fn read<T: for<'de> Deserialize<'de>>(
@@ -345,5 +357,24 @@ mod tests {
         store.remove_container("abc").unwrap();
         assert!(store.containers().is_empty());
         assert!(!store.started_file("abc").exists());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_staging_file_and_open_removes_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).unwrap();
+        let containers = dir.path().join("state/containers");
+        // the rename fails: a non-empty directory holds the record's name
+        std::fs::create_dir_all(containers.join("abc.json/x")).unwrap();
+        let err = store.save_container(&record("abc")).unwrap_err();
+        assert!(err.to_string().contains("abc.json"), "{err}");
+        assert!(!containers.join("abc.json.tmp").exists());
+        // a staging file left by a runtime that died mid-write: ignored, then deleted on open
+        std::fs::write(containers.join("def.json.tmp"), b"").unwrap();
+        std::fs::write(dir.path().join("state/sandboxes/s1.json.tmp"), b"{").unwrap();
+        assert!(store.container_ids().iter().all(|i| i != "def"));
+        Store::new(dir.path()).unwrap();
+        assert!(!containers.join("def.json.tmp").exists());
+        assert!(!dir.path().join("state/sandboxes/s1.json.tmp").exists());
     }
 }
