@@ -8,34 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::core::v1::Pod;
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
 use node_kubelet::node::volumes::subpath::bind_subpath;
 use node_kubelet::node::volumes::{MemoryObjectStore, VolumeConfig, VolumeError, VolumeManager};
 use node_test_support::require_root;
 
-/// Runs `f` on a thread in a mount namespace of its own (every mount made there vanishes with
-/// the thread, even on panic).
-fn in_private_mount_ns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNS).expect("unshare mount namespace");
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .expect("make / private");
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
+use node_test_support::sweep::in_private_mount_ns;
 
 #[test]
 fn a_symlink_swap_cannot_make_a_subpath_escape() {

@@ -13,32 +13,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use nix::mount::{MsFlags, mount, umount};
-use nix::sched::{CloneFlags, unshare};
 use nix::sys::statfs::{TMPFS_MAGIC, statfs};
 use node_kubelet::node::volumes::{MemoryObjectStore, VolumeConfig, VolumeManager, is_mount_point};
 use node_test_support::require_root;
 
-/// Runs `f` on a thread in a new private mount namespace.
-fn in_private_mount_ns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNS).expect("unshare mount namespace");
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .expect("make / private");
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
+use node_test_support::sweep::in_private_mount_ns;
 
 fn pod(yaml: &str) -> Pod {
     serde_saphyr::from_str(yaml).unwrap()

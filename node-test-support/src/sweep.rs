@@ -64,3 +64,38 @@ pub fn detach_mounts_under(root: &Path) {
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
 }
+
+/// Runs `f` on a thread in a mount namespace of its own with private propagation: every mount
+/// made there vanishes with the thread, even on panic (the panic is passed on).
+pub fn in_private_mount_ns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            // SAFETY: unshare(2) on this thread only; mount(2) with static C strings.
+            unsafe {
+                assert_eq!(
+                    libc::unshare(libc::CLONE_NEWNS),
+                    0,
+                    "unshare mount namespace: {}",
+                    std::io::Error::last_os_error()
+                );
+                assert_eq!(
+                    libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ),
+                    0,
+                    "make / private: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            f()
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    })
+}
