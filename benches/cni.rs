@@ -1,7 +1,10 @@
 //! CNI ADD/DEL latency: the native `BridgePlugin` against `ExecCni` running the reference
 //! `bridge` + `host-local` plugins from /usr/lib/cni, in the same run; and 30 concurrent ADDs
-//! against one, for both. Needs root: everything runs inside throwaway network namespaces (the node
-//! is a namespace too). Run with `cargo bench --bench cni`.
+//! against one, for both. ADD with one host port: the native plugin in-process and the
+//! `nodekit-bridge` binary through `ExecCni` (the binary is `$NODEKIT_BRIDGE_BIN`, else
+//! `target/debug/nodekit-bridge`: build it first, `cargo build -p node-cni --bin nodekit-bridge`).
+//! Needs root: everything runs inside throwaway network namespaces (the node is a namespace too).
+//! Run with `cargo bench --bench cni`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use node_cni::{BridgeConfig, BridgePlugin, ExecCni, ExecConfig};
-use node_core::{Attachment, CniPlugin, PodRef};
+use node_core::{Attachment, CniPlugin, PodRef, PortMapping};
 use node_test_support::NetnsFixture;
 
 fn attachment(pod: &NetnsFixture, id: &str) -> Attachment {
@@ -20,6 +23,17 @@ fn attachment(pod: &NetnsFixture, id: &str) -> Attachment {
         pod: PodRef::new("default", id, id),
         capabilities: Default::default(),
     }
+}
+
+/// The attachment with one TCP host port `port` (to the pod's port 80).
+fn with_host_port(mut a: Attachment, port: u16) -> Attachment {
+    a.capabilities.port_mappings = vec![PortMapping {
+        host_port: port,
+        container_port: 80,
+        protocol: "tcp".into(),
+        host_ip: None,
+    }];
+    a
 }
 
 /// CPU time (user + system) of this process and its reaped children so far.
@@ -81,6 +95,64 @@ fn cpu_probe(rt: &tokio::runtime::Runtime, name: &str, p: &Arc<dyn CniPlugin>, a
     );
 }
 
+/// The kernel's share, without any plugin: bare veth pairs (host end in the node's namespace,
+/// peer created directly in a pod's namespace) on one route-netlink socket, one alone and 30
+/// sent back to back; five rounds, the medians. Each creation holds the rtnl lock, so 30 of them
+/// take about 30 times one whatever the concurrency: the floor under "30 concurrent ADDs".
+fn kernel_floor(rt: &tokio::runtime::Runtime, pods: &[NetnsFixture]) -> anyhow::Result<()> {
+    use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+    use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
+    use std::os::fd::AsRawFd;
+
+    let fds: Vec<std::fs::File> = pods
+        .iter()
+        .map(|p| std::fs::File::open(p.path()))
+        .collect::<Result<_, _>>()?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let task = tokio::spawn(conn);
+        let veth = |i: usize| {
+            let peer = LinkUnspec::new_with_name("nkfloor0")
+                .setns_by_fd(fds[i].as_raw_fd())
+                .build();
+            LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(format!("nkfloor{i}"))
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build()
+        };
+        let mut one = Vec::new();
+        let mut thirty = Vec::new();
+        for _ in 0..5 {
+            for n in [1usize, 30] {
+                let t = Instant::now();
+                futures::future::try_join_all(
+                    (0..n).map(|i| handle.link().add(veth(i)).execute()),
+                )
+                .await?;
+                let took = t.elapsed();
+                if n == 1 { one.push(took) } else { thirty.push(took) }
+                futures::future::try_join_all((0..n).map(|i| {
+                    handle
+                        .link()
+                        .del_with_message(LinkUnspec::new_with_name(&format!("nkfloor{i}")).build())
+                        .execute()
+                }))
+                .await?;
+            }
+        }
+        task.abort();
+        one.sort();
+        thirty.sort();
+        eprintln!(
+            "kernel floor: veth pair with its peer in a pod namespace: one {:.2} ms, 30 on one socket {:.1} ms ({:.1}x)",
+            one[2].as_secs_f64() * 1e3,
+            thirty[2].as_secs_f64() * 1e3,
+            thirty[2].as_secs_f64() / one[2].as_secs_f64()
+        );
+        anyhow::Ok(())
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let me = "benches/cni.rs";
     if !(node_test_support::require_root(me)
@@ -95,6 +167,30 @@ fn main() -> anyhow::Result<()> {
         format!(
             r#"{{"cniVersion":"1.0.0","name":"bench-ref","plugins":[{{"type":"bridge","bridge":"nkbref","isGateway":true,
                "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.201.0.0/16"}}]],"dataDir":"{}/ref-leases"}}}}]}}"#,
+            dir.display()
+        ),
+    )?;
+    let bridge_bin = std::env::var_os("NODEKIT_BRIDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/nodekit-bridge")
+        });
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(dir.join("net-bin.d"))?;
+    std::fs::create_dir_all(&bin_dir)?;
+    let with_binary = std::fs::copy(&bridge_bin, bin_dir.join("nodekit-bridge")).is_ok();
+    if !with_binary {
+        eprintln!(
+            "no plugin binary at {}: the exec_binary cases are left out",
+            bridge_bin.display()
+        );
+    }
+    std::fs::write(
+        dir.join("net-bin.d/10-bin.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"bench-bin","plugins":[{{"type":"nodekit-bridge","bridge":"nkbbin",
+               "subnets":["10.202.0.0/16"],"ipMasq":true,"dataDir":"{0}/bin-leases","stateDir":"{0}/bin-state",
+               "capabilities":{{"portMappings":true}}}}]}}"#,
             dir.display()
         ),
     )?;
@@ -122,8 +218,18 @@ fn main() -> anyhow::Result<()> {
                 .bin_dirs([PathBuf::from("/usr/lib/cni")])
                 .cache_dir(dir.join("cache")),
         )?);
+        let binary: Arc<dyn CniPlugin> = Arc::new(ExecCni::new(
+            ExecConfig::default()
+                .conf_dir(dir.join("net-bin.d"))
+                .bin_dirs([bin_dir.clone()])
+                .cache_dir(dir.join("bin-cache")),
+        )?);
         let plugins: [(&str, Arc<dyn CniPlugin>); 2] =
             [("native", native.clone()), ("exec_reference", reference)];
+        let mut hostport: Vec<(&str, Arc<dyn CniPlugin>)> = vec![("native", native.clone())];
+        if with_binary {
+            hostport.push(("exec_binary", binary));
+        }
         let mut c = Criterion::default()
             .configure_from_args()
             .sample_size(20)
@@ -141,6 +247,25 @@ fn main() -> anyhow::Result<()> {
                         rt.block_on(p.add(&a)).expect("ADD");
                         total += t.elapsed();
                         rt.block_on(p.del(&a)).expect("DEL");
+                    }
+                    total
+                })
+            });
+        }
+        g.finish();
+
+        // ADD with one host port (its DEL untimed); the one-time setup is done before
+        let ah = with_host_port(a.clone(), 18080);
+        let mut g = c.benchmark_group("cni_add_hostport");
+        for (name, p) in &hostport {
+            g.bench_function(*name, |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        rt.block_on(p.add(&ah)).expect("ADD");
+                        total += t.elapsed();
+                        rt.block_on(p.del(&ah)).expect("DEL");
                     }
                     total
                 })
@@ -168,6 +293,15 @@ fn main() -> anyhow::Result<()> {
             .collect();
         for (name, p) in &plugins {
             cpu_probe(&rt, name, p, &all);
+        }
+        kernel_floor(&rt, &pods)?;
+        let all_hp: Vec<Attachment> = all
+            .iter()
+            .enumerate()
+            .map(|(i, a)| with_host_port(a.clone(), 20000 + i as u16))
+            .collect();
+        for (name, p) in &hostport {
+            cpu_probe(&rt, &format!("{name} with a host port"), p, &all_hp);
         }
         let mut g = c.benchmark_group("cni_concurrent_add");
         g.sample_size(10);

@@ -3,20 +3,34 @@
 //!
 //! Endpoints are computed from the local pods that match each Service's selector and are Ready,
 //! one EndpointSlice per Service (as the endpointslice controller would), so unchanged Pod and
-//! Service YAML works. On Ctrl-C or SIGTERM every pod is stopped and removed (in every mode: the
-//! agent leaves nothing behind, unlike a kubelet restart), the service rules are deleted and the
-//! bridge's pod networking is garbage-collected. Logs are human-readable on the terminal, JSON
-//! with `--log-format json`; `/healthz`, `/pods` and `/metrics` are served on `--http-addr`.
+//! Service YAML works. Static pods are named `<name>-<node>`, as kubelet names them. Logs are
+//! human-readable on the terminal, JSON with `--log-format json`; `/healthz`, `/pods` and
+//! `/metrics` are served on `--http-addr`.
+//!
+//! The node layer (`node-agent-parts/node.rs`, kubelet's flag names): admission against
+//! allocatable (`--max-pods`, `--kube-reserved`, `--system-reserved`, `--eviction-hard`; a pod
+//! that does not fit is Failed with `OutOfpods`, `OutOfcpu`, ...), one cgroup per pod by QoS
+//! class when run as root (`--cgroups-per-qos`, `--cgroup-root`), pod volumes under
+//! `<root>/kubelet` (emptyDir, configMap and secret from the manifest directory or the API
+//! server, hostPath, downwardAPI, projected), eviction, and graceful node shutdown
+//! (`--shutdown-grace-period`, through a systemd-logind delay inhibitor).
+//!
+//! Exit: SIGTERM or Ctrl-C stops the agent alone, as kubelet: pods, service rules and pod
+//! networks keep running, and the next agent on the same `--root` adopts them (same containers,
+//! no restart; the Service keeps answering). `--drain-on-exit` terminates the pods by priority
+//! first and then removes every pod, rule, network, volume and cgroup (the demo's mode);
+//! `--cleanup` removes what an earlier agent left on `--root`, then exits.
 //!
 //! ```text
-//! sudo target/debug/examples/node-agent --manifests examples/manifests \
+//! sudo target/debug/examples/node-agent --manifests examples/manifests --drain-on-exit \
 //!     --import-image /tmp/web-oci=nodekit.local/demo/web:1
 //! ```
 //!
 //! Cluster mode (`--kubeconfig PATH`, or `--cluster` for the in-cluster/default kube config):
 //! the pods bound to `--node-name` (default: the hostname) come from the API server, pod status is
 //! patched there, the Node is registered and its Lease renewed, and Services and EndpointSlices
-//! are watched from the API server (see `node-agent-parts/cluster.rs`).
+//! are watched from the API server (see `node-agent-parts/cluster.rs`). `--manifests DIR` adds
+//! static pods beside them (with mirror pods on the API server), as kubelet's `staticPodPath`.
 //!
 //! `--runtime cri --cri-endpoint unix:///run/containerd/containerd.sock` drives containerd (or any
 //! CRI runtime) through `CriClient` instead of the native runtime; the runtime then sets up pod
@@ -48,10 +62,12 @@ use node_core::{CniPlugin, ImageBackend, PodSource, RuntimeBackend, ServiceRoute
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::{CriClient, CriClientConfig};
-use node_kubelet::node::api::NodeApiConfig;
+use node_kubelet::node::NodeManager;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
+use node_kubelet::node::logind::ShutdownInhibitor;
 use node_kubelet::{
-    CancellationToken, FileSource, JsonStatusSink, Kubelet, KubeletConfig, PodStates,
+    CancellationToken, FileSource, FileSourceConfig, JsonStatusSink, Kubelet, KubeletConfig,
+    PodStates,
 };
 use node_proxy::{
     ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent, ServiceSource, ServiceStream,
@@ -61,13 +77,16 @@ use node_proxy::{
 mod cleanup;
 #[path = "node-agent-parts/cluster.rs"]
 mod cluster;
+#[path = "node-agent-parts/node.rs"]
+mod node;
 
 #[derive(Debug, Parser)]
 #[command(about = "The nodekit all-in-one node agent (standalone mode)")]
 struct Args {
-    /// The directory of Pod and Service manifests.
-    #[arg(long, default_value = "examples/manifests")]
-    manifests: PathBuf,
+    /// The directory of Pod, Service, ConfigMap and Secret manifests (standalone default:
+    /// `examples/manifests`); in cluster mode, static pods beside the API server's.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
     /// Where the agent keeps its state.
     #[arg(long, default_value = "/var/lib/nodekit")]
     root: PathBuf,
@@ -112,6 +131,18 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Remove every pod, service rule, pod network, volume and pod cgroup an earlier agent left
+    /// on `--root` (and the same `--cgroup-root`), then exit.
+    #[arg(long)]
+    cleanup: bool,
+    #[command(flatten)]
+    node: node::NodeFlags,
+}
+
+/// Whether this process runs as root (pod cgroups need it).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn init_logs(format: &str) {
@@ -245,40 +276,140 @@ async fn main() -> anyhow::Result<()> {
     init_logs(&args.log_format);
     let stop = node_kubelet::node::shutdown::termination_signal()?;
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let cgroups = args.node.cgroups_per_qos && is_root();
+    if args.cleanup {
+        let node_config = node::node_config(&args.node, &args.root, &node_name, cgroups)?;
+        let (rt, _, native) = runtime(&args).await?;
+        let nft = NftablesRouter::new().context("the nftables router")?;
+        leave_nothing(rt.as_ref(), &nft, native, &node_config, &args.root).await;
+        return Ok(());
+    }
     let cluster = if args.cluster || args.kubeconfig.is_some() {
         Some(cluster::Cluster::connect(args.kubeconfig.as_deref(), &node_name).await?)
     } else {
-        anyhow::ensure!(
-            args.manifests.is_dir(),
-            "--manifests {}: not a directory",
-            args.manifests.display()
-        );
         None
     };
+    // standalone: the manifest directory (the demo's by default); cluster: static pods only when
+    // asked for
+    let manifests = match (&cluster, &args.manifests) {
+        (None, None) => Some(PathBuf::from("examples/manifests")),
+        (_, m) => m.clone(),
+    };
+    if let Some(dir) = &manifests {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--manifests {}: not a directory",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(&args.root)
         .with_context(|| format!("creating --root {}", args.root.display()))?;
+    let mut node_config = node::node_config(&args.node, &args.root, &node_name, cgroups)?;
+    node_config.pod_log_root = args.pod_log_root.clone();
 
     let (rt, images, native) = runtime(&args).await?;
+    let token = CancellationToken::new();
 
-    // the kubelet: pods from the manifest directory or the API server
-    let (pods, status): (Arc<dyn PodSource>, Arc<dyn StatusSink>) = match &cluster {
-        Some(c) => (c.pod_source(), c.status_sink()),
-        None => (
-            Arc::new(FileSource::new(args.manifests.clone())),
-            Arc::new(JsonStatusSink::new(args.root.join("status"))?),
-        ),
+    // configMaps and secrets for volumes and environment: the manifest directory or the API
+    let objects = Arc::new(node::Objects::default());
+    match (&cluster, &manifests) {
+        (Some(c), _) => objects.follow_api(c.client(), token.clone()),
+        (None, Some(dir)) => objects.follow_dir(dir.clone(), token.clone()),
+        (None, None) => {}
+    }
+
+    // the node layer: admission, pod cgroups, volumes, eviction, graceful shutdown
+    let mut node_manager = match NodeManager::new(node_config.clone(), objects.clone()) {
+        Err(e @ node_kubelet::node::manager::NodeManagerError::Cgroups(_)) => {
+            tracing::warn!(error = %e, "pods run without cgroups of their own (--cgroups-per-qos=false silences this)");
+            node_config.cgroups = None;
+            NodeManager::new(node_config.clone(), objects.clone())
+        }
+        r => r,
+    }
+    .context("the node manager (capacity, pod cgroups)")?;
+    let allocatable = node_manager.allocatable();
+    tracing::info!(
+        cpu_milli = allocatable.cpu_milli,
+        memory = allocatable.memory_bytes,
+        ephemeral_storage = allocatable.ephemeral_storage_bytes,
+        pods = allocatable.pods,
+        cgroups = node_config
+            .cgroups
+            .as_ref()
+            .map(|c| c.root.as_str())
+            .unwrap_or("off"),
+        "node allocatable"
+    );
+    // the node's status: with an API server the Node is registered, its Lease renewed and its
+    // status patched; standalone it is served at /node
+    if let Some(c) = &cluster {
+        node_manager = node_manager.api(c.client());
+    }
+    node_manager = node_manager.runtime(rt.clone(), images.clone());
+    let latest_node = node_manager.latest_node();
+    let shutdown_reports = node_manager.shutdown_reports();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let inhibitor = logind_inhibitor(&node_config).await;
+    if !node_config.shutdown.by_priority.is_empty() {
+        let logind = match &inhibitor {
+            Some(i) => Some(i.prepare_for_shutdown().await?),
+            None => None,
+        };
+        node_manager = node_manager.shutdown_on(async move {
+            let drain = async {
+                if drain_rx.await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            };
+            let logind = async {
+                match logind {
+                    Some(f) => f.await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = drain => {}
+                _ = logind => {}
+            }
+        });
+    }
+    if let Some(i) = &inhibitor {
+        i.release_after(shutdown_reports.clone());
+    }
+
+    // the kubelet: pods from the API server and/or the manifest directory (static pods)
+    let mut builder = Kubelet::builder(node_name.clone());
+    let status: Arc<dyn StatusSink> = match &cluster {
+        Some(c) => {
+            builder = builder.source(c.pod_source());
+            c.status_sink()
+        }
+        None => Arc::new(JsonStatusSink::new(args.root.join("status"))?),
     };
-    let kubelet = Kubelet::builder(node_name.clone())
-        .source(pods)
+    if let Some(dir) = &manifests {
+        let file: Arc<dyn PodSource> = Arc::new(FileSource::with_config(
+            dir.clone(),
+            FileSourceConfig {
+                node_name: node_name.clone(),
+                ..Default::default()
+            },
+        ));
+        builder = builder.source(file);
+    }
+    let kubelet = builder
         .runtime(rt.clone(), images)
         .status(status)
+        .value_store(objects.clone())
+        .node(Arc::new(node_manager))
         .config(KubeletConfig {
             pod_log_root: args.pod_log_root.clone(),
+            node_cpu_millis: allocatable.cpu_milli,
+            node_memory_bytes: allocatable.memory_bytes,
             ..Default::default()
         })
         .build()?;
     let states = kubelet.states();
-    let token = CancellationToken::new();
 
     // the proxy: services from the manifest directory (endpoints from local Ready pods) or the
     // API server (Services and EndpointSlices)
@@ -296,36 +427,28 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         })
         .build()?;
-    let source: Box<dyn ServiceSource> = match &cluster {
-        Some(c) => Box::new(c.service_source()),
-        None => Box::new(StandaloneServices {
-            dir: args.manifests.clone(),
+    let source: Box<dyn ServiceSource> = match (&cluster, &manifests) {
+        (Some(c), _) => Box::new(c.service_source()),
+        (None, dir) => Box::new(StandaloneServices {
+            dir: dir.clone().expect("standalone has a manifest directory"),
             states: states.clone(),
             node: node_name.clone(),
             service_cidr: args.service_cidr,
+            endpoints_file: endpoints_file(&args.root),
         }),
-    };
-
-    // the node in the cluster: registration, Lease, node status
-    let node_task = match &cluster {
-        Some(c) => {
-            let version = match rt.version().await {
-                Ok(v) => format!("{}://{}", v.runtime_name, v.runtime_version),
-                Err(_) => String::new(),
-            };
-            Some(c.run_node(version, NodeApiConfig::default(), token.clone()))
-        }
-        None => None,
     };
 
     // HTTP
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding --http-addr {}", args.http_addr))?;
-    let app = router(HttpState::new(
-        Arc::new(StatesProvider(states.clone())),
-        &NodeMetrics::default(),
-    ));
+    let app = router(
+        HttpState::new(
+            Arc::new(StatesProvider(states.clone())),
+            &NodeMetrics::default(),
+        )
+        .node(latest_node),
+    );
     let http_token = token.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -337,7 +460,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "standalone"
     };
-    tracing::info!(node = %node_name, mode, runtime = %args.runtime, http = %args.http_addr, "node agent started");
+    tracing::info!(node = %node_name, mode, runtime = %args.runtime, http = %args.http_addr,
+        drain_on_exit = args.node.drain_on_exit, "node agent started");
 
     let k_token = token.clone();
     let kubelet_task = tokio::spawn(async move { kubelet.run(k_token).await });
@@ -345,7 +469,24 @@ async fn main() -> anyhow::Result<()> {
     let proxy_task = tokio::spawn(async move { proxy.run(source.as_ref(), p_token).await });
 
     stop.await;
-    tracing::info!("shutting down: stopping every pod");
+    if args.node.drain_on_exit {
+        let budget = node_config.shutdown.budget();
+        tracing::info!(?budget, "draining: terminating the pods by priority");
+        let _ = drain_tx.send(());
+        let mut reports = shutdown_reports.clone();
+        let done = tokio::time::timeout(
+            budget + Duration::from_secs(10),
+            reports.wait_for(Option::is_some),
+        )
+        .await;
+        if !matches!(done, Ok(Ok(_))) {
+            tracing::warn!("the graceful shutdown did not finish in its budget");
+        }
+    } else {
+        tracing::info!(
+            "stopping the agent; pods, service rules and pod networks keep running for the next agent (--drain-on-exit removes them)"
+        );
+    }
     token.cancel();
     if let Err(e) = kubelet_task.await? {
         tracing::warn!(error = %e, "kubelet");
@@ -353,14 +494,68 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = proxy_task.await? {
         tracing::warn!(error = %e, "proxy");
     }
-    if let Some(t) = node_task {
-        let _ = t.await;
-    }
     let _ = http.await;
-    cleanup::remove_all_pods(rt.as_ref()).await;
+    if args.node.drain_on_exit {
+        leave_nothing(rt.as_ref(), &nft, native, &node_config, &args.root).await;
+    } else {
+        tracing::info!("node agent stopped");
+    }
+    Ok(())
+}
+
+/// A systemd-logind delay inhibitor when graceful node shutdown is configured and logind
+/// answers (else graceful shutdown happens with `--drain-on-exit` only).
+async fn logind_inhibitor(config: &node_kubelet::node::NodeConfig) -> Option<ShutdownInhibitor> {
+    let budget = config.shutdown.budget();
+    if budget.is_zero() {
+        return None;
+    }
+    let take = ShutdownInhibitor::system("nodekit node-agent", "terminating pods gracefully");
+    match tokio::time::timeout(Duration::from_secs(3), take).await {
+        Ok(Ok(i)) => {
+            if let Ok(max) = i.max_delay().await
+                && max < budget
+            {
+                tracing::warn!(?budget, logind_max = ?max,
+                    "the shutdown budget exceeds logind's InhibitDelayMaxUSec: pods may be cut short");
+            }
+            tracing::info!(
+                ?budget,
+                "graceful node shutdown armed (logind delay inhibitor)"
+            );
+            Some(i)
+        }
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "no logind inhibitor: graceful node shutdown with --drain-on-exit only");
+            None
+        }
+        Err(_) => {
+            tracing::info!(
+                "logind did not answer: graceful node shutdown with --drain-on-exit only"
+            );
+            None
+        }
+    }
+}
+
+/// Where the standalone agent keeps the pods last published as Ready endpoints.
+fn endpoints_file(root: &Path) -> PathBuf {
+    root.join("proxy/ready-endpoints.json")
+}
+
+/// Removes every pod, the service rules, the pod network, pod volumes and cgroups.
+async fn leave_nothing(
+    rt: &dyn RuntimeBackend,
+    nft: &NftablesRouter,
+    native: Option<NativeParts>,
+    node_config: &node_kubelet::node::NodeConfig,
+    root: &Path,
+) {
+    cleanup::remove_all_pods(rt).await;
     if let Err(e) = nft.cleanup().await {
         tracing::warn!(error = %e, "removing the service rules");
     }
+    let _ = std::fs::remove_file(endpoints_file(root));
     if let Some(NativeParts { cni }) = native {
         if let Err(e) = cni.gc(&[]).await {
             tracing::warn!(error = %e, "pod network garbage collection");
@@ -368,8 +563,8 @@ async fn main() -> anyhow::Result<()> {
         // the bridge plugin's own masquerade table and bridge: the node's pod network is gone
         remove_pod_network(cni.nft_table(), &cni.config().bridge);
     }
+    node::remove_node_leftovers(node_config);
     tracing::info!("node agent stopped; nothing left behind");
-    Ok(())
 }
 
 /// Delete the bridge plugin's nftables table and bridge (best effort, reported).
@@ -395,11 +590,42 @@ fn remove_pod_network(table: &str, bridge: &str) {
 }
 
 /// Services from the manifest directory, EndpointSlices computed from the kubelet's Ready pods.
+///
+/// After a restart the kubelet sees adopted pods as not Ready until their readiness probes
+/// answer again; the rules of the last agent stay in place meanwhile: the first sync waits until
+/// every pod published Ready before (`endpoints_file`, as an API server keeps EndpointSlices
+/// across a kubelet restart) is Ready again, at most [`ADOPTION_WAIT`].
 struct StandaloneServices {
     dir: PathBuf,
     states: PodStates,
     node: String,
     service_cidr: ipnet::IpNet,
+    endpoints_file: PathBuf,
+}
+
+/// The longest a restarted agent keeps the last agent's service rules while waiting for the
+/// pods they point to to be Ready again.
+const ADOPTION_WAIT: Duration = Duration::from_secs(15);
+
+/// The UIDs of the pods that are Ready endpoints in `slices`.
+fn ready_endpoint_uids(slices: &[EndpointSlice]) -> std::collections::BTreeSet<String> {
+    slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .filter_map(|e| e.target_ref.as_ref()?.uid.clone())
+        .collect()
+}
+
+/// Writes `uids` to `path` (through a rename, so a reader never sees half a file).
+fn save_uids(path: &Path, uids: &std::collections::BTreeSet<String>) {
+    let tmp = path.with_extension("tmp");
+    let r = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(uids).unwrap_or_default()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "saving the ready endpoints");
+    }
 }
 
 impl ServiceSource for StandaloneServices {
@@ -413,6 +639,19 @@ impl ServiceSource for StandaloneServices {
         let states = self.states.clone();
         let node = self.node.clone();
         let cidr = self.service_cidr;
+        let file = self.endpoints_file.clone();
+        // the pods the last agent published Ready (nothing on a first start)
+        let mut held: std::collections::BTreeSet<String> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let hold_until = tokio::time::Instant::now() + ADOPTION_WAIT;
+        if !held.is_empty() {
+            tracing::info!(
+                pods = held.len(),
+                "keeping the last service rules until the adopted pods are Ready"
+            );
+        }
         tokio::spawn(async move {
             let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
             let mut last: Option<(Vec<Service>, Vec<EndpointSlice>)> = None;
@@ -437,7 +676,19 @@ impl ServiceSource for StandaloneServices {
                     .cloned()
                     .collect();
                 let slices = compute_slices(&svcs, &states, &node);
+                let ready = ready_endpoint_uids(&slices);
+                if !held.is_empty() {
+                    if !held.is_subset(&ready) && tokio::time::Instant::now() < hold_until {
+                        continue;
+                    }
+                    tracing::info!(
+                        ready = ready.len(),
+                        "adopted pods Ready: service rules follow the kubelet"
+                    );
+                    held.clear();
+                }
                 if last.as_ref() != Some(&(svcs.clone(), slices.clone())) {
+                    save_uids(&file, &ready);
                     last = Some((svcs.clone(), slices.clone()));
                     let ev = ServiceEvent::Snapshot {
                         services: Some(svcs),

@@ -24,14 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use async_trait::async_trait;
 use node_cni::{BridgeConfig, BridgePlugin};
-use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
+use node_core::{ImageBackend, RuntimeBackend, cri};
 use node_cri::client::timing::{PodStartSpec, PodStartTimings, measure_pod_start};
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::{CriClient, CriClientConfig};
-use node_test_support::{ContainerdFixture, NetnsFixture, TestImage};
+use node_test_support::hooked::Phase;
+use node_test_support::{ContainerdFixture, HookedRuntime, NetnsFixture, TestImage};
 
 /// Warm-up runs, not counted.
 const WARMUPS: usize = 2;
@@ -43,102 +43,9 @@ struct Figures {
     stop_remove: Vec<Duration>,
 }
 
-/// Delegates every call to `inner`, timing `StopPodSandbox` + `RemovePodSandbox` of each pod.
-struct StopTimer<'a> {
-    inner: &'a dyn RuntimeBackend,
-    stop_started: Mutex<Option<Instant>>,
-    stop_remove: Mutex<Vec<Duration>>,
-}
-
-impl<'a> StopTimer<'a> {
-    fn new(inner: &'a dyn RuntimeBackend) -> Self {
-        Self {
-            inner,
-            stop_started: Mutex::new(None),
-            stop_remove: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-#[async_trait]
-impl RuntimeBackend for StopTimer<'_> {
-    async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
-        self.inner.version().await
-    }
-    async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
-        self.inner.status(verbose).await
-    }
-    async fn run_pod_sandbox(
-        &self,
-        req: cri::RunPodSandboxRequest,
-    ) -> Result<String, RuntimeError> {
-        self.inner.run_pod_sandbox(req).await
-    }
-    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        *self.stop_started.lock().unwrap() = Some(Instant::now());
-        self.inner.stop_pod_sandbox(id).await
-    }
-    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        let r = self.inner.remove_pod_sandbox(id).await;
-        if let (Ok(()), Some(t0)) = (&r, self.stop_started.lock().unwrap().take()) {
-            self.stop_remove.lock().unwrap().push(t0.elapsed());
-        }
-        r
-    }
-    async fn pod_sandbox_status(
-        &self,
-        id: &str,
-        verbose: bool,
-    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
-        self.inner.pod_sandbox_status(id, verbose).await
-    }
-    async fn list_pod_sandbox(
-        &self,
-        filter: Option<cri::PodSandboxFilter>,
-    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
-        self.inner.list_pod_sandbox(filter).await
-    }
-    async fn create_container(
-        &self,
-        req: cri::CreateContainerRequest,
-    ) -> Result<String, RuntimeError> {
-        self.inner.create_container(req).await
-    }
-    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.start_container(id).await
-    }
-    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
-        self.inner.stop_container(id, timeout).await
-    }
-    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.remove_container(id).await
-    }
-    async fn container_status(
-        &self,
-        id: &str,
-        verbose: bool,
-    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
-        self.inner.container_status(id, verbose).await
-    }
-    async fn list_containers(
-        &self,
-        filter: Option<cri::ContainerFilter>,
-    ) -> Result<Vec<cri::Container>, RuntimeError> {
-        self.inner.list_containers(filter).await
-    }
-    async fn exec_sync(
-        &self,
-        id: &str,
-        cmd: Vec<String>,
-        timeout: Duration,
-    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
-        self.inner.exec_sync(id, cmd, timeout).await
-    }
-}
-
 /// Warm up, then measure `runs` pods of `spec` on `runtime`.
 async fn measure(
-    runtime: &dyn RuntimeBackend,
+    runtime: Arc<dyn RuntimeBackend>,
     spec: &PodStartSpec,
     runs: usize,
 ) -> Result<Figures> {
@@ -147,14 +54,28 @@ async fn measure(
     if let Some(m) = warm.sandbox.metadata.as_mut() {
         m.name = format!("{}-warm", m.name);
     }
-    measure_pod_start(runtime, &warm).await.context("warm-up")?;
-    let timer = StopTimer::new(runtime);
+    measure_pod_start(runtime.as_ref(), &warm)
+        .await
+        .context("warm-up")?;
+    // StopPodSandbox + RemovePodSandbox of each pod, timed around the runtime
+    let stop_started = Mutex::new(None::<Instant>);
+    let stop_remove = Arc::new(Mutex::new(Vec::new()));
+    let times = stop_remove.clone();
+    let timer = HookedRuntime::new(runtime).observing(move |call, phase| match (call, phase) {
+        ("stop_pod_sandbox", Phase::Before) => *stop_started.lock().unwrap() = Some(Instant::now()),
+        ("remove_pod_sandbox", Phase::After { ok: true }) => {
+            if let Some(t0) = stop_started.lock().unwrap().take() {
+                times.lock().unwrap().push(t0.elapsed());
+            }
+        }
+        _ => {}
+    });
     let mut counted = spec.clone();
     counted.runs = runs;
     let start = measure_pod_start(&timer, &counted)
         .await
         .context("measured runs")?;
-    let stop_remove = timer.stop_remove.into_inner().unwrap();
+    let stop_remove = std::mem::take(&mut *stop_remove.lock().unwrap());
     if stop_remove.len() != runs {
         bail!(
             "only {} of {runs} pods were stopped and removed cleanly",
@@ -226,18 +147,18 @@ async fn native(runs: usize) -> Result<Figures> {
         state_dir: root.join("cni/state"),
         ..Default::default()
     })?;
-    let rt = NativeRuntime::new(NativeConfig {
+    let rt = Arc::new(NativeRuntime::new(NativeConfig {
         root: root.join("rt"),
         cni: Arc::new(cni),
         images,
         init_binary: Some(init_binary()?),
         cgroup_parent: env.cgroup_parent.clone(),
         ..Default::default()
-    })?;
+    })?);
     let logs = root.join("pod-logs");
     std::fs::create_dir_all(&logs)?;
     let spec = PodStartSpec::sleeping("native", reference, &logs.display().to_string(), runs);
-    let figures = measure(&rt, &spec, runs).await;
+    let figures = measure(rt.clone(), &spec, runs).await;
     if let Ok(left) = rt.list_pod_sandbox(None).await {
         for p in left {
             let _ = rt.stop_pod_sandbox(&p.id).await;
@@ -277,7 +198,7 @@ async fn containerd(runs: usize) -> Result<(String, Figures)> {
     if let Some(l) = spec.sandbox.linux.as_mut() {
         l.cgroup_parent = f.cgroup_parent().into();
     }
-    let figures = measure(&c, &spec, runs)
+    let figures = measure(Arc::new(c.clone()), &spec, runs)
         .await
         .with_context(|| f.log_tail(30))?;
     Ok((c.runtime_version().to_string(), figures))

@@ -9,6 +9,7 @@
 //! | `cri` | `node-cri`: CRI client, native runtime, CRI server | `cri` |
 //! | `proxy` | `node-proxy`: service tracking, nftables/iptables/IPVS routers | `proxy` |
 //! | `cni` | `node-cni`: CNI runtime, native bridge plugin | `cni` |
+//! | `nft` | `node-nft`: nf_tables over netlink (atomic batches) | `nft` (on with `proxy` or `cni`) |
 
 pub use node_core as core;
 pub use node_core::{
@@ -21,5 +22,7 @@ pub use node_cni as cni;
 pub use node_cri as cri;
 #[cfg(feature = "kubelet")]
 pub use node_kubelet as kubelet;
+#[cfg(feature = "nft")]
+pub use node_nft as nft;
 #[cfg(feature = "proxy")]
 pub use node_proxy as proxy;

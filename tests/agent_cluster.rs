@@ -13,17 +13,16 @@ use std::time::Duration;
 use node_core::ServiceRouter;
 use node_core::proxy::NodeInfo;
 use node_kubelet::node::api::NodeApiConfig;
-use node_kubelet::{CancellationToken, Kubelet};
+use node_kubelet::node::status::NodeReportConfig;
+use node_kubelet::node::volumes::MemoryObjectStore;
+use node_kubelet::node::{NodeConfig, NodeManager};
+use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_proxy::Proxy;
-use node_test_support::{FakeRouter, FakeRuntime};
+use node_test_support::{FakeApiServer, FakeRouter, FakeRuntime};
 use serde_json::json;
 
 #[path = "../examples/node-agent-parts/cluster.rs"]
 mod cluster;
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
-
-use fake_apiserver::FakeApiServer;
 
 const IMAGE: &str = "registry.test/web:1";
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,6 +36,31 @@ fn pod(name: &str, node: &str) -> serde_json::Value {
     })
 }
 
+/// The agent's node manager for `node` in cluster mode (registration, Lease, node status, mirror pods),
+/// with its directories under `dir` and no pod cgroups.
+fn node_manager(
+    c: &cluster::Cluster,
+    node: &str,
+    rt: Arc<FakeRuntime>,
+    dir: &std::path::Path,
+) -> NodeManager {
+    let mut config = NodeConfig::new(node);
+    config.cgroups = None;
+    config.volumes.root_dir = dir.join("kubelet");
+    config.allocatable.root_dir = dir.to_path_buf();
+    NodeManager::new(config, Arc::new(MemoryObjectStore::default()))
+        .unwrap()
+        .report(NodeReportConfig {
+            api: NodeApiConfig {
+                renew_interval: Duration::from_millis(300),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .runtime(rt.clone(), rt)
+        .api(c.client())
+}
+
 fn sandbox_names(rt: &FakeRuntime) -> Vec<String> {
     rt.sandboxes()
         .into_iter()
@@ -47,7 +71,7 @@ fn sandbox_names(rt: &FakeRuntime) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
-    let api = FakeApiServer::start().await;
+    let api = FakeApiServer::new();
     api.apply("pods", pod("web", "node-1"));
     api.apply("pods", pod("elsewhere", "node-2"));
     api.apply(
@@ -73,10 +97,16 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     let c = cluster::Cluster::new(api.client(), "node-1");
     let rt = Arc::new(FakeRuntime::new());
     rt.add_image(IMAGE);
+    let dir = tempfile::tempdir().unwrap();
     let kubelet = Kubelet::builder("node-1")
         .source(c.pod_source())
         .runtime(rt.clone(), rt.clone())
         .status(c.status_sink())
+        .node(Arc::new(node_manager(&c, "node-1", rt.clone(), dir.path())))
+        .config(KubeletConfig {
+            pod_log_root: dir.path().join("logs"),
+            ..Default::default()
+        })
         .build()
         .unwrap();
     let router = Arc::new(FakeRouter::new());
@@ -91,14 +121,6 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
         .unwrap();
     let services = c.service_source();
     let token = CancellationToken::new();
-    let node_task = c.run_node(
-        "fake://0.1".into(),
-        NodeApiConfig {
-            renew_interval: Duration::from_millis(300),
-            ..Default::default()
-        },
-        token.clone(),
-    );
     let k = tokio::spawn(kubelet.run(token.clone()));
     let p_token = token.clone();
     let p = tokio::spawn(async move { proxy.run(&services, p_token).await });
@@ -112,7 +134,7 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     let node = api.get("nodes", "", "node-1").unwrap();
     assert_eq!(
         node["status"]["nodeInfo"]["containerRuntimeVersion"],
-        "fake://0.1"
+        "fake://0.1.0"
     );
     api.wait_for("the Lease renewed twice", WAIT, |a| {
         a.requests()
@@ -205,10 +227,6 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
         .unwrap()
         .unwrap()
         .unwrap();
-    tokio::time::timeout(WAIT, node_task)
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 #[tokio::test]
@@ -230,12 +248,28 @@ async fn a_kubeconfig_file_reaches_the_server_it_names() {
         .await
         .unwrap();
     let token = CancellationToken::new();
-    let t = c.run_node(String::new(), NodeApiConfig::default(), token.clone());
+    let rt = Arc::new(FakeRuntime::new());
+    let kubelet = Kubelet::builder("node-kc")
+        .source(c.pod_source())
+        .runtime(rt.clone(), rt.clone())
+        .status(c.status_sink())
+        .node(Arc::new(node_manager(&c, "node-kc", rt, dir.path())))
+        .config(KubeletConfig {
+            pod_log_root: dir.path().join("logs"),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let t = tokio::spawn(kubelet.run(token.clone()));
     api.wait_for("the Node registered through the kubeconfig", WAIT, |a| {
         a.get("nodes", "", "node-kc").is_some()
     })
     .await
     .unwrap();
     token.cancel();
-    tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, t)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

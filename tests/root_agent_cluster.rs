@@ -1,5 +1,5 @@
 //! The `node-agent` binary in cluster mode, as root, inside a network namespace of its own with
-//! a fake API server (`support/fake_apiserver.rs`) listening in that namespace: the agent
+//! node-test-support's fake API server listening in that namespace: the agent
 //! registers its Node and Lease, runs only the pod bound to it (native runtime, bridge CNI),
 //! patches its status; with the EndpointSlice the test writes (as the endpointslice controller
 //! would) the ClusterIP answers; the pod deleted on the API server stops; SIGINT leaves nothing
@@ -8,21 +8,18 @@
 
 use std::time::Duration;
 
-use node_test_support::{require_command, require_path, require_root};
+use node_test_support::{FakeApiServer, require_command, require_path, require_root};
 use serde_json::json;
 
 #[path = "support/agent.rs"]
 mod agent;
 #[path = "support/examples.rs"]
 mod examples;
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
 
 use agent::{
     Agent, DEMO_IMAGE, build_agent, http_get, node_netns, pids_with_token, stop_cleanly, wait_for,
     write_demo_image,
 };
-use fake_apiserver::FakeApiServer;
 
 const NODE: &str = "nkt-cluster-node";
 
@@ -83,13 +80,16 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
 
     let log_path = tmp.path().join("agent.log");
-    let mut cmd = ns.command(agent_bin.to_str().unwrap());
+    let cgroups = agent::CgroupRoot::new("cluster");
+    let mut cmd = agent::netns_command(&ns, &agent_bin);
     cmd // --cluster: the default kube config, found through $KUBECONFIG (--kubeconfig PATH is
         // tested in agent_cluster.rs and examples_run.rs)
         .arg("--cluster")
         .env("KUBECONFIG", &kubeconfig)
         .args(["--node-name", NODE])
         .args(["--log-format", "json"])
+        .arg("--drain-on-exit")
+        .args(["--cgroup-root", cgroups.name()])
         .arg("--root")
         .arg(&root)
         .arg("--pod-log-root")
@@ -171,6 +171,8 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
     );
 
     stop_cleanly(&mut agent, &ns, &root, &token, &log_text);
+    let pod_cgroups = cgroups.pod_cgroups();
+    assert!(pod_cgroups.is_empty(), "pod cgroups left: {pod_cgroups:?}");
     // --log-format json: every line is a JSON object; the registration is among them
     let lines: Vec<serde_json::Value> = log_text()
         .lines()

@@ -62,8 +62,9 @@ fn node_agent_drives_containerd_with_runtime_cri() {
     )
     .expect("a default route");
 
+    let cgroups = agent::CgroupRoot::new("cri");
     let log_path = tmp.path().join("agent.log");
-    let mut cmd = ns.command(agent_bin.to_str().unwrap());
+    let mut cmd = agent::netns_command(ns, &agent_bin);
     cmd.arg("--manifests")
         .arg(&manifests)
         .arg("--root")
@@ -72,7 +73,9 @@ fn node_agent_drives_containerd_with_runtime_cri() {
         .args(["--pod-cidr", ctrd.subnet(), "--node-name", "cri-node"])
         .arg("--pod-log-root")
         .arg(ctrd.dir().join("pod-logs"))
-        .args(["--http-addr", "127.0.0.1:10256"]);
+        .args(["--http-addr", "127.0.0.1:10256"])
+        .args(["--cgroup-root", cgroups.name()])
+        .arg("--drain-on-exit");
     let mut agent = Agent::start(cmd, &log_path);
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
@@ -90,7 +93,7 @@ fn node_agent_drives_containerd_with_runtime_cri() {
             let web = pods["items"]
                 .as_array()?
                 .iter()
-                .find(|p| p["metadata"]["name"] == "web-0")?;
+                .find(|p| p["metadata"]["name"] == "web-0-cri-node")?;
             let ready = web["status"]["conditions"].as_array()?.iter();
             { ready }
                 .any(|c| c["type"] == "Ready" && c["status"] == "True")
@@ -103,7 +106,7 @@ fn node_agent_drives_containerd_with_runtime_cri() {
         &log_text,
         || {
             let answer = ns.run_in(|| http_get("10.96.0.80:80", "/")).ok()?.ok()?;
-            (answer.trim() == "hello from web-0").then_some(())
+            (answer.trim() == "hello from web-0-cri-node").then_some(())
         },
     );
     assert!(!pids_with_token(&token).is_empty());

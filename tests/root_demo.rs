@@ -1,7 +1,8 @@
 //! The demo end to end, as root, inside a network namespace of its own: the `node-agent`
 //! example runs the two web pods and their Service from a temporary manifest directory; both
 //! replicas answer through the ClusterIP; deleting one pod's manifest takes it out of the
-//! Service; SIGINT leaves no pod process, no service rules, no pod veth, no lease behind.
+//! Service; SIGINT with `--drain-on-exit` leaves no pod process, no service rules, no pod veth,
+//! no lease, no volume and no pod cgroup behind.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -106,19 +107,24 @@ fn demo_end_to_end_in_a_netns() {
     write_demo_image(&image);
 
     let ns = node_netns("agent");
-    let mut cmd = ns.command(agent_bin.to_str().unwrap());
+    let cgroups = agent::CgroupRoot::new("demo");
+    let mut cmd = agent::netns_command(&ns, &agent_bin);
     cmd.args(["--manifests", manifests.to_str().unwrap()])
         .args(["--root", root.to_str().unwrap()])
         .arg("--pod-log-root")
         .arg(root.join("pod-logs"))
         .args(["--node-name", "demo-node"])
+        .arg("--drain-on-exit")
+        .args(["--cgroup-root", cgroups.name()])
         .args(["--import-image", &format!("{}={IMAGE}", image.display())]);
     let mut agent = Agent::start(cmd, &tmp.join("agent.log"));
     let log_text = || std::fs::read_to_string(tmp.join("agent.log")).unwrap_or_default();
 
     // both pods Ready
     let deadline = Instant::now() + Duration::from_secs(45);
-    let want: BTreeSet<String> = ["web-0".to_string(), "web-1".to_string()].into();
+    // static pods are named <name>-<node>, as kubelet names them
+    let want: BTreeSet<String> =
+        ["web-0-demo-node".to_string(), "web-1-demo-node".to_string()].into();
     while ready_pods(&ns) != want {
         assert!(
             Instant::now() < deadline,
@@ -133,7 +139,9 @@ fn demo_end_to_end_in_a_netns() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let answers = loop {
         let answers: BTreeSet<String> = ask_service(&ns, 30).into_iter().collect();
-        if answers.contains("hello from web-0") && answers.contains("hello from web-1") {
+        if answers.contains("hello from web-0-demo-node")
+            && answers.contains("hello from web-1-demo-node")
+        {
             break answers;
         }
         assert!(
@@ -157,7 +165,7 @@ fn demo_end_to_end_in_a_netns() {
     // traffic goes only to web-0; both delays are printed (issue #10: within 1 s; the proxy's
     // min_sync_interval, 1 s as kube-proxy's, bounds it right after a sync), only a generous
     // bound is asserted
-    let web1_ip = pod_ip(&ns, "web-1").expect("web-1's IP from /pods");
+    let web1_ip = pod_ip(&ns, "web-1-demo-node").expect("web-1's IP from /pods");
     let rules = || ns.sh("nft list table inet nodekit").unwrap_or_default();
     assert!(
         rules().contains(&web1_ip),
@@ -178,7 +186,7 @@ fn demo_end_to_end_in_a_netns() {
             out_of_rules = Some(removed.elapsed());
         }
         let answer = ask_service(&ns, 1).remove(0);
-        if answer == "hello from web-0" {
+        if answer == "hello from web-0-demo-node" {
             in_a_row += 1;
         } else {
             in_a_row = 0;
@@ -193,6 +201,8 @@ fn demo_end_to_end_in_a_netns() {
 
     // SIGINT: a clean exit that leaves nothing behind
     stop_cleanly(&mut agent, &ns, &root, &token, &log_text);
+    let pod_cgroups = cgroups.pod_cgroups();
+    assert!(pod_cgroups.is_empty(), "pod cgroups left: {pod_cgroups:?}");
     drop(ns);
     let _ = std::fs::remove_dir_all(&tmp);
 }

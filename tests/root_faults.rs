@@ -36,6 +36,12 @@ mod reliability_common;
 
 const IMAGE: &str = "nodekit.local/faults/web:1";
 const PODS: [&str; 4] = ["web-0", "web-1", "web-2", "web-3"];
+
+/// A static pod's name without the node suffix the agent gives it (`web-0-fault-node` ->
+/// `web-0`, as kubelet names static pods `<name>-<node>`).
+fn base(name: &str) -> String {
+    name.strip_suffix("-fault-node").unwrap_or(name).to_string()
+}
 const MAIN_IP: &str = "10.96.0.80";
 const EXTRA_IP: &str = "10.96.0.81";
 
@@ -129,6 +135,9 @@ impl Node {
         cmd.args(["--manifests", self.manifests().to_str().unwrap()])
             .args(["--root", self.root().to_str().unwrap()])
             .args(["--node-name", "fault-node"])
+            .arg("--drain-on-exit")
+            // the kill -9 rounds are about the runtime, CNI and rules: no pod cgroups of ours
+            .args(["--cgroups-per-qos", "false"])
             .args(["--init-binary", self.init_bin.to_str().unwrap()])
             .args([
                 "--import-image",
@@ -264,7 +273,7 @@ impl Node {
                 .iter()
                 .filter(|a| {
                     !a.strip_prefix("hello from ")
-                        .is_some_and(|p| desired.contains(p))
+                        .is_some_and(|p| desired.contains(&base(p)))
                 })
                 .collect();
             if !bad.is_empty() {
@@ -292,7 +301,7 @@ impl Node {
                     .flatten()
                     .any(|c| c["type"] == "Ready" && c["status"] == "True")
             })
-            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .filter_map(|p| p["metadata"]["name"].as_str().map(base))
             .collect()
     }
 
@@ -379,10 +388,7 @@ fn runtime_view(state: &Path) -> BTreeMap<String, PodView> {
     let mut out: BTreeMap<String, PodView> = BTreeMap::new();
     let mut pod_of = BTreeMap::new();
     for s in json_files(&state.join("sandboxes")) {
-        let name = s["config"]["metadata"]["name"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
+        let name = base(s["config"]["metadata"]["name"].as_str().unwrap_or("?"));
         pod_of.insert(s["id"].as_str().unwrap_or("").to_string(), name.clone());
         let v = out.entry(name).or_default();
         if s["status"] == "Ready" && alive(&s["pause"]) {

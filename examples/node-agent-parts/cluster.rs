@@ -5,7 +5,7 @@
 //!   [`ApiServerSource`];
 //! - pod status: merge patches of `pods/<name>/status` ([`ApiStatusSink`]);
 //! - the node: the Node object registered (with back-off), its Lease in `kube-node-lease`
-//!   renewed every 10 s, its status reported when it changes ([`Cluster::run_node`]);
+//!   renewed every 10 s, its status reported when it changes (the node manager);
 //! - services: Services and EndpointSlices watched by node-proxy's `ApiServerSource` (the
 //!   endpointslice controller computes endpoints in a cluster; the agent computes none).
 //!
@@ -15,15 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use node_core::k8s_openapi::jiff::Timestamp;
 use node_core::{PodSource, StatusSink};
-use node_kubelet::node::api::{
-    ApiStatusSink, NodeApiConfig, NodeLease, register_node_with_backoff,
-};
-use node_kubelet::node::status::{
-    NodeHealth, NodeStatusBuilder, NodeStatusConfig, NodeStatusReporter,
-};
-use node_kubelet::{ApiServerSource, CancellationToken};
+use node_kubelet::ApiServerSource;
+use node_kubelet::node::api::ApiStatusSink;
 
 /// A connection to the cluster, for one node.
 #[derive(Clone)]
@@ -64,6 +58,11 @@ impl Cluster {
         }
     }
 
+    /// The API client (the node manager's reporting and mirror pods, configMaps and secrets).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// The pods bound to this node.
     pub fn pod_source(&self) -> Arc<dyn PodSource> {
         Arc::new(ApiServerSource::new(self.client.clone(), &self.node_name))
@@ -77,45 +76,5 @@ impl Cluster {
     /// Services and EndpointSlices from the API server.
     pub fn service_source(&self) -> node_proxy::ApiServerSource {
         node_proxy::ApiServerSource::new(self.client.clone())
-    }
-
-    /// Registers the Node (retrying with back-off), then renews its Lease and reports its status
-    /// until `token` is cancelled. `runtime_version` goes into `nodeInfo`
-    /// (`containerd://1.6.20`).
-    pub fn run_node(
-        &self,
-        runtime_version: String,
-        api: NodeApiConfig,
-        token: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let client = self.client.clone();
-        let name = self.node_name.clone();
-        tokio::spawn(async move {
-            let mut builder = NodeStatusBuilder::new(NodeStatusConfig {
-                node_name: name.clone(),
-                container_runtime_version: runtime_version,
-                ..Default::default()
-            });
-            let node = match builder.build(&NodeHealth::default(), Timestamp::now()) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "the Node object could not be built");
-                    return;
-                }
-            };
-            let Some(registered) =
-                register_node_with_backoff(&client, &node, &api, token.cancelled()).await
-            else {
-                return;
-            };
-            tracing::info!(node = %name, uid = ?registered.metadata.uid, "node registered");
-            let lease = NodeLease::new(client.clone(), &name, api);
-            let reporter = NodeStatusReporter::new(Arc::new(ApiStatusSink::new(client)), builder);
-            let (_health, health_rx) = tokio::sync::watch::channel(NodeHealth::default());
-            tokio::join!(
-                lease.run(token.cancelled()),
-                reporter.run(health_rx, token.cancelled())
-            );
-        })
     }
 }

@@ -73,6 +73,14 @@ pub(crate) fn mac_of(link: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
+/// The name of a link.
+pub(crate) fn name_of(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
 /// The controller (bridge) index of a link.
 pub(crate) fn controller_of(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|a| match a {

@@ -693,3 +693,69 @@ fn every_failing_add_path_leaves_nothing() {
     })
     .unwrap();
 }
+
+/// The highest interface index in `ns`.
+fn max_ifindex(ns: &NetnsFixture) -> u32 {
+    ns.sh("ip -o link show")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn pod_end_with_the_host_ends_index_is_wired() {
+    // The kernel leaves a veth's IFLA_LINK (its peer's index) out of its answer when the peer's
+    // index equals its own: the ADD must still find the pod end.
+    if !prerequisites("pod_end_with_the_host_ends_index_is_wired") {
+        return;
+    }
+    let env = Env::new(false);
+    let node = NetnsFixture::new("node").unwrap();
+    let first = NetnsFixture::new("first").unwrap();
+    let pod = NetnsFixture::new("pod").unwrap();
+    node.run_in(|| {
+        runtime().block_on(async {
+            let cni = env.plugin();
+            // The bridge and a first veth, so the node's indexes run ahead of the pod's.
+            let a0 = attachment(&first, "same-0");
+            cni.add(&a0).await.unwrap();
+            let next_on_node = max_ifindex(&node) + 1;
+            let mut n = 0;
+            while max_ifindex(&pod) + 1 < next_on_node {
+                pod.sh(&format!("ip link add nkpad{n} type bridge"))
+                    .unwrap();
+                n += 1;
+            }
+            let a = attachment(&pod, "same-1");
+            let r = cni.add(&a).await.unwrap();
+            let host = BridgePlugin::host_ifname(&a.key());
+            let host_index = node
+                .sh(&format!("cat /sys/class/net/{host}/ifindex"))
+                .unwrap();
+            let pod_index = pod.sh("cat /sys/class/net/eth0/ifindex").unwrap();
+            assert_eq!(
+                host_index.trim(),
+                pod_index.trim(),
+                "the indexes were meant to match"
+            );
+            let ip = r.pod_ips()[0].to_string();
+            let view = pod
+                .sh("ip -o link show eth0; ip -o addr show dev eth0")
+                .unwrap();
+            assert!(
+                view.contains("LOWER_UP") && view.contains(&format!("{ip}/24")),
+                "{view}"
+            );
+            assert!(ping(&node, &ip), "node cannot ping {ip}");
+            cni.check(&a).await.unwrap();
+            cni.del(&a).await.unwrap();
+            cni.del(&a0).await.unwrap();
+            assert!(veths(&node).is_empty());
+            assert!(env.leases().is_empty(), "{:?}", env.leases());
+            cni.teardown_node(true).await.unwrap();
+        })
+    })
+    .unwrap();
+}

@@ -168,6 +168,13 @@ async fn version_status_and_conditions() {
     })
     .await
     .unwrap();
+    // containerd 1.6 has no container event stream: Unimplemented, which the kubelet takes as
+    // "relist only" (containerd 1.7+ with evented PLEG enabled would stream)
+    match c.get_container_events().await {
+        Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "GetContainerEvents"),
+        Err(e) => panic!("GetContainerEvents: {e}"),
+        Ok(_) => panic!("containerd 1.6 streamed container events"),
+    }
 }
 
 #[tokio::test]

@@ -271,7 +271,7 @@ impl Kubelet {
         let mut cleaning: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut last_relist: HashMap<String, String> = HashMap::new();
         let (control, mut node_stops) = PodControl::new(self.states.clone());
-        self.node.start(control, shutdown.child_token());
+        self.node.start(control.clone(), shutdown.child_token());
         let mut relist = tokio::time::interval(self.config.relist_period);
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (event_tx, mut events) = mpsc::unbounded_channel();
@@ -324,7 +324,10 @@ impl Kubelet {
                                 let _ = w.tx.send(WorkerMsg::Terminate);
                             }
                         }
-                        PodUpdate::SourcesReady => sources_ready = true,
+                        PodUpdate::SourcesReady => {
+                            sources_ready = true;
+                            control.set_sources_ready();
+                        }
                         PodUpdate::Error { .. } => {}
                     }
                 }

@@ -12,7 +12,7 @@ use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
 use tokio::time::Instant;
 
 mod support;
-use support::Hooked;
+use node_test_support::HookedRuntime as Hooked;
 
 fn job() -> Pod {
     serde_saphyr::from_str(
@@ -96,7 +96,7 @@ async fn a_container_event_wakes_the_worker_at_once() {
     };
     let (token, task) = start(Arc::new(rt.clone()), &fake, &sink, &source, config);
     let id = running_container(&fake).await;
-    assert_eq!(*rt.subscriptions.lock().unwrap(), 1, "subscribed once");
+    assert_eq!(rt.subscriptions(), 1, "subscribed once");
 
     fake.exit_container(&id, 7, "Error");
     assert_eq!(
@@ -127,7 +127,7 @@ async fn a_container_event_wakes_the_worker_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn without_events_the_default_relist_notices_an_exit_within_a_second() {
-    // FakeRuntime answers GetContainerEvents with Unimplemented, as the native runtime does
+    // FakeRuntime answers GetContainerEvents with Unimplemented, as containerd 1.6 does
     let fake = FakeRuntime::new();
     fake.add_image("img:1");
     let sink = FakeStatusSink::new();

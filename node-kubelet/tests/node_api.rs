@@ -1,13 +1,9 @@
-//! Node registration, the heartbeat Lease and node status against an in-process fake API server
-//! (a `tower::service_fn` behind `kube::Client::new`, no network), with tokio's paused clock.
+//! Node registration, the heartbeat Lease and node status against node-test-support's
+//! in-process fake API server (no network), with tokio's paused clock.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use node_kubelet::node::allocatable::{AllocatableConfig, NodeResources};
@@ -17,175 +13,8 @@ use node_kubelet::node::api::{
 use node_kubelet::node::status::{
     NodeHealth, NodeStatusBuilder, NodeStatusConfig, NodeStatusReporter, SystemFacts,
 };
-use serde_json::{Value, json};
+use node_test_support::FakeApiServer;
 use tokio::time::Instant;
-
-/// What the fake API server holds and saw.
-#[derive(Default)]
-struct State {
-    nodes: BTreeMap<String, Value>,
-    leases: BTreeMap<String, Value>,
-    log: Vec<(Method, String, Instant)>,
-    down: bool,
-    next_rv: u64,
-}
-
-type Shared = Arc<Mutex<State>>;
-
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
-fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
-    (
-        code,
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "reason": reason, "message": message, "code": code}),
-    )
-}
-
-fn handle(s: &mut State, method: &Method, path: &str, body: &[u8]) -> (u16, Value) {
-    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    s.next_rv += 1;
-    let rv = s.next_rv.to_string();
-    match (method.clone(), parts.as_slice()) {
-        (Method::POST, ["api", "v1", "nodes"]) => {
-            let name = body["metadata"]["name"].as_str().unwrap().to_string();
-            if s.nodes.contains_key(&name) {
-                return status(409, "AlreadyExists", "nodes already exists");
-            }
-            let mut n = body.clone();
-            n["metadata"]["uid"] = json!(format!("uid-{name}"));
-            n["metadata"]["resourceVersion"] = json!(rv);
-            s.nodes.insert(name, n.clone());
-            (201, n)
-        }
-        (Method::GET, ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
-            Some(n) => (200, n.clone()),
-            None => status(404, "NotFound", "node not found"),
-        },
-        (Method::PATCH, ["api", "v1", "nodes", name, "status"]) => match s.nodes.get_mut(*name) {
-            Some(n) => {
-                merge(n, &body);
-                n["metadata"]["resourceVersion"] = json!(rv);
-                (200, n.clone())
-            }
-            None => status(404, "NotFound", "node not found"),
-        },
-        (
-            Method::GET,
-            [
-                "apis",
-                "coordination.k8s.io",
-                "v1",
-                "namespaces",
-                "kube-node-lease",
-                "leases",
-                name,
-            ],
-        ) => match s.leases.get(*name) {
-            Some(l) => (200, l.clone()),
-            None => status(404, "NotFound", "lease not found"),
-        },
-        (
-            Method::POST,
-            [
-                "apis",
-                "coordination.k8s.io",
-                "v1",
-                "namespaces",
-                "kube-node-lease",
-                "leases",
-            ],
-        ) => {
-            let name = body["metadata"]["name"].as_str().unwrap().to_string();
-            if s.leases.contains_key(&name) {
-                return status(409, "AlreadyExists", "lease already exists");
-            }
-            let mut l = body.clone();
-            l["metadata"]["resourceVersion"] = json!(rv);
-            s.leases.insert(name, l.clone());
-            (201, l)
-        }
-        (
-            Method::PUT,
-            [
-                "apis",
-                "coordination.k8s.io",
-                "v1",
-                "namespaces",
-                "kube-node-lease",
-                "leases",
-                name,
-            ],
-        ) => {
-            let Some(old) = s.leases.get(*name) else {
-                return status(404, "NotFound", "lease not found");
-            };
-            if old["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] {
-                return status(409, "Conflict", "the object has been modified");
-            }
-            let mut l = body.clone();
-            l["metadata"]["resourceVersion"] = json!(rv);
-            s.leases.insert(name.to_string(), l.clone());
-            (200, l)
-        }
-        _ => status(404, "NotFound", &format!("no route {method} {path}")),
-    }
-}
-
-fn fake_api() -> (kube::Client, Shared) {
-    let state: Shared = Arc::default();
-    let st = state.clone();
-    let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
-        let st = st.clone();
-        async move {
-            let method = req.method().clone();
-            let path = req.uri().path().to_string();
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            let (code, value) = {
-                let mut s = st.lock().unwrap();
-                s.log.push((method.clone(), path.clone(), Instant::now()));
-                if s.down {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
-                        "connection refused",
-                    ));
-                }
-                handle(&mut s, &method, &path, &body)
-            };
-            let resp = Response::builder()
-                .status(StatusCode::from_u16(code).unwrap())
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(serde_json::to_vec(&value).unwrap())))
-                .unwrap();
-            Ok::<_, std::io::Error>(resp)
-        }
-    });
-    (kube::Client::new(svc, "default"), state)
-}
-
-fn count(state: &Shared, method: Method, path: &str) -> usize {
-    state
-        .lock()
-        .unwrap()
-        .log
-        .iter()
-        .filter(|(m, p, _)| *m == method && p == path)
-        .count()
-}
 
 fn builder() -> NodeStatusBuilder {
     NodeStatusBuilder::with_facts(
@@ -229,29 +58,29 @@ const LEASES_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lea
 
 #[tokio::test(start_paused = true)]
 async fn registers_the_node_and_adopts_an_existing_one() {
-    let (client, state) = fake_api();
+    let api = FakeApiServer::new();
+    let client = api.client();
     let created = register_node(&client, &node_object()).await.unwrap();
-    assert_eq!(created.metadata.uid.as_deref(), Some("uid-n1"));
-    {
-        let s = state.lock().unwrap();
-        let stored = &s.nodes["n1"];
-        assert_eq!(stored["status"]["nodeInfo"]["kernelVersion"], "6.18.0");
-        assert_eq!(stored["status"]["capacity"]["cpu"], "2");
-        assert_eq!(
-            stored["metadata"]["labels"]["kubernetes.io/hostname"],
-            "n1.local"
-        );
-    }
+    let stored = api.get("nodes", "", "n1").unwrap();
+    let uid = stored["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(created.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(stored["status"]["nodeInfo"]["kernelVersion"], "6.18.0");
+    assert_eq!(stored["status"]["capacity"]["cpu"], "2");
+    assert_eq!(
+        stored["metadata"]["labels"]["kubernetes.io/hostname"],
+        "n1.local"
+    );
     // a restarted kubelet registers again: 409, then it takes the existing object
     let again = register_node(&client, &node_object()).await.unwrap();
-    assert_eq!(again.metadata.uid.as_deref(), Some("uid-n1"));
-    assert_eq!(count(&state, Method::POST, "/api/v1/nodes"), 2);
-    assert_eq!(count(&state, Method::GET, "/api/v1/nodes/n1"), 1);
+    assert_eq!(again.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(api.count("POST", "/api/v1/nodes"), 2);
+    assert_eq!(api.count("GET", "/api/v1/nodes/n1"), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn lease_is_created_then_renewed_every_ten_seconds() {
-    let (client, state) = fake_api();
+    let api = FakeApiServer::new();
+    let client = api.client();
     register_node(&client, &node_object()).await.unwrap();
     let start = Instant::now();
     let lease = NodeLease::new(client.clone(), "n1", NodeApiConfig::default());
@@ -263,48 +92,45 @@ async fn lease_is_created_then_renewed_every_ten_seconds() {
     stop.send(()).unwrap();
     task.await.unwrap();
 
-    assert_eq!(count(&state, Method::POST, LEASES_PATH), 1, "created once");
-    let renew_times: Vec<Duration> = state
-        .lock()
-        .unwrap()
-        .log
+    assert_eq!(api.count("POST", LEASES_PATH), 1, "created once");
+    let renew_times: Vec<Duration> = api
+        .requests_to("PUT", LEASE_PATH)
         .iter()
-        .filter(|(m, p, _)| *m == Method::PUT && p == LEASE_PATH)
-        .map(|(_, _, t)| t.duration_since(start))
+        .map(|r| r.at.duration_since(start))
         .collect();
     assert_eq!(
         renew_times.iter().map(|d| d.as_secs()).collect::<Vec<_>>(),
         [10, 20, 30],
         "renewed every 10 s"
     );
-    let s = state.lock().unwrap();
-    let stored: Lease = serde_json::from_value(s.leases["n1"].clone()).unwrap();
+    let stored: Lease = api.get_as("leases", "kube-node-lease", "n1").unwrap();
     let spec = stored.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("n1"));
     assert_eq!(spec.lease_duration_seconds, Some(40));
     assert!(spec.renew_time.is_some());
     let owner = &stored.metadata.owner_references.unwrap()[0];
+    let node: Node = api.get_as("nodes", "", "n1").unwrap();
     assert_eq!(
-        (owner.kind.as_str(), owner.uid.as_str()),
-        ("Node", "uid-n1")
+        (owner.kind.as_str(), Some(owner.uid.as_str())),
+        ("Node", node.metadata.uid.as_deref())
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn node_status_is_patched_only_on_change_or_every_five_minutes() {
-    let (client, state) = fake_api();
-    let reporter = NodeStatusReporter::new(Arc::new(ApiStatusSink::new(client)), builder())
+    let api = FakeApiServer::new();
+    let reporter = NodeStatusReporter::new(Arc::new(ApiStatusSink::new(api.client())), builder())
         .with_capacity_fn(|| Ok(capacity()));
     let (health_tx, health_rx) = tokio::sync::watch::channel(NodeHealth::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(reporter.run(health_rx, async {
         let _ = stopped.await;
     }));
-    let patches = || count(&state, Method::PATCH, "/api/v1/nodes/n1/status");
+    let patches = || api.count("PATCH", "/api/v1/nodes/n1/status");
 
     // first check: the node is unknown (404), so it is registered, then patched
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(count(&state, Method::POST, "/api/v1/nodes"), 1);
+    assert_eq!(api.count("POST", "/api/v1/nodes"), 1);
     assert_eq!(patches(), 2, "404 patch, then the patch after registration");
 
     // unchanged for two minutes: 12 checks, no patch
@@ -315,19 +141,16 @@ async fn node_status_is_patched_only_on_change_or_every_five_minutes() {
     health_tx.send_modify(|h| h.memory_pressure = true);
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(patches(), 3);
-    {
-        let s = state.lock().unwrap();
-        let conds = s.nodes["n1"]["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .clone();
-        let mp = conds
-            .iter()
-            .find(|c| c["type"] == "MemoryPressure")
-            .unwrap();
-        assert_eq!(mp["status"], "True");
-        assert_eq!(mp["reason"], "KubeletHasInsufficientMemory");
-    }
+    let conds = api.get("nodes", "", "n1").unwrap()["status"]["conditions"].clone();
+    let mp = conds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "MemoryPressure")
+        .unwrap()
+        .clone();
+    assert_eq!(mp["status"], "True");
+    assert_eq!(mp["reason"], "KubeletHasInsufficientMemory");
 
     // unchanged again: the next patch comes 5 minutes after the last one
     tokio::time::sleep(Duration::from_secs(290)).await;
@@ -341,9 +164,10 @@ async fn node_status_is_patched_only_on_change_or_every_five_minutes() {
 
 #[tokio::test(start_paused = true)]
 async fn backs_off_while_the_api_server_is_unreachable_and_recovers() {
-    let (client, state) = fake_api();
+    let api = FakeApiServer::new();
+    let client = api.client();
     register_node(&client, &node_object()).await.unwrap();
-    state.lock().unwrap().down = true;
+    api.set_down(true);
     let start = Instant::now();
     let lease = NodeLease::new(client.clone(), "n1", NodeApiConfig::default());
     let reporter = NodeStatusReporter::new(Arc::new(ApiStatusSink::new(client.clone())), builder())
@@ -357,13 +181,11 @@ async fn backs_off_while_the_api_server_is_unreachable_and_recovers() {
     let status_task = tokio::spawn(reporter.run(health_rx, wait(stopped.clone())));
 
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let attempts: Vec<Duration> = state
-        .lock()
-        .unwrap()
-        .log
+    let attempts: Vec<Duration> = api
+        .requests()
         .iter()
-        .filter(|(_, p, _)| p == LEASE_PATH)
-        .map(|(_, _, t)| t.duration_since(start))
+        .filter(|r| r.path == LEASE_PATH)
+        .map(|r| r.at.duration_since(start))
         .collect();
     // 200 ms doubling to 7 s: t = 0, .2, .6, 1.4, 3, 6.2, 12.6, 19.6, 26.6
     assert_eq!(attempts.len(), 9, "{attempts:?}");
@@ -373,17 +195,17 @@ async fn backs_off_while_the_api_server_is_unreachable_and_recovers() {
         .collect();
     assert_eq!(gaps, [200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
     // the status loop kept going (one attempt per 10 s check), it did not stop on errors
-    let status_attempts = count(&state, Method::PATCH, "/api/v1/nodes/n1/status");
+    let status_attempts = api.count("PATCH", "/api/v1/nodes/n1/status");
     assert_eq!(status_attempts, 3, "checks at 0, 10, 20 s");
 
     // the API server comes back: within the next back-off the lease exists and status is patched
-    state.lock().unwrap().down = false;
+    api.set_down(false);
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
-        state.lock().unwrap().leases.contains_key("n1"),
+        api.get("leases", "kube-node-lease", "n1").is_some(),
         "lease created after recovery"
     );
-    let conditions = state.lock().unwrap().nodes["n1"]["status"]["conditions"].clone();
+    let conditions = api.get("nodes", "", "n1").unwrap()["status"]["conditions"].clone();
     assert_eq!(conditions.as_array().unwrap().len(), 5);
 
     stop.send(true).unwrap();
@@ -393,22 +215,31 @@ async fn backs_off_while_the_api_server_is_unreachable_and_recovers() {
 
 #[tokio::test(start_paused = true)]
 async fn registration_retries_with_backoff() {
-    let (client, state) = fake_api();
-    state.lock().unwrap().down = true;
-    let st = state.clone();
+    let api = Arc::new(FakeApiServer::new());
+    api.set_down(true);
+    let a = api.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        st.lock().unwrap().down = false;
+        a.set_down(false);
     });
     let node = register_node_with_backoff(
-        &client,
+        &api.client(),
         &node_object(),
         &NodeApiConfig::default(),
         std::future::pending(),
     )
     .await
     .expect("registered");
-    assert_eq!(node.metadata.uid.as_deref(), Some("uid-n1"));
+    let stored = api.get("nodes", "", "n1").unwrap();
+    assert_eq!(
+        node.metadata.uid.as_deref(),
+        stored["metadata"]["uid"].as_str()
+    );
     // attempts at 0, .2, .6, 1.4, 3.0, 6.2 (the last one succeeds)
-    assert_eq!(count(&state, Method::POST, "/api/v1/nodes"), 6);
+    assert_eq!(api.count("POST", "/api/v1/nodes"), 6);
+    assert_eq!(
+        api.requests().iter().filter(|r| r.answered).count(),
+        1,
+        "only the last attempt reached the server"
+    );
 }

@@ -392,10 +392,15 @@ async fn a_pod_the_node_stops_stays_failed_and_is_not_restarted() {
 }
 
 /// Memory signals that say the node has none left.
-struct NoMemory;
+/// No memory left once switched on (before: no signal at all, so no pressure).
+#[derive(Default)]
+struct NoMemory(std::sync::atomic::AtomicBool);
 
 impl SignalObserver for NoMemory {
     fn observe(&self) -> Result<Observations, EvictionError> {
+        if !self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Observations::new());
+        }
         Ok(Observations::from([(
             Signal::MemoryAvailable,
             Observation {
@@ -421,10 +426,12 @@ async fn the_eviction_manager_evicts_best_effort_first_through_the_workers() {
         ..Default::default()
     });
     c.eviction_interval = Duration::from_secs(5);
+    // the pressure starts once the pods run: under pressure a BestEffort pod is not admitted
+    let pressure = Arc::new(NoMemory::default());
     let node =
         NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), ALLOCATABLE)
             .unwrap()
-            .signals(Arc::new(NoMemory));
+            .signals(pressure.clone());
     let health = node.health();
     let k = start(&rt, &sink, &source, Arc::new(node), dirs);
     source.apply(app(
@@ -438,6 +445,7 @@ async fn the_eviction_manager_evicts_best_effort_first_through_the_workers() {
         (running_pods(&rt).len() == 3).then_some(())
     })
     .await;
+    pressure.0.store(true, std::sync::atomic::Ordering::SeqCst);
     let evicted = |sink: &FakeStatusSink| -> Vec<String> {
         ["besteffort", "burstable", "guaranteed"]
             .into_iter()
@@ -462,6 +470,21 @@ async fn the_eviction_manager_evicts_best_effort_first_through_the_workers() {
         msg.contains("The node was low on resource: memory"),
         "{msg}"
     );
+    // under memory pressure a new BestEffort pod is not admitted (kubelet's reason and message)
+    source.apply(app("late", "", "priority: 0"));
+    until("late rejected", Duration::from_secs(10), || {
+        phase_reason(&sink, "late").map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        phase_reason(&sink, "late"),
+        Some(("Failed".to_string(), "Evicted".to_string()))
+    );
+    assert_eq!(
+        status_of(&sink, "late").unwrap().message.unwrap(),
+        "The node had condition: [MemoryPressure]. "
+    );
+    assert!(!running_pods(&rt).contains(&"late".to_string()));
     k.stop().await;
 }
 

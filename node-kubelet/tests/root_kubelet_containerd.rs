@@ -19,7 +19,8 @@ use node_kubelet::{FileSource, FileSourceConfig, Kubelet, KubeletConfig};
 use node_test_support::{ContainerdFixture, TestImage};
 
 mod support;
-use support::{Hooked, Recorder, Running, WEB_POD, condition, container, is_ready, pod_yaml};
+use node_test_support::HookedRuntime as Hooked;
+use support::{Recorder, Running, WEB_POD, condition, container, is_ready, pod_yaml};
 
 const NODE: &str = "ctrd-node";
 

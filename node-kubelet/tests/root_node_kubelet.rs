@@ -9,17 +9,27 @@
 //! and its own cgroup root (`nodekit-test/<pid>-<n>`); a guard kills what is left in that cgroup
 //! tree, unmounts and removes everything on drop, panics included.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use node_core::{Pod, PodStatus, RuntimeBackend, cri};
-use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
+use node_core::{ImageBackend, Pod, PodStatus, RuntimeBackend, cri};
+use node_cri::native::image::{ImageStore, ImageStoreConfig};
+use node_cri::native::runtime::{
+    LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage, RootfsProvider,
+};
+use node_kubelet::node::allocatable::fs_stats;
 use node_kubelet::node::cgroups::CgroupConfig;
-use node_kubelet::node::eviction::{EvictionConfig, parse_thresholds};
+use node_kubelet::node::eviction::{
+    EvictionConfig, EvictionError, NodeSignals, Observations, Signal, SignalObserver,
+    parse_thresholds,
+};
+use node_kubelet::node::gc::{
+    ContainerGcManager, ContainerGcPolicy, GcConfig, ImageGcPolicy, PodPresence,
+};
 use node_kubelet::node::shutdown::{PriorityGracePeriod, ShutdownConfig, termination_signal};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
@@ -125,12 +135,28 @@ impl Node {
         store: Arc<MemoryObjectStore>,
         wrap: impl FnOnce(NodeManager) -> NodeManager,
     ) -> Self {
+        Self::start_on(g, config, store, wrap, None)
+    }
+
+    /// As `start_with`; with `image_store`, the native runtime's images come from it, it is
+    /// the kubelet's image service and the node manager collects garbage through both.
+    fn start_on(
+        g: &Guard,
+        config: impl FnOnce(&mut NodeConfig),
+        store: Arc<MemoryObjectStore>,
+        wrap: impl FnOnce(NodeManager) -> NodeManager,
+        image_store: Option<Arc<ImageStore>>,
+    ) -> Self {
         let root = g.dir.path();
+        let rootfs: Arc<dyn RootfsProvider> = match &image_store {
+            Some(s) => s.clone(),
+            None => images(root),
+        };
         let runtime = Arc::new(
             NativeRuntime::new(NativeConfig {
                 root: root.join("rt"),
                 cni: Arc::new(FakeCni::new()),
-                images: images(root),
+                images: rootfs,
                 init_binary: Some(init_binary()),
                 cgroup_parent: format!("{}/runtime", g.cgroup_top),
                 kill_wait: Duration::from_secs(10),
@@ -142,14 +168,25 @@ impl Node {
         c.cgroups = Some(CgroupConfig::default().root(g.cgroup_root()));
         c.volumes.root_dir = root.join("kubelet");
         c.allocatable.root_dir = root.to_path_buf();
+        c.pod_log_root = root.join("logs");
         config(&mut c);
-        let manager = Arc::new(wrap(NodeManager::new(c, store).expect("node manager")));
+        let mut manager = NodeManager::new(c, store).expect("node manager");
+        let image_service: Arc<dyn ImageBackend> = match &image_store {
+            Some(s) => {
+                manager = manager.runtime(runtime.clone(), s.clone());
+                s.clone()
+            }
+            None => {
+                let fake = FakeRuntime::new();
+                fake.add_image(IMAGE);
+                Arc::new(fake)
+            }
+        };
+        let manager = Arc::new(wrap(manager));
         let (sink, source) = (FakeStatusSink::new(), ScriptedPodSource::new("file"));
-        let images = FakeRuntime::new();
-        images.add_image(IMAGE);
         let kubelet = Kubelet::builder("node-1")
             .source(Arc::new(source.clone()))
-            .runtime(runtime.clone(), Arc::new(images))
+            .runtime(runtime.clone(), image_service)
             .status(Arc::new(sink.clone()))
             .node(manager.clone())
             .config(KubeletConfig {
@@ -404,6 +441,23 @@ fn qos_cgroups_limits_and_admission_on_the_real_hierarchy() {
     drop(g);
 }
 
+/// The machine's real signals, with memory left out until switched on: the pressure starts once
+/// the pods run (under memory pressure a new BestEffort pod is not even admitted).
+struct MemorySwitch {
+    inner: NodeSignals,
+    on: AtomicBool,
+}
+
+impl SignalObserver for MemorySwitch {
+    fn observe(&self) -> Result<Observations, EvictionError> {
+        let mut o = self.inner.observe()?;
+        if !self.on.load(Ordering::SeqCst) {
+            o.remove(&Signal::MemoryAvailable);
+        }
+        Ok(o)
+    }
+}
+
 #[test]
 fn memory_pressure_evicts_the_besteffort_pod_first() {
     if !ready("memory_pressure_evicts_the_besteffort_pod_first") {
@@ -412,9 +466,17 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
     let g = Arc::new(Guard::new());
     let g2 = g.clone();
     in_netns("nk-node-evict", move || async move {
-        // a threshold above the machine's whole memory: always under pressure
+        // a threshold above the machine's whole memory: under pressure once switched on
         let total = node_kubelet::node::allocatable::mem_total(Path::new("/proc/meminfo")).unwrap();
-        let node = Node::start(
+        let switch = Arc::new(MemorySwitch {
+            inner: NodeSignals {
+                nodefs: g2.dir.path().to_path_buf(),
+                imagefs: None,
+            },
+            on: AtomicBool::new(false),
+        });
+        let observer = switch.clone();
+        let node = Node::start_with(
             &g2,
             |c| {
                 c.eviction = Some(EvictionConfig {
@@ -425,11 +487,11 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
                     .unwrap(),
                     ..Default::default()
                 });
-                // long enough for both pods to be seen running first, even on a loaded machine
-                c.eviction_interval = Duration::from_secs(8);
+                c.eviction_interval = Duration::from_secs(1);
                 c.qos_update_interval = Duration::from_millis(500);
             },
             Arc::new(MemoryObjectStore::default()),
+            |m| m.signals(observer),
         );
         node.source.apply(sleeper(
             "burstable",
@@ -453,6 +515,8 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
                 .filter(|p| n.phase_reason(p) == Some(("Failed".into(), "Evicted".into())))
                 .collect()
         };
+        assert!(evicted(&node).is_empty(), "no pressure, no eviction");
+        switch.on.store(true, Ordering::SeqCst);
         until("an eviction", Duration::from_secs(30), || async {
             (!evicted(&node).is_empty()).then_some(())
         })
@@ -466,6 +530,20 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
             "{msg}"
         );
         assert!(node.manager.health().borrow().memory_pressure);
+        // a new BestEffort pod is not admitted under memory pressure
+        node.source.apply(sleeper("late", "", "priority: 0"));
+        until("late rejected", Duration::from_secs(30), || async {
+            node.phase_reason("late")
+        })
+        .await;
+        assert_eq!(
+            node.phase_reason("late"),
+            Some(("Failed".into(), "Evicted".into()))
+        );
+        assert_eq!(
+            node.status("late").unwrap().message.unwrap(),
+            "The node had condition: [MemoryPressure]. "
+        );
         until("the second eviction", Duration::from_secs(30), || async {
             (evicted(&node).len() == 2).then_some(())
         })
@@ -671,6 +749,419 @@ fn sigterm_shuts_pods_down_in_priority_order() {
                 .then_some(())
         })
         .await;
+        node.stop().await;
+    });
+    drop(g);
+}
+
+/// As [`in_netns`], in a private mount namespace with a tmpfs of `size` over `root`: disk
+/// thresholds and usage are measured there, never on the host's disk.
+fn in_netns_on_tmpfs<F: Future<Output = ()>>(
+    name: &str,
+    root: PathBuf,
+    size: &'static str,
+    body: impl FnOnce() -> F + Send + 'static,
+) {
+    let ns = NetnsFixture::new(name).expect("netns");
+    ns.run_in(move || {
+        node_test_support::sweep::in_private_mount_ns(move || {
+            nix::mount::mount(
+                Some("tmpfs"),
+                &root,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size}").as_str()),
+            )
+            .expect("tmpfs over the test root");
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body())
+        })
+    })
+    .expect("run in netns");
+}
+
+/// Bytes that gzip cannot shrink (an image layer this big stays this big).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+const USED: &str = "registry.local/gc/used:1";
+const UNUSED: &str = "registry.local/gc/unused:1";
+
+/// A native image store under `root`/images with two busybox images: [`USED`] (small) and
+/// [`UNUSED`] (with 6 MiB that do not compress).
+async fn image_store(root: &Path) -> Arc<ImageStore> {
+    let store = Arc::new(
+        ImageStore::new(ImageStoreConfig {
+            root: root.join("images"),
+            architecture: "amd64".into(),
+            ..Default::default()
+        })
+        .expect("image store"),
+    );
+    for (name, image) in [
+        (
+            USED,
+            TestImage::busybox().file("/etc/role", "used\n", 0o644),
+        ),
+        (
+            UNUSED,
+            TestImage::busybox().file("/blob", noise(6 << 20), 0o644),
+        ),
+    ] {
+        let layout = root.join("layouts").join(name.replace(['/', ':'], "_"));
+        image
+            .build()
+            .unwrap()
+            .write_oci_layout(&layout, "1")
+            .unwrap();
+        store.import_oci_layout(&layout, Some(name)).await.unwrap();
+        std::fs::remove_dir_all(&layout).unwrap();
+    }
+    store
+}
+
+#[test]
+fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use() {
+    if !ready("image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use")
+        || !require_path(
+            "image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use",
+            node_test_support::image::BUSYBOX,
+        )
+    {
+        return;
+    }
+    let g = Arc::new(Guard::new());
+    let g2 = g.clone();
+    in_netns_on_tmpfs(
+        "nk-node-imagegc",
+        g.dir.path().into(),
+        "64m",
+        move || async move {
+            let root = g2.dir.path();
+            let store = image_store(root).await;
+            assert!(store.get(UNUSED).is_some() && store.get(USED).is_some());
+            // thresholds any image gets this 64 MiB tmpfs over (2 % is 1.3 MiB), and the low
+            // one below anything reachable: collection goes on to every image it may remove
+            let fs = fs_stats(&root.join("images")).unwrap();
+            let used_bytes = fs.capacity_bytes - fs.available_bytes;
+            let (high, low) = (2, 1);
+            assert!(
+                used_bytes * 100 / fs.capacity_bytes > 2 * high as i64,
+                "{used_bytes} bytes used"
+            );
+            let node = Node::start_on(
+                &g2,
+                |c| {
+                    c.gc = GcConfig {
+                        image: ImageGcPolicy {
+                            high_threshold_percent: high,
+                            low_threshold_percent: low,
+                            min_age: Duration::ZERO,
+                        },
+                        image_gc_period: Duration::from_secs(1),
+                        container_gc_period: Duration::from_secs(1),
+                        ..Default::default()
+                    };
+                },
+                Arc::new(MemoryObjectStore::default()),
+                |m| m,
+                Some(store.clone()),
+            );
+            node.source.apply(pod(&format!(
+            "metadata: {{name: user, namespace: default, uid: uid-user}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: \"{USED}\", imagePullPolicy: Never, command: [sleep, \"300\"]}}\n"
+        )));
+            let before = node.wait_running(&["user"]).await;
+            until(
+                "the unused image collected",
+                Duration::from_secs(30),
+                || async { store.get(UNUSED).is_none().then_some(()) },
+            )
+            .await;
+            // its blobs and unpacked layer went with it; the image in use stays, its pod untouched
+            let after = fs_stats(&root.join("images")).unwrap();
+            assert!(
+                after.available_bytes - fs.available_bytes >= 6 << 20,
+                "freed {} bytes",
+                after.available_bytes - fs.available_bytes
+            );
+            // never the image in use, though the low threshold is not reached (a collection
+            // every second fails for want of removable images)
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(store.get(USED).is_some(), "the image in use stays");
+            assert_eq!(node.running().await, before);
+            node.source.delete(&pod(
+            "metadata: {name: user, namespace: default, uid: uid-user}\nspec: {containers: []}\n",
+        ));
+            until("the pod gone", Duration::from_secs(30), || async {
+                node.runtime
+                    .list_pod_sandbox(None)
+                    .await
+                    .unwrap()
+                    .is_empty()
+                    .then_some(())
+            })
+            .await;
+            // no container uses it any more: it goes too
+            until(
+                "the image no longer in use collected",
+                Duration::from_secs(30),
+                || async { store.get(USED).is_none().then_some(()) },
+            )
+            .await;
+            node.stop().await;
+        },
+    );
+    drop(g);
+}
+
+#[test]
+fn a_pod_writing_past_its_ephemeral_storage_limit_is_evicted() {
+    if !ready("a_pod_writing_past_its_ephemeral_storage_limit_is_evicted") {
+        return;
+    }
+    let g = Arc::new(Guard::new());
+    let g2 = g.clone();
+    in_netns_on_tmpfs(
+        "nk-node-ephem",
+        g.dir.path().into(),
+        "64m",
+        move || async move {
+            let node = Node::start(
+                &g2,
+                |c| {
+                    // no threshold: only the pods' own limits evict
+                    c.eviction = Some(EvictionConfig {
+                        thresholds: vec![],
+                        ..Default::default()
+                    });
+                    c.eviction_interval = Duration::from_secs(1);
+                },
+                Arc::new(MemoryObjectStore::default()),
+            );
+            let writer = |name: &str, kib: u32| {
+                pod(&format!(
+                    r#"
+metadata: {{name: {name}, namespace: default, uid: uid-{name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+  containers:
+  - name: app
+    image: "{IMAGE}"
+    imagePullPolicy: Never
+    command: [sh, -c, "dd if=/dev/zero of=/data/fill bs=1024 count={kib} && sleep 300"]
+    volumeMounts: [{{name: scratch, mountPath: /data}}]
+    resources: {{limits: {{ephemeral-storage: 2Mi}}}}
+"#
+                ))
+            };
+            node.source.apply(writer("filler", 4096));
+            node.source.apply(writer("modest", 256));
+            until("filler evicted", Duration::from_secs(60), || async {
+                node.phase_reason("filler").filter(|(p, _)| p == "Failed")
+            })
+            .await;
+            assert_eq!(
+                node.phase_reason("filler"),
+                Some(("Failed".into(), "Evicted".into()))
+            );
+            let msg = node.status("filler").unwrap().message.unwrap();
+            let usage = msg
+            .strip_prefix(
+                "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. Usage: ",
+            )
+            .and_then(|m| m.strip_suffix(". "))
+            .unwrap_or_else(|| panic!("message: {msg:?}"));
+            let bytes = node_kubelet::node::quantity::value(usage).unwrap();
+            assert!(bytes >= 4 << 20, "{msg}");
+            // its container is stopped; the pod within its limit keeps running
+            until("filler stopped", Duration::from_secs(30), || async {
+                let r = node.running().await;
+                (!r.contains_key("filler") && r.contains_key("modest")).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(node.phase_reason("modest").unwrap().0, "Running");
+            node.stop().await;
+        },
+    );
+    drop(g);
+}
+
+struct Presence(&'static [&'static str]);
+
+impl PodPresence for Presence {
+    fn sources_ready(&self) -> bool {
+        true
+    }
+    fn has_pod(&self, uid: &str) -> bool {
+        self.0.contains(&uid)
+    }
+}
+
+#[test]
+fn dead_containers_are_pruned_from_the_native_runtime() {
+    if !ready("dead_containers_are_pruned_from_the_native_runtime") {
+        return;
+    }
+    let g = Arc::new(Guard::new());
+    let g2 = g.clone();
+    in_netns("nk-node-deadgc", move || async move {
+        // the kubelet has no pod: the runtime is driven directly, as an earlier kubelet left it
+        let node = Node::start(&g2, |_| {}, Arc::new(MemoryObjectStore::default()));
+        let rt = node.runtime.clone();
+        let logs = g2.dir.path().join("logs");
+        let sandbox = |uid: &str| cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: uid.into(),
+                uid: uid.into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: uid.into(),
+            log_directory: logs.join(uid).display().to_string(),
+            labels: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/gc", g2.cgroup_top),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let start = |sb_id: String,
+                     sb: cri::PodSandboxConfig,
+                     attempt: u32,
+                     cmd: &'static [&'static str]| {
+            let rt = rt.clone();
+            async move {
+                let uid = sb.metadata.as_ref().unwrap().uid.clone();
+                let config = cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "app".into(),
+                        attempt,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: IMAGE.into(),
+                        ..Default::default()
+                    }),
+                    command: cmd.iter().map(|s| s.to_string()).collect(),
+                    log_path: format!("app/{attempt}.log"),
+                    labels: HashMap::from([
+                        ("io.kubernetes.pod.uid".to_string(), uid),
+                        (
+                            "io.kubernetes.container.name".to_string(),
+                            "app".to_string(),
+                        ),
+                    ]),
+                    linux: Some(cri::LinuxContainerConfig::default()),
+                    ..Default::default()
+                };
+                let id = rt
+                    .create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id: sb_id,
+                        config: Some(config),
+                        sandbox_config: Some(sb),
+                    })
+                    .await
+                    .expect("create container");
+                rt.start_container(&id).await.expect("start container");
+                id
+            }
+        };
+        let exited = |id: String| {
+            let rt = rt.clone();
+            async move {
+                until("the container exited", Duration::from_secs(30), || async {
+                    let s = rt.container_status(&id, false).await.ok()?.status?;
+                    (s.state == cri::ContainerState::ContainerExited as i32).then_some(())
+                })
+                .await;
+            }
+        };
+        let run = |config: &cri::PodSandboxConfig| {
+            let rt = rt.clone();
+            let config = config.clone();
+            async move {
+                rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .expect("run sandbox")
+            }
+        };
+        let live = sandbox("gc-live");
+        let live_id = run(&live).await;
+        let mut dead = Vec::new();
+        for attempt in 0..3 {
+            let id = start(live_id.clone(), live.clone(), attempt, &["true"]).await;
+            exited(id.clone()).await;
+            dead.push(id);
+        }
+        let running = start(live_id.clone(), live.clone(), 3, &["sleep", "300"]).await;
+        let gone = sandbox("gc-gone");
+        let gone_id = run(&gone).await;
+        let gone_c = start(gone_id.clone(), gone.clone(), 0, &["true"]).await;
+        exited(gone_c.clone()).await;
+        rt.stop_pod_sandbox(&gone_id).await.unwrap();
+
+        let gc = ContainerGcManager::new(
+            ContainerGcPolicy::default(),
+            rt.clone(),
+            Arc::new(Presence(&["gc-live"])),
+        );
+        let report = gc.garbage_collect().await.unwrap();
+        let mut removed = report.containers.clone();
+        removed.sort();
+        let mut want = vec![dead[0].clone(), dead[1].clone(), gone_c.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        assert_eq!(report.sandboxes, std::slice::from_ref(&gone_id));
+        // the runtime agrees: the newest dead instance and the running one stay
+        let mut left: Vec<String> = rt
+            .list_containers(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        left.sort();
+        let mut want = vec![dead[2].clone(), running.clone()];
+        want.sort();
+        assert_eq!(left, want);
+        let sandboxes: Vec<String> = rt
+            .list_pod_sandbox(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(sandboxes, std::slice::from_ref(&live_id));
+        let s = rt
+            .container_status(&running, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+        assert!(
+            rt.container_status(&dead[0], false)
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
         node.stop().await;
     });
     drop(g);

@@ -131,6 +131,22 @@ impl FakeRuntime {
         );
     }
 
+    /// Make `image` present with its own id (`sha256:` and the hex of the name, padded) and a
+    /// size, as image garbage collection sees it.
+    pub fn add_image_sized(&self, image: &str, size: u64) {
+        let hex: String = image.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut s = self.state.lock().unwrap();
+        s.images.insert(
+            image.to_string(),
+            cri::Image {
+                id: format!("sha256:{hex:0>64}"),
+                repo_tags: vec![image.to_string()],
+                size,
+                ..Default::default()
+            },
+        );
+    }
+
     /// The next call of `method` (`run_pod_sandbox`, `pull_image`, ...) fails with `error`.
     pub fn fail_next(&self, method: &'static str, error: RuntimeError) {
         self.state.lock().unwrap().failures.push(method, error);
@@ -569,7 +585,9 @@ impl ImageBackend for FakeRuntime {
 
     async fn remove_image(&self, image: cri::ImageSpec) -> Result<(), RuntimeError> {
         let mut s = self.begin("remove_image", &image.image)?;
-        s.images.remove(&image.image);
+        // by name or by id, as the CRI allows
+        s.images
+            .retain(|name, img| *name != image.image && img.id != image.image);
         Ok(())
     }
 }

@@ -1,13 +1,16 @@
 //! Test support for nodekit, in the spirit of `tower-test`: fakes of every node-core trait, a
-//! scripted pod source, network-namespace fixtures, a tiny OCI test image built from
-//! busybox-static, a docker-registry on 127.0.0.1 to serve it, a private containerd for CRI
-//! tests, and a leak checker that inventories what a node leaves behind.
+//! scripted pod source, a runtime wrapper with hooks, network-namespace fixtures, a tiny OCI
+//! test image built from busybox-static, a docker-registry on 127.0.0.1 to serve it, a private
+//! containerd for CRI tests, a leak checker that inventories what a node leaves behind, and a
+//! fake Kubernetes API server ([`FakeApiServer`]) with a `kube::Client` pointed at it.
 //!
 //! Tests that need root or a kernel feature call [`require_root`] (or [`require_command`]):
 //! locally they skip with a printed reason; under `CI=true` they fail loudly instead.
 
+pub mod apiserver;
 pub mod containerd;
 pub mod fakes;
+pub mod hooked;
 pub mod image;
 pub mod leaks;
 pub mod netns;
@@ -16,8 +19,10 @@ pub mod registry;
 pub mod sweep;
 pub mod topology;
 
+pub use apiserver::FakeApiServer;
 pub use containerd::ContainerdFixture;
 pub use fakes::{FakeCni, FakeRouter, FakeRuntime, FakeStatusSink, ScriptedPodSource};
+pub use hooked::HookedRuntime;
 pub use image::{Blob, TestImage};
 pub use leaks::{Inventory, LeakKind, LeakScope, Leaks};
 pub use netns::{NetnsFixture, connect_veth};
@@ -75,4 +80,24 @@ pub fn which(command: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(command))
         .find(|p| p.is_file())
+}
+
+/// Polls `f` every 50 ms of tokio time (paused-clock tests advance it) until it gives a value;
+/// panics naming `what` after `limit`.
+pub async fn until<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

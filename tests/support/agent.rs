@@ -11,6 +11,28 @@ use std::time::{Duration, Instant};
 
 use super::examples::{cargo_build, example};
 
+/// A command running `program` inside `ns`'s network namespace only (entered with setns before
+/// exec; `ip netns exec` would also remount /sys, hiding the cgroup hierarchies).
+pub fn netns_command(
+    ns: &node_test_support::NetnsFixture,
+    program: &Path,
+) -> std::process::Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let netns = std::fs::File::open(ns.path()).expect("the namespace file");
+    let mut cmd = std::process::Command::new(program);
+    // SAFETY: setns is async-signal-safe; the closure owns the namespace file until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Builds the agent and `nodekit-init` (found next to it); the agent's binary.
 pub fn build_agent() -> PathBuf {
     cargo_build(&["-p", "node-cri", "--bin", "nodekit-init"]);
@@ -219,5 +241,82 @@ pub fn wait_for<T>(
             log()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A cgroup parent of the agent's own (`--cgroup-root`), so its `kubepods` hierarchy is apart
+/// from any other agent's; its directories in every hierarchy are removed on drop (deepest
+/// first; the agent removes `kubepods` below it with `--drain-on-exit`).
+pub struct CgroupRoot {
+    name: String,
+}
+
+impl CgroupRoot {
+    /// `nkt-<label>-<pid>`.
+    pub fn new(label: &str) -> Self {
+        Self {
+            name: format!("nkt-{label}-{}", std::process::id()),
+        }
+    }
+
+    /// The name, for `--cgroup-root`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its directories, one per mounted hierarchy that has it.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for e in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let d = e.path().join(&self.name);
+            if d.is_dir() {
+                out.push(d);
+            }
+        }
+        let unified = Path::new("/sys/fs/cgroup").join(&self.name);
+        if unified.is_dir() && !out.contains(&unified) {
+            out.push(unified);
+        }
+        out
+    }
+
+    /// The pod cgroups (`pod<uid>` directories) under it, in every hierarchy.
+    pub fn pod_cgroups(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .iter()
+            .flat_map(|d| walk_dirs(d))
+            .filter(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("pod"))
+            })
+            .collect()
+    }
+}
+
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.extend(walk_dirs(&e.path()));
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+impl Drop for CgroupRoot {
+    fn drop(&mut self) {
+        for d in self.dirs() {
+            // children first (walk_dirs lists them before their parents)
+            for c in walk_dirs(&d) {
+                let _ = std::fs::remove_dir(&c);
+            }
+            let _ = std::fs::remove_dir(&d);
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! GC releases what attachments no longer valid hold.
 //!
 //! The node is the network namespace of the thread making the plugin's first ADD: a few worker
-//! threads started there do each ADD's netlink work in three batched `sendmsg`s (see `wire`),
+//! threads started there do each ADD's netlink work in two batched `sendmsg`s (see `wire`),
 //! entering the pod's namespace for the pod side, so the calling thread never changes namespace.
 //! The `bandwidth` capability shapes on the node's end of the veth (see `shape`).
 
@@ -256,7 +256,9 @@ impl BridgePlugin {
             .ensure_bridge(&self.config.bridge, self.config.mtu)
             .await?;
         let index = link.header.index;
-        for r in &self.ranges {
+        // one dump, then only what is missing (a plugin binary prepares on every call)
+        let have = node.addresses(index).await.unwrap_or_default();
+        for r in self.ranges.iter().filter(|r| !have.contains(&r.gateway)) {
             let gw = IpNet::new(r.gateway, r.subnet.prefix_len()).expect("valid prefix");
             node.add_address(index, gw).await?;
         }
@@ -272,7 +274,9 @@ impl BridgePlugin {
             ("/proc/sys/net/ipv6/conf/all/forwarding", false),
             (localnet.as_str(), true),
         ] {
-            if self.ranges.iter().any(|r| r.subnet.addr().is_ipv4() == v4) {
+            if self.ranges.iter().any(|r| r.subnet.addr().is_ipv4() == v4)
+                && std::fs::read_to_string(path).map_or(true, |v| v.trim() != "1")
+            {
                 let _ = std::fs::write(path, "1");
             }
         }

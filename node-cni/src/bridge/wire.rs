@@ -1,13 +1,14 @@
-//! The netlink side of one ADD, in three batches (three `sendmsg`s) on a worker thread:
+//! The netlink side of one ADD, in two batches (two `sendmsg`s) on a worker thread:
 //!
 //! 1. node: create the veth (host end on the bridge and up, the pod end created directly in
-//!    the pod's namespace with its final name), hairpin mode on the bridge port (by name), and
-//!    read the host end back;
-//! 2. pod: loopback up, the pod end up (by name), read it back (its index);
-//! 3. pod: the addresses and default routes.
+//!    the pod's namespace with its final name; one queue per end), hairpin mode on the bridge
+//!    port (by name), and read the host end back: its `IFLA_LINK` is the pod end's index;
+//! 2. pod: loopback up, the pod end up (by that index), the addresses and default routes (the
+//!    kernel runs a batch in order: the link is up before the routes through it), and read the
+//!    pod end back (its name checked, its MAC).
 //!
 //! The workers are started in the caller's (the node's) namespace; one enters the pod's for 2
-//! and 3 and goes back to the node's afterwards. The caller's threads never change namespace,
+//! and goes back to the node's afterwards. The caller's threads never change namespace,
 //! tokio workers never block on the kernel, and no thread is created per ADD.
 
 use std::fs::File;
@@ -17,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use ipnet::IpNet;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use node_core::CniError;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use rtnetlink::{
@@ -139,6 +140,8 @@ pub(crate) async fn wire_on_thread(
 
 fn veth(w: &Wiring, pod_ns: &File) -> Request {
     // The pod end cannot be brought up here: veth_open answers ENOTCONN until both ends exist.
+    // One queue per end: a veth's default is one per possible CPU, each with its own sysfs
+    // directories made (and later removed) under the rtnl lock.
     let mut p = LinkUnspec::new_with_name(&w.ifname).setns_by_fd(pod_ns.as_raw_fd());
     let mut v = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(w.host.clone())
@@ -148,9 +151,13 @@ fn veth(w: &Wiring, pod_ns: &File) -> Request {
         p = p.mtu(m);
         v = v.mtu(m);
     }
-    let msg = v
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
+    let one_queue = [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)];
+    let mut peer = p.build();
+    peer.attributes.extend(one_queue.clone());
+    let mut msg = v
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
+    msg.attributes.extend(one_queue);
     Request::new(
         format!("create veth {} for {}", w.host, w.who),
         RouteNetlinkMessage::NewLink(msg),
@@ -192,11 +199,21 @@ fn first_batch(w: &Wiring, pod_ns: &File) -> Vec<Request> {
     reqs
 }
 
+/// The index of a veth end's peer (`IFLA_LINK`, in the peer's namespace), when it differs from
+/// the end's own.
+fn peer_index(link: &netlink_packet_route::link::LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    })
+}
+
 /// Wire one attachment; the calling thread must be in the node's namespace, and ends in the
 /// pod's.
 pub(crate) fn wire(w: &Wiring, pod_ns: &File) -> Result<Wired, WireError> {
     let mut node = NlSocket::open()?;
     let reqs = first_batch(w, pod_ns);
+    let ops: Vec<String> = reqs.iter().map(|r| r.op.clone()).collect();
     let mut answers = node.batch(reqs)?;
     if answers[0].errno == Some(rtnl::EEXIST) {
         // Left by an earlier ADD of the same attachment: start again.
@@ -213,8 +230,8 @@ pub(crate) fn wire(w: &Wiring, pod_ns: &File) -> Result<Wired, WireError> {
         });
     }
     check(&create_op, &answers[0])?;
-    if w.hairpin {
-        check(&format!("set hairpin mode on {}", w.host), &answers[1])?;
+    for (op, a) in ops.iter().zip(&answers).skip(1) {
+        check(op, a)?;
     }
     let host_link = answers
         .last()
@@ -224,6 +241,8 @@ pub(crate) fn wire(w: &Wiring, pod_ns: &File) -> Result<Wired, WireError> {
             message: "no answer".into(),
         })?;
     let (host_index, host_mac) = (host_link.header.index, rtnl::mac_of(host_link));
+    // The kernel leaves IFLA_LINK out when the peer's index equals the link's own.
+    let idx = peer_index(host_link).unwrap_or(host_index);
     if w.ingress.is_some() || w.egress.is_some() {
         shape_host(&mut node, w, host_index)?;
     }
@@ -243,20 +262,11 @@ pub(crate) fn wire(w: &Wiring, pod_ns: &File) -> Result<Wired, WireError> {
             0,
         )
     };
-    let answers = pod.batch(vec![
+    // One batch, run in order by the kernel: the links up before the routes that need them.
+    let mut reqs = vec![
         up("lo", LinkUnspec::new_with_index(1).up().build()),
-        up(&w.ifname, LinkUnspec::new_with_name(&w.ifname).up().build()),
-        get_link(&w.ifname),
-    ])?;
-    check("set link lo up in the pod", &answers[0])?;
-    check(&format!("set link {} up in the pod", w.ifname), &answers[1])?;
-    let eth = answers[2].link().ok_or_else(|| CniError::Netlink {
-        op: format!("get link {} in the pod", w.ifname),
-        message: "no answer".into(),
-    })?;
-    let (idx, pod_mac) = (eth.header.index, rtnl::mac_of(eth));
-
-    let mut reqs = Vec::new();
+        up(&w.ifname, LinkUnspec::new_with_index(idx).up().build()),
+    ];
     for a in &w.addresses {
         let mut msg = match a.addr() {
             IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
@@ -295,12 +305,30 @@ pub(crate) fn wire(w: &Wiring, pod_ns: &File) -> Result<Wired, WireError> {
             NLM_F_CREATE | NLM_F_EXCL,
         ));
     }
+    reqs.push(Request::new(
+        format!("get link {} in the pod", w.ifname),
+        RouteNetlinkMessage::GetLink(LinkUnspec::new_with_index(idx).build()),
+        0,
+    ));
     let ops: Vec<String> = reqs.iter().map(|r| r.op.clone()).collect();
-    for (op, a) in ops.iter().zip(pod.batch(reqs)?) {
-        if a.errno != Some(rtnl::EEXIST) {
-            check(op, &a)?;
+    let answers = pod.batch(reqs)?;
+    for (i, (op, a)) in ops.iter().zip(&answers).enumerate() {
+        // An address or route already there (a repeated ADD) is fine; the links must come up.
+        if i < 2 || a.errno != Some(rtnl::EEXIST) {
+            check(op, a)?;
         }
     }
+    let eth = answers.last().and_then(|a| a.link());
+    let pod_mac = match eth {
+        Some(l) if rtnl::name_of(l) == Some(w.ifname.as_str()) => rtnl::mac_of(l),
+        _ => {
+            return Err(CniError::Netlink {
+                op: format!("get link {} in the pod", w.ifname),
+                message: format!("index {idx} is not {}", w.ifname),
+            }
+            .into());
+        }
+    };
     Ok(Wired { host_mac, pod_mac })
 }
 

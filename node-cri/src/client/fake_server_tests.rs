@@ -27,6 +27,11 @@ struct Fake {
     pulls: Pulls,
     /// The grpc-timeout header of each call, as the server saw it.
     timeouts: Arc<Mutex<Vec<Option<String>>>>,
+    /// What `GetContainerEvents` sends (`None`: it answers `Unimplemented`, as containerd 1.6).
+    events: Option<Vec<cri::ContainerEventResponse>>,
+    /// How long `GetContainerEvents` waits before it answers (a runtime that sends its headers
+    /// with the first event).
+    events_delay: Duration,
 }
 
 /// An implementation of a CRI service whose listed methods answer `Unimplemented`.
@@ -50,7 +55,7 @@ macro_rules! cri_service {
 cri_service! {
     impl RuntimeService for Fake {
         type GetContainerEventsStream =
-            futures::stream::Empty<Result<cri::ContainerEventResponse, Status>>;
+            futures::stream::BoxStream<'static, Result<cri::ContainerEventResponse, Status>>;
 
         async fn version(&self, r: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
             self.timeouts.lock().unwrap().push(r.metadata().get("grpc-timeout").map(|v| v.to_str().unwrap().to_string()));
@@ -82,7 +87,17 @@ cri_service! {
             &self,
             _r: Request<cri::GetEventsRequest>,
         ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-            Ok(Response::new(futures::stream::empty()))
+            use futures::StreamExt;
+            tokio::time::sleep(self.events_delay).await;
+            let Some(events) = self.events.clone() else {
+                return Err(Status::unimplemented("unknown method GetContainerEvents for service runtime.v1.RuntimeService"));
+            };
+            // the scripted events, then the stream stays open
+            Ok(Response::new(
+                futures::stream::iter(events.into_iter().map(Ok))
+                    .chain(futures::stream::pending())
+                    .boxed(),
+            ))
         }
     }
     unimplemented {
@@ -368,4 +383,102 @@ async fn connect_waiting_waits_for_a_late_runtime() {
         "{r:?}"
     );
     assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+fn event(id: &str) -> cri::ContainerEventResponse {
+    cri::ContainerEventResponse {
+        container_id: id.into(),
+        container_event_type: cri::ContainerEventType::ContainerStoppedEvent as i32,
+        created_at: 1,
+        pod_sandbox_status: None,
+        containers_statuses: vec![],
+    }
+}
+
+#[tokio::test]
+async fn container_events_stream_and_unimplemented_says_relist() {
+    use futures::StreamExt;
+    // containerd 1.6: Unimplemented, which the kubelet takes as "relist only"
+    let (_dir, sock) = serve(v1(), true);
+    let c = CriClient::connect(config(&sock)).await.unwrap();
+    match c.get_container_events().await {
+        Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "GetContainerEvents"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a stream from a runtime without events"),
+    }
+    let (_dir, sock) = serve(
+        Fake {
+            events: Some(vec![event("a"), event("b")]),
+            ..v1()
+        },
+        true,
+    );
+    let c = CriClient::connect(config(&sock)).await.unwrap();
+    let mut s = c.get_container_events().await.unwrap();
+    for want in ["a", "b"] {
+        let ev = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.container_id, want);
+    }
+    // the stream has no deadline: still open after the call timeout would have passed
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), s.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn container_events_of_a_runtime_that_answers_with_the_first_event() {
+    use futures::StreamExt;
+    let (_dir, sock) = serve(
+        Fake {
+            events: Some(vec![event("late")]),
+            events_delay: Duration::from_millis(1500),
+            ..v1()
+        },
+        true,
+    );
+    let c = CriClient::connect(CriClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..config(&sock)
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut s = c.get_container_events().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "the subscription did not wait for the first event"
+    );
+    let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("the late event within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.container_id, "late");
+    // a runtime that fails late fails the stream
+    let (_dir, sock) = serve(
+        Fake {
+            events_delay: Duration::from_millis(1500),
+            ..v1()
+        },
+        true,
+    );
+    let c = CriClient::connect(CriClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..config(&sock)
+    })
+    .await
+    .unwrap();
+    let mut s = c.get_container_events().await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Unimplemented(_)), "{err}");
 }

@@ -784,6 +784,48 @@ impl RuntimeBackend for CriClient {
         )
         .map(|_: cri::UpdateRuntimeConfigResponse| ())
     }
+
+    /// The runtime's `GetContainerEvents` stream. The subscription itself has the connect
+    /// timeout to answer (a runtime without events, such as containerd 1.6, answers
+    /// `Unimplemented` at once: [`RuntimeError::Unimplemented`], and the kubelet keeps relisting);
+    /// a runtime that sends its response headers only with the first event (grpc-go) gets the
+    /// stream anyway, which then waits for that event. The stream has no deadline; it fails with
+    /// [`RuntimeError::Unavailable`] when the connection breaks.
+    async fn get_container_events(&self) -> Result<node_core::ContainerEventStream, RuntimeError> {
+        use futures::{StreamExt, TryStreamExt};
+        let ctx = self.ctx("GetContainerEvents", "runtime", "");
+        let mut c = self.runtime.clone();
+        let mut call = Box::pin(async move {
+            c.get_container_events(tonic::Request::new(cri::GetEventsRequest {}))
+                .await
+        });
+        let first = tokio::time::timeout(self.config.connect_timeout, &mut call).await;
+        let items = move |s: tonic::Streaming<cri::ContainerEventResponse>| {
+            let ctx = ctx.clone();
+            s.map_err(move |status| map_status(&status, &ctx))
+        };
+        match first {
+            Ok(Ok(resp)) => Ok(items(resp.into_inner()).boxed()),
+            Ok(Err(status)) => {
+                let err = map_status(&status, &self.ctx("GetContainerEvents", "runtime", ""));
+                tracing::debug!(code = ?status.code(), error = %err, "GetContainerEvents failed");
+                Err(err)
+            }
+            // no headers yet: the stream waits for them
+            Err(_) => {
+                let ctx = self.ctx("GetContainerEvents", "runtime", "");
+                Ok(futures::stream::once(call)
+                    .map(move |r| match r {
+                        Ok(resp) => items(resp.into_inner()).boxed(),
+                        Err(status) => {
+                            futures::stream::iter([Err(map_status(&status, &ctx))]).boxed()
+                        }
+                    })
+                    .flatten()
+                    .boxed())
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -12,7 +12,10 @@
 //! - the `List*` filters (id or unique id prefix, state, labels, sandbox, image reference) are
 //!   applied to whatever the backend answers; `info` is only returned when `verbose` is asked;
 //! - `Status` always carries `RuntimeReady` and `NetworkReady`;
-//! - `CheckpointContainer` and `GetContainerEvents` answer `Unimplemented`,
+//! - `GetContainerEvents` streams the backend's events (`Unimplemented` when it has none) and
+//!   ends the streams when the server shuts down; a subscriber that falls behind gets the
+//!   backend's error (`ResourceExhausted` for the native runtime) and its stream ends;
+//! - `CheckpointContainer` answers `Unimplemented`,
 //!   `ListMetricDescriptors`/`ListPodSandboxMetrics` an empty list (no extra metrics), and
 //!   `RuntimeConfig` the configured cgroup driver ([`CriServerConfig::cgroup_driver`]) or
 //!   `Unimplemented`; the kubelet falls back to its own configuration then;
@@ -129,6 +132,8 @@ struct Inner {
     runtime: Arc<dyn RuntimeBackend>,
     images: Arc<dyn ImageBackend>,
     config: CriServerConfig,
+    /// Turns true when serving stops: the event streams end.
+    events_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// The implementation of both CRI services over the backends (see the [module docs](self)).
@@ -166,6 +171,7 @@ impl CriServer {
                 runtime,
                 images,
                 config,
+                events_stop: tokio::sync::watch::Sender::new(false),
             })),
         }
     }
@@ -243,6 +249,7 @@ impl CriServer {
         }
         tracing::info!("CRI server shutting down: draining in-flight calls");
         let _ = stop_tx.send(true);
+        self.api.0.events_stop.send_replace(true);
         match tokio::time::timeout(grace, serve).await {
             Ok(r) => r.map_err(ServeError::Transport),
             Err(_) => {

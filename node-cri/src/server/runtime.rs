@@ -742,15 +742,27 @@ impl RuntimeService for CriApi {
     }
 
     type GetContainerEventsStream =
-        futures::stream::Empty<Result<cri::ContainerEventResponse, Status>>;
+        futures::stream::BoxStream<'static, Result<cri::ContainerEventResponse, Status>>;
 
     async fn get_container_events(
         &self,
         _r: Request<cri::GetEventsRequest>,
     ) -> Answer<Self::GetContainerEventsStream> {
-        Err(Status::unimplemented(
-            "GetContainerEvents: this runtime has no container event stream (the kubelet's generic PLEG polls instead)",
-        ))
+        use futures::StreamExt;
+        const M: &str = "GetContainerEvents";
+        // the stream ends when the server shuts down (it would hold the drain otherwise)
+        let mut stop = self.0.events_stop.subscribe();
+        guarded(M, async {
+            let events = strict(M, self.0.runtime.get_container_events().await)?;
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Ok(events
+                .map(|r| r.map_err(|e| to_status(M, &e)))
+                .take_until(stopped)
+                .boxed())
+        })
+        .await
     }
 
     async fn list_metric_descriptors(

@@ -13,7 +13,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use node_core::{PodRef, StatusError, StatusSink};
 
-use super::status::NodeStatusError;
+use tokio_util::sync::CancellationToken;
+
+use super::status::{NodeHealth, NodeStatusError, NodeStatusReporter};
 
 /// The namespace of node leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -236,6 +238,44 @@ impl NodeLease {
             }
         }
     }
+}
+
+/// The node's whole conversation with the API server until `shutdown`: registers the Node
+/// (built by `reporter`, retrying with back-off), then renews its Lease every
+/// `config.renew_interval` and reports its status through `reporter` (on change, or every
+/// `report_every`), both backing off while the API server is unreachable. This is what
+/// [`NodeManager::api`](super::NodeManager::api) starts.
+pub async fn run_with_api(
+    client: kube::Client,
+    config: NodeApiConfig,
+    mut reporter: NodeStatusReporter,
+    health: tokio::sync::watch::Receiver<NodeHealth>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let node = loop {
+        let h = health.borrow().clone();
+        match reporter.build_now(&h) {
+            Ok(n) => break n,
+            Err(e) => tracing::warn!(error = %e, "the Node object could not be built; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    };
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let Some(registered) =
+        register_node_with_backoff(&client, &node, &config, shutdown.cancelled()).await
+    else {
+        return;
+    };
+    tracing::info!(node = %name, uid = ?registered.metadata.uid, "node registered");
+    let lease = NodeLease::new(client, &name, config);
+    tokio::join!(
+        lease.run(shutdown.cancelled()),
+        reporter.run(health, shutdown.cancelled())
+    );
 }
 
 /// A [`StatusSink`] to the API server: node status by a merge patch of `nodes/<name>/status`

@@ -447,6 +447,8 @@ pub struct PodUsage {
     pub containers: Vec<ContainerUsage>,
     /// Ephemeral storage of the pod's volumes (emptyDir on disk) in bytes.
     pub volume_bytes: i64,
+    /// Bytes of each emptyDir on disk, by volume name (for their `sizeLimit`).
+    pub empty_dirs: BTreeMap<String, i64>,
     /// Inodes the pod uses.
     pub inodes: i64,
     /// Processes of the pod.
@@ -585,6 +587,142 @@ pub fn eviction_message(
     message
 }
 
+fn ephemeral_limit(c: &k8s_openapi::api::core::v1::Container) -> Option<(i64, String)> {
+    let q = c
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get("ephemeral-storage")?;
+    Some((quantity::quantity_value(q).ok()?, q.0.clone()))
+}
+
+/// kubelet's local storage limits, checked every round whatever the thresholds: an emptyDir
+/// on disk over its `sizeLimit`, a pod over the sum of its containers' `ephemeral-storage`
+/// limits (containers' writable layers and logs plus its emptyDirs), a container over its own
+/// limit (writable layer and logs). Each offending pod is evicted at once with reason
+/// `Evicted` and kubelet's message, followed by the usage measured.
+pub fn local_storage_evictions(pods: &[PodUsage]) -> Vec<Eviction> {
+    let mut out = Vec::new();
+    for p in pods {
+        let Some(spec) = p.pod.spec.as_ref() else {
+            continue;
+        };
+        let evict = |message: String| Eviction {
+            pod: PodRef::of(&p.pod),
+            signal: Signal::NodeFsAvailable,
+            reason: EVICTED_REASON.into(),
+            message,
+            grace_period: Duration::ZERO,
+        };
+        let over_size_limit = spec.volumes.iter().flatten().find_map(|v| {
+            let ed = v.empty_dir.as_ref()?;
+            if ed.medium.as_deref() == Some("Memory") {
+                return None;
+            }
+            let limit = ed.size_limit.as_ref()?;
+            let used = *p.empty_dirs.get(&v.name)?;
+            (used > quantity::quantity_value(limit).ok()?).then(|| {
+                format!(
+                    "Usage of EmptyDir volume {:?} exceeds the limit {:?}. Usage: {}. ",
+                    v.name,
+                    limit.0,
+                    format_bytes(used)
+                )
+            })
+        });
+        if let Some(m) = over_size_limit {
+            out.push(evict(m));
+            continue;
+        }
+        let limits: Vec<i64> = spec
+            .containers
+            .iter()
+            .filter_map(|c| ephemeral_limit(c).map(|l| l.0))
+            .collect();
+        if !limits.is_empty() {
+            let limit: i64 = limits.iter().sum();
+            let used = p.containers.iter().map(|c| c.ephemeral_bytes).sum::<i64>()
+                + p.empty_dirs.values().sum::<i64>();
+            if used > limit {
+                out.push(evict(format!(
+                    "Pod ephemeral local storage usage exceeds the total limit of containers {}. Usage: {}. ",
+                    format_bytes(limit),
+                    format_bytes(used)
+                )));
+                continue;
+            }
+        }
+        let over_container = spec.containers.iter().find_map(|c| {
+            let (limit, text) = ephemeral_limit(c)?;
+            let used = p
+                .containers
+                .iter()
+                .find(|u| u.name == c.name)?
+                .ephemeral_bytes;
+            (used > limit).then(|| {
+                format!(
+                    "Container {} exceeded its local ephemeral storage limit {text:?}. Usage: {}. ",
+                    c.name,
+                    format_bytes(used)
+                )
+            })
+        });
+        if let Some(m) = over_container {
+            out.push(evict(m));
+        }
+    }
+    out
+}
+
+/// The reason of a pod rejected at admission because of node pressure.
+pub const PRESSURE_REJECTION_MESSAGE_PREFIX: &str = "The node had condition: ";
+
+/// kubelet's admission under pressure: with `MemoryPressure` a BestEffort pod is rejected,
+/// with `DiskPressure` (or `PIDPressure`) every pod, unless it is critical (priority at least
+/// 2000000000) or tolerates the matching `node.kubernetes.io/*-pressure` taint. The error is
+/// kubelet's message (`The node had condition: [MemoryPressure]. `); the reason is `Evicted`.
+pub fn admit_under_pressure(pod: &Pod, health: &NodeHealth) -> Result<(), String> {
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.priority).unwrap_or(0) >= 2_000_000_000 {
+        return Ok(());
+    }
+    let tolerates = |key: &str| {
+        spec.and_then(|s| s.tolerations.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                let key_ok = match t.key.as_deref() {
+                    None | Some("") => t.operator.as_deref() == Some("Exists"),
+                    Some(k) => k == key,
+                };
+                let effect_ok = matches!(t.effect.as_deref(), None | Some("") | Some("NoSchedule"));
+                key_ok && effect_ok
+            })
+    };
+    let mut conditions = Vec::new();
+    if health.memory_pressure
+        && pod_qos(pod).unwrap_or(QosClass::BestEffort) == QosClass::BestEffort
+        && !tolerates("node.kubernetes.io/memory-pressure")
+    {
+        conditions.push("MemoryPressure");
+    }
+    if health.disk_pressure && !tolerates("node.kubernetes.io/disk-pressure") {
+        conditions.push("DiskPressure");
+    }
+    if health.pid_pressure && !tolerates("node.kubernetes.io/pid-pressure") {
+        conditions.push("PIDPressure");
+    }
+    if conditions.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{PRESSURE_REJECTION_MESSAGE_PREFIX}[{}]. ",
+            conditions.join(" ")
+        ))
+    }
+}
+
 /// Reclaims node-level disk before pods are evicted for disk pressure: unused images.
 #[async_trait]
 pub trait ImageGc: Send + Sync {
@@ -646,6 +784,9 @@ pub struct EvictionOutcome {
     pub evict: Option<Eviction>,
     /// Whether node-level reclaim (container and image GC) ran.
     pub reclaimed: bool,
+    /// Pods over their ephemeral-storage limits or emptyDir `sizeLimit`: all of them go this
+    /// round (at once, as kubelet does), and no pod is evicted for a threshold.
+    pub limit_evictions: Vec<Eviction>,
 }
 
 /// The eviction manager: observes, tracks grace periods, reclaims node-level disk first, then
@@ -724,6 +865,10 @@ impl EvictionManager {
             pressure: self.last_pressure.keys().copied().collect(),
             ..Default::default()
         };
+        outcome.limit_evictions = local_storage_evictions(pods);
+        if !outcome.limit_evictions.is_empty() {
+            return Ok(outcome);
+        }
         // hard thresholds first, then memory before disk before pids
         active.sort_by_key(|t| (!t.is_hard(), t.signal));
         let Some(mut threshold) = active.first().cloned() else {
@@ -827,8 +972,8 @@ impl EvictionManager {
                 h.set_pressure(outcome.pressure.iter().copied());
                 *h != before
             });
-            if let Some(e) = &outcome.evict {
-                tracing::info!(pod = %e.pod, signal = %e.signal, "evicting pod");
+            for e in outcome.limit_evictions.iter().chain(&outcome.evict) {
+                tracing::info!(pod = %e.pod, signal = %e.signal, message = %e.message, "evicting pod");
                 if let Err(err) = evictor.evict(e).await {
                     tracing::warn!(pod = %e.pod, error = %err, "eviction failed");
                 }
@@ -1178,5 +1323,138 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn local_storage_limits_evict_with_kubelets_messages() {
+        let spec = |extra: &str| -> Pod {
+            serde_saphyr::from_str(&format!(
+                "metadata: {{name: p, namespace: default, uid: p}}\nspec:\n  volumes:\n  - {{name: scratch, emptyDir: {{sizeLimit: 1Mi}}}}\n  - {{name: ram, emptyDir: {{medium: Memory, sizeLimit: 1Ki}}}}\n  - {{name: free, emptyDir: {{}}}}\n  containers:\n  - {{name: a, image: i{extra}}}\n  - {{name: b, image: i}}\n"
+            ))
+            .unwrap()
+        };
+        let usage = |pod: Pod, a: i64, scratch: i64, free: i64| PodUsage {
+            pod,
+            containers: vec![
+                ContainerUsage {
+                    name: "a".into(),
+                    ephemeral_bytes: a,
+                    ..Default::default()
+                },
+                ContainerUsage {
+                    name: "b".into(),
+                    ephemeral_bytes: 1 << 20,
+                    ..Default::default()
+                },
+            ],
+            empty_dirs: BTreeMap::from([
+                ("scratch".to_string(), scratch),
+                ("free".to_string(), free),
+            ]),
+            ..Default::default()
+        };
+        let limit = ", resources: {limits: {ephemeral-storage: 4Mi}}";
+        let cases = [
+            (
+                "within every limit",
+                usage(spec(limit), 1 << 20, 1 << 20, 1 << 20),
+                None,
+            ),
+            (
+                "an emptyDir over its sizeLimit (the Memory one does not count)",
+                usage(spec(""), 0, 3 << 20, 0),
+                Some(
+                    "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". Usage: 3Mi. ",
+                ),
+            ),
+            (
+                "the pod over the sum of its containers' limits (emptyDirs count)",
+                usage(spec(limit), 1 << 20, 1 << 20, 2 << 20),
+                Some(
+                    "Pod ephemeral local storage usage exceeds the total limit of containers 4Mi. Usage: 5Mi. ",
+                ),
+            ),
+            (
+                "no limit at all: nothing to exceed",
+                usage(spec(""), 100 << 20, 0, 100 << 20),
+                None,
+            ),
+        ];
+        for (what, u, want) in cases {
+            let got = local_storage_evictions(std::slice::from_ref(&u));
+            assert_eq!(got.first().map(|e| e.message.as_str()), want, "{what}");
+            if let Some(e) = got.first() {
+                assert_eq!(e.reason, "Evicted");
+                assert_eq!(e.grace_period, Duration::ZERO);
+                assert_eq!(e.pod.name, "p");
+            }
+        }
+        // a container over its own limit (its writable layer and logs), within the pod's sum
+        let both: Pod = serde_saphyr::from_str(
+            "metadata: {name: p, namespace: default, uid: p}\nspec:\n  containers:\n  - {name: a, image: i, resources: {limits: {ephemeral-storage: 1Mi}}}\n  - {name: b, image: i, resources: {limits: {ephemeral-storage: 10Mi}}}\n",
+        )
+        .unwrap();
+        let mut u = usage(both, 2 << 20, 0, 0);
+        u.empty_dirs.clear();
+        let got = local_storage_evictions(&[u]);
+        assert_eq!(
+            got[0].message,
+            "Container a exceeded its local ephemeral storage limit \"1Mi\". Usage: 2Mi. "
+        );
+    }
+
+    #[tokio::test]
+    async fn limit_evictions_come_before_thresholds_and_take_every_offender() {
+        let observer = FakeObserver(Mutex::new(vec![obs(Signal::MemoryAvailable, 0, 1 << 30)]));
+        let mut m = EvictionManager::new(EvictionConfig::default(), Arc::new(observer));
+        let over: Pod = serde_saphyr::from_str(
+            "metadata: {name: over, namespace: default, uid: over}\nspec:\n  volumes: [{name: v, emptyDir: {sizeLimit: 1Ki}}]\n  containers: [{name: c, image: i}]\n",
+        )
+        .unwrap();
+        let mut u = usage(over, 1);
+        u.empty_dirs.insert("v".into(), 4096);
+        let out = m
+            .synchronize(&[u, usage(pod("be", 0, ""), 5)])
+            .await
+            .unwrap();
+        assert_eq!(out.limit_evictions.len(), 1);
+        assert_eq!(out.limit_evictions[0].pod.name, "over");
+        assert_eq!(
+            out.evict, None,
+            "no threshold eviction in a round that evicted for limits"
+        );
+        assert!(out.pressure.contains("MemoryPressure"));
+    }
+
+    #[test]
+    fn admission_under_pressure_follows_kubelet() {
+        let be = pod("be", 0, "");
+        let burstable = pod("b", 0, ", resources: {requests: {memory: 10Mi}}");
+        let critical = pod("crit", 2_000_000_000, "");
+        let tolerant: Pod = serde_saphyr::from_str(
+            "metadata: {name: t, namespace: default, uid: t}\nspec:\n  tolerations: [{key: node.kubernetes.io/memory-pressure, operator: Exists, effect: NoSchedule}]\n  containers: [{name: c, image: i}]\n",
+        )
+        .unwrap();
+        let memory = NodeHealth {
+            memory_pressure: true,
+            ..Default::default()
+        };
+        let disk = NodeHealth {
+            disk_pressure: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            admit_under_pressure(&be, &memory),
+            Err("The node had condition: [MemoryPressure]. ".into())
+        );
+        assert_eq!(admit_under_pressure(&burstable, &memory), Ok(()));
+        assert_eq!(admit_under_pressure(&critical, &memory), Ok(()));
+        assert_eq!(admit_under_pressure(&tolerant, &memory), Ok(()));
+        assert_eq!(
+            admit_under_pressure(&burstable, &disk),
+            Err("The node had condition: [DiskPressure]. ".into())
+        );
+        assert_eq!(admit_under_pressure(&critical, &disk), Ok(()));
+        assert_eq!(admit_under_pressure(&be, &NodeHealth::default()), Ok(()));
     }
 }

@@ -4,6 +4,8 @@
 //! stops pods via their workers. [`NoNodeHooks`] does nothing; [`NodeManager`](super::NodeManager)
 //! is the real implementation.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -124,6 +126,7 @@ pub struct PodStopError {
 pub struct PodControl {
     tx: mpsc::UnboundedSender<PodStop>,
     states: PodStates,
+    sources_ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PodControl {
@@ -137,7 +140,25 @@ impl PodControl {
     /// routes them to the pod workers).
     pub fn new(states: PodStates) -> (Self, mpsc::UnboundedReceiver<PodStop>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx, states }, rx)
+        let sources_ready = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                tx,
+                states,
+                sources_ready,
+            },
+            rx,
+        )
+    }
+
+    /// Whether every pod source delivered its pods (a pod missing before is not a deleted one).
+    pub fn sources_ready(&self) -> bool {
+        self.sources_ready.load(Ordering::SeqCst)
+    }
+
+    /// Every pod source delivered its pods (the kubelet's run loop says so).
+    pub fn set_sources_ready(&self) {
+        self.sources_ready.store(true, Ordering::SeqCst);
     }
 
     /// The kubelet's pods with their latest status.

@@ -1,5 +1,6 @@
 //! The node's HTTP endpoints as an axum router: `/healthz`, `/pods` (the pods and their status,
-//! as kubelet's read-only `/pods`: a v1 PodList) and `/metrics` (Prometheus text from the
+//! as kubelet's read-only `/pods`: a v1 PodList), `/node` (the Node object the node manager
+//! last built: standalone mode's node status) and `/metrics` (Prometheus text from the
 //! [`NodeMetrics`] registry that the pod workers, probes and eviction manager update).
 
 use std::sync::Arc;
@@ -166,6 +167,7 @@ pub trait HealthCheck: Send + Sync {
 pub struct HttpState {
     pods: Arc<dyn PodsProvider>,
     health: Option<Arc<dyn HealthCheck>>,
+    node: Option<super::status::LatestNode>,
     registry: Arc<Registry>,
 }
 
@@ -188,6 +190,7 @@ impl HttpState {
         Self {
             pods,
             health: None,
+            node: None,
             registry: Arc::new(registry),
         }
     }
@@ -200,11 +203,22 @@ impl HttpState {
     }
 }
 
-/// The router: `GET /healthz`, `GET /pods`, `GET /metrics`.
+impl HttpState {
+    /// `/node` serves this Node object ([`NodeManager::latest_node`](super::NodeManager::latest_node));
+    /// without it `/node` answers 404.
+    #[must_use]
+    pub fn node(mut self, latest: super::status::LatestNode) -> Self {
+        self.node = Some(latest);
+        self
+    }
+}
+
+/// The router: `GET /healthz`, `GET /pods`, `GET /node`, `GET /metrics`.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/pods", get(pods))
+        .route("/node", get(node))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -232,6 +246,24 @@ async fn pods(State(s): State<HttpState>) -> Response {
         list.to_string(),
     )
         .into_response()
+}
+
+async fn node(State(s): State<HttpState>) -> Response {
+    let Some(latest) = &s.node else {
+        return (StatusCode::NOT_FOUND, "no node status on this server").into_response();
+    };
+    match latest.get() {
+        Some(node) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&node).unwrap_or_default(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node status is not built yet",
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {

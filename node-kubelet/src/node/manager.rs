@@ -1,8 +1,10 @@
 //! [`NodeManager`]: the real [`NodeHooks`] — admission against allocatable, the pod cgroup as
 //! the sandbox's `cgroup_parent`, pod volumes as CRI mounts (refreshed on every sync, so
 //! configMap and secret updates land with the `..data` swap), the eviction manager and the
-//! graceful shutdown manager driving pod termination through the workers, and, with an API
-//! server, mirror pods and service-account tokens.
+//! graceful shutdown manager driving pod termination through the workers, the node's status
+//! (with an API server: registration, Lease and status patches; standalone: the latest Node as
+//! JSON, see [`NodeManager::latest_node`]), and, with an API server, mirror pods and
+//! service-account tokens.
 //!
 //! ```no_run
 //! # fn demo(runtime: std::sync::Arc<node_test_support::FakeRuntime>) -> Result<(), Box<dyn std::error::Error>> {
@@ -20,8 +22,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,15 +32,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use node_core::{PodRef, cri};
+use node_core::{ImageBackend, PodRef, RuntimeBackend, cri};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::allocatable::{self, AllocatableConfig, CapacityError, NodeResources};
 use super::cgroups::{CgroupConfig, CgroupError, PodCgroups};
 use super::eviction::{
-    ContainerUsage, Eviction, EvictionConfig, EvictionError, EvictionManager, NodeSignals,
-    PodEvictor, PodUsage, SignalObserver,
+    ContainerUsage, EVICTED_REASON, Eviction, EvictionConfig, EvictionError, EvictionManager,
+    NodeSignals, PodEvictor, PodUsage, SignalObserver, admit_under_pressure,
+};
+use super::gc::{
+    ContainerGcManager, GcConfig, ImageGcManager, PodPresence, RuntimeImageFs, run_periodic,
 };
 use super::hooks::{NodeHookError, NodeHooks, PodControl, PodRejection, PodSetup};
 use super::mirror::MirrorPods;
@@ -45,7 +51,7 @@ use super::shutdown::{
     GroupReport, PodTerminator, SHUTDOWN_MESSAGE, ShutdownConfig, ShutdownError, execute_shutdown,
     plan_shutdown,
 };
-use super::status::NodeHealth;
+use super::status::{LatestNode, NodeHealth, NodeReportConfig, NodeReporting};
 use super::tokens::ServiceAccountTokens;
 use super::volumes::{ObjectStore, VolumeConfig, VolumeManager};
 
@@ -70,6 +76,11 @@ pub struct NodeConfig {
     pub shutdown: ShutdownConfig,
     /// How often the QoS class cgroups are updated from the pods' requests (10 s).
     pub qos_update_interval: Duration,
+    /// Image and dead-container garbage collection (with [`NodeManager::runtime`]).
+    pub gc: GcConfig,
+    /// Where container logs live (the kubelet's `pod_log_root`), measured as the containers'
+    /// ephemeral storage.
+    pub pod_log_root: PathBuf,
 }
 
 impl NodeConfig {
@@ -89,6 +100,8 @@ impl NodeConfig {
             eviction_interval: Duration::from_secs(10),
             shutdown: ShutdownConfig::default(),
             qos_update_interval: Duration::from_secs(10),
+            gc: GcConfig::default(),
+            pod_log_root: PathBuf::from("/var/log/pods"),
         }
     }
 }
@@ -118,14 +131,16 @@ pub struct NodeManager {
     config: NodeConfig,
     allocatable: NodeResources,
     cgroups: Option<Arc<PodCgroups>>,
-    volumes: VolumeManager,
+    volumes: Arc<VolumeManager>,
     observer: Arc<dyn SignalObserver>,
+    runtime: Option<(Arc<dyn RuntimeBackend>, Arc<dyn ImageBackend>)>,
     health: watch::Sender<NodeHealth>,
     shutting_down: Arc<AtomicBool>,
     trigger: Mutex<Option<Trigger>>,
     shutdown_reports: Arc<watch::Sender<Option<Vec<GroupReport>>>>,
     mirror: Option<MirrorPods>,
     tokens: Option<Arc<ServiceAccountTokens>>,
+    reporting: NodeReporting,
 }
 
 impl std::fmt::Debug for NodeManager {
@@ -173,10 +188,11 @@ impl NodeManager {
         }
         let observer = Arc::new(NodeSignals {
             nodefs: config.allocatable.root_dir.clone(),
-            imagefs: None,
+            imagefs: config.gc.image_fs.clone(),
         });
         Ok(Self {
-            volumes: VolumeManager::new(volume_config, store),
+            volumes: Arc::new(VolumeManager::new(volume_config, store)),
+            runtime: None,
             config,
             allocatable,
             cgroups,
@@ -187,6 +203,7 @@ impl NodeManager {
             shutdown_reports: Arc::new(watch::channel(None).0),
             mirror: None,
             tokens: None,
+            reporting: NodeReporting::default(),
         })
     }
 
@@ -206,13 +223,56 @@ impl NodeManager {
         self
     }
 
-    /// With an API server: mirror pods for static pods, and service-account tokens for
-    /// projected volumes (TokenRequest, refreshed at 80 % of their lifetime).
+    /// The runtime the kubelet uses (the same as given to the
+    /// [`KubeletBuilder`](crate::KubeletBuilder)): its status makes the node Ready
+    /// (RuntimeReady) and its network available (NetworkReady), its version is the Node's
+    /// `containerRuntimeVersion`; it enables image and dead-container garbage collection
+    /// ([`NodeConfig::gc`]), periodic and before evictions for disk pressure, and the
+    /// containers' writable layers in their ephemeral-storage usage where the runtime reports
+    /// them.
+    #[must_use]
+    pub fn runtime(
+        mut self,
+        runtime: Arc<dyn RuntimeBackend>,
+        images: Arc<dyn ImageBackend>,
+    ) -> Self {
+        self.reporting.runtime = Some(runtime.clone());
+        self.runtime = Some((runtime, images));
+        self
+    }
+
+    /// With an API server: the Node registered, its Lease renewed and its status patched on
+    /// change (by [`NodeReportConfig`]), mirror pods for static pods, and service-account
+    /// tokens for projected volumes (TokenRequest, refreshed at 80 % of their lifetime).
     #[must_use]
     pub fn api(mut self, client: kube::Client) -> Self {
         self.mirror = Some(MirrorPods::new(client.clone(), &self.config.node_name));
-        self.tokens = Some(Arc::new(ServiceAccountTokens::new(client)));
+        self.tokens = Some(Arc::new(ServiceAccountTokens::new(client.clone())));
+        self.reporting.client = Some(client);
         self
+    }
+
+    /// How the node's status is built and reported (addresses, labels, cadence, back-off).
+    #[must_use]
+    pub fn report(mut self, config: NodeReportConfig) -> Self {
+        self.reporting.config = config;
+        self
+    }
+
+    /// Measure the Node's capacity with `f` instead of procfs/statfs.
+    #[must_use]
+    pub fn node_capacity(
+        mut self,
+        f: impl Fn() -> Result<NodeResources, CapacityError> + Send + Sync + 'static,
+    ) -> Self {
+        self.reporting.capacity = Some(Arc::new(f));
+        self
+    }
+
+    /// The Node object last reported, updated while the kubelet runs (standalone mode's node
+    /// status: serve it with [`HttpState::node`](super::http::HttpState::node)).
+    pub fn latest_node(&self) -> LatestNode {
+        self.reporting.latest.clone()
     }
 
     /// Node allocatable, as admission uses it.
@@ -242,46 +302,211 @@ impl NodeManager {
     }
 }
 
-/// Stops pods chosen by the eviction manager through the workers.
+/// Measures the pods' usage and stops the pods chosen by the eviction manager through the
+/// workers.
 struct Evictor {
     control: PodControl,
     cgroups: Option<Arc<PodCgroups>>,
+    volumes: Arc<VolumeManager>,
+    pod_log_root: PathBuf,
+    runtime: Option<Arc<dyn RuntimeBackend>>,
+    /// Pods stopped by an eviction whose Failed status is not published yet: never chosen
+    /// again (the next pod is).
+    evicted: Mutex<HashSet<PodRef>>,
+}
+
+/// Bytes (allocated blocks, as `du`) and inodes under `path`, on its filesystem only.
+fn disk_usage(path: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(path) else {
+        return (0, 0);
+    };
+    let dev = root.dev();
+    let (mut bytes, mut inodes) = (0i64, 0i64);
+    let mut stack = vec![(path.to_path_buf(), root)];
+    while let Some((p, m)) = stack.pop() {
+        bytes += m.blocks() as i64 * 512;
+        inodes += 1;
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                if let Ok(md) = e.metadata()
+                    && md.dev() == dev
+                {
+                    stack.push((e.path(), md));
+                }
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+fn has_started(state: &crate::state::PodState) -> bool {
+    state
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Running")
+}
+
+impl Evictor {
+    /// The containers' writable layers as the runtime reports them, by (pod uid, container).
+    async fn writable_layers(&self) -> HashMap<(String, String), i64> {
+        let Some(rt) = &self.runtime else {
+            return HashMap::new();
+        };
+        let stats = match rt.list_container_stats(None).await {
+            Ok(s) => s,
+            Err(node_core::RuntimeError::Unimplemented(_)) => return HashMap::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no container stats");
+                return HashMap::new();
+            }
+        };
+        stats
+            .into_iter()
+            .filter_map(|s| {
+                let a = s.attributes?;
+                let used = s.writable_layer?.used_bytes?.value as i64;
+                let uid = a.labels.get(crate::labels::POD_UID)?.clone();
+                Some(((uid, a.metadata?.name), used))
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
 impl PodEvictor for Evictor {
     async fn pod_usage(&self) -> Vec<PodUsage> {
-        self.control
-            .active_pods()
+        let states = self.control.pods();
+        {
+            // forget evictions whose pod ended (or is gone)
+            let mut evicted = self.evicted.lock().expect("evicted lock");
+            evicted.retain(|r| {
+                states
+                    .iter()
+                    .any(|s| PodRef::of(&s.pod) == *r && !super::hooks::is_ended(s.status.as_ref()))
+            });
+        }
+        let evicted = self.evicted.lock().expect("evicted lock").clone();
+        // only pods that run: one not started yet uses nothing an eviction would free
+        let pods: Vec<Pod> = states
             .into_iter()
-            .map(|pod| {
-                let usage = self
-                    .cgroups
-                    .as_ref()
-                    .and_then(|c| c.pod_usage(&pod).ok().flatten())
-                    .unwrap_or_default();
-                PodUsage {
-                    containers: vec![ContainerUsage {
-                        name: String::new(),
-                        memory_bytes: usage.memory_working_set_bytes,
-                        ephemeral_bytes: 0,
-                    }],
-                    pids: usage.pids,
-                    pod,
-                    ..Default::default()
-                }
-            })
-            .collect()
+            .filter(|s| has_started(s) && !super::hooks::is_ended(s.status.as_ref()))
+            .map(|s| s.pod)
+            .filter(|p| !evicted.contains(&PodRef::of(p)))
+            .collect();
+        let layers = self.writable_layers().await;
+        let volumes = self.volumes.clone();
+        let log_root = self.pod_log_root.clone();
+        let cgroups = self.cgroups.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            pods.into_iter()
+                .map(|pod| measure(pod, &volumes, &log_root, cgroups.as_deref(), &layers))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        measured.unwrap_or_default()
     }
 
     async fn evict(&self, e: &Eviction) -> Result<(), EvictionError> {
+        self.evicted
+            .lock()
+            .expect("evicted lock")
+            .insert(e.pod.clone());
         self.control
             .stop(&e.pod, e.grace_period, &e.reason, &e.message)
             .await
             .map_err(|err| EvictionError::Observe {
                 signal: e.signal,
                 reason: err.to_string(),
-            })
+            })?;
+        // its containers are stopped and it never runs again: its emptyDirs free their disk now
+        // (as kubelet cleans up an evicted pod's volumes), not when its source deletes it
+        let (volumes, uid) = (self.volumes.clone(), e.pod.uid.clone());
+        let torn = tokio::task::spawn_blocking(move || volumes.teardown_pod(&uid)).await;
+        if let Ok(Err(err)) = torn {
+            tracing::warn!(pod = %e.pod, error = %err, "cannot remove the evicted pod's volumes");
+        }
+        Ok(())
+    }
+}
+
+/// One pod's usage: memory and pids from its cgroup, each container's writable layer (from
+/// the runtime) and logs, its emptyDirs on disk.
+fn measure(
+    pod: Pod,
+    volumes: &VolumeManager,
+    log_root: &Path,
+    cgroups: Option<&PodCgroups>,
+    layers: &HashMap<(String, String), i64>,
+) -> PodUsage {
+    let r = PodRef::of(&pod);
+    let usage = cgroups
+        .and_then(|c| c.pod_usage(&pod).ok().flatten())
+        .unwrap_or_default();
+    let log_dir = crate::cri_config::pod_log_dir(log_root, &pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut containers: Vec<ContainerUsage> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            let (logs, _) = disk_usage(&log_dir.join(&c.name));
+            let layer = layers
+                .get(&(r.uid.clone(), c.name.clone()))
+                .copied()
+                .unwrap_or(0);
+            ContainerUsage {
+                name: c.name.clone(),
+                memory_bytes: 0,
+                ephemeral_bytes: logs + layer,
+            }
+        })
+        .collect();
+    // memory is measured per pod: it is counted once, on the first container
+    if let Some(first) = containers.first_mut() {
+        first.memory_bytes = usage.memory_working_set_bytes;
+    } else {
+        containers.push(ContainerUsage {
+            memory_bytes: usage.memory_working_set_bytes,
+            ..Default::default()
+        });
+    }
+    let mut empty_dirs = BTreeMap::new();
+    let mut inodes = 0;
+    let dir = volumes
+        .pod_volumes_dir(&r.uid)
+        .join("kubernetes.io~empty-dir");
+    for v in spec.volumes.iter().flatten() {
+        let Some(ed) = &v.empty_dir else { continue };
+        if ed.medium.as_deref() == Some("Memory") {
+            continue; // tmpfs: memory, not ephemeral storage
+        }
+        let (bytes, n) = disk_usage(&dir.join(&v.name));
+        empty_dirs.insert(v.name.clone(), bytes);
+        inodes += n;
+    }
+    PodUsage {
+        containers,
+        volume_bytes: empty_dirs.values().sum(),
+        empty_dirs,
+        inodes,
+        pids: usage.pids,
+        pod,
+    }
+}
+
+/// Which pods the kubelet has, for container garbage collection.
+struct Presence(PodControl);
+
+impl PodPresence for Presence {
+    fn sources_ready(&self) -> bool {
+        self.0.sources_ready()
+    }
+    fn has_pod(&self, uid: &str) -> bool {
+        self.0
+            .pods()
+            .iter()
+            .any(|s| s.pod.metadata.uid.as_deref() == Some(uid))
     }
 }
 
@@ -316,6 +541,12 @@ impl PodTerminator for Terminator {
 #[async_trait]
 impl NodeHooks for NodeManager {
     fn start(&self, control: PodControl, shutdown: CancellationToken) {
+        self.reporting.spawn(
+            &self.config.node_name,
+            &self.config.allocatable,
+            &self.health,
+            shutdown.clone(),
+        );
         if let Some(cg) = self.cgroups.clone() {
             // the Burstable class's CPU shares follow the sum of its pods' requests
             let (control, token) = (control.clone(), shutdown.clone());
@@ -333,11 +564,43 @@ impl NodeHooks for NodeManager {
                 }
             });
         }
+        let (mut image_gc, mut container_gc) = (None, None);
+        if let Some((runtime, images)) = self.runtime.clone() {
+            let fs = Arc::new(RuntimeImageFs {
+                images: images.clone(),
+                fallback: self.config.gc.image_fs.clone(),
+            });
+            match ImageGcManager::new(self.config.gc.image.clone(), images, runtime.clone(), fs) {
+                Ok(m) => image_gc = Some(Arc::new(m)),
+                Err(e) => tracing::error!(error = %e, "image garbage collection disabled"),
+            }
+            container_gc = Some(Arc::new(ContainerGcManager::new(
+                self.config.gc.container.clone(),
+                runtime,
+                Arc::new(Presence(control.clone())),
+            )));
+            tokio::spawn(run_periodic(
+                self.config.gc.clone(),
+                image_gc.clone(),
+                container_gc.clone(),
+                shutdown.clone().cancelled_owned(),
+            ));
+        }
         if let Some(config) = &self.config.eviction {
-            let manager = EvictionManager::new(config.clone(), self.observer.clone());
+            let mut manager = EvictionManager::new(config.clone(), self.observer.clone());
+            if let Some(gc) = image_gc {
+                manager = manager.with_image_gc(gc);
+            }
+            if let Some(gc) = container_gc {
+                manager = manager.with_container_gc(gc);
+            }
             let evictor = Arc::new(Evictor {
                 control: control.clone(),
                 cgroups: self.cgroups.clone(),
+                volumes: self.volumes.clone(),
+                pod_log_root: self.config.pod_log_root.clone(),
+                runtime: self.runtime.as_ref().map(|r| r.0.clone()),
+                evicted: Mutex::default(),
             });
             let health = self.health.clone();
             let every = self.config.eviction_interval;
@@ -371,6 +634,14 @@ impl NodeHooks for NodeManager {
             return Err(PodRejection {
                 reason: "NodeShutdown".into(),
                 message: "Pod was rejected as the node is shutting down.".into(),
+            });
+        }
+        if self.config.eviction.is_some()
+            && let Err(message) = admit_under_pressure(pod, &self.health.borrow())
+        {
+            return Err(PodRejection {
+                reason: EVICTED_REASON.into(),
+                message,
             });
         }
         allocatable::admit(&self.allocatable, active, pod).map_err(|r| PodRejection {

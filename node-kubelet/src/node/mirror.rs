@@ -1,12 +1,16 @@
 //! Mirror pods: the API server's read-only copy of each static pod (from a file or URL source),
 //! so that `kubectl get pods` shows it. A mirror pod carries the static pod's config hash in the
-//! `kubernetes.io/config.mirror` annotation; when the static pod changes, the old mirror is
-//! deleted and a new one created; when it goes, its mirror goes.
+//! `kubernetes.io/config.mirror` annotation and, as kubelet sets it, an ownerReference to the
+//! registered Node (so the API server's garbage collector removes it with the Node). Every sync
+//! of the static pod checks its mirror: a mirror deleted on the API server is created again, one
+//! of an older static pod (another hash) or of an earlier Node object (another uid) is replaced;
+//! when the static pod goes, its mirror goes. The static pod itself is never touched.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use node_core::PodRef;
 
@@ -35,9 +39,22 @@ pub fn config_hash(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// The ownerReference of a mirror pod to its Node (`v1`, `Node`, name, uid, controller).
+pub fn node_owner(node_name: &str, node_uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node_name.into(),
+        uid: node_uid.into(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
 /// The mirror pod of a static pod: the same metadata and spec, without UID, resource version
-/// and status, annotated with the config hash and bound to `node_name`.
-pub fn mirror_pod(static_pod: &Pod, node_name: &str) -> Pod {
+/// and status, annotated with the config hash, bound to `node_name` and owned by the Node of
+/// `node_uid`.
+pub fn mirror_pod(static_pod: &Pod, node_name: &str, node_uid: &str) -> Pod {
     let mut m = Pod {
         metadata: static_pod.metadata.clone(),
         spec: static_pod.spec.clone(),
@@ -47,6 +64,7 @@ pub fn mirror_pod(static_pod: &Pod, node_name: &str) -> Pod {
     m.metadata.resource_version = None;
     m.metadata.creation_timestamp = None;
     m.metadata.managed_fields = None;
+    m.metadata.owner_references = Some(vec![node_owner(node_name, node_uid)]);
     m.metadata
         .annotations
         .get_or_insert_with(BTreeMap::new)
@@ -67,12 +85,21 @@ fn mirror_hash(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
+fn owner_uid(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "Node")
+        .map(|o| o.uid.as_str())
+}
+
 /// Creates, replaces and deletes the mirror pods of a node's static pods.
 pub struct MirrorPods {
     client: kube::Client,
     node_name: String,
-    /// The hash whose mirror is known to exist, by static pod UID.
-    current: Mutex<HashMap<String, String>>,
+    /// The uid of the registered Node, once seen.
+    node_uid: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for MirrorPods {
@@ -93,8 +120,21 @@ impl MirrorPods {
         Self {
             client,
             node_name: node_name.into(),
-            current: Mutex::new(HashMap::new()),
+            node_uid: Mutex::new(None),
         }
+    }
+
+    /// The uid of the registered Node (an error while it is not registered: kubelet creates no
+    /// mirror pod before its Node exists).
+    async fn node_uid(&self) -> Result<String, kube::Error> {
+        if let Some(uid) = self.node_uid.lock().expect("mirror lock").clone() {
+            return Ok(uid);
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = nodes.get(&self.node_name).await?;
+        let uid = node.metadata.uid.unwrap_or_default();
+        *self.node_uid.lock().expect("mirror lock") = Some(uid.clone());
+        Ok(uid)
     }
 
     fn api(&self, pod: &Pod) -> Api<Pod> {
@@ -120,23 +160,20 @@ impl MirrorPods {
         }
     }
 
-    /// Makes the API server hold the mirror of `pod` (a no-op for pods from the API server).
-    /// Returns whether a mirror pod was created.
+    /// Makes the API server hold the mirror of `pod` (a no-op for pods from the API server):
+    /// creates it when missing (also after someone deleted it), replaces one of another hash or
+    /// of another Node uid. Returns whether a mirror pod was created.
     pub async fn ensure(&self, pod: &Pod) -> Result<bool, kube::Error> {
         if !is_static_pod(pod) {
             return Ok(false);
         }
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
         let hash = config_hash(pod);
-        if self.current.lock().expect("mirror lock").get(&uid) == Some(&hash) {
-            return Ok(false);
-        }
         let api = self.api(pod);
         let name = pod.metadata.name.clone().unwrap_or_default();
+        let node_uid = self.node_uid().await?;
         if let Some(existing) = api.get_opt(&name).await? {
             match mirror_hash(&existing) {
-                Some(h) if h == hash => {
-                    self.current.lock().expect("mirror lock").insert(uid, hash);
+                Some(h) if h == hash && owner_uid(&existing) == Some(node_uid.as_str()) => {
                     return Ok(false);
                 }
                 Some(_) => self.delete_mirror(&api, &existing).await?,
@@ -147,16 +184,22 @@ impl MirrorPods {
             }
         }
         let created = api
-            .create(&PostParams::default(), &mirror_pod(pod, &self.node_name))
+            .create(
+                &PostParams::default(),
+                &mirror_pod(pod, &self.node_name, &node_uid),
+            )
             .await;
         match created {
             Ok(_) => {}
-            // created meanwhile (a previous kubelet): next sync compares hashes again
+            // created meanwhile (a previous kubelet): the next sync compares again
             Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
-            Err(e) => return Err(e),
+            // the Node was registered again (new uid): look it up on the next sync
+            Err(e) => {
+                *self.node_uid.lock().expect("mirror lock") = None;
+                return Err(e);
+            }
         }
         tracing::info!(pod = %PodRef::of(pod), "mirror pod created");
-        self.current.lock().expect("mirror lock").insert(uid, hash);
         Ok(true)
     }
 
@@ -165,8 +208,6 @@ impl MirrorPods {
         if !is_static_pod(pod) {
             return Ok(());
         }
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        self.current.lock().expect("mirror lock").remove(&uid);
         let api = self.api(pod);
         let name = pod.metadata.name.clone().unwrap_or_default();
         match api.get_opt(&name).await? {

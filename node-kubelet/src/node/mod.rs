@@ -9,6 +9,7 @@
 //! | the Node object, its conditions and the status reporter | [`status`] |
 //! | registration, the node Lease and status to the API server | [`api`] |
 //! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
+//! | image and dead-container garbage collection | [`gc`] |
 //! | pod volumes, the atomic writer and subPath | [`volumes`] |
 //! | graceful node shutdown by pod priority | [`shutdown`] |
 //! | the systemd-logind delay inhibitor that triggers it | [`logind`] |
@@ -49,6 +50,7 @@ pub mod allocatable;
 pub mod api;
 pub mod cgroups;
 pub mod eviction;
+pub mod gc;
 pub mod hooks;
 pub mod http;
 pub mod logind;

@@ -492,15 +492,20 @@ impl NodeStatusReporter {
         self
     }
 
-    /// Builds the status and sends it if it changed or is due. Returns whether it was sent.
-    pub async fn tick(&mut self, health: &NodeHealth) -> Result<bool, NodeStatusError> {
+    /// The Node object as it is now (for registration), without sending it.
+    pub fn build_now(&mut self, health: &NodeHealth) -> Result<Node, NodeStatusError> {
         let capacity = match &self.capacity {
             Some(f) => f()?,
             None => node_capacity(&self.builder.config.allocatable)?,
         };
-        let node = self
+        Ok(self
             .builder
-            .build_with_capacity(health, Timestamp::now(), capacity);
+            .build_with_capacity(health, Timestamp::now(), capacity))
+    }
+
+    /// Builds the status and sends it if it changed or is due. Returns whether it was sent.
+    pub async fn tick(&mut self, health: &NodeHealth) -> Result<bool, NodeStatusError> {
+        let node = self.build_now(health)?;
         let now = Instant::now();
         let stripped = without_heartbeats(&node);
         let due = match &self.last {
@@ -539,6 +544,246 @@ impl NodeStatusReporter {
                 tracing::warn!(error = %e, "node status not reported");
             }
         }
+    }
+}
+
+/// The latest Node object the reporter built, in memory: standalone mode's node status (served
+/// as JSON at the HTTP server's `/node`), also kept with an API server. Clones share it.
+#[derive(Clone, Default)]
+pub struct LatestNode(Arc<std::sync::Mutex<Option<Node>>>);
+
+impl std::fmt::Debug for LatestNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatestNode").finish_non_exhaustive()
+    }
+}
+
+impl LatestNode {
+    /// The Node object last reported (`None` before the first report).
+    pub fn get(&self) -> Option<Node> {
+        self.0.lock().expect("latest node lock").clone()
+    }
+
+    fn set(&self, node: &Node) {
+        *self.0.lock().expect("latest node lock") = Some(node.clone());
+    }
+}
+
+#[async_trait::async_trait]
+impl StatusSink for LatestNode {
+    async fn pod_status(
+        &self,
+        _pod: &node_core::PodRef,
+        _status: &k8s_openapi::api::core::v1::PodStatus,
+    ) -> Result<(), StatusError> {
+        Ok(())
+    }
+
+    async fn pod_deleted(&self, _pod: &node_core::PodRef) -> Result<(), StatusError> {
+        Ok(())
+    }
+
+    async fn node_status(&self, node: &Node) -> Result<(), StatusError> {
+        self.set(node);
+        Ok(())
+    }
+}
+
+/// Sends node status to two sinks (the API server and the [`LatestNode`]); the first one's
+/// error is the answer, the second one is always told.
+struct BothSinks(Arc<dyn StatusSink>, LatestNode);
+
+#[async_trait::async_trait]
+impl StatusSink for BothSinks {
+    async fn pod_status(
+        &self,
+        pod: &node_core::PodRef,
+        status: &k8s_openapi::api::core::v1::PodStatus,
+    ) -> Result<(), StatusError> {
+        self.0.pod_status(pod, status).await
+    }
+
+    async fn pod_deleted(&self, pod: &node_core::PodRef) -> Result<(), StatusError> {
+        self.0.pod_deleted(pod).await
+    }
+
+    async fn node_status(&self, node: &Node) -> Result<(), StatusError> {
+        self.1.set(node);
+        self.0.node_status(node).await
+    }
+}
+
+/// Takes the runtime's `Status` answer (or its failure) into the health: `RuntimeReady` and
+/// `NetworkReady` with their reason and message. Returns whether the health changed.
+pub fn apply_runtime_status(
+    health: &mut NodeHealth,
+    status: Result<&node_core::cri::StatusResponse, &node_core::RuntimeError>,
+) -> bool {
+    let before = health.clone();
+    match status {
+        Err(e) => {
+            health.runtime_ready = false;
+            health.message = Some(e.to_string());
+        }
+        Ok(resp) => {
+            let conditions = resp
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            let find = |t: &str| conditions.iter().find(|c| c.r#type == t);
+            let why = |c: Option<&node_core::cri::RuntimeCondition>, t: &str| match c {
+                Some(c) if !c.message.is_empty() => format!("{}: {}", c.reason, c.message),
+                Some(c) if !c.reason.is_empty() => c.reason.clone(),
+                _ => format!("the runtime does not report {t}"),
+            };
+            let runtime = find("RuntimeReady");
+            let network = find("NetworkReady");
+            health.runtime_ready = runtime.is_some_and(|c| c.status);
+            health.network_ready = network.is_some_and(|c| c.status);
+            health.message = if !health.runtime_ready {
+                Some(why(runtime, "RuntimeReady"))
+            } else if !health.network_ready {
+                Some(why(network, "NetworkReady"))
+            } else {
+                None
+            };
+        }
+    }
+    *health != before
+}
+
+/// What the node manager's status reporting needs beyond the node's name and allocatable
+/// settings (which come from [`NodeConfig`](super::NodeConfig)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReportConfig {
+    /// Hostname, addresses, labels and runtime version of the Node (its `node_name` and
+    /// `allocatable` are replaced by the node manager's).
+    pub status: NodeStatusConfig,
+    /// Registration, Lease and back-off timing with an API server.
+    pub api: super::api::NodeApiConfig,
+    /// How often the status is built and compared (kubelet's nodeStatusUpdateFrequency, 10 s),
+    /// and the runtime's status asked.
+    pub check_every: Duration,
+    /// Resend an unchanged status after this long (kubelet's nodeStatusReportFrequency, 5 min).
+    pub report_every: Duration,
+}
+
+impl Default for NodeReportConfig {
+    fn default() -> Self {
+        Self {
+            status: NodeStatusConfig::default(),
+            api: super::api::NodeApiConfig::default(),
+            check_every: Duration::from_secs(10),
+            report_every: Duration::from_secs(300),
+        }
+    }
+}
+
+type CapacityFn = Arc<dyn Fn() -> Result<NodeResources, CapacityError> + Send + Sync>;
+
+/// The node's status reporting as the node manager runs it: the runtime's status polled into
+/// the health, the Node built from the machine and the health, and sent to the API server
+/// (registration, Lease, status patches: [`run_with_api`](super::api::run_with_api)) or, without
+/// one, kept in a [`LatestNode`] (standalone).
+#[derive(Clone, Default)]
+pub struct NodeReporting {
+    /// The settings.
+    pub config: NodeReportConfig,
+    /// The API server, if any.
+    pub client: Option<kube::Client>,
+    /// The runtime whose `Status` feeds Ready and NetworkUnavailable, if any (and its
+    /// `Version` the `containerRuntimeVersion` when the config leaves it empty).
+    pub runtime: Option<Arc<dyn node_core::RuntimeBackend>>,
+    /// Measures capacity instead of procfs/statfs.
+    pub capacity: Option<CapacityFn>,
+    /// The latest Node built.
+    pub latest: LatestNode,
+}
+
+impl std::fmt::Debug for NodeReporting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeReporting")
+            .field("config", &self.config)
+            .field("api", &self.client.is_some())
+            .field("runtime", &self.runtime.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeReporting {
+    /// Starts the reporting tasks for the node `node_name`; they end when `shutdown` is
+    /// cancelled. `health` is the node manager's (eviction pressure, shutdown), which the
+    /// runtime poller updates too.
+    pub fn spawn(
+        &self,
+        node_name: &str,
+        allocatable: &AllocatableConfig,
+        health: &tokio::sync::watch::Sender<NodeHealth>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut config = self.config.clone();
+        config.status.node_name = node_name.to_string();
+        config.status.allocatable = allocatable.clone();
+        let this = self.clone();
+        let health_tx = health.clone();
+        let health_rx = health.subscribe();
+        tokio::spawn(async move {
+            if let Some(rt) = &this.runtime {
+                if config.status.container_runtime_version.is_empty()
+                    && let Ok(v) = rt.version().await
+                {
+                    config.status.container_runtime_version =
+                        format!("{}://{}", v.runtime_name, v.runtime_version);
+                }
+                tokio::spawn(poll_runtime(
+                    rt.clone(),
+                    health_tx,
+                    config.check_every,
+                    shutdown.clone(),
+                ));
+            }
+            let sink: Arc<dyn StatusSink> = match &this.client {
+                Some(c) => Arc::new(BothSinks(
+                    Arc::new(super::api::ApiStatusSink::new(c.clone())),
+                    this.latest.clone(),
+                )),
+                None => Arc::new(this.latest.clone()),
+            };
+            let mut reporter = NodeStatusReporter::new(sink, NodeStatusBuilder::new(config.status));
+            reporter.check_every = config.check_every;
+            reporter.report_every = config.report_every;
+            if let Some(f) = this.capacity.clone() {
+                reporter = reporter.with_capacity_fn(move || f());
+            }
+            match this.client {
+                Some(client) => {
+                    super::api::run_with_api(client, config.api, reporter, health_rx, shutdown)
+                        .await
+                }
+                None => reporter.run(health_rx, shutdown.cancelled_owned()).await,
+            }
+        });
+    }
+}
+
+/// Asks the runtime's status every `every` and takes it into the health (a change wakes the
+/// reporter at once).
+async fn poll_runtime(
+    runtime: Arc<dyn node_core::RuntimeBackend>,
+    health: tokio::sync::watch::Sender<NodeHealth>,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = runtime.status(false).await;
+        health.send_if_modified(|h| apply_runtime_status(h, status.as_ref()));
     }
 }
 

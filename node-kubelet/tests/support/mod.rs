@@ -8,13 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
-use node_core::{
-    ContainerEventStream, PodRef, RuntimeBackend, RuntimeError, StatusError, StatusSink, cri,
-};
+use node_core::{PodRef, RuntimeBackend, StatusError, StatusSink, cri};
 use node_kubelet::{CancellationToken, JsonStatusSink, Kubelet, labels};
-use tokio::sync::mpsc;
 
 /// A pod manifest: `name`, its grace period, and its containers (YAML list items).
 pub fn pod_yaml(name: &str, grace_seconds: u32, containers: &str) -> String {
@@ -50,140 +46,6 @@ spec:
     command: [sh, -c, "touch /tmp/ready; exec sleep 1000000"]
     readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
 "#;
-
-/// Adjusts a sandbox config on its way to the runtime.
-pub type SandboxHook = Arc<dyn Fn(&mut cri::PodSandboxConfig) + Send + Sync>;
-/// The container events a test feeds, taken by the first subscription.
-pub type EventFeed = Arc<Mutex<Option<mpsc::UnboundedReceiver<cri::ContainerEventResponse>>>>;
-
-/// A runtime in front of another: every call goes through, sandbox requests may be adjusted
-/// (`adjust_sandbox`, e.g. a test's cgroup parent) and container events come from a channel the
-/// test feeds (`events`; `None`: the inner runtime's events).
-#[derive(Clone)]
-pub struct Hooked {
-    pub inner: Arc<dyn RuntimeBackend>,
-    pub adjust_sandbox: Option<SandboxHook>,
-    pub events: Option<EventFeed>,
-    pub subscriptions: Arc<Mutex<usize>>,
-}
-
-impl Hooked {
-    pub fn new(inner: Arc<dyn RuntimeBackend>) -> Self {
-        Self {
-            inner,
-            adjust_sandbox: None,
-            events: None,
-            subscriptions: Arc::default(),
-        }
-    }
-
-    /// Send the events pushed into the returned sender (one subscription).
-    pub fn with_events(mut self) -> (Self, mpsc::UnboundedSender<cri::ContainerEventResponse>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.events = Some(Arc::new(Mutex::new(Some(rx))));
-        (self, tx)
-    }
-
-    /// Adjust every sandbox config before it reaches the runtime.
-    pub fn adjusting_sandboxes(
-        mut self,
-        f: impl Fn(&mut cri::PodSandboxConfig) + Send + Sync + 'static,
-    ) -> Self {
-        self.adjust_sandbox = Some(Arc::new(f));
-        self
-    }
-}
-
-#[async_trait]
-impl RuntimeBackend for Hooked {
-    async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
-        self.inner.version().await
-    }
-    async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
-        self.inner.status(verbose).await
-    }
-    async fn run_pod_sandbox(
-        &self,
-        mut req: cri::RunPodSandboxRequest,
-    ) -> Result<String, RuntimeError> {
-        if let (Some(f), Some(config)) = (&self.adjust_sandbox, req.config.as_mut()) {
-            f(config);
-        }
-        self.inner.run_pod_sandbox(req).await
-    }
-    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.stop_pod_sandbox(id).await
-    }
-    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.remove_pod_sandbox(id).await
-    }
-    async fn pod_sandbox_status(
-        &self,
-        id: &str,
-        verbose: bool,
-    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
-        self.inner.pod_sandbox_status(id, verbose).await
-    }
-    async fn list_pod_sandbox(
-        &self,
-        filter: Option<cri::PodSandboxFilter>,
-    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
-        self.inner.list_pod_sandbox(filter).await
-    }
-    async fn create_container(
-        &self,
-        mut req: cri::CreateContainerRequest,
-    ) -> Result<String, RuntimeError> {
-        if let (Some(f), Some(config)) = (&self.adjust_sandbox, req.sandbox_config.as_mut()) {
-            f(config);
-        }
-        self.inner.create_container(req).await
-    }
-    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.start_container(id).await
-    }
-    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
-        self.inner.stop_container(id, timeout).await
-    }
-    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.inner.remove_container(id).await
-    }
-    async fn container_status(
-        &self,
-        id: &str,
-        verbose: bool,
-    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
-        self.inner.container_status(id, verbose).await
-    }
-    async fn list_containers(
-        &self,
-        filter: Option<cri::ContainerFilter>,
-    ) -> Result<Vec<cri::Container>, RuntimeError> {
-        self.inner.list_containers(filter).await
-    }
-    async fn exec_sync(
-        &self,
-        id: &str,
-        cmd: Vec<String>,
-        timeout: Duration,
-    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
-        self.inner.exec_sync(id, cmd, timeout).await
-    }
-    async fn get_container_events(&self) -> Result<ContainerEventStream, RuntimeError> {
-        *self.subscriptions.lock().unwrap() += 1;
-        let Some(events) = &self.events else {
-            return self.inner.get_container_events().await;
-        };
-        let rx = events
-            .lock()
-            .unwrap()
-            .take()
-            .ok_or_else(|| RuntimeError::Unavailable("already subscribed".into()))?;
-        Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
-            .map(Ok)
-            .boxed())
-    }
-}
 
 /// One status write: when, which pod, the status (`None`: the pod was reported deleted).
 pub type Written = (SystemTime, PodRef, Option<PodStatus>);

@@ -2,8 +2,6 @@
 //! (see [`ruleset`] for the layout), programmed over netlink with libnftnl, one atomic
 //! transaction per sync, sending only the elements that changed.
 
-mod expr;
-mod netlink;
 pub mod ruleset;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,14 +11,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nftnl::{Batch, Chain, ChainType, MsgType, ProtoFamily, Rule, Table};
 use node_core::{
     Protocol, ProxyState, RouterError, ServicePort, ServicePortName, ServiceRouter, SyncReport,
 };
+use node_nft::{MsgType, NftError, ProtoFamily, Socket, Table, Transaction};
 
 use crate::conntrack::{self, ConntrackCleaner, ConntrackFlush};
 
-use netlink::{ELEM_INTERVAL_END, Elem, ElemsMsg, SetMsg, Socket};
+use node_nft::set::{Elem, ElemsMsg, IntervalElems, SetMsg, interval_elems};
 use ruleset::{ChainDef, Contribution, Desired, ElemData, LbChain, NodeFacts, SETS};
 
 /// How many elements go in one netlink message (each message stays under 64 KiB).
@@ -169,6 +167,24 @@ fn nl_err(op: &str, source: std::io::Error) -> RouterError {
     }
 }
 
+/// A node-nft error as the router's, naming the table a refused transaction was for.
+fn nft_err(table: &str, e: NftError) -> RouterError {
+    match e {
+        NftError::Io { op, source } => nl_err(&op, source),
+        NftError::Rejected {
+            what,
+            errors,
+            source,
+        } => nl_err(
+            &format!("{what} (table inet {table}, {errors} error(s) in the transaction)"),
+            source,
+        ),
+        NftError::BadName { name } => {
+            RouterError::Other(format!("nftables name {name:?} has a NUL"))
+        }
+    }
+}
+
 impl NftablesRouter {
     /// A router with the default configuration, acting on the current network namespace.
     pub fn new() -> Result<Self, RouterError> {
@@ -179,7 +195,7 @@ impl NftablesRouter {
     pub fn with_config(config: NftablesConfig) -> Result<Self, RouterError> {
         let table = CString::new(config.table.clone())
             .map_err(|_| RouterError::Other(format!("table name {:?} has a NUL", config.table)))?;
-        let socket = Socket::open().map_err(|e| nl_err("open netfilter socket", e))?;
+        let socket = Socket::open().map_err(|e| nft_err(&config.table, e))?;
         Ok(Self {
             config,
             table,
@@ -212,8 +228,8 @@ impl NftablesRouter {
     /// whole userspace cost of a full sync, for benchmarks.
     pub fn generate(&self, state: &ProxyState) -> usize {
         let p = Programmed::build(state);
-        let (b, _, _) = self.full_batch(&p);
-        b.finalize().iter().map(|p| p.len()).sum()
+        let (tx, _) = self.full_batch(&p);
+        tx.size()
     }
 
     /// The ruleset `state` maps to, as `nft -f` input (what `--dump` prints).
@@ -221,49 +237,26 @@ impl NftablesRouter {
         render_ruleset(&self.config.table, state)
     }
 
-    fn send(&self, inner: &Inner, batch: Batch, what: &[String]) -> Result<(), RouterError> {
-        let fin = batch.finalize();
-        let pages: Vec<&[u8]> = fin.iter().collect();
-        let errors = inner
+    fn send(&self, inner: &Inner, tx: Transaction) -> Result<(), RouterError> {
+        inner
             .socket
-            .send_batch(&pages)
-            .map_err(|e| nl_err("send batch", e))?;
-        if let Some((seq, errno)) = errors.first() {
-            let first = fin.sequence_numbers().start + 1;
-            let msg = seq
-                .checked_sub(first)
-                .and_then(|i| what.get(i as usize))
-                .cloned()
-                .unwrap_or_else(|| format!("message {seq}"));
-            return Err(nl_err(
-                &format!(
-                    "{msg} (table inet {}, {} error(s) in the transaction)",
-                    self.config.table,
-                    errors.len()
-                ),
-                std::io::Error::from_raw_os_error(*errno),
-            ));
-        }
-        Ok(())
+            .commit(tx)
+            .map_err(|e| nft_err(&self.config.table, e))
     }
 
     fn full(&self, inner: &Inner, desired: &Programmed) -> Result<usize, RouterError> {
-        let (b, what, changes) = self.full_batch(desired);
-        self.send(inner, b, &what)?;
+        let (tx, changes) = self.full_batch(desired);
+        self.send(inner, tx)?;
         Ok(changes)
     }
 
-    fn full_batch(&self, p: &Programmed) -> (Batch, Vec<String>, usize) {
-        let mut b = Batch::new();
-        let mut what = vec![];
+    fn full_batch(&self, p: &Programmed) -> (Transaction, usize) {
+        let mut b = Transaction::new();
         let table = Table::new(&self.table, ProtoFamily::Inet);
         // create-if-missing, delete, create: the old contents go in the same transaction
-        b.add(&table, MsgType::Add);
-        what.push("add table".to_string());
-        b.add(&table, MsgType::Del);
-        what.push("delete table".to_string());
-        b.add(&table, MsgType::Add);
-        what.push("add table".to_string());
+        b.add(&table, MsgType::Add, "add table");
+        b.add(&table, MsgType::Del, "delete table");
+        b.add(&table, MsgType::Add, "add table");
         for (i, def) in SETS.iter().enumerate() {
             b.add(
                 &SetMsg {
@@ -273,8 +266,8 @@ impl NftablesRouter {
                     id: i as u32 + 1,
                 },
                 MsgType::Add,
+                format!("add set {}", def.name),
             );
-            what.push(format!("add set {}", def.name));
         }
         let aff: Vec<(bool, u32)> = p
             .chains
@@ -283,12 +276,12 @@ impl NftablesRouter {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        self.add_affinity_sets(&mut b, &mut what, &aff);
+        self.add_affinity_sets(&mut b, &aff);
         let chains: Vec<ChainDef> = ruleset::skeleton(!p.facts.node_port_addresses.is_empty())
             .into_iter()
             .chain(p.chains.iter().map(LbChain::def))
             .collect();
-        let mut n = SETS.len() + aff.len() + add_chains(&mut b, &mut what, &table, &chains);
+        let mut n = SETS.len() + aff.len() + b.add_chains(&table, &chains);
         // every element, by set, straight from the contributions (no copy)
         let none = ElemData::None;
         let hairpin: Vec<(&'static str, Vec<u8>)> = p
@@ -323,19 +316,19 @@ impl NftablesRouter {
                 b.add(
                     &ElemsMsg {
                         table: &self.table,
-                        set,
+                        set: ruleset::set_def(set),
                         elems: chunk.to_vec(),
                         delete: false,
                     },
                     MsgType::Add,
+                    format!("add {} elements to {set}", chunk.len()),
                 );
-                what.push(format!("add {} elements to {set}", chunk.len()));
             }
         }
-        (b, what, n)
+        (b, n)
     }
 
-    fn add_affinity_sets(&self, b: &mut Batch, what: &mut Vec<String>, sets: &[(bool, u32)]) {
+    fn add_affinity_sets(&self, b: &mut Transaction, sets: &[(bool, u32)]) {
         for (j, (v6, i)) in sets.iter().enumerate() {
             let name = ruleset::affinity_set_name(*v6, *i);
             let def = if *v6 {
@@ -351,8 +344,8 @@ impl NftablesRouter {
                     id: 1000 + j as u32,
                 },
                 MsgType::Add,
+                format!("add set {name}"),
             );
-            what.push(format!("add set {name}"));
         }
     }
 
@@ -453,8 +446,7 @@ impl NftablesRouter {
                 dels.push((set, k, ElemData::None));
             }
         }
-        let mut b = Batch::new();
-        let mut what = vec![];
+        let mut b = Transaction::new();
         let table = Table::new(&self.table, ProtoFamily::Inet);
         let new_chains: Vec<&LbChain> = p.chains.difference(&chains_before).collect();
         let aff_before: BTreeSet<(bool, u32)> = chains_before
@@ -468,24 +460,23 @@ impl NftablesRouter {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        self.add_affinity_sets(&mut b, &mut what, &aff);
+        self.add_affinity_sets(&mut b, &aff);
         let added: Vec<ChainDef> = new_chains.into_iter().map(LbChain::def).collect();
-        let mut changes = aff.len() + add_chains(&mut b, &mut what, &table, &added);
+        let mut changes = aff.len() + b.add_chains(&table, &added);
         changes += dels.len() + adds.len();
-        send_elems(&mut b, &mut what, &self.table, &dels, true);
-        send_elems(&mut b, &mut what, &self.table, &adds, false);
+        send_elems(&mut b, &self.table, &dels, true);
+        send_elems(&mut b, &self.table, &adds, false);
         if changes == 0 {
             return Ok(0);
         }
-        self.send(inner, b, &what)?;
+        self.send(inner, b)?;
         Ok(changes)
     }
 }
 
 /// Add element messages for `elems` (grouped by set, chunked).
 fn send_elems(
-    b: &mut Batch,
-    what: &mut Vec<String>,
+    b: &mut Transaction,
     table: &CString,
     elems: &[(&'static str, Vec<u8>, ElemData)],
     delete: bool,
@@ -498,16 +489,19 @@ fn send_elems(
         for chunk in list.chunks(ELEMS_PER_MSG) {
             let msg = ElemsMsg {
                 table,
-                set,
+                set: ruleset::set_def(set),
                 elems: chunk.to_vec(),
                 delete,
             };
-            b.add(&msg, if delete { MsgType::Del } else { MsgType::Add });
-            what.push(format!(
-                "{} {} elements of {set}",
-                if delete { "delete" } else { "add" },
-                chunk.len()
-            ));
+            b.add(
+                &msg,
+                if delete { MsgType::Del } else { MsgType::Add },
+                format!(
+                    "{} {} elements of {set}",
+                    if delete { "delete" } else { "add" },
+                    chunk.len()
+                ),
+            );
         }
     }
 }
@@ -515,72 +509,6 @@ fn send_elems(
 /// Render the ruleset of `state` for table `inet <table>` as `nft -f` input.
 pub fn render_ruleset(table: &str, state: &ProxyState) -> String {
     ruleset::render(table, &Desired::compute(state))
-}
-
-fn add_chains(b: &mut Batch, what: &mut Vec<String>, table: &Table, chains: &[ChainDef]) -> usize {
-    let mut n = 0;
-    let mut built = vec![];
-    for c in chains {
-        let name = CString::new(c.name.as_str()).expect("no NUL");
-        let mut chain = Chain::new(&name, table);
-        if let Some(h) = c.hook {
-            chain.set_hook(h.hook, h.priority);
-            chain.set_type(if h.nat {
-                ChainType::Nat
-            } else {
-                ChainType::Filter
-            });
-        }
-        b.add(&chain, MsgType::Add);
-        what.push(format!("add chain {}", c.name));
-        n += 1;
-        built.push(chain);
-    }
-    for (c, chain) in chains.iter().zip(&built) {
-        for r in &c.rules {
-            let mut rule = Rule::new(chain);
-            for e in &r.exprs {
-                rule.add_expr(e);
-            }
-            b.add(&rule, MsgType::Add);
-            what.push(format!("add rule to chain {}: {}", c.name, r.text));
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Start and end elements of interval sets, with their flags.
-type IntervalElems = Vec<(Vec<u8>, u32)>;
-
-fn interval_elems(nets: &[ipnet::IpNet]) -> IntervalElems {
-    let mut out = vec![];
-    for n in nets {
-        let n = n.trunc();
-        let (start, end): (Vec<u8>, Option<Vec<u8>>) = match n {
-            ipnet::IpNet::V4(v) => {
-                let s = u32::from(v.network());
-                let e = u32::from(v.broadcast()).checked_add(1);
-                (
-                    s.to_be_bytes().to_vec(),
-                    e.map(|e| e.to_be_bytes().to_vec()),
-                )
-            }
-            ipnet::IpNet::V6(v) => {
-                let s = u128::from(v.network());
-                let e = u128::from(v.broadcast()).checked_add(1);
-                (
-                    s.to_be_bytes().to_vec(),
-                    e.map(|e| e.to_be_bytes().to_vec()),
-                )
-            }
-        };
-        out.push((start, 0));
-        if let Some(e) = end {
-            out.push((e, ELEM_INTERVAL_END));
-        }
-    }
-    out
 }
 
 #[async_trait]
@@ -672,13 +600,12 @@ impl ServiceRouter for NftablesRouter {
             .inner
             .lock()
             .map_err(|_| RouterError::Other("router lock poisoned".into()))?;
-        let mut b = Batch::new();
+        let mut b = Transaction::new();
         let table = Table::new(&self.table, ProtoFamily::Inet);
-        b.add(&table, MsgType::Add);
-        b.add(&table, MsgType::Del);
-        let what = ["add table".to_string(), "delete table".to_string()];
+        b.add(&table, MsgType::Add, "add table");
+        b.add(&table, MsgType::Del, "delete table");
         inner.programmed = None;
-        self.send(&inner, b, &what)
+        self.send(&inner, b)
     }
 }
 

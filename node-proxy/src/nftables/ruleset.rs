@@ -24,108 +24,11 @@ use std::net::IpAddr;
 
 use node_core::{Endpoint, ProxyState, ServicePort, ServicePortName, TrafficSource};
 
-use super::expr::*;
+use node_nft::expr::*;
+pub(crate) use node_nft::{ChainDef, DataTy, ElemData, Hook, RuleDef, SetDef, Ty};
 
 /// The mark bit that asks for masquerade in postrouting (kube-proxy's 0x4000).
 pub const MASQ_MARK: u32 = 0x4000;
-
-/// nft datatype ids (for listings) and field sizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ty {
-    Ip4,
-    Ip6,
-    Proto,
-    Port,
-    Bucket,
-}
-
-impl Ty {
-    fn id(self) -> u32 {
-        match self {
-            Ty::Ip4 => 7,
-            Ty::Ip6 => 8,
-            Ty::Proto => 12,
-            Ty::Port => 13,
-            Ty::Bucket => 19,
-        }
-    }
-    fn len(self) -> u32 {
-        match self {
-            Ty::Ip6 => 16,
-            _ => 4,
-        }
-    }
-    /// The field's own length in bytes (a concatenated interval set's field description).
-    pub(crate) fn field_len(self) -> u8 {
-        match self {
-            Ty::Ip6 => 16,
-            Ty::Proto => 1,
-            Ty::Port => 2,
-            _ => 4,
-        }
-    }
-    fn text(self) -> &'static str {
-        match self {
-            Ty::Ip4 => "ipv4_addr",
-            Ty::Ip6 => "ipv6_addr",
-            Ty::Proto => "inet_proto",
-            Ty::Port => "inet_service",
-            Ty::Bucket => "mark",
-        }
-    }
-    fn typeof_text(self, v6: bool) -> &'static str {
-        match (self, v6) {
-            (Ty::Ip4, _) => "ip daddr",
-            (Ty::Ip6, _) => "ip6 daddr",
-            (Ty::Proto, _) => "meta l4proto",
-            (Ty::Port, _) => "th dport",
-            (Ty::Bucket, _) => "numgen random mod 1",
-        }
-    }
-}
-
-/// What the elements of a set map to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DataTy {
-    None,
-    Verdict,
-    Concat(&'static [Ty]),
-}
-
-/// A set or map of the table.
-#[derive(Debug, Clone)]
-pub(crate) struct SetDef {
-    pub name: &'static str,
-    pub key: &'static [Ty],
-    pub data: DataTy,
-    pub interval: bool,
-    /// Filled by the packet path (`update @set`), never by the router.
-    pub dynamic: bool,
-}
-
-impl SetDef {
-    pub(crate) fn key_type(&self) -> u32 {
-        self.key.iter().fold(0, |acc, t| (acc << 6) | t.id())
-    }
-    pub(crate) fn key_len(&self) -> u32 {
-        self.key.iter().map(|t| t.len()).sum()
-    }
-    /// An interval set over a concatenation: its elements are ranges given by a start and an
-    /// (inclusive) end key, stored one after the other in an element's key bytes.
-    pub(crate) fn concat_interval(&self) -> bool {
-        self.interval && self.key.len() > 1
-    }
-    pub(crate) fn data_type_len(&self) -> Option<(u32, u32)> {
-        match self.data {
-            DataTy::None => None,
-            DataTy::Verdict => Some((0xffffff00, 0)),
-            DataTy::Concat(tys) => Some((
-                tys.iter().fold(0, |acc, t| (acc << 6) | t.id()),
-                tys.iter().map(|t| t.len()).sum(),
-            )),
-        }
-    }
-}
 
 const IP4_SVC: &[Ty] = &[Ty::Ip4, Ty::Proto, Ty::Port];
 const IP6_SVC: &[Ty] = &[Ty::Ip6, Ty::Proto, Ty::Port];
@@ -330,34 +233,8 @@ pub(crate) fn set_def(name: &str) -> &'static SetDef {
     SETS.iter().find(|s| s.name == name).expect("known set")
 }
 
-/// A base chain's hook.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Hook {
-    pub hook: nftnl::Hook,
-    pub nat: bool,
-    pub priority: i32,
-}
-
-/// A rule: its netlink expressions and its `nft` text.
-#[derive(Debug, Clone)]
-pub(crate) struct RuleDef {
-    pub exprs: Vec<Expr>,
-    pub text: String,
-}
-
-/// A chain with its rules.
-#[derive(Debug, Clone)]
-pub(crate) struct ChainDef {
-    pub name: String,
-    pub hook: Option<Hook>,
-    pub rules: Vec<RuleDef>,
-}
-
 fn rule(text: impl Into<String>, parts: Vec<Vec<Expr>>) -> RuleDef {
-    RuleDef {
-        exprs: parts.concat(),
-        text: text.into(),
-    }
+    RuleDef::new(text, parts)
 }
 
 fn lookup(set: &str, fields: &[Field]) -> Vec<Expr> {
@@ -435,7 +312,7 @@ fn node_port_guard(f: &Fam, restricted: bool) -> (Vec<Expr>, String) {
 /// The fixed chains and rules; `restricted`: node ports answer only on the node's
 /// `node_port_addresses`.
 pub(crate) fn skeleton(restricted: bool) -> Vec<ChainDef> {
-    use nftnl::Hook as H;
+    use node_nft::NfHook as H;
     let reject = vec![
         rule(
             "meta l4proto tcp reject with tcp reset",
@@ -520,28 +397,14 @@ pub(crate) fn skeleton(restricted: bool) -> Vec<ChainDef> {
             format!("{ip} daddr . meta l4proto . th dport @internal{n} {ip} saddr != @cidr{n} meta mark set meta mark | {MASQ_MARK:#x}"),
             vec![nfproto(f.proto), lookup(&format!("internal{n}"), &svc), cidr, mark_set(MASQ_MARK)],
         ));
-        let mut hp = vec![
-            Expr::Ct {
-                key: NFT_CT_STATUS,
-                dreg: reg(0),
-            },
-            Expr::Bitwise {
-                reg: reg(0),
-                mask: IPS_DST_NAT,
-                xor: 0,
-            },
-            Expr::Cmp {
-                sreg: reg(0),
-                op: NFT_CMP_NEQ,
-                data: vec![0; 4],
-            },
-        ];
+        let mut hp = ct_dnat();
         hp.extend(nfproto(f.proto));
         hp.extend(lookup(&format!("hairpin{n}"), &[f.saddr, f.daddr]));
         hp.push(Expr::Masq);
         post.push(RuleDef {
             exprs: hp,
             text: format!("ct status dnat {ip} saddr . {ip} daddr @hairpin{n} masquerade"),
+            comment: None,
         });
     }
     for f in &FAMS {
@@ -605,6 +468,7 @@ pub(crate) fn skeleton(restricted: bool) -> Vec<ChainDef> {
     post.push(RuleDef {
         exprs: masq,
         text: format!("meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark ^ {MASQ_MARK:#x} masquerade"),
+        comment: None,
     });
     let jump = |to: &str| rule(format!("jump {to}"), vec![verdict(NFT_JUMP, to)]);
     let hook = |hook, nat, priority| {
@@ -777,6 +641,7 @@ impl LbChain {
                 text: format!(
                     "dnat {ip} to meta l4proto . th dport . numgen random mod {k} map @npbe{n}"
                 ),
+                comment: None,
             }]
         } else if let Some(t) = self.affinity {
             // a known client goes back to its bucket (refreshing its timeout); a new one picks a
@@ -807,6 +672,7 @@ impl LbChain {
                 rules.push(RuleDef {
                     exprs: e,
                     text: format!("{key_text} @{set} {ut} {dt}"),
+                    comment: None,
                 });
             }
             for j in 0..k {
@@ -833,12 +699,17 @@ impl LbChain {
                 rules.push(RuleDef {
                     exprs: e,
                     text: format!("{text}{ut} {dt}"),
+                    comment: None,
                 });
             }
             rules
         } else {
             let (e, text) = self.dnat_be(Field::Numgen(k), &format!("numgen random mod {k}"));
-            vec![RuleDef { exprs: e, text }]
+            vec![RuleDef {
+                exprs: e,
+                text,
+                comment: None,
+            }]
         };
         ChainDef {
             name: self.name(),
@@ -846,14 +717,6 @@ impl LbChain {
             rules,
         }
     }
-}
-
-/// What an element maps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ElemData {
-    None,
-    Bytes(Vec<u8>),
-    Goto(String),
 }
 
 /// Elements of one set: key bytes -> data. Interval sets hold `[start, end)` pairs as two keys
@@ -1207,7 +1070,7 @@ fn fmt_field(t: Ty, b: &[u8]) -> String {
 fn fmt_concat(tys: &[Ty], mut b: &[u8]) -> String {
     let mut parts = vec![];
     for t in tys {
-        let l = t.len() as usize;
+        let l = t.reg_len() as usize;
         parts.push(fmt_field(*t, &b[..l]));
         b = &b[l..];
     }
@@ -1221,14 +1084,13 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
     let _ = writeln!(out, "delete table inet {table}");
     let _ = writeln!(out, "add table inet {table}");
     for s in SETS {
-        let v6 = s.key.contains(&Ty::Ip6);
         let kind = if s.data == DataTy::None { "set" } else { "map" };
         let mut decl = if s.key.contains(&Ty::Bucket) || matches!(s.data, DataTy::Concat(_)) {
-            let key: Vec<&str> = s.key.iter().map(|t| t.typeof_text(v6)).collect();
+            let key: Vec<&str> = s.key.iter().map(|t| t.typeof_text()).collect();
             let data = match s.data {
                 DataTy::Concat(tys) => tys
                     .iter()
-                    .map(|t| t.typeof_text(v6))
+                    .map(|t| t.typeof_text())
                     .collect::<Vec<_>>()
                     .join(" . "),
                 _ => String::new(),
@@ -1266,10 +1128,10 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
                 let (ty, hook) = (
                     if h.nat { "nat" } else { "filter" },
                     match h.hook {
-                        nftnl::Hook::PreRouting => "prerouting",
-                        nftnl::Hook::Out => "output",
-                        nftnl::Hook::PostRouting => "postrouting",
-                        nftnl::Hook::In => "input",
+                        node_nft::NfHook::PreRouting => "prerouting",
+                        node_nft::NfHook::Out => "output",
+                        node_nft::NfHook::PostRouting => "postrouting",
+                        node_nft::NfHook::In => "input",
                         _ => "forward",
                     },
                 );
@@ -1311,7 +1173,7 @@ pub(crate) fn render(table: &str, desired: &Desired) -> String {
                     // `a . b . start-end`: the range is on the last field
                     let (start, end) = k.split_at(k.len() / 2);
                     let (last, head) = def.key.split_last().expect("a concatenation");
-                    let at = start.len() - last.len() as usize;
+                    let at = start.len() - last.reg_len() as usize;
                     format!(
                         "{} . {}-{}",
                         fmt_concat(head, &start[..at]),

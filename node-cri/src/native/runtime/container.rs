@@ -584,7 +584,12 @@ impl NativeRuntime {
         })();
         match result {
             Ok(rec) => {
-                self.phases.record(&rec.id, "create", t);
+                self.shared.phases.record(&rec.id, "create", t);
+                self.emit_container(
+                    &rec.id,
+                    &rec.sandbox_id,
+                    cri::ContainerEventType::ContainerCreatedEvent,
+                );
                 Ok(rec.id)
             }
             Err(e) => {
@@ -623,7 +628,12 @@ impl NativeRuntime {
                 rec.status = ContainerStatus::Running;
                 self.store.save_container(&rec)?;
                 t.mark("save");
-                self.phases.record(id, "start", t);
+                self.shared.phases.record(id, "start", t);
+                self.emit_container(
+                    id,
+                    &rec.sandbox_id,
+                    cri::ContainerEventType::ContainerStartedEvent,
+                );
                 Ok(())
             }
             Err(e) => {
@@ -636,6 +646,11 @@ impl NativeRuntime {
                 });
                 rec.start_error = Some(e.to_string());
                 self.store.save_container(&rec)?;
+                self.emit_container(
+                    id,
+                    &rec.sandbox_id,
+                    cri::ContainerEventType::ContainerStoppedEvent,
+                );
                 Err(RuntimeError::Internal(format!("start container {id}: {e}")))
             }
         }
@@ -709,9 +724,14 @@ impl NativeRuntime {
             _ => {}
         }
         self.store.remove_container(id)?;
-        self.phases.forget(id);
+        self.shared.phases.forget(id);
         drop(_g);
         self.forget_lock(id);
+        self.emit_container(
+            id,
+            &rec.sandbox_id,
+            cri::ContainerEventType::ContainerDeletedEvent,
+        );
         Ok(())
     }
 
@@ -725,7 +745,7 @@ impl NativeRuntime {
         let mut info = std::collections::HashMap::new();
         if verbose {
             let p = rec.process.clone().unwrap_or_default();
-            info.insert("info".into(), serde_json::json!({"pid": p.pid, "monitorPid": p.monitor_pid, "cgroup": rec.cgroup, "sandboxID": rec.sandbox_id, "phases": self.phases.json(id)}).to_string());
+            info.insert("info".into(), serde_json::json!({"pid": p.pid, "monitorPid": p.monitor_pid, "cgroup": rec.cgroup, "sandboxID": rec.sandbox_id, "phases": self.shared.phases.json(id)}).to_string());
         }
         Ok(cri::ContainerStatusResponse {
             status: Some(cri::ContainerStatus {

@@ -12,6 +12,7 @@
 pub mod caps;
 pub mod cgroup;
 mod container;
+mod events;
 pub mod init;
 pub mod log;
 pub mod phases;
@@ -172,6 +173,9 @@ pub struct NativeConfig {
     /// The streaming server for Exec, Attach and PortForward (started on the first such call,
     /// on that caller's tokio runtime; default `127.0.0.1:0`).
     pub streaming: crate::streaming::StreamingConfig,
+    /// How many container events a subscriber may fall behind before its stream ends with
+    /// `ResourceExhausted` (it relists and subscribes again).
+    pub event_buffer: usize,
     /// Test only: `run_sandbox` never returns once the pause process runs and its namespaces
     /// are bind-mounted, before the sandbox record names them (dropping the call there is a
     /// kill -9 of the runtime in that window).
@@ -193,6 +197,7 @@ impl Default for NativeConfig {
             rlimits: Vec::new(),
             kill_wait: Duration::from_secs(10),
             streaming: Default::default(),
+            event_buffer: 1024,
             hang_after_pause_for_tests: false,
         }
     }
@@ -250,10 +255,21 @@ pub struct NativeRuntime {
     cfg: NativeConfig,
     store: state::Store,
     init: PathBuf,
+    /// What this runtime shares with its views (the streaming server's handle, the exit
+    /// watcher's): per-id locks, names being created, phases, event subscribers.
+    shared: Arc<Shared>,
+    streaming: tokio::sync::OnceCell<crate::streaming::StreamingServer>,
+    /// The exit watcher, started by the first event subscription.
+    watcher: Mutex<Option<events::Watcher>>,
+}
+
+/// The state of a [`NativeRuntime`] that its views share, so that a streaming call and a CRI
+/// call on the same container take the same lock.
+struct Shared {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     reserved: Mutex<std::collections::HashSet<String>>,
-    streaming: tokio::sync::OnceCell<crate::streaming::StreamingServer>,
     phases: phases::PhaseLog,
+    events: events::EventHub,
 }
 
 impl std::fmt::Debug for NativeRuntime {
@@ -342,14 +358,19 @@ impl NativeRuntime {
                 init.display()
             )));
         }
+        let shared = Arc::new(Shared {
+            locks: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(Default::default()),
+            phases: Default::default(),
+            events: events::EventHub::new(cfg.event_buffer),
+        });
         let rt = Self {
             cfg,
             store,
             init,
-            locks: Mutex::new(HashMap::new()),
-            reserved: Mutex::new(Default::default()),
+            shared,
             streaming: Default::default(),
-            phases: Default::default(),
+            watcher: Mutex::new(None),
         };
         rt.sweep_orphans(Duration::from_secs(60));
         Ok(rt)
@@ -409,7 +430,11 @@ impl NativeRuntime {
         key: String,
         taken: impl FnOnce() -> Option<String>,
     ) -> Result<Reservation<'_>, RuntimeError> {
-        let mut r = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self
+            .shared
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if r.contains(&key) {
             return Err(RuntimeError::AlreadyExists(format!(
                 "{key} is being created"
@@ -423,12 +448,13 @@ impl NativeRuntime {
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut m = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.shared.locks.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(id.to_string()).or_default().clone()
     }
 
     fn forget_lock(&self, id: &str) {
-        self.locks
+        self.shared
+            .locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
@@ -452,6 +478,7 @@ struct Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.rt
+            .shared
             .reserved
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -593,5 +620,33 @@ impl RuntimeBackend for NativeRuntime {
         req: cri::PortForwardRequest,
     ) -> Result<cri::PortForwardResponse, RuntimeError> {
         self.port_forward_url(req).await
+    }
+    async fn get_container_events(&self) -> Result<node_core::ContainerEventStream, RuntimeError> {
+        self.subscribe().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_share_the_locks_of_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = NativeRuntime::new(NativeConfig {
+            root: dir.path().to_path_buf(),
+            init_binary: Some(PathBuf::from("/bin/sh")),
+            ..Default::default()
+        })
+        .unwrap();
+        let view = rt.view();
+        assert!(Arc::ptr_eq(&rt.lock_for("c1"), &view.lock_for("c1")));
+        assert!(!Arc::ptr_eq(&rt.lock_for("c1"), &view.lock_for("c2")));
+        // a lock taken through the view holds the runtime's CRI calls on that id
+        let held = view.lock_for("c1");
+        let _g = held.try_lock().unwrap();
+        assert!(rt.lock_for("c1").try_lock().is_err());
+        let _r = rt.reserve("pod a".into(), || None).unwrap();
+        assert!(view.reserve("pod a".into(), || None).is_err());
     }
 }

@@ -424,7 +424,9 @@ impl NativeRuntime {
             self.forget_lock(&id);
             return Err(e);
         }
-        self.phases.record(&id, "run", t);
+        self.shared.phases.record(&id, "run", t);
+        drop(_creating);
+        self.emit_sandbox(&rec, cri::ContainerEventType::ContainerStartedEvent);
         Ok(id)
     }
 
@@ -497,13 +499,15 @@ impl NativeRuntime {
         }
         rec.status = SandboxStatus::NotReady;
         rec.ns_files.clear();
-        self.store.save_sandbox(&rec)
+        self.store.save_sandbox(&rec)?;
+        self.emit_sandbox(&rec, cri::ContainerEventType::ContainerStoppedEvent);
+        Ok(())
     }
 
     pub(crate) async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        if self.store.sandbox(id)?.is_none() {
+        let Some(before) = self.store.sandbox(id)? else {
             return Ok(());
-        }
+        };
         self.stop_sandbox(id).await?;
         for c in self
             .store
@@ -530,13 +534,16 @@ impl NativeRuntime {
             CgroupHandle::open_in(&self.cfg.cgroups, &rec.cgroup_parent).destroy()?;
         }
         self.store.remove_sandbox(id)?;
-        self.phases.forget(id);
+        self.shared.phases.forget(id);
         drop(_g);
         self.forget_lock(id);
+        let mut gone = before;
+        gone.status = SandboxStatus::NotReady;
+        self.emit_sandbox(&gone, cri::ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }
 
-    fn to_status(&self, rec: &SandboxRecord) -> cri::PodSandboxStatus {
+    pub(super) fn to_status(&self, rec: &SandboxRecord) -> cri::PodSandboxStatus {
         let state = if rec.status == SandboxStatus::Ready
             && process_alive(rec.pause.pid, rec.pause.start_ticks)
         {
@@ -585,7 +592,7 @@ impl NativeRuntime {
             })?;
         let mut info = std::collections::HashMap::new();
         if verbose {
-            info.insert("info".into(), serde_json::json!({"pid": rec.pause.pid, "cgroupParent": rec.cgroup_parent, "hostNetwork": rec.host_network, "phases": self.phases.json(id)}).to_string());
+            info.insert("info".into(), serde_json::json!({"pid": rec.pause.pid, "cgroupParent": rec.cgroup_parent, "hostNetwork": rec.host_network, "phases": self.shared.phases.json(id)}).to_string());
         }
         Ok(cri::PodSandboxStatusResponse {
             status: Some(self.to_status(&rec)),

@@ -279,6 +279,7 @@ impl Store {
     }
     /// Forget a container (and its exit record).
     pub fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = std::fs::remove_file(self.exit_reported_file(id));
         let _ = std::fs::remove_file(self.exit_file(id));
         let _ = std::fs::remove_file(self.started_file(id));
         self.remove("containers", id)
@@ -288,6 +289,13 @@ impl Store {
         self.root
             .join("containers")
             .join(format!("{id}.started.json"))
+    }
+
+    /// The marker saying that the exit of container `id` was reported as a container event.
+    pub fn exit_reported_file(&self, id: &str) -> PathBuf {
+        self.root
+            .join("containers")
+            .join(format!("{id}.exit.reported"))
     }
 
     /// The monitor's exit record of a container, once it exited.

@@ -141,16 +141,16 @@ pub(super) struct NativeStreams {
 }
 
 impl NativeRuntime {
-    /// A second handle on the same root and state (no sweep, no server of its own).
-    fn view(&self) -> NativeRuntime {
+    /// A second handle on the same root and state, sharing the per-id locks, reservations,
+    /// phases and event subscribers (no sweep, no streaming server or exit watcher of its own).
+    pub(super) fn view(&self) -> NativeRuntime {
         NativeRuntime {
             cfg: self.cfg.clone(),
             store: self.store.clone(),
             init: self.init.clone(),
-            locks: Default::default(),
-            reserved: Default::default(),
+            shared: self.shared.clone(),
             streaming: Default::default(),
-            phases: Default::default(),
+            watcher: Default::default(),
         }
     }
 
@@ -375,6 +375,10 @@ impl StreamingRuntime for NativeStreams {
         mut io: StreamIo,
     ) -> Result<i32, RuntimeError> {
         let rt = &self.rt;
+        // the check and the spawn under the container's lock: a CRI stop or remove of the
+        // same container waits for them (the lock is shared with the runtime's CRI calls)
+        let lock = rt.lock_for(container_id);
+        let setup = lock.lock().await;
         let (rec, spec) = rt.running(container_id)?;
         if cmd.is_empty() {
             return Err(RuntimeError::InvalidArgument(format!(
@@ -421,6 +425,7 @@ impl StreamingRuntime for NativeStreams {
                 .stderr(piped(io.stderr.is_some()));
         }
         let mut child = command.spawn().map_err(|e| io_err(&rt.init, e))?;
+        drop(setup);
         // our copy of the init's end of the socket goes with the command
         drop(command);
         let mut master = None;
@@ -497,6 +502,8 @@ impl StreamingRuntime for NativeStreams {
 
     async fn attach(&self, container_id: &str, mut io: StreamIo) -> Result<i32, RuntimeError> {
         let rt = &self.rt;
+        let lock = rt.lock_for(container_id);
+        let setup = lock.lock().await;
         let (_, spec) = rt.running(container_id)?;
         let output = io.stdout.is_some() || io.stderr.is_some();
         check_attach(container_id, &spec, io.stdin.is_some(), output)?;
@@ -526,6 +533,7 @@ impl StreamingRuntime for NativeStreams {
                 }
             }));
         }
+        drop(setup);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut follower = None;
         if output && let Some(log) = spec.log_path.clone() {

@@ -1,5 +1,6 @@
-//! The few nf_tables expressions the router's rules are made of, encoded with libnftnl
-//! (`nftnl-sys`): nftnl's own wrappers lack numgen, fib, reject, dynset and register choice.
+//! The nf_tables expressions nodekit's rules are made of, encoded with libnftnl (`nftnl-sys`):
+//! nftnl's own wrappers lack numgen, fib, reject, dynset and register choice. Plus the kernel's
+//! constants they take and small builders for common matches.
 
 use std::ffi::CString;
 use std::ptr::NonNull;
@@ -8,39 +9,64 @@ use nftnl::expr::Expression;
 use nftnl_sys as sys;
 
 // kernel uapi constants (linux/netfilter/nf_tables.h)
-pub(crate) const NFT_META_MARK: u32 = 3;
-pub(crate) const NFT_META_NFPROTO: u32 = 15;
-pub(crate) const NFT_META_L4PROTO: u32 = 16;
-pub(crate) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-pub(crate) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-pub(crate) const NFT_CMP_EQ: u32 = 0;
-pub(crate) const NFT_CMP_NEQ: u32 = 1;
-pub(crate) const NFT_LOOKUP_F_INV: u32 = 1;
-pub(crate) const NFT_NG_RANDOM: u32 = 1;
-pub(crate) const NFT_NAT_DNAT: u32 = 1;
-pub(crate) const NFTA_FIB_F_DADDR: u32 = 2;
-pub(crate) const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
-pub(crate) const RTN_LOCAL: u32 = 2;
-pub(crate) const NFT_REJECT_TCP_RST: u32 = 1;
-pub(crate) const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
-pub(crate) const NFT_REJECT_ICMPX_PORT_UNREACH: u32 = 1;
-pub(crate) const NFT_CT_STATUS: u32 = 2;
-pub(crate) const IPS_DST_NAT: u32 = 0x20;
-pub(crate) const NF_DROP: i32 = 0;
-pub(crate) const NFT_JUMP: i32 = -3;
-pub(crate) const NFT_GOTO: i32 = -4;
-pub(crate) const NFT_DYNSET_OP_UPDATE: u32 = 1;
-pub(crate) const NFPROTO_IPV4: u32 = 2;
-pub(crate) const NFPROTO_IPV6: u32 = 10;
+/// `meta mark`.
+pub const NFT_META_MARK: u32 = 3;
+/// `meta nfproto`.
+pub const NFT_META_NFPROTO: u32 = 15;
+/// `meta l4proto`.
+pub const NFT_META_L4PROTO: u32 = 16;
+/// Payload base: the network header.
+pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+/// Payload base: the transport header.
+pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+/// `cmp ==`.
+pub const NFT_CMP_EQ: u32 = 0;
+/// `cmp !=`.
+pub const NFT_CMP_NEQ: u32 = 1;
+/// An inverted lookup (`!@set`).
+pub const NFT_LOOKUP_F_INV: u32 = 1;
+/// `numgen random`.
+pub const NFT_NG_RANDOM: u32 = 1;
+/// The nat expression's DNAT type.
+pub const NFT_NAT_DNAT: u32 = 1;
+/// fib on the destination address.
+pub const NFTA_FIB_F_DADDR: u32 = 2;
+/// fib's result: the address type.
+pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+/// Address type `local`.
+pub const RTN_LOCAL: u32 = 2;
+/// Reject with a TCP reset.
+pub const NFT_REJECT_TCP_RST: u32 = 1;
+/// Reject with an ICMPx unreachable.
+pub const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
+/// ICMPx code: port unreachable.
+pub const NFT_REJECT_ICMPX_PORT_UNREACH: u32 = 1;
+/// `ct status`.
+pub const NFT_CT_STATUS: u32 = 2;
+/// ct status bit: destination NAT applied (`ct status dnat`).
+pub const IPS_DST_NAT: u32 = 0x20;
+/// Verdict `drop`.
+pub const NF_DROP: i32 = 0;
+/// Verdict `jump`.
+pub const NFT_JUMP: i32 = -3;
+/// Verdict `goto`.
+pub const NFT_GOTO: i32 = -4;
+/// dynset operation `update`.
+pub const NFT_DYNSET_OP_UPDATE: u32 = 1;
+/// Family IPv4 (`meta nfproto ipv4`, nat family).
+pub const NFPROTO_IPV4: u32 = 2;
+/// Family IPv6.
+pub const NFPROTO_IPV6: u32 = 10;
 
 /// The 32-bit register of slot `i` (`NFT_REG32_00 + i`).
-pub(crate) fn reg(slot: u32) -> u32 {
+pub fn reg(slot: u32) -> u32 {
     8 + slot
 }
 
-/// One expression of a rule.
+/// One expression of a rule (registers are `NFT_REG32_*` numbers, see [`reg`]).
 #[derive(Debug, Clone)]
-pub(crate) enum Expr {
+#[allow(missing_docs)] // the fields are the expression's attributes, named as in nft's listing
+pub enum Expr {
     /// `meta load <key> => reg`.
     Meta { key: u32, dreg: u32 },
     /// `meta set <key> with reg`.
@@ -54,8 +80,10 @@ pub(crate) enum Expr {
     },
     /// `cmp <op> reg <data>`.
     Cmp { sreg: u32, op: u32, data: Vec<u8> },
-    /// `bitwise reg = (reg & mask) ^ xor`.
+    /// `bitwise reg = (reg & mask) ^ xor` on 4 bytes.
     Bitwise { reg: u32, mask: u32, xor: u32 },
+    /// `bitwise reg = reg & mask` on `mask.len()` bytes (a network prefix).
+    Mask { reg: u32, mask: Vec<u8> },
     /// `lookup reg set <name> [dreg] [inv]`.
     Lookup {
         set: String,
@@ -102,7 +130,7 @@ impl Expression for Expr {
                 Expr::Meta { .. } | Expr::MetaSet { .. } => c"meta",
                 Expr::Payload { .. } => c"payload",
                 Expr::Cmp { .. } => c"cmp",
-                Expr::Bitwise { .. } => c"bitwise",
+                Expr::Bitwise { .. } | Expr::Mask { .. } => c"bitwise",
                 Expr::Lookup { .. } => c"lookup",
                 Expr::Numgen { .. } => c"numgen",
                 Expr::FibDaddrType { .. } => c"fib",
@@ -163,6 +191,24 @@ impl Expression for Expr {
                         sys::NFTNL_EXPR_BITWISE_XOR as u16,
                         x.as_ptr().cast(),
                         4,
+                    );
+                }
+                Expr::Mask { reg, mask } => {
+                    u32_(sys::NFTNL_EXPR_BITWISE_SREG, *reg);
+                    u32_(sys::NFTNL_EXPR_BITWISE_DREG, *reg);
+                    u32_(sys::NFTNL_EXPR_BITWISE_LEN, mask.len() as u32);
+                    let xor = vec![0u8; mask.len()];
+                    sys::nftnl_expr_set(
+                        p,
+                        sys::NFTNL_EXPR_BITWISE_MASK as u16,
+                        mask.as_ptr().cast(),
+                        mask.len() as u32,
+                    );
+                    sys::nftnl_expr_set(
+                        p,
+                        sys::NFTNL_EXPR_BITWISE_XOR as u16,
+                        xor.as_ptr().cast(),
+                        xor.len() as u32,
                     );
                 }
                 Expr::Lookup {
@@ -242,13 +288,20 @@ impl Expression for Expr {
 
 /// A field of a concatenation, loaded into consecutive 32-bit register slots.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Field {
+pub enum Field {
+    /// `ip saddr`.
     Saddr4,
+    /// `ip daddr`.
     Daddr4,
+    /// `ip6 saddr`.
     Saddr6,
+    /// `ip6 daddr`.
     Daddr6,
+    /// `meta l4proto`.
     L4proto,
+    /// `th dport`.
     Dport,
+    /// `numgen random mod n`.
     Numgen(u32),
     /// The constant `i`, as `numgen random mod 1 offset i`.
     Const(u32),
@@ -256,13 +309,14 @@ pub(crate) enum Field {
 
 impl Field {
     /// How many 32-bit slots the field takes.
-    pub(crate) fn slots(self) -> u32 {
+    pub fn slots(self) -> u32 {
         match self {
             Field::Saddr6 | Field::Daddr6 => 4,
             _ => 1,
         }
     }
-    fn load(self, slot: u32) -> Expr {
+    /// The expression loading the field into the register of `slot`.
+    pub fn load(self, slot: u32) -> Expr {
         let dreg = reg(slot);
         let nh = |offset, len| Expr::Payload {
             base: NFT_PAYLOAD_NETWORK_HEADER,
@@ -300,7 +354,7 @@ impl Field {
 }
 
 /// Load `fields` from slot `start` on; the concatenation's register is `reg(start)`.
-pub(crate) fn concat(fields: &[Field], start: u32) -> Vec<Expr> {
+pub fn concat(fields: &[Field], start: u32) -> Vec<Expr> {
     let mut slot = start;
     fields
         .iter()
@@ -313,7 +367,7 @@ pub(crate) fn concat(fields: &[Field], start: u32) -> Vec<Expr> {
 }
 
 /// `meta nfproto <family>`.
-pub(crate) fn nfproto(family: u32) -> Vec<Expr> {
+pub fn nfproto(family: u32) -> Vec<Expr> {
     vec![
         Expr::Meta {
             key: NFT_META_NFPROTO,
@@ -328,7 +382,7 @@ pub(crate) fn nfproto(family: u32) -> Vec<Expr> {
 }
 
 /// `fib daddr type local`.
-pub(crate) fn fib_local() -> Vec<Expr> {
+pub fn fib_local() -> Vec<Expr> {
     vec![
         Expr::FibDaddrType { dreg: reg(0) },
         Expr::Cmp {
@@ -340,7 +394,7 @@ pub(crate) fn fib_local() -> Vec<Expr> {
 }
 
 /// `meta mark set meta mark | bit`.
-pub(crate) fn mark_set(bit: u32) -> Vec<Expr> {
+pub fn mark_set(bit: u32) -> Vec<Expr> {
     vec![
         Expr::Meta {
             key: NFT_META_MARK,
@@ -356,4 +410,52 @@ pub(crate) fn mark_set(bit: u32) -> Vec<Expr> {
             sreg: reg(0),
         },
     ]
+}
+
+/// `ct status dnat`: the packet's connection was destination-NATed.
+pub fn ct_dnat() -> Vec<Expr> {
+    vec![
+        Expr::Ct {
+            key: NFT_CT_STATUS,
+            dreg: reg(0),
+        },
+        Expr::Bitwise {
+            reg: reg(0),
+            mask: IPS_DST_NAT,
+            xor: 0,
+        },
+        Expr::Cmp {
+            sreg: reg(0),
+            op: NFT_CMP_NEQ,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `ip saddr <net>` / `ip6 daddr != <net>`: the source (or destination) address is (or, with
+/// `negate`, is not) in `net`. The family must be matched before (see [`nfproto`]).
+pub fn addr_in(net: ipnet::IpNet, source: bool, negate: bool) -> Vec<Expr> {
+    let net = net.trunc();
+    let (field, addr, mask) = match net {
+        ipnet::IpNet::V4(n) => (
+            if source { Field::Saddr4 } else { Field::Daddr4 },
+            n.network().octets().to_vec(),
+            n.netmask().octets().to_vec(),
+        ),
+        ipnet::IpNet::V6(n) => (
+            if source { Field::Saddr6 } else { Field::Daddr6 },
+            n.network().octets().to_vec(),
+            n.netmask().octets().to_vec(),
+        ),
+    };
+    let mut v = vec![field.load(0)];
+    if mask.iter().any(|b| *b != 0xff) {
+        v.push(Expr::Mask { reg: reg(0), mask });
+    }
+    v.push(Expr::Cmp {
+        sreg: reg(0),
+        op: if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ },
+        data: addr,
+    });
+    v
 }
