@@ -133,7 +133,7 @@ async fn pods_over_allocatable_are_rejected_with_kubelets_reasons() {
     let (rt, sink, source) = (
         FakeRuntime::new(),
         FakeStatusSink::new(),
-        ScriptedPodSource::new("file"),
+        ScriptedPodSource::new("api"),
     );
     rt.add_image("busybox:1");
     let dirs = tempfile::tempdir().unwrap();
@@ -233,7 +233,7 @@ async fn volumes_become_mounts_are_refreshed_and_go_with_the_pod() {
     let (rt, sink, source) = (
         FakeRuntime::new(),
         FakeStatusSink::new(),
-        ScriptedPodSource::new("file"),
+        ScriptedPodSource::new("api"),
     );
     rt.add_image("busybox:1");
     let dirs = tempfile::tempdir().unwrap();
@@ -336,7 +336,7 @@ async fn a_pod_the_node_stops_stays_failed_and_is_not_restarted() {
     let (rt, sink, source) = (
         FakeRuntime::new(),
         FakeStatusSink::new(),
-        ScriptedPodSource::new("file"),
+        ScriptedPodSource::new("api"),
     );
     rt.add_image("busybox:1");
     let dirs = tempfile::tempdir().unwrap();
@@ -416,7 +416,7 @@ async fn the_eviction_manager_evicts_best_effort_first_through_the_workers() {
     let (rt, sink, source) = (
         FakeRuntime::new(),
         FakeStatusSink::new(),
-        ScriptedPodSource::new("file"),
+        ScriptedPodSource::new("api"),
     );
     rt.add_image("busybox:1");
     let dirs = tempfile::tempdir().unwrap();
@@ -493,7 +493,7 @@ async fn the_shutdown_trigger_stops_pods_by_priority_then_rejects_new_ones() {
     let (rt, sink, source) = (
         FakeRuntime::new(),
         FakeStatusSink::new(),
-        ScriptedPodSource::new("file"),
+        ScriptedPodSource::new("api"),
     );
     rt.add_image("busybox:1");
     let dirs = tempfile::tempdir().unwrap();

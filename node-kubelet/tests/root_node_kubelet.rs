@@ -183,7 +183,7 @@ impl Node {
             }
         };
         let manager = Arc::new(wrap(manager));
-        let (sink, source) = (FakeStatusSink::new(), ScriptedPodSource::new("file"));
+        let (sink, source) = (FakeStatusSink::new(), ScriptedPodSource::new("api"));
         let kubelet = Kubelet::builder("node-1")
             .source(Arc::new(source.clone()))
             .runtime(runtime.clone(), image_service)

@@ -601,10 +601,11 @@ fn ephemeral_limit(c: &k8s_openapi::api::core::v1::Container) -> Option<(i64, St
 /// on disk over its `sizeLimit`, a pod over the sum of its containers' `ephemeral-storage`
 /// limits (containers' writable layers and logs plus its emptyDirs), a container over its own
 /// limit (writable layer and logs). Each offending pod is evicted at once with reason
-/// `Evicted` and kubelet's message, followed by the usage measured.
+/// `Evicted` and kubelet's message, followed by the usage measured. Critical pods
+/// ([`is_critical_pod`]) are never evicted, as in kubelet.
 pub fn local_storage_evictions(pods: &[PodUsage]) -> Vec<Eviction> {
     let mut out = Vec::new();
-    for p in pods {
+    for p in pods.iter().filter(|p| !is_critical_pod(&p.pod)) {
         let Some(spec) = p.pod.spec.as_ref() else {
             continue;
         };
@@ -678,13 +679,28 @@ pub fn local_storage_evictions(pods: &[PodUsage]) -> Vec<Eviction> {
 /// The reason of a pod rejected at admission because of node pressure.
 pub const PRESSURE_REJECTION_MESSAGE_PREFIX: &str = "The node had condition: ";
 
+/// Whether a pod is critical as kubelet counts it: a static pod (its source is not the API
+/// server), a mirror pod, or a pod of priority at least
+/// [`SYSTEM_CRITICAL_PRIORITY`](super::shutdown::SYSTEM_CRITICAL_PRIORITY). Critical pods are
+/// admitted under node pressure and never evicted.
+pub fn is_critical_pod(pod: &Pod) -> bool {
+    super::mirror::is_static_pod(pod)
+        || pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(super::mirror::MIRROR_ANNOTATION))
+        || priority(pod) >= super::shutdown::SYSTEM_CRITICAL_PRIORITY
+}
+
 /// kubelet's admission under pressure: with `MemoryPressure` a BestEffort pod is rejected,
-/// with `DiskPressure` (or `PIDPressure`) every pod, unless it is critical (priority at least
-/// 2000000000) or tolerates the matching `node.kubernetes.io/*-pressure` taint. The error is
-/// kubelet's message (`The node had condition: [MemoryPressure]. `); the reason is `Evicted`.
+/// with `DiskPressure` (or `PIDPressure`) every pod, unless it is critical ([`is_critical_pod`]:
+/// static, mirror, or priority at least 2000000000) or tolerates the matching
+/// `node.kubernetes.io/*-pressure` taint. The error is kubelet's message
+/// (`The node had condition: [MemoryPressure]. `); the reason is `Evicted`.
 pub fn admit_under_pressure(pod: &Pod, health: &NodeHealth) -> Result<(), String> {
     let spec = pod.spec.as_ref();
-    if spec.and_then(|s| s.priority).unwrap_or(0) >= 2_000_000_000 {
+    if is_critical_pod(pod) {
         return Ok(());
     }
     let tolerates = |key: &str| {
@@ -850,7 +866,19 @@ impl EvictionManager {
             .retain(|k, _| met.iter().any(|t| (t.signal, t.is_hard()) == *k));
         let mut active: Vec<Threshold> = Vec::new();
         for t in &met {
-            let since = *self.first_met.entry((t.signal, t.is_hard())).or_insert(now);
+            let key = (t.signal, t.is_hard());
+            if !self.first_met.contains_key(&key) {
+                let o = observations.get(&t.signal).copied();
+                tracing::warn!(
+                    signal = %t.signal,
+                    threshold = t.value.amount(o.map_or(0, |o| o.capacity)),
+                    available = o.map_or(0, |o| o.available),
+                    capacity = o.map_or(0, |o| o.capacity),
+                    hard = t.is_hard(),
+                    "eviction threshold met"
+                );
+            }
+            let since = *self.first_met.entry(key).or_insert(now);
             if now.duration_since(since) >= t.grace_period {
                 active.push(t.clone());
             }
@@ -895,7 +923,13 @@ impl EvictionManager {
                 }
             }
         }
-        let mut ranked = pods.to_vec();
+        // kubelet never evicts a critical pod (static, mirror or system priority): the next
+        // pod in rank goes instead.
+        let mut ranked: Vec<PodUsage> = pods
+            .iter()
+            .filter(|p| !is_critical_pod(&p.pod))
+            .cloned()
+            .collect();
         rank_for_eviction(threshold.signal, &mut ranked);
         let Some(victim) = ranked.first() else {
             return Ok(outcome);
@@ -1456,5 +1490,24 @@ mod tests {
         );
         assert_eq!(admit_under_pressure(&critical, &disk), Ok(()));
         assert_eq!(admit_under_pressure(&be, &NodeHealth::default()), Ok(()));
+        // A static pod (from a manifest file) and a mirror pod are critical, as in kubelet.
+        let annotated = |key: &str, value: &str| {
+            let mut p = pod("s", 0, "");
+            p.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(key.into(), value.into());
+            p
+        };
+        let from_file = annotated("kubernetes.io/config.source", "file");
+        let mirror = annotated("kubernetes.io/config.mirror", "abc");
+        let from_api = annotated("kubernetes.io/config.source", "api");
+        for p in [&from_file, &mirror] {
+            assert!(is_critical_pod(p));
+            assert_eq!(admit_under_pressure(p, &disk), Ok(()));
+            assert_eq!(admit_under_pressure(p, &memory), Ok(()));
+        }
+        assert!(!is_critical_pod(&from_api));
+        assert!(admit_under_pressure(&from_api, &disk).is_err());
     }
 }
