@@ -414,3 +414,89 @@ async fn a_client_that_opens_no_streams_is_dropped_after_the_creation_timeout() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_one_with_traffic_is_not() {
+    let idle = Duration::from_millis(300);
+    let (srv, cancelled) = server(StreamingConfig {
+        stream_idle_timeout: idle,
+        ..Default::default()
+    })
+    .await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await.ok();
+            });
+        }
+    });
+    let released = |want: usize, what: String| {
+        let srv = &srv;
+        let cancelled = cancelled.clone();
+        async move {
+            let deadline = Instant::now() + T;
+            while cancelled.load(Ordering::SeqCst) < want || srv.active_sessions() > 0 {
+                assert!(Instant::now() < deadline, "{what}: not released");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    for (i, t) in TRANSPORTS.into_iter().enumerate() {
+        // an exec whose process hangs with nothing on the wire: closed, its call cancelled
+        let url = srv.get_exec(&exec_req(&["hang"], true, false)).unwrap().url;
+        let mut cmd = client::exec(&url, t, opts(true, false)).await.unwrap();
+        let r = tokio::time::timeout(T, cmd.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{t:?}: the idle connection stays open"));
+        assert!(
+            r.is_err(),
+            "{t:?}: no exit status for a cut session, got {r:?}"
+        );
+        released(i + 1, format!("{t:?} idle exec")).await;
+
+        // an exec with traffic more often than the timeout, for several timeouts: kept
+        let url = srv
+            .get_exec(&exec_req(&["cat", "3"], true, false))
+            .unwrap()
+            .url;
+        let mut cmd = client::exec(&url, t, opts(true, false)).await.unwrap();
+        let mut stdin = cmd.stdin.take().unwrap();
+        let mut stdout = cmd.stdout.take().unwrap();
+        let start = Instant::now();
+        while start.elapsed() < idle * 5 {
+            stdin.write_all(b"tick\n").await.unwrap();
+            let mut back = [0u8; 5];
+            tokio::time::timeout(T, stdout.read_exact(&mut back))
+                .await
+                .unwrap_or_else(|_| panic!("{t:?}: no echo"))
+                .unwrap_or_else(|e| panic!("{t:?}: a busy session was closed: {e}"));
+            assert_eq!(&back, b"tick\n");
+            tokio::time::sleep(idle / 6).await;
+        }
+        drop(stdin);
+        let code = tokio::time::timeout(T, cmd.wait()).await.unwrap();
+        assert_eq!(code.unwrap(), 3, "{t:?}: the busy exec ran to its end");
+
+        // a forwarded connection nobody uses: closed
+        let url = srv
+            .get_port_forward(&cri::PortForwardRequest {
+                pod_sandbox_id: "p1".into(),
+                port: vec![port as i32],
+            })
+            .unwrap()
+            .url;
+        let mut f = client::port_forward(&url, t, port).await.unwrap();
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(T, f.stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{t:?}: the idle forwarded connection stays open"));
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "{t:?}: forwarded connection: {r:?}"
+        );
+        released(i + 1, format!("{t:?} idle port forward")).await;
+    }
+}

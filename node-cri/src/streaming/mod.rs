@@ -19,6 +19,7 @@
 //! framing.
 
 pub mod client;
+mod idle;
 mod portforward;
 mod remotecommand;
 mod server;
@@ -121,6 +122,12 @@ pub struct StreamingConfig {
     pub max_tokens: usize,
     /// How long the server waits for a client's streams after the upgrade (kubelet: 30 s).
     pub stream_creation_timeout: Duration,
+    /// How long a streaming connection (exec, attach, port forwarding; SPDY or WebSocket) may
+    /// carry no traffic either way before it is closed, its call cancelled as when the client
+    /// hangs up (an exec's process is killed). kubelet's
+    /// `--streaming-connection-idle-timeout`, containerd's `stream_idle_timeout`: 4 hours.
+    /// Zero: never.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for StreamingConfig {
@@ -131,6 +138,7 @@ impl Default for StreamingConfig {
             token_ttl: Duration::from_secs(60),
             max_tokens: 1000,
             stream_creation_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(4 * 60 * 60),
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use super::idle::IdleIo;
 use super::remotecommand::{self, Opts, Proto, Target};
 use super::{StreamingConfig, StreamingError, StreamingRuntime};
 
@@ -503,7 +504,21 @@ fn route(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Resp, Resp> 
                 return;
             }
         };
-        serve(shared, pending, transport, protocol, ports, upgraded).await;
+        let timeout = shared.cfg.stream_idle_timeout;
+        let (io, activity) = IdleIo::new(upgraded);
+        let session = serve(shared, pending, transport, protocol, ports, io);
+        if timeout.is_zero() {
+            session.await;
+        } else {
+            tokio::select! {
+                _ = session => {}
+                _ = activity.expired(timeout) => {
+                    // the session's call is dropped (an exec's process killed as on hang-up);
+                    // the connection's reads and writes fail from now on
+                    tracing::info!(?timeout, "streaming: the connection was idle too long, closed");
+                }
+            }
+        }
         drop(active);
     });
     Ok(resp)
@@ -515,7 +530,7 @@ async fn serve(
     transport: Transport,
     protocol: &'static str,
     query_ports: Vec<u16>,
-    io: TokioIo<hyper::upgrade::Upgraded>,
+    io: IdleIo<TokioIo<hyper::upgrade::Upgraded>>,
 ) {
     let (target, opts) = match pending {
         Pending::PortForward(pf) => {
