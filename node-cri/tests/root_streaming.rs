@@ -278,6 +278,67 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
 }
 
 #[test]
+fn a_terminal_belongs_to_the_user_of_its_process() {
+    if !prerequisites("a_terminal_belongs_to_the_user_of_its_process") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stttyown", || async {
+        let rt = env.runtime();
+        let (sb, sb_cfg) = sandbox(&env, &rt, "ttyown").await;
+        // the container's own terminal, its process running as 1000
+        let mut cfg = container_config(
+            "user",
+            &[
+                "sh",
+                "-c",
+                "busybox stat -L -c MAIN=%u /proc/self/fd/0; while true; do sleep 1; done",
+            ],
+        );
+        cfg.tty = true;
+        cfg.stdin = true;
+        let sc = cfg
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+        let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
+        let log = env.logs.join("ttyown/user/0.log");
+        wait_for("the container's owner line", T, || async {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("MAIN="))
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("MAIN=1000"), "{text:?}");
+        // an exec's pty (of the container's devpts): its user, group tty (5)
+        let o = opts(false, true, false, true);
+        for t in TRANSPORTS {
+            let url = exec_url(
+                &rt,
+                &c,
+                &[
+                    "busybox",
+                    "stat",
+                    "-L",
+                    "-c",
+                    "EXEC=%u:%g",
+                    "/proc/self/fd/0",
+                ],
+                o,
+            )
+            .await;
+            let mut cmd = client::exec(&url, t, o).await.expect("connect");
+            let out = String::from_utf8_lossy(&read_all(cmd.stdout.take()).await).into_owned();
+            assert_eq!(cmd.wait().await.expect("status"), 0, "{t:?}: {out:?}");
+            assert!(out.contains("EXEC=1000:5"), "{t:?}: {out:?}");
+        }
+    });
+}
+
+#[test]
 fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
     if !prerequisites("attach_to_a_container_started_with_stdin_over_spdy_and_websocket") {
         return;
@@ -396,6 +457,75 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
             matches!(&e, RuntimeError::FailedPrecondition(m) if m.contains("not created with stdin")),
             "{e:?}"
         );
+    });
+}
+
+#[test]
+fn stdin_once_closes_the_stdin_when_the_first_attach_ends_over_spdy_and_websocket() {
+    if !prerequisites(
+        "stdin_once_closes_the_stdin_when_the_first_attach_ends_over_spdy_and_websocket",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    in_netns("stonce", || async {
+        let rt = env.runtime();
+        let (sb, sb_cfg) = sandbox(&env, &rt, "once").await;
+        // (stdin_once, tty): cat sees EOF when the attach ends with stdin_once (on a TTY the
+        // terminal's EOF character), and keeps reading without it
+        for t in TRANSPORTS {
+            for (once, tty) in [(true, false), (true, true), (false, false)] {
+                let what = format!("{t:?} stdin_once={once} tty={tty}");
+                let name = format!("cat-{}-{once}-{tty}", format!("{t:?}").to_lowercase());
+                let mut cfg = container_config(&name, &["cat"]);
+                cfg.stdin = true;
+                cfg.stdin_once = once;
+                cfg.tty = tty;
+                let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
+                let mut a = attach(&rt, &c, t, opts(true, true, false, tty)).await;
+                let mut stdin = a.stdin.take().unwrap();
+                let mut stdout = a.stdout.take().unwrap();
+                // the follower starts at the log's end: send until the echo shows up
+                let mut got = String::new();
+                for _ in 0..20 {
+                    stdin.write_all(b"a line\n").await.unwrap();
+                    let mut buf = [0u8; 256];
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf))
+                            .await
+                    {
+                        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        if got.contains("a line") {
+                            break;
+                        }
+                    }
+                }
+                assert!(got.contains("a line"), "{what}: stdout {got:?}");
+                // detach
+                drop(stdin);
+                drop(stdout);
+                drop(a);
+                if once {
+                    wait_for(&format!("{what}: cat exits"), T, || async {
+                        status(&rt, &c).await.state == cri::ContainerState::ContainerExited as i32
+                    })
+                    .await;
+                    let st = status(&rt, &c).await;
+                    assert_eq!(st.exit_code, 0, "{what}: cat saw EOF, {st:?}");
+                    // the FIFO went with the first attach: a later attach has no stdin
+                    let fifo = env.root.path().join("rt/containers").join(&c).join("stdin");
+                    assert!(!fifo.exists(), "{what}: {} is left", fifo.display());
+                } else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    assert_eq!(
+                        status(&rt, &c).await.state,
+                        cri::ContainerState::ContainerRunning as i32,
+                        "{what}: the container's stdin stays open after the detach"
+                    );
+                    rt.stop_container(&c, Duration::from_secs(1)).await.unwrap();
+                }
+            }
+        }
     });
 }
 

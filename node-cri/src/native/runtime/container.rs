@@ -549,6 +549,7 @@ impl NativeRuntime {
                 started_file: Some(self.store.started_file(&id)),
                 stdin_fifo: super::stream::attach_fifo(&dir, &cfg, "stdin", cfg.stdin)?,
                 resize_fifo: super::stream::attach_fifo(&dir, &cfg, "resize", cfg.tty)?,
+                stdin_once: cfg.stdin && cfg.stdin_once,
             };
             let p = dir.join("spec.json");
             std::fs::write(

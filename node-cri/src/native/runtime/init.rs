@@ -397,14 +397,24 @@ extern "C" fn on_reopen(_: libc::c_int) {
     REOPEN.store(true, Ordering::SeqCst);
 }
 
+/// `SIGUSR2`: an attach of a `stdin_once` container holds the attach FIFO now; the monitor
+/// lets go of its own writer so that the attach's end is the container's EOF.
+static RELEASE_STDIN: AtomicBool = AtomicBool::new(false);
+extern "C" fn on_release_stdin(_: libc::c_int) {
+    RELEASE_STDIN.store(true, Ordering::SeqCst);
+}
+
 struct Stdio {
     /// The ends the monitor reads: stdout, stderr (or the pty master as stdout).
     read: Vec<(RawFd, Stream)>,
     /// The child's stdin, stdout, stderr.
     child: [RawFd; 3],
+    /// `stdin_once` without a TTY: the monitor's own writer of the attach FIFO (close on
+    /// exec), which keeps the container's stdin from reaching EOF until the first attach.
+    stdin_holder: Option<RawFd>,
 }
 
-fn make_stdio(tty: bool, stdin_fifo: Option<&Path>) -> R<Stdio> {
+fn make_stdio(tty: bool, stdin_fifo: Option<&Path>, stdin_once: bool) -> R<Stdio> {
     if tty {
         let (mut master, mut slave) = (0, 0);
         // SAFETY: openpty writes two descriptors; the other pointers may be null.
@@ -426,17 +436,42 @@ fn make_stdio(tty: bool, stdin_fifo: Option<&Path>) -> R<Stdio> {
         return Ok(Stdio {
             read: vec![(master, Stream::Stdout)],
             child: [slave, slave, slave],
+            stdin_holder: None,
         });
     }
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    // stdin: the attach FIFO (read-write, so it never reaches EOF) or /dev/null
+    let fifo_err = |f: &Path, e: std::io::Error| format!("stdin fifo {}: {e}", f.display());
+    let mut stdin_holder = None;
+    // stdin: the attach FIFO (read-write, so it never reaches EOF) or /dev/null; for
+    // `stdin_once` read-only, with the monitor holding a writer until the first attach
     let null = match stdin_fifo {
+        Some(f) if stdin_once => {
+            use std::os::fd::IntoRawFd;
+            use std::os::unix::fs::OpenOptionsExt;
+            let holder = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(f)
+                .map_err(|e| fifo_err(f, e))?;
+            stdin_holder = Some(holder.into_raw_fd());
+            let r = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(f)
+                .map_err(|e| fifo_err(f, e))?;
+            // SAFETY: flag changes on our descriptor: blocking reads for the container.
+            unsafe {
+                let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            }
+            r
+        }
         Some(f) => std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(f)
-            .map_err(|e| format!("stdin fifo {}: {e}", f.display()))?,
+            .map_err(|e| fifo_err(f, e))?,
         None => std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?,
     };
     let null_fd = null.as_raw_fd();
@@ -444,6 +479,7 @@ fn make_stdio(tty: bool, stdin_fifo: Option<&Path>) -> R<Stdio> {
     Ok(Stdio {
         read: vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
         child: [null_fd, out_w, err_w],
+        stdin_holder,
     })
 }
 
@@ -459,7 +495,7 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd, mut marks: Marks) -> ! {
         libc::chdir(c"/".as_ptr());
     }
     let stdin_fifo = spec.stdin_fifo.as_deref().filter(|_| !spec.tty);
-    let stdio = make_stdio(spec.tty, stdin_fifo).unwrap_or_else(|e| fail(e));
+    let stdio = make_stdio(spec.tty, stdin_fifo, spec.stdin_once).unwrap_or_else(|e| fail(e));
     let (ep_r, ep_w) = pipe().unwrap_or_else(|e| fail(e));
     if spec.new_pid {
         // SAFETY: the monitor's next child starts a new PID namespace.
@@ -512,6 +548,14 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd, mut marks: Marks) -> ! {
         "container.exec".into(),
         container_us.saturating_sub(child_total),
     ));
+    // before anyone learns the monitor's pid (the default action of SIGUSR2 is to die)
+    // SAFETY: a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR2,
+            on_release_stdin as *const () as libc::sighandler_t,
+        )
+    };
     let started = Started {
         pid: child,
         start_ticks: start_ticks(child),
@@ -535,7 +579,7 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd, mut marks: Marks) -> ! {
     // SAFETY: a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGUSR1, on_reopen as *const () as libc::sighandler_t) };
     let input = TtyInput::open(spec, &stdio.read);
-    let record = monitor_loop(spec, child, stdio.read, input);
+    let record = monitor_loop(spec, child, stdio.read, input, stdio.stdin_holder);
     let tmp = spec.exit_file.with_extension("tmp");
     if std::fs::write(&tmp, serde_json::to_vec(&record).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, &spec.exit_file);
@@ -558,11 +602,13 @@ impl TtyInput {
         use std::os::fd::IntoRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let master = read.first().map(|(fd, _)| *fd).filter(|_| spec.tty)?;
-        let open = |p: &Option<PathBuf>| {
+        // read-write: the FIFO never hangs up; `stdin_once` reads it read-only, and the
+        // hang-up after its first writer left is the end of the terminal's input
+        let open = |p: &Option<PathBuf>, write: bool| {
             p.as_ref().and_then(|p| {
                 std::fs::OpenOptions::new()
                     .read(true)
-                    .write(true)
+                    .write(write)
                     .custom_flags(libc::O_NONBLOCK)
                     .open(p)
                     .ok()
@@ -571,8 +617,8 @@ impl TtyInput {
         };
         Some(Self {
             master,
-            stdin: open(&spec.stdin_fifo),
-            resize: open(&spec.resize_fifo),
+            stdin: open(&spec.stdin_fifo, !spec.stdin_once),
+            resize: open(&spec.resize_fifo, true),
             partial: Vec::new(),
         })
     }
@@ -591,6 +637,17 @@ impl TtyInput {
     fn ready(&mut self, fd: RawFd, buf: &mut [u8]) {
         // SAFETY: reading into our buffer from a non-blocking FIFO.
         let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r == 0 && Some(fd) == self.stdin {
+            // `stdin_once`: the first attach left; the terminal's EOF character (^D) is the
+            // end of the process's input, and later attaches have no stdin
+            // SAFETY: one byte of ours to the pty master; closing our FIFO end.
+            unsafe {
+                libc::write(self.master, c"\x04".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            self.stdin = None;
+            return;
+        }
         if r <= 0 {
             return;
         }
@@ -637,6 +694,7 @@ fn monitor_loop(
     child: libc::pid_t,
     mut fds: Vec<(RawFd, Stream)>,
     mut input: Option<TtyInput>,
+    mut stdin_holder: Option<RawFd>,
 ) -> ExitRecord {
     let mut log = CriLogWriter::open(spec.log_path.clone(), spec.max_log_line.max(1));
     let mut status: Option<libc::c_int> = None;
@@ -644,6 +702,11 @@ fn monitor_loop(
     loop {
         if REOPEN.swap(false, Ordering::SeqCst) {
             log.reopen();
+        }
+        if RELEASE_STDIN.swap(false, Ordering::SeqCst)
+            && let Some(fd) = stdin_holder.take()
+        {
+            close(fd);
         }
         if fds.is_empty() {
             // the output is closed: the container is exiting, wait for it
@@ -1234,8 +1297,25 @@ fn capset(d: [CapData; 2]) -> R<()> {
     check(rc, || "capset".into())
 }
 
+/// Give the terminal on the process's stdio to its user, as runc does: a pty slave is
+/// opened by root (the container's devpts gives it group `tty`, 5), and a process running as
+/// another user could otherwise not reopen it (`/dev/stdin`, `tty`, `stty`) or control it.
+fn chown_terminal(uid: u32) {
+    for fd in 0..3 {
+        // SAFETY: isatty, fstat and fchown on the process's own stdio descriptors.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::isatty(fd) == 1 && libc::fstat(fd, &mut st) == 0 && st.st_uid != uid {
+                // the group stays (the devpts mount's `gid=5`)
+                libc::fchown(fd, uid, u32::MAX);
+            }
+        }
+    }
+}
+
 fn apply_process(p: &ProcessSpec) -> R<std::convert::Infallible> {
     let (uid, gid, groups) = resolve_user(&p.user)?;
+    chown_terminal(uid);
     for (res, soft, hard) in &p.rlimits {
         let lim = libc::rlimit {
             rlim_cur: *soft,

@@ -166,6 +166,11 @@ pub struct ContainerSpec {
     /// resize events; the attach FIFO's bytes go to the terminal too).
     #[serde(default)]
     pub resize_fifo: Option<PathBuf>,
+    /// CRI `stdin_once`: the container's stdin closes when the first attach that wrote to it
+    /// ends (the monitor drops its own hold on the attach FIFO on `SIGUSR2`, so the last
+    /// writer leaving is EOF; with a TTY the monitor types the terminal's EOF character).
+    #[serde(default)]
+    pub stdin_once: bool,
     /// Where the monitor records the start (so that a runtime that died while starting the
     /// container finds it running rather than created).
     #[serde(default)]

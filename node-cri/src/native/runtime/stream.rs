@@ -12,7 +12,9 @@
 //!   monitor relays it to the terminal, and a second FIFO carries resizes) and follows the
 //!   container's CRI log file from its current end. All of it lives on disk, so attach works
 //!   the same after the runtime restarted; what a container printed before the attach is not
-//!   replayed.
+//!   replayed. With `stdin_once` the first attach with stdin is the container's only input:
+//!   it has the monitor drop its own writer of the FIFO (`SIGUSR2`), so its end is the
+//!   container's EOF, and removes the FIFO when it ends (later attaches get no stdin).
 //! - port forwarding connects to localhost inside the pod's network namespace from a
 //!   dedicated thread that joins it (`setns`), then hands the socket to tokio.
 
@@ -504,20 +506,41 @@ impl StreamingRuntime for NativeStreams {
         let rt = &self.rt;
         let lock = rt.lock_for(container_id);
         let setup = lock.lock().await;
-        let (_, spec) = rt.running(container_id)?;
+        let (rec, spec) = rt.running(container_id)?;
         let output = io.stdout.is_some() || io.stderr.is_some();
         check_attach(container_id, &spec, io.stdin.is_some(), output)?;
         let mut tasks = Tasks(Vec::new());
         if let (Some(input), Some(fifo)) = (io.stdin.take(), spec.stdin_fifo.as_ref()) {
-            let w = tokio::net::unix::pipe::OpenOptions::new()
-                .open_sender(fifo)
-                .map_err(|e| io_err(fifo, e))?;
-            tasks.0.push(tokio::spawn(async move {
-                // EOF from the client ends this attach's input, not the container's stdin
-                let mut input = input;
-                let mut w = w;
-                let _ = tokio::io::copy(&mut input, &mut w).await;
-            }));
+            let opened = tokio::net::unix::pipe::OpenOptions::new().open_sender(fifo);
+            let w = match opened {
+                // `stdin_once`: an earlier attach had the container's stdin (the FIFO is
+                // gone, or nothing reads it any more); this one has none, as with containerd
+                Err(e)
+                    if spec.stdin_once
+                        && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENXIO)) =>
+                {
+                    None
+                }
+                w => Some(w.map_err(|e| io_err(fifo, e))?),
+            };
+            if let Some(w) = w {
+                // the container's stdin ends with this attach: the FIFO goes when it does
+                let consumed = spec.stdin_once.then(|| RemoveOnDrop(fifo.clone()));
+                if spec.stdin_once {
+                    // the monitor lets go of its writer: ours is then the last one
+                    let p = rec.process.clone().unwrap_or_default();
+                    super::signal(p.monitor_pid, p.monitor_ticks, libc::SIGUSR2);
+                }
+                tasks.0.push(tokio::spawn(async move {
+                    // EOF from the client ends this attach's input, not the container's
+                    // stdin (unless `stdin_once`)
+                    let mut input = input;
+                    let mut w = w;
+                    let _ = tokio::io::copy(&mut input, &mut w).await;
+                    // gone before the container can see its EOF
+                    drop(consumed);
+                }));
+            }
         }
         if let (Some(mut resize), Some(fifo)) = (io.resize.take(), spec.resize_fifo.as_ref()) {
             let w = tokio::net::unix::pipe::OpenOptions::new()
