@@ -365,3 +365,78 @@ fn exits_while_the_runtime_was_down_are_reported_once_after_a_restart() {
         assert_eq!(deleted, want);
     });
 }
+
+/// `info.<key>` of a verbose status's `info` JSON (a pid).
+fn info_pid(info: &std::collections::HashMap<String, String>, key: &str) -> i32 {
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    v[key].as_i64().unwrap_or_else(|| panic!("no {key} in {v}")) as i32
+}
+
+fn kill9(pid: i32) {
+    assert!(pid > 0);
+    // SAFETY: SIGKILL to a process of this test's pod.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+}
+
+#[test]
+fn a_killed_monitor_and_a_dead_pause_process_raise_stopped_events() {
+    if !prerequisites("a_killed_monitor_and_a_dead_pause_process_raise_stopped_events") {
+        return;
+    }
+    let env = Env::new();
+    in_netns("evlost", || async {
+        let rt = env.runtime();
+        let pod_cfg = env.sandbox_config("lost");
+        let pod = run_pod(&rt, &pod_cfg).await;
+        let c = start(&rt, &pod, &pod_cfg, "orphan", &["sleep", "1000"]).await;
+        let other = start(&rt, &pod, &pod_cfg, "other", &["sleep", "1000"]).await;
+        let mut s = rt.get_container_events().await.unwrap();
+        // the monitor dies without recording an exit, then the container's process
+        let st = rt.container_status(&c, true).await.unwrap();
+        let (pid, monitor) = (info_pid(&st.info, "pid"), info_pid(&st.info, "monitorPid"));
+        kill9(monitor);
+        kill9(pid);
+        let e = until(&mut s, &c, Kind::ContainerStoppedEvent).await;
+        let cs = status_of(&e, &c).unwrap();
+        assert_ne!(
+            cs.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{cs:?}"
+        );
+        assert_eq!(
+            rt.container_status(&c, false)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .state,
+            cs.state,
+            "the event carries what the runtime reports"
+        );
+        assert_eq!(
+            e.pod_sandbox_status.as_ref().unwrap().state,
+            cri::PodSandboxState::SandboxReady as i32
+        );
+        // the pause process dies on its own: the sandbox's stopped event, NOTREADY
+        let st = rt.pod_sandbox_status(&pod, true).await.unwrap();
+        kill9(info_pid(&st.info, "pid"));
+        let e = until(&mut s, &pod, Kind::ContainerStoppedEvent).await;
+        assert_eq!(
+            e.pod_sandbox_status.as_ref().unwrap().state,
+            cri::PodSandboxState::SandboxNotready as i32
+        );
+        assert!(status_of(&e, &other).is_some(), "{e:?}");
+        // each once: nothing more within a few liveness periods
+        let deadline = Instant::now() + Duration::from_millis(2500);
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline.into(), s.next()).await {
+            let e = e.expect("an event");
+            assert!(
+                !(e.container_event_type == Kind::ContainerStoppedEvent as i32
+                    && (e.container_id == c || e.container_id == pod)),
+                "reported twice: {e:?}"
+            );
+        }
+        rt.stop_pod_sandbox(&pod).await.unwrap();
+        rt.remove_pod_sandbox(&pod).await.unwrap();
+    });
+}

@@ -14,6 +14,12 @@
 //!   so. The first subscription of a runtime process first receives the exits nobody was told
 //!   about (the containers that exited while the runtime was down or before anyone subscribed),
 //!   then the live events.
+//! - What dies without an exit record is found by a liveness scan of the same thread (every
+//!   `LIVENESS_PERIOD`, 1 s): a running container whose monitor and process are both gone (the
+//!   runtime reports it `CONTAINER_UNKNOWN`) raises its `CONTAINER_STOPPED_EVENT` (under the
+//!   same exit marker), and a ready sandbox whose pause process died on its own (`NOTREADY`)
+//!   the sandbox's `CONTAINER_STOPPED_EVENT` (marker `<id>.pause.reported`), as containerd
+//!   sends them when the task's shim sees it exit.
 //! - Every subscriber has its own bounded queue ([`super::NativeConfig::event_buffer`] events,
 //!   a tokio broadcast channel): one that falls behind gets a `ResourceExhausted` error and its
 //!   stream ends (it relists and subscribes again); the others are unaffected.
@@ -28,8 +34,8 @@ use futures::StreamExt;
 use node_core::{ContainerEventStream, RuntimeError, cri};
 use tokio::sync::broadcast;
 
-use super::state::SandboxRecord;
-use super::{NativeRuntime, now_ns};
+use super::state::{ContainerStatus, SandboxRecord, SandboxStatus};
+use super::{NativeRuntime, now_ns, process_alive};
 
 /// How often exits are looked for when inotify is unavailable.
 const SCAN_PERIOD: Duration = Duration::from_millis(100);
@@ -37,6 +43,9 @@ const SCAN_PERIOD: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_millis(250);
 /// How soon an exit whose container is busy (locked by a CRI call) is tried again.
 const RETRY: Duration = Duration::from_millis(10);
+/// How often the watcher looks for container monitors and pause processes that died without
+/// an exit record (the kubelet's generic relist period).
+pub(super) const LIVENESS_PERIOD: Duration = Duration::from_secs(1);
 
 /// The subscribers' channel, and the watcher once started.
 pub(super) struct EventHub {
@@ -260,6 +269,63 @@ impl NativeRuntime {
         (Reported::Done, Some(ev))
     }
 
+    /// The `CONTAINER_STOPPED_EVENT`s of what died without an exit record since the last
+    /// look: running containers whose monitor and process are gone, ready sandboxes whose
+    /// pause process is gone. Each is reported once (a marker); a container busy with a CRI
+    /// call is looked at next time.
+    fn take_lost(&self) -> Vec<cri::ContainerEventResponse> {
+        let told = |marker: std::path::PathBuf| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker)
+                .is_err()
+        };
+        let mut out = Vec::new();
+        for rec in self.store.containers() {
+            if rec.status != ContainerStatus::Running
+                || self.store.exit_reported_file(&rec.id).exists()
+                || self.observe(&rec).0 != cri::ContainerState::ContainerUnknown
+            {
+                continue;
+            }
+            let lock = self.lock_for(&rec.id);
+            let Ok(_g) = lock.try_lock() else { continue };
+            // again under the lock: a stop may just have recorded the exit
+            let Ok(Some(rec)) = self.store.container(&rec.id) else {
+                continue;
+            };
+            if self.observe(&rec).0 != cri::ContainerState::ContainerUnknown
+                || told(self.store.exit_reported_file(&rec.id))
+            {
+                continue;
+            }
+            tracing::warn!(container = %rec.id, "the container's monitor died without recording an exit");
+            let sb = self.store.sandbox(&rec.sandbox_id).ok().flatten();
+            out.push(self.event(
+                &rec.id,
+                sb.as_ref(),
+                cri::ContainerEventType::ContainerStoppedEvent,
+            ));
+        }
+        for sb in self.store.sandboxes() {
+            if sb.status != SandboxStatus::Ready
+                || sb.pause.pid <= 0
+                || process_alive(sb.pause.pid, sb.pause.start_ticks)
+                || told(self.store.pause_gone_file(&sb.id))
+            {
+                continue;
+            }
+            tracing::warn!(sandbox = %sb.id, pid = sb.pause.pid, "the pod sandbox's pause process died");
+            out.push(self.event(
+                &sb.id,
+                Some(&sb),
+                cri::ContainerEventType::ContainerStoppedEvent,
+            ));
+        }
+        out
+    }
+
     /// Every container whose exit nobody was told about.
     fn unreported_exits(&self) -> Vec<String> {
         self.store
@@ -344,7 +410,14 @@ impl NativeRuntime {
             .name("nodekit-exits".into())
             .spawn(move || {
                 let mut pending: Vec<String> = Vec::new();
+                let mut looked = std::time::Instant::now();
                 while !stopping.load(Ordering::Relaxed) {
+                    if looked.elapsed() >= LIVENESS_PERIOD {
+                        looked = std::time::Instant::now();
+                        for ev in rt.take_lost() {
+                            rt.shared.events.send(ev);
+                        }
+                    }
                     let wait = if pending.is_empty() { WAIT } else { RETRY };
                     let found = match &inotify {
                         Some(i) => i.wait(wait),

@@ -494,6 +494,8 @@ impl NativeRuntime {
         if rec.status == SandboxStatus::NotReady && rec.ns_files.is_empty() && rec.pause.pid > 0 {
             return Ok(());
         }
+        // the pause process dies now: the stop's own event says so, not the liveness scan
+        let _ = std::fs::File::create(self.store.pause_gone_file(id));
         if let Some(e) = self.teardown_sandbox(&rec, true).await {
             return Err(e);
         }

@@ -247,7 +247,15 @@ impl Store {
     }
     /// Forget a sandbox.
     pub fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = std::fs::remove_file(self.pause_gone_file(id));
         self.remove("sandboxes", id)
+    }
+    /// The marker saying that sandbox `id` was reported stopped because its pause process
+    /// died on its own (or that a stop of it began: its own event follows).
+    pub fn pause_gone_file(&self, id: &str) -> PathBuf {
+        self.root
+            .join("sandboxes")
+            .join(format!("{id}.pause.reported"))
     }
     /// Save a container.
     pub fn save_container(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
