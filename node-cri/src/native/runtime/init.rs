@@ -548,6 +548,9 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd, mut marks: Marks) -> ! {
         "container.exec".into(),
         container_us.saturating_sub(child_total),
     ));
+    // the terminal's input FIFOs are open before the start is known: an attach that comes
+    // right after it finds a reader
+    let input = TtyInput::open(spec, &stdio.read);
     // before anyone learns the monitor's pid (the default action of SIGUSR2 is to die)
     // SAFETY: a handler that only stores to an atomic.
     unsafe {
@@ -578,7 +581,6 @@ fn monitor_main(spec: &ContainerSpec, report_w: RawFd, mut marks: Marks) -> ! {
     null_stdio(false);
     // SAFETY: a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGUSR1, on_reopen as *const () as libc::sighandler_t) };
-    let input = TtyInput::open(spec, &stdio.read);
     let record = monitor_loop(spec, child, stdio.read, input, stdio.stdin_holder);
     let tmp = spec.exit_file.with_extension("tmp");
     if std::fs::write(&tmp, serde_json::to_vec(&record).unwrap_or_default()).is_ok() {
