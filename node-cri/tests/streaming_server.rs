@@ -107,6 +107,33 @@ fn opts(stdin: bool, stderr: bool) -> ExecOptions {
     }
 }
 
+/// A TCP echo server on 127.0.0.1: its port.
+async fn echo_server() -> u16 {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await.ok();
+            });
+        }
+    });
+    port
+}
+
+/// One forwarded connection to `port` of pod `p1` through the server's URL.
+async fn forward(srv: &StreamingServer, t: Transport, port: u16) -> client::Forwarded {
+    let url = srv
+        .get_port_forward(&cri::PortForwardRequest {
+            pod_sandbox_id: "p1".into(),
+            port: vec![port as i32],
+        })
+        .unwrap()
+        .url;
+    client::port_forward(&url, t, port).await.unwrap()
+}
+
 /// Send a raw HTTP request, return the status code and the rest of the head.
 async fn raw(addr: SocketAddr, req: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -210,29 +237,13 @@ async fn exec_echoes_stdin_and_reports_exit_codes_over_both_transports() {
 #[tokio::test]
 async fn port_forward_reaches_a_local_server_over_both_transports() {
     let (srv, _) = server(StreamingConfig::default()).await;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = echo.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                tokio::io::copy(&mut r, &mut w).await.ok();
-            });
-        }
-    });
+    let port = echo_server().await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     for t in TRANSPORTS {
-        let url = srv
-            .get_port_forward(&cri::PortForwardRequest {
-                pod_sandbox_id: "p1".into(),
-                port: vec![port as i32],
-            })
-            .unwrap()
-            .url;
-        let mut f = client::port_forward(&url, t, port).await.unwrap();
+        let mut f = forward(&srv, t, port).await;
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
         let (mut r, mut w) = tokio::io::split(f.stream);
         let data = big.clone();
@@ -248,14 +259,7 @@ async fn port_forward_reaches_a_local_server_over_both_transports() {
         assert!(back == big, "{t:?}: the bytes came back unchanged");
         drop(writer.await.unwrap());
         // a port nobody listens on: the error stream says so
-        let url = srv
-            .get_port_forward(&cri::PortForwardRequest {
-                pod_sandbox_id: "p1".into(),
-                port: vec![closed as i32],
-            })
-            .unwrap()
-            .url;
-        f = client::port_forward(&url, t, closed).await.unwrap();
+        f = forward(&srv, t, closed).await;
         let e = f.error(T).await.unwrap_or_default();
         assert!(
             e.contains(&format!("port {closed}")) && e.contains("p1"),
@@ -423,16 +427,7 @@ async fn an_idle_connection_is_closed_and_one_with_traffic_is_not() {
         ..Default::default()
     })
     .await;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = echo.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                tokio::io::copy(&mut r, &mut w).await.ok();
-            });
-        }
-    });
+    let port = echo_server().await;
     let released = |want: usize, what: String| {
         let srv = &srv;
         let cancelled = cancelled.clone();
@@ -481,14 +476,7 @@ async fn an_idle_connection_is_closed_and_one_with_traffic_is_not() {
         assert_eq!(code.unwrap(), 3, "{t:?}: the busy exec ran to its end");
 
         // a forwarded connection nobody uses: closed
-        let url = srv
-            .get_port_forward(&cri::PortForwardRequest {
-                pod_sandbox_id: "p1".into(),
-                port: vec![port as i32],
-            })
-            .unwrap()
-            .url;
-        let mut f = client::port_forward(&url, t, port).await.unwrap();
+        let mut f = forward(&srv, t, port).await;
         let mut buf = [0u8; 16];
         let r = tokio::time::timeout(T, f.stream.read(&mut buf))
             .await
