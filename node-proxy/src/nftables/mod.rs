@@ -47,11 +47,12 @@ impl Default for NftablesConfig {
 }
 
 /// What the router programmed: every service port with its contribution, so that a sync
-/// recomputes only the service ports that changed.
+/// recomputes only the service ports that changed. Ordered as [`ProxyState::services`], so a
+/// partial sync compares the two in one merged walk (no hashing of 10k names).
 #[derive(Debug)]
 struct Programmed {
     facts: NodeFacts,
-    services: HashMap<ServicePortName, (ServicePort, Contribution)>,
+    services: BTreeMap<ServicePortName, (ServicePort, Contribution)>,
     hairpin: HashMap<IpAddr, usize>,
     chains: BTreeSet<LbChain>,
     endpoints: usize,
@@ -65,7 +66,7 @@ impl Programmed {
     fn build(state: &ProxyState) -> Self {
         let facts = NodeFacts::of(state);
         let mut p = Programmed {
-            services: HashMap::with_capacity(state.services.len()),
+            services: BTreeMap::new(),
             hairpin: HashMap::new(),
             chains: BTreeSet::new(),
             endpoints: 0,
@@ -75,11 +76,14 @@ impl Programmed {
             skipped: BTreeMap::new(),
             at: Instant::now(),
         };
+        let mut services = Vec::with_capacity(state.services.len());
         for (name, sp) in &state.services {
             let c = p.contribution(name, sp);
             p.account(&c, 1);
-            p.services.insert(name.clone(), (sp.clone(), c));
+            services.push((name.clone(), (sp.clone(), c)));
         }
+        // in order already: built in bulk
+        p.services = services.into_iter().collect();
         p
     }
 
@@ -358,43 +362,52 @@ impl NftablesRouter {
         state: &ProxyState,
         udp: &mut Vec<UdpChange>,
     ) -> Result<usize, RouterError> {
-        let mut changed: Vec<(Option<Contribution>, Option<Contribution>)> = vec![];
+        // one walk over both ordered maps: what is new or different, what is gone
+        let mut differ: Vec<(&ServicePortName, &ServicePort)> = vec![];
+        let mut gone: Vec<ServicePortName> = vec![];
+        let mut programmed = p.services.iter().peekable();
         for (name, sp) in &state.services {
-            match p.services.get(name) {
-                Some((old, _)) if old == sp => {}
-                _ => {
-                    let c = p.contribution(name, sp);
-                    let old = p.services.insert(name.clone(), (sp.clone(), c.clone()));
-                    if sp.protocol == Protocol::Udp
-                        || old
-                            .as_ref()
-                            .is_some_and(|(o, _)| o.protocol == Protocol::Udp)
-                    {
-                        udp.push((
-                            name.clone(),
-                            old.as_ref().map(|(o, _)| o.clone()),
-                            Some(sp.clone()),
-                        ));
-                    }
-                    changed.push((old.map(|(_, c)| c), Some(c)));
+            let mut was = None;
+            while let Some(&(k, (old, _))) = programmed.peek() {
+                match k.cmp(name) {
+                    std::cmp::Ordering::Less => gone.push(k.clone()),
+                    std::cmp::Ordering::Equal => was = Some(old),
+                    std::cmp::Ordering::Greater => break,
+                }
+                programmed.next();
+                if was.is_some() {
+                    break;
                 }
             }
+            if was != Some(sp) {
+                differ.push((name, sp));
+            }
         }
-        if p.services.len() > state.services.len() {
-            let gone: Vec<ServicePortName> = p
-                .services
-                .keys()
-                .filter(|k| !state.services.contains_key(*k))
-                .cloned()
-                .collect();
-            for k in gone {
-                p.skipped.remove(&k);
-                if let Some((old, c)) = p.services.remove(&k) {
-                    if old.protocol == Protocol::Udp {
-                        udp.push((k, Some(old), None));
-                    }
-                    changed.push((Some(c), None));
+        gone.extend(programmed.map(|(k, _)| k.clone()));
+        let mut changed: Vec<(Option<Contribution>, Option<Contribution>)> = vec![];
+        for (name, sp) in differ {
+            let c = p.contribution(name, sp);
+            let old = p.services.insert(name.clone(), (sp.clone(), c.clone()));
+            if sp.protocol == Protocol::Udp
+                || old
+                    .as_ref()
+                    .is_some_and(|(o, _)| o.protocol == Protocol::Udp)
+            {
+                udp.push((
+                    name.clone(),
+                    old.as_ref().map(|(o, _)| o.clone()),
+                    Some(sp.clone()),
+                ));
+            }
+            changed.push((old.map(|(_, c)| c), Some(c)));
+        }
+        for k in gone {
+            p.skipped.remove(&k);
+            if let Some((old, c)) = p.services.remove(&k) {
+                if old.protocol == Protocol::Udp {
+                    udp.push((k, Some(old), None));
                 }
+                changed.push((Some(c), None));
             }
         }
         if changed.is_empty() {
