@@ -362,28 +362,7 @@ impl NftablesRouter {
         state: &ProxyState,
         udp: &mut Vec<UdpChange>,
     ) -> Result<usize, RouterError> {
-        // one walk over both ordered maps: what is new or different, what is gone
-        let mut differ: Vec<(&ServicePortName, &ServicePort)> = vec![];
-        let mut gone: Vec<ServicePortName> = vec![];
-        let mut programmed = p.services.iter().peekable();
-        for (name, sp) in &state.services {
-            let mut was = None;
-            while let Some(&(k, (old, _))) = programmed.peek() {
-                match k.cmp(name) {
-                    std::cmp::Ordering::Less => gone.push(k.clone()),
-                    std::cmp::Ordering::Equal => was = Some(old),
-                    std::cmp::Ordering::Greater => break,
-                }
-                programmed.next();
-                if was.is_some() {
-                    break;
-                }
-            }
-            if was != Some(sp) {
-                differ.push((name, sp));
-            }
-        }
-        gone.extend(programmed.map(|(k, _)| k.clone()));
+        let (differ, gone) = diff_ordered(&p.services, &state.services, |(old, _), sp| old == sp);
         let mut changed: Vec<(Option<Contribution>, Option<Contribution>)> = vec![];
         for (name, sp) in differ {
             let c = p.contribution(name, sp);
@@ -485,6 +464,36 @@ impl NftablesRouter {
         self.send(inner, b)?;
         Ok(changes)
     }
+}
+
+/// One walk over two maps of the same order: the entries of `desired` that are new or not
+/// `same` as in `programmed`, and the keys of `programmed` no longer desired.
+fn diff_ordered<'a, K: Ord + Clone, P, D>(
+    programmed: &BTreeMap<K, P>,
+    desired: &'a BTreeMap<K, D>,
+    same: impl Fn(&P, &D) -> bool,
+) -> (Vec<(&'a K, &'a D)>, Vec<K>) {
+    let (mut differ, mut gone) = (vec![], vec![]);
+    let mut old = programmed.iter().peekable();
+    for (k, d) in desired {
+        let mut was = None;
+        while let Some(&(ok, ov)) = old.peek() {
+            match ok.cmp(k) {
+                std::cmp::Ordering::Less => gone.push(ok.clone()),
+                std::cmp::Ordering::Equal => was = Some(ov),
+                std::cmp::Ordering::Greater => break,
+            }
+            old.next();
+            if was.is_some() {
+                break;
+            }
+        }
+        if !was.is_some_and(|p| same(p, d)) {
+            differ.push((k, d));
+        }
+    }
+    gone.extend(old.map(|(k, _)| k.clone()));
+    (differ, gone)
 }
 
 /// Add element messages for `elems` (grouped by set, chunked).
@@ -630,4 +639,29 @@ pub fn chain_names(state: &ProxyState) -> BTreeSet<String> {
         .map(|c| c.name)
         .chain(d.chains.iter().map(|c| c.name()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff_ordered;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn diff_ordered_finds_added_changed_and_gone_keys() {
+        let programmed: BTreeMap<u32, &str> =
+            [(1, "a"), (2, "b"), (4, "d"), (5, "e"), (9, "i")].into();
+        let desired: BTreeMap<u32, &str> =
+            [(0, "new"), (2, "b"), (3, "c"), (5, "E"), (7, "g")].into();
+        let (differ, gone) = diff_ordered(&programmed, &desired, |p, d| p == d);
+        let differ: Vec<u32> = differ.into_iter().map(|(k, _)| *k).collect();
+        assert_eq!(differ, [0, 3, 5, 7]);
+        assert_eq!(gone, [1, 4, 9]);
+        let (differ, gone) = diff_ordered(&programmed, &programmed, |p, d| p == d);
+        assert!(differ.is_empty() && gone.is_empty());
+        let empty = BTreeMap::new();
+        let (differ, gone) = diff_ordered(&programmed, &empty, |p: &&str, d: &&str| p == d);
+        assert_eq!((differ.len(), gone.len()), (0, 5));
+        let (differ, gone) = diff_ordered(&empty, &desired, |p: &&str, d: &&str| p == d);
+        assert_eq!((differ.len(), gone.len()), (5, 0));
+    }
 }
