@@ -13,10 +13,10 @@ use std::time::Duration;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::LinkMessage;
 use node_core::CniError;
+use node_nft::NetlinkSocket;
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// How long one batch may wait for the kernel's answers.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,10 +58,10 @@ impl Answer {
     }
 }
 
-/// A route-netlink socket in the namespace of the thread that opened it.
+/// A route-netlink socket in the namespace of the thread that opened it (the request/answer
+/// loop is node-nft's [`NetlinkSocket`]).
 pub(crate) struct NlSocket {
-    sock: Socket,
-    seq: u32,
+    sock: NetlinkSocket,
 }
 
 fn io_err(op: &str) -> impl FnOnce(io::Error) -> CniError + '_ {
@@ -75,95 +75,52 @@ impl NlSocket {
     /// Open a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, CniError> {
         let op = "open a route netlink socket";
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(io_err(op))?;
-        sock.bind_auto().map_err(io_err(op))?;
-        sock.connect(&SocketAddr::new(0, 0)).map_err(io_err(op))?;
-        let tv = libc::timeval {
-            tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt on our own fd with a pointer to a live timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io_err(op)(io::Error::last_os_error()));
-        }
-        Ok(Self { sock, seq: 0 })
+        let sock = NetlinkSocket::open(libc::NETLINK_ROUTE).map_err(io_err(op))?;
+        sock.set_recv_timeout(ANSWER_TIMEOUT).map_err(io_err(op))?;
+        Ok(Self { sock })
     }
 
     /// Send every request in one datagram; the answers in request order.
     pub fn batch(&mut self, reqs: Vec<Request>) -> Result<Vec<Answer>, CniError> {
-        let first = self.seq.wrapping_add(1);
-        let mut buf = Vec::new();
-        let mut ops = Vec::with_capacity(reqs.len());
-        for (i, r) in reqs.into_iter().enumerate() {
-            let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_ACK | r.flags;
-            header.sequence_number = first.wrapping_add(i as u32);
-            let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg));
-            m.finalize();
-            let start = buf.len();
-            buf.resize(start + m.buffer_len(), 0);
-            m.serialize(&mut buf[start..]);
-            ops.push(r.op);
-        }
-        self.seq = first.wrapping_add(ops.len() as u32);
-        let what = || ops.join(", ");
-        let sent = self.sock.send(&buf, 0).map_err(|e| io_err(&what())(e))?;
-        if sent != buf.len() {
-            return Err(CniError::Netlink {
-                op: what(),
-                message: format!("sent {sent} of {} bytes", buf.len()),
-            });
-        }
-        let mut answers: Vec<Answer> = (0..ops.len()).map(|_| Answer::default()).collect();
-        let mut done = vec![false; ops.len()];
-        let mut left = ops.len();
-        let mut rbuf = vec![0u8; 64 * 1024];
-        while left > 0 {
-            let n = self
-                .sock
-                .recv(&mut &mut rbuf[..], 0)
-                .map_err(|e| io_err(&format!("read the answers to: {}", what()))(e))?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(rbuf[off..off + 4].try_into().expect("4 bytes")) as usize;
-                if len < 16 || off + len > n {
-                    break;
-                }
-                let bytes = &rbuf[off..off + len];
-                off += (len + 3) & !3;
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes);
-                let seq = u32::from_ne_bytes(bytes[8..12].try_into().expect("4 bytes"));
-                let i = seq.wrapping_sub(first) as usize;
-                if i >= ops.len() || done[i] {
-                    continue; // an answer to an earlier, abandoned batch
-                }
-                match msg.map(|m| m.payload) {
-                    Ok(NetlinkPayload::Error(e)) => {
-                        answers[i].errno = e.code.map(|c| -c.get());
-                        done[i] = true;
-                        left -= 1;
-                    }
-                    Ok(NetlinkPayload::Done(_)) => {
-                        done[i] = true;
-                        left -= 1;
-                    }
-                    Ok(NetlinkPayload::InnerMessage(m)) => answers[i].msgs.push(m),
-                    // Messages we cannot parse are not ours to interpret; the ACK still comes.
-                    _ => {}
-                }
+        let ops: Vec<String> = reqs.iter().map(|r| r.op.clone()).collect();
+        let build = |first: u32| {
+            let mut buf = Vec::new();
+            for (i, r) in reqs.into_iter().enumerate() {
+                let mut header = NetlinkHeader::default();
+                header.flags = NLM_F_REQUEST | NLM_F_ACK | r.flags;
+                header.sequence_number = first.wrapping_add(i as u32);
+                let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg));
+                m.finalize();
+                let start = buf.len();
+                buf.resize(start + m.buffer_len(), 0);
+                m.serialize(&mut buf[start..]);
             }
-        }
-        Ok(answers)
+            buf
+        };
+        let answers = self
+            .sock
+            .batch(ops.len(), build)
+            .map_err(|e| io_err(&ops.join(", "))(e))?;
+        Ok(answers
+            .into_iter()
+            .map(|a| Answer {
+                errno: a.errno,
+                msgs: a
+                    .msgs
+                    .iter()
+                    .filter_map(|bytes| {
+                        // Messages we cannot parse are not ours to interpret.
+                        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+                            Ok(m) => match m.payload {
+                                NetlinkPayload::InnerMessage(m) => Some(m),
+                                _ => None,
+                            },
+                            Err(_) => None,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 }
 

@@ -324,9 +324,19 @@ fn controller_request_and_errors() {
         0x01, 0x02, 0x00, 0x00, 0x06, 0x00, 0x01, 0x00, 0x24, 0x00, 0x00, 0x00,
     ];
     assert_eq!(messages::family_id(&reply).unwrap(), 0x24);
-    // NLMSG_ERROR payload: -ENOENT (-2) then the offending header
-    let err = [0xfe, 0xff, 0xff, 0xff, 0x20, 0x00, 0x00, 0x00];
-    assert_eq!(messages::error_code(&err).unwrap(), -2);
+    // NLMSG_ERROR, seq 3: -ENOENT (-2) then the offending header (cut short here)
+    #[rustfmt::skip]
+    let err = [
+        0x18, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, // nlmsg_len 24, NLMSG_ERROR
+        0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // seq 3, pid 0
+        0xfe, 0xff, 0xff, 0xff, 0x20, 0x00, 0x00, 0x00,
+    ];
+    let m = node_nft::netlink::messages(&err).next().unwrap().unwrap();
+    assert_eq!(m.header.kind, messages::NLMSG_ERROR);
+    assert_eq!(m.error_code().unwrap(), Some(-2));
+    let mut answers = node_nft::netlink::Answers::new(3, 1);
+    assert!(answers.feed(&err).unwrap());
+    assert_eq!(answers.into_answers()[0].errno, Some(libc::ENOENT));
 }
 
 #[test]

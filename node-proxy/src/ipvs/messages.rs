@@ -78,10 +78,7 @@ pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
 /// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
 pub const NLM_F_DUMP: u16 = 0x300;
-/// `NLMSG_ERROR`.
-pub const NLMSG_ERROR: u16 = 2;
-/// `NLMSG_DONE`.
-pub const NLMSG_DONE: u16 = 3;
+pub use node_nft::netlink::{Header as NlHeader, NLMSG_DONE, NLMSG_ERROR};
 /// `GENL_ID_CTRL`: the generic-netlink controller.
 pub const GENL_ID_CTRL: u16 = 0x10;
 /// `CTRL_CMD_GETFAMILY`.
@@ -194,19 +191,6 @@ pub struct IpvsMessage {
     pub service: Option<VirtualServer>,
     /// The destination (NEW/SET/DEL_DEST).
     pub dest: Option<RealServer>,
-}
-
-/// The netlink header of a decoded message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NlHeader {
-    /// `nlmsg_type` (the family id, or NLMSG_ERROR / NLMSG_DONE).
-    pub kind: u16,
-    /// `nlmsg_flags`.
-    pub flags: u16,
-    /// `nlmsg_seq`.
-    pub seq: u32,
-    /// `nlmsg_pid`.
-    pub pid: u32,
 }
 
 fn af(ip: &IpAddr) -> u16 {
@@ -377,23 +361,11 @@ impl IpvsMessage {
 
 /// Split a netlink message into its header and payload (checking `nlmsg_len`).
 pub fn split_header(bytes: &[u8]) -> Result<(NlHeader, &[u8]), DecodeError> {
-    if bytes.len() < 16 {
-        return Err(bad(format!(
-            "{} bytes is shorter than a netlink header",
-            bytes.len()
-        )));
+    match node_nft::netlink::messages(bytes).next() {
+        Some(Ok(m)) => Ok((m.header, m.payload())),
+        Some(Err(e)) => Err(bad(e.to_string())),
+        None => Err(bad("0 bytes is not a netlink message")),
     }
-    let len = u32::from_ne_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-    if len < 16 || len > bytes.len() {
-        return Err(bad(format!("nlmsg_len {len} for {} bytes", bytes.len())));
-    }
-    let header = NlHeader {
-        kind: u16::from_ne_bytes([bytes[4], bytes[5]]),
-        flags: u16::from_ne_bytes([bytes[6], bytes[7]]),
-        seq: u32::from_ne_bytes(bytes[8..12].try_into().expect("4 bytes")),
-        pid: u32::from_ne_bytes(bytes[12..16].try_into().expect("4 bytes")),
-    };
-    Ok((header, &bytes[16..len]))
 }
 
 /// The attributes in `buf`, as (type without flags, payload).
@@ -530,14 +502,6 @@ fn decode_dest(buf: &[u8]) -> Result<RealServer, DecodeError> {
         inactive_conns: u32_or0(dest_attr::INACT_CONNS, "inactive connections")?,
         persist_conns: u32_or0(dest_attr::PERSIST_CONNS, "persistent connections")?,
     })
-}
-
-/// The errno of an `NLMSG_ERROR` message (0 is an acknowledgement).
-pub fn error_code(payload: &[u8]) -> Result<i32, DecodeError> {
-    payload
-        .get(..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-        .ok_or_else(|| bad("short NLMSG_ERROR"))
 }
 
 /// The family id in a `CTRL_CMD_NEWFAMILY` reply.

@@ -47,11 +47,12 @@ impl Default for NftablesConfig {
 }
 
 /// What the router programmed: every service port with its contribution, so that a sync
-/// recomputes only the service ports that changed.
+/// recomputes only the service ports that changed. Ordered as [`ProxyState::services`], so a
+/// partial sync compares the two in one merged walk (no hashing of 10k names).
 #[derive(Debug)]
 struct Programmed {
     facts: NodeFacts,
-    services: HashMap<ServicePortName, (ServicePort, Contribution)>,
+    services: BTreeMap<ServicePortName, (ServicePort, Contribution)>,
     hairpin: HashMap<IpAddr, usize>,
     chains: BTreeSet<LbChain>,
     endpoints: usize,
@@ -65,7 +66,7 @@ impl Programmed {
     fn build(state: &ProxyState) -> Self {
         let facts = NodeFacts::of(state);
         let mut p = Programmed {
-            services: HashMap::with_capacity(state.services.len()),
+            services: BTreeMap::new(),
             hairpin: HashMap::new(),
             chains: BTreeSet::new(),
             endpoints: 0,
@@ -75,11 +76,14 @@ impl Programmed {
             skipped: BTreeMap::new(),
             at: Instant::now(),
         };
+        let mut services = Vec::with_capacity(state.services.len());
         for (name, sp) in &state.services {
             let c = p.contribution(name, sp);
             p.account(&c, 1);
-            p.services.insert(name.clone(), (sp.clone(), c));
+            services.push((name.clone(), (sp.clone(), c)));
         }
+        // in order already: built in bulk
+        p.services = services.into_iter().collect();
         p
     }
 
@@ -358,43 +362,31 @@ impl NftablesRouter {
         state: &ProxyState,
         udp: &mut Vec<UdpChange>,
     ) -> Result<usize, RouterError> {
+        let (differ, gone) = diff_ordered(&p.services, &state.services, |(old, _), sp| old == sp);
         let mut changed: Vec<(Option<Contribution>, Option<Contribution>)> = vec![];
-        for (name, sp) in &state.services {
-            match p.services.get(name) {
-                Some((old, _)) if old == sp => {}
-                _ => {
-                    let c = p.contribution(name, sp);
-                    let old = p.services.insert(name.clone(), (sp.clone(), c.clone()));
-                    if sp.protocol == Protocol::Udp
-                        || old
-                            .as_ref()
-                            .is_some_and(|(o, _)| o.protocol == Protocol::Udp)
-                    {
-                        udp.push((
-                            name.clone(),
-                            old.as_ref().map(|(o, _)| o.clone()),
-                            Some(sp.clone()),
-                        ));
-                    }
-                    changed.push((old.map(|(_, c)| c), Some(c)));
-                }
+        for (name, sp) in differ {
+            let c = p.contribution(name, sp);
+            let old = p.services.insert(name.clone(), (sp.clone(), c.clone()));
+            if sp.protocol == Protocol::Udp
+                || old
+                    .as_ref()
+                    .is_some_and(|(o, _)| o.protocol == Protocol::Udp)
+            {
+                udp.push((
+                    name.clone(),
+                    old.as_ref().map(|(o, _)| o.clone()),
+                    Some(sp.clone()),
+                ));
             }
+            changed.push((old.map(|(_, c)| c), Some(c)));
         }
-        if p.services.len() > state.services.len() {
-            let gone: Vec<ServicePortName> = p
-                .services
-                .keys()
-                .filter(|k| !state.services.contains_key(*k))
-                .cloned()
-                .collect();
-            for k in gone {
-                p.skipped.remove(&k);
-                if let Some((old, c)) = p.services.remove(&k) {
-                    if old.protocol == Protocol::Udp {
-                        udp.push((k, Some(old), None));
-                    }
-                    changed.push((Some(c), None));
+        for k in gone {
+            p.skipped.remove(&k);
+            if let Some((old, c)) = p.services.remove(&k) {
+                if old.protocol == Protocol::Udp {
+                    udp.push((k, Some(old), None));
                 }
+                changed.push((Some(c), None));
             }
         }
         if changed.is_empty() {
@@ -472,6 +464,36 @@ impl NftablesRouter {
         self.send(inner, b)?;
         Ok(changes)
     }
+}
+
+/// One walk over two maps of the same order: the entries of `desired` that are new or not
+/// `same` as in `programmed`, and the keys of `programmed` no longer desired.
+fn diff_ordered<'a, K: Ord + Clone, P, D>(
+    programmed: &BTreeMap<K, P>,
+    desired: &'a BTreeMap<K, D>,
+    same: impl Fn(&P, &D) -> bool,
+) -> (Vec<(&'a K, &'a D)>, Vec<K>) {
+    let (mut differ, mut gone) = (vec![], vec![]);
+    let mut old = programmed.iter().peekable();
+    for (k, d) in desired {
+        let mut was = None;
+        while let Some(&(ok, ov)) = old.peek() {
+            match ok.cmp(k) {
+                std::cmp::Ordering::Less => gone.push(ok.clone()),
+                std::cmp::Ordering::Equal => was = Some(ov),
+                std::cmp::Ordering::Greater => break,
+            }
+            old.next();
+            if was.is_some() {
+                break;
+            }
+        }
+        if !was.is_some_and(|p| same(p, d)) {
+            differ.push((k, d));
+        }
+    }
+    gone.extend(old.map(|(k, _)| k.clone()));
+    (differ, gone)
 }
 
 /// Add element messages for `elems` (grouped by set, chunked).
@@ -617,4 +639,29 @@ pub fn chain_names(state: &ProxyState) -> BTreeSet<String> {
         .map(|c| c.name)
         .chain(d.chains.iter().map(|c| c.name()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff_ordered;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn diff_ordered_finds_added_changed_and_gone_keys() {
+        let programmed: BTreeMap<u32, &str> =
+            [(1, "a"), (2, "b"), (4, "d"), (5, "e"), (9, "i")].into();
+        let desired: BTreeMap<u32, &str> =
+            [(0, "new"), (2, "b"), (3, "c"), (5, "E"), (7, "g")].into();
+        let (differ, gone) = diff_ordered(&programmed, &desired, |p, d| p == d);
+        let differ: Vec<u32> = differ.into_iter().map(|(k, _)| *k).collect();
+        assert_eq!(differ, [0, 3, 5, 7]);
+        assert_eq!(gone, [1, 4, 9]);
+        let (differ, gone) = diff_ordered(&programmed, &programmed, |p, d| p == d);
+        assert!(differ.is_empty() && gone.is_empty());
+        let empty = BTreeMap::new();
+        let (differ, gone) = diff_ordered(&programmed, &empty, |p: &&str, d: &&str| p == d);
+        assert_eq!((differ.len(), gone.len()), (0, 5));
+        let (differ, gone) = diff_ordered(&empty, &desired, |p: &&str, d: &&str| p == d);
+        assert_eq!((differ.len(), gone.len()), (5, 0));
+    }
 }

@@ -619,31 +619,8 @@ impl LbChain {
 
     pub(crate) fn def(&self) -> ChainDef {
         let f = &FAMS[self.v6 as usize];
-        let (n, ip) = (f.n, f.ip);
-        let k = self.k;
-        let data_slot = 10;
-        let rules = if self.node_port && self.affinity.is_none() {
-            let mut e = nfproto(f.proto);
-            e.extend(concat(&[Field::L4proto, Field::Dport, Field::Numgen(k)], 0));
-            e.push(Expr::Lookup {
-                set: format!("npbe{n}"),
-                sreg: reg(0),
-                dreg: Some(reg(data_slot)),
-                invert: false,
-            });
-            e.push(Expr::Dnat {
-                family: f.proto,
-                addr: reg(data_slot),
-                proto: reg(data_slot + f.addr_slots),
-            });
-            vec![RuleDef {
-                exprs: e,
-                text: format!(
-                    "dnat {ip} to meta l4proto . th dport . numgen random mod {k} map @npbe{n}"
-                ),
-                comment: None,
-            }]
-        } else if let Some(t) = self.affinity {
+        let (ip, k) = (f.ip, self.k);
+        let rules = if let Some(t) = self.affinity {
             // a known client goes back to its bucket (refreshing its timeout); a new one picks a
             // bucket at random (as iptables' statistic: 1/K, then 1/(K-1)...) and is remembered
             let client = [f.saddr, f.daddr, Field::L4proto, Field::Dport];
@@ -704,6 +681,7 @@ impl LbChain {
             }
             rules
         } else {
+            // without affinity (node port or not): one rule, a random bucket of the backend map
             let (e, text) = self.dnat_be(Field::Numgen(k), &format!("numgen random mod {k}"));
             vec![RuleDef {
                 exprs: e,

@@ -39,7 +39,11 @@ impl Harness {
         Self { t, router }
     }
 
-    pub fn sync(&self, state: &ProxyState) -> SyncReport {
+    /// Run `f` with the router on a thread in the node namespace, on its own runtime.
+    fn on_node<R: Send>(
+        &self,
+        f: impl FnOnce(&tokio::runtime::Runtime, Arc<dyn ServiceRouter>) -> R + Send,
+    ) -> R {
         let r = self.router.clone();
         self.t
             .node
@@ -48,24 +52,18 @@ impl Harness {
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(r.sync(state))
+                f(&rt, r)
             })
             .unwrap()
+    }
+
+    pub fn sync(&self, state: &ProxyState) -> SyncReport {
+        self.on_node(|rt, r| rt.block_on(r.sync(state)))
             .expect("sync")
     }
 
     pub fn cleanup(&self) {
-        let r = self.router.clone();
-        self.t
-            .node
-            .run_in(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(r.cleanup())
-            })
-            .unwrap()
+        self.on_node(|rt, r| rt.block_on(r.cleanup()))
             .expect("cleanup")
     }
 
