@@ -86,7 +86,6 @@ impl Running {
             NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), capacity)
                 .unwrap()
                 .report(report())
-                .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
                 .node_capacity(move || Ok(capacity));
         if let Some(api) = api {
             node = node.api(api.client());

@@ -138,8 +138,9 @@ impl Node {
         Self::start_on(g, config, store, wrap, None)
     }
 
-    /// As `start_with`; with `image_store`, the native runtime's images come from it, it is
-    /// the kubelet's image service and the node manager collects garbage through both.
+    /// As `start_with`; with `image_store`, the native runtime's images come from it and it is
+    /// the kubelet's image service (the node manager collects garbage through the kubelet's
+    /// runtime and image service).
     fn start_on(
         g: &Guard,
         config: impl FnOnce(&mut NodeConfig),
@@ -170,12 +171,9 @@ impl Node {
         c.allocatable.root_dir = root.to_path_buf();
         c.pod_log_root = root.join("logs");
         config(&mut c);
-        let mut manager = NodeManager::new(c, store).expect("node manager");
+        let manager = NodeManager::new(c, store).expect("node manager");
         let image_service: Arc<dyn ImageBackend> = match &image_store {
-            Some(s) => {
-                manager = manager.runtime(runtime.clone(), s.clone());
-                s.clone()
-            }
+            Some(s) => s.clone(),
             None => {
                 let fake = FakeRuntime::new();
                 fake.add_image(IMAGE);
