@@ -1019,7 +1019,12 @@ fn dead_containers_are_pruned_from_the_native_runtime() {
     let g2 = g.clone();
     in_netns("nk-node-deadgc", move || async move {
         // the kubelet has no pod: the runtime is driven directly, as an earlier kubelet left it
-        let node = Node::start(&g2, |_| {}, Arc::new(MemoryObjectStore::default()));
+        // (and its own garbage collection is off: only the collection below removes anything)
+        let node = Node::start(
+            &g2,
+            |c| c.gc.enabled = false,
+            Arc::new(MemoryObjectStore::default()),
+        );
         let rt = node.runtime.clone();
         let logs = g2.dir.path().join("logs");
         let sandbox = |uid: &str| cri::PodSandboxConfig {
@@ -1162,5 +1167,127 @@ fn dead_containers_are_pruned_from_the_native_runtime() {
         );
         node.stop().await;
     });
+    drop(g);
+}
+
+/// Fills the filesystem of `dir` with a file `name` in it until `left` bytes stay available.
+fn fill_until_available(dir: &Path, name: &str, left: i64) {
+    let fs = fs_stats(dir).unwrap();
+    let size = fs.available_bytes - left;
+    assert!(size > 0, "{} bytes available already", fs.available_bytes);
+    std::fs::write(dir.join(name), vec![0x5a; size as usize]).unwrap();
+}
+
+#[test]
+fn disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met() {
+    if !ready("disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met")
+        || !require_path(
+            "disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met",
+            node_test_support::image::BUSYBOX,
+        )
+    {
+        return;
+    }
+    let g = Arc::new(Guard::new());
+    let g2 = g.clone();
+    in_netns_on_tmpfs(
+        "nk-node-diskpr",
+        g.dir.path().into(),
+        "64m",
+        move || async move {
+            let root = g2.dir.path().to_path_buf();
+            let store = image_store(&root).await;
+            // imagefs is the test's 64 MiB tmpfs (the image store's root, nodefs too)
+            const THRESHOLD: i64 = 16 << 20;
+            let node = Node::start_on(
+                &g2,
+                |c| {
+                    c.eviction = Some(EvictionConfig {
+                        thresholds: parse_thresholds("imagefs.available<16Mi").unwrap(),
+                        ..Default::default()
+                    });
+                    c.eviction_interval = Duration::from_secs(1);
+                    // no periodic collection gets there first: only the eviction manager's
+                    c.gc = GcConfig {
+                        image: ImageGcPolicy {
+                            high_threshold_percent: 100,
+                            low_threshold_percent: 100,
+                            min_age: Duration::ZERO,
+                        },
+                        image_gc_period: Duration::from_secs(3600),
+                        container_gc_period: Duration::from_secs(3600),
+                        ..Default::default()
+                    };
+                },
+                Arc::new(MemoryObjectStore::default()),
+                |m| m,
+                Some(store.clone()),
+            );
+            node.source.apply(pod(&format!(
+                "metadata: {{name: keeper, namespace: default, uid: uid-keeper}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: \"{USED}\", imagePullPolicy: Never, command: [sleep, \"300\"], resources: {{requests: {{cpu: 100m}}}}}}\n"
+            )));
+            node.source.apply(pod(&format!(
+                "metadata: {{name: besteffort, namespace: default, uid: uid-besteffort}}\nspec:\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  containers:\n  - {{name: app, image: \"{USED}\", imagePullPolicy: Never, command: [sleep, \"300\"], volumeMounts: [{{name: scratch, mountPath: /scratch}}]}}\n"
+            )));
+            let before = node.wait_running(&["keeper", "besteffort"]).await;
+            let evicted = |n: &Node| -> Vec<&'static str> {
+                ["besteffort", "keeper"]
+                    .into_iter()
+                    .filter(|p| n.phase_reason(p) == Some(("Failed".into(), "Evicted".into())))
+                    .collect()
+            };
+
+            // (a) the threshold is met by 2 MiB; the unused image (6 MiB and more) relieves it
+            assert!(store.get(UNUSED).is_some());
+            fill_until_available(&root, "ballast", THRESHOLD - (2 << 20));
+            until(
+                "the unused image collected",
+                Duration::from_secs(30),
+                || async { store.get(UNUSED).is_none().then_some(()) },
+            )
+            .await;
+            let fs = fs_stats(&root).unwrap();
+            assert!(fs.available_bytes >= THRESHOLD, "{fs:?}");
+            // rounds later: no pod was evicted, both run untouched, the image in use stays
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert!(evicted(&node).is_empty(), "{:?}", evicted(&node));
+            assert_eq!(node.running().await, before);
+            assert!(store.get(USED).is_some(), "the image in use stays");
+            assert!(root.join("ballast").exists());
+
+            // (b) the BestEffort pod's emptyDir fills the disk: nothing left to collect, the
+            // threshold stays met after the reclaim and the lowest-ranked pod is evicted
+            let scratch =
+                root.join("kubelet/pods/uid-besteffort/volumes/kubernetes.io~empty-dir/scratch");
+            fill_until_available(&scratch, "fill", THRESHOLD - (2 << 20));
+            until("an eviction", Duration::from_secs(30), || async {
+                (!evicted(&node).is_empty()).then_some(())
+            })
+            .await;
+            assert_eq!(evicted(&node), ["besteffort"]);
+            let msg = node.status("besteffort").unwrap().message.unwrap();
+            assert!(
+                msg.starts_with(
+                    "The node was low on resource: ephemeral-storage. Threshold quantity: 16Mi, available: "
+                ),
+                "{msg}"
+            );
+            until("besteffort stopped", Duration::from_secs(30), || async {
+                let r = node.running().await;
+                (!r.contains_key("besteffort")).then_some(())
+            })
+            .await;
+            // its emptyDir went with the eviction: the pressure is gone and the other pod stays
+            until("the emptyDir removed", Duration::from_secs(30), || async {
+                (!scratch.exists()).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert_eq!(evicted(&node), ["besteffort"]);
+            assert_eq!(node.running().await["keeper"], before["keeper"]);
+            assert_eq!(node.phase_reason("keeper").unwrap().0, "Running");
+            node.stop().await;
+        },
+    );
     drop(g);
 }
