@@ -835,6 +835,21 @@ async fn image_store(root: &Path) -> Arc<ImageStore> {
     store
 }
 
+/// Garbage collection of images and containers every `period`, images at `high` percent down
+/// to `low`, with no minimum image age.
+fn gc_every(period: Duration, high: u8, low: u8) -> GcConfig {
+    GcConfig {
+        image: ImageGcPolicy {
+            high_threshold_percent: high,
+            low_threshold_percent: low,
+            min_age: Duration::ZERO,
+        },
+        image_gc_period: period,
+        container_gc_period: period,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use() {
     if !ready("image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use")
@@ -861,16 +876,7 @@ fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use()
         let node = Node::start_on(
             &g2,
             |c| {
-                c.gc = GcConfig {
-                    image: ImageGcPolicy {
-                        high_threshold_percent: high,
-                        low_threshold_percent: low,
-                        min_age: Duration::ZERO,
-                    },
-                    image_gc_period: Duration::from_secs(1),
-                    container_gc_period: Duration::from_secs(1),
-                    ..Default::default()
-                };
+                c.gc = gc_every(Duration::from_secs(1), high, low);
             },
             Arc::new(MemoryObjectStore::default()),
             |m| m,
@@ -1187,16 +1193,7 @@ fn disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays
                 });
                 c.eviction_interval = Duration::from_secs(1);
                 // no periodic collection gets there first: only the eviction manager's
-                c.gc = GcConfig {
-                    image: ImageGcPolicy {
-                        high_threshold_percent: 100,
-                        low_threshold_percent: 100,
-                        min_age: Duration::ZERO,
-                    },
-                    image_gc_period: Duration::from_secs(3600),
-                    container_gc_period: Duration::from_secs(3600),
-                    ..Default::default()
-                };
+                c.gc = gc_every(Duration::from_secs(3600), 100, 100);
             },
             Arc::new(MemoryObjectStore::default()),
             |m| m,
