@@ -346,7 +346,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(c) = &cluster {
         node_manager = node_manager.api(c.client());
     }
-    node_manager = node_manager.runtime(rt.clone(), images.clone());
     let latest_node = node_manager.latest_node();
     let shutdown_reports = node_manager.shutdown_reports();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();

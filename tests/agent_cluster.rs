@@ -37,13 +37,8 @@ fn pod(name: &str, node: &str) -> serde_json::Value {
 }
 
 /// The agent's node manager for `node` in cluster mode (registration, Lease, node status, mirror pods),
-/// with its directories under `dir` and no pod cgroups.
-fn node_manager(
-    c: &cluster::Cluster,
-    node: &str,
-    rt: Arc<FakeRuntime>,
-    dir: &std::path::Path,
-) -> NodeManager {
+/// with its directories under `dir` and no pod cgroups; it runs on the kubelet's runtime.
+fn node_manager(c: &cluster::Cluster, node: &str, dir: &std::path::Path) -> NodeManager {
     let mut config = NodeConfig::new(node);
     config.cgroups = None;
     config.volumes.root_dir = dir.join("kubelet");
@@ -57,7 +52,6 @@ fn node_manager(
             },
             ..Default::default()
         })
-        .runtime(rt.clone(), rt)
         .api(c.client())
 }
 
@@ -102,7 +96,7 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
         .source(c.pod_source())
         .runtime(rt.clone(), rt.clone())
         .status(c.status_sink())
-        .node(Arc::new(node_manager(&c, "node-1", rt.clone(), dir.path())))
+        .node(Arc::new(node_manager(&c, "node-1", dir.path())))
         .config(KubeletConfig {
             pod_log_root: dir.path().join("logs"),
             ..Default::default()
@@ -253,7 +247,7 @@ async fn a_kubeconfig_file_reaches_the_server_it_names() {
         .source(c.pod_source())
         .runtime(rt.clone(), rt.clone())
         .status(c.status_sink())
-        .node(Arc::new(node_manager(&c, "node-kc", rt, dir.path())))
+        .node(Arc::new(node_manager(&c, "node-kc", dir.path())))
         .config(KubeletConfig {
             pod_log_root: dir.path().join("logs"),
             ..Default::default()

@@ -125,7 +125,9 @@ impl KubeletBuilder {
     }
 
     /// The node's part: admission, pod cgroups, volumes, eviction, graceful shutdown
-    /// ([`NodeManager`](crate::node::NodeManager)); default: none of it ([`NoNodeHooks`]).
+    /// ([`NodeManager`](crate::node::NodeManager)); default: none of it ([`NoNodeHooks`]). The
+    /// node gets the runtime and image service given to [`runtime`](Self::runtime) when the
+    /// kubelet runs ([`PodControl`]).
     #[must_use]
     pub fn node(mut self, node: Arc<dyn NodeHooks>) -> Self {
         self.node = Some(node);
@@ -270,7 +272,11 @@ impl Kubelet {
         let mut sources_ready = false;
         let mut cleaning: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut last_relist: HashMap<String, String> = HashMap::new();
-        let (control, mut node_stops) = PodControl::new(self.states.clone());
+        let (control, mut node_stops) = PodControl::new(
+            self.states.clone(),
+            self.runtime.clone(),
+            self.images.clone(),
+        );
         self.node.start(control.clone(), shutdown.child_token());
         let mut relist = tokio::time::interval(self.config.relist_period);
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

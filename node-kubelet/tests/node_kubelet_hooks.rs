@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use node_core::{Pod, PodStatus};
+use node_kubelet::CancellationToken;
 use node_kubelet::node::allocatable::NodeResources;
 use node_kubelet::node::eviction::{
     EvictionConfig, EvictionError, Observation, Observations, Signal, SignalObserver,
@@ -18,10 +19,12 @@ use node_kubelet::node::hooks::{NodeHooks, PodControl};
 use node_kubelet::node::shutdown::{PriorityGracePeriod, SHUTDOWN_MESSAGE, ShutdownConfig};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
-use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
-use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
+use node_test_support::{FakeRuntime, FakeStatusSink};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+mod support;
+use support::Fakes;
 
 fn pod(yaml: &str) -> Pod {
     serde_saphyr::from_str(yaml).expect("test pod parses")
@@ -50,40 +53,32 @@ impl Running {
     }
 }
 
-fn start(
-    rt: &FakeRuntime,
-    sink: &FakeStatusSink,
-    source: &ScriptedPodSource,
-    node: Arc<dyn NodeHooks>,
-    dirs: tempfile::TempDir,
-) -> Running {
+/// The fakes' kubelet with `node` as its hooks, running; the directories go with it.
+fn start(f: Fakes, node: Arc<dyn NodeHooks>) -> (FakeRuntime, FakeStatusSink, Running) {
     let token = CancellationToken::new();
-    let kubelet = Kubelet::builder("node-1")
-        .source(Arc::new(source.clone()))
-        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
-        .status(Arc::new(sink.clone()))
-        .node(node)
-        .config(KubeletConfig {
-            pod_log_root: dirs.path().join("logs"),
-            sync_period: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .build()
-        .unwrap();
+    let kubelet = f.kubelet("node-1").node(node).build().unwrap();
+    let dirs = f.dirs;
     let t = token.clone();
     let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
-    Running {
+    let running = Running {
         token,
         task,
         _dirs: dirs,
-    }
+    };
+    (f.rt, f.sink, running)
 }
 
-fn config(dirs: &tempfile::TempDir) -> NodeConfig {
+/// A node manager with `config` and [`ALLOCATABLE`], volumes from an empty store.
+fn manager(config: NodeConfig) -> NodeManager {
+    NodeManager::with_allocatable(config, Arc::new(MemoryObjectStore::default()), ALLOCATABLE)
+        .unwrap()
+}
+
+fn config(dirs: &std::path::Path) -> NodeConfig {
     let mut c = NodeConfig::new("node-1");
     c.cgroups = None;
-    c.volumes.root_dir = dirs.path().join("kubelet");
-    c.allocatable.root_dir = dirs.path().to_path_buf();
+    c.volumes.root_dir = dirs.join("kubelet");
+    c.allocatable.root_dir = dirs.to_path_buf();
     c
 }
 
@@ -130,20 +125,10 @@ fn running_pods(rt: &FakeRuntime) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn pods_over_allocatable_are_rejected_with_kubelets_reasons() {
-    let (rt, sink, source) = (
-        FakeRuntime::new(),
-        FakeStatusSink::new(),
-        ScriptedPodSource::new("api"),
-    );
-    rt.add_image("busybox:1");
-    let dirs = tempfile::tempdir().unwrap();
-    let node = NodeManager::with_allocatable(
-        config(&dirs),
-        Arc::new(MemoryObjectStore::default()),
-        ALLOCATABLE,
-    )
-    .unwrap();
-    let k = start(&rt, &sink, &source, Arc::new(node), dirs);
+    let f = Fakes::new("api", &["busybox:1"]);
+    let source = f.source.clone();
+    let node = manager(config(f.dirs.path()));
+    let (rt, sink, k) = start(f, Arc::new(node));
     source.apply(app(
         "fits",
         "requests: {cpu: 600m, memory: 512Mi}",
@@ -230,14 +215,9 @@ async fn pods_over_allocatable_are_rejected_with_kubelets_reasons() {
 
 #[tokio::test(start_paused = true)]
 async fn volumes_become_mounts_are_refreshed_and_go_with_the_pod() {
-    let (rt, sink, source) = (
-        FakeRuntime::new(),
-        FakeStatusSink::new(),
-        ScriptedPodSource::new("api"),
-    );
-    rt.add_image("busybox:1");
-    let dirs = tempfile::tempdir().unwrap();
-    let root = dirs.path().join("kubelet");
+    let f = Fakes::new("api", &["busybox:1"]);
+    let source = f.source.clone();
+    let root = f.dirs.path().join("kubelet");
     let store = Arc::new(MemoryObjectStore::default());
     let cm = |v: &str| ConfigMap {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -249,8 +229,9 @@ async fn volumes_become_mounts_are_refreshed_and_go_with_the_pod() {
         ..Default::default()
     };
     store.put_config_map(cm("blue"));
-    let node = NodeManager::with_allocatable(config(&dirs), store.clone(), ALLOCATABLE).unwrap();
-    let k = start(&rt, &sink, &source, Arc::new(node), dirs);
+    let node =
+        NodeManager::with_allocatable(config(f.dirs.path()), store.clone(), ALLOCATABLE).unwrap();
+    let (rt, sink, k) = start(f, Arc::new(node));
     let p = pod(r#"
 metadata: {name: vols, namespace: default, uid: uid-vols}
 spec:
@@ -333,24 +314,14 @@ impl NodeHooks for Capture {
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_the_node_stops_stays_failed_and_is_not_restarted() {
-    let (rt, sink, source) = (
-        FakeRuntime::new(),
-        FakeStatusSink::new(),
-        ScriptedPodSource::new("api"),
-    );
-    rt.add_image("busybox:1");
-    let dirs = tempfile::tempdir().unwrap();
-    let inner = NodeManager::with_allocatable(
-        config(&dirs),
-        Arc::new(MemoryObjectStore::default()),
-        ALLOCATABLE,
-    )
-    .unwrap();
+    let f = Fakes::new("api", &["busybox:1"]);
+    let source = f.source.clone();
+    let inner = manager(config(f.dirs.path()));
     let hooks = Arc::new(Capture {
         inner,
         control: Mutex::new(None),
     });
-    let k = start(&rt, &sink, &source, hooks.clone(), dirs);
+    let (rt, sink, k) = start(f, hooks.clone());
     source.apply(app("victim", "", "restartPolicy: Always"));
     source.apply(app("bystander", "", "restartPolicy: Always"));
     until("both running", Duration::from_secs(10), || {
@@ -413,14 +384,9 @@ impl SignalObserver for NoMemory {
 
 #[tokio::test(start_paused = true)]
 async fn the_eviction_manager_evicts_best_effort_first_through_the_workers() {
-    let (rt, sink, source) = (
-        FakeRuntime::new(),
-        FakeStatusSink::new(),
-        ScriptedPodSource::new("api"),
-    );
-    rt.add_image("busybox:1");
-    let dirs = tempfile::tempdir().unwrap();
-    let mut c = config(&dirs);
+    let f = Fakes::new("api", &["busybox:1"]);
+    let source = f.source.clone();
+    let mut c = config(f.dirs.path());
     c.eviction = Some(EvictionConfig {
         thresholds: parse_thresholds("memory.available<100Mi").unwrap(),
         ..Default::default()
@@ -428,12 +394,9 @@ async fn the_eviction_manager_evicts_best_effort_first_through_the_workers() {
     c.eviction_interval = Duration::from_secs(5);
     // the pressure starts once the pods run: under pressure a BestEffort pod is not admitted
     let pressure = Arc::new(NoMemory::default());
-    let node =
-        NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), ALLOCATABLE)
-            .unwrap()
-            .signals(pressure.clone());
+    let node = manager(c).signals(pressure.clone());
     let health = node.health();
-    let k = start(&rt, &sink, &source, Arc::new(node), dirs);
+    let (rt, sink, k) = start(f, Arc::new(node));
     source.apply(app(
         "guaranteed",
         "requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: 100m, memory: 64Mi}",
@@ -490,14 +453,9 @@ async fn the_eviction_manager_evicts_best_effort_first_through_the_workers() {
 
 #[tokio::test(start_paused = true)]
 async fn the_shutdown_trigger_stops_pods_by_priority_then_rejects_new_ones() {
-    let (rt, sink, source) = (
-        FakeRuntime::new(),
-        FakeStatusSink::new(),
-        ScriptedPodSource::new("api"),
-    );
-    rt.add_image("busybox:1");
-    let dirs = tempfile::tempdir().unwrap();
-    let mut c = config(&dirs);
+    let f = Fakes::new("api", &["busybox:1"]);
+    let source = f.source.clone();
+    let mut c = config(f.dirs.path());
     c.shutdown = ShutdownConfig {
         by_priority: vec![
             PriorityGracePeriod {
@@ -515,15 +473,12 @@ async fn the_shutdown_trigger_stops_pods_by_priority_then_rejects_new_ones() {
         ],
     };
     let (fire, trigger) = tokio::sync::oneshot::channel::<()>();
-    let node =
-        NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), ALLOCATABLE)
-            .unwrap()
-            .shutdown_on(async move {
-                let _ = trigger.await;
-            });
+    let node = manager(c).shutdown_on(async move {
+        let _ = trigger.await;
+    });
     let mut reports = node.shutdown_reports();
     let health = node.health();
-    let k = start(&rt, &sink, &source, Arc::new(node), dirs);
+    let (rt, sink, k) = start(f, Arc::new(node));
     source.apply(app("critical", "", "priority: 5000"));
     source.apply(app("low", "", "priority: 0"));
     source.apply(app("mid", "", "priority: 1000"));

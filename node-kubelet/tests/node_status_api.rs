@@ -12,6 +12,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Node;
 use node_core::{Pod, RuntimeError};
+use node_kubelet::CancellationToken;
 use node_kubelet::node::allocatable::NodeResources;
 use node_kubelet::node::api::NodeApiConfig;
 use node_kubelet::node::eviction::{
@@ -22,11 +23,13 @@ use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::status::{NodeReportConfig, NodeStatusConfig};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
-use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
-use node_test_support::{FakeApiServer, FakeRuntime, FakeStatusSink, ScriptedPodSource, until};
+use node_test_support::{FakeApiServer, FakeRuntime, ScriptedPodSource, until};
 use serde_json::Value;
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+mod support;
+use support::Fakes;
 
 const NODE: &str = "node-1";
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/node-1";
@@ -68,13 +71,11 @@ impl Running {
         tune: impl FnOnce(&mut NodeConfig),
         signals: Option<Arc<dyn SignalObserver>>,
     ) -> Self {
-        let (rt, source) = (FakeRuntime::new(), ScriptedPodSource::new("file"));
-        rt.add_image("img:1");
-        let dirs = tempfile::tempdir().unwrap();
+        let f = Fakes::new("file", &["img:1"]);
         let mut c = NodeConfig::new(NODE);
         c.cgroups = None;
-        c.volumes.root_dir = dirs.path().join("kubelet");
-        c.allocatable.root_dir = dirs.path().join("kubelet");
+        c.volumes.root_dir = f.dirs.path().join("kubelet");
+        c.allocatable.root_dir = f.dirs.path().join("kubelet");
         tune(&mut c);
         let capacity = NodeResources {
             cpu_milli: 4000,
@@ -86,7 +87,6 @@ impl Running {
             NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), capacity)
                 .unwrap()
                 .report(report())
-                .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
                 .node_capacity(move || Ok(capacity));
         if let Some(api) = api {
             node = node.api(api.client());
@@ -95,28 +95,17 @@ impl Running {
             node = node.signals(signals);
         }
         let latest = node.latest_node();
-        let kubelet = Kubelet::builder(NODE)
-            .source(Arc::new(source.clone()))
-            .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
-            .status(Arc::new(FakeStatusSink::new()))
-            .node(Arc::new(node))
-            .config(KubeletConfig {
-                pod_log_root: dirs.path().join("logs"),
-                sync_period: Duration::from_secs(2),
-                ..Default::default()
-            })
-            .build()
-            .unwrap();
+        let kubelet = f.kubelet(NODE).node(Arc::new(node)).build().unwrap();
         let token = CancellationToken::new();
         let t = token.clone();
         let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
         Self {
-            rt,
-            source,
+            rt: f.rt,
+            source: f.source,
             latest,
             token,
             task,
-            _dirs: dirs,
+            _dirs: f.dirs,
         }
     }
 

@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use node_core::Pod;
 use node_kubelet::node::api::{ApiStatusSink, NodeApiConfig, NodeLease};
-use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
-use node_test_support::{FakeApiServer, FakeRuntime, ScriptedPodSource, until};
+use node_kubelet::{CancellationToken, KubeletConfig};
+use node_test_support::{FakeApiServer, until};
 use serde_json::json;
 use tokio::time::Instant;
+
+mod support;
+use support::Fakes;
 
 const POD: &str = "metadata: {name: web, namespace: shop, uid: uid-web}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n";
 
@@ -25,21 +28,19 @@ async fn pods_keep_running_through_an_api_outage_and_status_catches_up() {
         "pods",
         json!({"metadata": {"name": "web", "namespace": "shop"}}),
     );
-    let rt = FakeRuntime::new();
-    rt.add_image("img:1");
-    let source = ScriptedPodSource::new("api");
-    source.apply(serde_saphyr::from_str::<Pod>(POD).unwrap());
-    let logs = tempfile::tempdir().unwrap();
-    let kubelet = Kubelet::builder("n1")
-        .source(Arc::new(source.clone()))
-        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
+    let f = Fakes::new("api", &["img:1"]);
+    f.source.apply(serde_saphyr::from_str::<Pod>(POD).unwrap());
+    // pod status through the API server, kubelet's default sync period
+    let kubelet = f
+        .kubelet("n1")
         .status(Arc::new(ApiStatusSink::new(client.clone())))
         .config(KubeletConfig {
-            pod_log_root: logs.path().to_path_buf(),
+            pod_log_root: f.dirs.path().join("logs"),
             ..Default::default()
         })
         .build()
         .unwrap();
+    let rt = f.rt.clone();
     let token = CancellationToken::new();
     let t = token.clone();
     let kubelet_task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });

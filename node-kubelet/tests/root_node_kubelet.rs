@@ -138,8 +138,9 @@ impl Node {
         Self::start_on(g, config, store, wrap, None)
     }
 
-    /// As `start_with`; with `image_store`, the native runtime's images come from it, it is
-    /// the kubelet's image service and the node manager collects garbage through both.
+    /// As `start_with`; with `image_store`, the native runtime's images come from it and it is
+    /// the kubelet's image service (the node manager collects garbage through the kubelet's
+    /// runtime and image service).
     fn start_on(
         g: &Guard,
         config: impl FnOnce(&mut NodeConfig),
@@ -170,12 +171,9 @@ impl Node {
         c.allocatable.root_dir = root.to_path_buf();
         c.pod_log_root = root.join("logs");
         config(&mut c);
-        let mut manager = NodeManager::new(c, store).expect("node manager");
+        let manager = NodeManager::new(c, store).expect("node manager");
         let image_service: Arc<dyn ImageBackend> = match &image_store {
-            Some(s) => {
-                manager = manager.runtime(runtime.clone(), s.clone());
-                s.clone()
-            }
+            Some(s) => s.clone(),
             None => {
                 let fake = FakeRuntime::new();
                 fake.add_image(IMAGE);
@@ -348,12 +346,9 @@ fn qos_cgroups_limits_and_admission_on_the_real_hierarchy() {
     if !ready("qos_cgroups_limits_and_admission_on_the_real_hierarchy") {
         return;
     }
-    let g = Guard::new();
-    let cg_root = g.cgroup_root();
-    let vol_root = g.dir.path().join("kubelet/pods");
-    let g = Arc::new(g);
-    let g2 = g.clone();
-    in_netns("nk-node-qos", move || async move {
+    on_node("nk-node-qos", None, |g2| async move {
+        let cg_root = g2.cgroup_root();
+        let vol_root = g2.dir.path().join("kubelet/pods");
         let node = Node::start(&g2, |_| {}, Arc::new(MemoryObjectStore::default()));
         node.source.apply(sleeper(
             "gua",
@@ -438,7 +433,6 @@ fn qos_cgroups_limits_and_admission_on_the_real_hierarchy() {
         .await;
         node.stop().await;
     });
-    drop(g);
 }
 
 /// The machine's real signals, with memory left out until switched on: the pressure starts once
@@ -463,9 +457,7 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
     if !ready("memory_pressure_evicts_the_besteffort_pod_first") {
         return;
     }
-    let g = Arc::new(Guard::new());
-    let g2 = g.clone();
-    in_netns("nk-node-evict", move || async move {
+    on_node("nk-node-evict", None, |g2| async move {
         // a threshold above the machine's whole memory: under pressure once switched on
         let total = node_kubelet::node::allocatable::mem_total(Path::new("/proc/meminfo")).unwrap();
         let switch = Arc::new(MemorySwitch {
@@ -551,7 +543,6 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
         assert!(node.running().await.is_empty());
         node.stop().await;
     });
-    drop(g);
 }
 
 #[test]
@@ -559,10 +550,8 @@ fn an_emptydir_is_shared_and_a_configmap_update_is_atomic() {
     if !ready("an_emptydir_is_shared_and_a_configmap_update_is_atomic") {
         return;
     }
-    let g = Arc::new(Guard::new());
-    let g2 = g.clone();
-    let vol_root = g.dir.path().join("kubelet/pods");
-    in_netns("nk-node-vols", move || async move {
+    on_node("nk-node-vols", None, |g2| async move {
+        let vol_root = g2.dir.path().join("kubelet/pods");
         let store = Arc::new(MemoryObjectStore::default());
         let blue = "blue".repeat(2048);
         let green = "green".repeat(2048);
@@ -589,7 +578,7 @@ spec:
   - name: writer
     image: "{IMAGE}"
     imagePullPolicy: Never
-    command: [sh, -c, "echo hello from writer > /out/msg; sleep 300"]
+    command: [sh, -c, "echo hello from writer > /out/msg.tmp && mv /out/msg.tmp /out/msg; sleep 300"]
     volumeMounts: [{{name: shared, mountPath: /out}}]
   - name: reader
     image: "{IMAGE}"
@@ -662,7 +651,6 @@ spec:
         .await;
         node.stop().await;
     });
-    drop(g);
 }
 
 #[test]
@@ -670,9 +658,7 @@ fn sigterm_shuts_pods_down_in_priority_order() {
     if !ready("sigterm_shuts_pods_down_in_priority_order") {
         return;
     }
-    let g = Arc::new(Guard::new());
-    let g2 = g.clone();
-    in_netns("nk-node-sigterm", move || async move {
+    on_node("nk-node-sigterm", None, |g2| async move {
         let node = Node::start_with(
             &g2,
             |c| {
@@ -751,7 +737,6 @@ fn sigterm_shuts_pods_down_in_priority_order() {
         .await;
         node.stop().await;
     });
-    drop(g);
 }
 
 /// As [`in_netns`], in a private mount namespace with a tmpfs of `size` over `root`: disk
@@ -782,6 +767,23 @@ fn in_netns_on_tmpfs<F: Future<Output = ()>>(
         })
     })
     .expect("run in netns");
+}
+
+/// Runs a node test: `body` gets a fresh [`Guard`] and runs in a new network namespace (with
+/// `tmpfs`, on a tmpfs of that size over the guard's root); the guard cleans up after it, panics
+/// included.
+fn on_node<F: Future<Output = ()>>(
+    netns: &str,
+    tmpfs: Option<&'static str>,
+    body: impl FnOnce(Arc<Guard>) -> F + Send + 'static,
+) {
+    let g = Arc::new(Guard::new());
+    let g2 = g.clone();
+    match tmpfs {
+        None => in_netns(netns, move || body(g2)),
+        Some(size) => in_netns_on_tmpfs(netns, g.dir.path().into(), size, move || body(g2)),
+    }
+    drop(g);
 }
 
 /// Bytes that gzip cannot shrink (an image layer this big stays this big).
@@ -833,6 +835,21 @@ async fn image_store(root: &Path) -> Arc<ImageStore> {
     store
 }
 
+/// Garbage collection of images and containers every `period`, images at `high` percent down
+/// to `low`, with no minimum image age.
+fn gc_every(period: Duration, high: u8, low: u8) -> GcConfig {
+    GcConfig {
+        image: ImageGcPolicy {
+            high_threshold_percent: high,
+            low_threshold_percent: low,
+            min_age: Duration::ZERO,
+        },
+        image_gc_period: period,
+        container_gc_period: period,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use() {
     if !ready("image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use")
@@ -843,88 +860,71 @@ fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use()
     {
         return;
     }
-    let g = Arc::new(Guard::new());
-    let g2 = g.clone();
-    in_netns_on_tmpfs(
-        "nk-node-imagegc",
-        g.dir.path().into(),
-        "64m",
-        move || async move {
-            let root = g2.dir.path();
-            let store = image_store(root).await;
-            assert!(store.get(UNUSED).is_some() && store.get(USED).is_some());
-            // thresholds any image gets this 64 MiB tmpfs over (2 % is 1.3 MiB), and the low
-            // one below anything reachable: collection goes on to every image it may remove
-            let fs = fs_stats(&root.join("images")).unwrap();
-            let used_bytes = fs.capacity_bytes - fs.available_bytes;
-            let (high, low) = (2, 1);
-            assert!(
-                used_bytes * 100 / fs.capacity_bytes > 2 * high as i64,
-                "{used_bytes} bytes used"
-            );
-            let node = Node::start_on(
-                &g2,
-                |c| {
-                    c.gc = GcConfig {
-                        image: ImageGcPolicy {
-                            high_threshold_percent: high,
-                            low_threshold_percent: low,
-                            min_age: Duration::ZERO,
-                        },
-                        image_gc_period: Duration::from_secs(1),
-                        container_gc_period: Duration::from_secs(1),
-                        ..Default::default()
-                    };
-                },
-                Arc::new(MemoryObjectStore::default()),
-                |m| m,
-                Some(store.clone()),
-            );
-            node.source.apply(pod(&format!(
+    on_node("nk-node-imagegc", Some("64m"), |g2| async move {
+        let root = g2.dir.path();
+        let store = image_store(root).await;
+        assert!(store.get(UNUSED).is_some() && store.get(USED).is_some());
+        // thresholds any image gets this 64 MiB tmpfs over (2 % is 1.3 MiB), and the low
+        // one below anything reachable: collection goes on to every image it may remove
+        let fs = fs_stats(&root.join("images")).unwrap();
+        let used_bytes = fs.capacity_bytes - fs.available_bytes;
+        let (high, low) = (2, 1);
+        assert!(
+            used_bytes * 100 / fs.capacity_bytes > 2 * high as i64,
+            "{used_bytes} bytes used"
+        );
+        let node = Node::start_on(
+            &g2,
+            |c| {
+                c.gc = gc_every(Duration::from_secs(1), high, low);
+            },
+            Arc::new(MemoryObjectStore::default()),
+            |m| m,
+            Some(store.clone()),
+        );
+        node.source.apply(pod(&format!(
             "metadata: {{name: user, namespace: default, uid: uid-user}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: \"{USED}\", imagePullPolicy: Never, command: [sleep, \"300\"]}}\n"
         )));
-            let before = node.wait_running(&["user"]).await;
-            until(
-                "the unused image collected",
-                Duration::from_secs(30),
-                || async { store.get(UNUSED).is_none().then_some(()) },
-            )
-            .await;
-            // its blobs and unpacked layer went with it; the image in use stays, its pod untouched
-            let after = fs_stats(&root.join("images")).unwrap();
-            assert!(
-                after.available_bytes - fs.available_bytes >= 6 << 20,
-                "freed {} bytes",
-                after.available_bytes - fs.available_bytes
-            );
-            // never the image in use, though the low threshold is not reached (a collection
-            // every second fails for want of removable images)
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            assert!(store.get(USED).is_some(), "the image in use stays");
-            assert_eq!(node.running().await, before);
-            node.source.delete(&pod(
+        let before = node.wait_running(&["user"]).await;
+        until(
+            "the unused image collected",
+            Duration::from_secs(30),
+            || async { store.get(UNUSED).is_none().then_some(()) },
+        )
+        .await;
+        // its blobs and unpacked layer went with it; the image in use stays, its pod untouched
+        let after = fs_stats(&root.join("images")).unwrap();
+        assert!(
+            after.available_bytes - fs.available_bytes >= 6 << 20,
+            "freed {} bytes",
+            after.available_bytes - fs.available_bytes
+        );
+        // never the image in use, though the low threshold is not reached (a collection
+        // every second fails for want of removable images)
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(store.get(USED).is_some(), "the image in use stays");
+        assert_eq!(node.running().await, before);
+        node.source.delete(&pod(
             "metadata: {name: user, namespace: default, uid: uid-user}\nspec: {containers: []}\n",
         ));
-            until("the pod gone", Duration::from_secs(30), || async {
-                node.runtime
-                    .list_pod_sandbox(None)
-                    .await
-                    .unwrap()
-                    .is_empty()
-                    .then_some(())
-            })
-            .await;
-            // no container uses it any more: it goes too
-            until(
-                "the image no longer in use collected",
-                Duration::from_secs(30),
-                || async { store.get(USED).is_none().then_some(()) },
-            )
-            .await;
-            node.stop().await;
-        },
-    );
-    drop(g);
+        until("the pod gone", Duration::from_secs(30), || async {
+            node.runtime
+                .list_pod_sandbox(None)
+                .await
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+        // no container uses it any more: it goes too
+        until(
+            "the image no longer in use collected",
+            Duration::from_secs(30),
+            || async { store.get(USED).is_none().then_some(()) },
+        )
+        .await;
+        node.stop().await;
+    });
 }
 
 #[test]
@@ -932,28 +932,22 @@ fn a_pod_writing_past_its_ephemeral_storage_limit_is_evicted() {
     if !ready("a_pod_writing_past_its_ephemeral_storage_limit_is_evicted") {
         return;
     }
-    let g = Arc::new(Guard::new());
-    let g2 = g.clone();
-    in_netns_on_tmpfs(
-        "nk-node-ephem",
-        g.dir.path().into(),
-        "64m",
-        move || async move {
-            let node = Node::start(
-                &g2,
-                |c| {
-                    // no threshold: only the pods' own limits evict
-                    c.eviction = Some(EvictionConfig {
-                        thresholds: vec![],
-                        ..Default::default()
-                    });
-                    c.eviction_interval = Duration::from_secs(1);
-                },
-                Arc::new(MemoryObjectStore::default()),
-            );
-            let writer = |name: &str, kib: u32| {
-                pod(&format!(
-                    r#"
+    on_node("nk-node-ephem", Some("64m"), |g2| async move {
+        let node = Node::start(
+            &g2,
+            |c| {
+                // no threshold: only the pods' own limits evict
+                c.eviction = Some(EvictionConfig {
+                    thresholds: vec![],
+                    ..Default::default()
+                });
+                c.eviction_interval = Duration::from_secs(1);
+            },
+            Arc::new(MemoryObjectStore::default()),
+        );
+        let writer = |name: &str, kib: u32| {
+            pod(&format!(
+                r#"
 metadata: {{name: {name}, namespace: default, uid: uid-{name}}}
 spec:
   terminationGracePeriodSeconds: 1
@@ -966,39 +960,37 @@ spec:
     volumeMounts: [{{name: scratch, mountPath: /data}}]
     resources: {{limits: {{ephemeral-storage: 2Mi}}}}
 "#
-                ))
-            };
-            node.source.apply(writer("filler", 4096));
-            node.source.apply(writer("modest", 256));
-            until("filler evicted", Duration::from_secs(60), || async {
-                node.phase_reason("filler").filter(|(p, _)| p == "Failed")
-            })
-            .await;
-            assert_eq!(
-                node.phase_reason("filler"),
-                Some(("Failed".into(), "Evicted".into()))
-            );
-            let msg = node.status("filler").unwrap().message.unwrap();
-            let usage = msg
+            ))
+        };
+        node.source.apply(writer("filler", 4096));
+        node.source.apply(writer("modest", 256));
+        until("filler evicted", Duration::from_secs(60), || async {
+            node.phase_reason("filler").filter(|(p, _)| p == "Failed")
+        })
+        .await;
+        assert_eq!(
+            node.phase_reason("filler"),
+            Some(("Failed".into(), "Evicted".into()))
+        );
+        let msg = node.status("filler").unwrap().message.unwrap();
+        let usage = msg
             .strip_prefix(
                 "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. Usage: ",
             )
             .and_then(|m| m.strip_suffix(". "))
             .unwrap_or_else(|| panic!("message: {msg:?}"));
-            let bytes = node_kubelet::node::quantity::value(usage).unwrap();
-            assert!(bytes >= 4 << 20, "{msg}");
-            // its container is stopped; the pod within its limit keeps running
-            until("filler stopped", Duration::from_secs(30), || async {
-                let r = node.running().await;
-                (!r.contains_key("filler") && r.contains_key("modest")).then_some(())
-            })
-            .await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            assert_eq!(node.phase_reason("modest").unwrap().0, "Running");
-            node.stop().await;
-        },
-    );
-    drop(g);
+        let bytes = node_kubelet::node::quantity::value(usage).unwrap();
+        assert!(bytes >= 4 << 20, "{msg}");
+        // its container is stopped; the pod within its limit keeps running
+        until("filler stopped", Duration::from_secs(30), || async {
+            let r = node.running().await;
+            (!r.contains_key("filler") && r.contains_key("modest")).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(node.phase_reason("modest").unwrap().0, "Running");
+        node.stop().await;
+    });
 }
 
 struct Presence(&'static [&'static str]);
@@ -1017,11 +1009,14 @@ fn dead_containers_are_pruned_from_the_native_runtime() {
     if !ready("dead_containers_are_pruned_from_the_native_runtime") {
         return;
     }
-    let g = Arc::new(Guard::new());
-    let g2 = g.clone();
-    in_netns("nk-node-deadgc", move || async move {
+    on_node("nk-node-deadgc", None, |g2| async move {
         // the kubelet has no pod: the runtime is driven directly, as an earlier kubelet left it
-        let node = Node::start(&g2, |_| {}, Arc::new(MemoryObjectStore::default()));
+        // (and its own garbage collection is off: only the collection below removes anything)
+        let node = Node::start(
+            &g2,
+            |c| c.gc.enabled = false,
+            Arc::new(MemoryObjectStore::default()),
+        );
         let rt = node.runtime.clone();
         let logs = g2.dir.path().join("logs");
         let sandbox = |uid: &str| cri::PodSandboxConfig {
@@ -1164,5 +1159,109 @@ fn dead_containers_are_pruned_from_the_native_runtime() {
         );
         node.stop().await;
     });
-    drop(g);
+}
+
+/// Fills the filesystem of `dir` with a file `name` in it until `left` bytes stay available.
+fn fill_until_available(dir: &Path, name: &str, left: i64) {
+    let fs = fs_stats(dir).unwrap();
+    let size = fs.available_bytes - left;
+    assert!(size > 0, "{} bytes available already", fs.available_bytes);
+    std::fs::write(dir.join(name), vec![0x5a; size as usize]).unwrap();
+}
+
+#[test]
+fn disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met() {
+    if !ready("disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met")
+        || !require_path(
+            "disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met",
+            node_test_support::image::BUSYBOX,
+        )
+    {
+        return;
+    }
+    on_node("nk-node-diskpr", Some("64m"), |g2| async move {
+        let root = g2.dir.path().to_path_buf();
+        let store = image_store(&root).await;
+        // imagefs is the test's 64 MiB tmpfs (the image store's root, nodefs too)
+        const THRESHOLD: i64 = 16 << 20;
+        let node = Node::start_on(
+            &g2,
+            |c| {
+                c.eviction = Some(EvictionConfig {
+                    thresholds: parse_thresholds("imagefs.available<16Mi").unwrap(),
+                    ..Default::default()
+                });
+                c.eviction_interval = Duration::from_secs(1);
+                // no periodic collection gets there first: only the eviction manager's
+                c.gc = gc_every(Duration::from_secs(3600), 100, 100);
+            },
+            Arc::new(MemoryObjectStore::default()),
+            |m| m,
+            Some(store.clone()),
+        );
+        node.source.apply(pod(&format!(
+                "metadata: {{name: keeper, namespace: default, uid: uid-keeper}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: \"{USED}\", imagePullPolicy: Never, command: [sleep, \"300\"], resources: {{requests: {{cpu: 100m}}}}}}\n"
+            )));
+        node.source.apply(pod(&format!(
+                "metadata: {{name: besteffort, namespace: default, uid: uid-besteffort}}\nspec:\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  containers:\n  - {{name: app, image: \"{USED}\", imagePullPolicy: Never, command: [sleep, \"300\"], volumeMounts: [{{name: scratch, mountPath: /scratch}}]}}\n"
+            )));
+        let before = node.wait_running(&["keeper", "besteffort"]).await;
+        let evicted = |n: &Node| -> Vec<&'static str> {
+            ["besteffort", "keeper"]
+                .into_iter()
+                .filter(|p| n.phase_reason(p) == Some(("Failed".into(), "Evicted".into())))
+                .collect()
+        };
+
+        // (a) the threshold is met by 2 MiB; the unused image (6 MiB and more) relieves it
+        assert!(store.get(UNUSED).is_some());
+        fill_until_available(&root, "ballast", THRESHOLD - (2 << 20));
+        until(
+            "the unused image collected",
+            Duration::from_secs(30),
+            || async { store.get(UNUSED).is_none().then_some(()) },
+        )
+        .await;
+        let fs = fs_stats(&root).unwrap();
+        assert!(fs.available_bytes >= THRESHOLD, "{fs:?}");
+        // rounds later: no pod was evicted, both run untouched, the image in use stays
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(evicted(&node).is_empty(), "{:?}", evicted(&node));
+        assert_eq!(node.running().await, before);
+        assert!(store.get(USED).is_some(), "the image in use stays");
+        assert!(root.join("ballast").exists());
+
+        // (b) the BestEffort pod's emptyDir fills the disk: nothing left to collect, the
+        // threshold stays met after the reclaim and the lowest-ranked pod is evicted
+        let scratch =
+            root.join("kubelet/pods/uid-besteffort/volumes/kubernetes.io~empty-dir/scratch");
+        fill_until_available(&scratch, "fill", THRESHOLD - (2 << 20));
+        until("an eviction", Duration::from_secs(30), || async {
+            (!evicted(&node).is_empty()).then_some(())
+        })
+        .await;
+        assert_eq!(evicted(&node), ["besteffort"]);
+        let msg = node.status("besteffort").unwrap().message.unwrap();
+        assert!(
+                msg.starts_with(
+                    "The node was low on resource: ephemeral-storage. Threshold quantity: 16Mi, available: "
+                ),
+                "{msg}"
+            );
+        until("besteffort stopped", Duration::from_secs(30), || async {
+            let r = node.running().await;
+            (!r.contains_key("besteffort")).then_some(())
+        })
+        .await;
+        // its emptyDir went with the eviction: the pressure is gone and the other pod stays
+        until("the emptyDir removed", Duration::from_secs(30), || async {
+            (!scratch.exists()).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(evicted(&node), ["besteffort"]);
+        assert_eq!(node.running().await["keeper"], before["keeper"]);
+        assert_eq!(node.phase_reason("keeper").unwrap().0, "Running");
+        node.stop().await;
+    });
 }

@@ -70,6 +70,9 @@ impl Default for ContainerGcPolicy {
 /// Garbage collection of the node: policies and periods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GcConfig {
+    /// Whether the node manager collects garbage at all, periodically and before evictions for
+    /// disk pressure (on, as kubelet).
+    pub enabled: bool,
     /// Images.
     pub image: ImageGcPolicy,
     /// Dead containers and sandboxes.
@@ -87,6 +90,7 @@ pub struct GcConfig {
 impl Default for GcConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             image: ImageGcPolicy::default(),
             container: ContainerGcPolicy::default(),
             image_gc_period: Duration::from_secs(300),
@@ -613,9 +617,12 @@ impl ContainerGc for ContainerGcManager {
 }
 
 /// Runs image GC every `config.image_gc_period` and container GC every
-/// `config.container_gc_period` until `shutdown`; failures are logged and retried next period.
-/// The first image collection waits one period (kubelet starts it after the runtime is up); the
-/// first container collection too.
+/// `config.container_gc_period` until `shutdown`; failures are logged and retried next period
+/// (never fatal): a collection acts only once the runtime answered (`ImageFsInfo` or the
+/// configured [`GcConfig::image_fs`] for images, its lists for both), and a failure repeating
+/// the previous one is logged at debug level only (a runtime without `ImageFsInfo` does not
+/// fill the log). The first image collection waits one period (kubelet starts it after the
+/// runtime is up); the first container collection too.
 pub async fn run_periodic(
     config: GcConfig,
     images: Option<Arc<ImageGcManager>>,
@@ -634,22 +641,41 @@ pub async fn run_periodic(
     );
     image_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     container_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut image_failure, mut container_failure) = (None, None);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = image_tick.tick(), if images.is_some() => {
-                if let Some(gc) = &images
-                    && let Err(e) = gc.garbage_collect().await
-                {
-                    tracing::warn!(error = %e, "image garbage collection failed");
+                if let Some(gc) = &images {
+                    let r = gc.garbage_collect().await.map(|_| ());
+                    log_failure("image", r, &mut image_failure);
                 }
             }
             _ = container_tick.tick(), if containers.is_some() => {
-                if let Some(gc) = &containers
-                    && let Err(e) = gc.garbage_collect().await
-                {
-                    tracing::warn!(error = %e, "container garbage collection failed");
+                if let Some(gc) = &containers {
+                    let r = gc.garbage_collect().await.map(|_| ());
+                    log_failure("container", r, &mut container_failure);
                 }
+            }
+        }
+    }
+}
+
+/// Logs a periodic collection's failure: a new one as a warning, the same again at debug level.
+fn log_failure(kind: &str, result: Result<(), GcError>, last: &mut Option<String>) {
+    match result {
+        Ok(()) => {
+            if last.take().is_some() {
+                tracing::info!("{kind} garbage collection succeeds again");
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if last.as_deref() == Some(message.as_str()) {
+                tracing::debug!(error = %message, "{kind} garbage collection failed again");
+            } else {
+                tracing::warn!(error = %message, "{kind} garbage collection failed");
+                *last = Some(message);
             }
         }
     }
@@ -839,6 +865,66 @@ mod tests {
         rt.fail_next("list_images", RuntimeError::Unavailable("down".into()));
         let e = gc.delete_unused().await.unwrap_err();
         assert_eq!(e.to_string(), "ListImages: runtime unavailable: down");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn image_gc_does_nothing_while_the_runtime_names_no_image_filesystem() {
+        // the fake runtime does not answer ImageFsInfo and no image_fs is configured
+        let rt = FakeRuntime::new();
+        rt.add_image_sized("old", 90);
+        let rt_arc = Arc::new(rt.clone());
+        let fs = Arc::new(RuntimeImageFs {
+            images: rt_arc.clone(),
+            fallback: None,
+        });
+        let gc = ImageGcManager::new(ImageGcPolicy::default(), rt_arc.clone(), rt_arc, fs).unwrap();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let e = gc.garbage_collect().await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the runtime names no image filesystem and none is configured"),
+            "{e}"
+        );
+        assert_eq!(present(&rt).await, ["old"]);
+        // the periodic runs keep going (a failure is logged, never fatal) and remove nothing
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_periodic(
+            GcConfig::default(),
+            Some(Arc::new(gc)),
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(1801)).await;
+        assert!(!task.is_finished());
+        assert_eq!(present(&rt).await, ["old"]);
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn container_gc_removes_nothing_when_the_runtime_does_not_list() {
+        let rt = FakeRuntime::new();
+        rt.add_image("img");
+        let sb = sandbox(&rt, "gone").await;
+        let c = container(&rt, &sb, "gone", "app", 0, "img").await;
+        rt.exit_container(&c, 0, "Completed");
+        rt.stop_pod_sandbox(&sb).await.unwrap();
+        let pods = Arc::new(Pods {
+            ready: AtomicBool::new(true),
+            live: vec![],
+        });
+        let gc = ContainerGcManager::new(ContainerGcPolicy::default(), Arc::new(rt.clone()), pods);
+        rt.fail_next("list_containers", RuntimeError::Unavailable("down".into()));
+        let e = gc.garbage_collect().await.unwrap_err();
+        assert_eq!(e.to_string(), "ListContainers: runtime unavailable: down");
+        assert_eq!(ids(&rt), std::slice::from_ref(&c));
+        assert_eq!(rt.sandboxes().len(), 1);
+        // the runtime answers again: the deleted pod's container and sandbox go
+        let r = gc.garbage_collect().await.unwrap();
+        assert_eq!(r.containers, std::slice::from_ref(&c));
+        assert_eq!(r.sandboxes, std::slice::from_ref(&sb));
     }
 
     #[test]

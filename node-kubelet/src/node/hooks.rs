@@ -1,7 +1,7 @@
 //! The one seam between the pod workers and the node: admission before a pod's worker starts,
 //! the pod's cgroup and volumes before its sandbox, each container's mounts, cleanup after the
 //! pod is gone, and a [`PodControl`] handle through which the node (eviction, graceful shutdown)
-//! stops pods via their workers. [`NoNodeHooks`] does nothing; [`NodeManager`](super::NodeManager)
+//! stops pods via their workers and reaches the kubelet's runtime and image service. [`NoNodeHooks`] does nothing; [`NodeManager`](super::NodeManager)
 //! is the real implementation.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use node_core::{PodRef, cri};
+use node_core::{ImageBackend, PodRef, RuntimeBackend, cri};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,8 @@ pub struct NodeHookError {
 #[async_trait]
 pub trait NodeHooks: Send + Sync {
     /// Called once when the kubelet runs, with the handle to stop pods through their workers
-    /// (eviction, shutdown); background loops end when `shutdown` is cancelled.
+    /// (eviction, shutdown) that also carries the kubelet's runtime and image service; background
+    /// loops end when `shutdown` is cancelled.
     fn start(&self, control: PodControl, shutdown: CancellationToken) {
         let _ = (control, shutdown);
     }
@@ -121,12 +122,16 @@ pub struct PodStopError {
     pub reason: String,
 }
 
-/// The handle the node uses to see the kubelet's pods and stop them through their workers.
+/// The handle the node uses to see the kubelet's pods and stop them through their workers, with
+/// the kubelet's runtime and image service (the ones given to
+/// [`KubeletBuilder::runtime`](crate::KubeletBuilder::runtime)).
 #[derive(Clone)]
 pub struct PodControl {
     tx: mpsc::UnboundedSender<PodStop>,
     states: PodStates,
     sources_ready: Arc<AtomicBool>,
+    runtime: Arc<dyn RuntimeBackend>,
+    images: Arc<dyn ImageBackend>,
 }
 
 impl std::fmt::Debug for PodControl {
@@ -136,9 +141,13 @@ impl std::fmt::Debug for PodControl {
 }
 
 impl PodControl {
-    /// A control over `states`; the receiver gets the stop requests (the kubelet's run loop
-    /// routes them to the pod workers).
-    pub fn new(states: PodStates) -> (Self, mpsc::UnboundedReceiver<PodStop>) {
+    /// A control over `states` of the kubelet running pods on `runtime` with `images`; the
+    /// receiver gets the stop requests (the kubelet's run loop routes them to the pod workers).
+    pub fn new(
+        states: PodStates,
+        runtime: Arc<dyn RuntimeBackend>,
+        images: Arc<dyn ImageBackend>,
+    ) -> (Self, mpsc::UnboundedReceiver<PodStop>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sources_ready = Arc::new(AtomicBool::new(false));
         (
@@ -146,9 +155,21 @@ impl PodControl {
                 tx,
                 states,
                 sources_ready,
+                runtime,
+                images,
             },
             rx,
         )
+    }
+
+    /// The kubelet's container runtime.
+    pub fn runtime(&self) -> &Arc<dyn RuntimeBackend> {
+        &self.runtime
+    }
+
+    /// The kubelet's image service.
+    pub fn images(&self) -> &Arc<dyn ImageBackend> {
+        &self.images
     }
 
     /// Whether every pod source delivered its pods (a pod missing before is not a deleted one).

@@ -3,8 +3,14 @@
 //! configMap and secret updates land with the `..data` swap), the eviction manager and the
 //! graceful shutdown manager driving pod termination through the workers, the node's status
 //! (with an API server: registration, Lease and status patches; standalone: the latest Node as
-//! JSON, see [`NodeManager::latest_node`]), and, with an API server, mirror pods and
-//! service-account tokens.
+//! JSON, see [`NodeManager::latest_node`]), image and dead-container garbage collection, and,
+//! with an API server, mirror pods and service-account tokens.
+//!
+//! The runtime is the kubelet's: the node manager takes it (and the image service) from the
+//! [`PodControl`] the kubelet hands it when it runs. Its status makes the node Ready
+//! (RuntimeReady, NetworkReady), its version is the Node's `containerRuntimeVersion`, it is
+//! garbage collected ([`NodeConfig::gc`]) and it reports the containers' writable layers for
+//! their ephemeral-storage usage where it can.
 //!
 //! ```no_run
 //! # fn demo(runtime: std::sync::Arc<node_test_support::FakeRuntime>) -> Result<(), Box<dyn std::error::Error>> {
@@ -32,7 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use node_core::{ImageBackend, PodRef, RuntimeBackend, cri};
+use node_core::{PodRef, RuntimeBackend, cri};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +82,8 @@ pub struct NodeConfig {
     pub shutdown: ShutdownConfig,
     /// How often the QoS class cgroups are updated from the pods' requests (10 s).
     pub qos_update_interval: Duration,
-    /// Image and dead-container garbage collection (with [`NodeManager::runtime`]).
+    /// Image and dead-container garbage collection of the kubelet's runtime: periodic, and
+    /// before evictions for disk pressure ([`GcConfig::enabled`] turns it off).
     pub gc: GcConfig,
     /// Where container logs live (the kubelet's `pod_log_root`), measured as the containers'
     /// ephemeral storage.
@@ -133,7 +140,6 @@ pub struct NodeManager {
     cgroups: Option<Arc<PodCgroups>>,
     volumes: Arc<VolumeManager>,
     observer: Arc<dyn SignalObserver>,
-    runtime: Option<(Arc<dyn RuntimeBackend>, Arc<dyn ImageBackend>)>,
     health: watch::Sender<NodeHealth>,
     shutting_down: Arc<AtomicBool>,
     trigger: Mutex<Option<Trigger>>,
@@ -192,7 +198,6 @@ impl NodeManager {
         });
         Ok(Self {
             volumes: Arc::new(VolumeManager::new(volume_config, store)),
-            runtime: None,
             config,
             allocatable,
             cgroups,
@@ -220,24 +225,6 @@ impl NodeManager {
     #[must_use]
     pub fn signals(mut self, observer: Arc<dyn SignalObserver>) -> Self {
         self.observer = observer;
-        self
-    }
-
-    /// The runtime the kubelet uses (the same as given to the
-    /// [`KubeletBuilder`](crate::KubeletBuilder)): its status makes the node Ready
-    /// (RuntimeReady) and its network available (NetworkReady), its version is the Node's
-    /// `containerRuntimeVersion`; it enables image and dead-container garbage collection
-    /// ([`NodeConfig::gc`]), periodic and before evictions for disk pressure, and the
-    /// containers' writable layers in their ephemeral-storage usage where the runtime reports
-    /// them.
-    #[must_use]
-    pub fn runtime(
-        mut self,
-        runtime: Arc<dyn RuntimeBackend>,
-        images: Arc<dyn ImageBackend>,
-    ) -> Self {
-        self.reporting.runtime = Some(runtime.clone());
-        self.runtime = Some((runtime, images));
         self
     }
 
@@ -309,7 +296,7 @@ struct Evictor {
     cgroups: Option<Arc<PodCgroups>>,
     volumes: Arc<VolumeManager>,
     pod_log_root: PathBuf,
-    runtime: Option<Arc<dyn RuntimeBackend>>,
+    runtime: Arc<dyn RuntimeBackend>,
     /// Pods stopped by an eviction whose Failed status is not published yet: never chosen
     /// again (the next pod is).
     evicted: Mutex<HashSet<PodRef>>,
@@ -351,10 +338,7 @@ fn has_started(state: &crate::state::PodState) -> bool {
 impl Evictor {
     /// The containers' writable layers as the runtime reports them, by (pod uid, container).
     async fn writable_layers(&self) -> HashMap<(String, String), i64> {
-        let Some(rt) = &self.runtime else {
-            return HashMap::new();
-        };
-        let stats = match rt.list_container_stats(None).await {
+        let stats = match self.runtime.list_container_stats(None).await {
             Ok(s) => s,
             Err(node_core::RuntimeError::Unimplemented(_)) => return HashMap::new(),
             Err(e) => {
@@ -541,7 +525,10 @@ impl PodTerminator for Terminator {
 #[async_trait]
 impl NodeHooks for NodeManager {
     fn start(&self, control: PodControl, shutdown: CancellationToken) {
-        self.reporting.spawn(
+        let (runtime, images) = (control.runtime().clone(), control.images().clone());
+        let mut reporting = self.reporting.clone();
+        reporting.runtime.get_or_insert_with(|| runtime.clone());
+        reporting.spawn(
             &self.config.node_name,
             &self.config.allocatable,
             &self.health,
@@ -565,7 +552,7 @@ impl NodeHooks for NodeManager {
             });
         }
         let (mut image_gc, mut container_gc) = (None, None);
-        if let Some((runtime, images)) = self.runtime.clone() {
+        if self.config.gc.enabled {
             let fs = Arc::new(RuntimeImageFs {
                 images: images.clone(),
                 fallback: self.config.gc.image_fs.clone(),
@@ -576,7 +563,7 @@ impl NodeHooks for NodeManager {
             }
             container_gc = Some(Arc::new(ContainerGcManager::new(
                 self.config.gc.container.clone(),
-                runtime,
+                runtime.clone(),
                 Arc::new(Presence(control.clone())),
             )));
             tokio::spawn(run_periodic(
@@ -599,7 +586,7 @@ impl NodeHooks for NodeManager {
                 cgroups: self.cgroups.clone(),
                 volumes: self.volumes.clone(),
                 pod_log_root: self.config.pod_log_root.clone(),
-                runtime: self.runtime.as_ref().map(|r| r.0.clone()),
+                runtime,
                 evicted: Mutex::default(),
             });
             let health = self.health.clone();

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
 use node_core::{PodRef, RuntimeBackend, StatusError, StatusSink, cri};
-use node_kubelet::{CancellationToken, JsonStatusSink, Kubelet, labels};
+use node_kubelet::{
+    CancellationToken, JsonStatusSink, Kubelet, KubeletBuilder, KubeletConfig, labels,
+};
+use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
 
 /// A pod manifest: `name`, its grace period, and its containers (YAML list items).
 pub fn pod_yaml(name: &str, grace_seconds: u32, containers: &str) -> String {
@@ -265,4 +268,44 @@ pub struct Instance {
     pub state: i32,
     pub started_at: i64,
     pub finished_at: i64,
+}
+
+/// A kubelet's parts from node-test-support's fakes: the runtime (with images), the status
+/// sink, a scripted pod source and the directories the kubelet and node manager write to.
+pub struct Fakes {
+    pub rt: FakeRuntime,
+    pub sink: FakeStatusSink,
+    pub source: ScriptedPodSource,
+    pub dirs: tempfile::TempDir,
+}
+
+impl Fakes {
+    /// The fakes with a pod source named `source` (`api`: the pods are not static) and the
+    /// runtime holding `images`.
+    pub fn new(source: &str, images: &[&str]) -> Self {
+        let rt = FakeRuntime::new();
+        for i in images {
+            rt.add_image(i);
+        }
+        Self {
+            rt,
+            sink: FakeStatusSink::new(),
+            source: ScriptedPodSource::new(source),
+            dirs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A kubelet builder for `node` on these fakes: pod logs under the directories, a 2 s
+    /// sync period.
+    pub fn kubelet(&self, node: &str) -> KubeletBuilder {
+        Kubelet::builder(node)
+            .source(Arc::new(self.source.clone()))
+            .runtime(Arc::new(self.rt.clone()), Arc::new(self.rt.clone()))
+            .status(Arc::new(self.sink.clone()))
+            .config(KubeletConfig {
+                pod_log_root: self.dirs.path().join("logs"),
+                sync_period: Duration::from_secs(2),
+                ..Default::default()
+            })
+    }
 }
