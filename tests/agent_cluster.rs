@@ -4,8 +4,10 @@
 //!
 //! Shown: only the pods bound to this node run; their status is patched on the API server; the
 //! Node is registered and its Lease created and owned by it; the proxy programs the Services and
-//! EndpointSlices of the API server; a pod deleted on the API server is stopped and removed, a
-//! deleted EndpointSlice leaves its Service without endpoints.
+//! EndpointSlices of the API server; the configMaps and secrets the pod references are read
+//! through watches selected by their names (no cluster-wide list or watch) and stop being
+//! watched with the pod; a pod deleted on the API server is stopped and removed, a deleted
+//! EndpointSlice leaves its Service without endpoints.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +15,8 @@ use std::time::Duration;
 use node_core::ServiceRouter;
 use node_core::proxy::NodeInfo;
 use node_kubelet::node::api::NodeApiConfig;
+use node_kubelet::node::objects::ApiObjectStore;
 use node_kubelet::node::status::NodeReportConfig;
-use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_proxy::Proxy;
@@ -32,18 +34,28 @@ fn pod(name: &str, node: &str) -> serde_json::Value {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
         "spec": {"nodeName": node, "containers": [{"name": "web", "image": IMAGE,
-            "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "web-config", "key": "greeting"}}},
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "web-db", "key": "password"}}}],
+            "volumeMounts": [{"name": "config", "mountPath": "/etc/web"}],
+            "ports": [{"name": "http", "containerPort": 8080}]}],
+            "volumes": [{"name": "config", "configMap": {"name": "web-config"}}]},
     })
 }
 
-/// The agent's node manager for `node` in cluster mode (registration, Lease, node status, mirror pods),
-/// with its directories under `dir` and no pod cgroups; it runs on the kubelet's runtime.
-fn node_manager(c: &cluster::Cluster, node: &str, dir: &std::path::Path) -> NodeManager {
+/// The agent's node manager for `node` in cluster mode (registration, Lease, node status, mirror
+/// pods, the configMaps and secrets of `objects`), with its directories under `dir` and no pod
+/// cgroups; it runs on the kubelet's runtime.
+fn node_manager(
+    c: &cluster::Cluster,
+    node: &str,
+    dir: &std::path::Path,
+    objects: Arc<ApiObjectStore>,
+) -> NodeManager {
     let mut config = NodeConfig::new(node);
     config.cgroups = None;
     config.volumes.root_dir = dir.join("kubelet");
     config.allocatable.root_dir = dir.to_path_buf();
-    NodeManager::new(config, Arc::new(MemoryObjectStore::default()))
+    NodeManager::new(config, objects)
         .unwrap()
         .report(NodeReportConfig {
             api: NodeApiConfig {
@@ -66,6 +78,20 @@ fn sandbox_names(rt: &FakeRuntime) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     let api = FakeApiServer::new();
+    api.apply(
+        "configmaps",
+        json!({"metadata": {"name": "web-config", "namespace": "default"},
+            "data": {"greeting": "hello"}}),
+    );
+    api.apply(
+        "configmaps",
+        json!({"metadata": {"name": "unrelated", "namespace": "default"}, "data": {"a": "b"}}),
+    );
+    api.apply(
+        "secrets",
+        json!({"metadata": {"name": "web-db", "namespace": "default"},
+            "data": {"password": "c2VjcmV0"}}),
+    );
     api.apply("pods", pod("web", "node-1"));
     api.apply("pods", pod("elsewhere", "node-2"));
     api.apply(
@@ -92,13 +118,17 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     let rt = Arc::new(FakeRuntime::new());
     rt.add_image(IMAGE);
     let dir = tempfile::tempdir().unwrap();
+    let objects = Arc::new(ApiObjectStore::new(c.client()));
+    let node = node_manager(&c, "node-1", dir.path(), objects.clone());
     let kubelet = Kubelet::builder("node-1")
         .source(c.pod_source())
         .runtime(rt.clone(), rt.clone())
         .status(c.status_sink())
-        .node(Arc::new(node_manager(&c, "node-1", dir.path())))
+        .value_store(objects.clone())
+        .node(Arc::new(node))
         .config(KubeletConfig {
             pod_log_root: dir.path().join("logs"),
+            sync_period: Duration::from_secs(1),
             ..Default::default()
         })
         .build()
@@ -168,6 +198,65 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
         "pods not listed by spec.nodeName"
     );
 
+    // the configMap and the secret reached the container, read through watches of their
+    // names only (as a node authorizer admits), never a cluster-wide list or watch
+    let web_container = rt
+        .containers()
+        .into_iter()
+        .find(|c| c.config.metadata.as_ref().is_some_and(|m| m.name == "web"))
+        .unwrap();
+    let envs: Vec<(String, String)> = web_container
+        .config
+        .envs
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    assert!(
+        envs.contains(&("GREETING".into(), "hello".into())),
+        "{envs:?}"
+    );
+    assert!(
+        envs.contains(&("PASSWORD".into(), "secret".into())),
+        "{envs:?}"
+    );
+    let config_file = dir
+        .path()
+        .join("kubelet/pods")
+        .join(web["metadata"]["uid"].as_str().unwrap())
+        .join("volumes/kubernetes.io~configmap/config/greeting");
+    assert_eq!(std::fs::read_to_string(&config_file).unwrap(), "hello");
+    let object_reads: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/configmaps") || r.path.ends_with("/secrets"))
+        .map(|r| r.uri.clone())
+        .collect();
+    assert!(!object_reads.is_empty());
+    for uri in &object_reads {
+        assert!(
+            uri.starts_with("/api/v1/namespaces/default/configmaps?")
+                && uri.contains("fieldSelector=metadata.name%3Dweb-config")
+                || uri.starts_with("/api/v1/namespaces/default/secrets?")
+                    && uri.contains("fieldSelector=metadata.name%3Dweb-db"),
+            "not a read of a referenced object by its name: {uri}"
+        );
+    }
+    // an update of the configMap reaches the mounted file (a later sync, the ..data swap)
+    api.apply(
+        "configmaps",
+        json!({"metadata": {"name": "web-config", "namespace": "default"},
+            "data": {"greeting": "bonjour"}}),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read_to_string(&config_file).unwrap_or_default() != "bonjour" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the configMap update did not reach {}",
+            config_file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // the proxy programs the Service with the EndpointSlice's endpoint
     let endpoints = |r: &FakeRouter| -> Option<Vec<String>> {
         let st = r.last()?;
@@ -210,6 +299,17 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // with the pod gone, nothing is watched
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !objects.watched().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still watched: {:?}",
+            objects.watched()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     token.cancel();
     tokio::time::timeout(WAIT, k)
         .await
@@ -247,7 +347,12 @@ async fn a_kubeconfig_file_reaches_the_server_it_names() {
         .source(c.pod_source())
         .runtime(rt.clone(), rt.clone())
         .status(c.status_sink())
-        .node(Arc::new(node_manager(&c, "node-kc", dir.path())))
+        .node(Arc::new(node_manager(
+            &c,
+            "node-kc",
+            dir.path(),
+            Arc::new(ApiObjectStore::new(c.client())),
+        )))
         .config(KubeletConfig {
             pod_log_root: dir.path().join("logs"),
             ..Default::default()

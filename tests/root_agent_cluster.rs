@@ -1,7 +1,8 @@
 //! The `node-agent` binary in cluster mode, as root, inside a network namespace of its own with
 //! node-test-support's fake API server listening in that namespace: the agent
 //! registers its Node and Lease, runs only the pod bound to it (native runtime, bridge CNI),
-//! patches its status; with the EndpointSlice the test writes (as the endpointslice controller
+//! patches its status; reads the configMap the pod's environment references by its name
+//! alone; with the EndpointSlice the test writes (as the endpointslice controller
 //! would) the ClusterIP answers; the pod deleted on the API server stops; SIGINT leaves nothing
 //! behind; the log is JSON (`--log-format json`). What a real API server adds (admission, graceful deletion, the controllers) is not
 //! exercised.
@@ -23,13 +24,16 @@ use agent::{
 
 const NODE: &str = "nkt-cluster-node";
 
-fn pod(name: &str, node: &str, token: &str) -> serde_json::Value {
+/// A pod whose token (in its environment, from the configMap `token-<name>`) marks its
+/// processes.
+fn pod(name: &str, node: &str) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
         "spec": {"nodeName": node, "terminationGracePeriodSeconds": 2, "containers": [{
             "name": "web", "image": DEMO_IMAGE, "imagePullPolicy": "Never",
-            "env": [{"name": "NK_DEMO_TOKEN", "value": token}],
+            "env": [{"name": "NK_DEMO_TOKEN", "valueFrom": {"configMapKeyRef": {
+                "name": format!("token-{name}"), "key": "token"}}}],
             "ports": [{"name": "http", "containerPort": 8080}],
             "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
         }]},
@@ -66,8 +70,15 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
         let _enter = rt.enter();
         FakeApiServer::serve(listener)
     };
-    api.apply("pods", pod("web-0", NODE, &token));
-    api.apply("pods", pod("not-mine", "another-node", &other_token));
+    for (name, t) in [("web-0", &token), ("not-mine", &other_token)] {
+        api.apply(
+            "configmaps",
+            json!({"metadata": {"name": format!("token-{name}"), "namespace": "default"},
+                "data": {"token": t}}),
+        );
+    }
+    api.apply("pods", pod("web-0", NODE));
+    api.apply("pods", pod("not-mine", "another-node"));
     api.apply(
         "services",
         json!({"apiVersion": "v1", "kind": "Service",
@@ -140,6 +151,21 @@ fn node_agent_joins_a_cluster_runs_its_pod_and_serves_the_service() {
         "a pod of another node runs here"
     );
     assert!(api.get("pods", "default", "not-mine").unwrap()["status"].is_null());
+    // the token came from web-0's configMap, read by its name alone: no cluster-wide list or
+    // watch of configMaps or secrets, nothing of the other node's pod
+    for r in api.requests() {
+        let u = &r.uri;
+        assert!(
+            !(r.path == "/api/v1/configmaps" || r.path == "/api/v1/secrets"),
+            "a cluster-wide read: {u}"
+        );
+        if r.path.ends_with("/configmaps") {
+            assert!(
+                u.contains("fieldSelector=metadata.name%3Dtoken-web-0"),
+                "not a read of web-0's configMap by its name: {u}"
+            );
+        }
+    }
 
     // the endpointslice controller's part, then the ClusterIP answers from web-0
     api.apply(

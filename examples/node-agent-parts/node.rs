@@ -1,24 +1,25 @@
 //! The node agent's node layer: node-kubelet's [`NodeManager`] (admission against allocatable,
 //! QoS pod cgroups, pod volumes under `<root>/kubelet`, eviction, graceful node shutdown) set up
 //! from kubelet-named flags, the configMaps and secrets its volumes and environment read (from
-//! the manifest directory standalone, from the API server in cluster mode), and the removal of
+//! the manifest directory standalone, in cluster mode those its pods reference, watched one by
+//! one on the API server), and the removal of
 //! what pods leave on the node when the agent is asked to leave nothing behind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
-use node_core::k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use node_core::k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use node_kubelet::node::NodeConfig;
 use node_kubelet::node::allocatable::{AllocatableConfig, Reserved};
 use node_kubelet::node::cgroups::{CgroupConfig, PodCgroups};
 use node_kubelet::node::eviction::{EvictionConfig, parse_duration, parse_thresholds};
+use node_kubelet::node::objects::{ApiObjectStore, secret_data};
 use node_kubelet::node::quantity;
 use node_kubelet::node::shutdown::ShutdownConfig;
-use node_kubelet::node::volumes::{ObjectStore, VolumeConfig, VolumeManager};
+use node_kubelet::node::volumes::{ObjectStore, ObjectStoreError, VolumeConfig, VolumeManager};
 use node_kubelet::{CancellationToken, ValueStore};
 
 /// The node flags, named as kubelet's.
@@ -196,12 +197,14 @@ pub fn remove_node_leftovers(config: &NodeConfig) {
     }
 }
 
-/// configMaps and secrets held in memory, for pod volumes ([`ObjectStore`]) and environment
-/// ([`ValueStore`]); filled from the manifest directory or an API server's watch.
+/// configMaps and secrets for pod volumes ([`ObjectStore`]) and environment ([`ValueStore`]):
+/// those of the manifest directory held in memory, or in cluster mode those the pods reference
+/// on the API server.
 #[derive(Default)]
 pub struct Objects {
     config_maps: RwLock<BTreeMap<(String, String), ConfigMap>>,
     secrets: RwLock<BTreeMap<(String, String), Secret>>,
+    api: OnceLock<Arc<ApiObjectStore>>,
 }
 
 fn key(
@@ -318,54 +321,49 @@ impl Objects {
         });
     }
 
-    /// Keeps the contents equal to the API server's ConfigMaps and Secrets (a watch of each,
-    /// all namespaces), until `token` is cancelled.
+    /// Cluster mode: from now on the contents are the API server's configMaps and secrets
+    /// that the registered pods reference, each watched by its name (node-kubelet's
+    /// [`ApiObjectStore`]: what a node authorizer admits, not the cluster's every secret),
+    /// until `token` is cancelled.
     pub fn follow_api(self: &Arc<Self>, client: kube::Client, token: CancellationToken) {
-        use kube::runtime::{WatchStreamExt, reflector, watcher};
-        let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
-        let (s_store, s_writer) = reflector::store::<Secret>();
-        let cms = reflector(
-            cm_writer,
-            watcher(kube::Api::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff();
-        let secrets = reflector(
-            s_writer,
-            watcher(kube::Api::all(client), watcher::Config::default()),
-        )
-        .default_backoff();
-        let this = self.clone();
+        let store = Arc::new(ApiObjectStore::new(client));
+        if self.api.set(store.clone()).is_err() {
+            tracing::warn!("configMaps and secrets already followed on an API server");
+            return;
+        }
         tokio::spawn(async move {
-            let mut events = futures::stream::select(
-                cms.map(|r| r.map(|_| ())).boxed(),
-                secrets.map(|r| r.map(|_| ())).boxed(),
-            );
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    ev = events.next() => match ev {
-                        None => return,
-                        Some(Err(e)) => tracing::warn!(error = %e, "watching configMaps and secrets"),
-                        Some(Ok(())) => {
-                            let c = cm_store.state().iter().map(|c| (**c).clone()).collect();
-                            let s = s_store.state().iter().map(|s| (**s).clone()).collect();
-                            this.replace(c, s);
-                        }
-                    }
-                }
-            }
+            token.cancelled().await;
+            store.stop();
         });
     }
 }
 
+#[async_trait::async_trait]
 impl ObjectStore for Objects {
     fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        if let Some(api) = self.api.get() {
+            return ObjectStore::config_map(&**api, namespace, name);
+        }
         let k = (namespace.to_string(), name.to_string());
         self.config_maps.read().expect("lock").get(&k).cloned()
     }
     fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        if let Some(api) = self.api.get() {
+            return ObjectStore::secret(&**api, namespace, name);
+        }
         let k = (namespace.to_string(), name.to_string());
         self.secrets.read().expect("lock").get(&k).cloned()
+    }
+    async fn register_pod(&self, pod: &Pod) -> Result<(), ObjectStoreError> {
+        match self.api.get() {
+            Some(api) => api.register_pod(pod).await,
+            None => Ok(()),
+        }
+    }
+    fn unregister_pod(&self, pod: &Pod) {
+        if let Some(api) = self.api.get() {
+            api.unregister_pod(pod);
+        }
     }
 }
 
@@ -375,16 +373,6 @@ impl ValueStore for Objects {
         Some(cm.data.unwrap_or_default())
     }
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        let s = ObjectStore::secret(self, namespace, name)?;
-        let mut out: BTreeMap<String, Vec<u8>> = s
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        for (k, v) in s.string_data.unwrap_or_default() {
-            out.insert(k, v.into_bytes());
-        }
-        Some(out)
+        ObjectStore::secret(self, namespace, name).map(secret_data)
     }
 }

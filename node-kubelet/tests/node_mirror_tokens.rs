@@ -40,6 +40,26 @@ fn mirror_of(api: &FakeApiServer) -> Option<serde_json::Value> {
     api.get("pods", "kube-system", "etcd-node-1")
 }
 
+/// Syncs `pod` until a sync creates its mirror (the watch of the node's pods shows a deletion
+/// a moment after it happens, as kubelet's pod manager sees it).
+async fn sync_until_created(mirrors: &MirrorPods, pod: &Pod) {
+    for _ in 0..200 {
+        if mirrors.ensure(pod).await.unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no mirror pod created");
+}
+
+fn pod_lists(api: &FakeApiServer) -> Vec<String> {
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/pods")
+        .map(|r| r.uri.clone())
+        .collect()
+}
+
 #[tokio::test]
 async fn mirror_pods_follow_their_static_pods() {
     let (api, node_uid) = api_with_node();
@@ -59,32 +79,54 @@ async fn mirror_pods_follow_their_static_pods() {
         json!([{"apiVersion": "v1", "kind": "Node", "name": "node-1", "uid": node_uid,
                 "controller": true}])
     );
-    // in place: the next syncs only look (one GET, the Node's uid is cached)
+    // the node's pods are watched (by spec.nodeName, never one by one)
+    let lists = pod_lists(&api);
+    assert!(!lists.is_empty());
+    assert!(
+        lists
+            .iter()
+            .all(|u| u.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+        "{lists:?}"
+    );
+    // in place: the next syncs send nothing
     let n = calls(&api).len();
     assert!(!mirrors.ensure(&v1).await.unwrap());
-    assert_eq!(calls(&api)[n..], [format!("GET {POD_PATH}/etcd-node-1")]);
-    // deleted on the API server: the next sync creates it again
+    let after: Vec<_> = calls(&api)[n..]
+        .iter()
+        .filter(|c| !c.starts_with("GET /api/v1/pods"))
+        .cloned()
+        .collect();
+    assert!(after.is_empty(), "{after:?}");
+    // deleted on the API server: a sync after the watch showed it creates it again
     assert!(api.delete("pods", "kube-system", "etcd-node-1"));
-    assert!(mirrors.ensure(&v1).await.unwrap());
+    sync_until_created(&mirrors, &v1).await;
     let again = mirror_of(&api).unwrap();
     assert_ne!(again["metadata"]["uid"], m["metadata"]["uid"]);
     assert_eq!(again["metadata"]["ownerReferences"][0]["uid"], node_uid);
-    // the static pod changes: the old mirror is replaced
+    // the static pod changes: the old mirror is replaced (no GET: the cache knows it)
     let n = calls(&api).len();
     let v2 = static_pod("etcd:2");
     assert!(mirrors.ensure(&v2).await.unwrap());
+    let after: Vec<_> = calls(&api)[n..]
+        .iter()
+        .filter(|c| !c.starts_with("GET /api/v1/pods"))
+        .cloned()
+        .collect();
     assert_eq!(
-        calls(&api)[n..],
+        after,
         [
-            format!("GET {POD_PATH}/etcd-node-1"),
             format!("DELETE {POD_PATH}/etcd-node-1"),
             format!("POST {POD_PATH}"),
         ]
     );
-    let delete = &api.requests()[n + 1];
+    let delete = api
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "DELETE")
+        .unwrap();
     assert_eq!(
         delete.body["preconditions"]["uid"], again["metadata"]["uid"],
-        "only the mirror that was looked at is deleted"
+        "only the mirror that was seen is deleted"
     );
     assert_eq!(
         mirror_of(&api).unwrap()["metadata"]["annotations"][MIRROR_ANNOTATION],
@@ -94,12 +136,11 @@ async fn mirror_pods_follow_their_static_pods() {
     let fresh = MirrorPods::new(api.client(), "node-1");
     let n = calls(&api).len();
     assert!(!fresh.ensure(&v2).await.unwrap());
-    assert_eq!(
-        calls(&api)[n..],
-        [
-            "GET /api/v1/nodes/node-1".to_string(),
-            format!("GET {POD_PATH}/etcd-node-1")
-        ]
+    let after = calls(&api)[n..].to_vec();
+    assert_eq!(after[0], "GET /api/v1/nodes/node-1");
+    assert!(
+        after[1..].iter().all(|c| c == "GET /api/v1/pods"),
+        "{after:?}"
     );
     // gone with its static pod
     mirrors.delete(&v2).await.unwrap();
@@ -119,8 +160,98 @@ async fn mirror_pods_follow_their_static_pods() {
     plain["metadata"]["annotations"] = json!({});
     api.apply("pods", plain);
     assert!(!mirrors.ensure(&static_pod("etcd:4")).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await; // the watch shows it
+    assert!(!mirrors.ensure(&static_pod("etcd:4")).await.unwrap());
     mirrors.delete(&static_pod("etcd:4")).await.unwrap();
     assert_eq!(api.list("pods").len(), 1, "not a mirror: kept");
+    assert!(
+        !api.requests().iter().any(|r| r.method == "DELETE"
+            && r.body["preconditions"]["uid"] == api.list("pods")[0]["metadata"]["uid"]),
+        "the API pod was not asked to go"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_syncs_of_static_pods_send_no_request_for_their_mirrors() {
+    let (api, _) = api_with_node();
+    let mirrors = MirrorPods::new(api.client(), "node-1");
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| {
+            let mut p = static_pod("etcd:1");
+            p.metadata.name = Some(format!("static-{i}"));
+            p
+        })
+        .collect();
+    for p in &pods {
+        assert!(mirrors.ensure(p).await.unwrap());
+    }
+    let n = api.requests().len();
+    for _ in 0..100 {
+        for p in &pods {
+            assert!(!mirrors.ensure(p).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let during: Vec<String> = api.requests()[n..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.uri))
+        .collect();
+    // 300 syncs over 100 s: no GET of a mirror pod, at most the watch of the node's pods
+    // renewed
+    assert!(
+        during.iter().all(|c| c.starts_with("GET /api/v1/pods?")),
+        "{during:?}"
+    );
+    assert!(
+        !api.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.starts_with(&format!("{POD_PATH}/"))),
+        "a mirror pod was read on its own"
+    );
+}
+
+#[tokio::test]
+async fn orphaned_mirror_pods_are_deleted() {
+    let (api, node_uid) = api_with_node();
+    // a mirror left by an earlier kubelet whose static pod is gone, one whose static pod is
+    // still there, a mirror of another node, and a pod from the API server
+    let mut gone =
+        serde_json::to_value(mirror_pod(&static_pod("old:1"), "node-1", &node_uid)).unwrap();
+    gone["metadata"]["name"] = json!("old-node-1");
+    api.apply("pods", gone);
+    api.apply(
+        "pods",
+        serde_json::to_value(mirror_pod(&static_pod("etcd:1"), "node-1", &node_uid)).unwrap(),
+    );
+    let mut other = serde_json::to_value(mirror_pod(&static_pod("x:1"), "node-2", "u2")).unwrap();
+    other["metadata"]["name"] = json!("x-node-2");
+    other["spec"]["nodeName"] = json!("node-2");
+    api.apply("pods", other);
+    api.apply(
+        "pods",
+        json!({"metadata": {"name": "web", "namespace": "kube-system"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "i"}]}}),
+    );
+    let mirrors = MirrorPods::new(api.client(), "node-1");
+    let deleted = mirrors
+        .delete_orphans(&[static_pod("etcd:1")])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let mut names: Vec<String> = api
+        .list("pods")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["etcd-node-1", "web", "x-node-2"]);
+    assert_eq!(
+        mirrors
+            .delete_orphans(&[static_pod("etcd:1")])
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]

@@ -534,6 +534,11 @@ impl NodeHooks for NodeManager {
             &self.health,
             shutdown.clone(),
         );
+        if let Some(m) = self.mirror.clone() {
+            // mirror pods whose static pod is gone (kubelet's pod cleanup)
+            let every = Duration::from_secs(10);
+            tokio::spawn(m.clean_orphans(control.clone(), every, shutdown.clone()));
+        }
         if let Some(cg) = self.cgroups.clone() {
             // the Burstable class's CPU shares follow the sum of its pods' requests
             let (control, token) = (control.clone(), shutdown.clone());
@@ -651,6 +656,12 @@ impl NodeHooks for NodeManager {
                 .await
                 .map_err(|e| hook_err(pod, "service account token")(e.into()))?;
         }
+        // the configMaps and secrets it references are watched (and listed) before they are read
+        self.volumes
+            .store()
+            .register_pod(pod)
+            .await
+            .map_err(|e| hook_err(pod, "volumes")(e.into()))?;
         let tokens = self.tokens.as_deref();
         setup.volumes = self
             .volumes
@@ -701,6 +712,7 @@ impl NodeHooks for NodeManager {
         if let Some(tokens) = &self.tokens {
             tokens.forget_pod(&r.uid);
         }
+        self.volumes.store().unregister_pod(pod);
         if let Some(m) = &self.mirror
             && let Err(e) = m.delete(pod).await
         {

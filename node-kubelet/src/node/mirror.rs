@@ -1,18 +1,28 @@
 //! Mirror pods: the API server's read-only copy of each static pod (from a file or URL source),
 //! so that `kubectl get pods` shows it. A mirror pod carries the static pod's config hash in the
 //! `kubernetes.io/config.mirror` annotation and, as kubelet sets it, an ownerReference to the
-//! registered Node (so the API server's garbage collector removes it with the Node). Every sync
-//! of the static pod checks its mirror: a mirror deleted on the API server is created again, one
-//! of an older static pod (another hash) or of an earlier Node object (another uid) is replaced;
-//! when the static pod goes, its mirror goes. The static pod itself is never touched.
+//! registered Node (so the API server's garbage collector removes it with the Node).
+//!
+//! As kubelet's pod manager sees mirror pods through its pod watch, [`MirrorPods`] keeps a cache
+//! fed by a watch of this node's pods (`fieldSelector=spec.nodeName=<node>`) and checks every
+//! sync of a static pod against it, without a request: a mirror missing (also one deleted on
+//! the API server) is created, one of an older static pod (another hash), of an earlier Node
+//! object (another uid) or being deleted is replaced; when the static pod goes its mirror goes,
+//! and mirror pods whose static pod is gone (orphans, e.g. left by an earlier kubelet) are
+//! deleted ([`MirrorPods::delete_orphans`]). The static pod itself is never touched.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::{WatchStreamExt, watcher};
 use node_core::PodRef;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::source::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
 
@@ -94,18 +104,143 @@ fn owner_uid(pod: &Pod) -> Option<&str> {
         .map(|o| o.uid.as_str())
 }
 
-/// Creates, replaces and deletes the mirror pods of a node's static pods.
+/// An error of mirror pod management.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MirrorError {
+    /// A request to the API server failed.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// The watch of the node's pods has not listed them yet.
+    #[error("the pods of node {node} are not listed yet (within {waited:?})")]
+    NotSynced {
+        /// The node.
+        node: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+/// What the cache keeps of a pod of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    uid: Option<String>,
+    /// The mirror annotation (`None`: not a mirror pod).
+    hash: Option<String>,
+    owner: Option<String>,
+    deleting: bool,
+}
+
+impl Seen {
+    fn of(pod: &Pod) -> Self {
+        Self {
+            uid: pod.metadata.uid.clone(),
+            hash: mirror_hash(pod).map(String::from),
+            owner: owner_uid(pod).map(String::from),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+type PodKey = (String, String);
+
+fn key_of(pod: &Pod) -> PodKey {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The node's pods as its watch last showed them (with the mirrors this manager made since).
+#[derive(Default)]
+struct PodCache {
+    pods: RwLock<HashMap<PodKey, Seen>>,
+}
+
+impl PodCache {
+    fn get(&self, key: &PodKey) -> Option<Seen> {
+        self.pods.read().expect("cache lock").get(key).cloned()
+    }
+    fn put(&self, key: PodKey, seen: Seen) {
+        self.pods.write().expect("cache lock").insert(key, seen);
+    }
+    /// Forgets the pod of `key` if it is the one of `uid` (a later pod of that name stays).
+    fn forget(&self, key: &PodKey, uid: Option<&str>) {
+        let mut pods = self.pods.write().expect("cache lock");
+        if pods
+            .get(key)
+            .is_some_and(|s| s.uid.as_deref() == uid || uid.is_none())
+        {
+            pods.remove(key);
+        }
+    }
+}
+
+/// Keeps `cache` equal to the node's pods until `stop`.
+async fn follow_pods(
+    api: Api<Pod>,
+    node: String,
+    cache: Arc<PodCache>,
+    synced: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut listed = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = events.next() => e,
+        };
+        match event {
+            None => return,
+            Some(Ok(watcher::Event::Init)) => listed.clear(),
+            Some(Ok(watcher::Event::InitApply(p))) => {
+                listed.insert(key_of(&p), Seen::of(&p));
+            }
+            Some(Ok(watcher::Event::InitDone)) => {
+                *cache.pods.write().expect("cache lock") = std::mem::take(&mut listed);
+                synced.send_replace(true);
+            }
+            Some(Ok(watcher::Event::Apply(p))) => cache.put(key_of(&p), Seen::of(&p)),
+            Some(Ok(watcher::Event::Delete(p))) => {
+                cache.forget(&key_of(&p), p.metadata.uid.as_deref());
+            }
+            // the cache stays as it was; the watcher retries with back-off
+            Some(Err(e)) => tracing::debug!(%node, error = %e, "watching the node's pods"),
+        }
+    }
+}
+
+struct Watching {
+    synced: watch::Receiver<bool>,
+    _stop: DropGuard,
+}
+
+/// Creates, replaces and deletes the mirror pods of a node's static pods, from a watch of the
+/// node's pods (started with the first call, stopped when the last clone is dropped).
+#[derive(Clone)]
 pub struct MirrorPods {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: kube::Client,
     node_name: String,
     /// The uid of the registered Node, once seen.
     node_uid: Mutex<Option<String>>,
+    cache: Arc<PodCache>,
+    watching: OnceLock<Watching>,
+    sync_timeout: Duration,
 }
 
 impl std::fmt::Debug for MirrorPods {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MirrorPods")
-            .field("node_name", &self.node_name)
+            .field("node_name", &self.inner.node_name)
             .finish_non_exhaustive()
     }
 }
@@ -118,85 +253,124 @@ impl MirrorPods {
     /// Mirror pods of `node_name` through `client`.
     pub fn new(client: kube::Client, node_name: &str) -> Self {
         Self {
-            client,
-            node_name: node_name.into(),
-            node_uid: Mutex::new(None),
+            inner: Arc::new(Inner {
+                client,
+                node_name: node_name.into(),
+                node_uid: Mutex::new(None),
+                cache: Arc::default(),
+                watching: OnceLock::new(),
+                sync_timeout: Duration::from_secs(1),
+            }),
         }
     }
 
     /// The uid of the registered Node (an error while it is not registered: kubelet creates no
     /// mirror pod before its Node exists).
     async fn node_uid(&self) -> Result<String, kube::Error> {
-        if let Some(uid) = self.node_uid.lock().expect("mirror lock").clone() {
+        if let Some(uid) = self.inner.node_uid.lock().expect("mirror lock").clone() {
             return Ok(uid);
         }
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let node = nodes.get(&self.node_name).await?;
+        let nodes: Api<Node> = Api::all(self.inner.client.clone());
+        let node = nodes.get(&self.inner.node_name).await?;
         let uid = node.metadata.uid.unwrap_or_default();
-        *self.node_uid.lock().expect("mirror lock") = Some(uid.clone());
+        *self.inner.node_uid.lock().expect("mirror lock") = Some(uid.clone());
         Ok(uid)
     }
 
-    fn api(&self, pod: &Pod) -> Api<Pod> {
-        Api::namespaced(
-            self.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        )
+    /// Starts the watch of the node's pods if needed and waits (bounded) for its first list.
+    async fn synced(&self) -> Result<(), MirrorError> {
+        let w = self.inner.watching.get_or_init(|| {
+            let (tx, synced) = watch::channel(false);
+            let stop = CancellationToken::new();
+            tokio::spawn(follow_pods(
+                Api::all(self.inner.client.clone()),
+                self.inner.node_name.clone(),
+                self.inner.cache.clone(),
+                tx,
+                stop.clone(),
+            ));
+            Watching {
+                synced,
+                _stop: stop.drop_guard(),
+            }
+        });
+        let mut synced = w.synced.clone();
+        let waited = self.inner.sync_timeout;
+        match tokio::time::timeout(waited, synced.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(MirrorError::NotSynced {
+                node: self.inner.node_name.clone(),
+                waited,
+            }),
+        }
     }
 
-    async fn delete_mirror(&self, api: &Api<Pod>, existing: &Pod) -> Result<(), kube::Error> {
-        let name = existing.metadata.name.clone().unwrap_or_default();
+    fn api(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.inner.client.clone(), namespace)
+    }
+
+    async fn delete_mirror(&self, key: &PodKey, uid: Option<&str>) -> Result<(), kube::Error> {
         let dp = DeleteParams {
-            preconditions: existing.metadata.uid.clone().map(|uid| Preconditions {
-                uid: Some(uid),
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid.to_string()),
                 resource_version: None,
             }),
             grace_period_seconds: Some(0),
             ..Default::default()
         };
-        match api.delete(&name, &dp).await {
+        match self.api(&key.0).delete(&key.1, &dp).await {
             Err(e) if !is_not_found(&e) => Err(e),
-            _ => Ok(()),
+            _ => {
+                self.inner.cache.forget(key, uid);
+                Ok(())
+            }
         }
     }
 
-    /// Makes the API server hold the mirror of `pod` (a no-op for pods from the API server):
-    /// creates it when missing (also after someone deleted it), replaces one of another hash or
-    /// of another Node uid. Returns whether a mirror pod was created.
-    pub async fn ensure(&self, pod: &Pod) -> Result<bool, kube::Error> {
+    /// Makes the API server hold the mirror of `pod` (a no-op for pods from the API server),
+    /// as the cache of the node's pods shows it (no request when it is in place): creates it
+    /// when missing (also after someone deleted it), replaces one of another hash, of another
+    /// Node uid or being deleted. Returns whether a mirror pod was created.
+    pub async fn ensure(&self, pod: &Pod) -> Result<bool, MirrorError> {
         if !is_static_pod(pod) {
             return Ok(false);
         }
         let hash = config_hash(pod);
-        let api = self.api(pod);
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let key = key_of(pod);
         let node_uid = self.node_uid().await?;
-        if let Some(existing) = api.get_opt(&name).await? {
-            match mirror_hash(&existing) {
-                Some(h) if h == hash && owner_uid(&existing) == Some(node_uid.as_str()) => {
+        self.synced().await?;
+        if let Some(seen) = self.inner.cache.get(&key) {
+            match &seen.hash {
+                Some(h)
+                    if *h == hash
+                        && seen.owner.as_deref() == Some(node_uid.as_str())
+                        && !seen.deleting =>
+                {
                     return Ok(false);
                 }
-                Some(_) => self.delete_mirror(&api, &existing).await?,
+                Some(_) => self.delete_mirror(&key, seen.uid.as_deref()).await?,
                 None => {
-                    tracing::warn!(pod = %PodRef::of(pod), "an API pod of the static pod's name exists; no mirror pod");
+                    tracing::debug!(pod = %PodRef::of(pod), "an API pod of the static pod's name exists; no mirror pod");
                     return Ok(false);
                 }
             }
         }
-        let created = api
+        let created = self
+            .api(&key.0)
             .create(
                 &PostParams::default(),
-                &mirror_pod(pod, &self.node_name, &node_uid),
+                &mirror_pod(pod, &self.inner.node_name, &node_uid),
             )
             .await;
         match created {
-            Ok(_) => {}
-            // created meanwhile (a previous kubelet): the next sync compares again
+            // in the cache at once: the next sync does not wait for the watch to show it
+            Ok(m) => self.inner.cache.put(key, Seen::of(&m)),
+            // created meanwhile (a previous kubelet): the watch shows it to the next sync
             Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
             // the Node was registered again (new uid): look it up on the next sync
             Err(e) => {
-                *self.node_uid.lock().expect("mirror lock") = None;
-                return Err(e);
+                *self.inner.node_uid.lock().expect("mirror lock") = None;
+                return Err(e.into());
             }
         }
         tracing::info!(pod = %PodRef::of(pod), "mirror pod created");
@@ -204,17 +378,69 @@ impl MirrorPods {
     }
 
     /// Deletes the mirror of `pod` (only a mirror pod: an API pod of that name is left alone).
-    pub async fn delete(&self, pod: &Pod) -> Result<(), kube::Error> {
+    pub async fn delete(&self, pod: &Pod) -> Result<(), MirrorError> {
         if !is_static_pod(pod) {
             return Ok(());
         }
-        let api = self.api(pod);
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        match api.get_opt(&name).await? {
-            Some(existing) if mirror_hash(&existing).is_some() => {
-                self.delete_mirror(&api, &existing).await
+        self.synced().await?;
+        let key = key_of(pod);
+        match self.inner.cache.get(&key) {
+            Some(seen) if seen.hash.is_some() => {
+                Ok(self.delete_mirror(&key, seen.uid.as_deref()).await?)
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Deletes the mirror pods of the node whose static pod is not among `static_pods` (all
+    /// the node's static pods, once its sources delivered them), as kubelet's pod cleanup
+    /// deletes orphaned mirror pods. Returns how many it deleted.
+    pub async fn delete_orphans(&self, static_pods: &[Pod]) -> Result<usize, MirrorError> {
+        self.synced().await?;
+        let wanted: std::collections::HashSet<PodKey> = static_pods
+            .iter()
+            .filter(|p| is_static_pod(p))
+            .map(key_of)
+            .collect();
+        let orphans: Vec<(PodKey, Option<String>)> = self
+            .inner
+            .cache
+            .pods
+            .read()
+            .expect("cache lock")
+            .iter()
+            .filter(|(k, s)| s.hash.is_some() && !wanted.contains(*k))
+            .map(|(k, s)| (k.clone(), s.uid.clone()))
+            .collect();
+        for (key, uid) in &orphans {
+            self.delete_mirror(key, uid.as_deref()).await?;
+            tracing::info!(namespace = %key.0, name = %key.1, "orphaned mirror pod deleted");
+        }
+        Ok(orphans.len())
+    }
+
+    /// Every `every`, once the kubelet's sources are ready, deletes the orphaned mirror pods
+    /// ([`delete_orphans`](Self::delete_orphans)) of the static pods `control` knows, until
+    /// `stop`.
+    pub async fn clean_orphans(
+        self,
+        control: super::hooks::PodControl,
+        every: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !control.sources_ready() {
+                continue;
+            }
+            let pods: Vec<Pod> = control.pods().into_iter().map(|s| s.pod).collect();
+            if let Err(e) = self.delete_orphans(&pods).await {
+                tracing::debug!(error = %e, "orphaned mirror pods not cleaned up");
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | eviction signals, thresholds, ranking and decisions | [`eviction`] |
 //! | image and dead-container garbage collection | [`gc`] |
 //! | pod volumes, the atomic writer and subPath | [`volumes`] |
+//! | the configMaps and secrets pods reference, watched one by one on the API server | [`objects`] |
 //! | graceful node shutdown by pod priority | [`shutdown`] |
 //! | the systemd-logind delay inhibitor that triggers it | [`logind`] |
 //! | the seam the pod workers call, and the [`PodControl`] the node stops pods with | [`hooks`] |
@@ -56,6 +57,7 @@ pub mod http;
 pub mod logind;
 pub mod manager;
 pub mod mirror;
+pub mod objects;
 pub mod qos;
 pub mod quantity;
 pub mod shutdown;

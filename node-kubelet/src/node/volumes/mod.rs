@@ -106,12 +106,41 @@ pub enum VolumeError {
     },
 }
 
-/// Where configMaps and secrets come from (the API server's informer, or manifests standalone).
+/// A pod's configMaps or secrets could not be made available (kubelet's "failed to sync
+/// configmap cache").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {namespace}/{name}: {reason}")]
+pub struct ObjectStoreError {
+    /// `configmap` or `secret`.
+    pub kind: &'static str,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Why (`failed to sync configmap cache: timed out after 1s`...).
+    pub reason: String,
+}
+
+/// Where configMaps and secrets come from (the API server's watches of the objects pods
+/// reference, or manifests standalone).
+///
+/// The node manager registers every pod when it is added or updated (each sync) and
+/// unregisters it when it is removed, as kubelet's configMap and secret managers are told of
+/// pods; a store that holds everything anyway (memory, a manifest directory) ignores both.
+#[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
     /// A configMap by namespace and name.
     fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap>;
     /// A secret by namespace and name.
     fn secret(&self, namespace: &str, name: &str) -> Option<Secret>;
+    /// The pod (added or updated) references the configMaps and secrets of its spec: make
+    /// them available before its volumes and environment are read. An error leaves the pod's
+    /// sync to be retried. The default does nothing.
+    async fn register_pod(&self, _pod: &Pod) -> Result<(), ObjectStoreError> {
+        Ok(())
+    }
+    /// The pod is gone: what only it referenced is no longer needed. The default does nothing.
+    fn unregister_pod(&self, _pod: &Pod) {}
 }
 
 /// An [`ObjectStore`] held in memory (standalone mode, tests).
@@ -348,6 +377,11 @@ impl VolumeManager {
     /// A manager over a store of configMaps and secrets.
     pub fn new(config: VolumeConfig, store: Arc<dyn ObjectStore>) -> Self {
         Self { config, store }
+    }
+
+    /// Where the configMaps and secrets come from.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
     }
 
     /// The directory of a pod's volumes.
