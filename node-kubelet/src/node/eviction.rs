@@ -685,11 +685,7 @@ pub const PRESSURE_REJECTION_MESSAGE_PREFIX: &str = "The node had condition: ";
 /// admitted under node pressure and never evicted.
 pub fn is_critical_pod(pod: &Pod) -> bool {
     super::mirror::is_static_pod(pod)
-        || pod
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(super::mirror::MIRROR_ANNOTATION))
+        || super::mirror::is_mirror_pod(pod)
         || priority(pod) >= super::shutdown::SYSTEM_CRITICAL_PRIORITY
 }
 

@@ -29,6 +29,14 @@ use crate::source::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
 /// The annotation marking a mirror pod, holding its static pod's config hash.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
+/// Whether a pod is a mirror pod (it carries [`MIRROR_ANNOTATION`]); kubelet never runs one.
+pub fn is_mirror_pod(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+}
+
 /// Whether a pod is a static pod: its source is not the API server.
 pub fn is_static_pod(pod: &Pod) -> bool {
     pod.metadata

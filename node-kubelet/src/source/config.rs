@@ -125,6 +125,13 @@ impl Merger {
                 }];
             }
         };
+        // A mirror pod (the API server's copy of a static pod, see `node::mirror`) is never run:
+        // its static pod is, as kubelet's pod manager keeps the two apart.
+        if let PodEvent::InitApply(p) | PodEvent::Apply(p) | PodEvent::Delete(p) = &event
+            && crate::node::mirror::is_mirror_pod(p)
+        {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         let src = &mut self.sources[index];
         match event {
@@ -378,5 +385,30 @@ mod tests {
         m.handle(0, Ok(PodEvent::Init));
         assert_eq!(kinds(&m.handle(0, Ok(PodEvent::InitDone))), ["delete a"]);
         assert_eq!(m.pods().count(), 0);
+    }
+
+    #[test]
+    fn mirror_pods_are_never_run() {
+        let mut m = Merger::new(["file", "api"]);
+        let mut mirror = pod("web-node-1", "m1", "i");
+        mirror
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(crate::node::mirror::MIRROR_ANNOTATION.into(), "hash".into());
+        m.handle(1, Ok(PodEvent::Init));
+        assert!(
+            m.handle(1, Ok(PodEvent::InitApply(mirror.clone())))
+                .is_empty()
+        );
+        m.handle(1, Ok(PodEvent::InitDone));
+        assert!(m.handle(1, Ok(PodEvent::Apply(mirror.clone()))).is_empty());
+        assert!(m.handle(1, Ok(PodEvent::Delete(mirror))).is_empty());
+        assert_eq!(m.pods().count(), 0);
+        // the static pod of the same name from its file is run
+        assert_eq!(
+            kinds(&m.handle(0, Ok(PodEvent::Apply(pod("web-node-1", "s1", "i"))))),
+            ["add web-node-1"]
+        );
     }
 }
