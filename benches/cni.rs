@@ -3,6 +3,8 @@
 //! against one, for both. ADD with one host port: the native plugin in-process and the
 //! `nodekit-bridge` binary through `ExecCni` (the binary is `$NODEKIT_BRIDGE_BIN`, else
 //! `target/debug/nodekit-bridge`: build it first, `cargo build -p node-cni --bin nodekit-bridge`).
+//! ADD with 10 and 500 leases of other pods on disk; DEL alone. The kernel's share of an ADD
+//! and of a DEL (bare veth pairs) is printed on stderr.
 //! Needs root: everything runs inside throwaway network namespaces (the node is a namespace too).
 //! Run with `cargo bench --bench cni`.
 
@@ -122,6 +124,7 @@ fn kernel_floor(rt: &tokio::runtime::Runtime, pods: &[NetnsFixture]) -> anyhow::
         };
         let mut one = Vec::new();
         let mut thirty = Vec::new();
+        let mut del_one = Vec::new();
         for _ in 0..5 {
             for n in [1usize, 30] {
                 let t = Instant::now();
@@ -131,6 +134,7 @@ fn kernel_floor(rt: &tokio::runtime::Runtime, pods: &[NetnsFixture]) -> anyhow::
                 .await?;
                 let took = t.elapsed();
                 if n == 1 { one.push(took) } else { thirty.push(took) }
+                let t = Instant::now();
                 futures::future::try_join_all((0..n).map(|i| {
                     handle
                         .link()
@@ -138,9 +142,13 @@ fn kernel_floor(rt: &tokio::runtime::Runtime, pods: &[NetnsFixture]) -> anyhow::
                         .execute()
                 }))
                 .await?;
+                if n == 1 {
+                    del_one.push(t.elapsed());
+                }
             }
         }
         task.abort();
+        del_one.sort();
         one.sort();
         thirty.sort();
         eprintln!(
@@ -149,8 +157,29 @@ fn kernel_floor(rt: &tokio::runtime::Runtime, pods: &[NetnsFixture]) -> anyhow::
             thirty[2].as_secs_f64() * 1e3,
             thirty[2].as_secs_f64() / one[2].as_secs_f64()
         );
+        eprintln!(
+            "kernel floor: deleting that veth pair (by its node end): {:.2} ms",
+            del_one[2].as_secs_f64() * 1e3
+        );
         anyhow::Ok(())
     })
+}
+
+/// Leave exactly `n` leases of other pods in `dir` (`10.200.200.0` on, host-local's layout).
+fn fill_leases(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for i in 0..500u32 {
+        let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 200, 200, 0)) + i);
+        let path = dir.join(ip.to_string());
+        if (i as usize) < n {
+            if !path.exists() {
+                std::fs::write(&path, format!("filler-{i}\r\neth0"))?;
+            }
+        } else if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -266,6 +295,60 @@ fn main() -> anyhow::Result<()> {
                         rt.block_on(p.add(&ah)).expect("ADD");
                         total += t.elapsed();
                         rt.block_on(p.del(&ah)).expect("DEL");
+                    }
+                    total
+                })
+            });
+        }
+        g.finish();
+
+        // ADD with 10 and 500 leases of other pods on disk (host-local's layout, written
+        // directly): the allocation's cost must not grow with the pod count.
+        let lease_dir = dir.join("native-leases/bench-native");
+        let mut g = c.benchmark_group("cni_add_leases");
+        for n in [10usize, 500] {
+            fill_leases(&lease_dir, n)?;
+            g.bench_function(format!("native/{n}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        rt.block_on(native.add(&a)).expect("ADD");
+                        total += t.elapsed();
+                        rt.block_on(native.del(&a)).expect("DEL");
+                    }
+                    total
+                })
+            });
+        }
+        g.finish();
+        fill_leases(&lease_dir, 0)?;
+
+        // DEL alone (its ADD untimed), without and with a host port
+        let mut g = c.benchmark_group("cni_del");
+        for (name, p) in &plugins {
+            g.bench_function(*name, |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        rt.block_on(p.add(&a)).expect("ADD");
+                        let t = Instant::now();
+                        rt.block_on(p.del(&a)).expect("DEL");
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            });
+        }
+        for (name, p) in &hostport {
+            g.bench_function(format!("{name}_hostport"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        rt.block_on(p.add(&ah)).expect("ADD");
+                        let t = Instant::now();
+                        rt.block_on(p.del(&ah)).expect("DEL");
+                        total += t.elapsed();
                     }
                     total
                 })

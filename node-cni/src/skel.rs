@@ -315,7 +315,13 @@ where
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run_plugin(&env, &stdin, versions, make)),
+        Ok(rt) => {
+            let outcome = rt.block_on(run_plugin(&env, &stdin, versions, make));
+            // Not waiting for blocking work nobody awaits (a link deletion's sender thread,
+            // which the kernel keeps until its RCU callbacks ran): the answer is known.
+            rt.shutdown_background();
+            outcome
+        }
         Err(e) => spec_error("", 5, format!("cannot start a runtime: {e}"), String::new()),
     };
     let mut out = std::io::stdout();

@@ -759,3 +759,60 @@ fn pod_end_with_the_host_ends_index_is_wired() {
     })
     .unwrap();
 }
+
+#[test]
+fn an_add_waiting_for_the_lease_lock_leaves_the_runtime_thread_free() {
+    if !prerequisites("an_add_waiting_for_the_lease_lock_leaves_the_runtime_thread_free") {
+        return;
+    }
+    let env = Env::new(false);
+    let node = NetnsFixture::new("node").unwrap();
+    let pod = NetnsFixture::new("pod").unwrap();
+    // Another holder (a plugin binary's ADD, say) keeps the network's lease lock until told.
+    let dir = env.config.lease_dir.join("nkt-native");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        // Let go anyway after a while, so that a runtime thread blocked in flock shows as a
+        // failure below instead of a hang.
+        let told = released
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_ok();
+        drop(lock);
+        told
+    });
+    node.run_in(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cni = env.plugin();
+        rt.block_on(async {
+            let a = attachment(&pod, "c1");
+            let add = cni.add(&a);
+            tokio::pin!(add);
+            // The one runtime thread keeps running the timer while the ADD waits for the lock.
+            let mut ticks = 0;
+            let mut timer = tokio::time::interval(std::time::Duration::from_millis(2));
+            while ticks < 20 {
+                tokio::select! {
+                    r = &mut add => panic!("the ADD ended while the lock was held elsewhere: {r:?}"),
+                    _ = timer.tick() => ticks += 1,
+                }
+            }
+            release.send(()).unwrap();
+            let r = add.await.unwrap();
+            assert_eq!(r.pod_ips().len(), 1);
+            assert_eq!(env.leases().len(), 1);
+            cni.del(&a).await.unwrap();
+            assert!(env.leases().is_empty());
+        })
+    })
+    .unwrap();
+    assert!(
+        holder.join().unwrap(),
+        "the holder had to let go on its own"
+    );
+}

@@ -3,15 +3,32 @@
 //! round-robin cursor and a `lock` file taken with `flock` around every change, so that
 //! concurrent ADDs (threads or processes) never hand out the same address and leases survive
 //! restarts.
+//!
+//! Beside them, [`INDEX`] lists every lease in one file, rewritten in place under the same
+//! lock: an allocation reads that one file, not every lease, so its cost does not grow with the
+//! pod count. The index is written before a lease file is created and after one is removed, and
+//! it records the directory's inode and timestamps as they were after its last change. When
+//! they differ (a crash between a lease file and the index, a plugin that does not know the
+//! index, such as host-local, changed the directory) or the index is missing or torn, the
+//! directory is listed again (lease files the index does not know are read, entries without a
+//! file dropped) and the index rewritten. On kernels with multigrain timestamps (6.13 on, ext4,
+//! xfs, btrfs, tmpfs) a change right after the index was stamped still gets a distinct ctime.
+//! An entry whose lease file is missing (a crash after the index was written) is checked, and
+//! fixed, when its holder allocates or releases again, and by [`LeaseStore::list`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use node_core::{AttachmentKey, CniError};
+use serde::{Deserialize, Serialize};
+
+/// The index file's name in a network's lease directory.
+pub const INDEX: &str = "nodekit.index";
 
 /// One range to allocate from: a subnet and its gateway (never handed out).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +60,32 @@ pub struct LeaseStore {
 
 const LINE_BREAK: &str = "\r\n";
 
+/// The directory's inode, mtime and ctime (seconds, nanoseconds).
+type Stamp = [i64; 5];
+
+/// The index as stored: `generation` is repeated in `end`, written last, so that a torn write
+/// does not parse as a whole index.
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexFile {
+    version: u32,
+    generation: u64,
+    dir: Stamp,
+    leases: Vec<(IpAddr, String, String)>,
+    end: u64,
+}
+
+/// The index in memory; only valid while the lock is held.
+#[derive(Debug, Default)]
+struct Index {
+    generation: u64,
+    leases: BTreeMap<IpAddr, AttachmentKey>,
+}
+
+/// The lock held: the index may be read and written.
+struct Locked {
+    _flock: nix::fcntl::Flock<File>,
+}
+
 impl LeaseStore {
     /// The store of `network` under `lease_dir` (`<lease_dir>/<network>/`).
     pub fn new(lease_dir: &Path, network: &str, ranges: Vec<Range>) -> Self {
@@ -66,7 +109,7 @@ impl LeaseStore {
         }
     }
 
-    fn lock(&self) -> Result<nix::fcntl::Flock<File>, CniError> {
+    fn lock(&self) -> Result<Locked, CniError> {
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let path = self.dir.join("lock");
         let f = OpenOptions::new()
@@ -75,94 +118,272 @@ impl LeaseStore {
             .write(true)
             .open(&path)
             .map_err(self.io(&path))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-            CniError::Io {
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map(|f| Locked { _flock: f })
+            .map_err(|(_, e)| CniError::Io {
                 path,
                 source: e.into(),
-            }
-        })
+            })
     }
 
-    /// Every lease on disk.
-    pub fn list(&self) -> Result<Vec<Lease>, CniError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(CniError::Io {
-                    path: self.dir.clone(),
-                    source: e,
-                });
-            }
+    fn stamp(&self) -> Result<Stamp, CniError> {
+        let m = std::fs::metadata(&self.dir).map_err(self.io(&self.dir))?;
+        Ok([
+            m.ino() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ])
+    }
+
+    /// The index, listed again from the lease files when it does not match the directory.
+    fn load(&self, _: &Locked) -> Result<Index, CniError> {
+        let stamp = self.stamp()?;
+        let stored = std::fs::read(self.dir.join(INDEX)).ok().and_then(|b| {
+            // The first value only: a shorter index written over a longer one leaves the old
+            // tail until the file is cut.
+            serde_json::Deserializer::from_slice(&b)
+                .into_iter::<IndexFile>()
+                .next()?
+                .ok()
+        });
+        let Some(f) = stored.filter(|f| f.version == 1 && f.generation == f.end) else {
+            return self.reconcile(Index::default());
         };
-        let mut out = Vec::new();
+        let index = Index {
+            generation: f.generation,
+            leases: f
+                .leases
+                .into_iter()
+                .map(|(ip, container_id, ifname)| {
+                    (
+                        ip,
+                        AttachmentKey {
+                            container_id,
+                            ifname,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        if f.dir == stamp {
+            Ok(index)
+        } else {
+            self.reconcile(index)
+        }
+    }
+
+    /// Make `index` what the lease files say (reading only the files it does not know: a
+    /// lease file is never rewritten) and store it.
+    fn reconcile(&self, mut index: Index) -> Result<Index, CniError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(self.io(&self.dir))?;
+        let mut leases = BTreeMap::new();
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Ok(ip) = name.parse::<IpAddr>() else {
-                continue;
-            };
-            let Some((range, r)) = self
-                .ranges
-                .iter()
-                .enumerate()
-                .find(|(_, r)| r.subnet.contains(&ip))
+            let Some(ip) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok())
             else {
                 continue;
             };
-            let Ok(content) = std::fs::read_to_string(e.path()) else {
-                continue;
+            let key = match index.leases.remove(&ip) {
+                Some(k) => k,
+                None => holder(&e.path()).unwrap_or_else(unknown),
             };
-            let mut lines = content.split(LINE_BREAK);
-            let container_id = lines.next().unwrap_or_default().trim().to_string();
-            let ifname = lines.next().unwrap_or_default().trim().to_string();
-            let address = IpNet::new(ip, r.subnet.prefix_len()).expect("prefix of a valid subnet");
-            out.push(Lease {
-                address,
-                range,
-                key: AttachmentKey {
-                    container_id,
-                    ifname,
-                },
-            });
+            leases.insert(ip, key);
         }
+        index.leases = leases;
+        self.save(&mut index)?;
+        Ok(index)
+    }
+
+    /// Write the index with the directory's stamp as it is now.
+    fn save(&self, index: &mut Index) -> Result<(), CniError> {
+        index.generation += 1;
+        let f = IndexFile {
+            version: 1,
+            generation: index.generation,
+            dir: self.stamp()?,
+            leases: index
+                .leases
+                .iter()
+                .map(|(ip, k)| (*ip, k.container_id.clone(), k.ifname.clone()))
+                .collect(),
+            end: index.generation,
+        };
+        let path = self.dir.join(INDEX);
+        write_in_place(&path, &serde_json::to_vec(&f).expect("serializable"))
+            .map_err(self.io(&path))
+    }
+
+    fn lease(&self, ip: IpAddr, key: &AttachmentKey) -> Option<Lease> {
+        let (range, r) = self
+            .ranges
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.subnet.contains(&ip))?;
+        Some(Lease {
+            address: IpNet::new(ip, r.subnet.prefix_len()).expect("prefix of a valid subnet"),
+            range,
+            key: key.clone(),
+        })
+    }
+
+    fn leases_of(&self, index: &Index, key: Option<&AttachmentKey>) -> Vec<Lease> {
+        let mut out: Vec<Lease> = index
+            .leases
+            .iter()
+            .filter(|(_, k)| key.is_none_or(|key| *k == key))
+            .filter_map(|(ip, k)| self.lease(*ip, k))
+            .collect();
         out.sort_by_key(|l| (l.range, l.address.addr()));
-        Ok(out)
+        out
+    }
+
+    /// Every lease on disk, from the lease files themselves (the index is checked against
+    /// them and fixed).
+    pub fn list(&self) -> Result<Vec<Lease>, CniError> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let lock = self.lock()?;
+        let stored = self.load(&lock)?;
+        let index = self.reconcile(stored)?;
+        Ok(self.leases_of(&index, None))
     }
 
     /// The leases held by `key`, one per range at most.
     pub fn find(&self, key: &AttachmentKey) -> Result<Vec<Lease>, CniError> {
-        Ok(self.list()?.into_iter().filter(|l| &l.key == key).collect())
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let lock = self.lock()?;
+        let index = self.load(&lock)?;
+        Ok(self.leases_of(&index, Some(key)))
     }
 
     /// Lease one address per range to `key`; the leases it already holds are returned as they
     /// are. Either every range gets an address or none does.
     pub fn allocate(&self, key: &AttachmentKey) -> Result<Vec<Lease>, CniError> {
-        let _lock = self.lock()?;
-        let held = self.find(key)?;
-        let mut got: Vec<Lease> = Vec::new();
-        let mut created: Vec<PathBuf> = Vec::new();
-        for (i, r) in self.ranges.iter().enumerate() {
-            if let Some(l) = held.iter().find(|l| l.range == i) {
-                got.push(l.clone());
-                continue;
-            }
-            match self.allocate_in(i, r, key) {
-                Ok(l) => {
-                    created.push(self.dir.join(l.address.addr().to_string()));
-                    got.push(l);
+        let lock = self.lock()?;
+        let mut index = self.load(&lock)?;
+        let mut got: Vec<Option<Lease>> = vec![None; self.ranges.len()];
+        let mut changed = false;
+        // What the key holds, checked against the lease files (the index is written first).
+        for l in self.leases_of(&index, Some(key)) {
+            let path = self.dir.join(l.address.addr().to_string());
+            match holder(&path) {
+                Some(k) if &k == key => {
+                    let i = l.range;
+                    got[i] = Some(l);
                 }
-                Err(e) => {
-                    for p in created {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    return Err(e);
+                Some(k) => {
+                    index.leases.insert(l.address.addr(), k);
+                    changed = true;
+                }
+                // A crash between the index and the lease file: the address is the key's.
+                None if !path.exists() && self.create(&path, key)? => {
+                    let i = l.range;
+                    got[i] = Some(l);
+                    changed = true;
+                }
+                None => {
+                    index.leases.insert(l.address.addr(), unknown());
+                    changed = true;
                 }
             }
         }
-        Ok(got)
+        let mut created: Vec<IpAddr> = Vec::new();
+        let result = self.allocate_missing(key, &mut index, &mut got, &mut created);
+        if let Err(e) = result {
+            for ip in created {
+                let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
+                index.leases.remove(&ip);
+            }
+            // The picks not made; what the key held before stays.
+            index
+                .leases
+                .retain(|ip, k| k != key || got.iter().flatten().any(|l| l.address.addr() == *ip));
+            let _ = self.save(&mut index);
+            return Err(e);
+        }
+        if changed || !created.is_empty() {
+            for ip in &created {
+                let i = self.lease(*ip, key).expect("in a range").range;
+                let last_path = self.dir.join(format!("last_reserved_ip.{i}"));
+                write_in_place(&last_path, ip.to_string().as_bytes())
+                    .map_err(self.io(&last_path))?;
+            }
+            // Stamped again: the directory changed with the new lease files.
+            self.save(&mut index)?;
+        }
+        Ok(got.into_iter().map(|l| l.expect("every range")).collect())
     }
 
-    fn allocate_in(&self, i: usize, r: &Range, key: &AttachmentKey) -> Result<Lease, CniError> {
+    /// Lease an address for every range `got` lacks: entries in the index first, then the
+    /// lease files (`created`); a file the index did not know is its holder's, the range
+    /// tries again.
+    fn allocate_missing(
+        &self,
+        key: &AttachmentKey,
+        index: &mut Index,
+        got: &mut [Option<Lease>],
+        created: &mut Vec<IpAddr>,
+    ) -> Result<(), CniError> {
+        loop {
+            let mut picks = Vec::new();
+            for (i, r) in self.ranges.iter().enumerate() {
+                if got[i].is_some() {
+                    continue;
+                }
+                let ip = self
+                    .pick(i, r, index)
+                    .ok_or_else(|| CniError::IpamExhausted {
+                        range: format!(
+                            "{} of network {} (for {}/{})",
+                            r.subnet, self.network, key.container_id, key.ifname
+                        ),
+                    })?;
+                index.leases.insert(ip, key.clone());
+                picks.push((i, ip));
+            }
+            if picks.is_empty() {
+                return Ok(());
+            }
+            self.save(index)?;
+            for (i, ip) in picks {
+                let path = self.dir.join(ip.to_string());
+                if self.create(&path, key)? {
+                    created.push(ip);
+                    got[i] = self.lease(ip, key);
+                } else {
+                    index
+                        .leases
+                        .insert(ip, holder(&path).unwrap_or_else(unknown));
+                }
+            }
+        }
+    }
+
+    /// Create the lease file `path` for `key`; `false` when it exists.
+    fn create(&self, path: &Path, key: &AttachmentKey) -> Result<bool, CniError> {
+        match OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(mut f) => {
+                let content = format!("{}{LINE_BREAK}{}", key.container_id.trim(), key.ifname);
+                if let Err(e) = f.write_all(content.as_bytes()) {
+                    let _ = std::fs::remove_file(path);
+                    return Err(self.io(path)(e));
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(self.io(path)(e)),
+        }
+    }
+
+    /// The next free address of range `i` after its cursor, round robin.
+    fn pick(&self, i: usize, r: &Range, index: &Index) -> Option<IpAddr> {
         let last_path = self.dir.join(format!("last_reserved_ip.{i}"));
         let last: Option<IpAddr> = std::fs::read_to_string(&last_path)
             .ok()
@@ -171,32 +392,12 @@ impl LeaseStore {
         let first_try = next_host(r, start);
         let mut candidate = first_try;
         while let Some(ip) = candidate {
-            let path = self.dir.join(ip.to_string());
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    let content = format!("{}{LINE_BREAK}{}", key.container_id.trim(), key.ifname);
-                    f.write_all(content.as_bytes()).map_err(self.io(&path))?;
-                    write_in_place(&last_path, ip.to_string().as_bytes())
-                        .map_err(self.io(&last_path))?;
-                    let address =
-                        IpNet::new(ip, r.subnet.prefix_len()).expect("prefix of a valid subnet");
-                    return Ok(Lease {
-                        address,
-                        range: i,
-                        key: key.clone(),
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(CniError::Io { path, source: e }),
+            if !index.leases.contains_key(&ip) {
+                return Some(ip);
             }
             candidate = next_host(r, Some(ip)).filter(|n| Some(*n) != first_try);
         }
-        Err(CniError::IpamExhausted {
-            range: format!(
-                "{} of network {} (for {}/{})",
-                r.subnet, self.network, key.container_id, key.ifname
-            ),
-        })
+        None
     }
 
     /// Release every lease of `key`; releasing nothing is not an error.
@@ -204,16 +405,28 @@ impl LeaseStore {
         if !self.dir.exists() {
             return Ok(0);
         }
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
+        let mut index = self.load(&lock)?;
+        let ips: Vec<IpAddr> = index
+            .leases
+            .iter()
+            .filter(|(_, k)| *k == key)
+            .map(|(ip, _)| *ip)
+            .collect();
+        if ips.is_empty() {
+            return Ok(0);
+        }
         let mut n = 0;
-        for l in self.find(key)? {
-            let path = self.dir.join(l.address.addr().to_string());
+        for ip in &ips {
+            let path = self.dir.join(ip.to_string());
             match std::fs::remove_file(&path) {
                 Ok(()) => n += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(CniError::Io { path, source: e }),
             }
+            index.leases.remove(ip);
         }
+        self.save(&mut index)?;
         Ok(n)
     }
 
@@ -228,6 +441,26 @@ impl LeaseStore {
             .collect();
         Ok(stale.into_iter().collect())
     }
+}
+
+/// The holder of a lease file that cannot be read: nobody's, the address stays taken.
+fn unknown() -> AttachmentKey {
+    AttachmentKey {
+        container_id: String::new(),
+        ifname: String::new(),
+    }
+}
+
+/// The holder a lease file names; `None` when it cannot be read.
+fn holder(path: &Path) -> Option<AttachmentKey> {
+    let content = std::fs::read_to_string(path).ok()?;
+    let mut lines = content.split(LINE_BREAK);
+    let container_id = lines.next().unwrap_or_default().trim().to_string();
+    let ifname = lines.next().unwrap_or_default().trim().to_string();
+    Some(AttachmentKey {
+        container_id,
+        ifname,
+    })
 }
 
 /// Overwrite a small file's content without truncating it to zero first: on ext4 (the default
@@ -385,6 +618,96 @@ mod tests {
             s.allocate(&key("b")).unwrap()[1].address.addr().to_string(),
             "10.1.0.2"
         );
+    }
+
+    #[test]
+    fn a_lease_file_the_index_does_not_know_is_picked_up() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), &[("10.1.0.0/24", "10.1.0.1")]);
+        assert_eq!(
+            s.allocate(&key("a")).unwrap()[0].address.addr().to_string(),
+            "10.1.0.2"
+        );
+        // A crash between a lease file and the index, or host-local, left 10.1.0.3.
+        std::fs::write(d.path().join("net/10.1.0.3"), "b\r\neth0").unwrap();
+        let c = s.allocate(&key("c")).unwrap();
+        assert_eq!(c[0].address.addr().to_string(), "10.1.0.4");
+        assert_eq!(
+            s.find(&key("b")).unwrap()[0].address.addr().to_string(),
+            "10.1.0.3"
+        );
+        assert_eq!(s.release(&key("b")).unwrap(), 1);
+        assert!(!d.path().join("net/10.1.0.3").exists());
+        let all: Vec<String> = s
+            .list()
+            .unwrap()
+            .iter()
+            .map(|l| l.key.container_id.clone())
+            .collect();
+        assert_eq!(all, ["a", "c"]);
+    }
+
+    #[test]
+    fn an_index_entry_without_its_lease_file_is_fixed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), &[("10.1.0.0/24", "10.1.0.1")]);
+        s.allocate(&key("a")).unwrap();
+        s.allocate(&key("b")).unwrap();
+        // A crash after the index was written, before the lease files: the index (stamped with
+        // the directory as it is now) names them, the files are not there.
+        for ip in ["10.1.0.2", "10.1.0.3"] {
+            std::fs::remove_file(d.path().join("net").join(ip)).unwrap();
+        }
+        {
+            let lock = s.lock().unwrap();
+            let mut index = s.load(&lock).unwrap();
+            index.leases.insert("10.1.0.2".parse().unwrap(), key("a"));
+            index.leases.insert("10.1.0.3".parse().unwrap(), key("b"));
+            s.save(&mut index).unwrap();
+        }
+        // The holder's next ADD gets its address back, with its lease file.
+        let a = s.allocate(&key("a")).unwrap();
+        assert_eq!(a[0].address.addr().to_string(), "10.1.0.2");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("net/10.1.0.2")).unwrap(),
+            "a\r\neth0"
+        );
+        // The listing goes by the files: b holds nothing, and its address is free again.
+        let all: Vec<String> = s
+            .list()
+            .unwrap()
+            .iter()
+            .map(|l| l.key.container_id.clone())
+            .collect();
+        assert_eq!(all, ["a"]);
+        assert!(s.find(&key("b")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_torn_index_is_rebuilt_from_the_lease_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), &[("10.1.0.0/24", "10.1.0.1")]);
+        s.allocate(&key("a")).unwrap();
+        s.allocate(&key("b")).unwrap();
+        let index = d.path().join("net").join(INDEX);
+        let whole = std::fs::read(&index).unwrap();
+        // Torn: the first half of the index over an older, longer one.
+        std::fs::write(&index, [&whole[..whole.len() / 2], &whole[..]].concat()).unwrap();
+        assert_eq!(
+            s.find(&key("b")).unwrap()[0].address.addr().to_string(),
+            "10.1.0.3"
+        );
+        std::fs::remove_file(&index).unwrap();
+        assert_eq!(
+            s.find(&key("a")).unwrap()[0].address.addr().to_string(),
+            "10.1.0.2"
+        );
+        assert_eq!(
+            s.allocate(&key("c")).unwrap()[0].address.addr().to_string(),
+            "10.1.0.4"
+        );
+        // Written again.
+        assert!(index.exists());
     }
 
     #[test]

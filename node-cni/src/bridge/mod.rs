@@ -20,7 +20,7 @@ mod wire;
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -177,7 +177,7 @@ impl BridgePlugin {
         self.nft.name()
     }
 
-    /// The leases held now.
+    /// The leases held now (file work: call it where blocking is fine).
     pub fn leases(&self) -> Result<Vec<ipam::Lease>, CniError> {
         self.leases.list()
     }
@@ -212,36 +212,6 @@ impl BridgePlugin {
             .state_dir
             .join(&self.config.network)
             .join(format!("{}-{}.json", key.container_id, key.ifname))
-    }
-
-    fn read_record(&self, key: &AttachmentKey) -> Option<Record> {
-        let bytes = std::fs::read(self.record_path(key)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn write_record(&self, r: &Record) -> Result<(), CniError> {
-        let key = AttachmentKey {
-            container_id: r.container_id.clone(),
-            ifname: r.ifname.clone(),
-        };
-        let path = self.record_path(&key);
-        let io = |source| CniError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
-        std::fs::write(&path, serde_json::to_vec(r).expect("serializable")).map_err(io)
-    }
-
-    fn records(&self) -> Vec<Record> {
-        let Ok(entries) = std::fs::read_dir(self.config.state_dir.join(&self.config.network))
-        else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-            .collect()
     }
 
     /// The bridge, with its gateway addresses, forwarding on and the nftables table when
@@ -369,7 +339,8 @@ impl BridgePlugin {
             ips: ips.clone(),
             port_mappings: a.capabilities.port_mappings.clone(),
         };
-        if let Err(e) = self.write_record(&record) {
+        let path = self.record_path(&a.key());
+        if let Err(e) = blocking(move || write_record(path, &record)).await {
             let _ = self.nft.del_ports(&ports).await;
             return Err(e);
         }
@@ -422,33 +393,77 @@ impl BridgePlugin {
 
     /// Undo everything held for `key` (host ports, veth, leases, record); idempotent.
     async fn detach(&self, key: &AttachmentKey, mappings: &[PortMapping]) -> Result<(), CniError> {
-        let record = self.read_record(key);
+        let path = self.record_path(key);
+        let record = blocking(move || Ok(read_record(&path))).await?;
         let mappings = record.as_ref().map_or(mappings, |r| &r.port_mappings);
+        let mut ports = Vec::new();
         if !mappings.is_empty() {
             let ips: Vec<IpAddr> = match &record {
                 Some(r) => r.ips.clone(),
-                None => self
-                    .leases
-                    .find(key)?
-                    .iter()
-                    .map(|l| l.address.addr())
-                    .collect(),
+                None => {
+                    let (store, key) = (self.leases.clone(), key.clone());
+                    blocking(move || store.find(&key))
+                        .await?
+                        .iter()
+                        .map(|l| l.address.addr())
+                        .collect()
+                }
             };
-            if let Ok(ports) = NftTable::host_ports(mappings, &ips) {
-                self.nft.del_ports(&ports).await?;
-            }
+            ports = NftTable::host_ports(mappings, &ips).unwrap_or_default();
         }
+        // The links and the host ports at once: the links' deletion is on other threads.
         let host = Self::host_ifname(key);
-        wire::delete_links(&[shape::ifb_name(&host), host])?;
-        self.leases.release(key)?;
-        match std::fs::remove_file(self.record_path(key)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CniError::Io {
-                path: self.record_path(key),
-                source: e,
-            }),
-            _ => Ok(()),
-        }
+        let links = [shape::ifb_name(&host), host];
+        let (links, ports) = tokio::join!(wire::delete_links(&links), self.nft.del_ports(&ports));
+        links?;
+        ports?;
+        // The addresses are free once the links are gone.
+        let (store, key, path) = (self.leases.clone(), key.clone(), self.record_path(key));
+        blocking(move || {
+            store.release(&key)?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(CniError::Io { path, source: e })
+                }
+                _ => Ok(()),
+            }
+        })
+        .await
     }
+}
+
+/// Run file work (leases and records: file I/O, `flock` waits) on the blocking pool: the
+/// async threads never wait on it.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CniError> + Send + 'static,
+) -> Result<T, CniError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CniError::Other(format!("the lease and record work failed: {e}")))?
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_record(path: PathBuf, r: &Record) -> Result<(), CniError> {
+    let io = |source| CniError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
+    std::fs::write(&path, serde_json::to_vec(r).expect("serializable")).map_err(io)
+}
+
+fn records(dir: &Path) -> Vec<Record> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect()
 }
 
 fn check_attachment(a: &Attachment) -> Result<(), CniError> {
@@ -494,7 +509,8 @@ impl CniPlugin for BridgePlugin {
             None => (None, None),
         };
         let ns = open_netns(a)?;
-        let leases = self.leases.allocate(&a.key())?;
+        let (store, key) = (self.leases.clone(), a.key());
+        let leases = blocking(move || store.allocate(&key)).await?;
         match self.attach(a, &ns, &leases, shaping).await {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -516,7 +532,10 @@ impl CniPlugin for BridgePlugin {
         check_attachment(a)?;
         let key = a.key();
         let who = format!("attachment {}/{}", a.container_id, a.ifname);
-        let leases = self.leases.find(&key)?;
+        let leases = {
+            let (store, key) = (self.leases.clone(), key.clone());
+            blocking(move || store.find(&key)).await?
+        };
         if leases.len() != self.ranges.len() {
             return Err(CniError::Other(format!(
                 "{who}: holds {} of {} leases",
@@ -576,8 +595,10 @@ impl CniPlugin for BridgePlugin {
     }
 
     async fn gc(&self, keep: &[AttachmentKey]) -> Result<(), CniError> {
-        let mut stale = self.leases.stale(keep)?;
-        for r in self.records() {
+        let (store, kept) = (self.leases.clone(), keep.to_vec());
+        let mut stale = blocking(move || store.stale(&kept)).await?;
+        let dir = self.config.state_dir.join(&self.config.network);
+        for r in blocking(move || Ok(records(&dir))).await? {
             let k = AttachmentKey {
                 container_id: r.container_id,
                 ifname: r.ifname,

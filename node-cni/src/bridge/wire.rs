@@ -363,14 +363,114 @@ fn shape_host(node: &mut NlSocket, w: &Wiring, host: u32) -> Result<(), CniError
     Ok(())
 }
 
-/// Delete the links `names` (one batch) in the calling thread's namespace; links already gone
-/// are fine.
-pub(crate) fn delete_links(names: &[String]) -> Result<(), CniError> {
-    let mut s = NlSocket::open()?;
-    let answers = s.batch(names.iter().map(|n| del_link(n)).collect())?;
-    for (name, a) in names.iter().zip(&answers) {
-        if a.errno != Some(rtnl::ENODEV) {
-            check(&format!("delete link {name}"), a)?;
+/// Delete the links `names` in the calling thread's namespace; links already gone are fine.
+///
+/// The kernel answers a link deletion only after `netdev_run_todo` has waited for the RCU
+/// callbacks (an `rcu_barrier`, 10-20 ms), long after the link left the namespace with its
+/// addresses and bridge port. So each delete asks for its echo (`NLM_F_ECHO`, kernel 6.3 on:
+/// the `RTM_DELLINK` notification, sent once the link is unlisted), and this returns at the
+/// echoes or the answers, whichever come first; the thread that sent the batch (the blocking
+/// pool's, the kernel runs a netlink request in its sender's `sendmsg`) waits out the rest
+/// alone. Neither thread is the caller's.
+pub(crate) async fn delete_links(names: &[String]) -> Result<(), CniError> {
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_ECHO, NLM_F_REQUEST, NetlinkHeader};
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    let what = || format!("delete links {}", names.join(", "));
+    let nl = |e: std::io::Error| CniError::Netlink {
+        op: what(),
+        message: e.to_string(),
+    };
+    // Opened here: the socket is in the caller's namespace whatever thread uses it.
+    let mut sock = Socket::new(NETLINK_ROUTE).map_err(nl)?;
+    sock.bind_auto().map_err(nl)?;
+    sock.connect(&SocketAddr::new(0, 0)).map_err(nl)?;
+    // The reader gives up in time if the answers never come (the sender failed).
+    let tv = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt on our own fd with a pointer to a live timeval.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(nl(std::io::Error::last_os_error()));
+    }
+    let mut buf = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO;
+        header.sequence_number = i as u32 + 1;
+        let msg = RouteNetlinkMessage::DelLink(LinkUnspec::new_with_name(name).build());
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let start = buf.len();
+        buf.resize(start + m.buffer_len(), 0);
+        m.serialize(&mut buf[start..]);
+    }
+    let sock = std::sync::Arc::new(sock);
+    let sender = {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || sock.send(&buf, 0))
+    };
+    let n = names.len();
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Option<i32>>> {
+        // Per link: `None` until answered, then its errno (0: gone).
+        let mut done: Vec<Option<i32>> = vec![None; n];
+        let mut rbuf = vec![0u8; 16 * 1024];
+        while done.iter().any(Option::is_none) {
+            let got = sock.recv(&mut &mut rbuf[..], 0)?;
+            let mut off = 0;
+            while off + 16 <= got {
+                let h = &rbuf[off..];
+                let len = u32::from_ne_bytes(h[0..4].try_into().expect("4 bytes")) as usize;
+                if len < 16 || off + len > got {
+                    break;
+                }
+                let kind = u16::from_ne_bytes(h[4..6].try_into().expect("2 bytes"));
+                let seq = u32::from_ne_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
+                if (1..=n).contains(&seq) && done[seq - 1].is_none() {
+                    if kind == libc::NLMSG_ERROR as u16 && len >= 20 {
+                        let code = i32::from_ne_bytes(h[16..20].try_into().expect("4 bytes"));
+                        done[seq - 1] = Some(-code);
+                    } else if kind == libc::RTM_DELLINK {
+                        done[seq - 1] = Some(0);
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+        Ok(done)
+    });
+    let join = |e: tokio::task::JoinError| CniError::Other(format!("{}: {e}", what()));
+    let answers = match futures::future::select(sender, reader).await {
+        futures::future::Either::Left((sent, reader)) => {
+            let sent = sent.map_err(join)?.map_err(nl)?;
+            if sent == 0 {
+                return Err(nl(std::io::ErrorKind::WriteZero.into()));
+            }
+            reader.await.map_err(join)?.map_err(nl)?
+        }
+        futures::future::Either::Right((read, _)) => read.map_err(join)?.map_err(nl)?,
+    };
+    for (name, errno) in names.iter().zip(answers) {
+        match errno {
+            Some(0) | Some(rtnl::ENODEV) => {}
+            Some(e) => {
+                return Err(CniError::Netlink {
+                    op: format!("delete link {name}"),
+                    message: std::io::Error::from_raw_os_error(e).to_string(),
+                });
+            }
+            None => unreachable!("every link answered"),
         }
     }
     Ok(())

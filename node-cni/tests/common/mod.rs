@@ -74,7 +74,7 @@ pub fn leases(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+        .filter(|n| n != "lock" && n != "nodekit.index" && !n.starts_with("last_reserved_ip"))
         .collect();
     v.sort();
     v
