@@ -304,6 +304,11 @@ fn ready(name: &str) -> bool {
         && require_path(name, "/sys/fs/cgroup/memory")
 }
 
+/// [`ready`], and the busybox image the image-store tests import.
+fn ready_with_busybox(name: &str) -> bool {
+    ready(name) && require_path(name, node_test_support::image::BUSYBOX)
+}
+
 fn pod(yaml: &str) -> Pod {
     serde_saphyr::from_str(yaml).expect("test pod parses")
 }
@@ -852,12 +857,9 @@ fn gc_every(period: Duration, high: u8, low: u8) -> GcConfig {
 
 #[test]
 fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use() {
-    if !ready("image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use")
-        || !require_path(
-            "image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use",
-            node_test_support::image::BUSYBOX,
-        )
-    {
+    if !ready_with_busybox(
+        "image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use",
+    ) {
         return;
     }
     on_node("nk-node-imagegc", Some("64m"), |g2| async move {
@@ -1171,12 +1173,9 @@ fn fill_until_available(dir: &Path, name: &str, left: i64) {
 
 #[test]
 fn disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met() {
-    if !ready("disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met")
-        || !require_path(
-            "disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met",
-            node_test_support::image::BUSYBOX,
-        )
-    {
+    if !ready_with_busybox(
+        "disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met",
+    ) {
         return;
     }
     on_node("nk-node-diskpr", Some("64m"), |g2| async move {

@@ -537,6 +537,15 @@ mod tests {
         }
     }
 
+    /// The container ids holding leases, in the listing's order.
+    fn holders(s: &LeaseStore) -> Vec<String> {
+        s.list()
+            .unwrap()
+            .iter()
+            .map(|l| l.key.container_id.clone())
+            .collect()
+    }
+
     fn store(dir: &Path, subnets: &[(&str, &str)]) -> LeaseStore {
         let ranges = subnets
             .iter()
@@ -638,12 +647,7 @@ mod tests {
         );
         assert_eq!(s.release(&key("b")).unwrap(), 1);
         assert!(!d.path().join("net/10.1.0.3").exists());
-        let all: Vec<String> = s
-            .list()
-            .unwrap()
-            .iter()
-            .map(|l| l.key.container_id.clone())
-            .collect();
+        let all = holders(&s);
         assert_eq!(all, ["a", "c"]);
     }
 
@@ -673,12 +677,7 @@ mod tests {
             "a\r\neth0"
         );
         // The listing goes by the files: b holds nothing, and its address is free again.
-        let all: Vec<String> = s
-            .list()
-            .unwrap()
-            .iter()
-            .map(|l| l.key.container_id.clone())
-            .collect();
+        let all = holders(&s);
         assert_eq!(all, ["a"]);
         assert!(s.find(&key("b")).unwrap().is_empty());
     }
