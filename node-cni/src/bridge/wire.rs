@@ -428,24 +428,16 @@ pub(crate) async fn delete_links(names: &[String]) -> Result<(), CniError> {
         let mut rbuf = vec![0u8; 16 * 1024];
         while done.iter().any(Option::is_none) {
             let got = sock.recv(&mut &mut rbuf[..], 0)?;
-            let mut off = 0;
-            while off + 16 <= got {
-                let h = &rbuf[off..];
-                let len = u32::from_ne_bytes(h[0..4].try_into().expect("4 bytes")) as usize;
-                if len < 16 || off + len > got {
-                    break;
-                }
-                let kind = u16::from_ne_bytes(h[4..6].try_into().expect("2 bytes"));
-                let seq = u32::from_ne_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
+            // a malformed message ends this datagram's walk, as a stray one is skipped
+            for m in node_nft::netlink::messages(&rbuf[..got]).map_while(Result::ok) {
+                let seq = m.header.seq as usize;
                 if (1..=n).contains(&seq) && done[seq - 1].is_none() {
-                    if kind == libc::NLMSG_ERROR as u16 && len >= 20 {
-                        let code = i32::from_ne_bytes(h[16..20].try_into().expect("4 bytes"));
+                    if let Ok(Some(code)) = m.error_code() {
                         done[seq - 1] = Some(-code);
-                    } else if kind == libc::RTM_DELLINK {
+                    } else if m.header.kind == libc::RTM_DELLINK {
                         done[seq - 1] = Some(0);
                     }
                 }
-                off += (len + 3) & !3;
             }
         }
         Ok(done)
