@@ -588,7 +588,7 @@ spec:
   - name: reader
     image: "{IMAGE}"
     imagePullPolicy: Never
-    command: [sh, -c, "until [ -f /in/msg ]; do sleep 0.1; done; cat /in/msg > /in/seen-by-reader; sleep 300"]
+    command: [sh, -c, "until [ -f /in/msg ]; do sleep 0.1; done; cat /in/msg > /in/seen.tmp && mv /in/seen.tmp /in/seen-by-reader; sleep 300"]
     volumeMounts: [{{name: shared, mountPath: /in}}]
   - name: watcher
     image: "{IMAGE}"
@@ -630,7 +630,9 @@ spec:
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let log = std::fs::read_to_string(shared.join("colors")).unwrap();
-        let lines: Vec<&str> = log.lines().collect();
+        // only whole lines: the watcher may be writing the last one as we read
+        let whole = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
+        let lines: Vec<&str> = whole.lines().collect();
         assert!(lines.len() > 10, "{} reads", lines.len());
         // every read saw one whole version: never a missing, empty or mixed file
         for (i, l) in lines.iter().enumerate() {
