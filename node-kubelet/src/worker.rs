@@ -670,6 +670,7 @@ impl PodWorker {
         let id = match rt.create_container(req).await {
             Ok(id) => id,
             Err(e) => {
+                tracing::warn!(pod = %self.pod_ref, container = %c.name, attempt, error = %e, "cannot create the container");
                 self.errors.insert(
                     c.name.clone(),
                     Waiting {
@@ -682,6 +683,7 @@ impl PodWorker {
             }
         };
         if let Err(e) = rt.start_container(&id).await {
+            tracing::warn!(pod = %self.pod_ref, container = %c.name, %id, attempt, error = %e, "cannot start the container");
             self.errors.insert(
                 c.name.clone(),
                 Waiting {

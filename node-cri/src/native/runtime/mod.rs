@@ -373,7 +373,24 @@ impl NativeRuntime {
             watcher: Mutex::new(None),
         };
         rt.sweep_orphans(Duration::from_secs(60));
+        rt.record_interrupted_starts();
         Ok(rt)
+    }
+
+    /// A runtime killed between a container's start and the record of it leaves the record
+    /// saying created while the monitor recorded the start: the container runs. Reads already
+    /// report it running; this writes the record so, so that the state on disk says what runs.
+    fn record_interrupted_starts(&self) {
+        for id in self.store.container_ids() {
+            match self.store.record_interrupted_start(&id) {
+                Ok(true) => tracing::info!(
+                    id,
+                    "recorded the start of a container an interrupted runtime began"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(id, error = %e, "cannot record an interrupted start"),
+            }
+        }
     }
 
     /// Remove sandbox and container directories that no state record names (a runtime that

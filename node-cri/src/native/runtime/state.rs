@@ -278,6 +278,21 @@ impl Store {
         }
         Ok(Some(rec))
     }
+    /// Record as running a container whose record says created while its monitor recorded a
+    /// start (a runtime that died between the start and its record); whether one was rewritten.
+    pub fn record_interrupted_start(&self, id: &str) -> Result<bool, RuntimeError> {
+        let stored = self.read::<ContainerRecord>("containers", id)?;
+        if stored.is_none_or(|r| r.status != ContainerStatus::Created) {
+            return Ok(false);
+        }
+        match self.container(id)? {
+            Some(rec) if rec.status == ContainerStatus::Running => {
+                self.save_container(&rec)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
     /// Every container.
     pub fn containers(&self) -> Vec<ContainerRecord> {
         self.ids("containers")
@@ -367,6 +382,13 @@ mod tests {
             (ContainerStatus::Running, 99, Some(42))
         );
         assert!(!rec.status.can_start());
+        // a restarted runtime writes that start into the record, once
+        let raw = || std::fs::read_to_string(dir.path().join("state/containers/abc.json")).unwrap();
+        assert!(raw().contains("Created"));
+        assert!(store.record_interrupted_start("abc").unwrap());
+        assert!(raw().contains("Running") && !raw().contains("Created"));
+        assert!(!store.record_interrupted_start("abc").unwrap());
+        assert!(!store.record_interrupted_start("missing").unwrap());
         // side files are not records; bad ids name nothing
         assert_eq!(store.containers().len(), 1);
         assert!(store.container("../../etc/passwd").unwrap().is_none());
