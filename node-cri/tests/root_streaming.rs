@@ -501,6 +501,13 @@ fn stdin_once_closes_the_stdin_when_the_first_attach_ends_over_spdy_and_websocke
                     }
                 }
                 assert!(got.contains("a line"), "{what}: stdout {got:?}");
+                // with stdin_once, a second attach while the first holds stdin gets none: the
+                // container's stdin still ends with the first
+                let second = if once {
+                    Some(attach(&rt, &c, t, opts(true, true, false, tty)).await)
+                } else {
+                    None
+                };
                 // detach
                 drop(stdin);
                 drop(stdout);
@@ -515,6 +522,7 @@ fn stdin_once_closes_the_stdin_when_the_first_attach_ends_over_spdy_and_websocke
                     // the FIFO went with the first attach: a later attach has no stdin
                     let fifo = env.root.path().join("rt/containers").join(&c).join("stdin");
                     assert!(!fifo.exists(), "{what}: {} is left", fifo.display());
+                    drop(second);
                 } else {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     assert_eq!(

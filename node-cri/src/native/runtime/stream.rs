@@ -524,10 +524,12 @@ impl StreamingRuntime for NativeStreams {
                 w => Some(w.map_err(|e| io_err(fifo, e))?),
             };
             if let Some(w) = w {
-                // the container's stdin ends with this attach: the FIFO goes when it does
-                let consumed = spec.stdin_once.then(|| RemoveOnDrop(fifo.clone()));
                 if spec.stdin_once {
-                    // the monitor lets go of its writer: ours is then the last one
+                    // the container's stdin is this attach's alone: the FIFO goes now (under
+                    // the setup lock), so an attach that overlaps this one gets no writer and
+                    // the container sees EOF when this one ends; and the monitor lets go of
+                    // its writer, so ours is the last one
+                    let _ = std::fs::remove_file(fifo);
                     let p = rec.process.clone().unwrap_or_default();
                     super::signal(p.monitor_pid, p.monitor_ticks, libc::SIGUSR2);
                 }
@@ -537,8 +539,6 @@ impl StreamingRuntime for NativeStreams {
                     let mut input = input;
                     let mut w = w;
                     let _ = tokio::io::copy(&mut input, &mut w).await;
-                    // gone before the container can see its EOF
-                    drop(consumed);
                 }));
             }
         }
