@@ -602,7 +602,35 @@ impl StreamingRuntime for NativeStreams {
                 "connect to port {port} in pod sandbox {pod_sandbox_id}: {e}"
             ))
         })?;
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+        forward(&mut stream, &mut tcp).await;
         Ok(())
+    }
+}
+
+/// How long the client's direction may still run once the pod's side closed.
+const FORWARD_GRACE: Duration = Duration::from_secs(1);
+
+/// Copy both ways between a port-forward stream and the pod's connection. The client's end of
+/// input is passed on as a half-close and the pod's answer still flows; the pod closing its
+/// side ends the forward (after [`FORWARD_GRACE`] for what the client still sends), as with
+/// containerd: a WebSocket client cannot half-close, and must see its stream end when the
+/// pod's server hangs up.
+async fn forward(stream: &mut Box<dyn Duplex>, tcp: &mut tokio::net::TcpStream) {
+    let (mut sr, mut sw) = tokio::io::split(stream);
+    let (mut tr, mut tw) = tcp.split();
+    let up = async {
+        let _ = tokio::io::copy(&mut sr, &mut tw).await;
+        let _ = tw.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut tr, &mut sw).await;
+        let _ = sw.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        () = &mut down => {
+            let _ = tokio::time::timeout(FORWARD_GRACE, &mut up).await;
+        }
+        () = &mut up => down.await,
     }
 }
