@@ -4,7 +4,7 @@
 //! `NODEKIT_FUZZ_MUTATIONS` (default 3000 per target) and `NODEKIT_FUZZ_SEED` change the run;
 //! a failing input is written to `artifacts/<target>/` and its name printed, so that
 //! `cargo +nightly fuzz run --features libfuzzer <target> artifacts/<target>/<file>` replays it.
-//! `cargo test --manifest-path fuzz/Cargo.toml -- --ignored write_seed_corpora` rewrites the
+//! `cargo test -p nodekit-fuzz -- --ignored write_seed_corpora` rewrites the
 //! generated seeds.
 
 use std::panic::AssertUnwindSafe;
