@@ -1187,9 +1187,15 @@ current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
                     .await
                     .unwrap();
                 let mut v = Vec::new();
-                let _ = tokio::time::timeout(T, s.read_to_end(&mut v)).await;
+                let ended = tokio::time::timeout(T, s.read_to_end(&mut v)).await;
                 body = String::from_utf8_lossy(&v).into_owned();
-                if !body.contains("hello from nodekit") {
+                if body.contains("hello from nodekit") {
+                    // the pod's server closed (HTTP/1.0): kubectl's local connection ends too
+                    assert!(
+                        ended.is_ok(),
+                        "{what}: the connection did not end: {body:?}"
+                    );
+                } else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
