@@ -22,8 +22,20 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|_| repo().join("target"))
 }
 
-/// Builds `cargo ARGS` in the repository (serialized within this process); panics on failure.
+/// Whether every binary the tests run was built before them: `scripts/test` builds all targets
+/// of the workspace first and sets `NODEKIT_PREBUILT=1`. A `cargo build -p ...` from a test
+/// resolves the features of that package alone, not the workspace's, so it would rebuild crates
+/// inside the test's time limit.
+pub fn prebuilt() -> bool {
+    std::env::var_os("NODEKIT_PREBUILT").is_some_and(|v| v == "1")
+}
+
+/// Builds `cargo ARGS` in the repository (serialized within this process), unless the
+/// binaries are [`prebuilt`]; panics on failure.
 pub fn cargo_build(args: &[&str]) {
+    if prebuilt() {
+        return;
+    }
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
