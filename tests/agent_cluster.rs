@@ -65,6 +65,7 @@ fn node_manager(
             ..Default::default()
         })
         .api(c.client())
+        .mirror_pods(c.mirror_pods())
 }
 
 fn sandbox_names(rt: &FakeRuntime) -> Vec<String> {
