@@ -4,22 +4,6 @@
 //! the pod workers through [`ApiServerSource`], the mirror pods of static pods through
 //! [`MirrorPods`] — as kubelet has one pod watch (its pod config from the API server) whose
 //! pods its mirror-pod handling reads from the pod manager.
-//!
-//! ```no_run
-//! # async fn demo(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use node_kubelet::node::{NodeConfig, NodeManager, volumes::MemoryObjectStore};
-//! use node_kubelet::source::NodePodsWatch;
-//!
-//! let pods = NodePodsWatch::new(client.clone(), "node-1");
-//! let node = NodeManager::new(NodeConfig::new("node-1"), Arc::new(MemoryObjectStore::default()))?
-//!     .api(client)
-//!     .mirror_pods(pods.mirror_pods());
-//! let kubelet = node_kubelet::Kubelet::builder("node-1")
-//!     .source(Arc::new(pods.source()))
-//!     .node(Arc::new(node));
-//! # let _ = kubelet; Ok(()) }
-//! ```
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -215,6 +199,22 @@ impl Handle {
 /// [`mirror_pods`](Self::mirror_pods): a re-list (after 410 Gone or a failed watch) serves
 /// both. The watch starts with the first use of either and stops when the last clone, source,
 /// source stream and [`MirrorPods`] of it is dropped.
+///
+/// ```no_run
+/// # async fn demo(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use node_kubelet::node::{NodeConfig, NodeManager, volumes::MemoryObjectStore};
+/// use node_kubelet::source::NodePodsWatch;
+///
+/// let pods = NodePodsWatch::new(client.clone(), "node-1");
+/// let node = NodeManager::new(NodeConfig::new("node-1"), Arc::new(MemoryObjectStore::default()))?
+///     .api(client)
+///     .mirror_pods(pods.mirror_pods());
+/// let kubelet = node_kubelet::Kubelet::builder("node-1")
+///     .source(Arc::new(pods.source()))
+///     .node(Arc::new(node));
+/// # let _ = kubelet; Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct NodePodsWatch {
     inner: Arc<Handle>,
