@@ -344,7 +344,7 @@ async fn main() -> anyhow::Result<()> {
     // the node's status: with an API server the Node is registered, its Lease renewed and its
     // status patched; standalone it is served at /node
     if let Some(c) = &cluster {
-        node_manager = node_manager.api(c.client());
+        node_manager = node_manager.api(c.client()).mirror_pods(c.mirror_pods());
     }
     let latest_node = node_manager.latest_node();
     let shutdown_reports = node_manager.shutdown_reports();

@@ -2,7 +2,8 @@
 //! `examples/node-agent.rs` (`examples/node-agent-parts/cluster.rs`), with the fake runtime and
 //! the fake router in place of the native runtime and nftables.
 //!
-//! Shown: only the pods bound to this node run; their status is patched on the API server; the
+//! Shown: only the pods bound to this node run, listed and watched once (for the pod source and
+//! the mirror pods), and a static pod beside them, with its mirror pod; their status is patched on the API server; the
 //! Node is registered and its Lease created and owned by it; the proxy programs the Services and
 //! EndpointSlices of the API server; the configMaps and secrets the pod references are read
 //! through watches selected by their names (no cluster-wide list or watch) and stop being
@@ -65,6 +66,7 @@ fn node_manager(
             ..Default::default()
         })
         .api(c.client())
+        .mirror_pods(c.mirror_pods())
 }
 
 fn sandbox_names(rt: &FakeRuntime) -> Vec<String> {
@@ -120,8 +122,24 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     let dir = tempfile::tempdir().unwrap();
     let objects = Arc::new(ApiObjectStore::new(c.client()));
     let node = node_manager(&c, "node-1", dir.path(), objects.clone());
+    // a static pod beside the API server's, as `--manifests DIR` adds it
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("static.yaml"),
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: static}}\nspec:\n  containers: [{{name: s, image: \"{IMAGE}\"}}]\n"),
+    )
+    .unwrap();
+    let file = node_kubelet::FileSource::with_config(
+        manifests,
+        node_kubelet::FileSourceConfig {
+            node_name: "node-1".into(),
+            ..Default::default()
+        },
+    );
     let kubelet = Kubelet::builder("node-1")
         .source(c.pod_source())
+        .source(Arc::new(file))
         .runtime(rt.clone(), rt.clone())
         .status(c.status_sink())
         .value_store(objects.clone())
@@ -184,7 +202,15 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     })
     .await
     .unwrap();
-    assert_eq!(sandbox_names(&rt), ["web"]);
+    // the static pod runs and has its mirror pod (which does not run)
+    api.wait_for("the static pod's mirror pod", WAIT, |a| {
+        a.get("pods", "default", "static-node-1").is_some()
+    })
+    .await
+    .unwrap();
+    let mut names = sandbox_names(&rt);
+    names.sort();
+    assert_eq!(names, ["static-node-1", "web"]);
     let web = api.get("pods", "default", "web").unwrap();
     assert!(web["status"]["podIP"].is_string(), "{web}");
     assert!(
@@ -196,6 +222,28 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
             .iter()
             .any(|r| r.method == "GET" && r.uri.contains("fieldSelector=spec.nodeName%3Dnode-1")),
         "pods not listed by spec.nodeName"
+    );
+    // one list and one watch of the node's pods, read by the pod source and the mirror pods
+    let node_pods: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/pods")
+        .map(|r| r.uri.clone())
+        .collect();
+    assert!(
+        node_pods
+            .iter()
+            .all(|u| u.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+        "{node_pods:?}"
+    );
+    let watches = node_pods
+        .iter()
+        .filter(|u| u.contains("watch=true"))
+        .count();
+    assert_eq!(
+        (node_pods.len() - watches, watches),
+        (1, 1),
+        "{node_pods:?}"
     );
 
     // the configMap and the secret reached the container, read through watches of their
@@ -289,7 +337,7 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     assert!(api.delete("pods", "default", "web"));
     assert!(api.delete("endpointslices", "default", "web-abc"));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !sandbox_names(&rt).is_empty() || endpoints(&router) != Some(vec![]) {
+    while sandbox_names(&rt) != ["static-node-1"] || endpoints(&router) != Some(vec![]) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "after deletion: sandboxes {:?}, endpoints {:?}",

@@ -1,8 +1,9 @@
 //! The node agent's cluster mode: the parts that talk to a Kubernetes API server instead of a
 //! manifest directory.
 //!
-//! - pods: those bound to this node (`spec.nodeName=<node>`), watched by node-kubelet's
-//!   [`ApiServerSource`];
+//! - pods: those bound to this node (`spec.nodeName=<node>`), listed and watched once by
+//!   node-kubelet's [`NodePodsWatch`], read by the kubelet's pod source and the node manager's
+//!   mirror pods of static pods;
 //! - pod status: merge patches of `pods/<name>/status` ([`ApiStatusSink`]);
 //! - the node: the Node object registered (with back-off), its Lease in `kube-node-lease`
 //!   renewed every 10 s, its status reported when it changes (the node manager);
@@ -16,14 +17,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use node_core::{PodSource, StatusSink};
-use node_kubelet::ApiServerSource;
+use node_kubelet::NodePodsWatch;
 use node_kubelet::node::api::ApiStatusSink;
+use node_kubelet::node::mirror::MirrorPods;
 
 /// A connection to the cluster, for one node.
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
-    node_name: String,
+    pods: NodePodsWatch,
 }
 
 impl Cluster {
@@ -53,8 +55,8 @@ impl Cluster {
     /// Over an existing client.
     pub fn new(client: kube::Client, node_name: &str) -> Self {
         Self {
+            pods: NodePodsWatch::new(client.clone(), node_name),
             client,
-            node_name: node_name.to_string(),
         }
     }
 
@@ -63,9 +65,14 @@ impl Cluster {
         self.client.clone()
     }
 
-    /// The pods bound to this node.
+    /// The pods bound to this node (mirror pods left out), from the node's one pod watch.
     pub fn pod_source(&self) -> Arc<dyn PodSource> {
-        Arc::new(ApiServerSource::new(self.client.clone(), &self.node_name))
+        Arc::new(self.pods.source())
+    }
+
+    /// The mirror pods of static pods, read from the same watch as [`pod_source`](Self::pod_source).
+    pub fn mirror_pods(&self) -> MirrorPods {
+        self.pods.mirror_pods()
     }
 
     /// Pod (and node) status to the API server.

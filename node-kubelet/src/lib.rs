@@ -4,7 +4,7 @@
 //! | concern | module |
 //! |---|---|
 //! | the assembly: builder, run loop, relist (PLEG), adoption | [`kubelet`] ([`Kubelet`], [`KubeletConfig`]) |
-//! | where pods come from, merged | [`source`] ([`FileSource`], [`HttpSource`], [`ApiServerSource`], [`ChannelSource`], [`PodConfig`]) |
+//! | where pods come from, merged | [`source`] ([`FileSource`], [`HttpSource`], [`ApiServerSource`] and its [`NodePodsWatch`], [`ChannelSource`], [`PodConfig`]) |
 //! | manifests as text: decoding, validation, static pod UIDs | [`manifest`] |
 //! | the pure reconcile of one pod | [`reconcile`] ([`compute_actions`]) |
 //! | crash-loop and image pull back-off | [`backoff`] |
@@ -36,7 +36,7 @@ pub use kubelet::{Kubelet, KubeletBuilder, KubeletConfig, KubeletError};
 pub use reconcile::compute_actions;
 pub use source::{
     ApiServerSource, ChannelSource, FileSource, FileSourceConfig, HttpSource, HttpSourceConfig,
-    PodConfig, PodUpdate,
+    NodePodsWatch, PodConfig, PodUpdate,
 };
 pub use state::{PodState, PodStates};
 pub use status::JsonStatusSink;

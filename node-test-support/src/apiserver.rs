@@ -12,6 +12,8 @@
 //!   bookmark;
 //! - `serviceaccounts/<name>/token` (TokenRequest): a token `token-N` with the expiration asked
 //!   for (404 when the service account does not exist);
+//! - compaction ([`FakeApiServer::compact`]): a watch from a forgotten resourceVersion gets
+//!   `410 Gone` (`Expired`), as a client resuming after a long outage does;
 //! - an outage switch ([`FakeApiServer::set_down`]): requests fail as a refused connection and
 //!   open watches end;
 //! - a request log ([`FakeApiServer::requests`]) with the tokio time of each request, to assert
@@ -71,6 +73,8 @@ struct Store {
     /// resource -> (namespace, name) -> object
     objects: BTreeMap<String, BTreeMap<Key, Value>>,
     changes: Vec<Change>,
+    /// The resourceVersion up to which the changes are forgotten ([`FakeApiServer::compact`]).
+    compacted: u64,
     requests: Vec<Recorded>,
     tokens_issued: u64,
 }
@@ -532,6 +536,21 @@ impl Shared {
         };
         let (backlog, rx, rv_now) = {
             let st = self.store.lock().expect("store");
+            if since != 0 && !initial_events && since < st.compacted {
+                // as the API server answers a watch from a compacted resourceVersion
+                let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                    "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+                    "message": format!("too old resource version: {since} ({})", st.compacted)}});
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(
+                        Full::new(Bytes::from(format!("{gone}\n")))
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    )
+                    .expect("response");
+            }
             let backlog: Vec<Change> = if since == 0 || initial_events {
                 st.objects
                     .get(&t.resource)
@@ -730,6 +749,15 @@ impl FakeApiServer {
     /// logged as not answered) and open watches end with an error.
     pub fn set_down(&self, down: bool) {
         self.shared.up.send_replace(!down);
+    }
+
+    /// Forgets the history of changes, as etcd's compaction does: a watch from an earlier
+    /// resourceVersion (a client resuming after its watch ended) gets the `410 Gone` `Expired`
+    /// error event, and the client lists again.
+    pub fn compact(&self) {
+        let mut st = self.shared.store.lock().expect("store");
+        st.compacted = st.rv;
+        st.changes.clear();
     }
 
     /// Whether the server is down.

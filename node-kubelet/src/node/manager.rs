@@ -233,9 +233,23 @@ impl NodeManager {
     /// tokens for projected volumes (TokenRequest, refreshed at 80 % of their lifetime).
     #[must_use]
     pub fn api(mut self, client: kube::Client) -> Self {
-        self.mirror = Some(MirrorPods::new(client.clone(), &self.config.node_name));
+        if self.mirror.is_none() {
+            self.mirror = Some(MirrorPods::new(client.clone(), &self.config.node_name));
+        }
         self.tokens = Some(Arc::new(ServiceAccountTokens::new(client.clone())));
         self.reporting.client = Some(client);
+        self
+    }
+
+    /// Mirror pods of static pods through `mirror`, in place of those [`api`](Self::api) makes
+    /// with a watch of the node's pods of their own (before or after it): give it the mirror
+    /// pods of the kubelet's API pod source ([`NodePodsWatch::mirror_pods`]) and the node's
+    /// pods are listed and watched once.
+    ///
+    /// [`NodePodsWatch::mirror_pods`]: crate::source::NodePodsWatch::mirror_pods
+    #[must_use]
+    pub fn mirror_pods(mut self, mirror: MirrorPods) -> Self {
+        self.mirror = Some(mirror);
         self
     }
 

@@ -3,28 +3,27 @@
 //! `kubernetes.io/config.mirror` annotation and, as kubelet sets it, an ownerReference to the
 //! registered Node (so the API server's garbage collector removes it with the Node).
 //!
-//! As kubelet's pod manager sees mirror pods through its pod watch, [`MirrorPods`] keeps a cache
-//! fed by a watch of this node's pods (`fieldSelector=spec.nodeName=<node>`) and checks every
-//! sync of a static pod against it, without a request: a mirror missing (also one deleted on
+//! As kubelet's pod manager sees mirror pods through its pod watch, [`MirrorPods`] reads the
+//! cache of this node's pods of a [`NodePodsWatch`] (`fieldSelector=spec.nodeName=<node>`, the
+//! one watch the pod source also reads: [`NodePodsWatch::mirror_pods`]) and checks every sync
+//! of a static pod against it, without a request: a mirror missing (also one deleted on
 //! the API server) is created, one of an older static pod (another hash), of an earlier Node
 //! object (another uid) or being deleted is replaced; when the static pod goes its mirror goes,
 //! and mirror pods whose static pod is gone (orphans, e.g. left by an earlier kubelet) are
 //! deleted ([`MirrorPods::delete_orphans`]). The static pod itself is never touched.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::{WatchStreamExt, watcher};
 use node_core::PodRef;
-use tokio::sync::watch;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
-use crate::source::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
+use crate::source::api::{PodKey, key_of};
+use crate::source::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION, NodePodsWatch};
 
 /// The annotation marking a mirror pod, holding its static pod's config hash.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -129,7 +128,7 @@ pub enum MirrorError {
     },
 }
 
-/// What the cache keeps of a pod of the node.
+/// What [`MirrorPods`] looks at of a pod of the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     uid: Option<String>,
@@ -150,86 +149,9 @@ impl Seen {
     }
 }
 
-type PodKey = (String, String);
-
-fn key_of(pod: &Pod) -> PodKey {
-    (
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        pod.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-/// The node's pods as its watch last showed them (with the mirrors this manager made since).
-#[derive(Default)]
-struct PodCache {
-    pods: RwLock<HashMap<PodKey, Seen>>,
-}
-
-impl PodCache {
-    fn get(&self, key: &PodKey) -> Option<Seen> {
-        self.pods.read().expect("cache lock").get(key).cloned()
-    }
-    fn put(&self, key: PodKey, seen: Seen) {
-        self.pods.write().expect("cache lock").insert(key, seen);
-    }
-    /// Forgets the pod of `key` if it is the one of `uid` (a later pod of that name stays).
-    fn forget(&self, key: &PodKey, uid: Option<&str>) {
-        let mut pods = self.pods.write().expect("cache lock");
-        if pods
-            .get(key)
-            .is_some_and(|s| s.uid.as_deref() == uid || uid.is_none())
-        {
-            pods.remove(key);
-        }
-    }
-}
-
-/// Keeps `cache` equal to the node's pods until `stop`.
-async fn follow_pods(
-    api: Api<Pod>,
-    node: String,
-    cache: Arc<PodCache>,
-    synced: watch::Sender<bool>,
-    stop: CancellationToken,
-) {
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
-    let mut listed = HashMap::new();
-    loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => return,
-            e = events.next() => e,
-        };
-        match event {
-            None => return,
-            Some(Ok(watcher::Event::Init)) => listed.clear(),
-            Some(Ok(watcher::Event::InitApply(p))) => {
-                listed.insert(key_of(&p), Seen::of(&p));
-            }
-            Some(Ok(watcher::Event::InitDone)) => {
-                *cache.pods.write().expect("cache lock") = std::mem::take(&mut listed);
-                synced.send_replace(true);
-            }
-            Some(Ok(watcher::Event::Apply(p))) => cache.put(key_of(&p), Seen::of(&p)),
-            Some(Ok(watcher::Event::Delete(p))) => {
-                cache.forget(&key_of(&p), p.metadata.uid.as_deref());
-            }
-            // the cache stays as it was; the watcher retries with back-off
-            Some(Err(e)) => tracing::debug!(%node, error = %e, "watching the node's pods"),
-        }
-    }
-}
-
-struct Watching {
-    synced: watch::Receiver<bool>,
-    _stop: DropGuard,
-}
-
-/// Creates, replaces and deletes the mirror pods of a node's static pods, from a watch of the
-/// node's pods (started with the first call, stopped when the last clone is dropped).
+/// Creates, replaces and deletes the mirror pods of a node's static pods, from the cache of the
+/// node's pods of a [`NodePodsWatch`] (one of its own with [`MirrorPods::new`], or the one the
+/// pod source reads with [`MirrorPods::with_pods`]).
 #[derive(Clone)]
 pub struct MirrorPods {
     inner: Arc<Inner>,
@@ -237,18 +159,16 @@ pub struct MirrorPods {
 
 struct Inner {
     client: kube::Client,
-    node_name: String,
     /// The uid of the registered Node, once seen.
     node_uid: Mutex<Option<String>>,
-    cache: Arc<PodCache>,
-    watching: OnceLock<Watching>,
+    pods: NodePodsWatch,
     sync_timeout: Duration,
 }
 
 impl std::fmt::Debug for MirrorPods {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MirrorPods")
-            .field("node_name", &self.inner.node_name)
+            .field("node_name", &self.node_name())
             .finish_non_exhaustive()
     }
 }
@@ -258,18 +178,28 @@ fn is_not_found(e: &kube::Error) -> bool {
 }
 
 impl MirrorPods {
-    /// Mirror pods of `node_name` through `client`.
+    /// Mirror pods of `node_name` through `client`, with a watch of the node's pods of its own
+    /// (started with the first call, stopped when the last clone is dropped). Beside an
+    /// [`ApiServerSource`](crate::source::ApiServerSource) of the same node, share its watch
+    /// instead ([`with_pods`](Self::with_pods)).
     pub fn new(client: kube::Client, node_name: &str) -> Self {
+        Self::with_pods(NodePodsWatch::new(client, node_name))
+    }
+
+    /// Mirror pods of the node of `pods`, read from its cache (its client makes the requests).
+    pub fn with_pods(pods: NodePodsWatch) -> Self {
         Self {
             inner: Arc::new(Inner {
-                client,
-                node_name: node_name.into(),
+                client: pods.client(),
                 node_uid: Mutex::new(None),
-                cache: Arc::default(),
-                watching: OnceLock::new(),
+                pods,
                 sync_timeout: Duration::from_secs(1),
             }),
         }
+    }
+
+    fn node_name(&self) -> &str {
+        self.inner.pods.node_name()
     }
 
     /// The uid of the registered Node (an error while it is not registered: kubelet creates no
@@ -279,7 +209,7 @@ impl MirrorPods {
             return Ok(uid);
         }
         let nodes: Api<Node> = Api::all(self.inner.client.clone());
-        let node = nodes.get(&self.inner.node_name).await?;
+        let node = nodes.get(self.node_name()).await?;
         let uid = node.metadata.uid.unwrap_or_default();
         *self.inner.node_uid.lock().expect("mirror lock") = Some(uid.clone());
         Ok(uid)
@@ -287,30 +217,20 @@ impl MirrorPods {
 
     /// Starts the watch of the node's pods if needed and waits (bounded) for its first list.
     async fn synced(&self) -> Result<(), MirrorError> {
-        let w = self.inner.watching.get_or_init(|| {
-            let (tx, synced) = watch::channel(false);
-            let stop = CancellationToken::new();
-            tokio::spawn(follow_pods(
-                Api::all(self.inner.client.clone()),
-                self.inner.node_name.clone(),
-                self.inner.cache.clone(),
-                tx,
-                stop.clone(),
-            ));
-            Watching {
-                synced,
-                _stop: stop.drop_guard(),
-            }
-        });
-        let mut synced = w.synced.clone();
         let waited = self.inner.sync_timeout;
-        match tokio::time::timeout(waited, synced.wait_for(|s| *s)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(MirrorError::NotSynced {
-                node: self.inner.node_name.clone(),
+        if self.inner.pods.wait_synced(waited).await {
+            Ok(())
+        } else {
+            Err(MirrorError::NotSynced {
+                node: self.node_name().to_string(),
                 waited,
-            }),
+            })
         }
+    }
+
+    /// What the cache shows of the pod of `key`.
+    fn seen(&self, key: &PodKey) -> Option<Seen> {
+        self.inner.pods.read(|pods| pods.get(key).map(Seen::of))
     }
 
     fn api(&self, namespace: &str) -> Api<Pod> {
@@ -329,7 +249,7 @@ impl MirrorPods {
         match self.api(&key.0).delete(&key.1, &dp).await {
             Err(e) if !is_not_found(&e) => Err(e),
             _ => {
-                self.inner.cache.forget(key, uid);
+                self.inner.pods.forget(key, uid);
                 Ok(())
             }
         }
@@ -347,7 +267,7 @@ impl MirrorPods {
         let key = key_of(pod);
         let node_uid = self.node_uid().await?;
         self.synced().await?;
-        if let Some(seen) = self.inner.cache.get(&key) {
+        if let Some(seen) = self.seen(&key) {
             match &seen.hash {
                 Some(h)
                     if *h == hash
@@ -367,12 +287,12 @@ impl MirrorPods {
             .api(&key.0)
             .create(
                 &PostParams::default(),
-                &mirror_pod(pod, &self.inner.node_name, &node_uid),
+                &mirror_pod(pod, self.node_name(), &node_uid),
             )
             .await;
         match created {
             // in the cache at once: the next sync does not wait for the watch to show it
-            Ok(m) => self.inner.cache.put(key, Seen::of(&m)),
+            Ok(m) => self.inner.pods.assume(m),
             // created meanwhile (a previous kubelet): the watch shows it to the next sync
             Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),
             // the Node was registered again (new uid): look it up on the next sync
@@ -392,7 +312,7 @@ impl MirrorPods {
         }
         self.synced().await?;
         let key = key_of(pod);
-        match self.inner.cache.get(&key) {
+        match self.seen(&key) {
             Some(seen) if seen.hash.is_some() => {
                 Ok(self.delete_mirror(&key, seen.uid.as_deref()).await?)
             }
@@ -410,16 +330,12 @@ impl MirrorPods {
             .filter(|p| is_static_pod(p))
             .map(key_of)
             .collect();
-        let orphans: Vec<(PodKey, Option<String>)> = self
-            .inner
-            .cache
-            .pods
-            .read()
-            .expect("cache lock")
-            .iter()
-            .filter(|(k, s)| s.hash.is_some() && !wanted.contains(*k))
-            .map(|(k, s)| (k.clone(), s.uid.clone()))
-            .collect();
+        let orphans: Vec<(PodKey, Option<String>)> = self.inner.pods.read(|pods| {
+            pods.iter()
+                .filter(|(k, p)| is_mirror_pod(p) && !wanted.contains(*k))
+                .map(|(k, p)| (k.clone(), p.metadata.uid.clone()))
+                .collect()
+        });
         for (key, uid) in &orphans {
             self.delete_mirror(key, uid.as_deref()).await?;
             tracing::info!(namespace = %key.0, name = %key.1, "orphaned mirror pod deleted");

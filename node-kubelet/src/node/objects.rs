@@ -13,8 +13,15 @@
 //! retried. While the API server is away the last contents are kept (the watches retry with
 //! back-off).
 //!
-//! Lookups of objects no pod references answer `None`. The store serves both pod volumes
-//! ([`ObjectStore`]) and container environment and image pull secrets ([`ValueStore`]).
+//! Once pods are registered, lookups of objects no registered pod references answer `None`
+//! (as a node authorizer denies them). A store no pod was ever registered with (a kubelet
+//! without a node manager: nothing tells it what the pods reference) registers a watch of an
+//! object on demand, at its first lookup, kept until the store stops (or, once a pod that
+//! references it is registered, until the last such pod is unregistered), and waits for its first
+//! list within the same bound — on a multi-thread tokio runtime; on a current-thread one the
+//! lookup cannot wait: it answers `None` and the watch it started answers the next lookup
+//! (the pod's sync is retried). The store serves both pod volumes ([`ObjectStore`]) and
+//! container environment and image pull secrets ([`ValueStore`]).
 //!
 //! ```no_run
 //! # async fn demo(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
@@ -29,6 +36,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -165,6 +173,8 @@ enum Object {
 /// One watched object: its contents, whether its first list arrived, its watch.
 struct Watched {
     refs: usize,
+    /// Started by a lookup, not by a pod: kept while no pod references it.
+    on_demand: bool,
     object: Arc<RwLock<Option<Object>>>,
     synced: watch::Receiver<bool>,
     _stop: DropGuard,
@@ -183,6 +193,8 @@ pub struct ApiObjectStore {
     client: kube::Client,
     config: ApiObjectStoreConfig,
     registry: Mutex<Registry>,
+    /// Whether a pod was ever registered (from then on, no watch on demand).
+    pods_registered: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -262,6 +274,7 @@ impl ApiObjectStore {
             client,
             config,
             registry: Mutex::default(),
+            pods_registered: AtomicBool::new(false),
             stop: CancellationToken::new(),
         }
     }
@@ -272,7 +285,8 @@ impl ApiObjectStore {
         self.stop.cancel();
     }
 
-    /// The objects watched now (those the registered pods reference), sorted.
+    /// The objects watched now (those the registered pods reference, and those looked up on
+    /// demand before any pod was registered), sorted.
     pub fn watched(&self) -> Vec<ObjectRef> {
         let reg = self.registry.lock().expect("registry lock");
         let mut v: Vec<_> = reg.watched.keys().cloned().collect();
@@ -299,6 +313,7 @@ impl ApiObjectStore {
         tracing::debug!(kind = r.kind.as_str(), namespace = %r.namespace, name = %r.name, "watching");
         Watched {
             refs: 0,
+            on_demand: false,
             object,
             synced,
             _stop: stop.drop_guard(),
@@ -307,8 +322,8 @@ impl ApiObjectStore {
 
     fn release(reg: &mut Registry, r: &ObjectRef) {
         if let Some(w) = reg.watched.get_mut(r) {
-            w.refs -= 1;
-            if w.refs == 0 {
+            w.refs = w.refs.saturating_sub(1);
+            if w.refs == 0 && !w.on_demand {
                 reg.watched.remove(r); // its guard stops the watch
                 tracing::debug!(kind = r.kind.as_str(), namespace = %r.namespace, name = %r.name, "no longer watched");
             }
@@ -321,9 +336,31 @@ impl ApiObjectStore {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        let reg = self.registry.lock().expect("registry lock");
-        let w = reg.watched.get(&r)?;
-        w.object.read().expect("object lock").clone()
+        let (handle, mut synced, object) = {
+            let mut reg = self.registry.lock().expect("registry lock");
+            if let Some(w) = reg.watched.get(&r) {
+                return w.object.read().expect("object lock").clone();
+            }
+            // no registered pod references it; with no pod ever registered: watched on demand
+            if self.pods_registered.load(Ordering::Relaxed) || self.stop.is_cancelled() {
+                return None;
+            }
+            let handle = tokio::runtime::Handle::try_current().ok()?;
+            let mut w = self.start(&r);
+            w.on_demand = true;
+            let waiting = (handle, w.synced.clone(), w.object.clone());
+            reg.watched.insert(r, w);
+            waiting
+        };
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            let bound = self.config.sync_timeout;
+            tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    let _ = tokio::time::timeout(bound, synced.wait_for(|s| *s)).await;
+                })
+            });
+        }
+        object.read().expect("object lock").clone()
     }
 }
 
@@ -344,6 +381,7 @@ impl ObjectStore for ApiObjectStore {
     }
 
     async fn register_pod(&self, pod: &Pod) -> Result<(), ObjectStoreError> {
+        self.pods_registered.store(true, Ordering::Relaxed);
         let refs = referenced_objects(pod);
         let uid = pod_uid(pod);
         let waits: Vec<(ObjectRef, watch::Receiver<bool>)> = {
@@ -359,7 +397,10 @@ impl ObjectStore for ApiObjectStore {
                     let w = self.start(r);
                     reg.watched.insert(r.clone(), w);
                 }
-                reg.watched.get_mut(r).expect("inserted").refs += 1;
+                let w = reg.watched.get_mut(r).expect("inserted");
+                w.refs += 1;
+                // held by the pod from now on: stopped when the last pod lets it go
+                w.on_demand = false;
             }
             for r in old.difference(&refs) {
                 Self::release(&mut reg, r);
@@ -428,4 +469,116 @@ pub fn secret_data(s: Secret) -> BTreeMap<String, Vec<u8>> {
         out.insert(k, v.into_bytes());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use node_test_support::FakeApiServer;
+    use serde_json::json;
+
+    fn server() -> FakeApiServer {
+        let api = FakeApiServer::new();
+        api.apply(
+            "configmaps",
+            json!({"metadata": {"name": "cm", "namespace": "default"}, "data": {"k": "v1"}}),
+        );
+        api.apply(
+            "secrets",
+            json!({"metadata": {"name": "s", "namespace": "default"}, "data": {"p": "aHVudGVyMg=="}}),
+        );
+        api
+    }
+
+    fn r(kind: ObjectKind, name: &str) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_registered_pods_a_lookup_watches_the_object_on_demand() {
+        let api = server();
+        let store = ApiObjectStore::new(api.client());
+        // the first lookup waits for the object's first list
+        assert_eq!(
+            ValueStore::config_map(&store, "default", "cm").unwrap()["k"],
+            "v1"
+        );
+        assert_eq!(
+            ValueStore::secret(&store, "default", "s").unwrap()["p"],
+            b"hunter2"
+        );
+        assert!(ValueStore::config_map(&store, "default", "missing").is_none());
+        assert_eq!(
+            store.watched(),
+            [
+                r(ObjectKind::ConfigMap, "cm"),
+                r(ObjectKind::ConfigMap, "missing"),
+                r(ObjectKind::Secret, "s")
+            ]
+        );
+        // read by their names only
+        for q in api.requests().iter().map(|r| r.uri.clone()) {
+            assert!(q.contains("fieldSelector=metadata.name%3D"), "{q}");
+        }
+        // watched: an update arrives without another list
+        let lists = |api: &FakeApiServer| {
+            api.requests()
+                .iter()
+                .filter(|r| r.path.ends_with("/configmaps") && !r.uri.contains("watch=true"))
+                .count()
+        };
+        let n = lists(&api);
+        api.apply(
+            "configmaps",
+            json!({"metadata": {"name": "cm", "namespace": "default"}, "data": {"k": "v2"}}),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while ValueStore::config_map(&store, "default", "cm").unwrap()["k"] != "v2" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the update did not arrive"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(lists(&api), n);
+        // once pods are registered, only what they reference is looked up
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "envFrom": [{"configMapRef": {"name": "cm"}}]}]}}))
+        .unwrap();
+        store.register_pod(&pod).await.unwrap();
+        assert!(ValueStore::config_map(&store, "default", "other").is_none());
+        assert!(!store.watched().contains(&r(ObjectKind::ConfigMap, "other")));
+        // the pod took the watch of cm over: it goes with the pod
+        store.unregister_pod(&pod);
+        assert!(!store.watched().contains(&r(ObjectKind::ConfigMap, "cm")));
+        assert!(store.watched().contains(&r(ObjectKind::Secret, "s")));
+    }
+
+    #[tokio::test]
+    async fn on_a_current_thread_runtime_the_lookup_after_the_list_answers() {
+        let api = server();
+        let store = ApiObjectStore::new(api.client());
+        // cannot wait here: the watch it starts answers the next lookup
+        assert!(ValueStore::config_map(&store, "default", "cm").is_none());
+        assert_eq!(store.watched(), [r(ObjectKind::ConfigMap, "cm")]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while ValueStore::config_map(&store, "default", "cm").is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "never listed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            ValueStore::config_map(&store, "default", "cm").unwrap()["k"],
+            "v1"
+        );
+        // a stopped store starts no watch
+        store.stop();
+        assert!(ValueStore::secret(&store, "default", "s").is_none());
+        assert_eq!(store.watched(), [r(ObjectKind::ConfigMap, "cm")]);
+    }
 }

@@ -5,16 +5,16 @@
 //! |---|---|
 //! | [`FileSource`] | static pods from a manifest directory (watched, debounced, rescanned) |
 //! | [`HttpSource`] | pods from a URL polled with `ETag`/`If-None-Match` |
-//! | [`ApiServerSource`] | pods bound to this node, watched on the API server (kube-runtime) |
+//! | [`ApiServerSource`] | pods bound to this node, watched on the API server (kube-runtime) by a [`NodePodsWatch`] the mirror pods share |
 //! | [`ChannelSource`] | pods handed over in process by an integrator |
 
-mod api;
+pub(crate) mod api;
 mod channel;
 mod config;
 mod file;
 mod http;
 
-pub use api::ApiServerSource;
+pub use api::{ApiServerSource, NodePodsWatch};
 pub use channel::ChannelSource;
 pub use config::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION, Merger, PodConfig, PodUpdate};
 pub use file::{Diagnostics, FileSource, FileSourceConfig};
