@@ -55,6 +55,7 @@ pub mod gc;
 pub mod hooks;
 pub mod http;
 pub mod logind;
+pub mod logs;
 pub mod manager;
 pub mod mirror;
 pub mod objects;
