@@ -267,8 +267,11 @@ pub fn log_container_id(
         .and_then(|t| t.container_id.as_deref())
         .filter(|i| !i.is_empty());
     let state = cs.state.clone().unwrap_or_default();
-    let terminated_msg =
-        || LogsError::NoLog(format!("container {container:?} in pod {pod_name:?} is terminated"));
+    let terminated_msg = || {
+        LogsError::NoLog(format!(
+            "container {container:?} in pod {pod_name:?} is terminated"
+        ))
+    };
     if previous {
         return last.map(strip).ok_or_else(|| {
             LogsError::NoLog(format!(
@@ -661,7 +664,10 @@ mod tests {
             }
         };
         read_line(&mut got).await;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         use std::io::Write;
         f.write_all(entry(T0, "stdout", "F", "second").as_bytes())
             .unwrap();
@@ -735,7 +741,11 @@ mod tests {
             running: Some(ContainerStateRunning::default()),
             ..Default::default()
         };
-        let s = status(running.clone(), Some(terminated("old")), Some("native://new"));
+        let s = status(
+            running.clone(),
+            Some(terminated("old")),
+            Some("native://new"),
+        );
         assert_eq!(log_container_id("web", &s, "app", false).unwrap(), "new");
         assert_eq!(log_container_id("web", &s, "app", true).unwrap(), "old");
         let s = status(running, None, Some("native://new"));
@@ -759,7 +769,10 @@ mod tests {
             ..Default::default()
         };
         let s = status(waiting.clone(), Some(terminated("crashed")), None);
-        assert_eq!(log_container_id("web", &s, "app", false).unwrap(), "crashed");
+        assert_eq!(
+            log_container_id("web", &s, "app", false).unwrap(),
+            "crashed"
+        );
         let s = status(waiting, None, None);
         assert_eq!(
             log_container_id("web", &s, "app", false)
