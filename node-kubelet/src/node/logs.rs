@@ -279,10 +279,10 @@ pub fn log_container_id(
             ))
         });
     }
-    if state.running.is_some() {
-        if let Some(id) = cs.container_id.as_deref().filter(|i| !i.is_empty()) {
-            return Ok(strip(id));
-        }
+    if state.running.is_some()
+        && let Some(id) = cs.container_id.as_deref().filter(|i| !i.is_empty())
+    {
+        return Ok(strip(id));
     }
     if let Some(t) = &state.terminated {
         return match t.container_id.as_deref().filter(|i| !i.is_empty()) {

@@ -484,6 +484,9 @@ async fn container_logs(
         .into_response()
 }
 
+/// A request refused before anything ran: the status and kubelet's words.
+type Refusal = (StatusCode, String);
+
 /// kubelet's `remotecommand` options: at least one stream; a TTY has no stderr.
 struct StreamOptions {
     stdin: bool,
@@ -492,7 +495,7 @@ struct StreamOptions {
     tty: bool,
 }
 
-fn stream_options(pairs: &[(String, String)]) -> Result<StreamOptions, Response> {
+fn stream_options(pairs: &[(String, String)]) -> Result<StreamOptions, Refusal> {
     let flag = |n: &str| pairs.iter().any(|(k, v)| k == n && v == "1");
     let mut o = StreamOptions {
         stdin: flag("stdin"),
@@ -505,9 +508,9 @@ fn stream_options(pairs: &[(String, String)]) -> Result<StreamOptions, Response>
         o.stderr = false;
     }
     if !o.stdin && !o.stdout && !o.stderr {
-        return Err(plain(
+        return Err((
             StatusCode::BAD_REQUEST,
-            "you must specify at least 1 of stdin, stdout, stderr",
+            "you must specify at least 1 of stdin, stdout, stderr".into(),
         ));
     }
     Ok(o)
@@ -519,13 +522,13 @@ fn streaming_pod(
     namespace: &str,
     name: &str,
     uid: Option<&str>,
-) -> Result<(Pod, String), Response> {
+) -> Result<(Pod, String), Refusal> {
     let Some((pod, _)) = s.pod(namespace, name) else {
-        return Err(plain(StatusCode::NOT_FOUND, "pod does not exist"));
+        return Err((StatusCode::NOT_FOUND, "pod does not exist".into()));
     };
     let pod_uid = PodRef::of(&pod).uid;
     if uid.is_some_and(|u| !u.is_empty() && u != pod_uid) {
-        return Err(plain(StatusCode::NOT_FOUND, "pod not found"));
+        return Err((StatusCode::NOT_FOUND, "pod not found".into()));
     }
     Ok((pod, pod_uid))
 }
@@ -585,11 +588,11 @@ async fn remote_command(
     let pairs = query_pairs(req.uri().query().unwrap_or(""));
     let opts = match stream_options(&pairs) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err((st, m)) => return plain(st, m),
     };
     let (pod, pod_uid) = match streaming_pod(&s, &namespace, &name, uid.as_deref()) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err((st, m)) => return plain(st, m),
     };
     let id = match s.running_container(&pod_uid, &container).await {
         Ok(id) => id,
@@ -692,7 +695,7 @@ async fn forward(
     }
     let (_, pod_uid) = match streaming_pod(&s, &namespace, &name, uid.as_deref()) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err((st, m)) => return plain(st, m),
     };
     let sandbox = match s.sandbox(&pod_uid).await {
         Ok(id) => id,
