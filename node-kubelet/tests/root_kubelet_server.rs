@@ -429,22 +429,43 @@ fn logs_exec_and_port_forward_through_the_kubelet_server_with_client_certificate
     if !ready("logs_exec_and_port_forward_through_the_kubelet_server_with_client_certificates") {
         return;
     }
-    let g = Arc::new(Guard::new());
-    let g2 = g.clone();
-    let ns = NetnsFixture::new("kubesrv").expect("netns");
-    ns.run_in(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(scenario(g2))
-    })
-    .expect("run in netns");
-    drop(g);
+    on_node("kubesrv", scenario);
 }
 
-async fn scenario(g: Arc<Guard>) {
+/// The kubelet on the native runtime with its server, the certificates, and the stand-in API
+/// server's tunnel.
+struct Node {
+    runtime: Arc<NativeRuntime>,
+    states: node_kubelet::PodStates,
+    sink: FakeStatusSink,
+    source: ScriptedPodSource,
+    token: CancellationToken,
+    kubelet_task: tokio::task::JoinHandle<()>,
+    server: KubeletServer,
+    certs: PathBuf,
+    addr: std::net::SocketAddr,
+    apiserver: tokio_rustls::TlsConnector,
+    tunnel: std::net::SocketAddr,
+}
+
+impl Node {
+    async fn stop(self) {
+        drop(self.server);
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.kubelet_task).await;
+        for s in self
+            .runtime
+            .list_pod_sandbox(None)
+            .await
+            .unwrap_or_default()
+        {
+            let _ = self.runtime.stop_pod_sandbox(&s.id).await;
+            let _ = self.runtime.remove_pod_sandbox(&s.id).await;
+        }
+    }
+}
+
+async fn start(g: &Guard) -> Node {
     let root = g.dir.path().to_path_buf();
     let certs = root.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
@@ -510,7 +531,52 @@ async fn scenario(g: Arc<Guard>) {
     let addr = server.local_addr();
     let apiserver = tls_client(&certs, Some("apiserver"));
     let tunnel = apiserver_tunnel(apiserver.clone(), addr).await;
+    Node {
+        runtime,
+        states,
+        sink,
+        source,
+        token,
+        kubelet_task,
+        server,
+        certs,
+        addr,
+        apiserver,
+        tunnel,
+    }
+}
 
+/// Run `body` with a fresh node in a new network namespace; the guard cleans up after it.
+fn on_node<F: Future<Output = ()>>(netns: &str, body: impl FnOnce(Node) -> F + Send + 'static) {
+    let g = Arc::new(Guard::new());
+    let g2 = g.clone();
+    let ns = NetnsFixture::new(netns).expect("netns");
+    ns.run_in(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let node = start(&g2).await;
+                body(node).await
+            })
+    })
+    .expect("run in netns");
+    drop(g);
+}
+
+async fn scenario(node: Node) {
+    let Node {
+        ref certs,
+        addr,
+        ref apiserver,
+        tunnel,
+        ref source,
+        ref sink,
+        ..
+    } = node;
+    let apiserver = apiserver.clone();
     // who may not: no certificate (401), a certificate from another CA (no handshake)
     let (status, body) = get_text(&tls_client(&certs, None), addr, "/pods").await;
     assert_eq!((status, body.as_str()), (401, "Unauthorized"));
@@ -739,13 +805,7 @@ async fn scenario(g: Arc<Guard>) {
     })
     .await;
 
-    drop(server);
-    token.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), kubelet_task).await;
-    for s in runtime.list_pod_sandbox(None).await.unwrap_or_default() {
-        let _ = runtime.stop_pod_sandbox(&s.id).await;
-        let _ = runtime.remove_pod_sandbox(&s.id).await;
-    }
+    node.stop().await;
 }
 
 /// The read-only port's router does not serve the kubelet server's endpoints.
@@ -773,4 +833,329 @@ async fn the_read_only_router_serves_no_logs_exec_or_port_forward() {
             .unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// kubectl through a stand-in API server
+
+/// The API server's part for kubectl: discovery, the pod (from the kubelet's pods), and the
+/// `log`, `exec` and `portforward` subresources proxied to the kubelet's server over TLS with
+/// the API server's client certificate, rewritten as the API server rewrites them (the
+/// container from the query into the path, `stdin=true` as `stdin=1`).
+struct StandInApi {
+    states: node_kubelet::PodStates,
+    kubelet: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    /// The `Upgrade` header of every proxied request, in order.
+    upgrades: std::sync::Mutex<Vec<String>>,
+}
+
+impl StandInApi {
+    fn json_for(&self, path: &str) -> Option<String> {
+        Some(match path {
+            "/api" => r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1:443"}]}"#.into(),
+            "/apis" => r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#.into(),
+            "/version" => r#"{"major":"1","minor":"32","gitVersion":"v1.32.0"}"#.into(),
+            "/api/v1" => r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[
+                {"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},
+                {"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},
+                {"name":"pods/log","singularName":"","namespaced":true,"kind":"Pod","verbs":["get"]},
+                {"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}"#.into(),
+            p => {
+                let rest = p.strip_prefix("/api/v1/namespaces/default/pods/")?;
+                let s = self
+                    .states
+                    .pods()
+                    .into_iter()
+                    .find(|s| s.pod.metadata.name.as_deref() == Some(rest))?;
+                let mut pod = s.pod;
+                pod.status = s.status;
+                let mut v = serde_json::to_value(&pod).unwrap();
+                v["kind"] = "Pod".into();
+                v["apiVersion"] = "v1".into();
+                v.to_string()
+            }
+        })
+    }
+
+    /// The kubelet's path for a pod subresource request, `None` for anything else.
+    fn kubelet_target(path: &str, query: &str) -> Option<String> {
+        let rest = path.strip_prefix("/api/v1/namespaces/")?;
+        let mut parts = rest.split('/');
+        let (ns, _, pod, sub) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let mut container = String::new();
+        let mut params = Vec::new();
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match (k, v) {
+                ("container", c) => container = c.to_string(),
+                ("stdin" | "stdout" | "stderr" | "tty", "true") => params.push(format!("{k}=1")),
+                ("stdin" | "stdout" | "stderr" | "tty", _) => {}
+                _ => params.push(kv.to_string()),
+            }
+        }
+        let q = params.join("&");
+        Some(match sub {
+            "log" => format!("/containerLogs/{ns}/{pod}/{container}?{q}"),
+            "exec" => format!("/exec/{ns}/{pod}/{container}?{q}"),
+            "portforward" => format!("/portForward/{ns}/{pod}?{q}"),
+            _ => return None,
+        })
+    }
+
+    async fn serve(self: Arc<Self>, mut tcp: tokio::net::TcpStream) {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let end = loop {
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end);
+            let mut lines = head.split("\r\n");
+            let request_line = lines.next().unwrap_or("").to_string();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+            let mut parts = request_line.split(' ');
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            if let Some(to) = Self::kubelet_target(path, query) {
+                let upgrade = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("upgrade"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                eprintln!("stand-in API server: {method} {target} -> {to}");
+                self.upgrades.lock().unwrap().push(upgrade);
+                let mut up = tls_connect(&self.connector, self.kubelet)
+                    .await
+                    .expect("the stand-in API server reaches the kubelet");
+                let mut req = format!("{method} {to} HTTP/1.1\r\nHost: {}\r\n", self.kubelet);
+                for (k, v) in &headers {
+                    if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("authorization") {
+                        req.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                }
+                req.push_str("\r\n");
+                up.write_all(req.as_bytes()).await.unwrap();
+                up.write_all(&buf).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+                return;
+            }
+            let (status, body) = match self.json_for(path) {
+                Some(b) => ("200 OK", b),
+                None => (
+                    "404 Not Found",
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.into(),
+                ),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if tcp.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Read from `r` until `needle` shows up (at most [`T`]).
+async fn read_until(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    needle: &str,
+    what: &str,
+) -> String {
+    let mut got = Vec::new();
+    let found = tokio::time::timeout(T, async {
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            match r.read(&mut b).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        matches!(found, Ok(true)),
+        "{what}: no {needle:?} in {got:?}"
+    );
+    got
+}
+
+/// The real kubectl: `logs` (tail; previous refused with 400), `exec` with stdin, stderr and an exit
+/// code and `port-forward`, over SPDY and over WebSocket, through a stand-in API server that
+/// proxies to the kubelet's server with its client certificate.
+#[test]
+fn kubectl_logs_exec_and_port_forward_through_the_kubelet_server() {
+    let name = "kubectl_logs_exec_and_port_forward_through_the_kubelet_server";
+    if !(ready(name) && require_command(name, "kubectl")) {
+        return;
+    }
+    on_node("kubesrvctl", |node| async move {
+        let api = Arc::new(StandInApi {
+            states: node.states.clone(),
+            kubelet: node.addr,
+            connector: node.apiserver.clone(),
+            upgrades: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let a = api.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(a.clone().serve(tcp));
+            }
+        });
+        let home = node.certs.join("kubectl-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let kubeconfig = home.join("config");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
+            ),
+        )
+        .unwrap();
+        let kubectl = |websockets: bool| {
+            let mut c = tokio::process::Command::new("kubectl");
+            let ws = if websockets { "true" } else { "false" };
+            c.env("KUBECONFIG", &kubeconfig)
+                .env("HOME", &home)
+                .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws)
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", ws)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            c
+        };
+        node.source.apply(web_pod());
+        let (apiserver, kaddr) = (node.apiserver.clone(), node.addr);
+        until("the pod's three lines", T, || async {
+            let (s, b) = get_text(&apiserver, kaddr, "/containerLogs/default/web/app").await;
+            (s == 200 && b == "line one\nline two\nline three\n").then_some(())
+        })
+        .await;
+
+        // logs
+        let out = tokio::time::timeout(
+            T,
+            kubectl(false)
+                .args(["logs", "web", "-c", "app", "--tail=2"])
+                .output(),
+        )
+        .await
+        .expect("kubectl logs finished")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kubectl logs: {stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "line two\nline three\n"
+        );
+        let out = tokio::time::timeout(
+            T,
+            kubectl(false)
+                .args(["logs", "web", "-c", "app", "--previous"])
+                .output(),
+        )
+        .await
+        .expect("kubectl logs --previous finished")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // the kubelet's 400 (the API server would wrap its words in a Status; the stand-in
+        // passes the plain body, which kubectl reports by its code)
+        assert!(!out.status.success());
+        assert!(stderr.contains("BadRequest"), "{stderr}");
+
+        for websockets in [false, true] {
+            let what = if websockets { "websocket" } else { "spdy" };
+            let want = if websockets { "websocket" } else { "SPDY/3.1" };
+            let mut cmd = kubectl(websockets);
+            cmd.args([
+                "exec",
+                "-i",
+                "web",
+                "-c",
+                "app",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo to-stderr >&2; exit 5",
+            ])
+            .stdin(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"piped through kubectl\n").await.unwrap();
+            drop(stdin);
+            let out = tokio::time::timeout(T, child.wait_with_output())
+                .await
+                .expect("kubectl exec finished")
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stdout, "piped through kubectl\n", "{what}: stderr {stderr}");
+            assert!(stderr.contains("to-stderr"), "{what}: {stderr}");
+            assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
+            let seen = api
+                .upgrades
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                seen.eq_ignore_ascii_case(want),
+                "{what}: kubectl upgraded to {seen:?}"
+            );
+
+            let mut child = kubectl(websockets)
+                .args(["port-forward", "pod/web", ":8080"])
+                .spawn()
+                .unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            let line = read_until(&mut stdout, " -> 8080", &format!("{what} port-forward")).await;
+            let local: u16 = line
+                .split("127.0.0.1:")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: no local port in {line:?}"));
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                .await
+                .unwrap();
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let body = read_until(&mut s, "pf-ok\n", &format!("{what} port-forward")).await;
+            assert!(body.starts_with("HTTP/1.1 200"), "{what}: {body}");
+            let seen = api
+                .upgrades
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                seen.eq_ignore_ascii_case(want),
+                "{what}: port-forward upgraded to {seen:?}"
+            );
+            let _ = child.kill().await;
+        }
+        node.stop().await;
+    });
 }
