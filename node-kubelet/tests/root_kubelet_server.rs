@@ -578,9 +578,9 @@ async fn scenario(node: Node) {
     } = node;
     let apiserver = apiserver.clone();
     // who may not: no certificate (401), a certificate from another CA (no handshake)
-    let (status, body) = get_text(&tls_client(&certs, None), addr, "/pods").await;
+    let (status, body) = get_text(&tls_client(certs, None), addr, "/pods").await;
     assert_eq!((status, body.as_str()), (401, "Unauthorized"));
-    let stranger = tls_client(&certs, Some("stranger"));
+    let stranger = tls_client(certs, Some("stranger"));
     let refused = async {
         let mut s = tls_connect(&stranger, addr).await?;
         // TLS 1.3: the server's verdict on the client certificate arrives after the handshake
