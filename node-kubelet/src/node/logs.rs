@@ -130,43 +130,15 @@ fn parse_int(name: &str, v: &str) -> Result<i64, LogsError> {
         .map_err(|_| LogsError::Decode(format!("{name}={v:?} is not an integer")))
 }
 
-/// Percent-decode one query component (`+` is a space).
-pub(crate) fn query_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The `(name, value)` pairs of a query string, decoded.
+/// The `(name, value)` pairs of a query string, decoded (`+` and `%XX`); a malformed query
+/// has none.
 pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (query_decode(k), query_decode(v))
-        })
-        .collect()
+    format!("/?{query}")
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).ok())
+        .map(|q| q.0)
+        .unwrap_or_default()
 }
 
 impl LogOptions {

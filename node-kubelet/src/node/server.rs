@@ -20,6 +20,7 @@
 //!
 //! The read-only port ([`super::http::router`] on plain HTTP) never serves these endpoints.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -355,20 +356,29 @@ pub fn router(state: ServerState) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .route("/exec/{namespace}/{pod}/{container}", on(upgrade, exec))
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            on(upgrade, remote_command_route),
+        )
         .route(
             "/exec/{namespace}/{pod}/{uid}/{container}",
-            on(upgrade, exec_uid),
+            on(upgrade, remote_command_route),
         )
-        .route("/attach/{namespace}/{pod}/{container}", on(upgrade, attach))
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            on(upgrade, remote_command_route),
+        )
         .route(
             "/attach/{namespace}/{pod}/{uid}/{container}",
-            on(upgrade, attach_uid),
+            on(upgrade, remote_command_route),
         )
-        .route("/portForward/{namespace}/{pod}", on(upgrade, port_forward))
+        .route(
+            "/portForward/{namespace}/{pod}",
+            on(upgrade, port_forward_route),
+        )
         .route(
             "/portForward/{namespace}/{pod}/{uid}",
-            on(upgrade, port_forward_uid),
+            on(upgrade, port_forward_route),
         )
         .with_state(state)
 }
@@ -544,36 +554,29 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         && headers.contains_key(header::UPGRADE)
 }
 
-async fn exec(
+/// `/exec/...` and `/attach/...`, with or without the pod's UID.
+async fn remote_command_route(
     State(s): State<ServerState>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Path(p): Path<HashMap<String, String>>,
     req: Request,
 ) -> Response {
-    remote_command(s, "exec", namespace, pod, None, container, req).await
-}
-
-async fn exec_uid(
-    State(s): State<ServerState>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-    req: Request,
-) -> Response {
-    remote_command(s, "exec", namespace, pod, Some(uid), container, req).await
-}
-
-async fn attach(
-    State(s): State<ServerState>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    req: Request,
-) -> Response {
-    remote_command(s, "attach", namespace, pod, None, container, req).await
-}
-
-async fn attach_uid(
-    State(s): State<ServerState>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-    req: Request,
-) -> Response {
-    remote_command(s, "attach", namespace, pod, Some(uid), container, req).await
+    let kind = if req.uri().path().starts_with("/exec/") {
+        "exec"
+    } else {
+        "attach"
+    };
+    let at = |k: &str| p.get(k).cloned().unwrap_or_default();
+    let uid = p.get("uid").cloned();
+    remote_command(
+        s,
+        kind,
+        at("namespace"),
+        at("pod"),
+        uid,
+        at("container"),
+        req,
+    )
+    .await
 }
 
 async fn remote_command(
@@ -646,20 +649,14 @@ async fn remote_command(
     }
 }
 
-async fn port_forward(
+/// `/portForward/...`, with or without the pod's UID.
+async fn port_forward_route(
     State(s): State<ServerState>,
-    Path((namespace, pod)): Path<(String, String)>,
+    Path(p): Path<HashMap<String, String>>,
     req: Request,
 ) -> Response {
-    forward(s, namespace, pod, None, req).await
-}
-
-async fn port_forward_uid(
-    State(s): State<ServerState>,
-    Path((namespace, pod, uid)): Path<(String, String, String)>,
-    req: Request,
-) -> Response {
-    forward(s, namespace, pod, Some(uid), req).await
+    let at = |k: &str| p.get(k).cloned().unwrap_or_default();
+    forward(s, at("namespace"), at("pod"), p.get("uid").cloned(), req).await
 }
 
 async fn forward(
