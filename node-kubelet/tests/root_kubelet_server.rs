@@ -1052,34 +1052,22 @@ current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
         .await;
 
         // logs
-        let out = tokio::time::timeout(
-            T,
-            kubectl(false)
-                .args(["logs", "web", "-c", "app", "--tail=2"])
-                .output(),
-        )
-        .await
-        .expect("kubectl logs finished")
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "kubectl logs: {stderr}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "line two\nline three\n"
-        );
-        let out = tokio::time::timeout(
-            T,
-            kubectl(false)
-                .args(["logs", "web", "-c", "app", "--previous"])
-                .output(),
-        )
-        .await
-        .expect("kubectl logs --previous finished")
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let logs = async |args: &[&str]| {
+            let out = tokio::time::timeout(T, kubectl(false).arg("logs").args(args).output())
+                .await
+                .expect("kubectl logs finished")
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            (out.status.success(), stdout, stderr)
+        };
+        let (ok, stdout, stderr) = logs(&["web", "-c", "app", "--tail=2"]).await;
+        assert!(ok, "kubectl logs: {stderr}");
+        assert_eq!(stdout, "line two\nline three\n");
         // the kubelet's 400 (the API server would wrap its words in a Status; the stand-in
         // passes the plain body, which kubectl reports by its code)
-        assert!(!out.status.success());
+        let (ok, _, stderr) = logs(&["web", "-c", "app", "--previous"]).await;
+        assert!(!ok);
         assert!(stderr.contains("BadRequest"), "{stderr}");
 
         for websockets in [false, true] {
