@@ -3,8 +3,8 @@
 //! through [`KubeletServer`] over TLS with a client certificate, as the API server reaches a
 //! kubelet: `/containerLogs` (tailLines, timestamps, limitBytes, follow seeing a new line and
 //! ending when the container exits, previous after a restart, kubelet's errors), `/exec` over
-//! WebSocket and SPDY with node-cri's streaming clients, `/portForward` to a TCP server in the
-//! pod over both, and clients without a certificate (401) or with one from another CA (refused
+//! WebSocket and SPDY with node-cri's streaming clients, `/attach` to the container's output,
+//! `/portForward` to a TCP server in the pod over both, and clients without a certificate (401) or with one from another CA (refused
 //! in the handshake). The clients reach the server through a stand-in for the API server: a
 //! local plain-TCP listener whose connections it carries to the kubelet over TLS with its client
 //! certificate.
@@ -773,6 +773,54 @@ async fn scenario(node: Node) {
         );
     }
 
+    // attach (SPDY): the container's own output, as it prints it
+    let mut attached = client::exec(
+        &format!("http://{tunnel}/attach/default/web/app?stdout=1&stderr=1"),
+        Transport::Spdy,
+        ExecOptions {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("attach");
+    let mut attached_out = attached.stdout.take().unwrap();
+    let (_, code) = exec(
+        tunnel,
+        Transport::WebSocket,
+        &[
+            "sh",
+            "-c",
+            "echo to-the-attached > /tmp/say.tmp && mv /tmp/say.tmp /tmp/say",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let mut seen = Vec::new();
+    let got = tokio::time::timeout(T, async {
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("to-the-attached\n") {
+            match attached_out.read(&mut b).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&b[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        matches!(got, Ok(true)),
+        "attach: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    drop((attached_out, attached));
+    assert!(
+        next_until(&mut followed, "to-the-attached\n").await,
+        "{followed:?}"
+    );
+
     // the container exits: the follow ends; the kubelet restarts it; previous is its log
     let (_, code) = exec(tunnel, Transport::Spdy, &["touch", "/tmp/stop"], None).await;
     assert_eq!(code, 0);
@@ -796,7 +844,7 @@ async fn scenario(node: Node) {
         (s, prev.as_str()),
         (
             200,
-            "line one\nline two\nline three\nonly-in-first\nstopping\n"
+            "line one\nline two\nline three\nonly-in-first\nto-the-attached\nstopping\n"
         )
     );
     until("the new instance's lines", T, || async {
