@@ -79,6 +79,8 @@ mod cleanup;
 mod cluster;
 #[path = "node-agent-parts/node.rs"]
 mod node;
+#[path = "node-agent-parts/server.rs"]
+mod server;
 
 #[derive(Debug, Parser)]
 #[command(about = "The nodekit all-in-one node agent (standalone mode)")]
@@ -137,6 +139,9 @@ struct Args {
     cleanup: bool,
     #[command(flatten)]
     node: node::NodeFlags,
+    /// The kubelet's server (logs, exec, attach, port-forward over TLS): node-agent-parts/server.rs.
+    #[command(flatten)]
+    server: server::ServerFlags,
 }
 
 /// Whether this process runs as root (pod cgroups need it).
@@ -263,6 +268,10 @@ async fn runtime(
             cni: cni.clone(),
             images: store.clone(),
             init_binary: Some(find_init(args.init_binary.clone())?),
+            streaming: node_cri::streaming::StreamingConfig {
+                stream_idle_timeout: args.server.idle_timeout()?,
+                ..Default::default()
+            },
             ..Default::default()
         })
         .context("the native runtime")?,
@@ -448,6 +457,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .node(latest_node),
     );
+    // the kubelet's server (node-agent-parts/server.rs): off unless --tls-cert-file is given
+    let _kubelet_server = server::start(
+        &args.server,
+        states.clone(),
+        rt.clone(),
+        app.clone(),
+        token.clone(),
+    )
+    .await?;
     let http_token = token.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)

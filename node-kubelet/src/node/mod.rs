@@ -18,7 +18,9 @@
 //! | the real hooks: admission, cgroups, volumes, eviction and shutdown wired together | [`manager`] ([`NodeManager`]) |
 //! | mirror pods of static pods | [`mirror`] |
 //! | service-account tokens for projected volumes | [`tokens`] |
-//! | `/healthz`, `/pods`, `/metrics` and the node's metric families | [`http`] |
+//! | `/healthz`, `/pods`, `/metrics` and the node's metric families (the read-only port) | [`http`] |
+//! | container logs with kubelet's options, from the CRI log files | [`logs`] |
+//! | the kubelet's server over TLS with client certificates: `/containerLogs`, `/exec`, `/attach`, `/portForward` | [`server`] |
 //!
 //! Each module has its own error type and depends on nothing but node-core and the kernel, so a
 //! pod worker can call them in the order kubelet does:
@@ -55,11 +57,13 @@ pub mod gc;
 pub mod hooks;
 pub mod http;
 pub mod logind;
+pub mod logs;
 pub mod manager;
 pub mod mirror;
 pub mod objects;
 pub mod qos;
 pub mod quantity;
+pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod tokens;
