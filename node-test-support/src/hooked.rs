@@ -169,3 +169,114 @@ node_core::forward_runtime_backend! {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::FakeRuntime;
+
+    /// Every `RuntimeBackend` method, by its snake-case name.
+    const ALL: [&str; 25] = [
+        "version",
+        "status",
+        "run_pod_sandbox",
+        "stop_pod_sandbox",
+        "remove_pod_sandbox",
+        "pod_sandbox_status",
+        "list_pod_sandbox",
+        "create_container",
+        "start_container",
+        "stop_container",
+        "remove_container",
+        "container_status",
+        "list_containers",
+        "exec_sync",
+        "exec",
+        "attach",
+        "port_forward",
+        "container_stats",
+        "list_container_stats",
+        "pod_sandbox_stats",
+        "list_pod_sandbox_stats",
+        "update_container_resources",
+        "reopen_container_log",
+        "update_runtime_config",
+        "get_container_events",
+    ];
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_call_reaches_the_inner_runtime_between_before_and_after() {
+        let fake = FakeRuntime::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let rt = HookedRuntime::new(Arc::new(fake.clone()))
+            .adjusting_sandboxes(|c| c.hostname = "adjusted".into())
+            .observing(move |call, phase| log.lock().unwrap().push((call, phase)));
+        let sandbox = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = Duration::from_secs(1);
+        // the answers do not matter here (unknown ids, unimplemented calls): which calls passed does
+        let _ = rt.version().await;
+        let _ = rt.status(false).await;
+        let id = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sandbox.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let _ = rt.stop_pod_sandbox("x").await;
+        let _ = rt.remove_pod_sandbox("x").await;
+        let _ = rt.pod_sandbox_status(&id, false).await;
+        let _ = rt.list_pod_sandbox(None).await;
+        let _ = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id.clone(),
+                sandbox_config: Some(sandbox),
+                ..Default::default()
+            })
+            .await;
+        let _ = rt.start_container("x").await;
+        let _ = rt.stop_container("x", d).await;
+        let _ = rt.remove_container("x").await;
+        let _ = rt.container_status("x", false).await;
+        let _ = rt.list_containers(None).await;
+        let _ = rt.exec_sync("x", vec!["true".into()], d).await;
+        let _ = rt.exec(Default::default()).await;
+        let _ = rt.attach(Default::default()).await;
+        let _ = rt.port_forward(Default::default()).await;
+        let _ = rt.container_stats("x").await;
+        let _ = rt.list_container_stats(None).await;
+        let _ = rt.pod_sandbox_stats("x").await;
+        let _ = rt.list_pod_sandbox_stats(None).await;
+        let _ = rt.update_container_resources(Default::default()).await;
+        let _ = rt.reopen_container_log("x").await;
+        let _ = rt.update_runtime_config(Default::default()).await;
+        let _ = rt.get_container_events().await;
+
+        let seen = seen.lock().unwrap().clone();
+        let names: Vec<_> = seen.chunks(2).map(|pair| pair[0].0).collect();
+        assert_eq!(names, ALL, "each call observed once, in order");
+        for pair in seen.chunks(2) {
+            assert_eq!(pair[0], (pair[0].0, Phase::Before), "{seen:?}");
+            assert!(
+                matches!(pair[1], (name, Phase::After { .. }) if name == pair[0].0),
+                "{seen:?}"
+            );
+        }
+        assert_eq!(
+            fake.sandboxes()[0].config.hostname,
+            "adjusted",
+            "the sandbox config was adjusted on its way"
+        );
+        assert_eq!(rt.subscriptions(), 1);
+    }
+}
