@@ -63,14 +63,32 @@ fn not_found(kind: &str, id: &str) -> Status {
 }
 
 /// The body of an RPC whose request is one id and whose response is empty: the id field is
-/// checked (`InvalidArgument` naming it when empty), the backend's method of the same name called
-/// with it (`self.0.runtime.<method>`), and its answer passed through `finish` ([`strict`] or [`idempotent`]).
+/// checked (`InvalidArgument` naming it when empty), the backend method named after `=>` called
+/// with it, and its answer passed through `finish` ([`strict`] or [`idempotent`]).
 macro_rules! by_id {
     ($r:ident, $method:literal: $field:ident => $finish:ident($self:ident.0.runtime.$call:ident)) => {
         rpc!(M = $method, $r, |req| {
             need_id(M, stringify!($field), &req.$field)?;
             $finish(M, $self.0.runtime.$call(&req.$field).await)?;
             Ok(Default::default())
+        })
+    };
+}
+
+/// The body of a status RPC (`PodSandboxStatus`, `ContainerStatus`): the id field checked, the
+/// backend's method called with it and `verbose`, `NotFound` naming the `kind` when it answers
+/// no status, and `info` kept only when `verbose` was asked.
+macro_rules! status_by_id {
+    ($r:ident, $method:literal: $field:ident => $self:ident.0.runtime.$call:ident, $kind:literal) => {
+        rpc!(M = $method, $r, |req| {
+            let id = &req.$field;
+            need_id(M, stringify!($field), id)?;
+            let mut resp = strict(M, $self.0.runtime.$call(id, req.verbose).await)?;
+            if resp.status.is_none() {
+                return Err(not_found($kind, id));
+            }
+            verbosity(&mut resp.info, req.verbose);
+            Ok(resp)
         })
     };
 }
@@ -332,16 +350,8 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::PodSandboxStatusRequest>,
     ) -> Answer<cri::PodSandboxStatusResponse> {
-        rpc!(M = "PodSandboxStatus", r, |req| {
-            let id = &req.pod_sandbox_id;
-            need_id(M, "pod_sandbox_id", id)?;
-            let mut resp = strict(M, self.0.runtime.pod_sandbox_status(id, req.verbose).await)?;
-            if resp.status.is_none() {
-                return Err(not_found("pod sandbox", id));
-            }
-            verbosity(&mut resp.info, req.verbose);
-            Ok(resp)
-        })
+        status_by_id!(r, "PodSandboxStatus": pod_sandbox_id =>
+            self.0.runtime.pod_sandbox_status, "pod sandbox")
     }
 
     async fn list_pod_sandbox(
@@ -420,16 +430,8 @@ impl RuntimeService for CriApi {
         &self,
         r: Request<cri::ContainerStatusRequest>,
     ) -> Answer<cri::ContainerStatusResponse> {
-        rpc!(M = "ContainerStatus", r, |req| {
-            let id = &req.container_id;
-            need_id(M, "container_id", id)?;
-            let mut resp = strict(M, self.0.runtime.container_status(id, req.verbose).await)?;
-            if resp.status.is_none() {
-                return Err(not_found("container", id));
-            }
-            verbosity(&mut resp.info, req.verbose);
-            Ok(resp)
-        })
+        status_by_id!(r, "ContainerStatus": container_id =>
+            self.0.runtime.container_status, "container")
     }
 
     async fn update_container_resources(
