@@ -15,6 +15,8 @@
 //! `node-cni`.
 
 pub mod cni;
+#[doc(hidden)]
+pub mod forward;
 pub mod pod;
 pub mod proxy;
 pub mod runtime;

@@ -22,9 +22,7 @@
 //! ```
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::StreamExt;
 use node_core::{ContainerEventStream, RuntimeBackend, RuntimeError, cri};
 use tokio::sync::mpsc;
@@ -122,168 +120,163 @@ impl HookedRuntime {
     }
 }
 
-#[async_trait]
-impl RuntimeBackend for HookedRuntime {
-    async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
-        self.call("version", self.inner.version()).await
+node_core::forward_runtime_backend! {
+    impl RuntimeBackend for HookedRuntime {
+        forward [
+            version, status, stop_pod_sandbox, remove_pod_sandbox, pod_sandbox_status,
+            list_pod_sandbox, start_container, stop_container, remove_container, container_status,
+            list_containers, exec_sync, exec, attach, port_forward, container_stats,
+            list_container_stats, pod_sandbox_stats, list_pod_sandbox_stats,
+            update_container_resources, reopen_container_log, update_runtime_config,
+        ]
+        to self.inner around |name, call| self.call(name, call).await;
+
+        // the sandbox config adjusted on its way
+        async fn run_pod_sandbox(
+            &self,
+            mut req: cri::RunPodSandboxRequest,
+        ) -> Result<String, RuntimeError> {
+            self.adjust(req.config.as_mut());
+            self.call("run_pod_sandbox", self.inner.run_pod_sandbox(req))
+                .await
+        }
+
+        async fn create_container(
+            &self,
+            mut req: cri::CreateContainerRequest,
+        ) -> Result<String, RuntimeError> {
+            self.adjust(req.sandbox_config.as_mut());
+            self.call("create_container", self.inner.create_container(req))
+                .await
+        }
+
+        // the test's own events when it feeds them
+        async fn get_container_events(&self) -> Result<ContainerEventStream, RuntimeError> {
+            *self.subscriptions.lock().unwrap() += 1;
+            let Some(events) = &self.events else {
+                return self
+                    .call("get_container_events", self.inner.get_container_events())
+                    .await;
+            };
+            let rx = events
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| RuntimeError::Unavailable("already subscribed".into()))?;
+            Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+                .map(Ok)
+                .boxed())
+        }
     }
-    async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
-        self.call("status", self.inner.status(verbose)).await
-    }
-    async fn run_pod_sandbox(
-        &self,
-        mut req: cri::RunPodSandboxRequest,
-    ) -> Result<String, RuntimeError> {
-        self.adjust(req.config.as_mut());
-        self.call("run_pod_sandbox", self.inner.run_pod_sandbox(req))
-            .await
-    }
-    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call("stop_pod_sandbox", self.inner.stop_pod_sandbox(id))
-            .await
-    }
-    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call("remove_pod_sandbox", self.inner.remove_pod_sandbox(id))
-            .await
-    }
-    async fn pod_sandbox_status(
-        &self,
-        id: &str,
-        verbose: bool,
-    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
-        self.call(
-            "pod_sandbox_status",
-            self.inner.pod_sandbox_status(id, verbose),
-        )
-        .await
-    }
-    async fn list_pod_sandbox(
-        &self,
-        filter: Option<cri::PodSandboxFilter>,
-    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
-        self.call("list_pod_sandbox", self.inner.list_pod_sandbox(filter))
-            .await
-    }
-    async fn create_container(
-        &self,
-        mut req: cri::CreateContainerRequest,
-    ) -> Result<String, RuntimeError> {
-        self.adjust(req.sandbox_config.as_mut());
-        self.call("create_container", self.inner.create_container(req))
-            .await
-    }
-    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call("start_container", self.inner.start_container(id))
-            .await
-    }
-    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
-        self.call("stop_container", self.inner.stop_container(id, timeout))
-            .await
-    }
-    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call("remove_container", self.inner.remove_container(id))
-            .await
-    }
-    async fn container_status(
-        &self,
-        id: &str,
-        verbose: bool,
-    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
-        self.call("container_status", self.inner.container_status(id, verbose))
-            .await
-    }
-    async fn list_containers(
-        &self,
-        filter: Option<cri::ContainerFilter>,
-    ) -> Result<Vec<cri::Container>, RuntimeError> {
-        self.call("list_containers", self.inner.list_containers(filter))
-            .await
-    }
-    async fn exec_sync(
-        &self,
-        id: &str,
-        cmd: Vec<String>,
-        timeout: Duration,
-    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
-        self.call("exec_sync", self.inner.exec_sync(id, cmd, timeout))
-            .await
-    }
-    async fn exec(&self, req: cri::ExecRequest) -> Result<cri::ExecResponse, RuntimeError> {
-        self.call("exec", self.inner.exec(req)).await
-    }
-    async fn attach(&self, req: cri::AttachRequest) -> Result<cri::AttachResponse, RuntimeError> {
-        self.call("attach", self.inner.attach(req)).await
-    }
-    async fn port_forward(
-        &self,
-        req: cri::PortForwardRequest,
-    ) -> Result<cri::PortForwardResponse, RuntimeError> {
-        self.call("port_forward", self.inner.port_forward(req))
-            .await
-    }
-    async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, RuntimeError> {
-        self.call("container_stats", self.inner.container_stats(id))
-            .await
-    }
-    async fn list_container_stats(
-        &self,
-        filter: Option<cri::ContainerStatsFilter>,
-    ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
-        self.call(
-            "list_container_stats",
-            self.inner.list_container_stats(filter),
-        )
-        .await
-    }
-    async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats, RuntimeError> {
-        self.call("pod_sandbox_stats", self.inner.pod_sandbox_stats(id))
-            .await
-    }
-    async fn list_pod_sandbox_stats(
-        &self,
-        filter: Option<cri::PodSandboxStatsFilter>,
-    ) -> Result<Vec<cri::PodSandboxStats>, RuntimeError> {
-        self.call(
-            "list_pod_sandbox_stats",
-            self.inner.list_pod_sandbox_stats(filter),
-        )
-        .await
-    }
-    async fn update_container_resources(
-        &self,
-        req: cri::UpdateContainerResourcesRequest,
-    ) -> Result<(), RuntimeError> {
-        self.call(
-            "update_container_resources",
-            self.inner.update_container_resources(req),
-        )
-        .await
-    }
-    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call("reopen_container_log", self.inner.reopen_container_log(id))
-            .await
-    }
-    async fn update_runtime_config(&self, config: cri::RuntimeConfig) -> Result<(), RuntimeError> {
-        self.call(
-            "update_runtime_config",
-            self.inner.update_runtime_config(config),
-        )
-        .await
-    }
-    async fn get_container_events(&self) -> Result<ContainerEventStream, RuntimeError> {
-        *self.subscriptions.lock().unwrap() += 1;
-        let Some(events) = &self.events else {
-            return self
-                .call("get_container_events", self.inner.get_container_events())
-                .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::FakeRuntime;
+
+    /// Every `RuntimeBackend` method, by its snake-case name.
+    const ALL: [&str; 25] = [
+        "version",
+        "status",
+        "run_pod_sandbox",
+        "stop_pod_sandbox",
+        "remove_pod_sandbox",
+        "pod_sandbox_status",
+        "list_pod_sandbox",
+        "create_container",
+        "start_container",
+        "stop_container",
+        "remove_container",
+        "container_status",
+        "list_containers",
+        "exec_sync",
+        "exec",
+        "attach",
+        "port_forward",
+        "container_stats",
+        "list_container_stats",
+        "pod_sandbox_stats",
+        "list_pod_sandbox_stats",
+        "update_container_resources",
+        "reopen_container_log",
+        "update_runtime_config",
+        "get_container_events",
+    ];
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_call_reaches_the_inner_runtime_between_before_and_after() {
+        let fake = FakeRuntime::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let rt = HookedRuntime::new(Arc::new(fake.clone()))
+            .adjusting_sandboxes(|c| c.hostname = "adjusted".into())
+            .observing(move |call, phase| log.lock().unwrap().push((call, phase)));
+        let sandbox = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
         };
-        let rx = events
-            .lock()
-            .unwrap()
-            .take()
-            .ok_or_else(|| RuntimeError::Unavailable("already subscribed".into()))?;
-        Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
-            .map(Ok)
-            .boxed())
+        let d = Duration::from_secs(1);
+        // the answers do not matter here (unknown ids, unimplemented calls): which calls passed does
+        let _ = rt.version().await;
+        let _ = rt.status(false).await;
+        let id = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sandbox.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let _ = rt.stop_pod_sandbox("x").await;
+        let _ = rt.remove_pod_sandbox("x").await;
+        let _ = rt.pod_sandbox_status(&id, false).await;
+        let _ = rt.list_pod_sandbox(None).await;
+        let _ = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id.clone(),
+                sandbox_config: Some(sandbox),
+                ..Default::default()
+            })
+            .await;
+        let _ = rt.start_container("x").await;
+        let _ = rt.stop_container("x", d).await;
+        let _ = rt.remove_container("x").await;
+        let _ = rt.container_status("x", false).await;
+        let _ = rt.list_containers(None).await;
+        let _ = rt.exec_sync("x", vec!["true".into()], d).await;
+        let _ = rt.exec(Default::default()).await;
+        let _ = rt.attach(Default::default()).await;
+        let _ = rt.port_forward(Default::default()).await;
+        let _ = rt.container_stats("x").await;
+        let _ = rt.list_container_stats(None).await;
+        let _ = rt.pod_sandbox_stats("x").await;
+        let _ = rt.list_pod_sandbox_stats(None).await;
+        let _ = rt.update_container_resources(Default::default()).await;
+        let _ = rt.reopen_container_log("x").await;
+        let _ = rt.update_runtime_config(Default::default()).await;
+        let _ = rt.get_container_events().await;
+
+        let seen = seen.lock().unwrap().clone();
+        let names: Vec<_> = seen.chunks(2).map(|pair| pair[0].0).collect();
+        assert_eq!(names, ALL, "each call observed once, in order");
+        for pair in seen.chunks(2) {
+            assert_eq!(pair[0], (pair[0].0, Phase::Before), "{seen:?}");
+            assert!(
+                matches!(pair[1], (name, Phase::After { .. }) if name == pair[0].0),
+                "{seen:?}"
+            );
+        }
+        assert_eq!(
+            fake.sandboxes()[0].config.hostname,
+            "adjusted",
+            "the sandbox config was adjusted on its way"
+        );
+        assert_eq!(rt.subscriptions(), 1);
     }
 }

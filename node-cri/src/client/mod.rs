@@ -179,6 +179,32 @@ fn whole_seconds(d: Duration) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
+/// [`CriClient::call`]'s `repeatable`: the call is safe to repeat after any transport failure
+/// (reads, stop, remove).
+const REPEATABLE: bool = true;
+/// [`CriClient::call`]'s `repeatable`: the call is repeated only when it provably never reached
+/// the runtime (create, start, exec, pull).
+const NOT_REPEATABLE: bool = false;
+
+/// One unary CRI call, `self.<service>.<rpc>(msg)` (`service`: `runtime` or `images`), run by
+/// [`CriClient::call`] under `ctx`: each attempt clones the tonic client (a cheap handle on the
+/// shared channel, as tonic's calls take `&mut self`) and sends `msg` with `ctx.deadline` set on
+/// the request (`grpc-timeout`). The value is the runtime's answer or its status as a
+/// [`RuntimeError`].
+macro_rules! unary {
+    ($self:ident.$service:ident.$rpc:ident($msg:expr), $ctx:expr, $repeatable:expr) => {{
+        let ctx = $ctx;
+        let msg = $msg;
+        $self
+            .call(&ctx, $repeatable, || {
+                let mut c = $self.$service.clone();
+                let req = request(msg.clone(), ctx.deadline);
+                async move { c.$rpc(req).await }
+            })
+            .await
+    }};
+}
+
 impl CriClient {
     /// Connect to the runtime at `config.endpoint` and check its CRI API version.
     ///
@@ -323,17 +349,10 @@ impl CriClient {
         deadline: Duration,
     ) -> Result<cri::VersionResponse, RuntimeError> {
         let ctx = CallContext::new("Version", "runtime", "", deadline);
-        self.call(&ctx, true, || {
-            let mut c = self.runtime.clone();
-            let req = request(
-                cri::VersionRequest {
-                    version: CRI_API_VERSION.into(),
-                },
-                deadline,
-            );
-            async move { c.version(req).await }
-        })
-        .await
+        let msg = cri::VersionRequest {
+            version: CRI_API_VERSION.into(),
+        };
+        unary!(self.runtime.version(msg), ctx, REPEATABLE)
     }
 
     /// Run one call under `ctx.deadline` (zero: none). It is repeated once, after a short pause,
@@ -443,38 +462,6 @@ fn request<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
     req
 }
 
-/// Clone-and-call helpers: each closure passed to [`CriClient::call`] clones the tonic client (a
-/// cheap handle on the shared channel) because tonic's calls take `&mut self`.
-macro_rules! rt_call {
-    ($self:ident, $ctx:expr, $repeatable:expr, $method:ident, $msg:expr) => {{
-        let ctx = $ctx;
-        let deadline = ctx.deadline;
-        let msg = $msg;
-        $self
-            .call(&ctx, $repeatable, || {
-                let mut c = $self.runtime.clone();
-                let req = request(msg.clone(), deadline);
-                async move { c.$method(req).await }
-            })
-            .await
-    }};
-}
-
-macro_rules! img_call {
-    ($self:ident, $ctx:expr, $repeatable:expr, $method:ident, $msg:expr) => {{
-        let ctx = $ctx;
-        let deadline = ctx.deadline;
-        let msg = $msg;
-        $self
-            .call(&ctx, $repeatable, || {
-                let mut c = $self.images.clone();
-                let req = request(msg.clone(), deadline);
-                async move { c.$method(req).await }
-            })
-            .await
-    }};
-}
-
 #[async_trait]
 impl RuntimeBackend for CriClient {
     async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
@@ -482,12 +469,11 @@ impl RuntimeBackend for CriClient {
     }
 
     async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
-        rt_call!(
-            self,
-            self.ctx("Status", "runtime", ""),
-            true,
-            status,
-            cri::StatusRequest { verbose }
+        let ctx = self.ctx("Status", "runtime", "");
+        unary!(
+            self.runtime.status(cri::StatusRequest { verbose }),
+            ctx,
+            REPEATABLE
         )
     }
 
@@ -498,8 +484,7 @@ impl RuntimeBackend for CriClient {
         let name = validate_sandbox(&req)?;
         let mut ctx = self.ctx("RunPodSandbox", "pod sandbox", name);
         ctx.network = true;
-        let resp: cri::RunPodSandboxResponse = rt_call!(self, ctx, false, run_pod_sandbox, req)?;
-        Ok(resp.pod_sandbox_id)
+        Ok(unary!(self.runtime.run_pod_sandbox(req), ctx, NOT_REPEATABLE)?.pod_sandbox_id)
     }
 
     async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
@@ -508,21 +493,15 @@ impl RuntimeBackend for CriClient {
         let msg = cri::StopPodSandboxRequest {
             pod_sandbox_id: id.into(),
         };
-        rt_call!(self, ctx, true, stop_pod_sandbox, msg).map(|_: cri::StopPodSandboxResponse| ())
+        unary!(self.runtime.stop_pod_sandbox(msg), ctx, REPEATABLE).map(drop)
     }
 
     async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let ctx = self.ctx("RemovePodSandbox", "pod sandbox", id);
         let msg = cri::RemovePodSandboxRequest {
             pod_sandbox_id: id.into(),
         };
-        rt_call!(
-            self,
-            self.ctx("RemovePodSandbox", "pod sandbox", id),
-            true,
-            remove_pod_sandbox,
-            msg
-        )
-        .map(|_: cri::RemovePodSandboxResponse| ())
+        unary!(self.runtime.remove_pod_sandbox(msg), ctx, REPEATABLE).map(drop)
     }
 
     async fn pod_sandbox_status(
@@ -530,32 +509,22 @@ impl RuntimeBackend for CriClient {
         id: &str,
         verbose: bool,
     ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
+        let ctx = self.ctx("PodSandboxStatus", "pod sandbox", id);
+        let pod_sandbox_id = id.into();
         let msg = cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.into(),
+            pod_sandbox_id,
             verbose,
         };
-        rt_call!(
-            self,
-            self.ctx("PodSandboxStatus", "pod sandbox", id),
-            true,
-            pod_sandbox_status,
-            msg
-        )
+        unary!(self.runtime.pod_sandbox_status(msg), ctx, REPEATABLE)
     }
 
     async fn list_pod_sandbox(
         &self,
         filter: Option<cri::PodSandboxFilter>,
     ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        let ctx = self.ctx("ListPodSandbox", "pod sandbox", "");
         let msg = cri::ListPodSandboxRequest { filter };
-        let resp: cri::ListPodSandboxResponse = rt_call!(
-            self,
-            self.ctx("ListPodSandbox", "pod sandbox", ""),
-            true,
-            list_pod_sandbox,
-            msg
-        )?;
-        Ok(resp.items)
+        Ok(unary!(self.runtime.list_pod_sandbox(msg), ctx, REPEATABLE)?.items)
     }
 
     async fn create_container(
@@ -564,22 +533,15 @@ impl RuntimeBackend for CriClient {
     ) -> Result<String, RuntimeError> {
         let mut ctx = self.ctx("CreateContainer", "pod sandbox", req.pod_sandbox_id.clone());
         ctx.image = validate_container(&req)?;
-        let resp: cri::CreateContainerResponse = rt_call!(self, ctx, false, create_container, req)?;
-        Ok(resp.container_id)
+        Ok(unary!(self.runtime.create_container(req), ctx, NOT_REPEATABLE)?.container_id)
     }
 
     async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let ctx = self.ctx("StartContainer", "container", id);
         let msg = cri::StartContainerRequest {
             container_id: id.into(),
         };
-        rt_call!(
-            self,
-            self.ctx("StartContainer", "container", id),
-            false,
-            start_container,
-            msg
-        )
-        .map(|_: cri::StartContainerResponse| ())
+        unary!(self.runtime.start_container(msg), ctx, NOT_REPEATABLE).map(drop)
     }
 
     async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
@@ -589,21 +551,15 @@ impl RuntimeBackend for CriClient {
             container_id: id.into(),
             timeout: whole_seconds(timeout),
         };
-        rt_call!(self, ctx, true, stop_container, msg).map(|_: cri::StopContainerResponse| ())
+        unary!(self.runtime.stop_container(msg), ctx, REPEATABLE).map(drop)
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let ctx = self.ctx("RemoveContainer", "container", id);
         let msg = cri::RemoveContainerRequest {
             container_id: id.into(),
         };
-        rt_call!(
-            self,
-            self.ctx("RemoveContainer", "container", id),
-            true,
-            remove_container,
-            msg
-        )
-        .map(|_: cri::RemoveContainerResponse| ())
+        unary!(self.runtime.remove_container(msg), ctx, REPEATABLE).map(drop)
     }
 
     async fn container_status(
@@ -611,32 +567,22 @@ impl RuntimeBackend for CriClient {
         id: &str,
         verbose: bool,
     ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
+        let ctx = self.ctx("ContainerStatus", "container", id);
+        let container_id = id.into();
         let msg = cri::ContainerStatusRequest {
-            container_id: id.into(),
+            container_id,
             verbose,
         };
-        rt_call!(
-            self,
-            self.ctx("ContainerStatus", "container", id),
-            true,
-            container_status,
-            msg
-        )
+        unary!(self.runtime.container_status(msg), ctx, REPEATABLE)
     }
 
     async fn list_containers(
         &self,
         filter: Option<cri::ContainerFilter>,
     ) -> Result<Vec<cri::Container>, RuntimeError> {
+        let ctx = self.ctx("ListContainers", "container", "");
         let msg = cri::ListContainersRequest { filter };
-        let resp: cri::ListContainersResponse = rt_call!(
-            self,
-            self.ctx("ListContainers", "container", ""),
-            true,
-            list_containers,
-            msg
-        )?;
-        Ok(resp.containers)
+        Ok(unary!(self.runtime.list_containers(msg), ctx, REPEATABLE)?.containers)
     }
 
     async fn exec_sync(
@@ -657,17 +603,17 @@ impl RuntimeBackend for CriClient {
             cmd,
             timeout: whole_seconds(timeout),
         };
-        rt_call!(self, ctx, false, exec_sync, msg)
+        unary!(self.runtime.exec_sync(msg), ctx, NOT_REPEATABLE)
     }
 
     async fn exec(&self, req: cri::ExecRequest) -> Result<cri::ExecResponse, RuntimeError> {
         let ctx = self.ctx("Exec", "container", req.container_id.clone());
-        rt_call!(self, ctx, false, exec, req)
+        unary!(self.runtime.exec(req), ctx, NOT_REPEATABLE)
     }
 
     async fn attach(&self, req: cri::AttachRequest) -> Result<cri::AttachResponse, RuntimeError> {
         let ctx = self.ctx("Attach", "container", req.container_id.clone());
-        rt_call!(self, ctx, false, attach, req)
+        unary!(self.runtime.attach(req), ctx, NOT_REPEATABLE)
     }
 
     async fn port_forward(
@@ -675,114 +621,70 @@ impl RuntimeBackend for CriClient {
         req: cri::PortForwardRequest,
     ) -> Result<cri::PortForwardResponse, RuntimeError> {
         let ctx = self.ctx("PortForward", "pod sandbox", req.pod_sandbox_id.clone());
-        rt_call!(self, ctx, false, port_forward, req)
+        unary!(self.runtime.port_forward(req), ctx, NOT_REPEATABLE)
     }
 
     async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, RuntimeError> {
-        let msg = cri::ContainerStatsRequest {
-            container_id: id.into(),
-        };
-        let resp: cri::ContainerStatsResponse = rt_call!(
-            self,
-            self.ctx("ContainerStats", "container", id),
-            true,
-            container_stats,
-            msg
-        )?;
-        resp.stats.ok_or_else(|| {
-            RuntimeError::Internal(format!(
-                "ContainerStats: no stats in the answer for container {id:?}"
-            ))
-        })
+        let ctx = self.ctx("ContainerStats", "container", id);
+        let container_id = id.into();
+        let msg = cri::ContainerStatsRequest { container_id };
+        let stats = unary!(self.runtime.container_stats(msg), ctx, REPEATABLE)?.stats;
+        stats.ok_or_else(|| no_stats("ContainerStats", "container", id))
     }
 
     async fn list_container_stats(
         &self,
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
+        let ctx = self.ctx("ListContainerStats", "container", "");
         let msg = cri::ListContainerStatsRequest { filter };
-        let resp: cri::ListContainerStatsResponse = rt_call!(
-            self,
-            self.ctx("ListContainerStats", "container", ""),
-            true,
-            list_container_stats,
-            msg
-        )?;
-        Ok(resp.stats)
+        Ok(unary!(self.runtime.list_container_stats(msg), ctx, REPEATABLE)?.stats)
     }
 
     async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats, RuntimeError> {
-        let msg = cri::PodSandboxStatsRequest {
-            pod_sandbox_id: id.into(),
-        };
-        let resp: cri::PodSandboxStatsResponse = rt_call!(
-            self,
-            self.ctx("PodSandboxStats", "pod sandbox", id),
-            true,
-            pod_sandbox_stats,
-            msg
-        )?;
-        resp.stats.ok_or_else(|| {
-            RuntimeError::Internal(format!(
-                "PodSandboxStats: no stats in the answer for pod sandbox {id:?}"
-            ))
-        })
+        let ctx = self.ctx("PodSandboxStats", "pod sandbox", id);
+        let pod_sandbox_id = id.into();
+        let msg = cri::PodSandboxStatsRequest { pod_sandbox_id };
+        let stats = unary!(self.runtime.pod_sandbox_stats(msg), ctx, REPEATABLE)?.stats;
+        stats.ok_or_else(|| no_stats("PodSandboxStats", "pod sandbox", id))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
         filter: Option<cri::PodSandboxStatsFilter>,
     ) -> Result<Vec<cri::PodSandboxStats>, RuntimeError> {
+        let ctx = self.ctx("ListPodSandboxStats", "pod sandbox", "");
         let msg = cri::ListPodSandboxStatsRequest { filter };
-        let resp: cri::ListPodSandboxStatsResponse = rt_call!(
-            self,
-            self.ctx("ListPodSandboxStats", "pod sandbox", ""),
-            true,
-            list_pod_sandbox_stats,
-            msg
-        )?;
-        Ok(resp.stats)
+        Ok(unary!(self.runtime.list_pod_sandbox_stats(msg), ctx, REPEATABLE)?.stats)
     }
 
     async fn update_container_resources(
         &self,
         req: cri::UpdateContainerResourcesRequest,
     ) -> Result<(), RuntimeError> {
-        let ctx = self.ctx(
-            "UpdateContainerResources",
-            "container",
-            req.container_id.clone(),
-        );
-        rt_call!(self, ctx, true, update_container_resources, req)
-            .map(|_: cri::UpdateContainerResourcesResponse| ())
+        let id = req.container_id.clone();
+        let ctx = self.ctx("UpdateContainerResources", "container", id);
+        unary!(
+            self.runtime.update_container_resources(req),
+            ctx,
+            REPEATABLE
+        )
+        .map(drop)
     }
 
     async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let ctx = self.ctx("ReopenContainerLog", "container", id);
         let msg = cri::ReopenContainerLogRequest {
             container_id: id.into(),
         };
-        rt_call!(
-            self,
-            self.ctx("ReopenContainerLog", "container", id),
-            true,
-            reopen_container_log,
-            msg
-        )
-        .map(|_: cri::ReopenContainerLogResponse| ())
+        unary!(self.runtime.reopen_container_log(msg), ctx, REPEATABLE).map(drop)
     }
 
     async fn update_runtime_config(&self, config: cri::RuntimeConfig) -> Result<(), RuntimeError> {
-        let msg = cri::UpdateRuntimeConfigRequest {
-            runtime_config: Some(config),
-        };
-        rt_call!(
-            self,
-            self.ctx("UpdateRuntimeConfig", "runtime", ""),
-            true,
-            update_runtime_config,
-            msg
-        )
-        .map(|_: cri::UpdateRuntimeConfigResponse| ())
+        let ctx = self.ctx("UpdateRuntimeConfig", "runtime", "");
+        let runtime_config = Some(config);
+        let msg = cri::UpdateRuntimeConfigRequest { runtime_config };
+        unary!(self.runtime.update_runtime_config(msg), ctx, REPEATABLE).map(drop)
     }
 
     /// The runtime's `GetContainerEvents` stream. The subscription itself has the connect
@@ -828,6 +730,13 @@ impl RuntimeBackend for CriClient {
     }
 }
 
+/// The error of a stats call whose answer had no stats for the `kind` with this id.
+fn no_stats(method: &str, kind: &str, id: &str) -> RuntimeError {
+    RuntimeError::Internal(format!(
+        "{method}: no stats in the answer for {kind} {id:?}"
+    ))
+}
+
 #[async_trait]
 impl ImageBackend for CriClient {
     async fn pull_image(
@@ -849,8 +758,7 @@ impl ImageBackend for CriClient {
             auth,
             sandbox_config,
         };
-        let resp: cri::PullImageResponse = img_call!(self, ctx, false, pull_image, msg)?;
-        Ok(resp.image_ref)
+        Ok(unary!(self.images.pull_image(msg), ctx, NOT_REPEATABLE)?.image_ref)
     }
 
     async fn image_status(
@@ -859,32 +767,24 @@ impl ImageBackend for CriClient {
         verbose: bool,
     ) -> Result<cri::ImageStatusResponse, RuntimeError> {
         let ctx = self.ctx("ImageStatus", "image", image.image.clone());
-        let msg = cri::ImageStatusRequest {
-            image: Some(image),
-            verbose,
-        };
-        img_call!(self, ctx, true, image_status, msg)
+        let image = Some(image);
+        let msg = cri::ImageStatusRequest { image, verbose };
+        unary!(self.images.image_status(msg), ctx, REPEATABLE)
     }
 
     async fn list_images(
         &self,
         filter: Option<cri::ImageFilter>,
     ) -> Result<Vec<cri::Image>, RuntimeError> {
+        let ctx = self.ctx("ListImages", "image", "");
         let msg = cri::ListImagesRequest { filter };
-        let resp: cri::ListImagesResponse = img_call!(
-            self,
-            self.ctx("ListImages", "image", ""),
-            true,
-            list_images,
-            msg
-        )?;
-        Ok(resp.images)
+        Ok(unary!(self.images.list_images(msg), ctx, REPEATABLE)?.images)
     }
 
     async fn remove_image(&self, image: cri::ImageSpec) -> Result<(), RuntimeError> {
         let ctx = self.ctx("RemoveImage", "image", image.image.clone());
         let msg = cri::RemoveImageRequest { image: Some(image) };
-        match img_call!(self, ctx, true, remove_image, msg) {
+        match unary!(self.images.remove_image(msg), ctx, REPEATABLE) {
             Ok(cri::RemoveImageResponse {}) => Ok(()),
             // the contract: removing an absent image succeeds
             Err(RuntimeError::NotFound { .. }) => Ok(()),
@@ -893,12 +793,11 @@ impl ImageBackend for CriClient {
     }
 
     async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse, RuntimeError> {
-        img_call!(
-            self,
-            self.ctx("ImageFsInfo", "image", ""),
-            true,
-            image_fs_info,
-            cri::ImageFsInfoRequest {}
+        let ctx = self.ctx("ImageFsInfo", "image", "");
+        unary!(
+            self.images.image_fs_info(cri::ImageFsInfoRequest {}),
+            ctx,
+            REPEATABLE
         )
     }
 }

@@ -6,7 +6,7 @@ use node_core::cri;
 use tonic::{Request, Response, Status};
 
 use super::status::{invalid, to_status};
-use super::{CriApi, filter, guarded};
+use super::{CriApi, filter, guarded, rpc, strict};
 
 type Answer<T> = Result<Response<T>, Status>;
 
@@ -35,29 +35,20 @@ impl ImageService for CriApi {
         &self,
         r: Request<cri::ListImagesRequest>,
     ) -> Answer<cri::ListImagesResponse> {
-        const M: &str = "ListImages";
-        let f = r.into_inner().filter;
-        guarded(M, async {
-            let items = self
-                .0
-                .images
-                .list_images(f.clone())
-                .await
-                .map_err(|e| to_status(M, &e))?;
+        rpc!(M = "ListImages", r, |req| {
+            let f = req.filter;
+            let items = strict(M, self.0.images.list_images(f.clone()).await)?;
             let mut images = filter::images(items, f.as_ref());
             images.iter_mut().for_each(|i| self.pin(i));
             Ok(cri::ListImagesResponse { images })
         })
-        .await
     }
 
     async fn image_status(
         &self,
         r: Request<cri::ImageStatusRequest>,
     ) -> Answer<cri::ImageStatusResponse> {
-        const M: &str = "ImageStatus";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "ImageStatus", r, |req| {
             let image = need_image(M, req.image)?;
             let mut resp = match self.0.images.image_status(image, req.verbose).await {
                 Ok(resp) => resp,
@@ -73,24 +64,20 @@ impl ImageService for CriApi {
             }
             Ok(resp)
         })
-        .await
     }
 
     async fn pull_image(
         &self,
         r: Request<cri::PullImageRequest>,
     ) -> Answer<cri::PullImageResponse> {
-        const M: &str = "PullImage";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "PullImage", r, |req| {
             let image = need_image(M, req.image)?;
             let reference = image.image.clone();
-            let image_ref = self
+            let pulled = self
                 .0
                 .images
-                .pull_image(image, req.auth, req.sandbox_config)
-                .await
-                .map_err(|e| to_status(M, &e))?;
+                .pull_image(image, req.auth, req.sandbox_config);
+            let image_ref = strict(M, pulled.await)?;
             if image_ref.is_empty() {
                 return Err(Status::internal(format!(
                     "{M}: the image backend returned no reference for {reference:?}"
@@ -98,16 +85,13 @@ impl ImageService for CriApi {
             }
             Ok(cri::PullImageResponse { image_ref })
         })
-        .await
     }
 
     async fn remove_image(
         &self,
         r: Request<cri::RemoveImageRequest>,
     ) -> Answer<cri::RemoveImageResponse> {
-        const M: &str = "RemoveImage";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "RemoveImage", r, |req| {
             let image = need_image(M, req.image)?;
             match self.0.images.remove_image(image).await {
                 Ok(()) => Ok(cri::RemoveImageResponse {}),
@@ -115,21 +99,15 @@ impl ImageService for CriApi {
                 Err(e) => Err(to_status(M, &e)),
             }
         })
-        .await
     }
 
     async fn image_fs_info(
         &self,
-        _r: Request<cri::ImageFsInfoRequest>,
+        r: Request<cri::ImageFsInfoRequest>,
     ) -> Answer<cri::ImageFsInfoResponse> {
-        const M: &str = "ImageFsInfo";
-        guarded(M, async {
-            self.0
-                .images
-                .image_fs_info()
-                .await
-                .map_err(|e| to_status(M, &e))
-        })
-        .await
+        rpc!(M = "ImageFsInfo", r, |_| strict(
+            M,
+            self.0.images.image_fs_info().await
+        ))
     }
 }

@@ -263,6 +263,23 @@ impl CriServer {
     }
 }
 
+/// The body of one RPC: `$m` (written `M = "Method"`) names the CRI method in the body's error
+/// texts, `$req` binds the request's message, and the body (the checks, then the backend call,
+/// then the answer) runs in [`guarded`]: a panic in it answers `Internal`.
+macro_rules! rpc {
+    ($m:ident = $method:literal, $r:ident, |$req:pat_param| $body:expr) => {{
+        const $m: &str = $method;
+        let $req = $r.into_inner();
+        guarded($m, async { $body }).await
+    }};
+}
+use rpc;
+
+/// The backend's answer, its error mapped to the call's status ([`status::to_status`]).
+fn strict<T>(method: &str, r: Result<T, node_core::RuntimeError>) -> Result<T, Status> {
+    r.map_err(|e| status::to_status(method, &e))
+}
+
 /// Run one call's future: its result becomes the response, a panic inside it becomes
 /// `Internal` (the server and other calls are unaffected).
 async fn guarded<T>(

@@ -8,7 +8,7 @@ use node_core::{RuntimeError, cri};
 use tonic::{Request, Response, Status};
 
 use super::status::{invalid, to_status};
-use super::{CriApi, filter, guarded};
+use super::{CriApi, filter, guarded, rpc, strict};
 
 type Answer<T> = Result<Response<T>, Status>;
 
@@ -39,24 +39,58 @@ fn idempotent(method: &str, r: Result<(), RuntimeError>) -> Result<(), Status> {
     }
 }
 
-/// The backend's answer, its error mapped to the call's status.
-fn strict<T>(method: &str, r: Result<T, RuntimeError>) -> Result<T, Status> {
-    r.map_err(|e| to_status(method, &e))
+/// An id the backend answered for what it made: an empty one is the backend's fault (`Internal`).
+fn need_answer(method: &str, what: &str, id: String) -> Result<String, Status> {
+    if id.is_empty() {
+        return Err(Status::internal(format!(
+            "{method}: the runtime backend returned an empty {what}"
+        )));
+    }
+    Ok(id)
 }
 
-/// The body of an RPC whose request is one id: the id is checked, the backend called with it,
-/// its answer passed through `finish` ([`strict`] or [`idempotent`]) and wrapped by `respond`.
+/// The command of an exec: present, its first word not empty.
+fn need_cmd(method: &str, cmd: &[String]) -> Result<(), Status> {
+    if cmd.first().is_none_or(|c| c.is_empty()) {
+        return Err(invalid(method, "cmd is empty"));
+    }
+    Ok(())
+}
+
+/// `NotFound` for a status call whose backend answered no status for `id`.
+fn not_found(kind: &str, id: &str) -> Status {
+    Status::not_found(format!("{kind} {id:?} not found"))
+}
+
+/// The body of an RPC whose request is one id and whose response is empty: the id field is
+/// checked (`InvalidArgument` naming it when empty), the backend method named after `=>` called
+/// with it, and its answer passed through `finish` ([`strict`] or [`idempotent`]).
 macro_rules! by_id {
-    ($r:ident, $method:literal, $field:ident, $finish:ident, |$id:ident| $call:expr, |$out:pat_param| $respond:expr) => {{
-        const M: &str = $method;
-        let $id = $r.into_inner().$field;
-        guarded(M, async {
-            need_id(M, stringify!($field), &$id)?;
-            let $out = $finish(M, $call.await)?;
-            Ok($respond)
+    ($r:ident, $method:literal: $field:ident => $finish:ident($self:ident.0.runtime.$call:ident)) => {
+        rpc!(M = $method, $r, |req| {
+            need_id(M, stringify!($field), &req.$field)?;
+            $finish(M, $self.0.runtime.$call(&req.$field).await)?;
+            Ok(Default::default())
         })
-        .await
-    }};
+    };
+}
+
+/// The body of a status RPC (`PodSandboxStatus`, `ContainerStatus`): the id field checked, the
+/// backend's method called with it and `verbose`, `NotFound` naming the `kind` when it answers
+/// no status, and `info` kept only when `verbose` was asked.
+macro_rules! status_by_id {
+    ($r:ident, $method:literal: $field:ident => $self:ident.0.runtime.$call:ident, $kind:literal) => {
+        rpc!(M = $method, $r, |req| {
+            let id = &req.$field;
+            need_id(M, stringify!($field), id)?;
+            let mut resp = strict(M, $self.0.runtime.$call(id, req.verbose).await)?;
+            if resp.status.is_none() {
+                return Err(not_found($kind, id));
+            }
+            verbosity(&mut resp.info, req.verbose);
+            Ok(resp)
+        })
+    };
 }
 
 /// The filter given to the backend: without the id, which the server matches itself (exactly or
@@ -252,20 +286,16 @@ fn not_ready(err: &RuntimeError) -> cri::StatusResponse {
 
 #[tonic::async_trait]
 impl RuntimeService for CriApi {
-    async fn version(&self, _r: Request<cri::VersionRequest>) -> Answer<cri::VersionResponse> {
-        guarded("Version", async {
-            self.0
-                .runtime
-                .version()
-                .await
-                .map_err(|e| to_status("Version", &e))
-        })
-        .await
+    async fn version(&self, r: Request<cri::VersionRequest>) -> Answer<cri::VersionResponse> {
+        rpc!(M = "Version", r, |_| strict(
+            M,
+            self.0.runtime.version().await
+        ))
     }
 
     async fn status(&self, r: Request<cri::StatusRequest>) -> Answer<cri::StatusResponse> {
-        let verbose = r.get_ref().verbose;
-        guarded("Status", async {
+        rpc!(M = "Status", r, |req| {
+            let verbose = req.verbose;
             let mut resp = match self.0.runtime.status(verbose).await {
                 Ok(resp) => with_conditions(resp),
                 Err(e) => {
@@ -286,237 +316,129 @@ impl RuntimeService for CriApi {
             }
             Ok(resp)
         })
-        .await
     }
 
     async fn run_pod_sandbox(
         &self,
         r: Request<cri::RunPodSandboxRequest>,
     ) -> Answer<cri::RunPodSandboxResponse> {
-        const M: &str = "RunPodSandbox";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "RunPodSandbox", r, |req| {
             check_sandbox_config(M, req.config.as_ref())?;
-            let id = self
-                .0
-                .runtime
-                .run_pod_sandbox(req)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            if id.is_empty() {
-                return Err(Status::internal(format!(
-                    "{M}: the runtime backend returned an empty sandbox id"
-                )));
-            }
-            Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+            let id = strict(M, self.0.runtime.run_pod_sandbox(req).await)?;
+            Ok(cri::RunPodSandboxResponse {
+                pod_sandbox_id: need_answer(M, "sandbox id", id)?,
+            })
         })
-        .await
     }
 
     async fn stop_pod_sandbox(
         &self,
         r: Request<cri::StopPodSandboxRequest>,
     ) -> Answer<cri::StopPodSandboxResponse> {
-        by_id!(
-            r,
-            "StopPodSandbox",
-            pod_sandbox_id,
-            idempotent,
-            |id| self.0.runtime.stop_pod_sandbox(&id),
-            |()| cri::StopPodSandboxResponse {}
-        )
+        by_id!(r, "StopPodSandbox": pod_sandbox_id => idempotent(self.0.runtime.stop_pod_sandbox))
     }
 
     async fn remove_pod_sandbox(
         &self,
         r: Request<cri::RemovePodSandboxRequest>,
     ) -> Answer<cri::RemovePodSandboxResponse> {
-        by_id!(
-            r,
-            "RemovePodSandbox",
-            pod_sandbox_id,
-            idempotent,
-            |id| self.0.runtime.remove_pod_sandbox(&id),
-            |()| cri::RemovePodSandboxResponse {}
-        )
+        by_id!(r, "RemovePodSandbox": pod_sandbox_id =>
+            idempotent(self.0.runtime.remove_pod_sandbox))
     }
 
     async fn pod_sandbox_status(
         &self,
         r: Request<cri::PodSandboxStatusRequest>,
     ) -> Answer<cri::PodSandboxStatusResponse> {
-        const M: &str = "PodSandboxStatus";
-        let req = r.into_inner();
-        guarded(M, async {
-            need_id(M, "pod_sandbox_id", &req.pod_sandbox_id)?;
-            let mut resp = self
-                .0
-                .runtime
-                .pod_sandbox_status(&req.pod_sandbox_id, req.verbose)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            if resp.status.is_none() {
-                return Err(Status::not_found(format!(
-                    "pod sandbox {:?} not found",
-                    req.pod_sandbox_id
-                )));
-            }
-            verbosity(&mut resp.info, req.verbose);
-            Ok(resp)
-        })
-        .await
+        status_by_id!(r, "PodSandboxStatus": pod_sandbox_id =>
+            self.0.runtime.pod_sandbox_status, "pod sandbox")
     }
 
     async fn list_pod_sandbox(
         &self,
         r: Request<cri::ListPodSandboxRequest>,
     ) -> Answer<cri::ListPodSandboxResponse> {
-        const M: &str = "ListPodSandbox";
-        let f = r.into_inner().filter;
-        guarded(M, async {
-            let items = self
-                .0
-                .runtime
-                .list_pod_sandbox(without_id(&f, |f| &mut f.id))
-                .await
-                .map_err(|e| to_status(M, &e))?;
+        rpc!(M = "ListPodSandbox", r, |req| {
+            let f = req.filter;
+            let unfiltered = without_id(&f, |f| &mut f.id);
+            let items = strict(M, self.0.runtime.list_pod_sandbox(unfiltered).await)?;
             Ok(cri::ListPodSandboxResponse {
                 items: filter::pod_sandboxes(items, f.as_ref()),
             })
         })
-        .await
     }
 
     async fn create_container(
         &self,
         r: Request<cri::CreateContainerRequest>,
     ) -> Answer<cri::CreateContainerResponse> {
-        const M: &str = "CreateContainer";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "CreateContainer", r, |req| {
             need_id(M, "pod_sandbox_id", &req.pod_sandbox_id)?;
             check_container_config(M, req.config.as_ref())?;
-            let id = self
-                .0
-                .runtime
-                .create_container(req)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            if id.is_empty() {
-                return Err(Status::internal(format!(
-                    "{M}: the runtime backend returned an empty container id"
-                )));
-            }
-            Ok(cri::CreateContainerResponse { container_id: id })
+            let id = strict(M, self.0.runtime.create_container(req).await)?;
+            Ok(cri::CreateContainerResponse {
+                container_id: need_answer(M, "container id", id)?,
+            })
         })
-        .await
     }
 
     async fn start_container(
         &self,
         r: Request<cri::StartContainerRequest>,
     ) -> Answer<cri::StartContainerResponse> {
-        by_id!(
-            r,
-            "StartContainer",
-            container_id,
-            strict,
-            |id| self.0.runtime.start_container(&id),
-            |()| cri::StartContainerResponse {}
-        )
+        by_id!(r, "StartContainer": container_id => strict(self.0.runtime.start_container))
     }
 
     async fn stop_container(
         &self,
         r: Request<cri::StopContainerRequest>,
     ) -> Answer<cri::StopContainerResponse> {
-        const M: &str = "StopContainer";
-        let req = r.into_inner();
-        guarded(M, async {
-            need_id(M, "container_id", &req.container_id)?;
+        rpc!(M = "StopContainer", r, |req| {
+            let id = &req.container_id;
+            need_id(M, "container_id", id)?;
             let timeout = seconds(M, "timeout", req.timeout)?;
-            idempotent(
-                M,
-                self.0
-                    .runtime
-                    .stop_container(&req.container_id, timeout)
-                    .await,
-            )?;
+            idempotent(M, self.0.runtime.stop_container(id, timeout).await)?;
             Ok(cri::StopContainerResponse {})
         })
-        .await
     }
 
     async fn remove_container(
         &self,
         r: Request<cri::RemoveContainerRequest>,
     ) -> Answer<cri::RemoveContainerResponse> {
-        by_id!(
-            r,
-            "RemoveContainer",
-            container_id,
-            idempotent,
-            |id| self.0.runtime.remove_container(&id),
-            |()| cri::RemoveContainerResponse {}
-        )
+        by_id!(r, "RemoveContainer": container_id => idempotent(self.0.runtime.remove_container))
     }
 
     async fn list_containers(
         &self,
         r: Request<cri::ListContainersRequest>,
     ) -> Answer<cri::ListContainersResponse> {
-        const M: &str = "ListContainers";
-        let f = r.into_inner().filter;
-        guarded(M, async {
-            let items = self
-                .0
-                .runtime
-                .list_containers(without_id(&f, |f| &mut f.id).map(|mut f| {
-                    f.pod_sandbox_id.clear();
-                    f
-                }))
-                .await
-                .map_err(|e| to_status(M, &e))?;
+        rpc!(M = "ListContainers", r, |req| {
+            let f = req.filter;
+            let unfiltered = without_id(&f, |f| &mut f.id).map(|mut f| {
+                f.pod_sandbox_id.clear();
+                f
+            });
+            let items = strict(M, self.0.runtime.list_containers(unfiltered).await)?;
             Ok(cri::ListContainersResponse {
                 containers: filter::containers(items, f.as_ref()),
             })
         })
-        .await
     }
 
     async fn container_status(
         &self,
         r: Request<cri::ContainerStatusRequest>,
     ) -> Answer<cri::ContainerStatusResponse> {
-        const M: &str = "ContainerStatus";
-        let req = r.into_inner();
-        guarded(M, async {
-            need_id(M, "container_id", &req.container_id)?;
-            let mut resp = self
-                .0
-                .runtime
-                .container_status(&req.container_id, req.verbose)
-                .await
-                .map_err(|e| to_status(M, &e))?;
-            if resp.status.is_none() {
-                return Err(Status::not_found(format!(
-                    "container {:?} not found",
-                    req.container_id
-                )));
-            }
-            verbosity(&mut resp.info, req.verbose);
-            Ok(resp)
-        })
-        .await
+        status_by_id!(r, "ContainerStatus": container_id =>
+            self.0.runtime.container_status, "container")
     }
 
     async fn update_container_resources(
         &self,
         r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Answer<cri::UpdateContainerResourcesResponse> {
-        const M: &str = "UpdateContainerResources";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "UpdateContainerResources", r, |req| {
             need_id(M, "container_id", &req.container_id)?;
             if req.linux.is_none() && req.windows.is_none() {
                 return Err(invalid(
@@ -524,124 +446,77 @@ impl RuntimeService for CriApi {
                     "no resources (linux and windows are both missing)",
                 ));
             }
-            self.0
-                .runtime
-                .update_container_resources(req)
-                .await
-                .map_err(|e| to_status(M, &e))?;
+            strict(M, self.0.runtime.update_container_resources(req).await)?;
             Ok(cri::UpdateContainerResourcesResponse {})
         })
-        .await
     }
 
     async fn reopen_container_log(
         &self,
         r: Request<cri::ReopenContainerLogRequest>,
     ) -> Answer<cri::ReopenContainerLogResponse> {
-        by_id!(
-            r,
-            "ReopenContainerLog",
-            container_id,
-            strict,
-            |id| self.0.runtime.reopen_container_log(&id),
-            |()| cri::ReopenContainerLogResponse {}
-        )
+        by_id!(r, "ReopenContainerLog": container_id => strict(self.0.runtime.reopen_container_log))
     }
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Answer<cri::ExecSyncResponse> {
-        const M: &str = "ExecSync";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "ExecSync", r, |req| {
             need_id(M, "container_id", &req.container_id)?;
-            if req.cmd.is_empty() || req.cmd[0].is_empty() {
-                return Err(invalid(M, "cmd is empty"));
-            }
+            need_cmd(M, &req.cmd)?;
             let timeout = seconds(M, "timeout", req.timeout)?;
-            self.0
-                .runtime
-                .exec_sync(&req.container_id, req.cmd, timeout)
-                .await
-                .map_err(|e| to_status(M, &e))
+            let id = &req.container_id;
+            strict(M, self.0.runtime.exec_sync(id, req.cmd, timeout).await)
         })
-        .await
     }
 
     async fn exec(&self, r: Request<cri::ExecRequest>) -> Answer<cri::ExecResponse> {
-        const M: &str = "Exec";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "Exec", r, |req| {
             need_id(M, "container_id", &req.container_id)?;
-            if req.cmd.is_empty() || req.cmd[0].is_empty() {
-                return Err(invalid(M, "cmd is empty"));
-            }
+            need_cmd(M, &req.cmd)?;
             check_streams(M, req.tty, req.stdin, req.stdout, req.stderr)?;
-            self.0.runtime.exec(req).await.map_err(|e| to_status(M, &e))
+            strict(M, self.0.runtime.exec(req).await)
         })
-        .await
     }
 
     async fn attach(&self, r: Request<cri::AttachRequest>) -> Answer<cri::AttachResponse> {
-        const M: &str = "Attach";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "Attach", r, |req| {
             need_id(M, "container_id", &req.container_id)?;
             check_streams(M, req.tty, req.stdin, req.stdout, req.stderr)?;
-            self.0
-                .runtime
-                .attach(req)
-                .await
-                .map_err(|e| to_status(M, &e))
+            strict(M, self.0.runtime.attach(req).await)
         })
-        .await
     }
 
     async fn port_forward(
         &self,
         r: Request<cri::PortForwardRequest>,
     ) -> Answer<cri::PortForwardResponse> {
-        const M: &str = "PortForward";
-        let req = r.into_inner();
-        guarded(M, async {
+        rpc!(M = "PortForward", r, |req| {
             need_id(M, "pod_sandbox_id", &req.pod_sandbox_id)?;
             if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
                 return Err(invalid(M, format!("port {p} is not a port")));
             }
-            self.0
-                .runtime
-                .port_forward(req)
-                .await
-                .map_err(|e| to_status(M, &e))
+            strict(M, self.0.runtime.port_forward(req).await)
         })
-        .await
     }
 
     async fn container_stats(
         &self,
         r: Request<cri::ContainerStatsRequest>,
     ) -> Answer<cri::ContainerStatsResponse> {
-        by_id!(
-            r,
-            "ContainerStats",
-            container_id,
-            strict,
-            |id| self.0.runtime.container_stats(&id),
-            |stats| cri::ContainerStatsResponse { stats: Some(stats) }
-        )
+        rpc!(M = "ContainerStats", r, |req| {
+            need_id(M, "container_id", &req.container_id)?;
+            let stats = strict(M, self.0.runtime.container_stats(&req.container_id).await)?;
+            Ok(cri::ContainerStatsResponse { stats: Some(stats) })
+        })
     }
 
     async fn list_container_stats(
         &self,
         r: Request<cri::ListContainerStatsRequest>,
     ) -> Answer<cri::ListContainerStatsResponse> {
-        const M: &str = "ListContainerStats";
-        let f = r.into_inner().filter;
-        guarded(M, async {
-            let stats = self
-                .0
-                .runtime
-                .list_container_stats(without_id(&f, |f| &mut f.id))
-                .await
-                .map_err(|e| to_status(M, &e))?;
+        rpc!(M = "ListContainerStats", r, |req| {
+            let f = req.filter;
+            let unfiltered = without_id(&f, |f| &mut f.id);
+            let stats = strict(M, self.0.runtime.list_container_stats(unfiltered).await)?;
             // stats do not say which sandbox a container is in: ask the container list
             let members: Option<HashSet<String>> = match f.as_ref() {
                 Some(f) if !f.pod_sandbox_id.is_empty() => {
@@ -649,18 +524,9 @@ impl RuntimeService for CriApi {
                         pod_sandbox_id: f.pod_sandbox_id.clone(),
                         ..Default::default()
                     };
-                    let list = self
-                        .0
-                        .runtime
-                        .list_containers(Some(cf.clone()))
-                        .await
-                        .map_err(|e| to_status(M, &e))?;
-                    Some(
-                        filter::containers(list, Some(&cf))
-                            .into_iter()
-                            .map(|c| c.id)
-                            .collect(),
-                    )
+                    let list = self.0.runtime.list_containers(Some(cf.clone())).await;
+                    let list = filter::containers(strict(M, list)?, Some(&cf));
+                    Some(list.into_iter().map(|c| c.id).collect())
                 }
                 _ => None,
             };
@@ -668,51 +534,44 @@ impl RuntimeService for CriApi {
                 stats: filter::container_stats(stats, f.as_ref(), members.as_ref()),
             })
         })
-        .await
     }
 
     async fn pod_sandbox_stats(
         &self,
         r: Request<cri::PodSandboxStatsRequest>,
     ) -> Answer<cri::PodSandboxStatsResponse> {
-        by_id!(
-            r,
-            "PodSandboxStats",
-            pod_sandbox_id,
-            strict,
-            |id| self.0.runtime.pod_sandbox_stats(&id),
-            |stats| cri::PodSandboxStatsResponse { stats: Some(stats) }
-        )
+        rpc!(M = "PodSandboxStats", r, |req| {
+            need_id(M, "pod_sandbox_id", &req.pod_sandbox_id)?;
+            let stats = strict(
+                M,
+                self.0.runtime.pod_sandbox_stats(&req.pod_sandbox_id).await,
+            )?;
+            Ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
+        })
     }
 
     async fn list_pod_sandbox_stats(
         &self,
         r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Answer<cri::ListPodSandboxStatsResponse> {
-        const M: &str = "ListPodSandboxStats";
-        let f = r.into_inner().filter;
-        guarded(M, async {
-            let stats = self
-                .0
-                .runtime
-                .list_pod_sandbox_stats(without_id(&f, |f| &mut f.id))
-                .await
-                .map_err(|e| to_status(M, &e))?;
+        rpc!(M = "ListPodSandboxStats", r, |req| {
+            let f = req.filter;
+            let unfiltered = without_id(&f, |f| &mut f.id);
+            let stats = strict(M, self.0.runtime.list_pod_sandbox_stats(unfiltered).await)?;
             Ok(cri::ListPodSandboxStatsResponse {
                 stats: filter::pod_sandbox_stats(stats, f.as_ref()),
             })
         })
-        .await
     }
 
     async fn update_runtime_config(
         &self,
         r: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Answer<cri::UpdateRuntimeConfigResponse> {
-        const M: &str = "UpdateRuntimeConfig";
-        let config = r.into_inner().runtime_config;
-        guarded(M, async {
-            let config = config.ok_or_else(|| invalid(M, "runtime_config is missing"))?;
+        rpc!(M = "UpdateRuntimeConfig", r, |req| {
+            let config = req
+                .runtime_config
+                .ok_or_else(|| invalid(M, "runtime_config is missing"))?;
             match self.0.runtime.update_runtime_config(config).await {
                 Ok(()) => {}
                 // a runtime that does not use the pod CIDR has nothing to update
@@ -723,22 +582,18 @@ impl RuntimeService for CriApi {
             }
             Ok(cri::UpdateRuntimeConfigResponse {})
         })
-        .await
     }
 
     async fn checkpoint_container(
         &self,
         r: Request<cri::CheckpointContainerRequest>,
     ) -> Answer<cri::CheckpointContainerResponse> {
-        const M: &str = "CheckpointContainer";
-        let id = r.into_inner().container_id;
-        guarded(M, async {
-            need_id(M, "container_id", &id)?;
+        rpc!(M = "CheckpointContainer", r, |req| {
+            need_id(M, "container_id", &req.container_id)?;
             Err(Status::unimplemented(format!(
                 "{M}: checkpointing containers is not supported by this runtime"
             )))
         })
-        .await
     }
 
     type GetContainerEventsStream =
@@ -746,13 +601,12 @@ impl RuntimeService for CriApi {
 
     async fn get_container_events(
         &self,
-        _r: Request<cri::GetEventsRequest>,
+        r: Request<cri::GetEventsRequest>,
     ) -> Answer<Self::GetContainerEventsStream> {
         use futures::StreamExt;
-        const M: &str = "GetContainerEvents";
         // the stream ends when the server shuts down (it would hold the drain otherwise)
         let mut stop = self.0.events_stop.subscribe();
-        guarded(M, async {
+        rpc!(M = "GetContainerEvents", r, |_| {
             let events = strict(M, self.0.runtime.get_container_events().await)?;
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -762,7 +616,6 @@ impl RuntimeService for CriApi {
                 .take_until(stopped)
                 .boxed())
         })
-        .await
     }
 
     async fn list_metric_descriptors(
