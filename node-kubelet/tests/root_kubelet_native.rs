@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use node_cni::{BridgeConfig, BridgePlugin};
 use node_core::{RuntimeBackend, cri};
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
-use node_cri::native::runtime::{NativeConfig, NativeRuntime, default_init_binary};
+use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_kubelet::backoff::BackoffConfig;
 use node_kubelet::{
     CancellationToken, FileSource, FileSourceConfig, JsonStatusSink, Kubelet, KubeletConfig,
@@ -34,6 +34,7 @@ use node_test_support::sweep::{cgroup_dirs, detach_mounts_under, kill_cgroup_tre
 use node_test_support::{NetnsFixture, TestImage, require_command, require_path, require_root};
 
 mod support;
+use support::native::init_binary;
 use support::{
     Instance, Recorder, Running, WEB_POD, any_started, condition, container, is_ready, pod_yaml,
 };
@@ -299,28 +300,6 @@ fn sweep_stale() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-}
-
-/// `nodekit-init`: `NODEKIT_INIT`, else next to the test binaries, else built now.
-fn init_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NODEKIT_INIT") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = default_init_binary() {
-        return p;
-    }
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "node-cri", "--bin", "nodekit-init"])
-            .current_dir(workspace)
-            .status()
-            .expect("running cargo");
-        assert!(st.success(), "building nodekit-init failed");
-    });
-    default_init_binary().expect("nodekit-init was built next to the test binaries")
 }
 
 fn prerequisites(test: &str) -> bool {

@@ -16,94 +16,31 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use node_core::{Pod, RuntimeBackend};
-use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
+use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_kubelet::backoff::BackoffConfig;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider};
 use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
-    FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, TestImage, require_command,
-    require_path, require_root,
+    FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_command, require_path,
+    require_root,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-static N: AtomicUsize = AtomicUsize::new(0);
+mod support;
+use support::native::{Guard, init_binary};
+
 const IMAGE: &str = "busybox:server-test";
 const T: Duration = Duration::from_secs(60);
-
-/// The test's root directory and cgroup root; everything under them goes on drop.
-struct Guard {
-    dir: tempfile::TempDir,
-    cgroup_top: String,
-}
-
-impl Guard {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("nodekit-srv-{}-", std::process::id()))
-            .tempdir()
-            .unwrap();
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        Self {
-            dir,
-            cgroup_top: format!("nodekit-test/{}-srv-{n}", std::process::id()),
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for d in node_test_support::sweep::cgroup_dirs(&self.cgroup_top) {
-            node_test_support::sweep::kill_cgroup_tree(&d);
-        }
-        node_test_support::sweep::detach_mounts_under(self.dir.path());
-    }
-}
-
-fn init_binary() -> PathBuf {
-    if let Some(p) = node_cri::native::runtime::default_init_binary() {
-        return p;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .args(["build", "-p", "node-cri", "--bin", "nodekit-init"])
-        .status()
-        .expect("running cargo");
-    assert!(st.success(), "building nodekit-init");
-    node_cri::native::runtime::default_init_binary().expect("nodekit-init built")
-}
-
-/// The busybox test image as a layer directory for the native runtime.
-fn images(dir: &Path) -> Arc<LayerDirImages> {
-    let images = Arc::new(LayerDirImages::new());
-    let img = TestImage::busybox().build().expect("busybox image");
-    let layer = dir.join("layers/0");
-    std::fs::create_dir_all(&layer).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
-        .unpack(&layer)
-        .unwrap();
-    let config: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(&img.config.bytes).unwrap();
-    images.insert(
-        IMAGE,
-        ResolvedImage {
-            id: img.config.digest.clone(),
-            layer_dirs: vec![layer],
-            config,
-        },
-    );
-    images
-}
 
 // ---------------------------------------------------------------------------------------------
 // certificates
@@ -475,7 +412,7 @@ async fn start(g: &Guard) -> Node {
         NativeRuntime::new(NativeConfig {
             root: root.join("rt"),
             cni: Arc::new(node_test_support::FakeCni::new()),
-            images: images(&root),
+            images: support::native::busybox_images(&root, IMAGE),
             init_binary: Some(init_binary()),
             cgroup_parent: format!("{}/runtime", g.cgroup_top),
             kill_wait: Duration::from_secs(10),
@@ -548,7 +485,7 @@ async fn start(g: &Guard) -> Node {
 
 /// Run `body` with a fresh node in a new network namespace; the guard cleans up after it.
 fn on_node<F: Future<Output = ()>>(netns: &str, body: impl FnOnce(Node) -> F + Send + 'static) {
-    let g = Arc::new(Guard::new());
+    let g = Arc::new(Guard::new("srv"));
     let g2 = g.clone();
     let ns = NetnsFixture::new(netns).expect("netns");
     ns.run_in(move || {

@@ -12,15 +12,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use node_core::{ImageBackend, Pod, PodStatus, RuntimeBackend, cri};
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
-use node_cri::native::runtime::{
-    LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage, RootfsProvider,
-};
+use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, RootfsProvider};
 use node_kubelet::node::allocatable::fs_stats;
 use node_kubelet::node::cgroups::CgroupConfig;
 use node_kubelet::node::eviction::{
@@ -39,75 +37,13 @@ use node_test_support::{
     require_root,
 };
 
-static N: AtomicUsize = AtomicUsize::new(0);
+mod support;
+use support::native::{Guard, init_binary};
+
 const IMAGE: &str = "busybox:node-test";
 
-/// The test's root directory and cgroup root; everything under them goes on drop.
-struct Guard {
-    dir: tempfile::TempDir,
-    cgroup_top: String,
-}
-
-impl Guard {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("nodekit-rt-{}-", std::process::id()))
-            .tempdir()
-            .unwrap();
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        Self {
-            dir,
-            cgroup_top: format!("nodekit-test/{}-node-{n}", std::process::id()),
-        }
-    }
-
-    fn cgroup_root(&self) -> String {
-        format!("{}/kubepods", self.cgroup_top)
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for d in node_test_support::sweep::cgroup_dirs(&self.cgroup_top) {
-            node_test_support::sweep::kill_cgroup_tree(&d);
-        }
-        node_test_support::sweep::detach_mounts_under(self.dir.path());
-    }
-}
-
-fn init_binary() -> PathBuf {
-    if let Some(p) = node_cri::native::runtime::default_init_binary() {
-        return p;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .args(["build", "-p", "node-cri", "--bin", "nodekit-init"])
-        .status()
-        .expect("running cargo");
-    assert!(st.success(), "building nodekit-init");
-    node_cri::native::runtime::default_init_binary().expect("nodekit-init built")
-}
-
-/// The busybox test image as a layer directory for the native runtime.
 fn images(dir: &Path) -> Arc<LayerDirImages> {
-    let images = Arc::new(LayerDirImages::new());
-    let img = TestImage::busybox().build().expect("busybox image");
-    let layer = dir.join("layers/0");
-    std::fs::create_dir_all(&layer).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
-        .unpack(&layer)
-        .unwrap();
-    let config: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(&img.config.bytes).unwrap();
-    images.insert(
-        IMAGE,
-        ResolvedImage {
-            id: img.config.digest.clone(),
-            layer_dirs: vec![layer],
-            config,
-        },
-    );
-    images
+    support::native::busybox_images(dir, IMAGE)
 }
 
 /// One kubelet with a node manager on the native runtime.
@@ -784,7 +720,7 @@ fn on_node<F: Future<Output = ()>>(
     tmpfs: Option<&'static str>,
     body: impl FnOnce(Arc<Guard>) -> F + Send + 'static,
 ) {
-    let g = Arc::new(Guard::new());
+    let g = Arc::new(Guard::new("node"));
     let g2 = g.clone();
     match tmpfs {
         None => in_netns(netns, move || body(g2)),

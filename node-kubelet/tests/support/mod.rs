@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses some of them
 
+pub mod native;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
