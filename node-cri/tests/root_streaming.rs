@@ -12,6 +12,8 @@ use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_cri::native::runtime::NativeRuntime;
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_cri::streaming::{StreamingError, TermSize};
+use node_test_support::StandInApiServer;
+use node_test_support::kubectl::{PodBackend, SubresourceRequest, Upstream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 const TRANSPORTS: [Transport; 2] = [Transport::Spdy, Transport::WebSocket];
@@ -893,159 +895,61 @@ fn exec_round_trip_latency_spdy_vs_websocket() {
 // ---------------------------------------------------------------------------------------------
 // kubectl against the streaming server, through a stand-in for the API server
 
-/// `a+b%20c` -> `a b c` (form decoding as Go's `url.Values` encodes).
-fn form_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-struct FakeApi {
+/// The API server's part for kubectl: the pod, and its exec and portforward subresources as
+/// CRI calls whose streaming URL the connection is proxied to, as the kubelet does.
+struct CriBackend {
     rt: std::sync::Arc<NativeRuntime>,
     pod: String,
     container_id: String,
     sandbox_id: String,
-    /// The `Upgrade` header of every exec/portforward request, in order.
-    upgrades: std::sync::Mutex<Vec<String>>,
 }
 
-impl FakeApi {
-    fn json_for(&self, path: &str) -> Option<String> {
-        let pod_path = format!("/api/v1/namespaces/default/pods/{}", self.pod);
-        Some(match path {
-            "/api" => r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1:443"}]}"#.into(),
-            "/apis" => r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#.into(),
-            "/version" => r#"{"major":"1","minor":"32","gitVersion":"v1.32.0"}"#.into(),
-            "/api/v1" => r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[
-                {"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},
-                {"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},
-                {"name":"pods/attach","singularName":"","namespaced":true,"kind":"PodAttachOptions","verbs":["create","get"]},
-                {"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}"#.into(),
-            p if p == pod_path => serde_json::json!({
-                "kind": "Pod", "apiVersion": "v1",
+#[async_trait::async_trait]
+impl PodBackend for CriBackend {
+    fn pod(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        (namespace == "default" && name == self.pod).then(|| {
+            serde_json::json!({
                 "metadata": {"name": self.pod, "namespace": "default", "uid": "uid-1"},
                 "spec": {"containers": [{"name": "box", "image": "busybox:test"}]},
                 "status": {"phase": "Running", "containerStatuses": [{"name": "box", "ready": true,
                     "restartCount": 0, "image": "busybox:test", "imageID": "", "state": {"running": {}}}]},
             })
-            .to_string(),
-            _ => return None,
         })
     }
 
-    /// Serve one client connection: JSON for the GETs; the exec and portforward subresources
-    /// become CRI calls whose URL the connection is proxied to, as the kubelet does.
-    async fn serve(self: std::sync::Arc<Self>, mut tcp: tokio::net::TcpStream) {
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            let end = loop {
-                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break p + 4;
-                }
-                let mut chunk = [0u8; 4096];
-                match tcp.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            buf.drain(..end);
-            let mut lines = head.split("\r\n");
-            let request_line = lines.next().unwrap_or("").to_string();
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .collect();
-            let mut parts = request_line.split(' ');
-            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-            let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let q: Vec<(String, String)> = query
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), form_decode(v)))
-                .collect();
-            let flag = |k: &str| q.iter().any(|(n, v)| n == k && (v == "true" || v == "1"));
-            if path.ends_with("/exec") || path.ends_with("/portforward") {
-                let upgrade = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("upgrade"))
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                self.upgrades.lock().unwrap().push(upgrade);
-                let url = if path.ends_with("/exec") {
-                    self.rt
-                        .exec(cri::ExecRequest {
-                            container_id: self.container_id.clone(),
-                            cmd: q
-                                .iter()
-                                .filter(|(k, _)| k == "command")
-                                .map(|(_, v)| v.clone())
-                                .collect(),
-                            tty: flag("tty"),
-                            stdin: flag("stdin"),
-                            stdout: flag("stdout"),
-                            stderr: flag("stderr"),
-                        })
-                        .await
-                        .map(|r| r.url)
-                } else {
-                    self.rt
-                        .port_forward(cri::PortForwardRequest {
-                            pod_sandbox_id: self.sandbox_id.clone(),
-                            port: vec![],
-                        })
-                        .await
-                        .map(|r| r.url)
-                }
-                .expect("streaming url");
-                let rest = url.strip_prefix("http://").unwrap();
-                let (authority, upath) = rest.split_at(rest.find('/').unwrap());
-                let mut up = tokio::net::TcpStream::connect(authority).await.unwrap();
-                let mut req = format!("{method} {upath} HTTP/1.1\r\nHost: {authority}\r\n");
-                for (k, v) in &headers {
-                    if !k.eq_ignore_ascii_case("host") {
-                        req.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                }
-                req.push_str("\r\n");
-                up.write_all(req.as_bytes()).await.unwrap();
-                up.write_all(&buf).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
-                return;
-            }
-            let (status, body) = match self.json_for(path) {
-                Some(b) => ("200 OK", b),
-                None => (
-                    "404 Not Found",
-                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.into(),
-                ),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            if tcp.write_all(resp.as_bytes()).await.is_err() {
-                return;
-            }
+    async fn upstream(&self, req: &SubresourceRequest) -> Option<Upstream> {
+        let url = match req.subresource.as_str() {
+            "exec" => self
+                .rt
+                .exec(cri::ExecRequest {
+                    container_id: self.container_id.clone(),
+                    cmd: req.values("command"),
+                    tty: req.flag("tty"),
+                    stdin: req.flag("stdin"),
+                    stdout: req.flag("stdout"),
+                    stderr: req.flag("stderr"),
+                })
+                .await
+                .map(|r| r.url),
+            "portforward" => self
+                .rt
+                .port_forward(cri::PortForwardRequest {
+                    pod_sandbox_id: self.sandbox_id.clone(),
+                    port: vec![],
+                })
+                .await
+                .map(|r| r.url),
+            _ => return None,
         }
+        .expect("streaming url");
+        let rest = url.strip_prefix("http://").unwrap();
+        let (authority, path) = rest.split_at(rest.find('/').unwrap());
+        let io = tokio::net::TcpStream::connect(authority).await.unwrap();
+        Some(Upstream {
+            io: Box::new(io),
+            host: authority.to_string(),
+            target: path.to_string(),
+        })
     }
 }
 
@@ -1073,48 +977,16 @@ fn kubectl_exec_and_port_forward_over_spdy_and_websocket() {
             container_config("box", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
         )
         .await;
-        let api = std::sync::Arc::new(FakeApi {
+        let api = StandInApiServer::start(std::sync::Arc::new(CriBackend {
             rt: rt.clone(),
             pod: "web".into(),
             container_id: c.clone(),
             sandbox_id: sb.clone(),
-            upgrades: Default::default(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let a = api.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(a.clone().serve(tcp));
-            }
-        });
-        let home = env.root.path().join("kubectl-home");
-        std::fs::create_dir_all(&home).unwrap();
-        let kubeconfig = home.join("config");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
-contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
-current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
-            ),
-        )
+        }))
+        .await
         .unwrap();
-        let kubectl = |websockets: bool| {
-            let mut c = tokio::process::Command::new("kubectl");
-            c.env("KUBECONFIG", &kubeconfig)
-                .env("HOME", &home)
-                .env(
-                    "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
-                    if websockets { "true" } else { "false" },
-                )
-                .env(
-                    "KUBECTL_PORT_FORWARD_WEBSOCKETS",
-                    if websockets { "true" } else { "false" },
-                )
-                .kill_on_drop(true);
-            c
-        };
+        let home = env.root.path().join("kubectl-home");
+        let kubectl = |websockets: bool| api.kubectl(&home, websockets).unwrap();
         for websockets in [false, true] {
             let what = if websockets { "websocket" } else { "spdy" };
             // exec with stdin, stdout, stderr and an exit code
@@ -1146,13 +1018,7 @@ current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
             assert_eq!(stdout, "piped through kubectl\n", "{what}: stderr {stderr}");
             assert!(stderr.contains("to-stderr"), "{what}: {stderr}");
             assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
-            let seen = api
-                .upgrades
-                .lock()
-                .unwrap()
-                .last()
-                .cloned()
-                .unwrap_or_default();
+            let seen = api.last_upgrade();
             let want = if websockets { "websocket" } else { "SPDY/3.1" };
             assert!(
                 seen.eq_ignore_ascii_case(want),
@@ -1199,13 +1065,7 @@ current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            let seen = api
-                .upgrades
-                .lock()
-                .unwrap()
-                .last()
-                .cloned()
-                .unwrap_or_default();
+            let seen = api.last_upgrade();
             assert!(
                 seen.eq_ignore_ascii_case(want),
                 "{what}: port-forward upgraded to {seen:?}"

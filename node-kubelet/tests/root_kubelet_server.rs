@@ -28,6 +28,8 @@ use node_kubelet::backoff::BackoffConfig;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider};
 use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
+use node_test_support::StandInApiServer;
+use node_test_support::kubectl::{PodBackend, SubresourceRequest, Upstream};
 use node_test_support::{
     FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_command, require_path,
     require_root,
@@ -823,46 +825,17 @@ async fn the_read_only_router_serves_no_logs_exec_or_port_forward() {
 // ---------------------------------------------------------------------------------------------
 // kubectl through a stand-in API server
 
-/// The API server's part for kubectl: discovery, the pod (from the kubelet's pods), and the
-/// `log`, `exec` and `portforward` subresources proxied to the kubelet's server over TLS with
-/// the API server's client certificate, rewritten as the API server rewrites them (the
-/// container from the query into the path, `stdin=true` as `stdin=1`).
-struct StandInApi {
+/// The API server's part for kubectl: the pod (from the kubelet's pods), and the `log`, `exec`
+/// and `portforward` subresources proxied to the kubelet's server over TLS with the API
+/// server's client certificate, rewritten as the API server rewrites them (the container from
+/// the query into the path, `stdin=true` as `stdin=1`).
+struct KubeletBackend {
     states: node_kubelet::PodStates,
     kubelet: std::net::SocketAddr,
     connector: tokio_rustls::TlsConnector,
-    /// The `Upgrade` header of every proxied request, in order.
-    upgrades: std::sync::Mutex<Vec<String>>,
 }
 
-impl StandInApi {
-    fn json_for(&self, path: &str) -> Option<String> {
-        Some(match path {
-            "/api" => r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1:443"}]}"#.into(),
-            "/apis" => r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#.into(),
-            "/version" => r#"{"major":"1","minor":"32","gitVersion":"v1.32.0"}"#.into(),
-            "/api/v1" => r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[
-                {"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},
-                {"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},
-                {"name":"pods/log","singularName":"","namespaced":true,"kind":"Pod","verbs":["get"]},
-                {"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}"#.into(),
-            p => {
-                let rest = p.strip_prefix("/api/v1/namespaces/default/pods/")?;
-                let s = self
-                    .states
-                    .pods()
-                    .into_iter()
-                    .find(|s| s.pod.metadata.name.as_deref() == Some(rest))?;
-                let mut pod = s.pod;
-                pod.status = s.status;
-                let mut v = serde_json::to_value(&pod).unwrap();
-                v["kind"] = "Pod".into();
-                v["apiVersion"] = "v1".into();
-                v.to_string()
-            }
-        })
-    }
-
+impl KubeletBackend {
     /// The kubelet's path for a pod subresource request, `None` for anything else.
     fn kubelet_target(path: &str, query: &str) -> Option<String> {
         let rest = path.strip_prefix("/api/v1/namespaces/")?;
@@ -887,73 +860,41 @@ impl StandInApi {
             _ => return None,
         })
     }
+}
 
-    async fn serve(self: Arc<Self>, mut tcp: tokio::net::TcpStream) {
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            let end = loop {
-                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break p + 4;
-                }
-                let mut chunk = [0u8; 4096];
-                match tcp.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            buf.drain(..end);
-            let mut lines = head.split("\r\n");
-            let request_line = lines.next().unwrap_or("").to_string();
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .collect();
-            let mut parts = request_line.split(' ');
-            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-            let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            if let Some(to) = Self::kubelet_target(path, query) {
-                let upgrade = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("upgrade"))
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                eprintln!("stand-in API server: {method} {target} -> {to}");
-                self.upgrades.lock().unwrap().push(upgrade);
-                let mut up = tls_connect(&self.connector, self.kubelet)
-                    .await
-                    .expect("the stand-in API server reaches the kubelet");
-                let mut req = format!("{method} {to} HTTP/1.1\r\nHost: {}\r\n", self.kubelet);
-                for (k, v) in &headers {
-                    if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("authorization") {
-                        req.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                }
-                req.push_str("\r\n");
-                up.write_all(req.as_bytes()).await.unwrap();
-                up.write_all(&buf).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
-                return;
-            }
-            let (status, body) = match self.json_for(path) {
-                Some(b) => ("200 OK", b),
-                None => (
-                    "404 Not Found",
-                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.into(),
-                ),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            if tcp.write_all(resp.as_bytes()).await.is_err() {
-                return;
-            }
-        }
+#[async_trait::async_trait]
+impl PodBackend for KubeletBackend {
+    fn pod(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        let s = self.states.pods().into_iter().find(|s| {
+            s.pod.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                && s.pod.metadata.name.as_deref() == Some(name)
+        })?;
+        let mut pod = s.pod;
+        pod.status = s.status;
+        serde_json::to_value(&pod).ok()
+    }
+
+    async fn upstream(&self, req: &SubresourceRequest) -> Option<Upstream> {
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{}/{}",
+            req.namespace, req.pod, req.subresource
+        );
+        let to = Self::kubelet_target(&path, &req.raw_query)?;
+        eprintln!(
+            "stand-in API server: {} {path}?{} -> {to}",
+            req.method, req.raw_query
+        );
+        let io = tls_connect(&self.connector, self.kubelet)
+            .await
+            .expect("the stand-in API server reaches the kubelet");
+        Some(Upstream {
+            io: Box::new(io),
+            host: self.kubelet.to_string(),
+            target: to,
+        })
     }
 }
 
-/// Read from `r` until `needle` shows up (at most [`T`]).
 async fn read_until(
     r: &mut (impl tokio::io::AsyncRead + Unpin),
     needle: &str,
@@ -979,9 +920,6 @@ async fn read_until(
     got
 }
 
-/// The real kubectl: `logs` (tail; previous refused with 400), `exec` with stdin, stderr and an exit
-/// code and `port-forward`, over SPDY and over WebSocket, through a stand-in API server that
-/// proxies to the kubelet's server with its client certificate.
 #[test]
 fn kubectl_logs_exec_and_port_forward_through_the_kubelet_server() {
     let name = "kubectl_logs_exec_and_port_forward_through_the_kubelet_server";
@@ -989,43 +927,19 @@ fn kubectl_logs_exec_and_port_forward_through_the_kubelet_server() {
         return;
     }
     on_node("kubesrvctl", |node| async move {
-        let api = Arc::new(StandInApi {
+        let api = StandInApiServer::start(Arc::new(KubeletBackend {
             states: node.states.clone(),
             kubelet: node.addr,
             connector: node.apiserver.clone(),
-            upgrades: Default::default(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let a = api.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(a.clone().serve(tcp));
-            }
-        });
-        let home = node.certs.join("kubectl-home");
-        std::fs::create_dir_all(&home).unwrap();
-        let kubeconfig = home.join("config");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
-contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
-current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
-            ),
-        )
+        }))
+        .await
         .unwrap();
+        let home = node.certs.join("kubectl-home");
         let kubectl = |websockets: bool| {
-            let mut c = tokio::process::Command::new("kubectl");
-            let ws = if websockets { "true" } else { "false" };
-            c.env("KUBECONFIG", &kubeconfig)
-                .env("HOME", &home)
-                .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws)
-                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", ws)
-                .stdin(std::process::Stdio::null())
+            let mut c = api.kubectl(&home, websockets).unwrap();
+            c.stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true);
+                .stderr(std::process::Stdio::piped());
             c
         };
         node.source.apply(web_pod());
@@ -1084,13 +998,7 @@ current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
             assert_eq!(stdout, "piped through kubectl\n", "{what}: stderr {stderr}");
             assert!(stderr.contains("to-stderr"), "{what}: {stderr}");
             assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
-            let seen = api
-                .upgrades
-                .lock()
-                .unwrap()
-                .last()
-                .cloned()
-                .unwrap_or_default();
+            let seen = api.last_upgrade();
             assert!(
                 seen.eq_ignore_ascii_case(want),
                 "{what}: kubectl upgraded to {seen:?}"
@@ -1116,13 +1024,7 @@ current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
                 .unwrap();
             let body = read_until(&mut s, "pf-ok\n", &format!("{what} port-forward")).await;
             assert!(body.starts_with("HTTP/1.1 200"), "{what}: {body}");
-            let seen = api
-                .upgrades
-                .lock()
-                .unwrap()
-                .last()
-                .cloned()
-                .unwrap_or_default();
+            let seen = api.last_upgrade();
             assert!(
                 seen.eq_ignore_ascii_case(want),
                 "{what}: port-forward upgraded to {seen:?}"
