@@ -524,6 +524,7 @@ async fn start(g: &Guard) -> Node {
             ..Default::default()
         },
         app,
+        node_kubelet::node::authz::Authorizer::always_allow(),
         token.clone(),
     )
     .await
