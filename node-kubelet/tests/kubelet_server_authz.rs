@@ -13,106 +13,27 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::authorization::v1::SubjectAccessReviewSpec;
-use node_core::Pod;
 use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
-use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider};
-use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
+use node_kubelet::node::server::KubeletServer;
 use node_kubelet::{CancellationToken, PodStates};
 use node_test_support::{FakeApiServer, FakeRuntime, require_command};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
+
+mod server_support;
+use server_support::{make_ca, make_cert, start_server, tls_client};
 
 const T: Duration = Duration::from_secs(30);
 const NODE: &str = "node-1";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn key_and_csr(dir: &Path, name: &str, subject: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            subject,
-        ],
-    );
-}
-
-fn sign(dir: &Path, name: &str, ext: &str) {
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ],
-    );
-}
-
 /// The CA, the server's certificate, and client certificates for alice (groups `dev` and
-/// `ops`), bob and a certificate without a common name.
+/// `ops`), bob, carol and a certificate without a common name.
 fn make_certs(dir: &Path) {
-    openssl(
+    make_ca(dir, "ca");
+    make_cert(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ca",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    key_and_csr(dir, "server", &format!("/CN={NODE}"));
-    sign(
-        dir,
+        "ca",
         "server",
+        &format!("/CN={NODE}"),
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     );
     for (name, subject) in [
@@ -121,29 +42,8 @@ fn make_certs(dir: &Path) {
         ("carol", "/CN=carol"),
         ("nobody", "/O=dev"),
     ] {
-        key_and_csr(dir, name, subject);
-        sign(dir, name, "extendedKeyUsage=clientAuth\n");
+        make_cert(dir, "ca", name, subject, "extendedKeyUsage=clientAuth\n");
     }
-}
-
-fn tls_client(dir: &Path, name: &str) -> tokio_rustls::TlsConnector {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain = CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// One request over TLS as `who`: the status and the whole body.
@@ -154,7 +54,7 @@ async fn call(
     method: &str,
     path: &str,
 ) -> (u16, String) {
-    let connector = tls_client(dir, who);
+    let connector = tls_client(dir, Some(who));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = connector
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
@@ -184,41 +84,17 @@ async fn call(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-struct StatesPods(PodStates);
-
-impl PodsProvider for StatesPods {
-    fn pods(&self) -> Vec<Pod> {
-        self.0.pods().into_iter().map(|s| s.pod).collect()
-    }
-}
-
-/// The server (its endpoints and the read-only ones, as the agent serves them) over a fake
-/// runtime, authorized by `authorizer`.
+/// The server over a fake runtime, authorized by `authorizer`.
 async fn serve(dir: &Path, authorizer: Authorizer) -> (KubeletServer, CancellationToken) {
-    let states = PodStates::new();
-    let app = router(ServerState::new(
-        states.clone(),
-        Arc::new(FakeRuntime::new()),
-    ))
-    .merge(node_kubelet::node::http::router(HttpState::new(
-        Arc::new(StatesPods(states)),
-        &NodeMetrics::default(),
-    )));
     let token = CancellationToken::new();
-    let server = KubeletServer::start(
-        &ServerConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            tls_cert_file: dir.join("server.pem"),
-            tls_private_key_file: dir.join("server.key"),
-            client_ca_file: dir.join("ca.pem"),
-            ..Default::default()
-        },
-        app,
+    let server = start_server(
+        dir,
+        PodStates::new(),
+        Arc::new(FakeRuntime::new()),
         authorizer,
         token.clone(),
     )
-    .await
-    .expect("kubelet server");
+    .await;
     (server, token)
 }
 

@@ -26,16 +26,18 @@ use node_core::{Pod, RuntimeBackend};
 use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_kubelet::backoff::BackoffConfig;
-use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider};
-use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
+use node_kubelet::node::http::{HttpState, NodeMetrics};
+use node_kubelet::node::server::KubeletServer;
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
     FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, TestImage, require_command,
     require_path, require_root,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod server_support;
+use server_support::{StatesPods, make_ca, make_cert, start_server, tls_client};
 
 static N: AtomicUsize = AtomicUsize::new(0);
 const IMAGE: &str = "busybox:server-test";
@@ -108,89 +110,6 @@ fn images(dir: &Path) -> Arc<LayerDirImages> {
 // ---------------------------------------------------------------------------------------------
 // certificates
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA `name` (`name.pem`, `name.key`).
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// A certificate `name` signed by `ca`, with `ext` (`extendedKeyUsage=...`, SANs).
-fn make_cert(dir: &Path, ca: &str, name: &str, subject: &str, ext: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            subject,
-        ],
-    );
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ],
-    );
-}
-
 /// The server's CA and certificate, the API server's client certificate, and a client
 /// certificate from another CA.
 fn make_certs(dir: &Path) {
@@ -217,31 +136,6 @@ fn make_certs(dir: &Path) {
         "/CN=stranger",
         "extendedKeyUsage=clientAuth\n",
     );
-}
-
-/// A TLS client trusting `ca.pem`, with the client certificate `name` (none: anonymous).
-fn tls_client(dir: &Path, name: Option<&str>) -> tokio_rustls::TlsConnector {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match name {
-        Some(n) => {
-            let chain = CertificateDer::pem_file_iter(dir.join(format!("{n}.pem")))
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{n}.key"))).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
@@ -317,14 +211,6 @@ async fn apiserver_tunnel(
 
 // ---------------------------------------------------------------------------------------------
 // the pod
-
-struct StatesPods(node_kubelet::PodStates);
-
-impl PodsProvider for StatesPods {
-    fn pods(&self) -> Vec<Pod> {
-        self.0.pods().into_iter().map(|s| s.pod).collect()
-    }
-}
 
 /// Prints three lines (the second on stderr: apart in time, as the runtime reads stdout and
 /// stderr apart and writes each line when it reads it), serves `pf-ok` on port 8080, then prints what is
@@ -509,26 +395,14 @@ async fn start(g: &Guard) -> Node {
 
     // the server: the endpoints beside the read-only ones, over TLS
     let rt_dyn: Arc<dyn RuntimeBackend> = runtime.clone();
-    let app = router(ServerState::new(states.clone(), rt_dyn)).merge(
-        node_kubelet::node::http::router(HttpState::new(
-            Arc::new(StatesPods(states.clone())),
-            &NodeMetrics::default(),
-        )),
-    );
-    let server = KubeletServer::start(
-        &ServerConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            tls_cert_file: certs.join("server.pem"),
-            tls_private_key_file: certs.join("server.key"),
-            client_ca_file: certs.join("ca.pem"),
-            ..Default::default()
-        },
-        app,
+    let server = start_server(
+        &certs,
+        states.clone(),
+        rt_dyn,
         node_kubelet::node::authz::Authorizer::always_allow(),
         token.clone(),
     )
-    .await
-    .expect("kubelet server");
+    .await;
     let addr = server.local_addr();
     let apiserver = tls_client(&certs, Some("apiserver"));
     let tunnel = apiserver_tunnel(apiserver.clone(), addr).await;
