@@ -4,7 +4,9 @@
 //! kubelet: `/containerLogs` (tailLines, timestamps, limitBytes, follow seeing a new line and
 //! ending when the container exits, previous after a restart, kubelet's errors), `/exec` over
 //! WebSocket and SPDY with node-cri's streaming clients, `/attach` to the container's output,
-//! `/portForward` to a TCP server in the pod over both, and clients without a certificate (401) or with one from another CA (refused
+//! `/portForward` to a TCP server in the pod over both, every request authorized by a
+//! SubjectAccessReview (kubelet's Webhook mode, against a FakeApiServer), and clients without a
+//! certificate (401) or with one from another CA (refused
 //! in the handshake). The clients reach the server through a stand-in for the API server: a
 //! local plain-TCP listener whose connections it carries to the kubelet over TLS with its client
 //! certificate.
@@ -26,12 +28,13 @@ use node_core::{Pod, RuntimeBackend};
 use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage};
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_kubelet::backoff::BackoffConfig;
+use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
 use node_kubelet::node::http::{HttpState, NodeMetrics};
 use node_kubelet::node::server::KubeletServer;
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
-    FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, TestImage, require_command,
-    require_path, require_root,
+    FakeApiServer, FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, TestImage,
+    require_command, require_path, require_root,
 };
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -332,6 +335,9 @@ struct Node {
     addr: std::net::SocketAddr,
     apiserver: tokio_rustls::TlsConnector,
     tunnel: std::net::SocketAddr,
+    /// Authorizes the server's requests (kubelet's Webhook mode): the API server's client
+    /// identity may do everything.
+    authz: FakeApiServer,
 }
 
 impl Node {
@@ -395,14 +401,18 @@ async fn start(g: &Guard) -> Node {
 
     // the server: the endpoints beside the read-only ones, over TLS
     let rt_dyn: Arc<dyn RuntimeBackend> = runtime.clone();
-    let server = start_server(
-        &certs,
-        states.clone(),
-        rt_dyn,
-        node_kubelet::node::authz::Authorizer::always_allow(),
-        token.clone(),
+    let authz = FakeApiServer::new();
+    authz.allow_access(&[("kube-apiserver-kubelet-client", "*", "*")]);
+    let authorizer = Authorizer::new(
+        AuthorizationConfig {
+            mode: AuthorizationMode::Webhook,
+            node_name: "node-1".into(),
+            ..Default::default()
+        },
+        Some(authz.client()),
     )
-    .await;
+    .unwrap();
+    let server = start_server(&certs, states.clone(), rt_dyn, authorizer, token.clone()).await;
     let addr = server.local_addr();
     let apiserver = tls_client(&certs, Some("apiserver"));
     let tunnel = apiserver_tunnel(apiserver.clone(), addr).await;
@@ -418,6 +428,7 @@ async fn start(g: &Guard) -> Node {
         addr,
         apiserver,
         tunnel,
+        authz,
     }
 }
 
@@ -727,6 +738,38 @@ async fn scenario(node: Node) {
         (s == 200 && b == "line one\nline two\nline three\n").then_some(())
     })
     .await;
+
+    // everything above was authorized by SubjectAccessReviews of the API server's identity on
+    // nodes/node-1: logs with get, exec, attach and port-forward by both verbs, on proxy
+    let reviewed: std::collections::BTreeSet<(String, String)> = node
+        .authz
+        .access_reviews()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.user.as_deref(), Some("kube-apiserver-kubelet-client"));
+            assert_eq!(
+                r.groups.as_deref(),
+                Some(
+                    &[
+                        "system:masters".to_string(),
+                        "system:authenticated".to_string()
+                    ][..]
+                )
+            );
+            let ra = r.resource_attributes.clone().unwrap();
+            assert_eq!(ra.resource.as_deref(), Some("nodes"));
+            assert_eq!(ra.name.as_deref(), Some("node-1"));
+            (ra.verb.unwrap(), ra.subresource.unwrap())
+        })
+        .collect();
+    assert!(
+        reviewed.contains(&("get".into(), "proxy".into())),
+        "{reviewed:?}"
+    );
+    assert!(
+        reviewed.contains(&("get".into(), "pods".into())),
+        "{reviewed:?}"
+    );
 
     node.stop().await;
 }
