@@ -463,6 +463,10 @@ async fn main() -> anyhow::Result<()> {
         states.clone(),
         rt.clone(),
         app.clone(),
+        server::Authority {
+            node_name: &node_name,
+            client: cluster.as_ref().map(|c| c.client()),
+        },
         token.clone(),
     )
     .await?;

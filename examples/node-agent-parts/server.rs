@@ -1,6 +1,9 @@
 //! The kubelet's server of the node agent (kubelet's port 10250): `kubectl logs`, `exec`,
 //! `attach` and `port-forward` as the API server proxies them, over TLS with client
-//! certificates, beside the read-only endpoints. Off unless `--tls-cert-file` is given.
+//! certificates, beside the read-only endpoints. Off unless `--tls-cert-file` is given. Every
+//! request is authorized (`--authorization-mode`): `Webhook` asks the API server with a
+//! SubjectAccessReview (the default in cluster mode), `AlwaysAllow` lets every client with a
+//! certificate from the client CA in (the default without an API server).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use node_core::RuntimeBackend;
+use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
 use node_kubelet::node::eviction::parse_duration;
 use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
 use node_kubelet::{CancellationToken, PodStates};
@@ -40,6 +44,17 @@ pub struct ServerFlags {
     /// native runtime's streaming server; `0s`: never).
     #[arg(long, default_value = "4h")]
     pub streaming_connection_idle_timeout: String,
+    /// How the kubelet server authorizes requests: `Webhook` (a SubjectAccessReview to the API
+    /// server per user, verb and `nodes` subresource) or `AlwaysAllow`. Default: `Webhook` when
+    /// an API server is configured (--kubeconfig, --cluster), `AlwaysAllow` standalone.
+    #[arg(long, value_parser = ["Webhook", "AlwaysAllow"])]
+    pub authorization_mode: Option<String>,
+    /// How long the kubelet server reuses an allowed SubjectAccessReview.
+    #[arg(long, default_value = "5m")]
+    pub authorization_webhook_cache_authorized_ttl: String,
+    /// How long the kubelet server reuses a denied SubjectAccessReview.
+    #[arg(long, default_value = "30s")]
+    pub authorization_webhook_cache_unauthorized_ttl: String,
 }
 
 impl ServerFlags {
@@ -50,6 +65,40 @@ impl ServerFlags {
                 "--streaming-connection-idle-timeout {:?}: {e}",
                 self.streaming_connection_idle_timeout
             )
+        })
+    }
+
+    /// The authorization: `--authorization-mode` (by default `Webhook` with an API server,
+    /// `AlwaysAllow` without) and the webhook's cache.
+    pub fn authorization(
+        &self,
+        api_server: bool,
+        node_name: &str,
+    ) -> anyhow::Result<AuthorizationConfig> {
+        let mode = match &self.authorization_mode {
+            Some(m) => m.parse::<AuthorizationMode>()?,
+            None if api_server => AuthorizationMode::Webhook,
+            None => AuthorizationMode::AlwaysAllow,
+        };
+        anyhow::ensure!(
+            mode != AuthorizationMode::Webhook || api_server,
+            "--authorization-mode Webhook needs an API server (--kubeconfig or --cluster)"
+        );
+        let ttl = |flag: &str, v: &str| {
+            parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+        };
+        Ok(AuthorizationConfig {
+            mode,
+            node_name: node_name.to_string(),
+            cache_authorized_ttl: ttl(
+                "authorization-webhook-cache-authorized-ttl",
+                &self.authorization_webhook_cache_authorized_ttl,
+            )?,
+            cache_unauthorized_ttl: ttl(
+                "authorization-webhook-cache-unauthorized-ttl",
+                &self.authorization_webhook_cache_unauthorized_ttl,
+            )?,
+            ..Default::default()
         })
     }
 
@@ -81,22 +130,35 @@ impl ServerFlags {
     }
 }
 
+/// The node the server runs on and the API server that authorizes its requests (none
+/// standalone).
+pub struct Authority<'a> {
+    /// The node's name.
+    pub node_name: &'a str,
+    /// The API server's client (cluster mode).
+    pub client: Option<kube::Client>,
+}
+
 /// Start the server when configured: the logs and streaming endpoints merged with
-/// `read_only` (the read-only port's router).
+/// `read_only` (the read-only port's router), authorized as `--authorization-mode` says.
 pub async fn start(
     flags: &ServerFlags,
     states: PodStates,
     runtime: Arc<dyn RuntimeBackend>,
     read_only: axum::Router,
+    authority: Authority<'_>,
     token: CancellationToken,
 ) -> anyhow::Result<Option<KubeletServer>> {
     let Some(config) = flags.config()? else {
         return Ok(None);
     };
+    let authz = flags.authorization(authority.client.is_some(), authority.node_name)?;
+    let mode = authz.mode;
+    let authorizer = Authorizer::new(authz, authority.client)?;
     let app = router(ServerState::new(states, runtime)).merge(read_only);
-    let server = KubeletServer::start(&config, app, token)
+    let server = KubeletServer::start(&config, app, authorizer, token)
         .await
         .with_context(|| format!("the kubelet server on {}", config.addr))?;
-    tracing::info!(addr = %server.local_addr(), "kubelet server (logs, exec, attach, port-forward) started");
+    tracing::info!(addr = %server.local_addr(), authorization = %mode, "kubelet server (logs, exec, attach, port-forward) started");
     Ok(Some(server))
 }

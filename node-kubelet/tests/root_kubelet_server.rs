@@ -4,7 +4,9 @@
 //! kubelet: `/containerLogs` (tailLines, timestamps, limitBytes, follow seeing a new line and
 //! ending when the container exits, previous after a restart, kubelet's errors), `/exec` over
 //! WebSocket and SPDY with node-cri's streaming clients, `/attach` to the container's output,
-//! `/portForward` to a TCP server in the pod over both, and clients without a certificate (401) or with one from another CA (refused
+//! `/portForward` to a TCP server in the pod over both, every request authorized by a
+//! SubjectAccessReview (kubelet's Webhook mode, against a FakeApiServer), and clients without a
+//! certificate (401) or with one from another CA (refused
 //! in the handshake). The clients reach the server through a stand-in for the API server: a
 //! local plain-TCP listener whose connections it carries to the kubelet over TLS with its client
 //! certificate.
@@ -25,20 +27,22 @@ use node_core::{Pod, RuntimeBackend};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_kubelet::backoff::BackoffConfig;
-use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider};
-use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
+use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
+use node_kubelet::node::http::{HttpState, NodeMetrics};
+use node_kubelet::node::server::KubeletServer;
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::StandInApiServer;
 use node_test_support::kubectl::{PodBackend, SubresourceRequest, Upstream};
 use node_test_support::{
-    FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_command, require_path,
-    require_root,
+    FakeApiServer, FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_command,
+    require_path, require_root,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod server_support;
 mod support;
+use server_support::{StatesPods, make_ca, make_cert, start_server, tls_client};
 use support::native::{Guard, init_binary};
 
 const IMAGE: &str = "busybox:server-test";
@@ -46,89 +50,6 @@ const T: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // certificates
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA `name` (`name.pem`, `name.key`).
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// A certificate `name` signed by `ca`, with `ext` (`extendedKeyUsage=...`, SANs).
-fn make_cert(dir: &Path, ca: &str, name: &str, subject: &str, ext: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            subject,
-        ],
-    );
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ],
-    );
-}
 
 /// The server's CA and certificate, the API server's client certificate, and a client
 /// certificate from another CA.
@@ -156,31 +77,6 @@ fn make_certs(dir: &Path) {
         "/CN=stranger",
         "extendedKeyUsage=clientAuth\n",
     );
-}
-
-/// A TLS client trusting `ca.pem`, with the client certificate `name` (none: anonymous).
-fn tls_client(dir: &Path, name: Option<&str>) -> tokio_rustls::TlsConnector {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match name {
-        Some(n) => {
-            let chain = CertificateDer::pem_file_iter(dir.join(format!("{n}.pem")))
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{n}.key"))).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
@@ -256,14 +152,6 @@ async fn apiserver_tunnel(
 
 // ---------------------------------------------------------------------------------------------
 // the pod
-
-struct StatesPods(node_kubelet::PodStates);
-
-impl PodsProvider for StatesPods {
-    fn pods(&self) -> Vec<Pod> {
-        self.0.pods().into_iter().map(|s| s.pod).collect()
-    }
-}
 
 /// Prints three lines (the second on stderr: apart in time, as the runtime reads stdout and
 /// stderr apart and writes each line when it reads it), serves `pf-ok` on port 8080, then prints what is
@@ -385,6 +273,9 @@ struct Node {
     addr: std::net::SocketAddr,
     apiserver: tokio_rustls::TlsConnector,
     tunnel: std::net::SocketAddr,
+    /// Authorizes the server's requests (kubelet's Webhook mode): the API server's client
+    /// identity may do everything.
+    authz: FakeApiServer,
 }
 
 impl Node {
@@ -448,25 +339,18 @@ async fn start(g: &Guard) -> Node {
 
     // the server: the endpoints beside the read-only ones, over TLS
     let rt_dyn: Arc<dyn RuntimeBackend> = runtime.clone();
-    let app = router(ServerState::new(states.clone(), rt_dyn)).merge(
-        node_kubelet::node::http::router(HttpState::new(
-            Arc::new(StatesPods(states.clone())),
-            &NodeMetrics::default(),
-        )),
-    );
-    let server = KubeletServer::start(
-        &ServerConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            tls_cert_file: certs.join("server.pem"),
-            tls_private_key_file: certs.join("server.key"),
-            client_ca_file: certs.join("ca.pem"),
+    let authz = FakeApiServer::new();
+    authz.allow_access(&[("kube-apiserver-kubelet-client", "*", "*")]);
+    let authorizer = Authorizer::new(
+        AuthorizationConfig {
+            mode: AuthorizationMode::Webhook,
+            node_name: "node-1".into(),
             ..Default::default()
         },
-        app,
-        token.clone(),
+        Some(authz.client()),
     )
-    .await
-    .expect("kubelet server");
+    .unwrap();
+    let server = start_server(&certs, states.clone(), rt_dyn, authorizer, token.clone()).await;
     let addr = server.local_addr();
     let apiserver = tls_client(&certs, Some("apiserver"));
     let tunnel = apiserver_tunnel(apiserver.clone(), addr).await;
@@ -482,6 +366,7 @@ async fn start(g: &Guard) -> Node {
         addr,
         apiserver,
         tunnel,
+        authz,
     }
 }
 
@@ -791,6 +676,38 @@ async fn scenario(node: Node) {
         (s == 200 && b == "line one\nline two\nline three\n").then_some(())
     })
     .await;
+
+    // everything above was authorized by SubjectAccessReviews of the API server's identity on
+    // nodes/node-1: logs with get, exec, attach and port-forward by both verbs, on proxy
+    let reviewed: std::collections::BTreeSet<(String, String)> = node
+        .authz
+        .access_reviews()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.user.as_deref(), Some("kube-apiserver-kubelet-client"));
+            assert_eq!(
+                r.groups.as_deref(),
+                Some(
+                    &[
+                        "system:masters".to_string(),
+                        "system:authenticated".to_string()
+                    ][..]
+                )
+            );
+            let ra = r.resource_attributes.clone().unwrap();
+            assert_eq!(ra.resource.as_deref(), Some("nodes"));
+            assert_eq!(ra.name.as_deref(), Some("node-1"));
+            (ra.verb.unwrap(), ra.subresource.unwrap())
+        })
+        .collect();
+    assert!(
+        reviewed.contains(&("get".into(), "proxy".into())),
+        "{reviewed:?}"
+    );
+    assert!(
+        reviewed.contains(&("get".into(), "pods".into())),
+        "{reviewed:?}"
+    );
 
     node.stop().await;
 }

@@ -12,6 +12,9 @@
 //!   bookmark;
 //! - `serviceaccounts/<name>/token` (TokenRequest): a token `token-N` with the expiration asked
 //!   for (404 when the service account does not exist);
+//! - `subjectaccessreviews` (SubjectAccessReview): answered from the policy a test sets
+//!   ([`FakeApiServer::set_access_policy`], [`FakeApiServer::allow_access`]; everything is denied
+//!   without one), not stored;
 //! - compaction ([`FakeApiServer::compact`]): a watch from a forgotten resourceVersion gets
 //!   `410 Gone` (`Expired`), as a client resuming after a long outage does;
 //! - an outage switch ([`FakeApiServer::set_down`]): requests fail as a refused connection and
@@ -35,6 +38,7 @@ use futures::{Stream, StreamExt};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
+use k8s_openapi::api::authorization::v1::SubjectAccessReviewSpec;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -79,8 +83,12 @@ struct Store {
     tokens_issued: u64,
 }
 
+/// Decides a SubjectAccessReview from its spec.
+type AccessPolicy = Arc<dyn Fn(&SubjectAccessReviewSpec) -> bool + Send + Sync>;
+
 struct Shared {
     store: Mutex<Store>,
+    access: Mutex<Option<AccessPolicy>>,
     events: broadcast::Sender<Change>,
     up: watch::Sender<bool>,
 }
@@ -376,6 +384,9 @@ impl Shared {
                 format!("no route {uri}"),
             ));
         };
+        if t.resource == "subjectaccessreviews" && method == Method::POST && t.name.is_none() {
+            return Ok(self.review_access(body));
+        }
         let q = query(uri);
         let ns = t.namespace.clone().unwrap_or_default();
         let mut st = self.store.lock().expect("store");
@@ -512,6 +523,30 @@ impl Shared {
                 format!("{method} {uri}"),
             )),
         }
+    }
+
+    /// A SubjectAccessReview answered from the policy (denied without one).
+    fn review_access(&self, body: &Value) -> Response<Body> {
+        let spec: SubjectAccessReviewSpec = match serde_json::from_value(body["spec"].clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("SubjectAccessReview spec: {e}"),
+                );
+            }
+        };
+        let policy = self.access.lock().expect("access").clone();
+        let allowed = policy.is_some_and(|p| p(&spec));
+        let reason = if allowed {
+            "allowed by the test's policy"
+        } else {
+            "not allowed by the test's policy"
+        };
+        let mut answer = body.clone();
+        answer["status"] = json!({"allowed": allowed, "reason": reason});
+        respond(StatusCode::CREATED, &answer)
     }
 
     /// A watch: the changes after `resourceVersion` (the current objects when none or `0`),
@@ -668,6 +703,7 @@ impl FakeApiServer {
         Self {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::default()),
+                access: Mutex::new(None),
                 events,
                 up: watch::channel(true).0,
             }),
@@ -758,6 +794,44 @@ impl FakeApiServer {
         let mut st = self.shared.store.lock().expect("store");
         st.compacted = st.rv;
         st.changes.clear();
+    }
+
+    /// The policy SubjectAccessReviews are answered from: `allow(spec)` decides (replaces the
+    /// previous policy; without one every review is denied).
+    pub fn set_access_policy(
+        &self,
+        allow: impl Fn(&SubjectAccessReviewSpec) -> bool + Send + Sync + 'static,
+    ) {
+        *self.shared.access.lock().expect("access") = Some(Arc::new(allow));
+    }
+
+    /// A policy allowing exactly these (user, verb, subresource) resource requests (`*` matches
+    /// any verb or subresource), whatever the resource and name.
+    pub fn allow_access(&self, rules: &[(&str, &str, &str)]) {
+        let rules: Vec<(String, String, String)> = rules
+            .iter()
+            .map(|(u, v, s)| (u.to_string(), v.to_string(), s.to_string()))
+            .collect();
+        self.set_access_policy(move |spec| {
+            let Some(ra) = &spec.resource_attributes else {
+                return false;
+            };
+            let user = spec.user.as_deref().unwrap_or_default();
+            let verb = ra.verb.as_deref().unwrap_or_default();
+            let sub = ra.subresource.as_deref().unwrap_or_default();
+            rules
+                .iter()
+                .any(|(u, v, s)| u == user && (v == "*" || v == verb) && (s == "*" || s == sub))
+        });
+    }
+
+    /// The SubjectAccessReviews asked so far (answered or not), their specs in order.
+    pub fn access_reviews(&self) -> Vec<SubjectAccessReviewSpec> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/subjectaccessreviews"))
+            .filter_map(|r| serde_json::from_value(r.body["spec"].clone()).ok())
+            .collect()
     }
 
     /// Whether the server is down.

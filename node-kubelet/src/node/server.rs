@@ -15,8 +15,10 @@
 //!   [`super::http::router`]) over TLS ([`ServerConfig`]: kubelet's `--tls-cert-file`,
 //!   `--tls-private-key-file`, `--client-ca-file`); a client without a certificate signed by the
 //!   client CA is answered 401 `Unauthorized` (a certificate from another CA fails the TLS
-//!   handshake). Authorization (kubelet's SubjectAccessReview per request) is not done: every
-//!   authenticated client may use every endpoint.
+//!   handshake); every request of an authenticated client is then authorized by the
+//!   [`Authorizer`] (kubelet's `--authorization-mode`, see [`super::authz`]): the certificate's
+//!   common name and organizations are the user and groups, the request a verb on
+//!   `nodes/<node name>` with a subresource (`proxy` for logs, exec, attach and port-forward).
 //!
 //! The read-only port ([`super::http::router`] on plain HTTP) never serves these endpoints.
 
@@ -42,6 +44,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::authz::{Authorizer, Identity};
 use super::logs::{self, LogOptions, query_pairs};
 use crate::labels;
 use crate::state::PodStates;
@@ -173,10 +176,11 @@ impl Drop for KubeletServer {
 impl KubeletServer {
     /// Bind `config.addr` and serve `app` over TLS on the current tokio runtime until
     /// `shutdown` (connections being served, streams included, end with the runtime or on their
-    /// own).
+    /// own), every request authorized by `authorizer` ([`Authorizer::always_allow`] for none).
     pub async fn start(
         config: &ServerConfig,
         app: Router,
+        authorizer: Authorizer,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
         let tls = tls_config(config)?;
@@ -191,6 +195,7 @@ impl KubeletServer {
             source,
         })?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let authorizer_mode = authorizer.config().mode;
         let handshake = config.handshake_timeout;
         let task = tokio::spawn(async move {
             loop {
@@ -206,7 +211,8 @@ impl KubeletServer {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, app) = (acceptor.clone(), app.clone());
+                let (acceptor, app, authorizer) =
+                    (acceptor.clone(), app.clone(), authorizer.clone());
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
@@ -219,19 +225,29 @@ impl KubeletServer {
                             return;
                         }
                     };
-                    // a certificate was verified against the client CA in the handshake
-                    let authenticated = tls
+                    // a certificate was verified against the client CA in the handshake; its
+                    // common name and organizations are the user and groups
+                    let identity = tls
                         .get_ref()
                         .1
                         .peer_certificates()
-                        .is_some_and(|c| !c.is_empty());
+                        .and_then(|c| c.first())
+                        .and_then(|c| Identity::from_certificate(c.as_ref()))
+                        .map(Arc::new);
                     let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                        let app = app.clone();
+                        let (app, authorizer, identity) =
+                            (app.clone(), authorizer.clone(), identity.clone());
                         async move {
-                            if !authenticated {
+                            let Some(identity) = identity else {
                                 return Ok::<_, std::convert::Infallible>(
                                     (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
                                 );
+                            };
+                            if let Some(refusal) = authorizer
+                                .check(&identity, req.method(), req.uri().path())
+                                .await
+                            {
+                                return Ok(refusal);
                             }
                             app.oneshot(req.map(Body::new)).await
                         }
@@ -246,7 +262,7 @@ impl KubeletServer {
                 });
             }
         });
-        tracing::info!(%addr, "kubelet server listening (TLS, client certificates)");
+        tracing::info!(%addr, mode = %authorizer_mode, "kubelet server listening (TLS, client certificates)");
         Ok(Self { addr, task })
     }
 

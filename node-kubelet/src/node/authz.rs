@@ -1,0 +1,629 @@
+//! Authorization of the kubelet's server (kubelet's `--authorization-mode`), as kubelet's
+//! `pkg/kubelet/server/auth.go` does it:
+//!
+//! - the user is the client certificate's common name and its groups the certificate's
+//!   organizations, plus `system:authenticated` ([`Identity::from_certificate`]; a certificate
+//!   without a common name authenticates nobody: 401);
+//! - every request on the secure port, `/healthz` included, is authorized as a resource request
+//!   on `nodes/<node name>` ([`request_attributes`]): the verb from the HTTP method (`GET` →
+//!   `get`, `POST` → `create`, `PUT` → `update`, `PATCH` → `patch`, `DELETE` → `delete`, any
+//!   other → the empty verb, which no policy grants; a WebSocket `exec` by `GET` is `get`, as in
+//!   kubelet), the subresource from the path (`/stats/*` → `stats`, `/metrics*` → `metrics`,
+//!   `/logs/*` → `log`, `/checkpoint/*` → `checkpoint`, everything else, `/containerLogs`,
+//!   `/exec`, `/attach`, `/portForward` and `/run` among it, → `proxy`); with kubelet's
+//!   `KubeletFineGrainedAuthz` (on by default, [`AuthorizationConfig::fine_grained`]) `/pods`
+//!   and `/runningpods/` are tried as `pods`, `/healthz` as `healthz`, `/configz` as `configz`
+//!   and `/statusz` as `statusz` first, then as `proxy`;
+//! - [`AuthorizationMode::AlwaysAllow`] allows everything; [`AuthorizationMode::Webhook`] asks
+//!   the API server with a `SubjectAccessReview` (authorization.k8s.io/v1) and caches the
+//!   answer (kubelet's `--authorization-webhook-cache-authorized-ttl` 5m and
+//!   `--authorization-webhook-cache-unauthorized-ttl` 30s);
+//! - [`Authorizer::check`] answers a refusal as kubelet does: denied → `403` `Forbidden
+//!   (user=<u>, verb=<v>, resource=nodes, subresource=<s>)`; the API server not answering →
+//!   `500` `Authorization error (user=<u>, verb=<v>, resource=nodes, subresource=<s>)` (the
+//!   request is refused, the error logged, nothing cached).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
+use tokio::time::Instant;
+
+/// kubelet's `--authorization-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthorizationMode {
+    /// Every authenticated request is allowed (kubelet's flag default, for a node without an API
+    /// server).
+    AlwaysAllow,
+    /// Each request is authorized by the API server with a `SubjectAccessReview` (kubelet's
+    /// configuration-file default).
+    #[default]
+    Webhook,
+}
+
+impl std::str::FromStr for AuthorizationMode {
+    type Err = AuthzError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "AlwaysAllow" => Ok(Self::AlwaysAllow),
+            "Webhook" => Ok(Self::Webhook),
+            other => Err(AuthzError::Config(format!(
+                "unknown authorization mode {other:?} (AlwaysAllow or Webhook)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for AuthorizationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AlwaysAllow => "AlwaysAllow",
+            Self::Webhook => "Webhook",
+        })
+    }
+}
+
+/// How the kubelet's server authorizes requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationConfig {
+    /// `--authorization-mode` (default [`AuthorizationMode::Webhook`]).
+    pub mode: AuthorizationMode,
+    /// The node's name: the `nodes` object every request is authorized against.
+    pub node_name: String,
+    /// How long an allowed decision is reused
+    /// (`--authorization-webhook-cache-authorized-ttl`, 5m).
+    pub cache_authorized_ttl: Duration,
+    /// How long a denied decision is reused
+    /// (`--authorization-webhook-cache-unauthorized-ttl`, 30s).
+    pub cache_unauthorized_ttl: Duration,
+    /// kubelet's `KubeletFineGrainedAuthz` (on by default): `/pods`, `/healthz`, `/configz`
+    /// and `/statusz` are first authorized with their own subresource, then as `proxy`.
+    pub fine_grained: bool,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthorizationMode::Webhook,
+            node_name: String::new(),
+            cache_authorized_ttl: Duration::from_secs(5 * 60),
+            cache_unauthorized_ttl: Duration::from_secs(30),
+            fine_grained: true,
+        }
+    }
+}
+
+/// An error of authorization.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthzError {
+    /// The configuration is not usable.
+    #[error("authorization: {0}")]
+    Config(String),
+    /// The API server did not answer the SubjectAccessReview.
+    #[error("SubjectAccessReview: {0}")]
+    Review(#[from] kube::Error),
+}
+
+/// Who an authenticated client is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The user name (the certificate's common name).
+    pub user: String,
+    /// The groups (the certificate's organizations, then `system:authenticated`).
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    /// The identity of a client certificate (DER) as kubelet's x509 authenticator reads it:
+    /// the subject's common name (the last one, when several) is the user, its organizations are
+    /// the groups, and `system:authenticated` is added. `None` when the certificate does not
+    /// parse or has no common name (kubelet answers such a client 401).
+    pub fn from_certificate(der: &[u8]) -> Option<Self> {
+        let (cn, orgs) = subject_cn_and_o(der)?;
+        let user = cn.filter(|c| !c.is_empty())?;
+        let mut groups = orgs;
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
+        Some(Self { user, groups })
+    }
+}
+
+/// One DER element: its tag, its content and what follows it.
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// A directory string of a certificate's name.
+fn der_string(tag: u8, v: &[u8]) -> String {
+    match tag {
+        // BMPString: UTF-16BE
+        0x1e => {
+            let units: Vec<u16> = v
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
+        // UTF8String, PrintableString, IA5String, TeletexString and the rest
+        _ => String::from_utf8_lossy(v).into_owned(),
+    }
+}
+
+const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
+
+/// The subject's common name and organizations of a certificate.
+fn subject_cn_and_o(der: &[u8]) -> Option<(Option<String>, Vec<String>)> {
+    let (0x30, cert, _) = der_element(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = der_element(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xa0 {
+        // the explicit version
+        rest = after;
+    }
+    // serialNumber, signature, issuer, validity, then the subject
+    for _ in 0..4 {
+        rest = der_element(rest)?.2;
+    }
+    let (0x30, mut name, _) = der_element(rest)? else {
+        return None;
+    };
+    let (mut cn, mut orgs) = (None, Vec::new());
+    while !name.is_empty() {
+        let (set_tag, mut set, next) = der_element(name)?;
+        name = next;
+        if set_tag != 0x31 {
+            return None;
+        }
+        while !set.is_empty() {
+            let (_, atv, next) = der_element(set)?;
+            set = next;
+            let (0x06, oid, value) = der_element(atv)? else {
+                return None;
+            };
+            let (vtag, v, _) = der_element(value)?;
+            if oid == OID_CN {
+                cn = Some(der_string(vtag, v));
+            } else if oid == OID_O {
+                orgs.push(der_string(vtag, v));
+            }
+        }
+    }
+    Some((cn, orgs))
+}
+
+/// kubelet's API verb of an HTTP method (the empty verb for any other method).
+pub fn verb_of(method: &Method) -> &'static str {
+    match *method {
+        Method::POST => "create",
+        Method::GET => "get",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "",
+    }
+}
+
+/// kubelet's `isSubpath`: `sub` is `path` (without its trailing `/`) or below it.
+fn is_subpath(sub: &str, path: &str) -> bool {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    sub == path || (sub.starts_with(path) && sub.as_bytes().get(path.len()) == Some(&b'/'))
+}
+
+/// The `nodes` subresources a request path is authorized as, in the order they are tried
+/// (kubelet's `GetRequestAttributes`): the fine-grained one first (when `fine_grained`), then
+/// `stats`, `metrics`, `log`, `checkpoint` or `proxy`.
+pub fn subresources_of(path: &str, fine_grained: bool) -> Vec<&'static str> {
+    let mut out = Vec::with_capacity(2);
+    if fine_grained {
+        if is_subpath(path, "/pods") || is_subpath(path, "/runningpods/") {
+            out.push("pods");
+        } else if is_subpath(path, "/healthz") {
+            out.push("healthz");
+        } else if is_subpath(path, "/configz") {
+            out.push("configz");
+        } else if is_subpath(path, "/statusz") {
+            out.push("statusz");
+        }
+    }
+    out.push(if is_subpath(path, "/stats/") {
+        "stats"
+    } else if is_subpath(path, "/metrics") {
+        "metrics"
+    } else if is_subpath(path, "/logs/") {
+        "log"
+    } else if is_subpath(path, "/checkpoint/") {
+        "checkpoint"
+    } else {
+        "proxy"
+    });
+    out
+}
+
+/// What one authorization decision is about: a resource request on `nodes/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Attributes {
+    /// The user.
+    pub user: String,
+    /// The user's groups.
+    pub groups: Vec<String>,
+    /// The API verb ([`verb_of`]).
+    pub verb: String,
+    /// The resource: `nodes`.
+    pub resource: String,
+    /// The subresource ([`subresources_of`]).
+    pub subresource: String,
+    /// The node's name.
+    pub name: String,
+}
+
+impl Attributes {
+    /// The SubjectAccessReview's spec for these attributes (kubelet's webhook authorizer:
+    /// version `v1`, the core group, no namespace).
+    pub fn review_spec(&self) -> SubjectAccessReviewSpec {
+        SubjectAccessReviewSpec {
+            user: Some(self.user.clone()),
+            groups: Some(self.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(self.verb.clone()),
+                group: Some(String::new()),
+                version: Some("v1".into()),
+                resource: Some(self.resource.clone()),
+                subresource: Some(self.subresource.clone()),
+                name: Some(self.name.clone()),
+                namespace: Some(String::new()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn words(&self) -> String {
+        format!(
+            "user={}, verb={}, resource={}, subresource={}",
+            self.user, self.verb, self.resource, self.subresource
+        )
+    }
+}
+
+/// The attributes a request is authorized with, in the order they are tried (the first allowed
+/// one lets the request through).
+pub fn request_attributes(
+    identity: &Identity,
+    method: &Method,
+    path: &str,
+    node_name: &str,
+    fine_grained: bool,
+) -> Vec<Attributes> {
+    subresources_of(path, fine_grained)
+        .into_iter()
+        .map(|sub| Attributes {
+            user: identity.user.clone(),
+            groups: identity.groups.clone(),
+            verb: verb_of(method).into(),
+            resource: "nodes".into(),
+            subresource: sub.into(),
+            name: node_name.into(),
+        })
+        .collect()
+}
+
+/// A decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed.
+    Allow,
+    /// Denied (or no opinion), with the reviewer's reason.
+    Deny(String),
+}
+
+/// The kubelet server's authorizer; cheap to clone (the decision cache is shared).
+#[derive(Clone)]
+pub struct Authorizer {
+    config: AuthorizationConfig,
+    client: Option<kube::Client>,
+    cache: Arc<Mutex<HashMap<Attributes, (bool, Instant)>>>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    /// An authorizer for `config`; [`AuthorizationMode::Webhook`] needs the API server's
+    /// `client`.
+    pub fn new(
+        config: AuthorizationConfig,
+        client: Option<kube::Client>,
+    ) -> Result<Self, AuthzError> {
+        if config.mode == AuthorizationMode::Webhook {
+            if client.is_none() {
+                return Err(AuthzError::Config(
+                    "the Webhook authorization mode needs an API server".into(),
+                ));
+            }
+            if config.node_name.is_empty() {
+                return Err(AuthzError::Config(
+                    "the Webhook authorization mode needs the node's name".into(),
+                ));
+            }
+        }
+        Ok(Self {
+            config,
+            client,
+            cache: Arc::default(),
+        })
+    }
+
+    /// The authorizer that allows every authenticated request.
+    pub fn always_allow() -> Self {
+        Self {
+            config: AuthorizationConfig {
+                mode: AuthorizationMode::AlwaysAllow,
+                ..Default::default()
+            },
+            client: None,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthorizationConfig {
+        &self.config
+    }
+
+    /// Decides on one set of attributes: from the cache while the decision is fresh, else by a
+    /// SubjectAccessReview (whose answer is cached; errors are not).
+    pub async fn authorize(&self, attrs: &Attributes) -> Result<Decision, AuthzError> {
+        let (AuthorizationMode::Webhook, Some(client)) = (self.config.mode, &self.client) else {
+            return Ok(Decision::Allow);
+        };
+        let now = Instant::now();
+        if let Some((allowed, at)) = self.cache.lock().expect("cache").get(attrs).cloned() {
+            let ttl = if allowed {
+                self.config.cache_authorized_ttl
+            } else {
+                self.config.cache_unauthorized_ttl
+            };
+            if now.duration_since(at) < ttl {
+                return Ok(if allowed {
+                    Decision::Allow
+                } else {
+                    Decision::Deny("cached".into())
+                });
+            }
+        }
+        let review = SubjectAccessReview {
+            spec: attrs.review_spec(),
+            ..Default::default()
+        };
+        let answer = Api::<SubjectAccessReview>::all(client.clone())
+            .create(&PostParams::default(), &review)
+            .await?;
+        let status = answer.status.unwrap_or_default();
+        let allowed = status.allowed && !status.denied.unwrap_or(false);
+        let mut cache = self.cache.lock().expect("cache");
+        // forget what has expired for good, so the cache stays the size of what is in use
+        let longest = self
+            .config
+            .cache_authorized_ttl
+            .max(self.config.cache_unauthorized_ttl);
+        cache.retain(|_, (_, at)| now.duration_since(*at) < longest);
+        let ttl = if allowed {
+            self.config.cache_authorized_ttl
+        } else {
+            self.config.cache_unauthorized_ttl
+        };
+        if !ttl.is_zero() {
+            cache.insert(attrs.clone(), (allowed, now));
+        }
+        Ok(if allowed {
+            Decision::Allow
+        } else {
+            // no opinion counts as denied; an evaluation error is only a reason
+            let reason = status.reason.unwrap_or_default();
+            match status.evaluation_error.filter(|e| !e.is_empty()) {
+                Some(e) => Decision::Deny(format!("{reason} (evaluation error: {e})")),
+                None => Decision::Deny(reason),
+            }
+        })
+    }
+
+    /// Authorizes a request of `identity`: `None` when it may go on, else kubelet's answer (403
+    /// `Forbidden (...)` when denied, 500 `Authorization error (...)` when the API server did
+    /// not answer).
+    pub async fn check(
+        &self,
+        identity: &Identity,
+        method: &Method,
+        path: &str,
+    ) -> Option<Response> {
+        if self.config.mode == AuthorizationMode::AlwaysAllow {
+            return None;
+        }
+        let attrs = request_attributes(
+            identity,
+            method,
+            path,
+            &self.config.node_name,
+            self.config.fine_grained,
+        );
+        let mut last = None;
+        for a in &attrs {
+            match self.authorize(a).await {
+                Ok(Decision::Allow) => return None,
+                Ok(Decision::Deny(reason)) => {
+                    tracing::debug!(%path, attributes = %a.words(), %reason, "kubelet server: forbidden");
+                    last = Some(a);
+                }
+                Err(e) => {
+                    let msg = format!("Authorization error ({})", a.words());
+                    tracing::error!(error = %e, %path, "{msg}");
+                    return Some(text(StatusCode::INTERNAL_SERVER_ERROR, msg));
+                }
+            }
+        }
+        let words = last.map(Attributes::words).unwrap_or_default();
+        Some(text(StatusCode::FORBIDDEN, format!("Forbidden ({words})")))
+    }
+}
+
+fn text(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_map_to_kubelets_verbs() {
+        assert_eq!(verb_of(&Method::GET), "get");
+        assert_eq!(verb_of(&Method::POST), "create");
+        assert_eq!(verb_of(&Method::PUT), "update");
+        assert_eq!(verb_of(&Method::PATCH), "patch");
+        assert_eq!(verb_of(&Method::DELETE), "delete");
+        // kubelet maps nothing else
+        assert_eq!(verb_of(&Method::HEAD), "");
+        assert_eq!(verb_of(&Method::OPTIONS), "");
+    }
+
+    #[test]
+    fn paths_map_to_kubelets_subresources() {
+        let coarse = |p: &str| subresources_of(p, false);
+        let fine = |p: &str| subresources_of(p, true);
+        assert_eq!(coarse("/stats/summary"), ["stats"]);
+        assert_eq!(coarse("/stats"), ["stats"]);
+        assert_eq!(coarse("/metrics"), ["metrics"]);
+        assert_eq!(coarse("/metrics/cadvisor"), ["metrics"]);
+        assert_eq!(coarse("/metrics/probes"), ["metrics"]);
+        assert_eq!(coarse("/metricsx"), ["proxy"]);
+        assert_eq!(coarse("/logs/"), ["log"]);
+        assert_eq!(coarse("/logs/syslog"), ["log"]);
+        assert_eq!(coarse("/checkpoint/ns/pod/c"), ["checkpoint"]);
+        // the streaming endpoints and the rest are nodes/proxy
+        for p in [
+            "/containerLogs/default/web/app",
+            "/exec/default/web/app",
+            "/attach/default/web/uid/app",
+            "/portForward/default/web",
+            "/run/default/web/app",
+            "/spec/",
+            "/pods",
+            "/healthz",
+            "/",
+        ] {
+            assert_eq!(coarse(p), ["proxy"], "{p}");
+        }
+        assert_eq!(fine("/pods"), ["pods", "proxy"]);
+        assert_eq!(fine("/pods/"), ["pods", "proxy"]);
+        assert_eq!(fine("/runningpods/"), ["pods", "proxy"]);
+        assert_eq!(fine("/healthz"), ["healthz", "proxy"]);
+        assert_eq!(fine("/healthz/ping"), ["healthz", "proxy"]);
+        assert_eq!(fine("/configz"), ["configz", "proxy"]);
+        assert_eq!(fine("/statusz"), ["statusz", "proxy"]);
+        assert_eq!(fine("/podsx"), ["proxy"]);
+        assert_eq!(fine("/stats/summary"), ["stats"]);
+        assert_eq!(fine("/exec/default/web/app"), ["proxy"]);
+    }
+
+    #[test]
+    fn attributes_and_their_review() {
+        let id = Identity {
+            user: "alice".into(),
+            groups: vec!["dev".into(), "system:authenticated".into()],
+        };
+        let a = request_attributes(&id, &Method::POST, "/exec/default/web/app", "node-1", true);
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            a[0].words(),
+            "user=alice, verb=create, resource=nodes, subresource=proxy"
+        );
+        let spec = a[0].review_spec();
+        assert_eq!(spec.user.as_deref(), Some("alice"));
+        assert_eq!(spec.groups, Some(id.groups.clone()));
+        let ra = spec.resource_attributes.unwrap();
+        assert_eq!(ra.verb.as_deref(), Some("create"));
+        assert_eq!(ra.resource.as_deref(), Some("nodes"));
+        assert_eq!(ra.subresource.as_deref(), Some("proxy"));
+        assert_eq!(ra.name.as_deref(), Some("node-1"));
+        assert_eq!(ra.version.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn modes_parse_and_webhook_needs_a_client() {
+        assert_eq!(
+            "Webhook".parse::<AuthorizationMode>().unwrap(),
+            AuthorizationMode::Webhook
+        );
+        assert_eq!(
+            "AlwaysAllow".parse::<AuthorizationMode>().unwrap(),
+            AuthorizationMode::AlwaysAllow
+        );
+        assert!("RBAC".parse::<AuthorizationMode>().is_err());
+        let e = Authorizer::new(
+            AuthorizationConfig {
+                node_name: "n".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("needs an API server"), "{e}");
+    }
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(
+            der_element(&[0x04, 0x01, 0xaa, 0xbb]),
+            Some((0x04, &[0xaa][..], &[0xbb][..]))
+        );
+        assert_eq!(
+            der_element(&[0x04, 0x81, 0x01, 0xaa]),
+            Some((0x04, &[0xaa][..], &[][..]))
+        );
+        assert_eq!(der_element(&[0x04, 0x02, 0xaa]), None);
+        assert_eq!(der_element(&[0x04, 0x80]), None);
+        assert!(Identity::from_certificate(b"not a certificate").is_none());
+    }
+}

@@ -1,0 +1,314 @@
+//! The kubelet server's authorization (kubelet's `--authorization-mode`), without root: the
+//! server runs in-process on 127.0.0.1 over a fake runtime, clients connect over TLS with client
+//! certificates made with `openssl` (the user is the certificate's common name, the groups its
+//! organizations), and the `Webhook` mode asks a [`FakeApiServer`] whose SubjectAccessReview
+//! policy the test sets. The requests reach the API server's request log, which shows what was
+//! reviewed and what came from the cache.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::authorization::v1::SubjectAccessReviewSpec;
+use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
+use node_kubelet::node::server::KubeletServer;
+use node_kubelet::{CancellationToken, PodStates};
+use node_test_support::{FakeApiServer, FakeRuntime, require_command};
+use rustls::pki_types::ServerName;
+
+mod server_support;
+use server_support::{make_ca, make_cert, start_server, tls_client};
+
+const T: Duration = Duration::from_secs(30);
+const NODE: &str = "node-1";
+
+/// The CA, the server's certificate, and client certificates for alice (groups `dev` and
+/// `ops`), bob, carol and a certificate without a common name.
+fn make_certs(dir: &Path) {
+    make_ca(dir, "ca");
+    make_cert(
+        dir,
+        "ca",
+        "server",
+        &format!("/CN={NODE}"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    for (name, subject) in [
+        ("alice", "/O=dev/O=ops/CN=alice"),
+        ("bob", "/CN=bob"),
+        ("carol", "/CN=carol"),
+        ("nobody", "/O=dev"),
+    ] {
+        make_cert(dir, "ca", name, subject, "extendedKeyUsage=clientAuth\n");
+    }
+}
+
+/// One request over TLS as `who`: the status and the whole body.
+async fn call(
+    dir: &Path,
+    who: &str,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
+    let connector = tls_client(dir, Some(who));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = sender
+        .send_request(
+            hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", addr.to_string())
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let body = tokio::time::timeout(T, r.into_body().collect())
+        .await
+        .expect("the body ends")
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The server over a fake runtime, authorized by `authorizer`.
+async fn serve(dir: &Path, authorizer: Authorizer) -> (KubeletServer, CancellationToken) {
+    let token = CancellationToken::new();
+    let server = start_server(
+        dir,
+        PodStates::new(),
+        Arc::new(FakeRuntime::new()),
+        authorizer,
+        token.clone(),
+    )
+    .await;
+    (server, token)
+}
+
+fn webhook(api: &FakeApiServer, config: AuthorizationConfig) -> Authorizer {
+    Authorizer::new(
+        AuthorizationConfig {
+            mode: AuthorizationMode::Webhook,
+            node_name: NODE.into(),
+            ..config
+        },
+        Some(api.client()),
+    )
+    .expect("authorizer")
+}
+
+/// (user, groups, verb, resource, subresource, name) of a review.
+fn review(s: &SubjectAccessReviewSpec) -> (String, Vec<String>, String, String, String, String) {
+    let ra = s.resource_attributes.clone().expect("resource attributes");
+    (
+        s.user.clone().unwrap_or_default(),
+        s.groups.clone().unwrap_or_default(),
+        ra.verb.unwrap_or_default(),
+        ra.resource.unwrap_or_default(),
+        ra.subresource.unwrap_or_default(),
+        ra.name.unwrap_or_default(),
+    )
+}
+
+fn certs() -> Option<tempfile::TempDir> {
+    if !require_command("kubelet_server_authz", "openssl") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    Some(dir)
+}
+
+#[tokio::test]
+async fn webhook_mode_reviews_each_request_as_kubelet_and_caches_the_decisions() {
+    let Some(dir) = certs() else { return };
+    let dir = dir.path();
+    let api = FakeApiServer::new();
+    // alice may get and create nodes/proxy (not nodes/pods); bob nothing
+    api.allow_access(&[("alice", "get", "proxy"), ("alice", "create", "proxy")]);
+    let (server, token) = serve(dir, webhook(&api, AuthorizationConfig::default())).await;
+    let addr = server.local_addr();
+
+    // /pods: nodes/pods first (kubelet's fine-grained authorization), then nodes/proxy
+    let (status, body) = call(dir, "alice", addr, "GET", "/pods").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("PodList"), "{body}");
+    let groups = vec![
+        "dev".to_string(),
+        "ops".to_string(),
+        "system:authenticated".to_string(),
+    ];
+    let node = |verb: &str, sub: &str| {
+        (
+            "alice".to_string(),
+            groups.clone(),
+            verb.to_string(),
+            "nodes".to_string(),
+            sub.to_string(),
+            NODE.to_string(),
+        )
+    };
+    let reviews: Vec<_> = api.access_reviews().iter().map(review).collect();
+    assert_eq!(reviews, vec![node("get", "pods"), node("get", "proxy")]);
+
+    // a second request within the TTL is decided from the cache: no review
+    let (status, _) = call(dir, "alice", addr, "GET", "/pods").await;
+    assert_eq!(status, 200);
+    assert_eq!(api.access_reviews().len(), 2);
+
+    // containerLogs is nodes/proxy too (cached: allowed, the handler answers 404 for the pod)
+    let (status, body) = call(dir, "alice", addr, "GET", "/containerLogs/default/web/app").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("pod \"web\" does not exist"), "{body}");
+    assert_eq!(api.access_reviews().len(), 2);
+
+    // exec by POST is create on nodes/proxy
+    let (status, body) = call(
+        dir,
+        "alice",
+        addr,
+        "POST",
+        "/exec/default/web/app?command=ls&stdout=1",
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let reviews: Vec<_> = api.access_reviews().iter().map(review).collect();
+    assert_eq!(reviews.len(), 3);
+    assert_eq!(reviews[2], node("create", "proxy"));
+
+    // bob is denied with kubelet's words, /healthz included; the denial is cached too
+    for (path, sub) in [
+        ("/exec/default/web/app?command=ls&stdout=1", "proxy"),
+        ("/containerLogs/default/web/app", "proxy"),
+        ("/healthz", "proxy"),
+        ("/pods", "proxy"),
+    ] {
+        let (status, body) = call(dir, "bob", addr, "GET", path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(
+            body,
+            format!("Forbidden (user=bob, verb=get, resource=nodes, subresource={sub})"),
+            "{path}"
+        );
+    }
+    let bob: Vec<_> = api
+        .access_reviews()
+        .iter()
+        .map(review)
+        .filter(|r| r.0 == "bob")
+        .map(|r| (r.1, r.2, r.4))
+        .collect();
+    let authenticated = vec!["system:authenticated".to_string()];
+    // proxy once (then cached), healthz and pods once each
+    assert_eq!(
+        bob,
+        vec![
+            (
+                authenticated.clone(),
+                "get".to_string(),
+                "proxy".to_string()
+            ),
+            (
+                authenticated.clone(),
+                "get".to_string(),
+                "healthz".to_string()
+            ),
+            (authenticated.clone(), "get".to_string(), "pods".to_string()),
+        ]
+    );
+    let before = api.access_reviews().len();
+    let (status, _) = call(dir, "bob", addr, "GET", "/containerLogs/default/web/app").await;
+    assert_eq!(status, 403);
+    assert_eq!(api.access_reviews().len(), before, "the denial is cached");
+
+    // a certificate without a common name authenticates nobody
+    let (status, body) = call(dir, "nobody", addr, "GET", "/pods").await;
+    assert_eq!((status, body.as_str()), (401, "Unauthorized"));
+    assert_eq!(api.access_reviews().len(), before);
+
+    // the API server down: a decision not in the cache is an authorization error (kubelet: 500),
+    // a cached one (alice's nodes/proxy, 5 minutes) still holds
+    api.set_down(true);
+    let (status, body) = call(dir, "carol", addr, "GET", "/pods").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(
+        body,
+        "Authorization error (user=carol, verb=get, resource=nodes, subresource=pods)"
+    );
+    let (status, _) = call(dir, "alice", addr, "GET", "/containerLogs/default/web/app").await;
+    assert_eq!(status, 404);
+    // the error was not cached: up again, carol is reviewed and denied
+    api.set_down(false);
+    let (status, body) = call(dir, "carol", addr, "GET", "/pods").await;
+    assert_eq!(status, 403, "{body}");
+    let carol = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/subjectaccessreviews") && r.body["spec"]["user"] == "carol")
+        .map(|r| r.answered)
+        .collect::<Vec<_>>();
+    assert_eq!(carol, vec![false, true, true]);
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_zero_ttl_reviews_every_request_and_always_allow_reviews_none() {
+    let Some(dir) = certs() else { return };
+    let dir = dir.path();
+    let api = FakeApiServer::new();
+    api.allow_access(&[("alice", "*", "proxy")]);
+    let config = AuthorizationConfig {
+        cache_authorized_ttl: Duration::ZERO,
+        fine_grained: false,
+        ..Default::default()
+    };
+    let (server, token) = serve(dir, webhook(&api, config)).await;
+    let addr = server.local_addr();
+    for n in 1..=2 {
+        let (status, _) = call(dir, "alice", addr, "GET", "/pods").await;
+        assert_eq!(status, 200);
+        // without fine-grained authorization /pods is nodes/proxy alone
+        let subs: Vec<_> = api.access_reviews().iter().map(|r| review(r).4).collect();
+        assert_eq!(subs, vec!["proxy"; n]);
+    }
+    token.cancel();
+    drop(server);
+
+    // AlwaysAllow: bob goes through, the API server is never asked
+    let api = FakeApiServer::new();
+    let authorizer = Authorizer::new(
+        AuthorizationConfig {
+            mode: AuthorizationMode::AlwaysAllow,
+            ..Default::default()
+        },
+        Some(api.client()),
+    )
+    .unwrap();
+    let (server, token) = serve(dir, authorizer).await;
+    let (status, body) = call(dir, "bob", server.local_addr(), "GET", "/pods").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(
+        dir,
+        "bob",
+        server.local_addr(),
+        "GET",
+        "/containerLogs/default/web/app",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(api.access_reviews().is_empty());
+    token.cancel();
+}
