@@ -139,7 +139,12 @@ async fn webhook_mode_reviews_each_request_as_kubelet_and_caches_the_decisions()
     let api = FakeApiServer::new();
     // alice may get and create nodes/proxy (not nodes/pods); bob nothing
     api.allow_access(&[("alice", "get", "proxy"), ("alice", "create", "proxy")]);
-    let (server, token) = serve(dir, webhook(&api, AuthorizationConfig::default())).await;
+    // kubelet's back-off between reviews that did not reach the API server, shortened
+    let config = AuthorizationConfig {
+        webhook_retry_initial: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let (server, token) = serve(dir, webhook(&api, config)).await;
     let addr = server.local_addr();
 
     // /pods: nodes/pods first (kubelet's fine-grained authorization), then nodes/proxy
@@ -260,7 +265,8 @@ async fn webhook_mode_reviews_each_request_as_kubelet_and_caches_the_decisions()
         .filter(|r| r.path.ends_with("/subjectaccessreviews") && r.body["spec"]["user"] == "carol")
         .map(|r| r.answered)
         .collect::<Vec<_>>();
-    assert_eq!(carol, vec![false, true, true]);
+    // sent 5 times in all while down (kubelet's webhook retries), then pods and proxy denied
+    assert_eq!(carol, vec![false, false, false, false, false, true, true]);
     token.cancel();
 }
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -86,6 +87,12 @@ pub struct AuthorizationConfig {
     /// kubelet's `KubeletFineGrainedAuthz` (on by default): `/pods`, `/healthz`, `/configz`
     /// and `/statusz` are first authorized with their own subresource, then as `proxy`.
     pub fine_grained: bool,
+    /// The first wait before a SubjectAccessReview that failed on the way (the API server
+    /// unreachable, 5xx, 429) is sent again; the waits grow 1.5x with jitter (kubelet's webhook
+    /// back-off: 500ms).
+    pub webhook_retry_initial: Duration,
+    /// How many times in all a review is sent before the request gets 500 (kubelet's: 5).
+    pub webhook_retry_attempts: usize,
 }
 
 impl Default for AuthorizationConfig {
@@ -96,7 +103,19 @@ impl Default for AuthorizationConfig {
             cache_authorized_ttl: Duration::from_secs(5 * 60),
             cache_unauthorized_ttl: Duration::from_secs(30),
             fine_grained: true,
+            webhook_retry_initial: Duration::from_millis(500),
+            webhook_retry_attempts: 5,
         }
+    }
+}
+
+/// Whether a failed review is worth sending again: the API server did not answer, or answered
+/// that it could not now (5xx, 429), as kubelet's webhook retries.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
     }
 }
 
@@ -432,8 +451,19 @@ impl Authorizer {
             spec: attrs.review_spec(),
             ..Default::default()
         };
-        let answer = Api::<SubjectAccessReview>::all(client.clone())
-            .create(&PostParams::default(), &review)
+        let api = Api::<SubjectAccessReview>::all(client.clone());
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(self.config.webhook_retry_initial)
+            .with_factor(1.5)
+            .with_jitter()
+            .with_max_times(self.config.webhook_retry_attempts.saturating_sub(1));
+        let params = PostParams::default();
+        let answer = (|| api.create(&params, &review))
+            .retry(backoff)
+            .when(transient)
+            .notify(|e, wait| {
+                tracing::debug!(error = %e, ?wait, "SubjectAccessReview failed; sending it again");
+            })
             .await?;
         let status = answer.status.unwrap_or_default();
         let allowed = status.allowed && !status.denied.unwrap_or(false);
