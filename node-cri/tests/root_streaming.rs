@@ -986,59 +986,13 @@ fn kubectl_exec_and_port_forward_over_spdy_and_websocket() {
         .await
         .unwrap();
         let home = env.root.path().join("kubectl-home");
-        let kubectl = |websockets: bool| api.kubectl(&home, websockets).unwrap();
         for websockets in [false, true] {
             let what = if websockets { "websocket" } else { "spdy" };
             // exec with stdin, stdout, stderr and an exit code
-            let mut cmd = kubectl(websockets);
-            cmd.args([
-                "exec",
-                "-i",
-                "web",
-                "-c",
-                "box",
-                "--",
-                "sh",
-                "-c",
-                "cat; echo to-stderr >&2; exit 5",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-            let mut child = cmd.spawn().unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(b"piped through kubectl\n").await.unwrap();
-            drop(stdin);
-            let out = tokio::time::timeout(T, child.wait_with_output())
-                .await
-                .expect("kubectl exec finished")
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(stdout, "piped through kubectl\n", "{what}: stderr {stderr}");
-            assert!(stderr.contains("to-stderr"), "{what}: {stderr}");
-            assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
-            let seen = api.last_upgrade();
-            let want = if websockets { "websocket" } else { "SPDY/3.1" };
-            assert!(
-                seen.eq_ignore_ascii_case(want),
-                "{what}: kubectl upgraded to {seen:?}"
-            );
-
+            api.assert_exec_round_trip(&home, websockets, "web", "box", T)
+                .await;
             // port-forward to the pod's httpd
-            let mut pf = kubectl(websockets);
-            pf.args(["port-forward", "pod/web", ":8080"])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let mut child = pf.spawn().unwrap();
-            let mut stdout = child.stdout.take().unwrap();
-            let line = read_until(&mut stdout, " -> 8080", &format!("{what} port-forward")).await;
-            let local: u16 = line
-                .split("127.0.0.1:")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("{what}: no local port in {line:?}"));
+            let (mut child, local) = api.port_forward(&home, websockets, "web", 8080, T).await;
             let mut body = String::new();
             let deadline = Instant::now() + T;
             while !body.contains("hello from nodekit") {
@@ -1065,11 +1019,7 @@ fn kubectl_exec_and_port_forward_over_spdy_and_websocket() {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            let seen = api.last_upgrade();
-            assert!(
-                seen.eq_ignore_ascii_case(want),
-                "{what}: port-forward upgraded to {seen:?}"
-            );
+            api.assert_upgraded(websockets, &format!("{what} port-forward"));
             let _ = child.kill().await;
         }
     });

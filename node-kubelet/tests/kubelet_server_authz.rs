@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::authorization::v1::SubjectAccessReviewSpec;
 use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
@@ -75,13 +75,7 @@ async fn call(
         )
         .await
         .expect("request");
-    let status = r.status().as_u16();
-    let body = tokio::time::timeout(T, r.into_body().collect())
-        .await
-        .expect("the body ends")
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    server_support::status_and_text(r, T).await
 }
 
 /// The server over a fake runtime, authorized by `authorizer`.

@@ -42,6 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod server_support;
 mod support;
+use node_test_support::until_async as until;
 use server_support::{StatesPods, make_ca, make_cert, start_server, tls_client};
 use support::native::{Guard, init_binary};
 
@@ -120,13 +121,7 @@ async fn get_text(
     path: &str,
 ) -> (u16, String) {
     let r = get(connector, addr, path).await;
-    let status = r.status().as_u16();
-    let body = tokio::time::timeout(T, r.into_body().collect())
-        .await
-        .expect("the body ends")
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    server_support::status_and_text(r, T).await
 }
 
 /// The stand-in API server: a plain-TCP listener whose connections go to `kubelet` over TLS
@@ -170,24 +165,6 @@ fn web_pod() -> Pod {
         script = SCRIPT
     );
     serde_saphyr::from_str(&yaml).expect("test pod parses")
-}
-
-async fn until<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Run `cmd` in the pod's container through the stand-in API server; stdout and exit code.
@@ -888,51 +865,9 @@ fn kubectl_logs_exec_and_port_forward_through_the_kubelet_server() {
 
         for websockets in [false, true] {
             let what = if websockets { "websocket" } else { "spdy" };
-            let want = if websockets { "websocket" } else { "SPDY/3.1" };
-            let mut cmd = kubectl(websockets);
-            cmd.args([
-                "exec",
-                "-i",
-                "web",
-                "-c",
-                "app",
-                "--",
-                "sh",
-                "-c",
-                "cat; echo to-stderr >&2; exit 5",
-            ])
-            .stdin(std::process::Stdio::piped());
-            let mut child = cmd.spawn().unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(b"piped through kubectl\n").await.unwrap();
-            drop(stdin);
-            let out = tokio::time::timeout(T, child.wait_with_output())
-                .await
-                .expect("kubectl exec finished")
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(stdout, "piped through kubectl\n", "{what}: stderr {stderr}");
-            assert!(stderr.contains("to-stderr"), "{what}: {stderr}");
-            assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
-            let seen = api.last_upgrade();
-            assert!(
-                seen.eq_ignore_ascii_case(want),
-                "{what}: kubectl upgraded to {seen:?}"
-            );
-
-            let mut child = kubectl(websockets)
-                .args(["port-forward", "pod/web", ":8080"])
-                .spawn()
-                .unwrap();
-            let mut stdout = child.stdout.take().unwrap();
-            let line = read_until(&mut stdout, " -> 8080", &format!("{what} port-forward")).await;
-            let local: u16 = line
-                .split("127.0.0.1:")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("{what}: no local port in {line:?}"));
+            api.assert_exec_round_trip(&home, websockets, "web", "app", T)
+                .await;
+            let (mut child, local) = api.port_forward(&home, websockets, "web", 8080, T).await;
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
                 .await
                 .unwrap();
@@ -941,11 +876,7 @@ fn kubectl_logs_exec_and_port_forward_through_the_kubelet_server() {
                 .unwrap();
             let body = read_until(&mut s, "pf-ok\n", &format!("{what} port-forward")).await;
             assert!(body.starts_with("HTTP/1.1 200"), "{what}: {body}");
-            let seen = api.last_upgrade();
-            assert!(
-                seen.eq_ignore_ascii_case(want),
-                "{what}: port-forward upgraded to {seen:?}"
-            );
+            api.assert_upgraded(websockets, &format!("{what} port-forward"));
             let _ = child.kill().await;
         }
         node.stop().await;

@@ -38,6 +38,7 @@ use node_test_support::{
 };
 
 mod support;
+use node_test_support::until_async as until;
 use support::native::{Guard, init_binary};
 
 const IMAGE: &str = "busybox:node-test";
@@ -199,24 +200,6 @@ impl Node {
             },
         )
         .await
-    }
-}
-
-async fn until<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

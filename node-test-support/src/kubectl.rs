@@ -152,6 +152,105 @@ current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n",
     }
 }
 
+impl StandInApiServer {
+    /// Checks that the last proxied request upgraded to the transport kubectl was asked for
+    /// (`websocket` or `SPDY/3.1`).
+    pub fn assert_upgraded(&self, websockets: bool, what: &str) {
+        let want = if websockets { "websocket" } else { "SPDY/3.1" };
+        let seen = self.last_upgrade();
+        assert!(
+            seen.eq_ignore_ascii_case(want),
+            "{what}: kubectl upgraded to {seen:?}"
+        );
+    }
+
+    /// Runs `kubectl exec -i POD -c CONTAINER -- sh -c 'cat; echo to-stderr >&2; exit 5'`
+    /// with one line on stdin and checks what the node must give back: the line on stdout,
+    /// `to-stderr` on stderr, exit code 5, and the transport's upgrade.
+    pub async fn assert_exec_round_trip(
+        &self,
+        home: &Path,
+        websockets: bool,
+        pod: &str,
+        container: &str,
+        limit: std::time::Duration,
+    ) {
+        let what = if websockets { "websocket" } else { "spdy" };
+        let mut cmd = self.kubectl(home, websockets).expect("kubectl command");
+        cmd.args(["exec", "-i", pod, "-c", container, "--", "sh", "-c"])
+            .arg("cat; echo to-stderr >&2; exit 5")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("starting kubectl exec");
+        let mut stdin = child.stdin.take().expect("kubectl's stdin");
+        stdin
+            .write_all(b"piped through kubectl\n")
+            .await
+            .expect("writing kubectl's stdin");
+        drop(stdin);
+        let out = tokio::time::timeout(limit, child.wait_with_output())
+            .await
+            .expect("kubectl exec finished")
+            .expect("kubectl exec");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stdout, "piped through kubectl\n", "{what}: stderr {stderr}");
+        assert!(stderr.contains("to-stderr"), "{what}: {stderr}");
+        assert_eq!(out.status.code(), Some(5), "{what}: {stderr}");
+        self.assert_upgraded(websockets, what);
+    }
+
+    /// Starts `kubectl port-forward pod/POD :PORT` and waits (up to `limit`) until it says where
+    /// it listens: the child (killed on drop) and the local port.
+    pub async fn port_forward(
+        &self,
+        home: &Path,
+        websockets: bool,
+        pod: &str,
+        port: u16,
+        limit: std::time::Duration,
+    ) -> (tokio::process::Child, u16) {
+        let what = if websockets { "websocket" } else { "spdy" };
+        let mut child = self
+            .kubectl(home, websockets)
+            .expect("kubectl command")
+            .args(["port-forward", &format!("pod/{pod}"), &format!(":{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting kubectl port-forward");
+        let mut stdout = child.stdout.take().expect("kubectl's stdout");
+        let needle = format!(" -> {port}");
+        let mut got = Vec::new();
+        let found = tokio::time::timeout(limit, async {
+            let mut b = [0u8; 1024];
+            while !String::from_utf8_lossy(&got).contains(&needle) {
+                match stdout.read(&mut b).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => got.extend_from_slice(&b[..n]),
+                }
+            }
+            true
+        })
+        .await;
+        // kubectl keeps writing there: the pipe stays open with the child
+        child.stdout = Some(stdout);
+        let line = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            matches!(found, Ok(true)),
+            "{what} port-forward: no {needle:?} in {line:?}"
+        );
+        let local = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no local port in {line:?}"));
+        (child, local)
+    }
+}
+
 /// `a+b%20c` -> `a b c` (form decoding as Go's `url.Values` encodes).
 pub fn form_decode(s: &str) -> String {
     let b = s.as_bytes();

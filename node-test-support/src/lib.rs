@@ -103,3 +103,23 @@ pub async fn until<T>(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// [`until`] for an asynchronous check: awaits `f()` every 50 ms of tokio time until it gives a
+/// value; panics naming `what` after `limit`.
+pub async fn until_async<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -159,3 +159,18 @@ pub fn tls_client(dir: &Path, name: Option<&str>) -> tokio_rustls::TlsConnector 
     };
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
+
+/// A response's status and its whole body as text (the body must end within `limit`).
+pub async fn status_and_text(
+    r: hyper::Response<hyper::body::Incoming>,
+    limit: std::time::Duration,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let status = r.status().as_u16();
+    let body = tokio::time::timeout(limit, r.into_body().collect())
+        .await
+        .expect("the body ends")
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
