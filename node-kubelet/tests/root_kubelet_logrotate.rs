@@ -5,19 +5,22 @@
 //! `max_files` log files are kept, the older rotated ones are gzip of CRI lines, and the lines
 //! kept (the rotated files, oldest first, then the current log) follow each other with no gap:
 //! nothing is lost at a rotation. The kubelet's log reader still serves the current file.
+//! The same against a private containerd through the CRI client (its `ReopenContainerLog`).
 //!
-//! The kubelet runs on a thread inside a NetnsFixture, under its own temporary root and cgroup
-//! root; the guard kills what is left in that cgroup tree and unmounts everything on drop,
-//! panics included. Figures (a rotation of a 64Ki and of a 10Mi log) are printed with
-//! `--nocapture`.
+//! The kubelet runs on a thread inside a NetnsFixture (the native runtime: under its own
+//! temporary root and cgroup root; the guard kills what is left in that cgroup tree and
+//! unmounts everything on drop, panics included) or inside the `ContainerdFixture`'s namespace
+//! (everything goes with the fixture on drop). Figures (rotations of a log of about a second of
+//! lines and of a 10Mi one) are printed with `--nocapture`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node_core::{Pod, RuntimeBackend, cri};
+use node_core::{ImageBackend, Pod, RuntimeBackend, cri};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_cri::{CriClient, CriClientConfig};
 use node_kubelet::node::logrotate::{
     COMPRESS_SUFFIX, ContainerLogConfig, ContainerLogManager, RotateOutcome, all_logs,
 };
@@ -26,8 +29,8 @@ use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
-    FakeCni, FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_path,
-    require_root, until_async as until,
+    ContainerdFixture, FakeCni, FakeRuntime, FakeStatusSink, HookedRuntime, NetnsFixture,
+    ScriptedPodSource, TestImage, require_path, require_root, until_async as until,
 };
 
 mod support;
@@ -46,8 +49,8 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: app
-    image: busybox:logrotate-test
-    imagePullPolicy: Never
+    image: IMG
+    imagePullPolicy: PULL
     command: [sh, -c, 'i=0; while true; do echo "line $i"; i=$((i+1)); if [ $((i % 200)) -eq 0 ]; then usleep 20000; fi; done']
 "#;
 
@@ -116,6 +119,172 @@ fn cri_text(bytes: usize) -> Vec<u8> {
     out
 }
 
+/// Runs the writer pod on a kubelet whose node manager rotates logs (64Ki, 1 s, 3 files) on
+/// `runtime`, checks the rotations, the files kept and their lines, and the log reader; returns
+/// the container and its log with the kubelet stopped (the pod still running).
+async fn rotate_a_fast_writer(
+    runtime: Arc<dyn RuntimeBackend>,
+    images: Arc<dyn ImageBackend>,
+    root: &Path,
+    log_root: &Path,
+    pod_yaml: &str,
+) -> (String, PathBuf) {
+    let mut c = NodeConfig::new("node-1");
+    c.cgroups = None;
+    c.gc.enabled = false;
+    c.volumes.root_dir = root.join("kubelet");
+    c.allocatable.root_dir = root.to_path_buf();
+    c.pod_log_root = log_root.to_path_buf();
+    c.container_logs = Some(ContainerLogConfig {
+        max_size: MAX_SIZE,
+        max_files: MAX_FILES,
+        max_workers: 1,
+        monitor_interval: Duration::from_secs(1),
+    });
+    let alloc = node_kubelet::node::allocatable::NodeResources {
+        cpu_milli: 2000,
+        memory_bytes: 2 << 30,
+        ephemeral_storage_bytes: 10 << 30,
+        pods: 10,
+    };
+    let manager = NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), alloc)
+        .expect("node manager");
+    let source = ScriptedPodSource::new("api");
+    let kubelet = Kubelet::builder("node-1")
+        .source(Arc::new(source.clone()))
+        .runtime(runtime.clone(), images)
+        .status(Arc::new(FakeStatusSink::new()))
+        .node(Arc::new(manager))
+        .config(KubeletConfig {
+            pod_log_root: log_root.to_path_buf(),
+            resolv_conf: root.join("resolv.conf"),
+            sync_period: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
+    let pod: Pod = serde_saphyr::from_str(pod_yaml).unwrap();
+    source.apply(pod);
+
+    let rt = runtime.clone();
+    let id = until("the writer running", Duration::from_secs(120), || async {
+        rt.list_containers(None)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+            .map(|c| c.id)
+    })
+    .await;
+    let log = PathBuf::from(
+        runtime
+            .container_status(&id, false)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .log_path,
+    );
+    assert!(log.starts_with(log_root), "{}", log.display());
+
+    // watch the directory while the node manager rotates: never more than max_files logs
+    // in use (plus, for a moment, the `.tmp` of a compression), and several rotations
+    let dir = log.parent().unwrap().to_path_buf();
+    let mut rotated_seen = std::collections::BTreeSet::new();
+    let (mut most_in_use, mut most_entries) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while rotated_seen.len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} rotations seen: {rotated_seen:?}",
+            rotated_seen.len()
+        );
+        let in_use = all_logs(&log).unwrap();
+        let entries = std::fs::read_dir(&dir).unwrap().count();
+        most_in_use = most_in_use.max(in_use.len());
+        most_entries = most_entries.max(entries);
+        assert!(in_use.len() <= MAX_FILES, "{in_use:?}");
+        assert!(
+            entries <= MAX_FILES + 1,
+            "{entries} files in {}",
+            dir.display()
+        );
+        for f in &in_use[..in_use.len() - 1] {
+            let n = f.display().to_string();
+            rotated_seen.insert(n.trim_end_matches(COMPRESS_SUFFIX).to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "figure: {} rotations seen; at most {most_in_use} log files in use, {most_entries} directory entries (max_files {MAX_FILES})",
+        rotated_seen.len()
+    );
+
+    // stop the kubelet (and its rotation); the pod keeps running and writing
+    token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    // the runtime has reopened by now: the newest rotated file gets no more lines
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let files = all_logs(&log).unwrap();
+    assert_eq!(files.len(), MAX_FILES, "{files:?}");
+    let (older, newest) = (&files[..MAX_FILES - 2], &files[MAX_FILES - 2]);
+    for f in older {
+        assert!(f.display().to_string().ends_with(COMPRESS_SUFFIX), "{f:?}");
+    }
+    assert!(!newest.display().to_string().ends_with(COMPRESS_SUFFIX));
+    let mut kept: Vec<u64> = Vec::new();
+    for f in &files {
+        let text = read_log_file(f);
+        let n = numbers(&text, &f.display().to_string());
+        if f != &log {
+            // a rotated file is at least the max size, and ends with a whole line
+            assert!(text.len() as i64 >= MAX_SIZE, "{f:?}: {} bytes", text.len());
+            assert_eq!(text.last(), Some(&b'\n'), "{f:?}");
+        }
+        kept.extend(n);
+    }
+    assert!(kept.len() > 3 * 1000, "{} lines kept", kept.len());
+    for w in kept.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "a gap in the kept lines at {} -> {}",
+            w[0],
+            w[1]
+        );
+    }
+    // the oldest lines went with the files removed beyond max_files
+    assert!(kept[0] > 0, "nothing was removed");
+    eprintln!(
+        "figure: lines {}..={} kept in {} files, no gap",
+        kept[0],
+        kept[kept.len() - 1],
+        files.len()
+    );
+
+    // the kubelet's log reader serves the current file
+    let mut out = Vec::new();
+    let opts = LogOptions {
+        tail_lines: Some(5),
+        ..Default::default()
+    };
+    read_logs(&log, &opts, &mut out, || async { false })
+        .await
+        .unwrap();
+    let served = String::from_utf8(out).unwrap();
+    let lines: Vec<u64> = served
+        .lines()
+        .map(|l| l.strip_prefix("line ").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{served}");
+    assert!(lines[0] > *kept.last().unwrap() - 5, "{served}");
+
+    (id, log)
+}
+
 #[test]
 fn a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line() {
     let name = "a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line";
@@ -126,6 +295,7 @@ fn a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line() {
     let g2 = g.clone();
     in_netns("nk-logrot", move || async move {
         let root = g2.dir.path().to_path_buf();
+        std::fs::write(root.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
         let runtime = Arc::new(
             NativeRuntime::new(NativeConfig {
                 root: root.join("rt"),
@@ -138,160 +308,17 @@ fn a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line() {
             })
             .expect("native runtime"),
         );
-        let mut c = NodeConfig::new("node-1");
-        c.cgroups = None;
-        c.gc.enabled = false;
-        c.volumes.root_dir = root.join("kubelet");
-        c.allocatable.root_dir = root.clone();
-        c.pod_log_root = root.join("logs");
-        c.container_logs = Some(ContainerLogConfig {
-            max_size: MAX_SIZE,
-            max_files: MAX_FILES,
-            max_workers: 1,
-            monitor_interval: Duration::from_secs(1),
-        });
-        let alloc = node_kubelet::node::allocatable::NodeResources {
-            cpu_milli: 2000,
-            memory_bytes: 2 << 30,
-            ephemeral_storage_bytes: 10 << 30,
-            pods: 10,
-        };
-        let manager =
-            NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), alloc)
-                .expect("node manager");
         let images = FakeRuntime::new();
         images.add_image(IMAGE);
-        let source = ScriptedPodSource::new("api");
-        let kubelet = Kubelet::builder("node-1")
-            .source(Arc::new(source.clone()))
-            .runtime(runtime.clone(), Arc::new(images))
-            .status(Arc::new(FakeStatusSink::new()))
-            .node(Arc::new(manager))
-            .config(KubeletConfig {
-                pod_log_root: root.join("logs"),
-                sync_period: Duration::from_secs(1),
-                ..Default::default()
-            })
-            .build()
-            .unwrap();
-        let token = CancellationToken::new();
-        let t = token.clone();
-        let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
-        let pod: Pod = serde_saphyr::from_str(WRITER).unwrap();
-        source.apply(pod);
-
-        let rt = runtime.clone();
-        let id = until("the writer running", Duration::from_secs(60), || async {
-            rt.list_containers(None)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .find(|c| c.state == cri::ContainerState::ContainerRunning as i32)
-                .map(|c| c.id)
-        })
+        let yaml = WRITER.replace("IMG", IMAGE).replace("PULL", "Never");
+        let (id, log) = rotate_a_fast_writer(
+            runtime.clone(),
+            Arc::new(images),
+            &root,
+            &root.join("logs"),
+            &yaml,
+        )
         .await;
-        let log = PathBuf::from(
-            runtime
-                .container_status(&id, false)
-                .await
-                .unwrap()
-                .status
-                .unwrap()
-                .log_path,
-        );
-        assert!(log.starts_with(root.join("logs")), "{}", log.display());
-
-        // watch the directory while the node manager rotates: never more than max_files logs
-        // in use (plus, for a moment, the `.tmp` of a compression), and several rotations
-        let dir = log.parent().unwrap().to_path_buf();
-        let mut rotated_seen = std::collections::BTreeSet::new();
-        let (mut most_in_use, mut most_entries) = (0, 0);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while rotated_seen.len() < 5 {
-            assert!(
-                Instant::now() < deadline,
-                "only {} rotations seen: {rotated_seen:?}",
-                rotated_seen.len()
-            );
-            let in_use = all_logs(&log).unwrap();
-            let entries = std::fs::read_dir(&dir).unwrap().count();
-            most_in_use = most_in_use.max(in_use.len());
-            most_entries = most_entries.max(entries);
-            assert!(in_use.len() <= MAX_FILES, "{in_use:?}");
-            assert!(
-                entries <= MAX_FILES + 1,
-                "{entries} files in {}",
-                dir.display()
-            );
-            for f in &in_use[..in_use.len() - 1] {
-                let n = f.display().to_string();
-                rotated_seen.insert(n.trim_end_matches(COMPRESS_SUFFIX).to_string());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        eprintln!(
-            "figure: {} rotations seen; at most {most_in_use} log files in use, {most_entries} directory entries (max_files {MAX_FILES})",
-            rotated_seen.len()
-        );
-
-        // stop the kubelet (and its rotation); the pod keeps running and writing
-        token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-        // the runtime has reopened by now: the newest rotated file gets no more lines
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let files = all_logs(&log).unwrap();
-        assert_eq!(files.len(), MAX_FILES, "{files:?}");
-        let (older, newest) = (&files[..MAX_FILES - 2], &files[MAX_FILES - 2]);
-        for f in older {
-            assert!(f.display().to_string().ends_with(COMPRESS_SUFFIX), "{f:?}");
-        }
-        assert!(!newest.display().to_string().ends_with(COMPRESS_SUFFIX));
-        let mut kept: Vec<u64> = Vec::new();
-        for f in &files {
-            let text = read_log_file(f);
-            let n = numbers(&text, &f.display().to_string());
-            if f != &log {
-                // a rotated file is at least the max size, and ends with a whole line
-                assert!(text.len() as i64 >= MAX_SIZE, "{f:?}: {} bytes", text.len());
-                assert_eq!(text.last(), Some(&b'\n'), "{f:?}");
-            }
-            kept.extend(n);
-        }
-        assert!(kept.len() > 3 * 1000, "{} lines kept", kept.len());
-        for w in kept.windows(2) {
-            assert_eq!(
-                w[1],
-                w[0] + 1,
-                "a gap in the kept lines at {} -> {}",
-                w[0],
-                w[1]
-            );
-        }
-        // the oldest lines went with the files removed beyond max_files
-        assert!(kept[0] > 0, "nothing was removed");
-        eprintln!(
-            "figure: lines {}..={} kept in {} files, no gap",
-            kept[0],
-            kept[kept.len() - 1],
-            files.len()
-        );
-
-        // the kubelet's log reader serves the current file
-        let mut out = Vec::new();
-        let opts = LogOptions {
-            tail_lines: Some(5),
-            ..Default::default()
-        };
-        read_logs(&log, &opts, &mut out, || async { false })
-            .await
-            .unwrap();
-        let served = String::from_utf8(out).unwrap();
-        let lines: Vec<u64> = served
-            .lines()
-            .map(|l| l.strip_prefix("line ").unwrap().parse().unwrap())
-            .collect();
-        assert_eq!(lines.len(), 5, "{served}");
-        assert!(lines[0] > *kept.last().unwrap() - 5, "{served}");
 
         // figures: rotations of the log as the writer left it (its lines of about a second),
         // with 10Mi appended, and again: each compresses the file the one before rotated
@@ -342,4 +369,59 @@ fn a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line() {
         }
     });
     drop(g);
+}
+
+#[test]
+fn containerd_reopens_the_log_the_node_manager_rotates() {
+    if !ContainerdFixture::require("containerd_reopens_the_log_the_node_manager_rotates") {
+        return;
+    }
+    let f = ContainerdFixture::start().expect("containerd fixture");
+    let image = f
+        .push(
+            &TestImage::busybox().build().unwrap(),
+            "nodekit/logrotate",
+            "1",
+        )
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
+    let log_root = f.pod_log_dir("kubelet").unwrap();
+    let yaml = WRITER
+        .replace("IMG", &image)
+        .replace("PULL", "IfNotPresent");
+    let (fr, root) = (&f, work.path());
+    f.netns()
+        .run_in(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let client = Arc::new(
+                        CriClient::connect(CriClientConfig {
+                            endpoint: fr.endpoint(),
+                            connect_timeout: Duration::from_secs(5),
+                            call_timeout: Duration::from_secs(60),
+                            image_pull_timeout: Duration::from_secs(120),
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("containerd: {e}\n{}", fr.log_tail(30))),
+                    );
+                    let cgroup_parent = fr.cgroup_parent().to_string();
+                    let rt: Arc<dyn RuntimeBackend> = Arc::new(
+                        HookedRuntime::new(client.clone()).adjusting_sandboxes(move |c| {
+                            c.linux.get_or_insert_with(Default::default).cgroup_parent =
+                                cgroup_parent.clone();
+                        }),
+                    );
+                    rotate_a_fast_writer(rt.clone(), client, root, &log_root, &yaml).await;
+                    for s in rt.list_pod_sandbox(None).await.unwrap_or_default() {
+                        let _ = rt.stop_pod_sandbox(&s.id).await;
+                        let _ = rt.remove_pod_sandbox(&s.id).await;
+                    }
+                })
+        })
+        .expect("run in the fixture's namespace");
 }
