@@ -220,8 +220,8 @@ impl ContainerLogManager {
     }
 
     /// Rotates logs every monitor interval (the first round at once) until `token` is
-    /// cancelled; failures are logged and the next round goes on. With a negative max size it
-    /// returns at once.
+    /// cancelled (a round under way is finished first); failures are logged and the next round
+    /// goes on. With a negative max size it returns at once.
     pub async fn run(self: Arc<Self>, token: CancellationToken) {
         if !self.config.rotates() {
             tracing::info!("container log rotation is off (negative max size)");
@@ -241,13 +241,10 @@ impl ContainerLogManager {
                 _ = token.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                r = self.rotate_logs() => {
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "cannot rotate container logs");
-                    }
-                }
+            // a round is not cut short: a log renamed is reopened (or renamed back) before
+            // the loop looks at the token again
+            if let Err(e) = self.rotate_logs().await {
+                tracing::error!(error = %e, "cannot rotate container logs");
             }
         }
     }

@@ -90,8 +90,8 @@ pub struct NodeConfig {
     /// Where container logs live (the kubelet's `pod_log_root`), measured as the containers'
     /// ephemeral storage.
     pub pod_log_root: PathBuf,
-    /// Rotation of the running containers' logs (kubelet's `--container-log-*`); `None`: logs
-    /// grow without bound.
+    /// Rotation of the running containers' logs (kubelet's `--container-log-*`; default:
+    /// kubelet's 10Mi, 5 files, every 10 s); `None`: logs grow without bound.
     pub container_logs: Option<ContainerLogConfig>,
 }
 
