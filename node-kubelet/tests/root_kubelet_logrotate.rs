@@ -226,9 +226,17 @@ async fn rotate_a_fast_writer(
     // stop the kubelet (and its rotation); the pod keeps running and writing
     token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-    // the runtime has reopened by now: the newest rotated file gets no more lines
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let files = all_logs(&log).unwrap();
+    // the rotation's last round is over when the files stay the same for a while (and the
+    // runtime has reopened by then: the newest rotated file gets no more lines)
+    let files = until("the rotation stopped", Duration::from_secs(60), || async {
+        let before = std::fs::read_dir(&dir).unwrap().count();
+        let files = all_logs(&log).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = std::fs::read_dir(&dir).unwrap().count();
+        (before == after && after == files.len() && all_logs(&log).unwrap() == files)
+            .then_some(files)
+    })
+    .await;
     assert_eq!(files.len(), MAX_FILES, "{files:?}");
     let (older, newest) = (&files[..MAX_FILES - 2], &files[MAX_FILES - 2]);
     for f in older {
