@@ -12,6 +12,7 @@ use std::time::Duration;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_kubelet::node::logrotate::{
     ContainerLogConfig, ContainerLogManager, LogRotateError, RotateOutcome, all_logs,
+    rotation_timestamp,
 };
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager, manager::NodeManagerError};
@@ -270,6 +271,34 @@ async fn leftovers_of_an_interrupted_rotation_are_removed() {
         all_logs(&log).unwrap(),
         vec![with_suffix(&done, ".gz"), r.rotated, log]
     );
+}
+
+#[tokio::test]
+async fn a_second_rotation_within_the_same_second_waits_for_the_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new();
+    let (id, log) = running_container(&rt, dir.path(), "app").await;
+    // the rotated names of this second and the next two are taken (one compressed already)
+    let now = std::time::SystemTime::now();
+    for s in 0..3 {
+        let name = rotation_timestamp(now + Duration::from_secs(s));
+        std::fs::write(
+            with_suffix(&log, &format!(".{name}.gz")),
+            gzip(&cri_lines(0, 1)),
+        )
+        .unwrap();
+    }
+    let text = cri_lines(0, 100);
+    std::fs::write(&log, &text).unwrap();
+    let before = names(&log);
+    assert_eq!(
+        manager(&rt, 1024, 5).rotate_container(&id).await.unwrap(),
+        RotateOutcome::Postponed
+    );
+    // nothing overwritten, nothing renamed, no reopen
+    assert_eq!(names(&log), before);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), text);
+    assert_eq!(reopens(&rt), 0);
 }
 
 #[tokio::test]
