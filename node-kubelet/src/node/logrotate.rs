@@ -387,10 +387,11 @@ impl ContainerLogManager {
     }
 }
 
-/// Steps 1-3 and the rename of step 4 (see the module docs): the rotated path, the files
-/// compressed and removed; `None` when the rotated name of `now` is taken.
+/// The rotated path, the files compressed and the files removed.
 type Prepared = Option<(PathBuf, Vec<PathBuf>, Vec<PathBuf>)>;
 
+/// Steps 1-3 and the rename of step 4 (see the module docs); `None` when the rotated name of
+/// `now` is taken.
 fn prepare_rotation(
     log: &Path,
     max_files: usize,
