@@ -1,9 +1,9 @@
 //! The node agent's node layer: node-kubelet's [`NodeManager`] (admission against allocatable,
-//! QoS pod cgroups, pod volumes under `<root>/kubelet`, eviction, graceful node shutdown) set up
-//! from kubelet-named flags, the configMaps and secrets its volumes and environment read (from
-//! the manifest directory standalone, in cluster mode those its pods reference, watched one by
-//! one on the API server), and the removal of
-//! what pods leave on the node when the agent is asked to leave nothing behind.
+//! QoS pod cgroups, pod volumes under `<root>/kubelet`, eviction, graceful node shutdown,
+//! container log rotation) set up from kubelet-named flags, the configMaps and secrets its
+//! volumes and environment read (from the manifest directory standalone, in cluster mode those
+//! its pods reference, watched one by one on the API server), and the removal of what pods
+//! leave on the node when the agent is asked to leave nothing behind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use node_kubelet::node::NodeConfig;
 use node_kubelet::node::allocatable::{AllocatableConfig, Reserved};
 use node_kubelet::node::cgroups::{CgroupConfig, PodCgroups};
 use node_kubelet::node::eviction::{EvictionConfig, parse_duration, parse_thresholds};
+use node_kubelet::node::logrotate::ContainerLogConfig;
 use node_kubelet::node::objects::{ApiObjectStore, secret_data};
 use node_kubelet::node::quantity;
 use node_kubelet::node::shutdown::ShutdownConfig;
@@ -66,6 +67,45 @@ pub struct NodeFlags {
     /// exits alone, as kubelet does, and the next agent adopts the running pods.
     #[arg(long)]
     pub drain_on_exit: bool,
+    /// Container log rotation, kubelet's flags: `--container-log-max-size` and friends.
+    #[command(flatten)]
+    pub container_logs: ContainerLogFlags,
+}
+
+/// Container log rotation (kubelet's `--container-log-*` flags and defaults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ContainerLogFlags {
+    /// The size at which a container's log is rotated, a quantity (`10Mi`; negative: off).
+    #[arg(long, default_value = "10Mi", allow_hyphen_values = true)]
+    pub container_log_max_size: String,
+    /// The most log files a container keeps, the current one included (at least 2).
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: usize,
+    /// How many containers' logs are rotated at once.
+    #[arg(long, default_value_t = 1)]
+    pub container_log_max_workers: usize,
+    /// How often the logs are looked at for rotation.
+    #[arg(long, default_value = "10s")]
+    pub container_log_monitor_interval: String,
+}
+
+impl ContainerLogFlags {
+    /// The rotation settings, checked as kubelet checks them.
+    pub fn config(&self) -> anyhow::Result<ContainerLogConfig> {
+        let size = &self.container_log_max_size;
+        let config = ContainerLogConfig {
+            max_size: quantity::value(size)
+                .map_err(|e| anyhow::anyhow!("--container-log-max-size {size:?}: {e}"))?,
+            max_files: self.container_log_max_files,
+            max_workers: self.container_log_max_workers,
+            monitor_interval: duration(
+                "container-log-monitor-interval",
+                &self.container_log_monitor_interval,
+            )?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
@@ -174,6 +214,7 @@ pub fn node_config(
         &flags.eviction_monitoring_period,
     )?;
     config.shutdown = shutdown;
+    config.container_logs = Some(flags.container_logs.config()?);
     Ok(config)
 }
 

@@ -14,7 +14,7 @@
 //! | pod status, and the JSON file status sink | [`status`] ([`JsonStatusSink`]) |
 //! | the live pods and statuses, for endpoints and integrators | [`state`] ([`PodStates`]) |
 //! | resource quantities (exact, rounding up as Kubernetes does) | [`node::quantity`] |
-//! | the node: QoS cgroups, allocatable and admission, node status, eviction, volumes, shutdown, HTTP endpoints | [`node`] |
+//! | the node: QoS cgroups, allocatable and admission, node status, eviction, volumes, shutdown, container log rotation, HTTP endpoints | [`node`] |
 //!
 //! The pod worker (one task per pod: observe, reconcile, act, publish, terminate) is internal.
 

@@ -524,6 +524,33 @@ impl RuntimeBackend for FakeRuntime {
             .collect())
     }
 
+    /// As a runtime does: the log file of a running container is opened anew at its path
+    /// (created when missing; only an absolute `log_path` is touched).
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let s = self.begin("reopen_container_log", id)?;
+        let c = s
+            .containers
+            .get(id)
+            .ok_or_else(|| container_not_found(id))?;
+        if c.state != cri::ContainerState::ContainerRunning {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let path = std::path::Path::new(&c.config.log_path);
+        if path.is_absolute() {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| RuntimeError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     async fn exec_sync(
         &self,
         id: &str,

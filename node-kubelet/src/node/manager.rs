@@ -3,8 +3,9 @@
 //! configMap and secret updates land with the `..data` swap), the eviction manager and the
 //! graceful shutdown manager driving pod termination through the workers, the node's status
 //! (with an API server: registration, Lease and status patches; standalone: the latest Node as
-//! JSON, see [`NodeManager::latest_node`]), image and dead-container garbage collection, and,
-//! with an API server, mirror pods and service-account tokens.
+//! JSON, see [`NodeManager::latest_node`]), image and dead-container garbage collection,
+//! container log rotation ([`NodeConfig::container_logs`]), and, with an API server, mirror
+//! pods and service-account tokens.
 //!
 //! The runtime is the kubelet's: the node manager takes it (and the image service) from the
 //! [`PodControl`] the kubelet hands it when it runs. Its status makes the node Ready
@@ -52,6 +53,7 @@ use super::gc::{
     ContainerGcManager, GcConfig, ImageGcManager, PodPresence, RuntimeImageFs, run_periodic,
 };
 use super::hooks::{NodeHookError, NodeHooks, PodControl, PodRejection, PodSetup};
+use super::logrotate::{ContainerLogConfig, ContainerLogManager, LogRotateError};
 use super::mirror::MirrorPods;
 use super::shutdown::{
     GroupReport, PodTerminator, SHUTDOWN_MESSAGE, ShutdownConfig, ShutdownError, execute_shutdown,
@@ -88,6 +90,9 @@ pub struct NodeConfig {
     /// Where container logs live (the kubelet's `pod_log_root`), measured as the containers'
     /// ephemeral storage.
     pub pod_log_root: PathBuf,
+    /// Rotation of the running containers' logs (kubelet's `--container-log-*`; default:
+    /// kubelet's 10Mi, 5 files, every 10 s); `None`: logs grow without bound.
+    pub container_logs: Option<ContainerLogConfig>,
 }
 
 impl NodeConfig {
@@ -109,6 +114,7 @@ impl NodeConfig {
             qos_update_interval: Duration::from_secs(10),
             gc: GcConfig::default(),
             pod_log_root: PathBuf::from("/var/log/pods"),
+            container_logs: Some(ContainerLogConfig::default()),
         }
     }
 }
@@ -129,6 +135,9 @@ pub enum NodeManagerError {
     /// The pod cgroup hierarchy could not be prepared.
     #[error("pod cgroups: {0}")]
     Cgroups(#[from] CgroupError),
+    /// The container log rotation settings are refused (`max_files` below 2, ...).
+    #[error("container log rotation: {0}")]
+    ContainerLogs(#[from] LogRotateError),
 }
 
 type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -172,7 +181,7 @@ impl NodeManager {
     pub fn new(config: NodeConfig, store: Arc<dyn ObjectStore>) -> Result<Self, NodeManagerError> {
         let capacity = allocatable::node_capacity(&config.allocatable)?;
         let allocatable = allocatable::node_allocatable(&capacity, &config.allocatable);
-        Ok(Self::with_allocatable(config, store, allocatable)?)
+        Self::with_allocatable(config, store, allocatable)
     }
 
     /// As [`new`](Self::new), with allocatable given rather than read from the machine.
@@ -180,7 +189,10 @@ impl NodeManager {
         config: NodeConfig,
         store: Arc<dyn ObjectStore>,
         allocatable: NodeResources,
-    ) -> Result<Self, CgroupError> {
+    ) -> Result<Self, NodeManagerError> {
+        if let Some(c) = &config.container_logs {
+            c.validate()?;
+        }
         let cgroups = match &config.cgroups {
             Some(c) => Some(Arc::new(PodCgroups::new(c.clone())?)),
             None => None,
@@ -591,6 +603,15 @@ impl NodeHooks for NodeManager {
                 container_gc.clone(),
                 shutdown.clone().cancelled_owned(),
             ));
+        }
+        if let Some(config) = &self.config.container_logs {
+            // the running containers' logs above the max size are rotated
+            match ContainerLogManager::new(config.clone(), runtime.clone()) {
+                Ok(m) => {
+                    tokio::spawn(Arc::new(m).run(shutdown.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "container log rotation disabled"),
+            }
         }
         if let Some(config) = &self.config.eviction {
             let mut manager = EvictionManager::new(config.clone(), self.observer.clone());

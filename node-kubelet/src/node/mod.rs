@@ -20,6 +20,7 @@
 //! | service-account tokens for projected volumes | [`tokens`] |
 //! | `/healthz`, `/pods`, `/metrics` and the node's metric families (the read-only port) | [`http`] |
 //! | container logs with kubelet's options, from the CRI log files | [`logs`] |
+//! | container log rotation (kubelet's `ContainerLogManager`) | [`logrotate`] |
 //! | the kubelet's server over TLS with client certificates: `/containerLogs`, `/exec`, `/attach`, `/portForward` | [`server`] |
 //! | its authorization: kubelet's `AlwaysAllow` and `Webhook` (SubjectAccessReview) modes | [`authz`] |
 //!
@@ -59,6 +60,7 @@ pub mod gc;
 pub mod hooks;
 pub mod http;
 pub mod logind;
+pub mod logrotate;
 pub mod logs;
 pub mod manager;
 pub mod mirror;
