@@ -11,6 +11,8 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use node_core::{ImageBackend, PodRef, RuntimeBackend, StatusSink, cri};
 use tokio::sync::mpsc;
+
+use crate::node::logrotate::remove_container_and_logs;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -483,7 +485,7 @@ impl PodWorker {
                 tracing::warn!(pod = %self.pod_ref, container = %k.name, error = %e, "stop failed");
             }
             if k.reason == KillReason::NeverStarted {
-                let _ = rt.remove_container(&k.id).await;
+                let _ = remove_container_and_logs(rt.as_ref(), &k.id).await;
             }
         }
         let Some(sandbox_id) = sandbox_id else {
@@ -520,7 +522,7 @@ impl PodWorker {
         old.sort_by_key(|c| (c.attempt, c.created_at));
         if old.len() > 1 {
             for c in &old[..old.len() - 1] {
-                let _ = self.shared.runtime.remove_container(&c.id).await;
+                let _ = remove_container_and_logs(self.shared.runtime.as_ref(), &c.id).await;
             }
         }
     }
@@ -692,7 +694,7 @@ impl PodWorker {
                 },
             );
             self.extra_wake = Some(Duration::from_secs(2));
-            let _ = rt.remove_container(&id).await;
+            let _ = remove_container_and_logs(rt.as_ref(), &id).await;
             return false;
         }
         tracing::info!(pod = %self.pod_ref, container = %c.name, %id, attempt, "container started");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_kubelet::node::logrotate::{
     ContainerLogConfig, ContainerLogManager, LogRotateError, RotateOutcome, all_logs,
-    rotation_timestamp,
+    remove_container_and_logs, rotation_timestamp,
 };
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager, manager::NodeManagerError};
@@ -434,4 +434,34 @@ fn configurations_kubelet_refuses_are_errors() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn removing_a_container_removes_its_log_and_rotated_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new();
+    let (id, log) = running_container(&rt, dir.path(), "gone").await;
+    let ours = [
+        "0.log",
+        "0.log.20260101-000000.gz",
+        "0.log.20260101-000001",
+        "0.log.20260101-000002.tmp",
+    ];
+    // another attempt's log in the same directory stays
+    for f in ours.iter().chain(&["1.log", "10.log"]) {
+        std::fs::write(log.parent().unwrap().join(f), "x\n").unwrap();
+    }
+    rt.stop_container(&id, Duration::ZERO).await.unwrap();
+    remove_container_and_logs(&rt, &id).await.unwrap();
+    assert!(
+        matches!(
+            rt.container_status(&id, false).await,
+            Err(RuntimeError::NotFound { .. })
+        ),
+        "the container is removed"
+    );
+    assert_eq!(names(&log), ["1.log", "10.log"]);
+    // removal is idempotent, as CRI's RemoveContainer; nothing else is touched
+    remove_container_and_logs(&rt, &id).await.unwrap();
+    assert_eq!(names(&log), ["1.log", "10.log"]);
 }

@@ -474,7 +474,7 @@ impl ContainerGcManager {
     }
 
     async fn remove_container(&self, id: &str, report: &mut ContainerGcReport) {
-        match self.runtime.remove_container(id).await {
+        match super::logrotate::remove_container_and_logs(&*self.runtime, id).await {
             Ok(()) => report.containers.push(id.to_string()),
             Err(e) => tracing::warn!(container = %id, error = %e, "cannot remove a dead container"),
         }
@@ -1030,6 +1030,60 @@ mod tests {
             gc.garbage_collect().await.unwrap(),
             ContainerGcReport::default()
         );
+    }
+
+    #[tokio::test]
+    async fn container_gc_removes_a_removed_containers_logs_with_it() {
+        let rt = FakeRuntime::new();
+        rt.add_image("img");
+        let sb = sandbox(&rt, "live").await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Vec::new();
+        for attempt in 0..2u32 {
+            let log = dir.path().join(format!("app/{attempt}.log"));
+            std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+            std::fs::write(&log, "x\n").unwrap();
+            std::fs::write(format!("{}.20260101-000000.gz", log.display()), "x").unwrap();
+            let id = rt
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sb.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: "app".into(),
+                            attempt,
+                        }),
+                        image: Some(cri::ImageSpec {
+                            image: "img".into(),
+                            ..Default::default()
+                        }),
+                        labels: HashMap::from([
+                            (labels::POD_UID.to_string(), "live".to_string()),
+                            (labels::CONTAINER_NAME.to_string(), "app".to_string()),
+                        ]),
+                        log_path: log.display().to_string(),
+                        ..Default::default()
+                    }),
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap();
+            rt.start_container(&id).await.unwrap();
+            rt.exit_container(&id, 1, "Error");
+            ids.push(id);
+        }
+        let pods = Arc::new(Pods {
+            ready: AtomicBool::new(true),
+            live: vec!["live"],
+        });
+        let gc = ContainerGcManager::new(ContainerGcPolicy::default(), Arc::new(rt.clone()), pods);
+        let r = gc.garbage_collect().await.unwrap();
+        assert_eq!(r.containers, std::slice::from_ref(&ids[0]));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("app"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.log", "1.log.20260101-000000.gz"]);
     }
 
     #[tokio::test]

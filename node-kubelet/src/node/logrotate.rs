@@ -473,6 +473,38 @@ fn split_unused(files: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<PathBuf>) {
     })
 }
 
+/// Removes the container log `log` and every rotated, compressed or temporary file of it
+/// (kubelet's `Clean`, run when a container is removed). Files already gone are not errors.
+pub fn remove_all_logs(log: &Path) -> Result<(), LogRotateError> {
+    for f in rotated_files(log)? {
+        remove(&f)?;
+    }
+    remove(log)
+}
+
+/// Removes the container `id` and its log files, as kubelet removes a container: the log path
+/// from the container's status first (a container already gone has none), then the container;
+/// a log that cannot be removed is logged, the container is removed all the same.
+pub async fn remove_container_and_logs(
+    runtime: &dyn RuntimeBackend,
+    id: &str,
+) -> Result<(), RuntimeError> {
+    let log = runtime
+        .container_status(id, false)
+        .await
+        .ok()
+        .and_then(|s| s.status)
+        .map(|s| PathBuf::from(s.log_path))
+        .filter(|p| p.is_absolute());
+    runtime.remove_container(id).await?;
+    if let Some(log) = log
+        && let Err(e) = remove_all_logs(&log)
+    {
+        tracing::warn!(container = %id, error = %e, "cannot remove the container's logs");
+    }
+    Ok(())
+}
+
 /// Every log file of the container log `log` in use, oldest first: the rotated files
 /// (compressed or not) and the current log last (kubelet's `GetAllLogs`).
 pub fn all_logs(log: &Path) -> Result<Vec<PathBuf>, LogRotateError> {
