@@ -27,6 +27,7 @@ use node_core::{Pod, RuntimeBackend};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_kubelet::backoff::BackoffConfig;
+use node_kubelet::node::authn::Authenticator;
 use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
 use node_kubelet::node::http::{HttpState, NodeMetrics};
 use node_kubelet::node::server::KubeletServer;
@@ -327,7 +328,15 @@ async fn start(g: &Guard) -> Node {
         Some(authz.client()),
     )
     .unwrap();
-    let server = start_server(&certs, states.clone(), rt_dyn, authorizer, token.clone()).await;
+    let server = start_server(
+        &certs,
+        states.clone(),
+        rt_dyn,
+        Authenticator::certificates_only(),
+        authorizer,
+        token.clone(),
+    )
+    .await;
     let addr = server.local_addr();
     let apiserver = tls_client(&certs, Some("apiserver"));
     let tunnel = apiserver_tunnel(apiserver.clone(), addr).await;
