@@ -71,6 +71,24 @@ async fn send(
     method: &str,
     path: &str,
 ) -> (u16, String) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    send_headers(dir, who, &headers, addr, method, path).await
+}
+
+/// One request over TLS with the client certificate `who` (none: without one) and `headers`:
+/// the status and the whole body.
+async fn send_headers(
+    dir: &Path,
+    who: Option<&str>,
+    headers: &[(&str, &str)],
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
     let connector = tls_client(dir, who);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = connector
@@ -85,8 +103,8 @@ async fn send(
         .method(method)
         .uri(path)
         .header("host", addr.to_string());
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let r = sender
         .send_request(req.body(Empty::<Bytes>::new()).unwrap())
@@ -121,19 +139,30 @@ async fn serve_with(
     (server, token)
 }
 
-/// An authenticator asking `api` (with the token webhook when `webhook`), kubelet's back-off
-/// between reviews shortened.
-fn authenticator(api: &FakeApiServer, anonymous: bool, webhook: bool) -> Authenticator {
-    Authenticator::new(
+/// The server authenticating with `anonymous` and the token webhook when `webhook` (kubelet's
+/// back-off between reviews shortened), authorizing with the `Webhook` mode, both asking `api`.
+async fn serve_api(
+    dir: &Path,
+    api: &FakeApiServer,
+    anonymous: bool,
+    webhook_on: bool,
+) -> (KubeletServer, CancellationToken) {
+    let authenticator = Authenticator::new(
         AuthenticationConfig {
             anonymous,
-            webhook,
+            webhook: webhook_on,
             webhook_retry_initial: Duration::from_millis(10),
             ..Default::default()
         },
         Some(api.client()),
     )
-    .expect("authenticator")
+    .expect("authenticator");
+    serve_with(
+        dir,
+        authenticator,
+        webhook(api, AuthorizationConfig::default()),
+    )
+    .await
 }
 
 fn webhook(api: &FakeApiServer, config: AuthorizationConfig) -> Authorizer {
@@ -380,12 +409,7 @@ async fn a_bearer_token_is_reviewed_once_and_its_user_authorized_with_uid_and_ex
     let api = FakeApiServer::new();
     api.add_token("t-dave", dave());
     api.allow_access(&[("dave", "get", "proxy"), ("alice", "get", "proxy")]);
-    let (server, token) = serve_with(
-        dir,
-        authenticator(&api, true, true),
-        webhook(&api, AuthorizationConfig::default()),
-    )
-    .await;
+    let (server, token) = serve_api(dir, &api, true, true).await;
     let addr = server.local_addr();
 
     // no certificate, a bearer token: reviewed, then authorized as its user (the handler's 404)
@@ -445,6 +469,41 @@ async fn a_bearer_token_is_reviewed_once_and_its_user_authorized_with_uid_and_ex
         .count();
     assert_eq!(forged, 1, "the refusal is reviewed once, then cached");
 
+    // on a WebSocket upgrade the token may come as a subprotocol
+    api.add_token("t-ws", dave());
+    let ws = |token: &str| {
+        format!(
+            "v5.channel.k8s.io, base64url.bearer.authorization.k8s.io.{}",
+            base64url(token)
+        )
+    };
+    let exec = "/exec/default/web/app?command=ls&stdout=1";
+    let upgrade = |protocols: String| {
+        [
+            ("connection", "Upgrade".to_string()),
+            ("upgrade", "websocket".to_string()),
+            ("sec-websocket-protocol", protocols),
+        ]
+    };
+    let h = upgrade(ws("t-ws"));
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = send_headers(dir, None, &h, addr, "GET", exec).await;
+    // authorized as dave (get on nodes/proxy); the handler has no such pod
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        api.token_reviews()
+            .iter()
+            .any(|s| s.token.as_deref() == Some("t-ws"))
+    );
+    // a token subprotocol alone (nothing to answer with) is refused
+    let h = upgrade(format!(
+        "base64url.bearer.authorization.k8s.io.{}",
+        base64url("t-ws")
+    ));
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _) = send_headers(dir, None, &h, addr, "GET", exec).await;
+    assert_eq!(status, 401);
+
     // a client certificate comes first: its user, the token not looked at
     let before = api.token_reviews().len();
     let (status, _) = send(dir, Some("alice"), Some("t-other"), addr, "GET", logs).await;
@@ -468,12 +527,7 @@ async fn anonymous_requests_are_authorized_as_system_anonymous_and_tokens_need_t
     api.add_token("t-dave", dave());
     api.allow_access(&[("system:anonymous", "get", "healthz"), ("dave", "*", "*")]);
     // anonymous on, the token webhook off
-    let (server, token) = serve_with(
-        dir,
-        authenticator(&api, true, false),
-        webhook(&api, AuthorizationConfig::default()),
-    )
-    .await;
+    let (server, token) = serve_api(dir, &api, true, false).await;
     let addr = server.local_addr();
     let (status, body) = send(dir, None, None, addr, "GET", "/healthz").await;
     assert_eq!(status, 200, "{body}");
@@ -533,12 +587,7 @@ async fn anonymous_requests_are_authorized_as_system_anonymous_and_tokens_need_t
 
     // anonymous off: no credentials, 401 with kubelet's body; nothing reviewed
     let api = FakeApiServer::new();
-    let (server, token) = serve_with(
-        dir,
-        authenticator(&api, false, true),
-        webhook(&api, AuthorizationConfig::default()),
-    )
-    .await;
+    let (server, token) = serve_api(dir, &api, false, true).await;
     let (status, body) = send(dir, None, None, server.local_addr(), "GET", "/healthz").await;
     assert_eq!((status, body.as_str()), (401, "Unauthorized"));
     assert!(api.requests().is_empty());
@@ -552,12 +601,7 @@ async fn a_token_review_that_cannot_reach_the_api_server_is_401_and_not_cached()
     let api = FakeApiServer::new();
     api.add_token("t-dave", dave());
     api.allow_access(&[("dave", "*", "*")]);
-    let (server, token) = serve_with(
-        dir,
-        authenticator(&api, true, true),
-        webhook(&api, AuthorizationConfig::default()),
-    )
-    .await;
+    let (server, token) = serve_api(dir, &api, true, true).await;
     let addr = server.local_addr();
     api.set_down(true);
     // kubelet answers an authentication error 401 (not anonymous, not 500)
@@ -575,4 +619,10 @@ async fn a_token_review_that_cannot_reach_the_api_server_is_401_and_not_cached()
     // sent 5 times in all while down (kubelet's webhook back-off), then once more: not cached
     assert_eq!(sent, vec![false, false, false, false, false, true]);
     token.cancel();
+}
+
+/// base64url without padding (the WebSocket token subprotocol's encoding).
+fn base64url(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }

@@ -6,7 +6,10 @@
 //!    organizations the groups ([`Identity::from_certificate`]); a certificate without a common
 //!    name does not authenticate (the next way is tried);
 //! 2. with the token webhook on ([`AuthenticationConfig::webhook`]), an `Authorization: Bearer`
-//!    token, reviewed by the API server with a `TokenReview` (authentication.k8s.io/v1): an
+//!    token ([`bearer_token`]) or, on a WebSocket upgrade, a token in a
+//!    `base64url.bearer.authorization.k8s.io.<token>` subprotocol ([`websocket_bearer_token`];
+//!    the subprotocol is removed before the request goes on), reviewed by the API server with a
+//!    `TokenReview` (authentication.k8s.io/v1): an
 //!    authenticated status gives the user name, uid, groups and extra; the answer, authenticated
 //!    or not, is kept for [`AuthenticationConfig::webhook_cache_ttl`] (kubelet's 2m) in an
 //!    [`LruExpireCache`] of [`TOKEN_CACHE_SIZE`] tokens (by a keyed SHA-256 of the token, not the
@@ -27,8 +30,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -87,6 +91,9 @@ pub enum AuthnError {
     /// The API server did not authenticate the bearer token, with an error (not cached).
     #[error("TokenReview: {0}")]
     Rejected(String),
+    /// A WebSocket bearer-token subprotocol that cannot be used.
+    #[error("{0}")]
+    WebSocketProtocol(&'static str),
 }
 
 /// A keyed hash of a token: what the cache keeps in its place.
@@ -118,6 +125,66 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let scheme = parts.next()?;
     let token = parts.next()?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+}
+
+/// The prefix of the WebSocket subprotocol that carries a bearer token, base64url-encoded
+/// without padding (kubelet's and the API server's WebSocket protocol authenticator).
+pub const WEBSOCKET_BEARER_PROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// Whether a request is a WebSocket upgrade (`Upgrade: websocket` and `Connection` naming
+/// `upgrade`).
+fn is_websocket(headers: &HeaderMap) -> bool {
+    let value = |h| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("");
+    value(header::UPGRADE).eq_ignore_ascii_case("websocket")
+        && value(header::CONNECTION)
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The bearer token of a WebSocket upgrade's `Sec-WebSocket-Protocol` headers and the other
+/// subprotocols asked for (what the request keeps once the token authenticated), as the API
+/// server's WebSocket protocol authenticator reads them: `None` for another request or without
+/// a token subprotocol; an error for two token subprotocols, a token that is not base64url or not
+/// UTF-8, or a token without another subprotocol to answer with.
+pub fn websocket_bearer_token(
+    headers: &HeaderMap,
+) -> Result<Option<(String, Vec<String>)>, AuthnError> {
+    if !is_websocket(headers) {
+        return Ok(None);
+    }
+    let (mut token, mut others) = (None, Vec::new());
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        for protocol in value.split(',').map(str::trim) {
+            let Some(encoded) = protocol.strip_prefix(WEBSOCKET_BEARER_PROTOCOL) else {
+                others.push(protocol.to_string());
+                continue;
+            };
+            if token.is_some() {
+                return Err(AuthnError::WebSocketProtocol(
+                    "multiple base64.bearer.authorization tokens specified",
+                ));
+            }
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded)
+                .map_err(|_| {
+                    AuthnError::WebSocketProtocol(
+                        "invalid base64.bearer.authorization token encoding",
+                    )
+                })?;
+            let t = String::from_utf8(bytes).map_err(|_| {
+                AuthnError::WebSocketProtocol("invalid base64.bearer.authorization token")
+            })?;
+            token = Some(t);
+        }
+    }
+    match token.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(_) if others.is_empty() => Err(AuthnError::WebSocketProtocol(
+            "missing additional subprotocol",
+        )),
+        Some(t) => Ok(Some((t, others))),
+    }
 }
 
 impl Authenticator {
@@ -224,9 +291,10 @@ impl Authenticator {
 
     /// Who sent a request: the `certificate`'s identity (the client certificate's, verified in
     /// the TLS handshake; `None` without one or without a common name), else the bearer token's
-    /// (the `Authorization` header is removed once it authenticated), else `system:anonymous`
-    /// when anonymous requests are on. `Ok(None)`: no credentials and anonymous off; `Err`: a
-    /// token was refused or could not be reviewed (anonymous or not).
+    /// (the `Authorization` header is removed once it authenticated), else the WebSocket
+    /// subprotocol token's (that subprotocol is removed), else `system:anonymous` when anonymous
+    /// requests are on. `Ok(None)`: no credentials and anonymous off; `Err`: a token was refused
+    /// or could not be reviewed, and nothing else authenticated (anonymous or not).
     pub async fn authenticate(
         &self,
         certificate: Option<&Identity>,
@@ -235,18 +303,44 @@ impl Authenticator {
         if let Some(id) = certificate {
             return Ok(Some(id.clone()));
         }
-        if self.config.webhook
-            && let Some(token) = bearer_token(headers)
-        {
-            return match self.review_token(&token).await? {
-                Some(id) => {
-                    headers.remove(header::AUTHORIZATION);
-                    Ok(Some(id.with_authenticated_group()))
+        // each way in turn; the first that authenticates wins, else the first error fails
+        let mut error = None;
+        if self.config.webhook {
+            if let Some(token) = bearer_token(headers) {
+                match self.review_token(&token).await {
+                    Ok(Some(id)) => {
+                        headers.remove(header::AUTHORIZATION);
+                        return Ok(Some(id.with_authenticated_group()));
+                    }
+                    Ok(None) => error = Some(AuthnError::InvalidToken),
+                    Err(e) => error = Some(e),
                 }
-                None => Err(AuthnError::InvalidToken),
-            };
+            }
+            match websocket_bearer_token(headers) {
+                Ok(Some((token, others))) => match self.review_token(&token).await {
+                    Ok(Some(id)) => {
+                        if let Ok(v) = HeaderValue::from_str(&others.join(",")) {
+                            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+                        }
+                        return Ok(Some(id.with_authenticated_group()));
+                    }
+                    Ok(None) => {
+                        error.get_or_insert(AuthnError::InvalidToken);
+                    }
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
         }
-        Ok(self.config.anonymous.then(Identity::anonymous))
+        match error {
+            Some(e) => Err(e),
+            None => Ok(self.config.anonymous.then(Identity::anonymous)),
+        }
     }
 
     /// Authenticates a request ([`authenticate`](Self::authenticate)): its identity, else
@@ -298,6 +392,60 @@ mod tests {
         assert_eq!(t("Basic dXNlcjpw"), None);
         assert_eq!(t("Bearer"), None);
         assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn websocket_tokens_are_read_from_the_subprotocols() {
+        let ws = |protocols: &[&str]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, "websocket".parse().unwrap());
+            h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+            for p in protocols {
+                h.append(header::SEC_WEBSOCKET_PROTOCOL, p.parse().unwrap());
+            }
+            h
+        };
+        // "t-dave" base64url without padding
+        let dave = "base64url.bearer.authorization.k8s.io.dC1kYXZl";
+        let got = websocket_bearer_token(&ws(&[&format!("v5.channel.k8s.io, {dave}")])).unwrap();
+        assert_eq!(
+            got,
+            Some(("t-dave".to_string(), vec!["v5.channel.k8s.io".to_string()]))
+        );
+        // over two header lines too
+        let got = websocket_bearer_token(&ws(&[dave, "v4.channel.k8s.io"])).unwrap();
+        assert_eq!(got.unwrap().1, ["v4.channel.k8s.io"]);
+        // no token subprotocol, or not a WebSocket upgrade
+        assert_eq!(
+            websocket_bearer_token(&ws(&["v5.channel.k8s.io"])).unwrap(),
+            None
+        );
+        let mut plain = ws(&[dave, "v5.channel.k8s.io"]);
+        plain.remove(header::UPGRADE);
+        assert_eq!(websocket_bearer_token(&plain).unwrap(), None);
+        // the API server's refusals
+        for (protocols, words) in [
+            (vec![dave], "missing additional subprotocol"),
+            (vec![dave, dave, "v5.channel.k8s.io"], "multiple"),
+            (
+                vec![
+                    "base64url.bearer.authorization.k8s.io.!!",
+                    "v5.channel.k8s.io",
+                ],
+                "encoding",
+            ),
+            // 0xff is not UTF-8
+            (
+                vec![
+                    "base64url.bearer.authorization.k8s.io._w",
+                    "v5.channel.k8s.io",
+                ],
+                "invalid base64.bearer.authorization token",
+            ),
+        ] {
+            let e = websocket_bearer_token(&ws(&protocols)).unwrap_err();
+            assert!(e.to_string().contains(words), "{protocols:?}: {e}");
+        }
     }
 
     #[test]
