@@ -626,3 +626,31 @@ fn base64url(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
+
+#[tokio::test]
+async fn requests_with_the_same_token_share_one_review() {
+    let api = FakeApiServer::new();
+    api.add_token("t-dave", dave());
+    let authn = Authenticator::new(
+        AuthenticationConfig {
+            webhook: true,
+            webhook_retry_initial: Duration::from_millis(10),
+            ..Default::default()
+        },
+        Some(api.client()),
+    )
+    .unwrap();
+    // eight requests at once while the API server is down: one review, sent 5 times in all
+    // (kubelet's back-off), whose error all eight get
+    api.set_down(true);
+    let answers = futures::future::join_all((0..8).map(|_| authn.review_token("t-dave"))).await;
+    assert!(answers.iter().all(Result::is_err), "{answers:?}");
+    assert_eq!(api.token_reviews().len(), 5);
+    // up again: eight at once, one review, all authenticated as dave
+    api.set_down(false);
+    let answers = futures::future::join_all((0..8).map(|_| authn.review_token("t-dave"))).await;
+    for a in answers {
+        assert_eq!(a.unwrap().map(|id| id.user).as_deref(), Some("dave"));
+    }
+    assert_eq!(api.token_reviews().len(), 6);
+}

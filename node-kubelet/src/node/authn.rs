@@ -13,8 +13,9 @@
 //!    authenticated status gives the user name, uid, groups and extra; the answer, authenticated
 //!    or not, is kept for [`AuthenticationConfig::webhook_cache_ttl`] (kubelet's 2m) in an
 //!    [`LruExpireCache`] of [`TOKEN_CACHE_SIZE`] tokens (by a keyed SHA-256 of the token, not the
-//!    token); a review that fails on the way is sent again with kubelet's webhook back-off and
-//!    is not cached. With the webhook off a bearer token is not looked at;
+//!    token); requests with the same token meanwhile share one review; a review that fails on
+//!    the way is sent again with kubelet's webhook back-off and is not cached. With the webhook
+//!    off a bearer token is not looked at;
 //! 3. with anonymous requests on ([`AuthenticationConfig::anonymous`], kubelet's default), a
 //!    request that none of these authenticated is `system:anonymous` in the group
 //!    `system:unauthenticated` ([`Identity::anonymous`]) — unless a token was sent and refused
@@ -27,12 +28,15 @@
 //! authenticated-group adder, [`Identity::with_authenticated_group`]); the [`Identity`] then goes
 //! to the [`Authorizer`](super::authz::Authorizer), whose SubjectAccessReview carries it whole.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -94,10 +98,16 @@ pub enum AuthnError {
     /// A WebSocket bearer-token subprotocol that cannot be used.
     #[error("{0}")]
     WebSocketProtocol(&'static str),
+    /// The error of a review another request with the same token was waiting for too.
+    #[error(transparent)]
+    Shared(Arc<AuthnError>),
 }
 
 /// A keyed hash of a token: what the cache keeps in its place.
 type TokenKey = [u8; 32];
+
+/// A review under way, which requests with the same token wait for together.
+type Flight = Shared<BoxFuture<'static, Result<Option<Identity>, Arc<AuthnError>>>>;
 
 /// The kubelet server's authenticator; cheap to clone (the token cache is shared).
 #[derive(Clone)]
@@ -105,6 +115,8 @@ pub struct Authenticator {
     config: AuthenticationConfig,
     client: Option<kube::Client>,
     cache: Arc<Mutex<LruExpireCache<TokenKey, Option<Identity>>>>,
+    /// The reviews under way.
+    flights: Arc<Mutex<HashMap<TokenKey, Flight>>>,
     /// The random key of the cache's token hashes.
     key: [u8; 32],
 }
@@ -207,6 +219,7 @@ impl Authenticator {
             config,
             client,
             cache: Arc::new(Mutex::new(LruExpireCache::new(TOKEN_CACHE_SIZE))),
+            flights: Arc::default(),
             key,
         })
     }
@@ -238,16 +251,58 @@ impl Authenticator {
     }
 
     /// Reviews a bearer token: from the cache while its answer is fresh, else by a TokenReview
-    /// (kubelet's: the token alone, no audiences) whose answer is cached. `Some` with the
+    /// (kubelet's: the token alone, no audiences) whose answer is cached; requests with the
+    /// same token while it is under way wait for it and share its answer. `Some` with the
     /// reviewed user (without `system:authenticated`, which [`authenticate`](Self::authenticate)
     /// adds), `None` when the API server did not authenticate it; an error (not cached) when the
     /// review did not reach the API server or came back with an error.
     pub async fn review_token(&self, token: &str) -> Result<Option<Identity>, AuthnError> {
-        let Some(client) = self.client.as_ref().filter(|_| self.config.webhook) else {
+        if self.client.is_none() || !self.config.webhook {
             return Err(AuthnError::Config("the token webhook is off".into()));
-        };
+        }
         let key = self.cache_key(token);
+        if let Some(hit) = self.cache.lock().expect("cache").get(&key, Instant::now()) {
+            return Ok(hit);
+        }
+        let flight = {
+            let mut flights = self.flights.lock().expect("flights");
+            flights
+                .entry(key)
+                .or_insert_with(|| {
+                    // its own task: it ends, and leaves the map, even when every request
+                    // waiting for it is gone
+                    let (this, token) = (self.clone(), token.to_string());
+                    let review = tokio::spawn(async move {
+                        let r = this.review_uncached(key, &token).await.map_err(Arc::new);
+                        this.flights.lock().expect("flights").remove(&key);
+                        r
+                    });
+                    async move {
+                        review.await.unwrap_or_else(|e| {
+                            Err(Arc::new(AuthnError::Config(format!(
+                                "the review's task: {e}"
+                            ))))
+                        })
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        flight
+            .await
+            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(AuthnError::Shared))
+    }
+
+    /// Sends the TokenReview of `token` and caches its answer under `key`.
+    async fn review_uncached(
+        &self,
+        key: TokenKey,
+        token: &str,
+    ) -> Result<Option<Identity>, AuthnError> {
+        let client = self.client.as_ref().expect("a client, checked");
         let now = Instant::now();
+        // answered while this request waited for the lock
         if let Some(hit) = self.cache.lock().expect("cache").get(&key, now) {
             return Ok(hit);
         }
