@@ -9,9 +9,8 @@
 //!    token ([`bearer_token`]) or, on a WebSocket upgrade, a token in a
 //!    `base64url.bearer.authorization.k8s.io.<token>` subprotocol ([`websocket_bearer_token`];
 //!    the subprotocol is removed before the request goes on), reviewed by the API server with a
-//!    `TokenReview` (authentication.k8s.io/v1): an
-//!    authenticated status gives the user name, uid, groups and extra; the answer, authenticated
-//!    or not, is kept for [`AuthenticationConfig::webhook_cache_ttl`] (kubelet's 2m) in an
+//!    `TokenReview` (authentication.k8s.io/v1): an authenticated status gives the user name,
+//!    uid, groups and extra; the answer, authenticated or not, is kept for [`AuthenticationConfig::webhook_cache_ttl`] (kubelet's 2m) in an
 //!    [`LruExpireCache`] of [`TOKEN_CACHE_SIZE`] tokens (by a keyed SHA-256 of the token, not the
 //!    token); requests with the same token meanwhile share one review; a review that fails on
 //!    the way is sent again with kubelet's webhook back-off and is not cached. With the webhook
@@ -257,9 +256,9 @@ impl Authenticator {
     /// adds), `None` when the API server did not authenticate it; an error (not cached) when the
     /// review did not reach the API server or came back with an error.
     pub async fn review_token(&self, token: &str) -> Result<Option<Identity>, AuthnError> {
-        if self.client.is_none() || !self.config.webhook {
+        let Some(client) = self.client.clone().filter(|_| self.config.webhook) else {
             return Err(AuthnError::Config("the token webhook is off".into()));
-        }
+        };
         let key = self.cache_key(token);
         if let Some(hit) = self.cache.lock().expect("cache").get(&key, Instant::now()) {
             return Ok(hit);
@@ -273,7 +272,10 @@ impl Authenticator {
                     // waiting for it is gone
                     let (this, token) = (self.clone(), token.to_string());
                     let review = tokio::spawn(async move {
-                        let r = this.review_uncached(key, &token).await.map_err(Arc::new);
+                        let r = this
+                            .review_uncached(&client, key, &token)
+                            .await
+                            .map_err(Arc::new);
                         this.flights.lock().expect("flights").remove(&key);
                         r
                     });
@@ -297,12 +299,12 @@ impl Authenticator {
     /// Sends the TokenReview of `token` and caches its answer under `key`.
     async fn review_uncached(
         &self,
+        client: &kube::Client,
         key: TokenKey,
         token: &str,
     ) -> Result<Option<Identity>, AuthnError> {
-        let client = self.client.as_ref().expect("a client, checked");
         let now = Instant::now();
-        // answered while this request waited for the lock
+        // a review that ended between the caller's look into the cache and this one
         if let Some(hit) = self.cache.lock().expect("cache").get(&key, now) {
             return Ok(hit);
         }
