@@ -119,8 +119,8 @@ impl ServerFlags {
         })
     }
 
-    /// The authentication: `--anonymous-auth` (by default on, off with `AlwaysAllow`),
-    /// `--authentication-token-webhook` and its cache.
+    /// The authentication: `--anonymous-auth` (by default on, off with `AlwaysAllow`; the
+    /// server warns when both are on), `--authentication-token-webhook` and its cache.
     pub fn authentication(
         &self,
         api_server: bool,
@@ -133,11 +133,6 @@ impl ServerFlags {
         let anonymous = self
             .anonymous_auth
             .unwrap_or(mode != AuthorizationMode::AlwaysAllow);
-        if anonymous && mode == AuthorizationMode::AlwaysAllow {
-            tracing::warn!(
-                "--anonymous-auth with AlwaysAllow authorization: any client may do anything on the kubelet server"
-            );
-        }
         let ttl = &self.authentication_token_webhook_cache_ttl;
         Ok(AuthenticationConfig {
             anonymous,

@@ -50,7 +50,9 @@ pub const TOKEN_CACHE_SIZE: usize = 32 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticationConfig {
     /// `--anonymous-auth`: a request without credentials is served as `system:anonymous`
-    /// (group `system:unauthenticated`) and authorized as such (kubelet's default: true).
+    /// (group `system:unauthenticated`) and authorized as such (kubelet's default: true). With
+    /// [`AlwaysAllow`](super::authz::AuthorizationMode::AlwaysAllow) authorization that lets any
+    /// client do anything ([`KubeletServer::start`](super::server::KubeletServer::start) warns).
     pub anonymous: bool,
     /// `--authentication-token-webhook`: bearer tokens are reviewed by the API server with a
     /// TokenReview (kubelet's flag default: false; needs the API server's client).

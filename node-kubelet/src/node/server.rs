@@ -205,6 +205,11 @@ impl KubeletServer {
             authenticator.config().anonymous,
             authenticator.config().webhook,
         );
+        if anonymous && authorizer_mode == super::authz::AuthorizationMode::AlwaysAllow {
+            tracing::warn!(
+                "kubelet server: anonymous requests with AlwaysAllow authorization: any client may do anything"
+            );
+        }
         let handshake = config.handshake_timeout;
         let task = tokio::spawn(async move {
             loop {
