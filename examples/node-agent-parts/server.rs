@@ -1,9 +1,11 @@
 //! The kubelet's server of the node agent (kubelet's port 10250): `kubectl logs`, `exec`,
-//! `attach` and `port-forward` as the API server proxies them, over TLS with client
-//! certificates, beside the read-only endpoints. Off unless `--tls-cert-file` is given. Every
-//! request is authorized (`--authorization-mode`): `Webhook` asks the API server with a
-//! SubjectAccessReview (the default in cluster mode), `AlwaysAllow` lets every client with a
-//! certificate from the client CA in (the default without an API server).
+//! `attach` and `port-forward` as the API server proxies them, over TLS, beside the read-only
+//! endpoints. Off unless `--tls-cert-file` is given. Every request is authenticated (a client
+//! certificate from the client CA; a bearer token reviewed by the API server with
+//! `--authentication-token-webhook`; else `system:anonymous` with `--anonymous-auth`) and
+//! authorized (`--authorization-mode`): `Webhook` asks the API server with a
+//! SubjectAccessReview (the default in cluster mode), `AlwaysAllow` lets every authenticated
+//! client in (the default without an API server).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use node_core::RuntimeBackend;
+use node_kubelet::node::authn::{AuthenticationConfig, Authenticator};
 use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
 use node_kubelet::node::eviction::parse_duration;
 use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
@@ -55,6 +58,20 @@ pub struct ServerFlags {
     /// How long the kubelet server reuses a denied SubjectAccessReview.
     #[arg(long, default_value = "30s")]
     pub authorization_webhook_cache_unauthorized_ttl: String,
+    /// Serve requests without a client certificate or bearer token as `system:anonymous`
+    /// (group `system:unauthenticated`), authorized as such (`--anonymous-auth=false`: 401).
+    /// Default: true (kubelet's), but false with `AlwaysAllow` authorization, where anonymous
+    /// clients would be allowed everything (the API server refuses that pair too).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub anonymous_auth: Option<bool>,
+    /// Authenticate bearer tokens by a TokenReview to the API server (needs --kubeconfig or
+    /// --cluster); without it a bearer token is not looked at.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = clap::ArgAction::Set)]
+    pub authentication_token_webhook: bool,
+    /// How long the kubelet server reuses a TokenReview's answer, authenticated or not.
+    #[arg(long, default_value = "2m")]
+    pub authentication_token_webhook_cache_ttl: String,
 }
 
 impl ServerFlags {
@@ -98,6 +115,31 @@ impl ServerFlags {
                 "authorization-webhook-cache-unauthorized-ttl",
                 &self.authorization_webhook_cache_unauthorized_ttl,
             )?,
+            ..Default::default()
+        })
+    }
+
+    /// The authentication: `--anonymous-auth` (by default on, off with `AlwaysAllow`; the
+    /// server warns when both are on), `--authentication-token-webhook` and its cache.
+    pub fn authentication(
+        &self,
+        api_server: bool,
+        mode: AuthorizationMode,
+    ) -> anyhow::Result<AuthenticationConfig> {
+        anyhow::ensure!(
+            !self.authentication_token_webhook || api_server,
+            "--authentication-token-webhook needs an API server (--kubeconfig or --cluster)"
+        );
+        let anonymous = self
+            .anonymous_auth
+            .unwrap_or(mode != AuthorizationMode::AlwaysAllow);
+        let ttl = &self.authentication_token_webhook_cache_ttl;
+        Ok(AuthenticationConfig {
+            anonymous,
+            webhook: self.authentication_token_webhook,
+            webhook_cache_ttl: parse_duration(ttl).map_err(|e| {
+                anyhow::anyhow!("--authentication-token-webhook-cache-ttl {ttl:?}: {e}")
+            })?,
             ..Default::default()
         })
     }
@@ -154,11 +196,14 @@ pub async fn start(
     };
     let authz = flags.authorization(authority.client.is_some(), authority.node_name)?;
     let mode = authz.mode;
+    let authn = flags.authentication(authority.client.is_some(), mode)?;
+    let (anonymous, token_webhook) = (authn.anonymous, authn.webhook);
+    let authenticator = Authenticator::new(authn, authority.client.clone())?;
     let authorizer = Authorizer::new(authz, authority.client)?;
     let app = router(ServerState::new(states, runtime)).merge(read_only);
-    let server = KubeletServer::start(&config, app, authorizer, token)
+    let server = KubeletServer::start(&config, app, authenticator, authorizer, token)
         .await
         .with_context(|| format!("the kubelet server on {}", config.addr))?;
-    tracing::info!(addr = %server.local_addr(), authorization = %mode, "kubelet server (logs, exec, attach, port-forward) started");
+    tracing::info!(addr = %server.local_addr(), authorization = %mode, anonymous, token_webhook, "kubelet server (logs, exec, attach, port-forward) started");
     Ok(Some(server))
 }

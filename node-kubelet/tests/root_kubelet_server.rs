@@ -23,10 +23,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::authentication::v1::UserInfo;
 use node_core::{Pod, RuntimeBackend};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_kubelet::backoff::BackoffConfig;
+use node_kubelet::node::authn::{AuthenticationConfig, Authenticator};
 use node_kubelet::node::authz::{AuthorizationConfig, AuthorizationMode, Authorizer};
 use node_kubelet::node::http::{HttpState, NodeMetrics};
 use node_kubelet::node::server::KubeletServer;
@@ -112,6 +114,31 @@ async fn get(
         )
         .await
         .expect("request")
+}
+
+/// A GET with a bearer token (no client certificate): the status and whole body.
+async fn get_with_token(
+    connector: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> (u16, String) {
+    let tls = tls_connect(connector, addr).await.expect("TLS connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = sender
+        .send_request(
+            hyper::Request::get(path)
+                .header("host", addr.to_string())
+                .header("authorization", format!("Bearer {token}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .expect("request");
+    server_support::status_and_text(r, T).await
 }
 
 /// A GET's status and whole body.
@@ -250,8 +277,9 @@ struct Node {
     addr: std::net::SocketAddr,
     apiserver: tokio_rustls::TlsConnector,
     tunnel: std::net::SocketAddr,
-    /// Authorizes the server's requests (kubelet's Webhook mode): the API server's client
-    /// identity may do everything.
+    /// Authenticates the server's bearer tokens (`t-viewer`: the user `viewer`) and authorizes
+    /// its requests (kubelet's Webhook mode): the API server's client identity may do
+    /// everything, `viewer` get on `nodes/proxy`.
     authz: FakeApiServer,
 }
 
@@ -317,7 +345,29 @@ async fn start(g: &Guard) -> Node {
     // the server: the endpoints beside the read-only ones, over TLS
     let rt_dyn: Arc<dyn RuntimeBackend> = runtime.clone();
     let authz = FakeApiServer::new();
-    authz.allow_access(&[("kube-apiserver-kubelet-client", "*", "*")]);
+    authz.allow_access(&[
+        ("kube-apiserver-kubelet-client", "*", "*"),
+        ("viewer", "get", "proxy"),
+    ]);
+    authz.add_token(
+        "t-viewer",
+        UserInfo {
+            username: Some("viewer".into()),
+            uid: Some("uid-viewer".into()),
+            groups: Some(vec!["viewers".into()]),
+            extra: None,
+        },
+    );
+    // client certificates and bearer tokens, no anonymous requests
+    let authenticator = Authenticator::new(
+        AuthenticationConfig {
+            anonymous: false,
+            webhook: true,
+            ..Default::default()
+        },
+        Some(authz.client()),
+    )
+    .unwrap();
     let authorizer = Authorizer::new(
         AuthorizationConfig {
             mode: AuthorizationMode::Webhook,
@@ -327,7 +377,15 @@ async fn start(g: &Guard) -> Node {
         Some(authz.client()),
     )
     .unwrap();
-    let server = start_server(&certs, states.clone(), rt_dyn, authorizer, token.clone()).await;
+    let server = start_server(
+        &certs,
+        states.clone(),
+        rt_dyn,
+        authenticator,
+        authorizer,
+        token.clone(),
+    )
+    .await;
     let addr = server.local_addr();
     let apiserver = tls_client(&certs, Some("apiserver"));
     let tunnel = apiserver_tunnel(apiserver.clone(), addr).await;
@@ -375,6 +433,7 @@ async fn scenario(node: Node) {
         tunnel,
         ref source,
         ref sink,
+        ref authz,
         ..
     } = node;
     let apiserver = apiserver.clone();
@@ -421,6 +480,18 @@ async fn scenario(node: Node) {
             last.lock().unwrap()
         );
     }
+
+    // a bearer token instead of a certificate: reviewed by the API server, then authorized
+    let (s, b) = get_with_token(&tls_client(certs, None), addr, logs, "t-viewer").await;
+    assert_eq!((s, b.as_str()), (200, "line one\nline two\nline three\n"));
+    let reviewed: Vec<_> = authz
+        .token_reviews()
+        .into_iter()
+        .filter_map(|r| r.token)
+        .collect();
+    assert_eq!(reviewed, ["t-viewer"]);
+    let (s, b) = get_with_token(&tls_client(certs, None), addr, logs, "t-forged").await;
+    assert_eq!((s, b.as_str()), (401, "Unauthorized"));
 
     // options
     let (s, b) = get_text(&apiserver, addr, &format!("{logs}?tailLines=1")).await;
@@ -654,12 +725,31 @@ async fn scenario(node: Node) {
     })
     .await;
 
-    // everything above was authorized by SubjectAccessReviews of the API server's identity on
+    // the bearer token's user was reviewed with its uid and groups
+    let viewer: Vec<_> = node
+        .authz
+        .access_reviews()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some("viewer"))
+        .map(|r| (r.uid, r.groups))
+        .collect();
+    assert_eq!(
+        viewer,
+        vec![(
+            Some("uid-viewer".to_string()),
+            Some(vec![
+                "viewers".to_string(),
+                "system:authenticated".to_string()
+            ])
+        )]
+    );
+    // everything else was authorized by SubjectAccessReviews of the API server's identity on
     // nodes/node-1: logs with get, exec, attach and port-forward by both verbs, on proxy
     let reviewed: std::collections::BTreeSet<(String, String)> = node
         .authz
         .access_reviews()
         .iter()
+        .filter(|r| r.user.as_deref() != Some("viewer"))
         .map(|r| {
             assert_eq!(r.user.as_deref(), Some("kube-apiserver-kubelet-client"));
             assert_eq!(

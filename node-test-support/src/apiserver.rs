@@ -15,6 +15,9 @@
 //! - `subjectaccessreviews` (SubjectAccessReview): answered from the policy a test sets
 //!   ([`FakeApiServer::set_access_policy`], [`FakeApiServer::allow_access`]; everything is denied
 //!   without one), not stored;
+//! - `tokenreviews` (TokenReview): a token the test gave a user ([`FakeApiServer::add_token`])
+//!   is authenticated as that user (name, uid, groups, extra), any other is not; not stored
+//!   (the request log shows them, [`FakeApiServer::token_reviews`]);
 //! - compaction ([`FakeApiServer::compact`]): a watch from a forgotten resourceVersion gets
 //!   `410 Gone` (`Expired`), as a client resuming after a long outage does;
 //! - an outage switch ([`FakeApiServer::set_down`]): requests fail as a refused connection and
@@ -38,6 +41,7 @@ use futures::{Stream, StreamExt};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
+use k8s_openapi::api::authentication::v1::{TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::SubjectAccessReviewSpec;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
@@ -89,6 +93,8 @@ type AccessPolicy = Arc<dyn Fn(&SubjectAccessReviewSpec) -> bool + Send + Sync>;
 struct Shared {
     store: Mutex<Store>,
     access: Mutex<Option<AccessPolicy>>,
+    /// token -> the user it authenticates (TokenReview)
+    tokens: Mutex<BTreeMap<String, UserInfo>>,
     events: broadcast::Sender<Change>,
     up: watch::Sender<bool>,
 }
@@ -387,6 +393,9 @@ impl Shared {
         if t.resource == "subjectaccessreviews" && method == Method::POST && t.name.is_none() {
             return Ok(self.review_access(body));
         }
+        if t.resource == "tokenreviews" && method == Method::POST && t.name.is_none() {
+            return Ok(self.review_token(body));
+        }
         let q = query(uri);
         let ns = t.namespace.clone().unwrap_or_default();
         let mut st = self.store.lock().expect("store");
@@ -549,6 +558,27 @@ impl Shared {
         respond(StatusCode::CREATED, &answer)
     }
 
+    fn review_token(&self, body: &Value) -> Response<Body> {
+        let spec: TokenReviewSpec = match serde_json::from_value(body["spec"].clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("TokenReview spec: {e}"),
+                );
+            }
+        };
+        let token = spec.token.unwrap_or_default();
+        let user = self.tokens.lock().expect("tokens").get(&token).cloned();
+        let mut answer = body.clone();
+        answer["status"] = match user {
+            Some(u) => json!({"authenticated": true, "user": u}),
+            None => json!({"authenticated": false}),
+        };
+        respond(StatusCode::CREATED, &answer)
+    }
+
     /// A watch: the changes after `resourceVersion` (the current objects when none or `0`),
     /// then live ones, one JSON event per line, until `timeoutSeconds` or an outage.
     fn watch(self: &Arc<Self>, t: &Target, q: &BTreeMap<String, String>) -> Response<Body> {
@@ -704,6 +734,7 @@ impl FakeApiServer {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::default()),
                 access: Mutex::new(None),
+                tokens: Mutex::default(),
                 events,
                 up: watch::channel(true).0,
             }),
@@ -834,6 +865,25 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// Makes `token` authenticate as `user` in TokenReviews (replacing what it authenticated
+    /// before); tokens never added are not authenticated.
+    pub fn add_token(&self, token: &str, user: UserInfo) {
+        self.shared
+            .tokens
+            .lock()
+            .expect("tokens")
+            .insert(token.to_string(), user);
+    }
+
+    /// The TokenReviews asked so far (answered or not), their specs in order.
+    pub fn token_reviews(&self) -> Vec<TokenReviewSpec> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/tokenreviews"))
+            .filter_map(|r| serde_json::from_value(r.body["spec"].clone()).ok())
+            .collect()
+    }
+
     /// Whether the server is down.
     pub fn is_down(&self) -> bool {
         !*self.shared.up.borrow()
@@ -933,5 +983,56 @@ impl FakeApiServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authentication::v1::TokenReview;
+
+    #[tokio::test]
+    async fn token_reviews_authenticate_the_tokens_given_users() {
+        let api = FakeApiServer::new();
+        api.add_token(
+            "t-alice",
+            UserInfo {
+                username: Some("alice".into()),
+                uid: Some("u-1".into()),
+                groups: Some(vec!["dev".into()]),
+                extra: Some([("scopes".to_string(), vec!["a".to_string()])].into()),
+            },
+        );
+        let reviews = kube::Api::<TokenReview>::all(api.client());
+        let review = |token: &str| TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.into()),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        let pp = kube::api::PostParams::default();
+        let ok = reviews.create(&pp, &review("t-alice")).await.unwrap();
+        let status = ok.status.unwrap();
+        assert_eq!(status.authenticated, Some(true));
+        let user = status.user.unwrap();
+        assert_eq!(user.username.as_deref(), Some("alice"));
+        assert_eq!(user.uid.as_deref(), Some("u-1"));
+        assert_eq!(user.groups, Some(vec!["dev".to_string()]));
+        assert_eq!(user.extra.unwrap()["scopes"], ["a"]);
+        let bad = reviews.create(&pp, &review("t-other")).await.unwrap();
+        let status = bad.status.unwrap();
+        assert_eq!(status.authenticated, Some(false));
+        assert!(status.user.is_none());
+        let tokens: Vec<_> = api
+            .token_reviews()
+            .into_iter()
+            .map(|s| s.token.unwrap_or_default())
+            .collect();
+        assert_eq!(tokens, ["t-alice", "t-other"]);
+        assert!(
+            api.list("tokenreviews").is_empty(),
+            "reviews are not stored"
+        );
     }
 }

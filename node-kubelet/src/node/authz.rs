@@ -1,9 +1,9 @@
 //! Authorization of the kubelet's server (kubelet's `--authorization-mode`), as kubelet's
 //! `pkg/kubelet/server/auth.go` does it:
 //!
-//! - the user is the client certificate's common name and its groups the certificate's
-//!   organizations, plus `system:authenticated` ([`Identity::from_certificate`]; a certificate
-//!   without a common name authenticates nobody: 401);
+//! - who the client is comes from [`super::authn`] (a client certificate, a bearer token
+//!   reviewed by the API server, or `system:anonymous`): an [`Identity`] with the user, uid,
+//!   groups and extra that the SubjectAccessReview carries;
 //! - every request on the secure port, `/healthz` included, is authorized as a resource request
 //!   on `nodes/<node name>` ([`request_attributes`]): the verb from the HTTP method (`GET` →
 //!   `get`, `POST` → `create`, `PUT` → `update`, `PATCH` → `patch`, `DELETE` → `delete`, any
@@ -17,13 +17,15 @@
 //! - [`AuthorizationMode::AlwaysAllow`] allows everything; [`AuthorizationMode::Webhook`] asks
 //!   the API server with a `SubjectAccessReview` (authorization.k8s.io/v1) and caches the
 //!   answer (kubelet's `--authorization-webhook-cache-authorized-ttl` 5m and
-//!   `--authorization-webhook-cache-unauthorized-ttl` 30s);
+//!   `--authorization-webhook-cache-unauthorized-ttl` 30s) in an [`LruExpireCache`] of
+//!   [`WEBHOOK_CACHE_SIZE`] decisions, as kubelet's webhook authorizer;
 //! - [`Authorizer::check`] answers a refusal as kubelet does: denied → `403` `Forbidden
 //!   (user=<u>, verb=<v>, resource=nodes, subresource=<s>)`; the API server not answering →
 //!   `500` `Authorization error (user=<u>, verb=<v>, resource=nodes, subresource=<s>)` (the
 //!   request is refused, the error logged, nothing cached).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,6 +121,125 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
+/// Creates a review (a SubjectAccessReview, a TokenReview) on the API server with kubelet's
+/// webhook back-off: a review that failed on the way ([`transient`]) is sent again after
+/// `initial`, growing 1.5x with jitter, `attempts` times in all.
+pub(crate) async fn create_review<K>(
+    client: &kube::Client,
+    review: &K,
+    initial: Duration,
+    attempts: usize,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api = Api::<K>::all(client.clone());
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(initial)
+        .with_factor(1.5)
+        .with_jitter()
+        .with_max_times(attempts.saturating_sub(1));
+    let params = PostParams::default();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    (|| api.create(&params, review))
+        .retry(backoff)
+        .when(transient)
+        .notify(|e, wait| {
+            tracing::debug!(error = %e, ?wait, "{kind} failed; sending it again");
+        })
+        .await
+}
+
+/// How many decisions kubelet's webhook authorizer keeps (its `NewLRUExpireCache(8192)`).
+pub const WEBHOOK_CACHE_SIZE: usize = 8192;
+
+/// A cache of at most a fixed number of entries, each with its own expiry (kubelet's
+/// `LRUExpireCache`): an expired entry is gone when asked for, and when the cache is full the
+/// least recently used entry gives way to a new one. Times are tokio's (a paused clock moves
+/// them).
+#[derive(Debug)]
+pub struct LruExpireCache<K, V> {
+    capacity: usize,
+    /// key -> (value, expiry, its place in `order`)
+    entries: HashMap<K, (V, Instant, u64)>,
+    /// place -> key, the least recently used first
+    order: BTreeMap<u64, K>,
+    next: u64,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> LruExpireCache<K, V> {
+    /// An empty cache of at most `capacity` entries (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            next: 0,
+        }
+    }
+
+    /// The value of `key` while it has not expired at `now` (it becomes the most recently
+    /// used); an expired entry is removed.
+    pub fn get(&mut self, key: &K, now: Instant) -> Option<V> {
+        let place = self.next;
+        let entry = self.entries.get_mut(key)?;
+        if now >= entry.1 {
+            let old = entry.2;
+            self.entries.remove(key);
+            self.order.remove(&old);
+            return None;
+        }
+        let old = std::mem::replace(&mut entry.2, place);
+        let value = entry.0.clone();
+        self.next += 1;
+        if let Some(k) = self.order.remove(&old) {
+            self.order.insert(place, k);
+        }
+        Some(value)
+    }
+
+    /// Keeps `value` for `key` until `now + ttl`, in place of any earlier one; when the cache is
+    /// full the least recently used entry is dropped.
+    pub fn add(&mut self, key: K, value: V, ttl: Duration, now: Instant) {
+        if let Some((_, _, old)) = self.entries.remove(&key) {
+            self.order.remove(&old);
+        }
+        while self.entries.len() >= self.capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+        let place = self.next;
+        self.next += 1;
+        self.order.insert(place, key.clone());
+        self.entries.insert(key, (value, now + ttl, place));
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &K) {
+        if let Some((_, _, old)) = self.entries.remove(key) {
+            self.order.remove(&old);
+        }
+    }
+
+    /// How many entries are kept (expired ones not yet asked for included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The most entries kept.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
 /// An error of authorization.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -131,28 +252,68 @@ pub enum AuthzError {
     Review(#[from] kube::Error),
 }
 
-/// Who an authenticated client is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The user of a request that brought no credentials (kubelet's `--anonymous-auth`).
+pub const ANONYMOUS: &str = "system:anonymous";
+/// The group of [`ANONYMOUS`].
+pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+/// The group every authenticated user is given.
+pub const AUTHENTICATED: &str = "system:authenticated";
+
+/// Who a client is: the user information a SubjectAccessReview carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Identity {
-    /// The user name (the certificate's common name).
+    /// The user name (a certificate's common name, a token's reviewed user name).
     pub user: String,
-    /// The groups (the certificate's organizations, then `system:authenticated`).
+    /// The user's UID (a reviewed token's; empty for a certificate).
+    pub uid: String,
+    /// The groups (a certificate's organizations, a token's reviewed groups), with
+    /// `system:authenticated`.
     pub groups: Vec<String>,
+    /// Further information on the user (a reviewed token's `extra`).
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl Identity {
     /// The identity of a client certificate (DER) as kubelet's x509 authenticator reads it:
     /// the subject's common name (the last one, when several) is the user, its organizations are
     /// the groups, and `system:authenticated` is added. `None` when the certificate does not
-    /// parse or has no common name (kubelet answers such a client 401).
+    /// parse or has no common name (such a client is not authenticated by its certificate).
     pub fn from_certificate(der: &[u8]) -> Option<Self> {
         let (cn, orgs) = subject_cn_and_o(der)?;
         let user = cn.filter(|c| !c.is_empty())?;
-        let mut groups = orgs;
-        if !groups.iter().any(|g| g == "system:authenticated") {
-            groups.push("system:authenticated".into());
+        Some(
+            Self {
+                user,
+                groups: orgs,
+                ..Default::default()
+            }
+            .with_authenticated_group(),
+        )
+    }
+
+    /// `system:anonymous` in the group `system:unauthenticated` (kubelet's anonymous
+    /// authenticator).
+    pub fn anonymous() -> Self {
+        Self {
+            user: ANONYMOUS.into(),
+            groups: vec![UNAUTHENTICATED.into()],
+            ..Default::default()
         }
-        Some(Self { user, groups })
+    }
+
+    /// With `system:authenticated` added to the groups, as the API server's authenticated-group
+    /// adder: not for `system:anonymous`, nor when the groups already hold
+    /// `system:authenticated` or `system:unauthenticated`.
+    pub fn with_authenticated_group(mut self) -> Self {
+        if self.user != ANONYMOUS
+            && !self
+                .groups
+                .iter()
+                .any(|g| g == AUTHENTICATED || g == UNAUTHENTICATED)
+        {
+            self.groups.push(AUTHENTICATED.into());
+        }
+        self
     }
 }
 
@@ -295,8 +456,12 @@ pub fn subresources_of(path: &str, fine_grained: bool) -> Vec<&'static str> {
 pub struct Attributes {
     /// The user.
     pub user: String,
+    /// The user's UID.
+    pub uid: String,
     /// The user's groups.
     pub groups: Vec<String>,
+    /// The user's extra information.
+    pub extra: BTreeMap<String, Vec<String>>,
     /// The API verb ([`verb_of`]).
     pub verb: String,
     /// The resource: `nodes`.
@@ -309,11 +474,13 @@ pub struct Attributes {
 
 impl Attributes {
     /// The SubjectAccessReview's spec for these attributes (kubelet's webhook authorizer:
-    /// version `v1`, the core group, no namespace).
+    /// the user with its uid, groups and extra; version `v1`, the core group, no namespace).
     pub fn review_spec(&self) -> SubjectAccessReviewSpec {
         SubjectAccessReviewSpec {
             user: Some(self.user.clone()),
+            uid: (!self.uid.is_empty()).then(|| self.uid.clone()),
             groups: Some(self.groups.clone()),
+            extra: (!self.extra.is_empty()).then(|| self.extra.clone()),
             resource_attributes: Some(ResourceAttributes {
                 verb: Some(self.verb.clone()),
                 group: Some(String::new()),
@@ -349,7 +516,9 @@ pub fn request_attributes(
         .into_iter()
         .map(|sub| Attributes {
             user: identity.user.clone(),
+            uid: identity.uid.clone(),
             groups: identity.groups.clone(),
+            extra: identity.extra.clone(),
             verb: verb_of(method).into(),
             resource: "nodes".into(),
             subresource: sub.into(),
@@ -372,7 +541,7 @@ pub enum Decision {
 pub struct Authorizer {
     config: AuthorizationConfig,
     client: Option<kube::Client>,
-    cache: Arc<Mutex<HashMap<Attributes, (bool, Instant)>>>,
+    cache: Arc<Mutex<LruExpireCache<Attributes, bool>>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -405,7 +574,7 @@ impl Authorizer {
         Ok(Self {
             config,
             client,
-            cache: Arc::default(),
+            cache: decision_cache(),
         })
     }
 
@@ -417,7 +586,7 @@ impl Authorizer {
                 ..Default::default()
             },
             client: None,
-            cache: Arc::default(),
+            cache: decision_cache(),
         }
     }
 
@@ -433,54 +602,36 @@ impl Authorizer {
             return Ok(Decision::Allow);
         };
         let now = Instant::now();
-        if let Some((allowed, at)) = self.cache.lock().expect("cache").get(attrs).cloned() {
-            let ttl = if allowed {
-                self.config.cache_authorized_ttl
+        if let Some(allowed) = self.cache.lock().expect("cache").get(attrs, now) {
+            return Ok(if allowed {
+                Decision::Allow
             } else {
-                self.config.cache_unauthorized_ttl
-            };
-            if now.duration_since(at) < ttl {
-                return Ok(if allowed {
-                    Decision::Allow
-                } else {
-                    Decision::Deny("cached".into())
-                });
-            }
+                Decision::Deny("cached".into())
+            });
         }
         let review = SubjectAccessReview {
             spec: attrs.review_spec(),
             ..Default::default()
         };
-        let api = Api::<SubjectAccessReview>::all(client.clone());
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(self.config.webhook_retry_initial)
-            .with_factor(1.5)
-            .with_jitter()
-            .with_max_times(self.config.webhook_retry_attempts.saturating_sub(1));
-        let params = PostParams::default();
-        let answer = (|| api.create(&params, &review))
-            .retry(backoff)
-            .when(transient)
-            .notify(|e, wait| {
-                tracing::debug!(error = %e, ?wait, "SubjectAccessReview failed; sending it again");
-            })
-            .await?;
+        let answer = create_review(
+            client,
+            &review,
+            self.config.webhook_retry_initial,
+            self.config.webhook_retry_attempts,
+        )
+        .await?;
         let status = answer.status.unwrap_or_default();
         let allowed = status.allowed && !status.denied.unwrap_or(false);
-        let mut cache = self.cache.lock().expect("cache");
-        // forget what has expired for good, so the cache stays the size of what is in use
-        let longest = self
-            .config
-            .cache_authorized_ttl
-            .max(self.config.cache_unauthorized_ttl);
-        cache.retain(|_, (_, at)| now.duration_since(*at) < longest);
         let ttl = if allowed {
             self.config.cache_authorized_ttl
         } else {
             self.config.cache_unauthorized_ttl
         };
         if !ttl.is_zero() {
-            cache.insert(attrs.clone(), (allowed, now));
+            self.cache
+                .lock()
+                .expect("cache")
+                .add(attrs.clone(), allowed, ttl, now);
         }
         Ok(if allowed {
             Decision::Allow
@@ -531,6 +682,10 @@ impl Authorizer {
         let words = last.map(Attributes::words).unwrap_or_default();
         Some(text(StatusCode::FORBIDDEN, format!("Forbidden ({words})")))
     }
+}
+
+fn decision_cache() -> Arc<Mutex<LruExpireCache<Attributes, bool>>> {
+    Arc::new(Mutex::new(LruExpireCache::new(WEBHOOK_CACHE_SIZE)))
 }
 
 fn text(status: StatusCode, message: String) -> Response {
@@ -601,7 +756,9 @@ mod tests {
     fn attributes_and_their_review() {
         let id = Identity {
             user: "alice".into(),
+            uid: "u-1".into(),
             groups: vec!["dev".into(), "system:authenticated".into()],
+            extra: [("scopes".to_string(), vec!["a".to_string(), "b".to_string()])].into(),
         };
         let a = request_attributes(&id, &Method::POST, "/exec/default/web/app", "node-1", true);
         assert_eq!(a.len(), 1);
@@ -612,6 +769,8 @@ mod tests {
         let spec = a[0].review_spec();
         assert_eq!(spec.user.as_deref(), Some("alice"));
         assert_eq!(spec.groups, Some(id.groups.clone()));
+        assert_eq!(spec.uid.as_deref(), Some("u-1"));
+        assert_eq!(spec.extra, Some(id.extra.clone()));
         let ra = spec.resource_attributes.unwrap();
         assert_eq!(ra.verb.as_deref(), Some("create"));
         assert_eq!(ra.resource.as_deref(), Some("nodes"));
@@ -640,6 +799,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("needs an API server"), "{e}");
+    }
+
+    #[test]
+    fn the_decision_cache_is_bounded_and_expires() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut c = LruExpireCache::new(3);
+        assert_eq!(c.capacity(), 3);
+        for k in 1..=3 {
+            c.add(k, k * 10, ttl, t0);
+        }
+        assert_eq!(c.len(), 3);
+        // 1 is used, so 2 is the least recently used and gives way to 4
+        assert_eq!(c.get(&1, t0), Some(10));
+        c.add(4, 40, ttl, t0);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&2, t0), None);
+        assert_eq!(c.get(&1, t0), Some(10));
+        assert_eq!(c.get(&4, t0), Some(40));
+        // replacing a key does not grow the cache, and sets its new expiry
+        c.add(3, 31, Duration::from_secs(1), t0);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&3, t0), Some(31));
+        // an expired entry is gone when asked for
+        assert_eq!(c.get(&3, t0 + Duration::from_secs(1)), None);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(&1, t0 + ttl), None);
+        c.remove(&4);
+        assert!(c.is_empty());
+        // thousands of distinct keys never exceed the bound
+        let mut big = LruExpireCache::new(WEBHOOK_CACHE_SIZE);
+        for k in 0..WEBHOOK_CACHE_SIZE + 100 {
+            big.add(k, (), ttl, t0);
+        }
+        assert_eq!(big.len(), WEBHOOK_CACHE_SIZE);
+        assert_eq!(big.get(&0, t0), None, "the oldest went first");
+        assert_eq!(big.get(&(WEBHOOK_CACHE_SIZE + 99), t0), Some(()));
     }
 
     #[test]

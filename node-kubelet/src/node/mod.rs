@@ -22,6 +22,7 @@
 //! | container logs with kubelet's options, from the CRI log files | [`logs`] |
 //! | container log rotation (kubelet's `ContainerLogManager`) | [`logrotate`] |
 //! | the kubelet's server over TLS with client certificates: `/containerLogs`, `/exec`, `/attach`, `/portForward` | [`server`] |
+//! | its authentication: client certificates, bearer tokens by TokenReview, anonymous requests | [`authn`] |
 //! | its authorization: kubelet's `AlwaysAllow` and `Webhook` (SubjectAccessReview) modes | [`authz`] |
 //!
 //! Each module has its own error type and depends on nothing but node-core and the kernel, so a
@@ -53,6 +54,7 @@
 
 pub mod allocatable;
 pub mod api;
+pub mod authn;
 pub mod authz;
 pub mod cgroups;
 pub mod eviction;

@@ -13,12 +13,13 @@
 //!   then bytes are copied both ways: kubelet proxies, it does not redirect.
 //! - [`KubeletServer::start`]: serves a router (this one, usually merged with
 //!   [`super::http::router`]) over TLS ([`ServerConfig`]: kubelet's `--tls-cert-file`,
-//!   `--tls-private-key-file`, `--client-ca-file`); a client without a certificate signed by the
-//!   client CA is answered 401 `Unauthorized` (a certificate from another CA fails the TLS
-//!   handshake); every request of an authenticated client is then authorized by the
-//!   [`Authorizer`] (kubelet's `--authorization-mode`, see [`super::authz`]): the certificate's
-//!   common name and organizations are the user and groups, the request a verb on
-//!   `nodes/<node name>` with a subresource (`proxy` for logs, exec, attach and port-forward).
+//!   `--tls-private-key-file`, `--client-ca-file`); every request is authenticated by the
+//!   [`Authenticator`] (see [`super::authn`]: a client certificate signed by the client CA, a
+//!   bearer token reviewed by the API server, or `system:anonymous`; else 401 `Unauthorized`; a
+//!   certificate from another CA fails the TLS handshake), then authorized by the
+//!   [`Authorizer`] (kubelet's `--authorization-mode`, see [`super::authz`]): the request is a
+//!   verb on `nodes/<node name>` with a subresource (`proxy` for logs, exec, attach and
+//!   port-forward).
 //!
 //! The read-only port ([`super::http::router`] on plain HTTP) never serves these endpoints.
 
@@ -44,6 +45,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::authn::Authenticator;
 use super::authz::{Authorizer, Identity};
 use super::logs::{self, LogOptions, query_pairs};
 use crate::labels;
@@ -126,8 +128,8 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Se
 }
 
 /// The TLS configuration of `config`: the server's certificate and key, client certificates
-/// verified against the client CA when given (a connection without one is accepted, and
-/// answered 401).
+/// verified against the client CA when given (a connection without one is accepted; its
+/// requests are authenticated otherwise, or answered 401).
 pub fn tls_config(config: &ServerConfig) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = read_certs(&config.tls_cert_file)?;
@@ -176,10 +178,13 @@ impl Drop for KubeletServer {
 impl KubeletServer {
     /// Bind `config.addr` and serve `app` over TLS on the current tokio runtime until
     /// `shutdown` (connections being served, streams included, end with the runtime or on their
-    /// own), every request authorized by `authorizer` ([`Authorizer::always_allow`] for none).
+    /// own), every request authenticated by `authenticator`
+    /// ([`Authenticator::certificates_only`] for client certificates alone) and authorized by
+    /// `authorizer` ([`Authorizer::always_allow`] for none).
     pub async fn start(
         config: &ServerConfig,
         app: Router,
+        authenticator: Authenticator,
         authorizer: Authorizer,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
@@ -196,6 +201,15 @@ impl KubeletServer {
         })?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let authorizer_mode = authorizer.config().mode;
+        let (anonymous, token_webhook) = (
+            authenticator.config().anonymous,
+            authenticator.config().webhook,
+        );
+        if anonymous && authorizer_mode == super::authz::AuthorizationMode::AlwaysAllow {
+            tracing::warn!(
+                "kubelet server: anonymous requests with AlwaysAllow authorization: any client may do anything"
+            );
+        }
         let handshake = config.handshake_timeout;
         let task = tokio::spawn(async move {
             loop {
@@ -211,8 +225,12 @@ impl KubeletServer {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, app, authorizer) =
-                    (acceptor.clone(), app.clone(), authorizer.clone());
+                let (acceptor, app, authenticator, authorizer) = (
+                    acceptor.clone(),
+                    app.clone(),
+                    authenticator.clone(),
+                    authorizer.clone(),
+                );
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
@@ -227,21 +245,29 @@ impl KubeletServer {
                     };
                     // a certificate was verified against the client CA in the handshake; its
                     // common name and organizations are the user and groups
-                    let identity = tls
+                    let certificate = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|c| Identity::from_certificate(c.as_ref()))
                         .map(Arc::new);
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                        let (app, authorizer, identity) =
-                            (app.clone(), authorizer.clone(), identity.clone());
+                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                        let (app, authenticator, authorizer, certificate) = (
+                            app.clone(),
+                            authenticator.clone(),
+                            authorizer.clone(),
+                            certificate.clone(),
+                        );
                         async move {
-                            let Some(identity) = identity else {
-                                return Ok::<_, std::convert::Infallible>(
-                                    (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
-                                );
+                            let identity = match authenticator
+                                .check(certificate.as_deref(), req.headers_mut())
+                                .await
+                            {
+                                Ok(id) => id,
+                                Err(refusal) => {
+                                    return Ok::<_, std::convert::Infallible>(refusal);
+                                }
                             };
                             if let Some(refusal) = authorizer
                                 .check(&identity, req.method(), req.uri().path())
@@ -262,7 +288,7 @@ impl KubeletServer {
                 });
             }
         });
-        tracing::info!(%addr, mode = %authorizer_mode, "kubelet server listening (TLS, client certificates)");
+        tracing::info!(%addr, mode = %authorizer_mode, anonymous, token_webhook, "kubelet server listening (TLS)");
         Ok(Self { addr, task })
     }
 

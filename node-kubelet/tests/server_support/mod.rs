@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use node_core::{Pod, RuntimeBackend};
+use node_kubelet::node::authn::Authenticator;
 use node_kubelet::node::authz::Authorizer;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider};
 use node_kubelet::node::server::{KubeletServer, ServerConfig, ServerState, router};
@@ -29,6 +30,7 @@ pub async fn start_server(
     certs: &Path,
     states: PodStates,
     runtime: Arc<dyn RuntimeBackend>,
+    authenticator: Authenticator,
     authorizer: Authorizer,
     token: CancellationToken,
 ) -> KubeletServer {
@@ -45,6 +47,7 @@ pub async fn start_server(
             ..Default::default()
         },
         app,
+        authenticator,
         authorizer,
         token,
     )
