@@ -2,16 +2,24 @@
 //! written into a fresh `..<timestamp>` directory, the `..data` symlink is switched to it with a
 //! rename, and the user-visible paths are symlinks through `..data`, so a reader sees either the
 //! old or the new set of files, never a mix, a partial file or a missing one.
+//!
+//! A reader's open walks `..data` and then the directory it names in two steps: a payload
+//! directory that was just replaced is kept for [`SUPERSEDED_GRACE`] (removed by a later write
+//! or resync), so an open that resolved `..data` just before the switch still finds its file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use super::VolumeError;
 
 /// The name of the symlink to the current payload directory.
 pub const DATA_DIR: &str = "..data";
 const DATA_DIR_TMP: &str = "..data_tmp";
+
+/// How long a replaced payload directory stays after `..data` stopped naming it.
+pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(2);
 
 /// One file of a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +97,20 @@ fn timestamp_dir_name() -> String {
     )
 }
 
-/// Writes `payload` into `dir` atomically. Returns whether anything changed.
+/// Writes `payload` into `dir` atomically. Returns whether anything changed. Payload
+/// directories replaced more than [`SUPERSEDED_GRACE`] ago are removed.
 pub fn write_atomic(
     dir: &Path,
     payload: &BTreeMap<String, FileProjection>,
+) -> Result<bool, VolumeError> {
+    write_atomic_with_grace(dir, payload, SUPERSEDED_GRACE)
+}
+
+/// [`write_atomic`] with the time a replaced payload directory is kept.
+pub fn write_atomic_with_grace(
+    dir: &Path,
+    payload: &BTreeMap<String, FileProjection>,
+    grace: Duration,
 ) -> Result<bool, VolumeError> {
     for path in payload.keys() {
         validate_path(path).map_err(|reason| VolumeError::InvalidPath {
@@ -102,7 +120,10 @@ pub fn write_atomic(
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let old_target = std::fs::read_link(dir.join(DATA_DIR)).ok();
-    if old_target.is_some() && current_payload(dir).as_ref() == Some(payload) {
+    if let Some(current) = &old_target
+        && current_payload(dir).as_ref() == Some(payload)
+    {
+        remove_superseded(dir, Path::new(current), grace)?;
         return Ok(false);
     }
     // 1. the new payload in a fresh timestamped directory
@@ -158,14 +179,39 @@ pub fn write_atomic(
             std::fs::remove_file(&p).map_err(io(&p))?;
         }
     }
-    // 5. the old payload directory
+    // 5. the old payload directory is marked replaced now; those replaced long enough go
     if let Some(old) = old_target {
         let old: PathBuf = dir.join(old);
         if old != ts_dir {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            let _ = std::fs::File::open(&old).and_then(|d| d.set_modified(SystemTime::now()));
         }
     }
+    remove_superseded(dir, Path::new(&name), grace)?;
     Ok(true)
+}
+
+/// Removes the payload directories of `dir` other than `current` whose modification time
+/// (set when `..data` stopped naming them) is at least `grace` old.
+fn remove_superseded(dir: &Path, current: &Path, grace: Duration) -> Result<(), VolumeError> {
+    for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let n = e.file_name();
+        if !n.to_string_lossy().starts_with("..") || Path::new(&n) == current {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or(Duration::MAX);
+        if meta.is_dir() && age >= grace {
+            let p = e.path();
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -203,17 +249,37 @@ mod tests {
         );
         // unchanged payload: nothing written
         assert!(!write_atomic(d.path(), &payload(&[("a", "1"), ("sub/b", "2")])).unwrap());
-        // a key removed: its user-visible link goes, the old timestamped dir goes
+        // a key removed: its user-visible link goes; the old timestamped dir stays for the
+        // grace, then a later write (or an unchanged resync) removes it
         assert!(write_atomic(d.path(), &payload(&[("a", "3")])).unwrap());
         assert!(std::fs::symlink_metadata(d.path().join("sub")).is_err());
         assert_eq!(std::fs::read_to_string(d.path().join("a")).unwrap(), "3");
-        let dirs: Vec<_> = std::fs::read_dir(d.path())
+        assert_eq!(payload_dirs(d.path()).len(), 2);
+        assert!(!write_atomic(d.path(), &payload(&[("a", "3")])).unwrap());
+        assert_eq!(payload_dirs(d.path()).len(), 2, "within the grace");
+        assert!(
+            !write_atomic_with_grace(d.path(), &payload(&[("a", "3")]), Duration::ZERO).unwrap()
+        );
+        let current = std::fs::read_link(d.path().join("..data")).unwrap();
+        assert_eq!(
+            payload_dirs(d.path()),
+            [current.to_string_lossy().into_owned()]
+        );
+        // with no grace a change removes the replaced directory at once (as kubelet does)
+        assert!(
+            write_atomic_with_grace(d.path(), &payload(&[("a", "4")]), Duration::ZERO).unwrap()
+        );
+        assert_eq!(payload_dirs(d.path()).len(), 1);
+        assert_eq!(std::fs::read_to_string(d.path().join("a")).unwrap(), "4");
+    }
+
+    fn payload_dirs(d: &Path) -> Vec<String> {
+        std::fs::read_dir(d)
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("..2"))
-            .collect();
-        assert_eq!(dirs.len(), 1, "{dirs:?}");
+            .collect()
     }
 
     #[test]
