@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::pod_fixture;
 use common::pod_fixture::{
-    image_spec as spec, is_rfc3339_nano, labels, parse_cri_log, run_pod, start_container,
-    wait_state,
+    container_status, create_container, exec, image_spec as spec, is_rfc3339_nano, labels,
+    parse_cri_log, remove_pod, run_pod, sandbox_status, start_container, trimmed, try_run_pod,
+    wait_exited, wait_running, wait_state,
 };
 use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
 use node_cri::client::timing::{PodStartSpec, measure_pod_start};
@@ -83,19 +84,8 @@ fn container_config(
 }
 
 async fn pod_ip(c: &CriClient, pod: &str) -> IpAddr {
-    let st = c
-        .pod_sandbox_status(pod, false)
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = sandbox_status(c, pod).await;
     st.network.unwrap().ip.parse().unwrap()
-}
-
-/// Stop and remove a pod, asserting both succeed.
-async fn remove_pod(c: &CriClient, pod: &str) {
-    c.stop_pod_sandbox(pod).await.unwrap();
-    c.remove_pod_sandbox(pod).await.unwrap();
 }
 
 fn in_subnet(ip: IpAddr, subnet: &str) -> bool {
@@ -284,13 +274,7 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
         &[("role", "server")],
     );
     let id = start_container(&c, &pod, &sandbox, server).await;
-    let running = wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
+    let running = wait_running(&c, &id).await;
     assert_eq!(running.image.as_ref().unwrap().image, image);
 
     // TCP on the pod IP, reached from containerd's namespace over the CNI bridge
@@ -301,41 +285,20 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     );
 
     // exec_sync: stdout, stderr and the exit code, inside the pod's network namespace
-    let r = c
-        .exec_sync(
-            &id,
-            vec![
-                "sh".into(),
-                "-c".into(),
-                "echo out; echo err >&2; exit 3".into(),
-            ],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let r = exec(&c, &id, &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
     assert_eq!(
         (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
         (3, &b"out\n"[..], &b"err\n"[..])
     );
-    let r = c
-        .exec_sync(
-            &id,
-            vec!["ip".into(), "-o".into(), "addr".into()],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let r = exec(&c, &id, &["ip", "-o", "addr"]).await;
     let addrs = String::from_utf8_lossy(&r.stdout);
     assert!(addrs.contains(&format!("inet {ip}/")), "{addrs}");
     assert!(
         addrs.contains("lo") && addrs.contains("inet 127.0.0.1/8"),
         "loopback is up in the pod: {addrs}"
     );
-    let r = c
-        .exec_sync(&id, vec!["hostname".into()], Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "web");
+    let r = exec(&c, &id, &["hostname"]).await;
+    assert_eq!(trimmed(&r.stdout), "web");
     // an exec that outlives its timeout is cut short
     let started = Instant::now();
     let r = c
@@ -352,12 +315,7 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     assert!(r.is_err() || r.as_ref().unwrap().exit_code != 0, "{r:?}");
 
     // the log file in the CRI format
-    let st = c
-        .container_status(&id, false)
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = container_status(&c, &id).await;
     assert!(st.log_path.ends_with("server.log"), "{}", st.log_path);
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines = loop {
@@ -606,13 +564,7 @@ async fn stop_grace_period_and_exit_codes() {
     )
     .await;
     for id in [&polite, &stubborn] {
-        wait_state(
-            &c,
-            id,
-            cri::ContainerState::ContainerRunning,
-            Duration::from_secs(20),
-        )
-        .await;
+        wait_running(&c, id).await;
     }
     // give the shells time to install their traps ("ready" is printed after the trap)
     for name in ["polite", "stubborn"] {
@@ -667,23 +619,11 @@ async fn stop_grace_period_and_exit_codes() {
         "killed before the grace period ended: {stubborn_took:?}"
     );
 
-    let st = wait_state(
-        &c,
-        &failing,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(20),
-    )
-    .await;
+    let st = wait_exited(&c, &failing).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (7, "Error"), "{st:?}");
     // (containerd may record the start after a fast exit: only check both are set)
     assert!(st.finished_at > 0 && st.started_at > 0, "{st:?}");
-    let st = wait_state(
-        &c,
-        &done,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(20),
-    )
-    .await;
+    let st = wait_exited(&c, &done).await;
     assert_eq!(
         (st.exit_code, st.reason.as_str()),
         (0, "Completed"),
@@ -733,21 +673,9 @@ async fn lists_filter_by_labels_state_and_pod() {
         container_config("one", &image, &sleeper, &[("role", "worker")]),
     )
     .await;
-    wait_state(
-        &c,
-        &a2,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_exited(&c, &a2).await;
     for id in [&a1, &b1] {
-        wait_state(
-            &c,
-            id,
-            cri::ContainerState::ContainerRunning,
-            Duration::from_secs(20),
-        )
-        .await;
+        wait_running(&c, id).await;
     }
 
     let ids = |v: Vec<cri::PodSandbox>| {
@@ -899,13 +827,7 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
         ),
     )
     .await;
-    wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_running(&c, &id).await;
     let ip = pod_ip(&c, &pod).await;
 
     // containerd down: calls fail fast and typed, they do not hang
@@ -927,36 +849,16 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
     assert_eq!(pods.len(), 1, "{pods:?}");
     assert_eq!(pods[0].id, pod);
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
-    let st = wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
+    let st = wait_running(&c, &id).await;
     assert_eq!(st.id, id);
     assert_eq!(pod_ip(&c, &pod).await, ip);
-    let r = c
-        .exec_sync(
-            &id,
-            vec!["echo".into(), "still here".into()],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let r = exec(&c, &id, &["echo", "still here"]).await;
     assert_eq!(r.stdout, b"still here\n");
 
     // once more; the first call afterwards is one the client does not retry: the channel has
     // noticed the dead connection and reconnects by itself
     f.restart().unwrap();
-    let r = c
-        .exec_sync(
-            &id,
-            vec!["echo".into(), "again".into()],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let r = exec(&c, &id, &["echo", "again"]).await;
     assert_eq!(r.stdout, b"again\n");
     assert!(c.conditions().await.unwrap().runtime_ready);
     let pods = c.list_pod_sandbox(None).await.unwrap();
@@ -1054,26 +956,26 @@ async fn bad_input_gets_typed_errors() {
     // a container in a pod that does not exist
     let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "ghost", &[]);
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: unknown.into(),
-            config: Some(container_config("x", &image, &["true"], &[])),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_err();
+    let err = create_container(
+        &c,
+        unknown,
+        Some(&sandbox),
+        container_config("x", &image, &["true"], &[]),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     // a container whose image is not present: NotFound names the image, not the pod
     let pod = run_pod(&c, &sandbox).await;
     let never = f.image_ref("nodekit/never-pulled:1");
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("x", &never, &["true"], &[])),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_err();
+    let err = create_container(
+        &c,
+        &pod,
+        Some(&sandbox),
+        container_config("x", &never, &["true"], &[]),
+    )
+    .await
+    .unwrap_err();
     match err {
         RuntimeError::NotFound { kind: "image", id } => assert_eq!(id, never),
         e => panic!("create with an absent image: {e:?}"),
@@ -1081,12 +983,7 @@ async fn bad_input_gets_typed_errors() {
     // a container with no image at all
     let mut no_image = container_config("y", &image, &["true"], &[]);
     no_image.image = None;
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(no_image),
-            sandbox_config: Some(sandbox.clone()),
-        })
+    let err = create_container(&c, &pod, Some(&sandbox), no_image)
         .await
         .unwrap_err();
     match err {
@@ -1101,14 +998,14 @@ async fn bad_input_gets_typed_errors() {
         container_config("dup", &image, &["sleep", "60"], &[]),
     )
     .await;
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("dup", &image, &["sleep", "60"], &[])),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_err();
+    let err = create_container(
+        &c,
+        &pod,
+        Some(&sandbox),
+        container_config("dup", &image, &["sleep", "60"], &[]),
+    )
+    .await
+    .unwrap_err();
     match &err {
         RuntimeError::AlreadyExists(m) => {
             assert!(m.contains("is reserved for") && m.contains(&first), "{m}")
@@ -1189,13 +1086,7 @@ async fn fixture_drop_cleans_up_pods_left_running() {
         container_config("sleeper", &image, &["sleep", "3600"], &[]),
     )
     .await;
-    wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_running(&c, &id).await;
     let pause_pid = verbose_pid(&c.pod_sandbox_status(&pod, true).await.unwrap().info);
     let ctr_pid = verbose_pid(&c.container_status(&id, true).await.unwrap().info);
     let shims = f.shim_pids();
@@ -1278,13 +1169,7 @@ async fn cni_failures_are_network_errors_and_network_ready_follows_the_config() 
     std::fs::write(&conf, &broken).unwrap();
     wait_network_ready(&c, true).await;
     let sandbox = sandbox_config(&f, "netfail", &[("net", "broken")]);
-    let err = c
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = try_run_pod(&c, &sandbox).await.unwrap_err();
     match &err {
         RuntimeError::Network(m) => {
             assert!(

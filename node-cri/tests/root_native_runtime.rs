@@ -15,7 +15,10 @@ use common::native::{
     Env, alive, cgroup_dirs, container_config, in_netns, log_entries, pid_of, prerequisites,
     run_container, status, wait_for,
 };
-use common::pod_fixture;
+use common::pod_fixture::{
+    self, ContainerConfigExt, container_info, create_container, exec, read_trimmed, run_pod,
+    sandbox_info, sandbox_status, security, sh, trimmed, try_run_pod, wait_exited,
+};
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_test_support::{NetnsFixture, require_path};
@@ -35,13 +38,7 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             host_port: 18080,
             host_ip: String::new(),
         }];
-        let sb = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap();
+        let sb = run_pod(&rt, &sb_cfg).await;
         assert_eq!(env.cni.attached().len(), 1, "CNI ADD was called once");
         let a = env.recorder.seen.lock().unwrap()[0].clone();
         assert_eq!(
@@ -73,22 +70,12 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap();
         assert_ne!(pod_ns, our_ns);
-        let st = rt
-            .pod_sandbox_status(&sb, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap();
+        let st = sandbox_status(&rt, &sb).await;
         assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
         let ip = st.network.unwrap().ip;
         assert!(ip.starts_with("10.88."), "sandbox IP from CNI, got {ip:?}");
         // a second sandbox with the same metadata is refused
-        let dup = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await;
+        let dup = try_run_pod(&rt, &sb_cfg).await;
         assert!(
             matches!(dup, Err(RuntimeError::AlreadyExists(_))),
             "{dup:?}"
@@ -98,13 +85,11 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             &rt,
             &sb,
             &sb_cfg,
-            with_resources(
-                container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"]),
-                cri::LinuxContainerResources {
+            container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/var/www"])
+                .with_resources(cri::LinuxContainerResources {
                     oom_score_adj: 500,
                     ..Default::default()
-                },
-            ),
+                }),
         )
         .await;
         let client = run_container(
@@ -137,49 +122,22 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
         );
 
         // exec: hostname, generated files, exit codes, timeout
-        let out = rt
-            .exec_sync(&server, vec!["hostname".into()], Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert_eq!(
-            (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
-            (0, "web")
-        );
-        let out = rt
-            .exec_sync(
-                &server,
-                vec!["cat".into(), "/etc/resolv.conf".into(), "/etc/hosts".into()],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        let out = exec(&rt, &server, &["hostname"]).await;
+        assert_eq!((out.exit_code, trimmed(&out.stdout).as_str()), (0, "web"));
+        let out = exec(&rt, &server, &["cat", "/etc/resolv.conf", "/etc/hosts"]).await;
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains("nameserver 10.96.0.10") && text.contains("options ndots:5"),
             "{text}"
         );
         assert!(text.contains(&format!("{ip}\tweb")), "{text}");
-        let out = rt
-            .exec_sync(
-                &server,
-                vec!["sh".into(), "-c".into(), "echo to-err >&2; exit 3".into()],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        let out = exec(&rt, &server, &["sh", "-c", "echo to-err >&2; exit 3"]).await;
         assert_eq!(
-            (out.exit_code, String::from_utf8_lossy(&out.stderr).trim()),
+            (out.exit_code, trimmed(&out.stderr).as_str()),
             (3, "to-err")
         );
         // the exec sees the container's own pid namespace: httpd is pid 1
-        let out = rt
-            .exec_sync(
-                &server,
-                vec!["cat".into(), "/proc/1/cmdline".into()],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        let out = exec(&rt, &server, &["cat", "/proc/1/cmdline"]).await;
         assert!(
             String::from_utf8_lossy(&out.stdout).starts_with("httpd"),
             "{out:?}"
@@ -210,10 +168,7 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             )
             .await
             .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            pod_ns.to_string()
-        );
+        assert_eq!(trimmed(&out.stdout), pod_ns.to_string());
         // the devices cgroup: a node of the host's disk can be made but not opened
         let disk = std::fs::read_to_string("/proc/partitions")
             .unwrap_or_default()
@@ -226,70 +181,29 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
         if let Some(majmin) = disk {
             let script =
                 format!("mknod /dev/hostdisk b {majmin} && echo made && head -c 1 /dev/hostdisk");
-            let out = rt
-                .exec_sync(
-                    &server,
-                    vec!["sh".into(), "-c".into(), script],
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
+            let out = exec(&rt, &server, &["sh", "-c", &script]).await;
             assert_ne!(out.exit_code, 0, "{out:?}");
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                "made",
-                "mknod is allowed: {out:?}"
-            );
+            assert_eq!(trimmed(&out.stdout), "made", "mknod is allowed: {out:?}");
             assert!(
                 String::from_utf8_lossy(&out.stderr).contains("not permitted"),
                 "{out:?}"
             );
         }
-        let out = rt
-            .exec_sync(
-                &server,
-                vec!["cat".into(), "/proc/1/oom_score_adj".into()],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "500");
+        let out = exec(&rt, &server, &["cat", "/proc/1/oom_score_adj"]).await;
+        assert_eq!(trimmed(&out.stdout), "500");
         // the pod's containers share /dev/shm (POSIX shared memory lives there)
-        let out = rt
-            .exec_sync(
-                &server,
-                vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo shared > /dev/shm/seg".into(),
-                ],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        let out = exec(&rt, &server, &["sh", "-c", "echo shared > /dev/shm/seg"]).await;
         assert_eq!(out.exit_code, 0, "{out:?}");
-        let out = rt
-            .exec_sync(
-                &client,
-                vec!["cat".into(), "/dev/shm/seg".into()],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "shared");
+        let out = exec(&rt, &client, &["cat", "/dev/shm/seg"]).await;
+        assert_eq!(trimmed(&out.stdout), "shared");
         // pod sysctls are set in the pod's network namespace
-        let out = rt
-            .exec_sync(
-                &server,
-                vec![
-                    "cat".into(),
-                    "/proc/sys/net/ipv4/ip_unprivileged_port_start".into(),
-                ],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "80");
+        let out = exec(
+            &rt,
+            &server,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+        )
+        .await;
+        assert_eq!(trimmed(&out.stdout), "80");
         // a line longer than 16 KiB is logged as partial entries ended by a full one
         run_container(
             &rt,
@@ -323,11 +237,11 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             ]
         );
         // a container on a terminal
-        let mut term = container_config(
+        let term = container_config(
             "term",
             &["sh", "-c", "test -t 1 && echo on-a-tty; exec sleep 1000"],
-        );
-        term.tty = true;
+        )
+        .with_tty();
         run_container(&rt, &sb, &sb_cfg, term).await;
         let term_log = env.logs.join("web/term/0.log");
         wait_for("the terminal's output", Duration::from_secs(10), || async {
@@ -405,14 +319,10 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
         );
 
         // every process of the pod: the pause process, the monitors and the containers
-        let info: serde_json::Value =
-            serde_json::from_str(&rt.pod_sandbox_status(&sb, true).await.unwrap().info["info"])
-                .unwrap();
+        let info = sandbox_info(&rt, &sb).await;
         let mut pids = vec![info["pid"].as_i64().unwrap() as i32];
         for c in rt.list_containers(None).await.unwrap() {
-            let info: serde_json::Value =
-                serde_json::from_str(&rt.container_status(&c.id, true).await.unwrap().info["info"])
-                    .unwrap();
+            let info = container_info(&rt, &c.id).await;
             pids.extend([
                 info["pid"].as_i64().unwrap() as i32,
                 info["monitorPid"].as_i64().unwrap() as i32,
@@ -425,12 +335,7 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
         assert!(env.cni.attached().is_empty(), "CNI DEL on stop");
         assert!(env.cni.calls().iter().any(|c| c.starts_with("del ")));
         assert!(!alive(server_pid), "the server died with the pod");
-        let st = rt
-            .pod_sandbox_status(&sb, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap();
+        let st = sandbox_status(&rt, &sb).await;
         assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
         rt.stop_pod_sandbox(&sb).await.unwrap(); // idempotent
         rt.remove_pod_sandbox(&sb).await.unwrap();
@@ -471,24 +376,6 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
     });
 }
 
-fn with_resources(
-    mut cfg: cri::ContainerConfig,
-    r: cri::LinuxContainerResources,
-) -> cri::ContainerConfig {
-    cfg.linux.as_mut().unwrap().resources = Some(r);
-    cfg
-}
-
-async fn wait_exited(rt: &NativeRuntime, id: &str) -> cri::ContainerStatus {
-    pod_fixture::wait_state(
-        rt,
-        id,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(30),
-    )
-    .await
-}
-
 #[test]
 fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
     if !prerequisites("memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit") {
@@ -497,29 +384,20 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
     let env = Env::new();
     in_netns("rtlimits", || async {
         let rt = env.runtime();
-        let sb_cfg = env.sandbox_config("limits");
-        let sb = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap();
+        let (sb, sb_cfg) = env.pod(&rt, "limits").await;
 
         // 32 MiB limit, a 256 MiB buffer: the kernel's OOM killer ends it
-        let hog = with_resources(
-            container_config(
-                "hog",
-                &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
-            ),
-            cri::LinuxContainerResources {
-                memory_limit_in_bytes: 32 << 20,
-                cpu_shares: 512,
-                cpu_quota: 50_000,
-                cpu_period: 100_000,
-                ..Default::default()
-            },
-        );
+        let hog = container_config(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+        )
+        .with_resources(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        });
         let hog = run_container(&rt, &sb, &sb_cfg, hog).await;
         let st = wait_exited(&rt, &hog).await;
         assert_eq!(
@@ -527,18 +405,14 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
             ("OOMKilled", 137),
             "{st:?}"
         );
-        let cg: serde_json::Value =
-            serde_json::from_str(&rt.container_status(&hog, true).await.unwrap().info["info"])
-                .unwrap();
+        let cg = container_info(&rt, &hog).await;
         let cg = cg["cgroup"].as_str().unwrap().to_string();
         if let Some(mem) = cgroup_dirs(&cg)
             .into_iter()
             .find(|d| d.join("memory.limit_in_bytes").exists())
         {
             assert_eq!(
-                std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
-                    .unwrap()
-                    .trim(),
+                read_trimmed(mem.join("memory.limit_in_bytes")),
                 (32u64 << 20).to_string()
             );
         }
@@ -546,34 +420,22 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
             .into_iter()
             .find(|d| d.join("cpu.cfs_quota_us").exists())
         {
-            assert_eq!(
-                std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
-                    .unwrap()
-                    .trim(),
-                "50000"
-            );
-            assert_eq!(
-                std::fs::read_to_string(cpu.join("cpu.shares"))
-                    .unwrap()
-                    .trim(),
-                "512"
-            );
+            assert_eq!(read_trimmed(cpu.join("cpu.cfs_quota_us")), "50000");
+            assert_eq!(read_trimmed(cpu.join("cpu.shares")), "512");
         }
 
         // a pids limit of 16: the 100 background sleeps cannot all start
         let mut r = cri::LinuxContainerResources::default();
         r.unified.insert("pids.max".into(), "16".into());
-        let bomb = with_resources(
-            container_config(
-                "bomb",
-                &[
-                    "sh",
-                    "-c",
-                    "sh -c 'for i in $(seq 1 100); do sleep 1000 & done'; echo spawned; exec sleep 1000",
-                ],
-            ),
-            r,
-        );
+        let bomb = container_config(
+            "bomb",
+            &[
+                "sh",
+                "-c",
+                "sh -c 'for i in $(seq 1 100); do sleep 1000 & done'; echo spawned; exec sleep 1000",
+            ],
+        )
+        .with_resources(r);
         let bomb = run_container(&rt, &sb, &sb_cfg, bomb).await;
         let log = env.logs.join("limits/bomb/0.log");
         wait_for(
@@ -589,25 +451,14 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
                 .any(|e| e.0 == "stderr" && e.2.contains("fork")),
             "fork failures are logged: {entries:?}"
         );
-        let info: serde_json::Value =
-            serde_json::from_str(&rt.container_status(&bomb, true).await.unwrap().info["info"])
-                .unwrap();
+        let info = container_info(&rt, &bomb).await;
         let pids_dir = cgroup_dirs(info["cgroup"].as_str().unwrap())
             .into_iter()
             .find(|d| d.join("pids.max").exists() || d.join("pids.current").exists())
             .expect("pids cgroup");
-        let current: u64 = std::fs::read_to_string(pids_dir.join("pids.current"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let current: u64 = read_trimmed(pids_dir.join("pids.current")).parse().unwrap();
         assert!((10..=16).contains(&current), "pids.current = {current}");
-        assert_eq!(
-            std::fs::read_to_string(pids_dir.join("pids.max"))
-                .unwrap()
-                .trim(),
-            "16"
-        );
+        assert_eq!(read_trimmed(pids_dir.join("pids.max")), "16");
 
         // raising the limit takes effect on the running container
         let mut r = cri::LinuxContainerResources {
@@ -622,12 +473,7 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
         })
         .await
         .unwrap();
-        assert_eq!(
-            std::fs::read_to_string(pids_dir.join("pids.max"))
-                .unwrap()
-                .trim(),
-            "200"
-        );
+        assert_eq!(read_trimmed(pids_dir.join("pids.max")), "200");
         let pod = rt.pod_sandbox_stats(&sb).await.unwrap().linux.unwrap();
         assert_eq!(pod.containers.len(), 1, "the running container");
         assert!(pod.process.unwrap().process_count.unwrap().value >= 10);
@@ -658,13 +504,7 @@ fn a_restarted_runtime_finds_its_running_container_and_stops_it() {
         let sb_cfg = env.sandbox_config("restart");
         let (sb, id, pid) = {
             let rt = env.runtime();
-            let sb = rt
-                .run_pod_sandbox(cri::RunPodSandboxRequest {
-                    config: Some(sb_cfg.clone()),
-                    runtime_handler: String::new(),
-                })
-                .await
-                .unwrap();
+            let sb = run_pod(&rt, &sb_cfg).await;
             let id = run_container(
                 &rt,
                 &sb,
@@ -696,15 +536,8 @@ fn a_restarted_runtime_finds_its_running_container_and_stops_it() {
             rt.list_pod_sandbox(None).await.unwrap()[0].state,
             cri::PodSandboxState::SandboxReady as i32
         );
-        let out = rt
-            .exec_sync(
-                &id,
-                vec!["echo".into(), "still here".into()],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here");
+        let out = exec(&rt, &id, &["echo", "still here"]).await;
+        assert_eq!(trimmed(&out.stdout), "still here");
         // the trap makes SIGTERM a clean exit within the grace period
         rt.stop_container(&id, Duration::from_secs(10))
             .await
@@ -742,13 +575,7 @@ fn host_network_pod_shared_pid_and_security_settings() {
             }),
             ..Default::default()
         });
-        let sb = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap();
+        let sb = run_pod(&rt, &sb_cfg).await;
         assert!(
             env.cni.calls().is_empty(),
             "no CNI for host-network pods: {:?}",
@@ -758,13 +585,7 @@ fn host_network_pod_shared_pid_and_security_settings() {
 
         let mut cfg = container_config("locked", &["sleep", "1000"]);
         {
-            let sc = cfg
-                .linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap();
+            let sc = security(&mut cfg);
             sc.readonly_rootfs = true;
             sc.run_as_user = Some(cri::Int64Value { value: 65534 });
             sc.supplemental_groups = vec![1234];
@@ -795,22 +616,7 @@ fn host_network_pod_shared_pid_and_security_settings() {
         }];
         cfg.working_dir = "/tmp".into();
         let locked = run_container(&rt, &sb, &sb_cfg, cfg).await;
-        let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
-        let exec = |script: &'static str| {
-            let rt = &rt;
-            let locked = locked.clone();
-            async move {
-                let out = rt
-                    .exec_sync(&locked, sh(script), Duration::from_secs(10))
-                    .await
-                    .unwrap();
-                (
-                    out.exit_code,
-                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
-                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                )
-            }
-        };
+        let exec = |script: &'static str| sh(&rt, &locked, script);
         assert_eq!(exec("ulimit -n").await.1, "4096", "rlimits");
         // the host network of the node side (the fixture's namespace)
         let (_, netns, _) = exec("readlink /proc/self/ns/net").await;
@@ -887,13 +693,7 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
         let mut sb_cfg = env.sandbox_config("broken");
         // no cgroup parent in the config: the runtime makes one for the pod (and removes it)
         sb_cfg.linux.as_mut().unwrap().cgroup_parent.clear();
-        let err = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_err();
+        let err = try_run_pod(&rt, &sb_cfg).await.unwrap_err();
         assert!(
             matches!(&err, RuntimeError::Network(m) if m.contains("no addresses left")),
             "{err}"
@@ -913,45 +713,23 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
         assert_eq!(env.cgroups_left(), Vec::<PathBuf>::new());
 
         // the same pod works once the network does
-        let sb = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sb_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap();
+        let sb = run_pod(&rt, &sb_cfg).await;
         // an unknown image, an unknown sandbox, a program that does not exist
-        let mut bad = container_config("bad", &["true"]);
-        bad.image = Some(cri::ImageSpec {
-            image: "nope:latest".into(),
-            ..Default::default()
-        });
-        let e = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sb.clone(),
-                config: Some(bad),
-                sandbox_config: None,
-            })
+        let bad = container_config("bad", &["true"]).with_image("nope:latest");
+        let e = create_container(&rt, &sb, None, bad).await.unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let e = create_container(&rt, "0123", None, container_config("x", &["true"]))
             .await
             .unwrap_err();
         assert!(e.is_not_found(), "{e}");
-        let e = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: "0123".into(),
-                config: Some(container_config("x", &["true"])),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap_err();
-        assert!(e.is_not_found(), "{e}");
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sb.clone(),
-                config: Some(container_config("missing", &["/no/such/program"])),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap();
+        let id = create_container(
+            &rt,
+            &sb,
+            None,
+            container_config("missing", &["/no/such/program"]),
+        )
+        .await
+        .unwrap();
         let e = rt.start_container(&id).await.unwrap_err();
         assert!(e.to_string().contains("/no/such/program"), "{e}");
         let st = status(&rt, &id).await;
@@ -960,12 +738,7 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
             (cri::ContainerState::ContainerExited as i32, "StartError")
         );
         // no command: the image's Cmd (`sh`, with no input) runs and completes
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sb.clone(),
-                config: Some(container_config("image-cmd", &[])),
-                sandbox_config: None,
-            })
+        let id = create_container(&rt, &sb, None, container_config("image-cmd", &[]))
             .await
             .unwrap();
         rt.start_container(&id).await.unwrap();
@@ -994,23 +767,13 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
         }];
         if Path::new("/dev/loop-control").exists() {
             let id = run_container(&rt, &sb, &sb_cfg, dev).await;
-            let out = rt
-                .exec_sync(
-                    &id,
-                    vec![
-                        "sh".into(),
-                        "-c".into(),
-                        "exec 3</dev/loop-control && echo opened".into(),
-                    ],
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                "opened",
-                "{out:?}"
-            );
+            let out = exec(
+                &rt,
+                &id,
+                &["sh", "-c", "exec 3</dev/loop-control && echo opened"],
+            )
+            .await;
+            assert_eq!(trimmed(&out.stdout), "opened", "{out:?}");
             rt.remove_container(&id).await.unwrap();
         }
         // a directory left by a runtime that died while creating a sandbox (an old one, with a
@@ -1057,13 +820,7 @@ fn failures_roll_back_and_unknown_ids_are_not_found() {
         let names = ["c1", "c2", "c3", "c3"];
         let cfgs: Vec<cri::PodSandboxConfig> =
             names.iter().map(|n| env.sandbox_config(n)).collect();
-        let results = futures::future::join_all(cfgs.into_iter().map(|c| {
-            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(c),
-                runtime_handler: String::new(),
-            })
-        }))
-        .await;
+        let results = futures::future::join_all(cfgs.iter().map(|c| try_run_pod(&rt, c))).await;
         let ok: Vec<String> = results
             .iter()
             .filter_map(|r| r.as_ref().ok().cloned())
@@ -1179,13 +936,11 @@ fn two_pods_talk_over_the_reference_bridge_plugin() {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
             let cni = Arc::new(ReferenceBridge { data_dir: env.root.path().join("ipam") });
             let rt = NativeRuntime::new(NativeConfig { cni, ..env.config() }).unwrap();
-            let (a_cfg, b_cfg) = (env.sandbox_config("pod-a"), env.sandbox_config("pod-b"));
-            let run = |cfg: &cri::PodSandboxConfig| rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() });
-            let a = run(&a_cfg).await.unwrap();
-            let b = run(&b_cfg).await.unwrap();
+            let (a, a_cfg) = env.pod(&rt, "pod-a").await;
+            let (b, b_cfg) = env.pod(&rt, "pod-b").await;
             let ip = |id: String| {
                 let rt = &rt;
-                async move { rt.pod_sandbox_status(&id, false).await.unwrap().status.unwrap().network.unwrap().ip }
+                async move { sandbox_status(rt, &id).await.network.unwrap().ip }
             };
             let (a_ip, b_ip) = (ip(a.clone()).await, ip(b.clone()).await);
             assert!(a_ip.starts_with("10.77.0.") && b_ip.starts_with("10.77.0.") && a_ip != b_ip, "{a_ip} {b_ip}");
@@ -1251,8 +1006,7 @@ fn an_image_pulled_from_a_registry_runs_from_the_image_store() {
         let sb_cfg = env.sandbox_config("pulled");
         let sb = pod_fixture::run_pod(&rt, &sb_cfg).await;
         // no command: the image's own Cmd runs, from the pulled layers
-        let mut cfg = container_config("app", &[]);
-        cfg.image = Some(pod_fixture::image_spec(&reference));
+        let cfg = container_config("app", &[]).with_image(&reference);
         let id = run_container(&rt, &sb, &sb_cfg, cfg).await;
         let log = env.logs.join("pulled/app/0.log");
         wait_for(
@@ -1294,8 +1048,7 @@ fn an_image_pulled_from_a_registry_runs_from_the_image_store() {
             "the shared layer is untouched"
         );
         // the image is found by its id as well (what the kubelet passes after a pull)
-        let mut by_id = container_config("by-id", &["true"]);
-        by_id.image = Some(pod_fixture::image_spec(&image_ref));
+        let by_id = container_config("by-id", &["true"]).with_image(&image_ref);
         let id2 = run_container(&rt, &sb, &sb_cfg, by_id).await;
         let st = wait_exited(&rt, &id2).await;
         assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));

@@ -267,12 +267,7 @@ fn capabilities_match_the_config_and_no_new_privs_is_honoured() {
             let n = n.to_string();
             async move {
                 for id in ids {
-                    let st = rt
-                        .container_status(&id, false)
-                        .await
-                        .unwrap()
-                        .status
-                        .unwrap();
+                    let st = pod_fixture::container_status(rt, &id).await;
                     if st.metadata.unwrap().name == n {
                         return id;
                     }
@@ -469,12 +464,7 @@ fn localhost_seccomp_profiles_are_applied_and_bad_files_refused() {
         ] {
             let mut cfg = container_config("bad", &["true"]);
             security(&mut cfg).seccomp = localhost(path);
-            let err = rt
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: sb.clone(),
-                    config: Some(cfg),
-                    sandbox_config: None,
-                })
+            let err = pod_fixture::create_container(&rt, &sb, None, cfg)
                 .await
                 .unwrap_err();
             assert!(

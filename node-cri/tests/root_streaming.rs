@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::native::*;
+use common::pod_fixture::{self, ContainerConfigExt};
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_cri::native::runtime::NativeRuntime;
 use node_cri::streaming::client::{self, ExecOptions, Transport};
@@ -18,19 +19,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 const TRANSPORTS: [Transport; 2] = [Transport::Spdy, Transport::WebSocket];
 const T: Duration = Duration::from_secs(20);
-
-/// A ready sandbox (own network namespace) named `name`.
-async fn sandbox(env: &Env, rt: &NativeRuntime, name: &str) -> (String, cri::PodSandboxConfig) {
-    let cfg = env.sandbox_config(name);
-    let id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run sandbox");
-    (id, cfg)
-}
 
 async fn exec_url(rt: &NativeRuntime, id: &str, cmd: &[&str], o: ExecOptions) -> String {
     rt.exec(cri::ExecRequest {
@@ -135,7 +123,7 @@ async fn pod_with_box(
     rt: &NativeRuntime,
     name: &str,
 ) -> (String, cri::PodSandboxConfig, String) {
-    let (sb, sb_cfg) = sandbox(env, rt, name).await;
+    let (sb, sb_cfg) = env.pod(rt, name).await;
     let c = run_container(rt, &sb, &sb_cfg, long_running("box")).await;
     (sb, sb_cfg, c)
 }
@@ -287,26 +275,19 @@ fn a_terminal_belongs_to_the_user_of_its_process() {
     let env = Env::new();
     in_netns("stttyown", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "ttyown").await;
+        let (sb, sb_cfg) = env.pod(&rt, "ttyown").await;
         // the container's own terminal, its process running as 1000
-        let mut cfg = container_config(
+        let cfg = container_config(
             "user",
             &[
                 "sh",
                 "-c",
                 "busybox stat -L -c MAIN=%u /proc/self/fd/0; while true; do sleep 1; done",
             ],
-        );
-        cfg.tty = true;
-        cfg.stdin = true;
-        let sc = cfg
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap();
-        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+        )
+        .with_tty()
+        .with_stdin(false)
+        .with_security(|sc| sc.run_as_user = Some(cri::Int64Value { value: 1000 }));
         let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
         let log = env.logs.join("ttyown/user/0.log");
         wait_for("the container's owner line", T, || async {
@@ -348,16 +329,16 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
     let env = Env::new();
     in_netns("statt", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "attach").await;
-        let mut cfg = container_config(
+        let (sb, sb_cfg) = env.pod(&rt, "attach").await;
+        let cfg = container_config(
             "echo",
             &[
                 "sh",
                 "-c",
                 "echo started; while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo eof",
             ],
-        );
-        cfg.stdin = true;
+        )
+        .with_stdin(false);
         let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
         let log = env.logs.join("attach/echo/0.log");
         wait_for("the container's first line", T, || async {
@@ -406,12 +387,7 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
             drop(stdin);
             drop(a);
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let st = rt
-                .container_status(&c, false)
-                .await
-                .unwrap()
-                .status
-                .unwrap();
+            let st = pod_fixture::container_status(&rt, &c).await;
             assert_eq!(
                 st.state,
                 cri::ContainerState::ContainerRunning as i32,
@@ -436,12 +412,7 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
             .await
             .expect("attach ends with the container")
             .unwrap();
-        let st = rt
-            .container_status(&c, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap();
+        let st = pod_fixture::container_status(&rt, &c).await;
         assert_eq!(code, st.exit_code, "the container's own exit code");
         assert_ne!(code, 0);
         // no stdin for a container created without it
@@ -472,16 +443,14 @@ fn stdin_once_closes_the_stdin_when_the_first_attach_ends_over_spdy_and_websocke
     let env = Env::new();
     in_netns("stonce", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "once").await;
+        let (sb, sb_cfg) = env.pod(&rt, "once").await;
         // (stdin_once, tty): cat sees EOF when the attach ends with stdin_once (on a TTY the
         // terminal's EOF character), and keeps reading without it
         for t in TRANSPORTS {
             for (once, tty) in [(true, false), (true, true), (false, false)] {
                 let what = format!("{t:?} stdin_once={once} tty={tty}");
                 let name = format!("cat-{}-{once}-{tty}", format!("{t:?}").to_lowercase());
-                let mut cfg = container_config(&name, &["cat"]);
-                cfg.stdin = true;
-                cfg.stdin_once = once;
+                let mut cfg = container_config(&name, &["cat"]).with_stdin(once);
                 cfg.tty = tty;
                 let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
                 let mut a = attach(&rt, &c, t, opts(true, true, false, tty)).await;
@@ -547,10 +516,10 @@ fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
     let env = Env::new();
     in_netns("stattty", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "ttyattach").await;
-        let mut cfg = container_config("shell", &["sh"]);
-        cfg.stdin = true;
-        cfg.tty = true;
+        let (sb, sb_cfg) = env.pod(&rt, "ttyattach").await;
+        let cfg = container_config("shell", &["sh"])
+            .with_stdin(false)
+            .with_tty();
         let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
         let o = opts(true, true, false, true);
         for (t, (w, h)) in TRANSPORTS.into_iter().zip([(91u16, 17u16), (64, 29)]) {
@@ -574,12 +543,7 @@ fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
             assert!(out.contains("TTY-42"), "{t:?}: {out:?}");
             drop(a);
         }
-        let st = rt
-            .container_status(&c, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap();
+        let st = pod_fixture::container_status(&rt, &c).await;
         assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
     });
 }
@@ -592,7 +556,7 @@ fn port_forward_to_a_tcp_server_in_the_pod_over_spdy_and_websocket() {
     let env = Env::new();
     in_netns("stpf", || async {
         let rt = env.runtime();
-        let (sb, sb_cfg) = sandbox(&env, &rt, "pf").await;
+        let (sb, sb_cfg) = env.pod(&rt, "pf").await;
         run_container(
             &rt,
             &sb,
@@ -819,12 +783,7 @@ fn bad_tokens_unknown_ids_and_clients_that_hang_up() {
             .collect();
         assert!(inits.is_empty(), "exec inits left: {inits:?}");
         // the container itself is unharmed
-        let st = rt
-            .container_status(&c, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap();
+        let st = pod_fixture::container_status(&rt, &c).await;
         assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
     });
 }
@@ -969,7 +928,7 @@ fn kubectl_exec_and_port_forward_over_spdy_and_websocket() {
     let env = Env::new();
     in_netns("stkubectl", || async {
         let rt = std::sync::Arc::new(env.runtime());
-        let (sb, sb_cfg) = sandbox(&env, &rt, "web").await;
+        let (sb, sb_cfg) = env.pod(&rt, "web").await;
         let c = run_container(
             &rt,
             &sb,
