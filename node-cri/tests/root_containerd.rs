@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::pod_fixture;
 use common::pod_fixture::{
-    container_status, create_container, exec, image_spec as spec, is_rfc3339_nano, labels,
-    parse_cri_log, remove_pod, run_pod, sandbox_status, start_container, trimmed, try_run_pod,
-    wait_exited, wait_running, wait_state,
+    Pod, container_status, create_container, exec, image_spec as spec, is_rfc3339_nano, labels,
+    parse_cri_log, remove_pod, sandbox_status, trimmed, try_run_pod, wait_exited, wait_running,
+    wait_state,
 };
 use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
 use node_cri::client::timing::{PodStartSpec, measure_pod_start};
@@ -247,13 +247,13 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     };
     let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "web", &[("app", "web")]);
-    let pod = run_pod(&c, &sandbox).await;
+    let pod = Pod::run(&c, sandbox.clone()).await;
 
-    let st = c.pod_sandbox_status(&pod, true).await.unwrap();
+    let st = c.pod_sandbox_status(&pod.id, true).await.unwrap();
     let status = st.status.clone().unwrap();
     assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(status.metadata.as_ref().unwrap().name, "web");
-    let ip = pod_ip(&c, &pod).await;
+    let ip = pod_ip(&c, &pod.id).await;
     assert!(
         in_subnet(ip, f.subnet()),
         "pod IP {ip} outside {}",
@@ -273,7 +273,7 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
         ],
         &[("role", "server")],
     );
-    let id = start_container(&c, &pod, &sandbox, server).await;
+    let id = pod.start(server).await;
     let running = wait_running(&c, &id).await;
     assert_eq!(running.image.as_ref().unwrap().image, image);
 
@@ -402,7 +402,7 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     assert!(attach.url.contains("/attach/"), "{}", attach.url);
     let pf = c
         .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
+            pod_sandbox_id: pod.id.clone(),
             port: vec![8080],
         })
         .await
@@ -421,13 +421,16 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     );
     let all = c.list_container_stats(None).await.unwrap();
     assert!(all.iter().any(|s| s.attributes.as_ref().unwrap().id == id));
-    match c.pod_sandbox_stats(&pod).await {
-        Ok(s) => assert_eq!(s.attributes.unwrap().id, pod),
+    match c.pod_sandbox_stats(&pod.id).await {
+        Ok(s) => assert_eq!(s.attributes.unwrap().id, pod.id),
         Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "PodSandboxStats"),
         Err(e) => panic!("pod sandbox stats: {e}"),
     }
     match c.list_pod_sandbox_stats(None).await {
-        Ok(s) => assert!(s.iter().any(|s| s.attributes.as_ref().unwrap().id == pod)),
+        Ok(s) => assert!(
+            s.iter()
+                .any(|s| s.attributes.as_ref().unwrap().id == pod.id)
+        ),
         Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "ListPodSandboxStats"),
         Err(e) => panic!("list pod sandbox stats: {e}"),
     }
@@ -484,10 +487,10 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
             .trim()
             .is_empty()
     );
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
     assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
     assert!(
-        c.pod_sandbox_status(&pod, false)
+        c.pod_sandbox_status(&pod.id, false)
             .await
             .unwrap_err()
             .is_not_found()
@@ -512,14 +515,11 @@ async fn stop_grace_period_and_exit_codes() {
     };
     let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "stopper", &[]);
-    let pod = run_pod(&c, &sandbox).await;
+    let pod = Pod::run(&c, sandbox.clone()).await;
 
     // traps SIGTERM and exits 0 by itself
-    let polite = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config(
+    let polite = pod
+        .start(container_config(
             "polite",
             &image,
             &[
@@ -528,15 +528,11 @@ async fn stop_grace_period_and_exit_codes() {
                 "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
             ],
             &[],
-        ),
-    )
-    .await;
+        ))
+        .await;
     // ignores SIGTERM: SIGKILLed after the grace period
-    let stubborn = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config(
+    let stubborn = pod
+        .start(container_config(
             "stubborn",
             &image,
             &[
@@ -545,24 +541,20 @@ async fn stop_grace_period_and_exit_codes() {
                 "trap '' TERM; echo ready; while true; do sleep 0.1; done",
             ],
             &[],
-        ),
-    )
-    .await;
+        ))
+        .await;
     // exits non-zero on its own, and one that exits zero
-    let failing = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config("failing", &image, &["sh", "-c", "echo bye; exit 7"], &[]),
-    )
-    .await;
-    let done = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config("done", &image, &["true"], &[]),
-    )
-    .await;
+    let failing = pod
+        .start(container_config(
+            "failing",
+            &image,
+            &["sh", "-c", "echo bye; exit 7"],
+            &[],
+        ))
+        .await;
+    let done = pod
+        .start(container_config("done", &image, &["true"], &[]))
+        .await;
     for id in [&polite, &stubborn] {
         wait_running(&c, id).await;
     }
@@ -634,7 +626,7 @@ async fn stop_grace_period_and_exit_codes() {
     c.stop_container(&stubborn, Duration::from_secs(1))
         .await
         .unwrap();
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
     assert!(
         c.list_containers(None).await.unwrap().is_empty(),
         "removing the pod removes its containers"
@@ -649,30 +641,33 @@ async fn lists_filter_by_labels_state_and_pod() {
     let image = busybox(&f, &c).await;
     let a_cfg = sandbox_config(&f, "pod-a", &[("team", "a"), ("tier", "web")]);
     let b_cfg = sandbox_config(&f, "pod-b", &[("team", "b"), ("tier", "web")]);
-    let a = run_pod(&c, &a_cfg).await;
-    let b = run_pod(&c, &b_cfg).await;
+    let a = Pod::run(&c, a_cfg.clone()).await;
+    let b = Pod::run(&c, b_cfg.clone()).await;
     let sleeper = ["sleep", "3600"];
-    let a1 = start_container(
-        &c,
-        &a,
-        &a_cfg,
-        container_config("one", &image, &sleeper, &[("role", "worker")]),
-    )
-    .await;
-    let a2 = start_container(
-        &c,
-        &a,
-        &a_cfg,
-        container_config("two", &image, &["true"], &[("role", "init")]),
-    )
-    .await;
-    let b1 = start_container(
-        &c,
-        &b,
-        &b_cfg,
-        container_config("one", &image, &sleeper, &[("role", "worker")]),
-    )
-    .await;
+    let a1 = a
+        .start(container_config(
+            "one",
+            &image,
+            &sleeper,
+            &[("role", "worker")],
+        ))
+        .await;
+    let a2 = a
+        .start(container_config(
+            "two",
+            &image,
+            &["true"],
+            &[("role", "init")],
+        ))
+        .await;
+    let b1 = b
+        .start(container_config(
+            "one",
+            &image,
+            &sleeper,
+            &[("role", "worker")],
+        ))
+        .await;
     wait_exited(&c, &a2).await;
     for id in [&a1, &b1] {
         wait_running(&c, id).await;
@@ -693,21 +688,21 @@ async fn lists_filter_by_labels_state_and_pod() {
     };
     assert_eq!(
         ids(c.list_pod_sandbox(None).await.unwrap()),
-        sorted(vec![a.clone(), b.clone()])
+        sorted(vec![a.id.clone(), b.id.clone()])
     );
     assert_eq!(
         ids(c
             .list_pod_sandbox(Some(pods(&[("team", "a")])))
             .await
             .unwrap()),
-        vec![a.clone()]
+        vec![a.id.clone()]
     );
     assert_eq!(
         ids(c
             .list_pod_sandbox(Some(pods(&[("tier", "web")])))
             .await
             .unwrap()),
-        sorted(vec![a.clone(), b.clone()])
+        sorted(vec![a.id.clone(), b.id.clone()])
     );
     assert!(
         c.list_pod_sandbox(Some(pods(&[("team", "a"), ("tier", "db")])))
@@ -716,12 +711,12 @@ async fn lists_filter_by_labels_state_and_pod() {
             .is_empty()
     );
     let by_id = cri::PodSandboxFilter {
-        id: b.clone(),
+        id: b.id.clone(),
         ..Default::default()
     };
     assert_eq!(
         ids(c.list_pod_sandbox(Some(by_id)).await.unwrap()),
-        vec![b.clone()]
+        vec![b.id.clone()]
     );
 
     let cids = |v: Vec<cri::Container>| {
@@ -750,7 +745,7 @@ async fn lists_filter_by_labels_state_and_pod() {
         vec![a2.clone()]
     );
     let in_a = cri::ContainerFilter {
-        pod_sandbox_id: a.clone(),
+        pod_sandbox_id: a.id.clone(),
         ..Default::default()
     };
     assert_eq!(
@@ -768,7 +763,7 @@ async fn lists_filter_by_labels_state_and_pod() {
         sorted(vec![a1.clone(), b1.clone()])
     );
     let exited_in_a = cri::ContainerFilter {
-        pod_sandbox_id: a.clone(),
+        pod_sandbox_id: a.id.clone(),
         state: Some(cri::ContainerStateValue {
             state: cri::ContainerState::ContainerExited as i32,
         }),
@@ -790,7 +785,7 @@ async fn lists_filter_by_labels_state_and_pod() {
     );
 
     // a stopped pod is NotReady, and the state filter sees it
-    c.stop_pod_sandbox(&b).await.unwrap();
+    c.stop_pod_sandbox(&b.id).await.unwrap();
     let not_ready = cri::PodSandboxFilter {
         state: Some(cri::PodSandboxStateValue {
             state: cri::PodSandboxState::SandboxNotready as i32,
@@ -799,10 +794,10 @@ async fn lists_filter_by_labels_state_and_pod() {
     };
     assert_eq!(
         ids(c.list_pod_sandbox(Some(not_ready)).await.unwrap()),
-        vec![b.clone()]
+        vec![b.id.clone()]
     );
-    remove_pod(&c, &a).await;
-    remove_pod(&c, &b).await;
+    a.remove().await;
+    b.remove().await;
     assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
 }
 
@@ -814,21 +809,17 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
     };
     let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "survivor", &[("restart", "yes")]);
-    let pod = run_pod(&c, &sandbox).await;
-    let id = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config(
+    let pod = Pod::run(&c, sandbox.clone()).await;
+    let id = pod
+        .start(container_config(
             "server",
             &image,
             &["httpd", "-f", "-p", "8080", "-h", "/www"],
             &[],
-        ),
-    )
-    .await;
+        ))
+        .await;
     wait_running(&c, &id).await;
-    let ip = pod_ip(&c, &pod).await;
+    let ip = pod_ip(&c, &pod.id).await;
 
     // containerd down: calls fail fast and typed, they do not hang
     f.kill_containerd();
@@ -847,11 +838,11 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
     };
     let pods = c.list_pod_sandbox(Some(filter)).await.unwrap();
     assert_eq!(pods.len(), 1, "{pods:?}");
-    assert_eq!(pods[0].id, pod);
+    assert_eq!(pods[0].id, pod.id);
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
     let st = wait_running(&c, &id).await;
     assert_eq!(st.id, id);
-    assert_eq!(pod_ip(&c, &pod).await, ip);
+    assert_eq!(pod_ip(&c, &pod.id).await, ip);
     let r = exec(&c, &id, &["echo", "still here"]).await;
     assert_eq!(r.stdout, b"still here\n");
 
@@ -864,9 +855,9 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
     let pods = c.list_pod_sandbox(None).await.unwrap();
     assert_eq!(
         pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
-        vec![pod.as_str()]
+        vec![pod.id.as_str()]
     );
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
     assert!(c.list_containers(None).await.unwrap().is_empty());
 }
 
@@ -966,11 +957,11 @@ async fn bad_input_gets_typed_errors() {
     .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     // a container whose image is not present: NotFound names the image, not the pod
-    let pod = run_pod(&c, &sandbox).await;
+    let pod = Pod::run(&c, sandbox.clone()).await;
     let never = f.image_ref("nodekit/never-pulled:1");
     let err = create_container(
         &c,
-        &pod,
+        &pod.id,
         Some(&sandbox),
         container_config("x", &never, &["true"], &[]),
     )
@@ -983,7 +974,7 @@ async fn bad_input_gets_typed_errors() {
     // a container with no image at all
     let mut no_image = container_config("y", &image, &["true"], &[]);
     no_image.image = None;
-    let err = create_container(&c, &pod, Some(&sandbox), no_image)
+    let err = create_container(&c, &pod.id, Some(&sandbox), no_image)
         .await
         .unwrap_err();
     match err {
@@ -991,16 +982,12 @@ async fn bad_input_gets_typed_errors() {
         e => panic!("create without an image: {e:?}"),
     }
     // the same container name twice: the name is reserved
-    let first = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config("dup", &image, &["sleep", "60"], &[]),
-    )
-    .await;
+    let first = pod
+        .start(container_config("dup", &image, &["sleep", "60"], &[]))
+        .await;
     let err = create_container(
         &c,
-        &pod,
+        &pod.id,
         Some(&sandbox),
         container_config("dup", &image, &["sleep", "60"], &[]),
     )
@@ -1019,7 +1006,7 @@ async fn bad_input_gets_typed_errors() {
         }
         e => panic!("start of a running container: {e:?}"),
     }
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
 }
 
 #[tokio::test]
@@ -1078,16 +1065,12 @@ async fn fixture_drop_cleans_up_pods_left_running() {
     };
     let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "leftover", &[]);
-    let pod = run_pod(&c, &sandbox).await;
-    let id = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config("sleeper", &image, &["sleep", "3600"], &[]),
-    )
-    .await;
+    let pod = Pod::run(&c, sandbox.clone()).await;
+    let id = pod
+        .start(container_config("sleeper", &image, &["sleep", "3600"], &[]))
+        .await;
     wait_running(&c, &id).await;
-    let pause_pid = verbose_pid(&c.pod_sandbox_status(&pod, true).await.unwrap().info);
+    let pause_pid = verbose_pid(&c.pod_sandbox_status(&pod.id, true).await.unwrap().info);
     let ctr_pid = verbose_pid(&c.container_status(&id, true).await.unwrap().info);
     let shims = f.shim_pids();
     assert!(!shims.is_empty());
@@ -1199,7 +1182,7 @@ async fn cni_failures_are_network_errors_and_network_ready_follows_the_config() 
         remove_pod(&c, &p.id).await;
     }
     let sandbox = sandbox_config(&f, "netok", &[]);
-    let pod = run_pod(&c, &sandbox).await;
-    assert!(in_subnet(pod_ip(&c, &pod).await, f.subnet()));
-    remove_pod(&c, &pod).await;
+    let pod = Pod::run(&c, sandbox.clone()).await;
+    assert!(in_subnet(pod_ip(&c, &pod.id).await, f.subnet()));
+    pod.remove().await;
 }

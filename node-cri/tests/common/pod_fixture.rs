@@ -159,6 +159,34 @@ pub async fn start_container(
     id
 }
 
+/// A running pod sandbox of a runtime, to start containers in.
+pub struct Pod<'a> {
+    /// The runtime the sandbox runs on.
+    pub rt: &'a dyn RuntimeBackend,
+    /// The sandbox id.
+    pub id: String,
+    /// The config it was run with.
+    pub config: cri::PodSandboxConfig,
+}
+
+impl<'a> Pod<'a> {
+    /// `RunPodSandbox` of `config`, panicking with the error.
+    pub async fn run(rt: &'a dyn RuntimeBackend, config: cri::PodSandboxConfig) -> Self {
+        let id = run_pod(rt, &config).await;
+        Self { rt, id, config }
+    }
+
+    /// `CreateContainer` + `StartContainer` in the pod, panicking with the error; the id.
+    pub async fn start(&self, config: cri::ContainerConfig) -> String {
+        start_container(self.rt, &self.id, &self.config, config).await
+    }
+
+    /// `StopPodSandbox` + `RemovePodSandbox`, asserting both succeed.
+    pub async fn remove(&self) {
+        remove_pod(self.rt, &self.id).await
+    }
+}
+
 /// `CreateContainer` alone (the sandbox config given or not): the id or the error.
 pub async fn create_container(
     rt: &dyn RuntimeBackend,
