@@ -11,11 +11,97 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
-use node_core::{PodRef, RuntimeBackend, StatusError, StatusSink, cri};
+use node_core::{Pod, PodRef, RuntimeBackend, StatusError, StatusSink, cri};
+use node_kubelet::node::shutdown::GroupReport;
 use node_kubelet::{
     CancellationToken, JsonStatusSink, Kubelet, KubeletBuilder, KubeletConfig, labels,
 };
 use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
+
+/// A pod from its YAML.
+pub fn pod(yaml: &str) -> Pod {
+    serde_saphyr::from_str(yaml).expect("test pod parses")
+}
+
+/// A fake runtime, a fake status sink and a scripted pod source named `source`.
+pub fn fake_parts(source: &str) -> (FakeRuntime, FakeStatusSink, ScriptedPodSource) {
+    (
+        FakeRuntime::new(),
+        FakeStatusSink::new(),
+        ScriptedPodSource::new(source),
+    )
+}
+
+/// Wait on tokio's clock (exact when it is paused), in 100 ms steps, until `f` gives
+/// something; panics after `limit`.
+pub async fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The status the fake sink holds for the pod named `name` (any namespace).
+pub fn status_of(sink: &FakeStatusSink, name: &str) -> Option<PodStatus> {
+    sink.pods()
+        .into_iter()
+        .find(|(r, _)| r.name == name)
+        .map(|(_, s)| s)
+}
+
+/// The pods each group of a node shutdown stopped, by priority, once the shutdown has
+/// reported (waiting up to `limit`).
+pub async fn stopped_by_priority(
+    reports: &mut tokio::sync::watch::Receiver<Option<Vec<GroupReport>>>,
+    limit: Duration,
+) -> Vec<(i32, Vec<String>)> {
+    tokio::time::timeout(limit, reports.wait_for(Option::is_some))
+        .await
+        .expect("the shutdown reported within the limit")
+        .unwrap();
+    reports
+        .borrow()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.priority, g.stopped.into_iter().map(|p| p.name).collect()))
+        .collect()
+}
+
+/// A kubelet running on a task of the current runtime until [`KubeletTask::stop`], with the
+/// directory it writes to.
+pub struct KubeletTask {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    /// The kubelet's directory (pod logs, node state), removed with the task.
+    pub dir: tempfile::TempDir,
+}
+
+impl KubeletTask {
+    /// Run `kubelet`; `dir` goes with it.
+    pub fn spawn(kubelet: Kubelet, dir: tempfile::TempDir) -> Self {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
+        Self { token, task, dir }
+    }
+
+    /// Cancel the kubelet and wait (up to 30 s) for it to end.
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("kubelet stops")
+            .unwrap();
+    }
+}
 
 /// A pod manifest: `name`, its grace period, and its containers (YAML list items).
 pub fn pod_yaml(name: &str, grace_seconds: u32, containers: &str) -> String {
