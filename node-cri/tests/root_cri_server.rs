@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::native::{
     INIT, cgroups_left, log_entries, mounts_under, new_root, prerequisites, teardown, wait_for,
 };
-use common::pod_fixture;
+use common::pod_fixture::{self, ContainerConfigExt, trimmed};
 use common::server::Served;
 use node_cni::{BridgeConfig, BridgePlugin};
 use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
@@ -130,15 +130,9 @@ impl Cri {
     ) -> String {
         let pod_cfg = self.sandbox(name);
         let pod = self.run_pod(&pod_cfg).await;
-        let mut cfg = self.container("main", &["sleep", "1000"]);
-        tweak(
-            cfg.linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap(),
-        );
+        let cfg = self
+            .container("main", &["sleep", "1000"])
+            .with_security(tweak);
         self.start(&pod, &pod_cfg, cfg).await
     }
 
@@ -153,11 +147,7 @@ impl Cri {
             )
             .await
             .expect("ExecSync");
-        (
-            out.exit_code,
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        )
+        (out.exit_code, trimmed(&out.stdout), trimmed(&out.stderr))
     }
 
     async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
@@ -515,14 +505,9 @@ cri_test!(run_as_group_is_honoured, |h| {
 cri_test!(run_as_group_without_run_as_user_is_refused, |h| {
     let pod_cfg = h.sandbox("groupnouser");
     let pod = h.run_pod(&pod_cfg).await;
-    let mut cfg = h.container("main", &["sleep", "1000"]);
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .run_as_group = Some(cri::Int64Value { value: 5678 });
+    let cfg = h
+        .container("main", &["sleep", "1000"])
+        .with_security(|sc| sc.run_as_group = Some(cri::Int64Value { value: 5678 }));
     let e = h.create(&pod, &pod_cfg, cfg).await.unwrap_err();
     assert!(
         matches!(e, RuntimeError::InvalidArgument(ref m) if m.contains("run_as_group")),

@@ -10,38 +10,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::native::{Env, container_config, in_netns, prerequisites, run_container};
-use common::pod_fixture;
+use common::pod_fixture::{self, security, sh};
 use node_core::{RuntimeBackend, RuntimeError, cri};
-use node_cri::native::runtime::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, NativeRuntime};
-
-/// Run a shell script in a container: (exit code, stdout, stderr), trimmed.
-async fn sh(rt: &NativeRuntime, id: &str, script: &str) -> (i32, String, String) {
-    let out = rt
-        .exec_sync(
-            id,
-            vec!["sh".into(), "-c".into(), script.into()],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
-    (
-        out.exit_code,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
-}
-
-fn security(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-}
+use node_cri::native::runtime::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
 
 /// The mount points of a mountinfo text.
 fn mount_points(mountinfo: &str) -> Vec<String> {
