@@ -8,11 +8,11 @@ use std::time::Duration;
 use node_core::{PodRef, PodStatus, RuntimeError};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::fakes::FakeContainer;
-use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
+use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource, until};
 use tokio::time::Instant;
 
 mod support;
-use support::{KubeletTask, condition, container, fake_parts, pod, status_of, until};
+use support::{KubeletTask, condition, container, fake_parts, pod, status_of};
 
 fn start(rt: &FakeRuntime, sink: &FakeStatusSink, source: &ScriptedPodSource) -> KubeletTask {
     let logs = tempfile::tempdir().unwrap();

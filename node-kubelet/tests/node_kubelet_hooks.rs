@@ -19,10 +19,10 @@ use node_kubelet::node::hooks::{NodeHooks, PodControl};
 use node_kubelet::node::shutdown::{PriorityGracePeriod, SHUTDOWN_MESSAGE, ShutdownConfig};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
-use node_test_support::{FakeRuntime, FakeStatusSink};
+use node_test_support::{FakeRuntime, FakeStatusSink, until};
 
 mod support;
-use support::{Fakes, KubeletTask, pod, status_of, stopped_by_priority, until};
+use support::{Fakes, KubeletTask, pod, status_of, stopped_by_priority};
 
 /// A pod with one container of `resources` (a flow mapping, may be empty) and `extra` spec.
 fn app(name: &str, resources: &str, extra: &str) -> Pod {

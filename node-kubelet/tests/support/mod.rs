@@ -32,22 +32,6 @@ pub fn fake_parts(source: &str) -> (FakeRuntime, FakeStatusSink, ScriptedPodSour
     )
 }
 
-/// Wait on tokio's clock (exact when it is paused), in 100 ms steps, until `f` gives
-/// something; panics after `limit`.
-pub async fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The status the fake sink holds for the pod named `name` (any namespace).
 pub fn status_of(sink: &FakeStatusSink, name: &str) -> Option<PodStatus> {
     sink.pods()
