@@ -12,21 +12,23 @@ use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource, until};
 use tokio::time::Instant;
 
 mod support;
-use support::{KubeletTask, condition, container, fake_parts, pod, status_of};
+use support::{KubeletTask, condition, container, fake_kubelet, fake_parts, pod, status_of};
 
 fn start(rt: &FakeRuntime, sink: &FakeStatusSink, source: &ScriptedPodSource) -> KubeletTask {
     let logs = tempfile::tempdir().unwrap();
-    let kubelet = Kubelet::builder("node-1")
-        .source(Arc::new(source.clone()))
-        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
-        .status(Arc::new(sink.clone()))
-        .config(KubeletConfig {
+    let kubelet = fake_kubelet(
+        "node-1",
+        Arc::new(source.clone()),
+        rt,
+        sink,
+        KubeletConfig {
             host_ip: Some("192.168.0.10".parse().unwrap()),
             pod_log_root: logs.path().to_path_buf(),
             ..Default::default()
-        })
-        .build()
-        .unwrap();
+        },
+    )
+    .build()
+    .unwrap();
     KubeletTask::spawn(kubelet, logs)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
-use node_core::{Pod, PodRef, RuntimeBackend, StatusError, StatusSink, cri};
+use node_core::{Pod, PodRef, PodSource, RuntimeBackend, StatusError, StatusSink, cri};
 use node_kubelet::node::shutdown::GroupReport;
 use node_kubelet::{
     CancellationToken, JsonStatusSink, Kubelet, KubeletBuilder, KubeletConfig, labels,
@@ -57,6 +57,22 @@ pub async fn stopped_by_priority(
         .into_iter()
         .map(|g| (g.priority, g.stopped.into_iter().map(|p| p.name).collect()))
         .collect()
+}
+
+/// A kubelet builder for `node` with pods from `source`, the fake runtime `rt` (as runtime and
+/// image service) and the fake status sink `sink`, configured by `config`.
+pub fn fake_kubelet(
+    node: &str,
+    source: Arc<dyn PodSource>,
+    rt: &FakeRuntime,
+    sink: &FakeStatusSink,
+    config: KubeletConfig,
+) -> KubeletBuilder {
+    Kubelet::builder(node)
+        .source(source)
+        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
+        .status(Arc::new(sink.clone()))
+        .config(config)
 }
 
 /// A kubelet running on a task of the current runtime until [`KubeletTask::stop`], with the
@@ -370,14 +386,16 @@ impl Fakes {
     /// A kubelet builder for `node` on these fakes: pod logs under the directories, a 2 s
     /// sync period.
     pub fn kubelet(&self, node: &str) -> KubeletBuilder {
-        Kubelet::builder(node)
-            .source(Arc::new(self.source.clone()))
-            .runtime(Arc::new(self.rt.clone()), Arc::new(self.rt.clone()))
-            .status(Arc::new(self.sink.clone()))
-            .config(KubeletConfig {
+        fake_kubelet(
+            node,
+            Arc::new(self.source.clone()),
+            &self.rt,
+            &self.sink,
+            KubeletConfig {
                 pod_log_root: self.dirs.path().join("logs"),
                 sync_period: Duration::from_secs(2),
                 ..Default::default()
-            })
+            },
+        )
     }
 }
