@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use node_core::{PodEvent, PodSource, SourceError};
-use node_kubelet::{FileSource, FileSourceConfig, KubeletConfig};
+use node_kubelet::{FileSource, FileSourceConfig};
 use node_test_support::{FakeRuntime, FakeStatusSink};
 
 mod support;
-use support::{KubeletTask, fake_kubelet};
+use support::spawn_fake_kubelet;
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/bad")
@@ -141,19 +141,7 @@ async fn valid_pods_run_and_keep_running_when_their_file_breaks() {
             ..Default::default()
         },
     ));
-    let kubelet = fake_kubelet(
-        "node-1",
-        source.clone(),
-        &rt,
-        &sink,
-        KubeletConfig {
-            pod_log_root: dir.path().join("logs"),
-            ..Default::default()
-        },
-    )
-    .build()
-    .unwrap();
-    let k = KubeletTask::spawn(kubelet, dir);
+    let k = spawn_fake_kubelet(source.clone(), &rt, &sink, dir);
 
     let names = |sink: &FakeStatusSink| {
         sink.pods()
@@ -246,19 +234,7 @@ async fn editing_a_manifest_replaces_its_pod() {
     std::fs::write(manifests.join("edit.yaml"), yaml("img:1")).unwrap();
     let rt = FakeRuntime::new();
     let sink = FakeStatusSink::new();
-    let kubelet = fake_kubelet(
-        "node-1",
-        Arc::new(FileSource::new(&manifests)),
-        &rt,
-        &sink,
-        KubeletConfig {
-            pod_log_root: dir.path().join("logs"),
-            ..Default::default()
-        },
-    )
-    .build()
-    .unwrap();
-    let k = KubeletTask::spawn(kubelet, dir);
+    let k = spawn_fake_kubelet(Arc::new(FileSource::new(&manifests)), &rt, &sink, dir);
     let running_image = |rt: &FakeRuntime| {
         rt.containers()
             .into_iter()

@@ -99,25 +99,9 @@ pub fn exec_cni(
     .unwrap()
 }
 
-/// The interfaces enslaved to `bridge` in `node`.
-pub fn bridge_ports(node: &NetnsFixture, bridge: &str) -> Vec<String> {
-    node.sh(&format!(
-        "ip -o link show master {bridge} 2>/dev/null || true"
-    ))
-    .unwrap()
-    .lines()
-    .filter_map(|l| {
-        l.split(':')
-            .nth(1)
-            .map(|n| n.trim().split('@').next().unwrap().to_string())
-    })
-    .collect()
-}
-
-/// The veth interfaces in `node`.
-pub fn veths(node: &NetnsFixture) -> Vec<String> {
-    node.sh("ip -o link show type veth")
-        .unwrap()
+/// The interface names in the output of `ip -o link show` (without the `@peer` part).
+fn link_names(ip_o_link: &str) -> Vec<String> {
+    ip_o_link
         .lines()
         .filter_map(|l| {
             l.split(':')
@@ -125,6 +109,22 @@ pub fn veths(node: &NetnsFixture) -> Vec<String> {
                 .map(|n| n.trim().split('@').next().unwrap().to_string())
         })
         .collect()
+}
+
+/// The interfaces enslaved to `bridge` in `node`.
+pub fn bridge_ports(node: &NetnsFixture, bridge: &str) -> Vec<String> {
+    link_names(
+        &node
+            .sh(&format!(
+                "ip -o link show master {bridge} 2>/dev/null || true"
+            ))
+            .unwrap(),
+    )
+}
+
+/// The veth interfaces in `node`.
+pub fn veths(node: &NetnsFixture) -> Vec<String> {
+    link_names(&node.sh("ip -o link show type veth").unwrap())
 }
 
 /// The leased addresses (host-local layout) in `dir`.

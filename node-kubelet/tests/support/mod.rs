@@ -75,6 +75,24 @@ pub fn fake_kubelet(
         .config(config)
 }
 
+/// [`fake_kubelet`] for `node-1` with the default config and pod logs under `<dir>/logs`,
+/// running; `dir` goes with the task.
+pub fn spawn_fake_kubelet(
+    source: Arc<dyn PodSource>,
+    rt: &FakeRuntime,
+    sink: &FakeStatusSink,
+    dir: tempfile::TempDir,
+) -> KubeletTask {
+    let config = KubeletConfig {
+        pod_log_root: dir.path().join("logs"),
+        ..Default::default()
+    };
+    let kubelet = fake_kubelet("node-1", source, rt, sink, config)
+        .build()
+        .unwrap();
+    KubeletTask::spawn(kubelet, dir)
+}
+
 /// A kubelet running on a task of the current runtime until [`KubeletTask::stop`], with the
 /// directory it writes to.
 pub struct KubeletTask {
