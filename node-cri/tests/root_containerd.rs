@@ -508,6 +508,19 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     assert!(left.is_empty(), "netns left: {left:?}");
 }
 
+/// `StopContainer` with `grace`: how long the call took, and the status, exited within 5 s
+/// after it.
+async fn stop_timed(c: &CriClient, id: &str, grace: Duration) -> (Duration, cri::ContainerStatus) {
+    let t = Instant::now();
+    c.stop_container(id, grace).await.unwrap();
+    let took = t.elapsed();
+    let exited = cri::ContainerState::ContainerExited;
+    (
+        took,
+        wait_state(c, id, exited, Duration::from_secs(5)).await,
+    )
+}
+
 #[tokio::test]
 async fn stop_grace_period_and_exit_codes() {
     let Some((f, c)) = setup("stop_grace_period_and_exit_codes").await else {
@@ -571,18 +584,7 @@ async fn stop_grace_period_and_exit_codes() {
         }
     }
 
-    let t = Instant::now();
-    c.stop_container(&polite, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let polite_took = t.elapsed();
-    let st = wait_state(
-        &c,
-        &polite,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (polite_took, st) = stop_timed(&c, &polite, Duration::from_secs(20)).await;
     assert_eq!(st.exit_code, 0, "{st:?}");
     assert_eq!(st.reason, "Completed");
     assert!(
@@ -592,18 +594,7 @@ async fn stop_grace_period_and_exit_codes() {
     let polite_log = std::fs::read_to_string(&st.log_path).unwrap();
     assert!(polite_log.contains("stdout F got TERM"), "{polite_log}");
 
-    let t = Instant::now();
-    c.stop_container(&stubborn, Duration::from_secs(2))
-        .await
-        .unwrap();
-    let stubborn_took = t.elapsed();
-    let st = wait_state(
-        &c,
-        &stubborn,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (stubborn_took, st) = stop_timed(&c, &stubborn, Duration::from_secs(2)).await;
     assert_eq!(st.exit_code, 137, "SIGKILL: {st:?}");
     assert_eq!(st.reason, "Error");
     assert!(
