@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::native::{Env, container_config, in_netns, prerequisites};
+use common::native::{Env, container_config, in_netns, native_test, prerequisites};
 use common::pod_fixture::{self, run_pod};
 use common::server::Served;
 use futures::StreamExt;
@@ -357,58 +357,57 @@ fn kill9(pid: i32) {
 
 #[test]
 fn a_killed_monitor_and_a_dead_pause_process_raise_stopped_events() {
-    if !prerequisites("a_killed_monitor_and_a_dead_pause_process_raise_stopped_events") {
-        return;
-    }
-    let env = Env::new();
-    in_netns("evlost", || async {
-        let rt = env.runtime();
-        let pod_cfg = env.sandbox_config("lost");
-        let pod = run_pod(&rt, &pod_cfg).await;
-        let c = start(&rt, &pod, &pod_cfg, "orphan", &["sleep", "1000"]).await;
-        let other = start(&rt, &pod, &pod_cfg, "other", &["sleep", "1000"]).await;
-        let mut s = rt.get_container_events().await.unwrap();
-        // the monitor dies without recording an exit, then the container's process
-        let st = rt.container_status(&c, true).await.unwrap();
-        let (pid, monitor) = (info_pid(&st.info, "pid"), info_pid(&st.info, "monitorPid"));
-        kill9(monitor);
-        kill9(pid);
-        let e = until(&mut s, &c, Kind::ContainerStoppedEvent).await;
-        let cs = status_of(&e, &c).unwrap();
-        assert_ne!(
-            cs.state,
-            cri::ContainerState::ContainerRunning as i32,
-            "{cs:?}"
-        );
-        assert_eq!(
-            pod_fixture::container_status(&rt, &c).await.state,
-            cs.state,
-            "the event carries what the runtime reports"
-        );
-        assert_eq!(
-            e.pod_sandbox_status.as_ref().unwrap().state,
-            cri::PodSandboxState::SandboxReady as i32
-        );
-        // the pause process dies on its own: the sandbox's stopped event, NOTREADY
-        let st = rt.pod_sandbox_status(&pod, true).await.unwrap();
-        kill9(info_pid(&st.info, "pid"));
-        let e = until(&mut s, &pod, Kind::ContainerStoppedEvent).await;
-        assert_eq!(
-            e.pod_sandbox_status.as_ref().unwrap().state,
-            cri::PodSandboxState::SandboxNotready as i32
-        );
-        assert!(status_of(&e, &other).is_some(), "{e:?}");
-        // each once: nothing more within a few liveness periods
-        let deadline = Instant::now() + Duration::from_millis(2500);
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline.into(), s.next()).await {
-            let e = e.expect("an event");
-            assert!(
-                !(e.container_event_type == Kind::ContainerStoppedEvent as i32
-                    && (e.container_id == c || e.container_id == pod)),
-                "reported twice: {e:?}"
+    native_test(
+        "a_killed_monitor_and_a_dead_pause_process_raise_stopped_events",
+        "evlost",
+        async |env, rt| {
+            let pod_cfg = env.sandbox_config("lost");
+            let pod = run_pod(&rt, &pod_cfg).await;
+            let c = start(&rt, &pod, &pod_cfg, "orphan", &["sleep", "1000"]).await;
+            let other = start(&rt, &pod, &pod_cfg, "other", &["sleep", "1000"]).await;
+            let mut s = rt.get_container_events().await.unwrap();
+            // the monitor dies without recording an exit, then the container's process
+            let st = rt.container_status(&c, true).await.unwrap();
+            let (pid, monitor) = (info_pid(&st.info, "pid"), info_pid(&st.info, "monitorPid"));
+            kill9(monitor);
+            kill9(pid);
+            let e = until(&mut s, &c, Kind::ContainerStoppedEvent).await;
+            let cs = status_of(&e, &c).unwrap();
+            assert_ne!(
+                cs.state,
+                cri::ContainerState::ContainerRunning as i32,
+                "{cs:?}"
             );
-        }
-        rt.stop_pod_sandbox(&pod).await.unwrap();
-        rt.remove_pod_sandbox(&pod).await.unwrap();
-    });
+            assert_eq!(
+                pod_fixture::container_status(&rt, &c).await.state,
+                cs.state,
+                "the event carries what the runtime reports"
+            );
+            assert_eq!(
+                e.pod_sandbox_status.as_ref().unwrap().state,
+                cri::PodSandboxState::SandboxReady as i32
+            );
+            // the pause process dies on its own: the sandbox's stopped event, NOTREADY
+            let st = rt.pod_sandbox_status(&pod, true).await.unwrap();
+            kill9(info_pid(&st.info, "pid"));
+            let e = until(&mut s, &pod, Kind::ContainerStoppedEvent).await;
+            assert_eq!(
+                e.pod_sandbox_status.as_ref().unwrap().state,
+                cri::PodSandboxState::SandboxNotready as i32
+            );
+            assert!(status_of(&e, &other).is_some(), "{e:?}");
+            // each once: nothing more within a few liveness periods
+            let deadline = Instant::now() + Duration::from_millis(2500);
+            while let Ok(Some(e)) = tokio::time::timeout_at(deadline.into(), s.next()).await {
+                let e = e.expect("an event");
+                assert!(
+                    !(e.container_event_type == Kind::ContainerStoppedEvent as i32
+                        && (e.container_id == c || e.container_id == pod)),
+                    "reported twice: {e:?}"
+                );
+            }
+            rt.stop_pod_sandbox(&pod).await.unwrap();
+            rt.remove_pod_sandbox(&pod).await.unwrap();
+        },
+    );
 }

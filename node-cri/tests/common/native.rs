@@ -317,6 +317,20 @@ pub fn prerequisites(test: &str) -> bool {
         && require_path(test, if overlay { "/proc/filesystems" } else { "/sys/module/overlay" })
 }
 
+/// A root test of the native runtime named `test`: without the [`prerequisites`] it returns
+/// (locally) or fails (under CI=true); else `f` runs with a fresh [`Env`] and a runtime of it,
+/// on a thread inside a new network namespace (`label`); the env is removed afterwards.
+pub fn native_test(test: &str, label: &str, f: impl AsyncFnOnce(&Env, NativeRuntime) + Send) {
+    if !prerequisites(test) {
+        return;
+    }
+    let env = Env::new();
+    in_netns(label, || async {
+        let rt = env.runtime();
+        f(&env, rt).await
+    });
+}
+
 /// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.
 pub fn in_netns<F, Fut>(label: &str, f: F)
 where
