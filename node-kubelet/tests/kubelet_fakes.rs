@@ -42,6 +42,12 @@ fn named(rt: &FakeRuntime, name: &str) -> Vec<FakeContainer> {
     v
 }
 
+/// Wait up to 10 s (of the paused clock) for the container `name` to run (`what` names the
+/// wait in the panic).
+async fn running_soon(rt: &FakeRuntime, name: &str, what: &str) -> FakeContainer {
+    until(what, Duration::from_secs(10), || running(rt, name)).await
+}
+
 fn running(rt: &FakeRuntime, name: &str) -> Option<FakeContainer> {
     named(rt, name)
         .into_iter()
@@ -72,10 +78,7 @@ async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
     source.apply(pod(READY_POD));
     let k = start(&rt, &sink, &source);
 
-    let setup = until("the init container runs", Duration::from_secs(10), || {
-        running(&rt, "setup")
-    })
-    .await;
+    let setup = running_soon(&rt, "setup", "the init container runs").await;
     assert!(
         named(&rt, "server").is_empty(),
         "app containers wait for the init container"
@@ -229,7 +232,7 @@ async fn a_liveness_failure_restarts_the_container() {
          livenessProbe: {exec: {command: [alive]}, periodSeconds: 1, failureThreshold: 2}\n",
     ));
     let k = start(&rt, &sink, &source);
-    let first = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let first = running_soon(&rt, "c", "running").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         running(&rt, "c").unwrap().id,
@@ -263,8 +266,8 @@ async fn a_source_update_changes_the_pod() {
     let yaml = "metadata: {name: up, uid: uid-up}\nspec:\n  containers: [{name: c, image: \"img:1\"}, {name: d, image: \"img:1\"}]\n";
     source.apply(pod(yaml));
     let k = start(&rt, &sink, &source);
-    let c1 = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
-    let d1 = until("running", Duration::from_secs(10), || running(&rt, "d")).await;
+    let c1 = running_soon(&rt, "c", "running").await;
+    let d1 = running_soon(&rt, "d", "running").await;
     source.apply(pod(&yaml.replacen(
         "{name: c, image: \"img:1\"}",
         "{name: c, image: \"img:2\"}",
@@ -298,16 +301,13 @@ async fn a_delete_terminates_the_pod_with_pre_stop() {
     );
     source.apply(p.clone());
     let k = start(&rt, &sink, &source);
-    let c = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let c = running_soon(&rt, "c", "running").await;
     sink.wait_for(Duration::from_secs(10), |pods| !pods.is_empty())
         .await
         .unwrap();
     let pod_logs = k.dir.path().join("default_bye_uid-bye");
     assert!(pod_logs.is_dir());
-    until("both running", Duration::from_secs(10), || {
-        running(&rt, "slow")
-    })
-    .await;
+    running_soon(&rt, "slow", "both running").await;
     let deleted = Instant::now();
     source.delete(&p);
     until("the sandbox removed", Duration::from_secs(30), || {
@@ -346,7 +346,7 @@ async fn a_new_kubelet_adopts_and_restarts_nothing() {
     let (rt, sink, source) = fake_parts("test");
     source.apply(pod(READY_POD));
     let k = start(&rt, &sink, &source);
-    let setup = until("init", Duration::from_secs(10), || running(&rt, "setup")).await;
+    let setup = running_soon(&rt, "setup", "init").await;
     rt.exit_container(&setup.id, 0, "Completed");
     sink.wait_for(Duration::from_secs(60), |pods| {
         pods.values()
@@ -497,7 +497,7 @@ async fn a_run_to_completion_pod_succeeds() {
     let (rt, sink, source) = fake_parts("test");
     source.apply(pod("metadata: {name: job, uid: uid-job}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: \"img:1\"}]\n"));
     let k = start(&rt, &sink, &source);
-    let c = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let c = running_soon(&rt, "c", "running").await;
     rt.exit_container(&c.id, 0, "Completed");
     sink.wait_for(Duration::from_secs(10), |pods| {
         pods.values()
@@ -553,7 +553,7 @@ async fn a_dead_sandbox_is_recreated_with_its_containers() {
         "metadata: {name: sb, uid: uid-sb}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n",
     ));
     let k = start(&rt, &sink, &source);
-    let first = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let first = running_soon(&rt, "c", "running").await;
     // the sandbox dies under the kubelet (as after a node reboot or a runtime crash)
     use node_core::RuntimeBackend;
     rt.stop_pod_sandbox(&first.sandbox_id).await.unwrap();
@@ -598,19 +598,16 @@ async fn a_sidecar_starts_first_keeps_running_and_restarts() {
     let (rt, sink, source) = fake_parts("test");
     source.apply(pod(SIDECAR_POD));
     let k = start(&rt, &sink, &source);
-    let proxy = until("the sidecar", Duration::from_secs(10), || {
-        running(&rt, "proxy")
-    })
-    .await;
-    let migrate = until(
+    let proxy = running_soon(&rt, "proxy", "the sidecar").await;
+    let migrate = running_soon(
+        &rt,
+        "migrate",
         "the init container after the sidecar started",
-        Duration::from_secs(10),
-        || running(&rt, "migrate"),
     )
     .await;
     assert!(named(&rt, "app").is_empty());
     rt.exit_container(&migrate.id, 0, "Completed");
-    until("the app", Duration::from_secs(10), || running(&rt, "app")).await;
+    running_soon(&rt, "app", "the app").await;
     assert_eq!(
         running(&rt, "proxy").unwrap().id,
         proxy.id,
@@ -670,7 +667,7 @@ async fn a_pod_marked_for_deletion_is_terminated_with_its_grace_period() {
     let yaml = "metadata: {name: del, uid: uid-del}\nspec:\n  containers:\n  - {name: c, image: \"img:1\", lifecycle: {preStop: {sleep: {seconds: 60}}}}\n";
     source.apply(pod(yaml));
     let k = start(&rt, &sink, &source);
-    until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    running_soon(&rt, "c", "running").await;
     // the API server marks the pod deleted with a 2 s grace period
     let mut deleted = pod(yaml);
     deleted.metadata.deletion_timestamp = Some(
