@@ -138,7 +138,7 @@ fn exec_with_stdin_and_without_tty_over_spdy_and_websocket() {
         "exec_with_stdin_and_without_tty_over_spdy_and_websocket",
         "stexec",
         async |env, rt| {
-            let (_, _, c) = pod_with_box(&env, &rt, "exec").await;
+            let (_, _, c) = pod_with_box(env, &rt, "exec").await;
             let all = opts(true, true, true, false);
             for t in TRANSPORTS {
                 let url = exec_url(&rt, &c, &["cat"], all).await;
@@ -205,7 +205,7 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
         "exec_with_a_tty_follows_resizes_over_spdy_and_websocket",
         "sttty",
         async |env, rt| {
-            let (_, _, c) = pod_with_box(&env, &rt, "tty").await;
+            let (_, _, c) = pod_with_box(env, &rt, "tty").await;
             let o = opts(true, true, false, true);
             for (t, (w, h)) in TRANSPORTS.into_iter().zip([(123u16, 45u16), (77, 31)]) {
                 let url = exec_url(&rt, &c, &["sh"], o).await;
@@ -795,7 +795,7 @@ fn exec_round_trip_latency_spdy_vs_websocket() {
         "exec_round_trip_latency_spdy_vs_websocket",
         "stlat",
         async |env, rt| {
-            let (_, _, c) = pod_with_box(&env, &rt, "lat").await;
+            let (_, _, c) = pod_with_box(env, &rt, "lat").await;
             let io = opts(true, true, false, false);
             let out = opts(false, true, false, false);
             println!("exec round trip, p50 (debug build, shared 2-core machine):");
