@@ -90,16 +90,14 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
                     }),
             )
             .await;
+            let script = "for i in $(seq 1 100); do wget -q -O - http://127.0.0.1:8080/ && break; sleep 0.05; done; echo oops >&2; printf 'no newline'; echo; while true; do echo tick; sleep 0.1; done";
             let client = run_container(
-            &rt,
-            &sb,
-            &sb_cfg,
-            container_config(
-                "client",
-                &["sh", "-c", "for i in $(seq 1 100); do wget -q -O - http://127.0.0.1:8080/ && break; sleep 0.05; done; echo oops >&2; printf 'no newline'; echo; while true; do echo tick; sleep 0.1; done"],
-            ),
-        )
-        .await;
+                &rt,
+                &sb,
+                &sb_cfg,
+                container_config("client", &["sh", "-c", script]),
+            )
+            .await;
             let client_log = env.logs.join("web/client/0.log");
             wait_for("the client's log", Duration::from_secs(10), || async {
                 log_entries(&client_log).iter().any(|e| e.2 == "tick")
@@ -425,15 +423,8 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
             // a pids limit of 16: the 100 background sleeps cannot all start
             let mut r = cri::LinuxContainerResources::default();
             r.unified.insert("pids.max".into(), "16".into());
-            let bomb = container_config(
-            "bomb",
-            &[
-                "sh",
-                "-c",
-                "sh -c 'for i in $(seq 1 100); do sleep 1000 & done'; echo spawned; exec sleep 1000",
-            ],
-        )
-        .with_resources(r);
+            let script = "sh -c 'for i in $(seq 1 100); do sleep 1000 & done'; echo spawned; exec sleep 1000";
+            let bomb = container_config("bomb", &["sh", "-c", script]).with_resources(r);
             let bomb = run_container(&rt, &sb, &sb_cfg, bomb).await;
             let log = env.logs.join("limits/bomb/0.log");
             wait_for(

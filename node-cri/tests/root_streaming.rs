@@ -325,15 +325,8 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
         "statt",
         async |env, rt| {
             let (sb, sb_cfg) = env.pod(&rt, "attach").await;
-            let cfg = container_config(
-            "echo",
-            &[
-                "sh",
-                "-c",
-                "echo started; while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo eof",
-            ],
-        )
-        .with_stdin(false);
+            let script = "echo started; while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo eof";
+            let cfg = container_config("echo", &["sh", "-c", script]).with_stdin(false);
             let c = run_container(&rt, &sb, &sb_cfg, cfg).await;
             let log = env.logs.join("attach/echo/0.log");
             wait_for("the container's first line", T, || async {
