@@ -48,6 +48,17 @@ async fn running_soon(rt: &FakeRuntime, name: &str, what: &str) -> FakeContainer
     until(what, Duration::from_secs(10), || running(rt, name)).await
 }
 
+/// Wait (on the paused clock) until a pod's Ready condition is `ready`; panics after `limit`.
+async fn wait_ready(sink: &FakeStatusSink, ready: bool, limit: Duration) {
+    let want = if ready { "True" } else { "False" };
+    sink.wait_for(limit, |pods| {
+        pods.values()
+            .any(|s| condition(s, "Ready").as_deref() == Some(want))
+    })
+    .await
+    .unwrap();
+}
+
 fn running(rt: &FakeRuntime, name: &str) -> Option<FakeContainer> {
     named(rt, name)
         .into_iter()
@@ -91,12 +102,7 @@ async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
     assert_eq!(condition(&s, "Initialized").as_deref(), Some("False"));
     rt.exit_container(&setup.id, 0, "Completed");
 
-    sink.wait_for(Duration::from_secs(60), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("True"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, true, Duration::from_secs(60)).await;
     let s = status_of(&sink, "web").unwrap();
     assert_eq!(s.phase.as_deref(), Some("Running"));
     assert_eq!(condition(&s, "Initialized").as_deref(), Some("True"));
@@ -348,12 +354,7 @@ async fn a_new_kubelet_adopts_and_restarts_nothing() {
     let k = start(&rt, &sink, &source);
     let setup = running_soon(&rt, "setup", "init").await;
     rt.exit_container(&setup.id, 0, "Completed");
-    sink.wait_for(Duration::from_secs(60), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("True"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, true, Duration::from_secs(60)).await;
     k.stop().await;
     let before: Vec<String> = rt.containers().iter().map(|c| c.id.clone()).collect();
     let calls_before = rt.calls().len();
@@ -517,12 +518,7 @@ async fn status_is_written_only_when_it_changes() {
         "metadata: {name: calm, uid: uid-calm}\nspec:\n  containers:\n  - {name: c, image: \"img:1\", readinessProbe: {exec: {command: [r]}, periodSeconds: 1}}\n",
     ));
     let k = start(&rt, &sink, &source);
-    sink.wait_for(Duration::from_secs(30), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("True"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, true, Duration::from_secs(30)).await;
     let writes = sink.history().len();
     // a minute of probes, relists and periodic syncs with nothing changing
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -531,12 +527,7 @@ async fn status_is_written_only_when_it_changes() {
     rt.push_exec_result(1, "not ready");
     rt.push_exec_result(1, "not ready");
     rt.push_exec_result(1, "not ready");
-    sink.wait_for(Duration::from_secs(30), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("False"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, false, Duration::from_secs(30)).await;
     let c = running(&rt, "c").unwrap();
     assert_eq!(
         c.config.metadata.unwrap().attempt,
