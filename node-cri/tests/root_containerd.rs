@@ -527,8 +527,7 @@ async fn stop_grace_period_and_exit_codes() {
         return;
     };
     let image = busybox(&f, &c).await;
-    let sandbox = sandbox_config(&f, "stopper", &[]);
-    let pod = Pod::run(&c, sandbox.clone()).await;
+    let pod = Pod::run(&c, sandbox_config(&f, "stopper", &[])).await;
 
     // traps SIGTERM and exits 0 by itself
     let polite = pod
@@ -573,7 +572,7 @@ async fn stop_grace_period_and_exit_codes() {
     }
     // give the shells time to install their traps ("ready" is printed after the trap)
     for name in ["polite", "stubborn"] {
-        let log = std::path::Path::new(&sandbox.log_directory).join(format!("{name}.log"));
+        let log = std::path::Path::new(&pod.config.log_directory).join(format!("{name}.log"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -799,8 +798,7 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
         return;
     };
     let image = busybox(&f, &c).await;
-    let sandbox = sandbox_config(&f, "survivor", &[("restart", "yes")]);
-    let pod = Pod::run(&c, sandbox.clone()).await;
+    let pod = Pod::run(&c, sandbox_config(&f, "survivor", &[("restart", "yes")])).await;
     let id = pod
         .start(container_config(
             "server",
@@ -1055,8 +1053,7 @@ async fn fixture_drop_cleans_up_pods_left_running() {
         return;
     };
     let image = busybox(&f, &c).await;
-    let sandbox = sandbox_config(&f, "leftover", &[]);
-    let pod = Pod::run(&c, sandbox.clone()).await;
+    let pod = Pod::run(&c, sandbox_config(&f, "leftover", &[])).await;
     let id = pod
         .start(container_config("sleeper", &image, &["sleep", "3600"], &[]))
         .await;
@@ -1172,8 +1169,7 @@ async fn cni_failures_are_network_errors_and_network_ready_follows_the_config() 
         );
         remove_pod(&c, &p.id).await;
     }
-    let sandbox = sandbox_config(&f, "netok", &[]);
-    let pod = Pod::run(&c, sandbox.clone()).await;
+    let pod = Pod::run(&c, sandbox_config(&f, "netok", &[])).await;
     assert!(in_subnet(pod_ip(&c, &pod.id).await, f.subnet()));
     pod.remove().await;
 }
