@@ -15,7 +15,7 @@ use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_cri::streaming::{StreamingError, TermSize};
 use node_test_support::StandInApiServer;
 use node_test_support::kubectl::{PodBackend, SubresourceRequest, Upstream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const TRANSPORTS: [Transport; 2] = [Transport::Spdy, Transport::WebSocket];
 const T: Duration = Duration::from_secs(20);
@@ -90,6 +90,31 @@ async fn read_until(r: &mut (impl AsyncRead + Unpin), needle: &str, what: &str) 
         got.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Write `line` to `stdin` until `stdout` shows `needle` (an attach follows the output from
+/// its end, so what came before is not seen), at most 20 times, reading up to 500 ms after
+/// each; everything read.
+async fn send_until_echoed(
+    stdin: &mut (impl AsyncWrite + Unpin),
+    stdout: &mut (impl AsyncRead + Unpin),
+    line: &str,
+    needle: &str,
+) -> String {
+    let mut got = String::new();
+    for _ in 0..20 {
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf)).await
+        {
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if got.contains(needle) {
+                break;
+            }
+        }
+    }
+    got
 }
 
 /// Processes whose command line is exactly `argv`.
@@ -341,23 +366,13 @@ fn attach_to_a_container_started_with_stdin_over_spdy_and_websocket() {
                 let mut stderr = a.stderr.take().unwrap();
                 let word = format!("hello-{t:?}");
                 // the follower starts at the log's end: send until the echo shows up
-                let mut got = String::new();
-                for _ in 0..20 {
-                    stdin
-                        .write_all(format!("{word}\n").as_bytes())
-                        .await
-                        .unwrap();
-                    let mut buf = [0u8; 256];
-                    if let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf))
-                            .await
-                    {
-                        got.push_str(&String::from_utf8_lossy(&buf[..n]));
-                        if got.contains(&format!("got {word}\n")) {
-                            break;
-                        }
-                    }
-                }
+                let got = send_until_echoed(
+                    &mut stdin,
+                    &mut stdout,
+                    &format!("{word}\n"),
+                    &format!("got {word}\n"),
+                )
+                .await;
                 assert!(
                     got.contains(&format!("got {word}\n")),
                     "{t:?}: stdout {got:?}"
@@ -443,20 +458,8 @@ fn stdin_once_closes_the_stdin_when_the_first_attach_ends_over_spdy_and_websocke
                     let mut stdin = a.stdin.take().unwrap();
                     let mut stdout = a.stdout.take().unwrap();
                     // the follower starts at the log's end: send until the echo shows up
-                    let mut got = String::new();
-                    for _ in 0..20 {
-                        stdin.write_all(b"a line\n").await.unwrap();
-                        let mut buf = [0u8; 256];
-                        if let Ok(Ok(n)) =
-                            tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf))
-                                .await
-                        {
-                            got.push_str(&String::from_utf8_lossy(&buf[..n]));
-                            if got.contains("a line") {
-                                break;
-                            }
-                        }
-                    }
+                    let got =
+                        send_until_echoed(&mut stdin, &mut stdout, "a line\n", "a line").await;
                     assert!(got.contains("a line"), "{what}: stdout {got:?}");
                     // with stdin_once, a second attach while the first holds stdin gets none: the
                     // container's stdin still ends with the first
