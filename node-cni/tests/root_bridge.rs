@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use node_cni::{BridgeConfig, BridgePlugin};
-use node_core::{AttachmentKey, Bandwidth, CniError, CniPlugin, PortMapping};
+use node_core::{AttachmentKey, Bandwidth, CniError, CniPlugin};
 use node_test_support::{NetnsFixture, connect_veth, require_command, require_path, require_root};
 
 fn prerequisites(test: &str) -> bool {
@@ -71,136 +71,125 @@ fn native_add_answers_check_passes_del_frees_everything() {
         return;
     }
     let env = Env::new(true);
-    let node = NetnsFixture::new("node").unwrap();
-    let pod1 = NetnsFixture::new("pod1").unwrap();
-    let pod2 = NetnsFixture::new("pod2").unwrap();
+    let [node, pod1, pod2] = namespaces(["node", "pod1", "pod2"]);
     let web = tempfile::tempdir().unwrap();
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env.plugin();
-            let mut a1 = attachment(&pod1, "n-one");
-            a1.capabilities.port_mappings = vec![PortMapping {
-                host_port: 18080,
-                container_port: 8080,
-                protocol: "tcp".into(),
-                host_ip: None,
-            }];
-            let a2 = attachment(&pod2, "n-two");
-            let r1 = cni.add(&a1).await.unwrap();
-            let r2 = cni.add(&a2).await.unwrap();
-            let ips1 = r1.pod_ips();
-            let ips2 = r2.pod_ips();
-            assert_eq!(ips1.len(), 2, "dual-stack: {r1:?}");
-            let (ip1, ip1v6, ip2) = (
-                ips1[0].to_string(),
-                ips1[1].to_string(),
-                ips2[0].to_string(),
-            );
-            assert!(
-                env.subnet
-                    .parse::<ipnet::IpNet>()
-                    .unwrap()
-                    .contains(&ips1[0])
-            );
-            assert!(env.v6.parse::<ipnet::IpNet>().unwrap().contains(&ips1[1]));
-            assert_ne!(ip1, ip2);
-            assert_eq!(r1.interfaces[2].sandbox, pod1.path().display().to_string());
-            let host1 = BridgePlugin::host_ifname(&a1.key());
-            assert_eq!(r1.interfaces[1].name, host1);
-            assert_eq!(env.leases().len(), 4);
-            assert_eq!(
-                sorted(&bridge_ports(&node, &env.config.bridge)),
-                sorted(&[host1.clone(), r2.interfaces[1].name.clone()])
-            );
+    in_ns(&node, || async {
+        let cni = env.plugin();
+        let a1 = attachment_with_ports(&pod1, "n-one", vec![port_mapping(18080, 8080, "tcp")]);
+        let a2 = attachment(&pod2, "n-two");
+        let r1 = cni.add(&a1).await.unwrap();
+        let r2 = cni.add(&a2).await.unwrap();
+        let ips1 = r1.pod_ips();
+        let ips2 = r2.pod_ips();
+        assert_eq!(ips1.len(), 2, "dual-stack: {r1:?}");
+        let (ip1, ip1v6, ip2) = (
+            ips1[0].to_string(),
+            ips1[1].to_string(),
+            ips2[0].to_string(),
+        );
+        assert!(
+            env.subnet
+                .parse::<ipnet::IpNet>()
+                .unwrap()
+                .contains(&ips1[0])
+        );
+        assert!(env.v6.parse::<ipnet::IpNet>().unwrap().contains(&ips1[1]));
+        assert_ne!(ip1, ip2);
+        assert_eq!(r1.interfaces[2].sandbox, pod1.path().display().to_string());
+        let host1 = BridgePlugin::host_ifname(&a1.key());
+        assert_eq!(r1.interfaces[1].name, host1);
+        assert_eq!(env.leases().len(), 4);
+        assert_eq!(
+            sorted(&bridge_ports(&node, &env.config.bridge)),
+            sorted(&[host1.clone(), r2.interfaces[1].name.clone()])
+        );
 
-            // Inside the pod: loopback up, the addresses, the default routes.
-            let pod_view = pod1
-                .sh("ip -o link show lo; ip -o addr show dev eth0; ip route; ip -6 route")
-                .unwrap();
-            assert!(
-                pod_view.contains("LOWER_UP") && pod_view.contains(&format!("{ip1}/24")),
-                "{pod_view}"
-            );
-            assert!(
-                pod_view.contains(&format!("default via {}", env.gateway)),
-                "{pod_view}"
-            );
-            assert!(
-                node.sh(&format!("ip -d link show {host1}"))
-                    .unwrap()
-                    .contains("hairpin on")
-            );
+        // Inside the pod: loopback up, the addresses, the default routes.
+        let pod_view = pod1
+            .sh("ip -o link show lo; ip -o addr show dev eth0; ip route; ip -6 route")
+            .unwrap();
+        assert!(
+            pod_view.contains("LOWER_UP") && pod_view.contains(&format!("{ip1}/24")),
+            "{pod_view}"
+        );
+        assert!(
+            pod_view.contains(&format!("default via {}", env.gateway)),
+            "{pod_view}"
+        );
+        assert!(
+            node.sh(&format!("ip -d link show {host1}"))
+                .unwrap()
+                .contains("hairpin on")
+        );
 
-            // Answers from the node and from the other pod, over IPv4 and IPv6.
-            assert!(ping(&node, &ip1), "node cannot ping {ip1}");
-            assert!(ping(&pod2, &ip1), "pod2 cannot ping {ip1}");
-            assert!(ping(&pod2, &ip1v6), "pod2 cannot ping {ip1v6}");
-            let _server = serve_http(&pod1, web.path(), 8080, "native pod1");
-            assert_eq!(
-                http_get(&pod2, &format!("http://{ip1}:8080/")).as_deref(),
-                Some("native pod1")
-            );
-            // The host port, from the node and from another pod, and back to the pod itself (hairpin).
-            let via_gw = format!("http://{}:18080/", env.gateway);
-            assert_eq!(
-                http_get(&node, &via_gw).as_deref(),
-                Some("native pod1"),
-                "host port from the node"
-            );
-            assert_eq!(
-                http_get(&pod2, &via_gw).as_deref(),
-                Some("native pod1"),
-                "host port from pod2"
-            );
-            assert_eq!(
-                http_get(&pod1, &via_gw).as_deref(),
-                Some("native pod1"),
-                "host port from pod1 (hairpin)"
-            );
+        // Answers from the node and from the other pod, over IPv4 and IPv6.
+        assert!(ping(&node, &ip1), "node cannot ping {ip1}");
+        assert!(ping(&pod2, &ip1), "pod2 cannot ping {ip1}");
+        assert!(ping(&pod2, &ip1v6), "pod2 cannot ping {ip1v6}");
+        let _server = serve_http(&pod1, web.path(), 8080, "native pod1");
+        assert_eq!(
+            http_get(&pod2, &format!("http://{ip1}:8080/")).as_deref(),
+            Some("native pod1")
+        );
+        // The host port, from the node and from another pod, and back to the pod itself (hairpin).
+        let via_gw = format!("http://{}:18080/", env.gateway);
+        assert_eq!(
+            http_get(&node, &via_gw).as_deref(),
+            Some("native pod1"),
+            "host port from the node"
+        );
+        assert_eq!(
+            http_get(&pod2, &via_gw).as_deref(),
+            Some("native pod1"),
+            "host port from pod2"
+        );
+        assert_eq!(
+            http_get(&pod1, &via_gw).as_deref(),
+            Some("native pod1"),
+            "host port from pod1 (hairpin)"
+        );
 
-            cni.check(&a1).await.unwrap();
-            cni.check(&a2).await.unwrap();
-            pod2.sh(&format!("ip addr del {ip2}/24 dev eth0")).unwrap();
-            let e = cni.check(&a2).await.unwrap_err().to_string();
-            assert!(e.contains("n-two") && e.contains(&ip2), "{e}");
+        cni.check(&a1).await.unwrap();
+        cni.check(&a2).await.unwrap();
+        pod2.sh(&format!("ip addr del {ip2}/24 dev eth0")).unwrap();
+        let e = cni.check(&a2).await.unwrap_err().to_string();
+        assert!(e.contains("n-two") && e.contains(&ip2), "{e}");
 
-            cni.del(&a1).await.unwrap();
-            assert!(!has_link(&pod1, "eth0"));
-            assert!(!veths(&node).contains(&host1));
-            assert_eq!(env.leases().len(), 2);
-            let map = node
-                .sh(&format!("nft list map inet {} hostports4", cni.nft_table()))
-                .unwrap();
-            assert!(!map.contains("18080"), "host port left behind: {map}");
-            assert!(http_get(&node, &via_gw).is_none());
-            cni.del(&a1).await.expect("a second DEL succeeds");
-            assert!(cni.check(&a1).await.is_err());
+        cni.del(&a1).await.unwrap();
+        assert!(!has_link(&pod1, "eth0"));
+        assert!(!veths(&node).contains(&host1));
+        assert_eq!(env.leases().len(), 2);
+        let map = node
+            .sh(&format!("nft list map inet {} hostports4", cni.nft_table()))
+            .unwrap();
+        assert!(!map.contains("18080"), "host port left behind: {map}");
+        assert!(http_get(&node, &via_gw).is_none());
+        cni.del(&a1).await.expect("a second DEL succeeds");
+        assert!(cni.check(&a1).await.is_err());
 
-            // A new instance (a restart) knows the leases: a new pod gets another address, and
-            // DEL of the old one frees its lease.
-            drop(cni);
-            let again = env.plugin();
-            assert_eq!(
-                again
-                    .leases()
-                    .unwrap()
-                    .iter()
-                    .filter(|l| l.key.container_id == "n-two")
-                    .count(),
-                2
-            );
-            let pod3 = NetnsFixture::new("pod3").unwrap();
-            let r3 = again.add(&attachment(&pod3, "n-three")).await.unwrap();
-            assert!(!r3.pod_ips().contains(&ips2[0]));
-            again.del(&a2).await.unwrap();
-            again.del(&attachment(&pod3, "n-three")).await.unwrap();
-            assert!(env.leases().is_empty(), "{:?}", env.leases());
-            assert!(veths(&node).is_empty());
-            again.teardown_node(true).await.unwrap();
-            assert!(node.sh("nft list tables").unwrap().trim().is_empty());
-        })
-    })
-    .unwrap();
+        // A new instance (a restart) knows the leases: a new pod gets another address, and
+        // DEL of the old one frees its lease.
+        drop(cni);
+        let again = env.plugin();
+        assert_eq!(
+            again
+                .leases()
+                .unwrap()
+                .iter()
+                .filter(|l| l.key.container_id == "n-two")
+                .count(),
+            2
+        );
+        let pod3 = NetnsFixture::new("pod3").unwrap();
+        let r3 = again.add(&attachment(&pod3, "n-three")).await.unwrap();
+        assert!(!r3.pod_ips().contains(&ips2[0]));
+        again.del(&a2).await.unwrap();
+        again.del(&attachment(&pod3, "n-three")).await.unwrap();
+        assert!(env.leases().is_empty(), "{:?}", env.leases());
+        assert!(veths(&node).is_empty());
+        again.teardown_node(true).await.unwrap();
+        assert!(node.sh("nft list tables").unwrap().trim().is_empty());
+    });
 }
 
 #[test]
@@ -269,59 +258,51 @@ fn gc_frees_what_attachments_not_kept_hold() {
     let pods: Vec<NetnsFixture> = (0..4)
         .map(|i| NetnsFixture::new(&format!("g{i}")).unwrap())
         .collect();
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env.plugin();
-            let atts: Vec<_> = pods
-                .iter()
-                .enumerate()
-                .map(|(i, p)| attachment(p, &format!("g{i}")))
-                .collect();
-            let mut with_port = atts[2].clone();
-            with_port.capabilities.port_mappings = vec![PortMapping {
-                host_port: 18081,
-                container_port: 80,
-                protocol: "udp".into(),
-                host_ip: None,
-            }];
-            cni.add(&atts[0]).await.unwrap();
-            cni.add(&atts[1]).await.unwrap();
-            let r2 = cni.add(&with_port).await.unwrap();
-            assert_eq!(env.leases().len(), 3);
-            // A host port already taken: a clear error, the first pod keeps it, nothing leaks.
-            let mut clash = atts[3].clone();
-            clash.capabilities.port_mappings = with_port.capabilities.port_mappings.clone();
-            let e = cni.add(&clash).await.unwrap_err().to_string();
-            assert!(e.contains("g3") && e.contains("18081/udp"), "{e}");
-            assert_eq!(env.leases().len(), 3);
-            assert!(!has_link(&pods[3], "eth0"));
-            let map = node
-                .sh(&format!("nft list map inet {} hostports4", cni.nft_table()))
-                .unwrap();
-            assert!(
-                map.contains(&format!("18081 : {} . 80", r2.pod_ips()[0])),
-                "{map}"
-            );
-            // GC from a fresh instance (after a restart), keeping only the first attachment.
-            let again = env.plugin();
-            again.gc(&[atts[0].key()]).await.unwrap();
-            assert_eq!(env.leases().len(), 1);
-            assert_eq!(again.leases().unwrap()[0].key, atts[0].key());
-            assert_eq!(
-                bridge_ports(&node, &env.config.bridge),
-                vec![BridgePlugin::host_ifname(&atts[0].key())]
-            );
-            assert!(!has_link(&pods[1], "eth0") && !has_link(&pods[2], "eth0"));
-            let map = node
-                .sh(&format!("nft list map inet {} hostports4", cni.nft_table()))
-                .unwrap();
-            assert!(!map.contains("18081"), "{map}");
-            again.check(&atts[0]).await.unwrap();
-            again.gc(&[]).await.unwrap();
-            assert!(env.leases().is_empty() && veths(&node).is_empty());
-        })
-    })
-    .unwrap();
+    in_ns(&node, || async {
+        let cni = env.plugin();
+        let atts: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| attachment(p, &format!("g{i}")))
+            .collect();
+        let mut with_port = atts[2].clone();
+        with_port.capabilities.port_mappings = vec![port_mapping(18081, 80, "udp")];
+        cni.add(&atts[0]).await.unwrap();
+        cni.add(&atts[1]).await.unwrap();
+        let r2 = cni.add(&with_port).await.unwrap();
+        assert_eq!(env.leases().len(), 3);
+        // A host port already taken: a clear error, the first pod keeps it, nothing leaks.
+        let mut clash = atts[3].clone();
+        clash.capabilities.port_mappings = with_port.capabilities.port_mappings.clone();
+        let e = cni.add(&clash).await.unwrap_err().to_string();
+        assert!(e.contains("g3") && e.contains("18081/udp"), "{e}");
+        assert_eq!(env.leases().len(), 3);
+        assert!(!has_link(&pods[3], "eth0"));
+        let map = node
+            .sh(&format!("nft list map inet {} hostports4", cni.nft_table()))
+            .unwrap();
+        assert!(
+            map.contains(&format!("18081 : {} . 80", r2.pod_ips()[0])),
+            "{map}"
+        );
+        // GC from a fresh instance (after a restart), keeping only the first attachment.
+        let again = env.plugin();
+        again.gc(&[atts[0].key()]).await.unwrap();
+        assert_eq!(env.leases().len(), 1);
+        assert_eq!(again.leases().unwrap()[0].key, atts[0].key());
+        assert_eq!(
+            bridge_ports(&node, &env.config.bridge),
+            vec![BridgePlugin::host_ifname(&atts[0].key())]
+        );
+        assert!(!has_link(&pods[1], "eth0") && !has_link(&pods[2], "eth0"));
+        let map = node
+            .sh(&format!("nft list map inet {} hostports4", cni.nft_table()))
+            .unwrap();
+        assert!(!map.contains("18081"), "{map}");
+        again.check(&atts[0]).await.unwrap();
+        again.gc(&[]).await.unwrap();
+        assert!(env.leases().is_empty() && veths(&node).is_empty());
+    });
 }
 
 #[test]
@@ -331,9 +312,7 @@ fn masquerade_lets_pods_reach_beyond_the_node() {
     }
     let mut env = Env::new(false);
     env.config.masquerade = true;
-    let node = NetnsFixture::new("node").unwrap();
-    let outside = NetnsFixture::new("out").unwrap();
-    let pod = NetnsFixture::new("pod").unwrap();
+    let [node, outside, pod] = namespaces(["node", "out", "pod"]);
     // The outside world knows the node (192.0.2.1) but has no route to the pod subnet.
     connect_veth(
         &node,
@@ -344,43 +323,37 @@ fn masquerade_lets_pods_reach_beyond_the_node() {
         "192.0.2.2/24",
     )
     .unwrap();
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env.plugin();
-            let a = attachment(&pod, "m-one");
-            cni.add(&a).await.unwrap();
-            assert!(
-                ping(&pod, "192.0.2.2"),
-                "the pod cannot reach beyond the node"
-            );
-            let rules = node
-                .sh(&format!(
-                    "nft list chain inet {} postrouting",
-                    cni.nft_table()
-                ))
-                .unwrap();
-            assert!(
-                rules.contains("masquerade") && rules.contains(&env.subnet),
-                "{rules}"
-            );
-            cni.del(&a).await.unwrap();
-            cni.teardown_node(true).await.unwrap();
-        })
-    })
-    .unwrap();
+    in_ns(&node, || async {
+        let cni = env.plugin();
+        let a = attachment(&pod, "m-one");
+        cni.add(&a).await.unwrap();
+        assert!(
+            ping(&pod, "192.0.2.2"),
+            "the pod cannot reach beyond the node"
+        );
+        let rules = node
+            .sh(&format!(
+                "nft list chain inet {} postrouting",
+                cni.nft_table()
+            ))
+            .unwrap();
+        assert!(
+            rules.contains("masquerade") && rules.contains(&env.subnet),
+            "{rules}"
+        );
+        cni.del(&a).await.unwrap();
+        cni.teardown_node(true).await.unwrap();
+    });
     // Without masquerade the same path does not work: the test can fail.
     let env2 = Env::new(false);
     let pod2 = NetnsFixture::new("pod").unwrap();
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env2.plugin();
-            let a = attachment(&pod2, "m-two");
-            cni.add(&a).await.unwrap();
-            assert!(pod2.sh("/bin/busybox ping -c1 -W1 192.0.2.2").is_err());
-            cni.del(&a).await.unwrap();
-        })
-    })
-    .unwrap();
+    in_ns(&node, || async {
+        let cni = env2.plugin();
+        let a = attachment(&pod2, "m-two");
+        cni.add(&a).await.unwrap();
+        assert!(pod2.sh("/bin/busybox ping -c1 -W1 192.0.2.2").is_err());
+        cni.del(&a).await.unwrap();
+    });
 }
 
 #[test]
@@ -391,70 +364,59 @@ fn bad_input_gives_clear_errors_and_leaks_nothing() {
     let mut env = Env::new(false);
     let tiny = format!("{}/30", env.subnet.trim_end_matches("/24"));
     env.config.subnets = vec![tiny.parse().unwrap()];
-    let node = NetnsFixture::new("node").unwrap();
-    let pod1 = NetnsFixture::new("pod").unwrap();
-    let pod2 = NetnsFixture::new("pod").unwrap();
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env.plugin();
-            // A netns that does not exist.
-            let mut a = attachment(&pod1, "b-nonetns");
-            a.netns = Path::new("/run/netns/nkt-no-such-netns").into();
-            let e = cni.add(&a).await.unwrap_err();
-            assert!(matches!(e, CniError::Netns { .. }), "{e}");
-            assert!(
-                e.to_string().contains("b-nonetns") && e.to_string().contains("nkt-no-such-netns"),
-                "{e}"
-            );
-            assert!(env.leases().is_empty() && veths(&node).is_empty());
+    let [node, pod1, pod2] = namespaces(["node", "pod", "pod"]);
+    in_ns(&node, || async {
+        let cni = env.plugin();
+        // A netns that does not exist.
+        let mut a = attachment(&pod1, "b-nonetns");
+        a.netns = Path::new("/run/netns/nkt-no-such-netns").into();
+        let e = cni.add(&a).await.unwrap_err();
+        assert!(matches!(e, CniError::Netns { .. }), "{e}");
+        assert!(
+            e.to_string().contains("b-nonetns") && e.to_string().contains("nkt-no-such-netns"),
+            "{e}"
+        );
+        assert!(env.leases().is_empty() && veths(&node).is_empty());
 
-            // An exhausted /30: one pod fits, the second gets a clear error and nothing.
-            cni.add(&attachment(&pod1, "b-first")).await.unwrap();
-            let e = cni.add(&attachment(&pod2, "b-second")).await.unwrap_err();
-            assert!(matches!(e, CniError::IpamExhausted { .. }), "{e}");
-            assert!(
-                e.to_string().contains(&tiny) && e.to_string().contains("b-second"),
-                "{e}"
-            );
-            assert!(!has_link(&pod2, "eth0"));
-            assert_eq!(env.leases().len(), 1);
-            cni.del(&attachment(&pod1, "b-first")).await.unwrap();
+        // An exhausted /30: one pod fits, the second gets a clear error and nothing.
+        cni.add(&attachment(&pod1, "b-first")).await.unwrap();
+        let e = cni.add(&attachment(&pod2, "b-second")).await.unwrap_err();
+        assert!(matches!(e, CniError::IpamExhausted { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&tiny) && e.to_string().contains("b-second"),
+            "{e}"
+        );
+        assert!(!has_link(&pod2, "eth0"));
+        assert_eq!(env.leases().len(), 1);
+        cni.del(&attachment(&pod1, "b-first")).await.unwrap();
 
-            // Failing midway (the pod already has an eth0): the veth and lease are undone.
-            pod2.sh("ip link add eth0 type bridge").unwrap();
-            let e = cni.add(&attachment(&pod2, "b-clash")).await.unwrap_err();
-            assert!(e.to_string().contains("b-clash"), "{e}");
-            assert!(
-                env.leases().is_empty() && veths(&node).is_empty(),
-                "{:?} {:?}",
-                env.leases(),
-                veths(&node)
-            );
+        // Failing midway (the pod already has an eth0): the veth and lease are undone.
+        pod2.sh("ip link add eth0 type bridge").unwrap();
+        let e = cni.add(&attachment(&pod2, "b-clash")).await.unwrap_err();
+        assert!(e.to_string().contains("b-clash"), "{e}");
+        assert!(
+            env.leases().is_empty() && veths(&node).is_empty(),
+            "{:?} {:?}",
+            env.leases(),
+            veths(&node)
+        );
 
-            // A bad host port after the veth exists: undone too.
-            let mut bad = attachment(&pod1, "b-port");
-            bad.capabilities.port_mappings = vec![PortMapping {
-                host_port: 80,
-                container_port: 80,
-                protocol: "icmp".into(),
-                host_ip: None,
-            }];
-            let e = cni.add(&bad).await.unwrap_err();
-            assert!(
-                e.to_string().contains("portMappings") && e.to_string().contains("icmp"),
-                "{e}"
-            );
-            assert!(!has_link(&pod1, "eth0"));
-            assert!(env.leases().is_empty() && veths(&node).is_empty());
-            assert!(
-                std::fs::read_dir(env.tmp.path().join("state/nkt-native"))
-                    .map(|d| d.count())
-                    .unwrap_or(0)
-                    == 0
-            );
-        })
-    })
-    .unwrap();
+        // A bad host port after the veth exists: undone too.
+        let bad = attachment_with_ports(&pod1, "b-port", vec![port_mapping(80, 80, "icmp")]);
+        let e = cni.add(&bad).await.unwrap_err();
+        assert!(
+            e.to_string().contains("portMappings") && e.to_string().contains("icmp"),
+            "{e}"
+        );
+        assert!(!has_link(&pod1, "eth0"));
+        assert!(env.leases().is_empty() && veths(&node).is_empty());
+        assert!(
+            std::fs::read_dir(env.tmp.path().join("state/nkt-native"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+        );
+    });
     // A bad config is refused before anything is touched, naming the field.
     let e = BridgePlugin::new(BridgeConfig {
         bridge: "a-much-too-long-name".into(),
@@ -489,18 +451,11 @@ fn bandwidth_limits_both_directions_on_the_node_side() {
         return;
     }
     let env = Env::new(false);
-    let node = NetnsFixture::new("node").unwrap();
-    let shaped = NetnsFixture::new("bw1").unwrap();
-    let free = NetnsFixture::new("bw2").unwrap();
+    let [node, shaped, free] = namespaces(["node", "bw1", "bw2"]);
     // 16 Mbit/s = 2 MB/s each way, a 64 KiB bucket.
     let limit = 2_000_000.0;
     let mut a = attachment(&shaped, "bw-one");
-    a.capabilities.bandwidth = Some(Bandwidth {
-        ingress_rate: 16_000_000,
-        ingress_burst: 64 * 1024 * 8,
-        egress_rate: 16_000_000,
-        egress_burst: 64 * 1024 * 8,
-    });
+    a.capabilities.bandwidth = Some(bandwidth(16_000_000, 64 * 1024 * 8));
     let b = attachment(&free, "bw-two");
     let cni = Arc::new(env.plugin());
     let (ip1, ip2) = node
@@ -537,13 +492,10 @@ fn bandwidth_limits_both_directions_on_the_node_side() {
         unshaped > 5.0 * limit,
         "the unshaped pod is limited too: {unshaped:.0} B/s"
     );
-    node.run_in(|| {
-        runtime().block_on(async {
-            cni.del(&a).await.unwrap();
-            cni.del(&b).await.unwrap();
-        })
-    })
-    .unwrap();
+    in_ns(&node, || async {
+        cni.del(&a).await.unwrap();
+        cni.del(&b).await.unwrap();
+    });
     assert!(ifbs(&node).trim().is_empty(), "ifb left: {}", ifbs(&node));
     assert!(veths(&node).is_empty());
 }
@@ -554,39 +506,29 @@ fn host_ports_answer_on_the_node_loopback() {
         return;
     }
     let env = Env::new(false);
-    let node = NetnsFixture::new("node").unwrap();
-    let pod = NetnsFixture::new("lo").unwrap();
+    let [node, pod] = namespaces(["node", "lo"]);
     let web = tempfile::tempdir().unwrap();
-    let mut a = attachment(&pod, "lo-one");
-    a.capabilities.port_mappings = vec![PortMapping {
-        host_port: 18083,
-        container_port: 8080,
-        protocol: "tcp".into(),
-        host_ip: None,
-    }];
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env.plugin();
-            cni.add(&a).await.unwrap();
-            let _server = serve_http(&pod, web.path(), 8080, "loopback pod");
-            assert_eq!(
-                http_get(&node, "http://127.0.0.1:18083/").as_deref(),
-                Some("loopback pod"),
-                "host port on the node's 127.0.0.1"
-            );
-            let sysctl = node
-                .sh(&format!(
-                    "cat /proc/sys/net/ipv4/conf/{}/route_localnet",
-                    env.config.bridge
-                ))
-                .unwrap();
-            assert_eq!(sysctl.trim(), "1");
-            cni.del(&a).await.unwrap();
-            assert!(http_get(&node, "http://127.0.0.1:18083/").is_none());
-            cni.teardown_node(true).await.unwrap();
-        })
-    })
-    .unwrap();
+    let a = attachment_with_ports(&pod, "lo-one", vec![port_mapping(18083, 8080, "tcp")]);
+    in_ns(&node, || async {
+        let cni = env.plugin();
+        cni.add(&a).await.unwrap();
+        let _server = serve_http(&pod, web.path(), 8080, "loopback pod");
+        assert_eq!(
+            http_get(&node, "http://127.0.0.1:18083/").as_deref(),
+            Some("loopback pod"),
+            "host port on the node's 127.0.0.1"
+        );
+        let sysctl = node
+            .sh(&format!(
+                "cat /proc/sys/net/ipv4/conf/{}/route_localnet",
+                env.config.bridge
+            ))
+            .unwrap();
+        assert_eq!(sysctl.trim(), "1");
+        cni.del(&a).await.unwrap();
+        assert!(http_get(&node, "http://127.0.0.1:18083/").is_none());
+        cni.teardown_node(true).await.unwrap();
+    });
 }
 
 #[test]
@@ -597,101 +539,83 @@ fn every_failing_add_path_leaves_nothing() {
     let mut env = Env::new(false);
     let tiny = format!("{}/30", env.subnet.trim_end_matches("/24"));
     env.config.subnets = vec![tiny.parse().unwrap()];
-    let node = NetnsFixture::new("node").unwrap();
-    let pod1 = NetnsFixture::new("f1").unwrap();
-    let pod2 = NetnsFixture::new("f2").unwrap();
-    let port = |p: u16| PortMapping {
-        host_port: p,
-        container_port: 80,
-        protocol: "tcp".into(),
-        host_ip: None,
-    };
+    let [node, pod1, pod2] = namespaces(["node", "f1", "f2"]);
+    let port = |p: u16| port_mapping(p, 80, "tcp");
     let records = || {
         std::fs::read_dir(env.tmp.path().join("state/nkt-native"))
             .map(|d| d.count())
             .unwrap_or(0)
     };
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env.plugin();
-            let table = cni.nft_table().to_string();
-            let mut first = attachment(&pod1, "f-first");
-            first.capabilities.port_mappings = vec![port(18084)];
-            cni.add(&first).await.unwrap();
-            let nothing_more = |what: &str| {
-                assert_eq!(env.leases().len(), 1, "{what}: a lease leaked");
-                assert_eq!(veths(&node).len(), 1, "{what}: a veth leaked");
-                assert!(!has_link(&pod2, "eth0"), "{what}: the pod kept an eth0");
-                assert!(ifbs(&node).trim().is_empty(), "{what}: an ifb leaked");
-                let elems = host_port_elements(&node, &table);
-                assert!(
-                    elems.contains("18084") && !elems.contains("18085"),
-                    "{what}: {elems}"
-                );
-                assert_eq!(records(), 1, "{what}: a record leaked");
-            };
-
-            // The range is exhausted (a /30 holds one pod).
-            let mut second = attachment(&pod2, "f-second");
-            second.capabilities.port_mappings = vec![port(18085)];
-            let e = cni.add(&second).await.unwrap_err();
-            assert!(matches!(e, CniError::IpamExhausted { .. }), "{e}");
-            nothing_more("exhausted range");
-            cni.del(&first).await.unwrap();
-
-            // A netns that does not exist.
-            let mut gone = second.clone();
-            gone.netns = Path::new("/run/netns/nkt-no-such-netns").into();
-            let e = cni.add(&gone).await.unwrap_err();
-            assert!(matches!(e, CniError::Netns { .. }), "{e}");
-            cni.add(&first).await.unwrap();
-            nothing_more("missing netns");
-
-            // A bandwidth without burst: refused before anything is made.
-            let mut shaped = second.clone();
-            shaped.capabilities.bandwidth = Some(Bandwidth {
-                ingress_rate: 1_000_000,
-                ..Default::default()
-            });
-            cni.del(&first).await.unwrap();
-            let e = cni.add(&shaped).await.unwrap_err().to_string();
-            assert!(e.contains("bandwidth") && e.contains("ingressBurst"), "{e}");
-            cni.add(&first).await.unwrap();
-            nothing_more("bad bandwidth");
-
-            // Failing after the veth, the ifb and the shaping exist: a host port clash.
-            cni.del(&first).await.unwrap();
-            let mut other = attachment(&pod1, "f-holder");
-            other.capabilities.port_mappings = vec![port(18084)];
-            let wide = Env::new(false);
-            let cni = wide.plugin();
-            cni.add(&other).await.unwrap();
-            let mut clash = attachment(&pod2, "f-clash");
-            clash.capabilities.port_mappings = vec![port(18084)];
-            clash.capabilities.bandwidth = Some(Bandwidth {
-                ingress_rate: 8_000_000,
-                ingress_burst: 800_000,
-                egress_rate: 8_000_000,
-                egress_burst: 800_000,
-            });
-            let e = cni.add(&clash).await.unwrap_err().to_string();
-            assert!(e.contains("f-clash") && e.contains("18084"), "{e}");
-            assert_eq!(veths(&node).len(), 1);
+    in_ns(&node, || async {
+        let cni = env.plugin();
+        let table = cni.nft_table().to_string();
+        let first = attachment_with_ports(&pod1, "f-first", vec![port(18084)]);
+        cni.add(&first).await.unwrap();
+        let nothing_more = |what: &str| {
+            assert_eq!(env.leases().len(), 1, "{what}: a lease leaked");
+            assert_eq!(veths(&node).len(), 1, "{what}: a veth leaked");
+            assert!(!has_link(&pod2, "eth0"), "{what}: the pod kept an eth0");
+            assert!(ifbs(&node).trim().is_empty(), "{what}: an ifb leaked");
+            let elems = host_port_elements(&node, &table);
             assert!(
-                ifbs(&node).trim().is_empty(),
-                "an ifb leaked: {}",
-                ifbs(&node)
+                elems.contains("18084") && !elems.contains("18085"),
+                "{what}: {elems}"
             );
-            assert!(!has_link(&pod2, "eth0"));
-            assert_eq!(wide.leases().len(), 1);
-            cni.del(&other).await.unwrap();
-            let left = host_port_elements(&node, cni.nft_table());
-            assert!(left.is_empty(), "{left}");
-            assert!(veths(&node).is_empty() && wide.leases().is_empty());
-            assert_eq!(records(), 0);
-        })
-    })
-    .unwrap();
+            assert_eq!(records(), 1, "{what}: a record leaked");
+        };
+
+        // The range is exhausted (a /30 holds one pod).
+        let second = attachment_with_ports(&pod2, "f-second", vec![port(18085)]);
+        let e = cni.add(&second).await.unwrap_err();
+        assert!(matches!(e, CniError::IpamExhausted { .. }), "{e}");
+        nothing_more("exhausted range");
+        cni.del(&first).await.unwrap();
+
+        // A netns that does not exist.
+        let mut gone = second.clone();
+        gone.netns = Path::new("/run/netns/nkt-no-such-netns").into();
+        let e = cni.add(&gone).await.unwrap_err();
+        assert!(matches!(e, CniError::Netns { .. }), "{e}");
+        cni.add(&first).await.unwrap();
+        nothing_more("missing netns");
+
+        // A bandwidth without burst: refused before anything is made.
+        let mut shaped = second.clone();
+        shaped.capabilities.bandwidth = Some(Bandwidth {
+            ingress_rate: 1_000_000,
+            ..Default::default()
+        });
+        cni.del(&first).await.unwrap();
+        let e = cni.add(&shaped).await.unwrap_err().to_string();
+        assert!(e.contains("bandwidth") && e.contains("ingressBurst"), "{e}");
+        cni.add(&first).await.unwrap();
+        nothing_more("bad bandwidth");
+
+        // Failing after the veth, the ifb and the shaping exist: a host port clash.
+        cni.del(&first).await.unwrap();
+        let other = attachment_with_ports(&pod1, "f-holder", vec![port(18084)]);
+        let wide = Env::new(false);
+        let cni = wide.plugin();
+        cni.add(&other).await.unwrap();
+        let mut clash = attachment(&pod2, "f-clash");
+        clash.capabilities.port_mappings = vec![port(18084)];
+        clash.capabilities.bandwidth = Some(bandwidth(8_000_000, 800_000));
+        let e = cni.add(&clash).await.unwrap_err().to_string();
+        assert!(e.contains("f-clash") && e.contains("18084"), "{e}");
+        assert_eq!(veths(&node).len(), 1);
+        assert!(
+            ifbs(&node).trim().is_empty(),
+            "an ifb leaked: {}",
+            ifbs(&node)
+        );
+        assert!(!has_link(&pod2, "eth0"));
+        assert_eq!(wide.leases().len(), 1);
+        cni.del(&other).await.unwrap();
+        let left = host_port_elements(&node, cni.nft_table());
+        assert!(left.is_empty(), "{left}");
+        assert!(veths(&node).is_empty() && wide.leases().is_empty());
+        assert_eq!(records(), 0);
+    });
 }
 
 /// The highest interface index in `ns`.
@@ -712,52 +636,47 @@ fn pod_end_with_the_host_ends_index_is_wired() {
         return;
     }
     let env = Env::new(false);
-    let node = NetnsFixture::new("node").unwrap();
-    let first = NetnsFixture::new("first").unwrap();
-    let pod = NetnsFixture::new("pod").unwrap();
-    node.run_in(|| {
-        runtime().block_on(async {
-            let cni = env.plugin();
-            // The bridge and a first veth, so the node's indexes run ahead of the pod's.
-            let a0 = attachment(&first, "same-0");
-            cni.add(&a0).await.unwrap();
-            let next_on_node = max_ifindex(&node) + 1;
-            let mut n = 0;
-            while max_ifindex(&pod) + 1 < next_on_node {
-                pod.sh(&format!("ip link add nkpad{n} type bridge"))
-                    .unwrap();
-                n += 1;
-            }
-            let a = attachment(&pod, "same-1");
-            let r = cni.add(&a).await.unwrap();
-            let host = BridgePlugin::host_ifname(&a.key());
-            let host_index = node
-                .sh(&format!("cat /sys/class/net/{host}/ifindex"))
+    let [node, first, pod] = namespaces(["node", "first", "pod"]);
+    in_ns(&node, || async {
+        let cni = env.plugin();
+        // The bridge and a first veth, so the node's indexes run ahead of the pod's.
+        let a0 = attachment(&first, "same-0");
+        cni.add(&a0).await.unwrap();
+        let next_on_node = max_ifindex(&node) + 1;
+        let mut n = 0;
+        while max_ifindex(&pod) + 1 < next_on_node {
+            pod.sh(&format!("ip link add nkpad{n} type bridge"))
                 .unwrap();
-            let pod_index = pod.sh("cat /sys/class/net/eth0/ifindex").unwrap();
-            assert_eq!(
-                host_index.trim(),
-                pod_index.trim(),
-                "the indexes were meant to match"
-            );
-            let ip = r.pod_ips()[0].to_string();
-            let view = pod
-                .sh("ip -o link show eth0; ip -o addr show dev eth0")
-                .unwrap();
-            assert!(
-                view.contains("LOWER_UP") && view.contains(&format!("{ip}/24")),
-                "{view}"
-            );
-            assert!(ping(&node, &ip), "node cannot ping {ip}");
-            cni.check(&a).await.unwrap();
-            cni.del(&a).await.unwrap();
-            cni.del(&a0).await.unwrap();
-            assert!(veths(&node).is_empty());
-            assert!(env.leases().is_empty(), "{:?}", env.leases());
-            cni.teardown_node(true).await.unwrap();
-        })
-    })
-    .unwrap();
+            n += 1;
+        }
+        let a = attachment(&pod, "same-1");
+        let r = cni.add(&a).await.unwrap();
+        let host = BridgePlugin::host_ifname(&a.key());
+        let host_index = node
+            .sh(&format!("cat /sys/class/net/{host}/ifindex"))
+            .unwrap();
+        let pod_index = pod.sh("cat /sys/class/net/eth0/ifindex").unwrap();
+        assert_eq!(
+            host_index.trim(),
+            pod_index.trim(),
+            "the indexes were meant to match"
+        );
+        let ip = r.pod_ips()[0].to_string();
+        let view = pod
+            .sh("ip -o link show eth0; ip -o addr show dev eth0")
+            .unwrap();
+        assert!(
+            view.contains("LOWER_UP") && view.contains(&format!("{ip}/24")),
+            "{view}"
+        );
+        assert!(ping(&node, &ip), "node cannot ping {ip}");
+        cni.check(&a).await.unwrap();
+        cni.del(&a).await.unwrap();
+        cni.del(&a0).await.unwrap();
+        assert!(veths(&node).is_empty());
+        assert!(env.leases().is_empty(), "{:?}", env.leases());
+        cni.teardown_node(true).await.unwrap();
+    });
 }
 
 #[test]
@@ -766,8 +685,7 @@ fn an_add_waiting_for_the_lease_lock_leaves_the_runtime_thread_free() {
         return;
     }
     let env = Env::new(false);
-    let node = NetnsFixture::new("node").unwrap();
-    let pod = NetnsFixture::new("pod").unwrap();
+    let [node, pod] = namespaces(["node", "pod"]);
     // Another holder (a plugin binary's ADD, say) keeps the network's lease lock until told.
     let dir = env.config.lease_dir.join("nkt-native");
     std::fs::create_dir_all(&dir).unwrap();

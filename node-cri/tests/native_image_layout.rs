@@ -3,19 +3,13 @@
 //! removes the image, and layers still used by another image stay. Runs as any user; needs
 //! busybox-static for the test image.
 
+mod common;
+
 use std::path::Path;
 
-use node_cri::native::image::{ImageError, ImageStore, ImageStoreConfig};
+use common::image_store as store;
+use node_cri::native::image::ImageError;
 use node_test_support::{TestImage, require_path};
-
-fn store(root: &Path) -> ImageStore {
-    ImageStore::new(ImageStoreConfig {
-        root: root.to_path_buf(),
-        architecture: "amd64".into(),
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 fn tar_dir(dir: &Path, out: &Path) {
     let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());

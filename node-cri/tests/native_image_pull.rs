@@ -4,8 +4,9 @@
 //! reference and a corrupted blob. Layer unpacking writes whiteouts only when layers have them, so
 //! these tests run as any user, but need `docker-registry` and busybox-static.
 
-use std::path::Path;
+mod common;
 
+use common::image_store as store;
 use node_core::{ImageBackend, RuntimeError, cri};
 use node_cri::native::image::{ImageError, ImageStore, ImageStoreConfig};
 use node_test_support::{LocalRegistry, TestImage, require_command, require_path};
@@ -13,15 +14,6 @@ use node_test_support::{LocalRegistry, TestImage, require_command, require_path}
 fn ready(test: &str) -> bool {
     require_command(test, "docker-registry")
         && require_path(test, node_test_support::image::BUSYBOX)
-}
-
-fn store(root: &Path) -> ImageStore {
-    ImageStore::new(ImageStoreConfig {
-        root: root.to_path_buf(),
-        architecture: "amd64".into(),
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 #[tokio::test]

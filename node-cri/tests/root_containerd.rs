@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::pod_fixture;
 use common::pod_fixture::{
-    image_spec as spec, is_rfc3339_nano, labels, parse_cri_log, run_pod, start_container,
+    Pod, container_status, create_container, exec, image_spec as spec, is_rfc3339_nano, labels,
+    parse_cri_log, remove_pod, sandbox_status, trimmed, try_run_pod, wait_exited, wait_running,
     wait_state,
 };
 use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
@@ -83,19 +84,8 @@ fn container_config(
 }
 
 async fn pod_ip(c: &CriClient, pod: &str) -> IpAddr {
-    let st = c
-        .pod_sandbox_status(pod, false)
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = sandbox_status(c, pod).await;
     st.network.unwrap().ip.parse().unwrap()
-}
-
-/// Stop and remove a pod, asserting both succeed.
-async fn remove_pod(c: &CriClient, pod: &str) {
-    c.stop_pod_sandbox(pod).await.unwrap();
-    c.remove_pod_sandbox(pod).await.unwrap();
 }
 
 fn in_subnet(ip: IpAddr, subnet: &str) -> bool {
@@ -257,13 +247,13 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     };
     let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "web", &[("app", "web")]);
-    let pod = run_pod(&c, &sandbox).await;
+    let pod = Pod::run(&c, sandbox.clone()).await;
 
-    let st = c.pod_sandbox_status(&pod, true).await.unwrap();
+    let st = c.pod_sandbox_status(&pod.id, true).await.unwrap();
     let status = st.status.clone().unwrap();
     assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(status.metadata.as_ref().unwrap().name, "web");
-    let ip = pod_ip(&c, &pod).await;
+    let ip = pod_ip(&c, &pod.id).await;
     assert!(
         in_subnet(ip, f.subnet()),
         "pod IP {ip} outside {}",
@@ -283,14 +273,8 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
         ],
         &[("role", "server")],
     );
-    let id = start_container(&c, &pod, &sandbox, server).await;
-    let running = wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
+    let id = pod.start(server).await;
+    let running = wait_running(&c, &id).await;
     assert_eq!(running.image.as_ref().unwrap().image, image);
 
     // TCP on the pod IP, reached from containerd's namespace over the CNI bridge
@@ -301,41 +285,20 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     );
 
     // exec_sync: stdout, stderr and the exit code, inside the pod's network namespace
-    let r = c
-        .exec_sync(
-            &id,
-            vec![
-                "sh".into(),
-                "-c".into(),
-                "echo out; echo err >&2; exit 3".into(),
-            ],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let r = exec(&c, &id, &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
     assert_eq!(
         (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
         (3, &b"out\n"[..], &b"err\n"[..])
     );
-    let r = c
-        .exec_sync(
-            &id,
-            vec!["ip".into(), "-o".into(), "addr".into()],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let r = exec(&c, &id, &["ip", "-o", "addr"]).await;
     let addrs = String::from_utf8_lossy(&r.stdout);
     assert!(addrs.contains(&format!("inet {ip}/")), "{addrs}");
     assert!(
         addrs.contains("lo") && addrs.contains("inet 127.0.0.1/8"),
         "loopback is up in the pod: {addrs}"
     );
-    let r = c
-        .exec_sync(&id, vec!["hostname".into()], Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "web");
+    let r = exec(&c, &id, &["hostname"]).await;
+    assert_eq!(trimmed(&r.stdout), "web");
     // an exec that outlives its timeout is cut short
     let started = Instant::now();
     let r = c
@@ -352,12 +315,7 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     assert!(r.is_err() || r.as_ref().unwrap().exit_code != 0, "{r:?}");
 
     // the log file in the CRI format
-    let st = c
-        .container_status(&id, false)
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = container_status(&c, &id).await;
     assert!(st.log_path.ends_with("server.log"), "{}", st.log_path);
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines = loop {
@@ -444,7 +402,7 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     assert!(attach.url.contains("/attach/"), "{}", attach.url);
     let pf = c
         .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
+            pod_sandbox_id: pod.id.clone(),
             port: vec![8080],
         })
         .await
@@ -463,13 +421,16 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     );
     let all = c.list_container_stats(None).await.unwrap();
     assert!(all.iter().any(|s| s.attributes.as_ref().unwrap().id == id));
-    match c.pod_sandbox_stats(&pod).await {
-        Ok(s) => assert_eq!(s.attributes.unwrap().id, pod),
+    match c.pod_sandbox_stats(&pod.id).await {
+        Ok(s) => assert_eq!(s.attributes.unwrap().id, pod.id),
         Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "PodSandboxStats"),
         Err(e) => panic!("pod sandbox stats: {e}"),
     }
     match c.list_pod_sandbox_stats(None).await {
-        Ok(s) => assert!(s.iter().any(|s| s.attributes.as_ref().unwrap().id == pod)),
+        Ok(s) => assert!(
+            s.iter()
+                .any(|s| s.attributes.as_ref().unwrap().id == pod.id)
+        ),
         Err(RuntimeError::Unimplemented(m)) => assert_eq!(m, "ListPodSandboxStats"),
         Err(e) => panic!("list pod sandbox stats: {e}"),
     }
@@ -526,10 +487,10 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
             .trim()
             .is_empty()
     );
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
     assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
     assert!(
-        c.pod_sandbox_status(&pod, false)
+        c.pod_sandbox_status(&pod.id, false)
             .await
             .unwrap_err()
             .is_not_found()
@@ -547,21 +508,30 @@ async fn pod_serves_tcp_execs_logs_and_is_removed() {
     assert!(left.is_empty(), "netns left: {left:?}");
 }
 
+/// `StopContainer` with `grace`: how long the call took, and the status, exited within 5 s
+/// after it.
+async fn stop_timed(c: &CriClient, id: &str, grace: Duration) -> (Duration, cri::ContainerStatus) {
+    let t = Instant::now();
+    c.stop_container(id, grace).await.unwrap();
+    let took = t.elapsed();
+    let exited = cri::ContainerState::ContainerExited;
+    (
+        took,
+        wait_state(c, id, exited, Duration::from_secs(5)).await,
+    )
+}
+
 #[tokio::test]
 async fn stop_grace_period_and_exit_codes() {
     let Some((f, c)) = setup("stop_grace_period_and_exit_codes").await else {
         return;
     };
     let image = busybox(&f, &c).await;
-    let sandbox = sandbox_config(&f, "stopper", &[]);
-    let pod = run_pod(&c, &sandbox).await;
+    let pod = Pod::run(&c, sandbox_config(&f, "stopper", &[])).await;
 
     // traps SIGTERM and exits 0 by itself
-    let polite = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config(
+    let polite = pod
+        .start(container_config(
             "polite",
             &image,
             &[
@@ -570,15 +540,11 @@ async fn stop_grace_period_and_exit_codes() {
                 "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
             ],
             &[],
-        ),
-    )
-    .await;
+        ))
+        .await;
     // ignores SIGTERM: SIGKILLed after the grace period
-    let stubborn = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config(
+    let stubborn = pod
+        .start(container_config(
             "stubborn",
             &image,
             &[
@@ -587,36 +553,26 @@ async fn stop_grace_period_and_exit_codes() {
                 "trap '' TERM; echo ready; while true; do sleep 0.1; done",
             ],
             &[],
-        ),
-    )
-    .await;
-    // exits non-zero on its own, and one that exits zero
-    let failing = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config("failing", &image, &["sh", "-c", "echo bye; exit 7"], &[]),
-    )
-    .await;
-    let done = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config("done", &image, &["true"], &[]),
-    )
-    .await;
-    for id in [&polite, &stubborn] {
-        wait_state(
-            &c,
-            id,
-            cri::ContainerState::ContainerRunning,
-            Duration::from_secs(20),
-        )
+        ))
         .await;
+    // exits non-zero on its own, and one that exits zero
+    let failing = pod
+        .start(container_config(
+            "failing",
+            &image,
+            &["sh", "-c", "echo bye; exit 7"],
+            &[],
+        ))
+        .await;
+    let done = pod
+        .start(container_config("done", &image, &["true"], &[]))
+        .await;
+    for id in [&polite, &stubborn] {
+        wait_running(&c, id).await;
     }
     // give the shells time to install their traps ("ready" is printed after the trap)
     for name in ["polite", "stubborn"] {
-        let log = std::path::Path::new(&sandbox.log_directory).join(format!("{name}.log"));
+        let log = std::path::Path::new(&pod.config.log_directory).join(format!("{name}.log"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -627,18 +583,7 @@ async fn stop_grace_period_and_exit_codes() {
         }
     }
 
-    let t = Instant::now();
-    c.stop_container(&polite, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let polite_took = t.elapsed();
-    let st = wait_state(
-        &c,
-        &polite,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (polite_took, st) = stop_timed(&c, &polite, Duration::from_secs(20)).await;
     assert_eq!(st.exit_code, 0, "{st:?}");
     assert_eq!(st.reason, "Completed");
     assert!(
@@ -648,18 +593,7 @@ async fn stop_grace_period_and_exit_codes() {
     let polite_log = std::fs::read_to_string(&st.log_path).unwrap();
     assert!(polite_log.contains("stdout F got TERM"), "{polite_log}");
 
-    let t = Instant::now();
-    c.stop_container(&stubborn, Duration::from_secs(2))
-        .await
-        .unwrap();
-    let stubborn_took = t.elapsed();
-    let st = wait_state(
-        &c,
-        &stubborn,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (stubborn_took, st) = stop_timed(&c, &stubborn, Duration::from_secs(2)).await;
     assert_eq!(st.exit_code, 137, "SIGKILL: {st:?}");
     assert_eq!(st.reason, "Error");
     assert!(
@@ -667,23 +601,11 @@ async fn stop_grace_period_and_exit_codes() {
         "killed before the grace period ended: {stubborn_took:?}"
     );
 
-    let st = wait_state(
-        &c,
-        &failing,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(20),
-    )
-    .await;
+    let st = wait_exited(&c, &failing).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (7, "Error"), "{st:?}");
     // (containerd may record the start after a fast exit: only check both are set)
     assert!(st.finished_at > 0 && st.started_at > 0, "{st:?}");
-    let st = wait_state(
-        &c,
-        &done,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(20),
-    )
-    .await;
+    let st = wait_exited(&c, &done).await;
     assert_eq!(
         (st.exit_code, st.reason.as_str()),
         (0, "Completed"),
@@ -694,7 +616,7 @@ async fn stop_grace_period_and_exit_codes() {
     c.stop_container(&stubborn, Duration::from_secs(1))
         .await
         .unwrap();
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
     assert!(
         c.list_containers(None).await.unwrap().is_empty(),
         "removing the pod removes its containers"
@@ -709,45 +631,36 @@ async fn lists_filter_by_labels_state_and_pod() {
     let image = busybox(&f, &c).await;
     let a_cfg = sandbox_config(&f, "pod-a", &[("team", "a"), ("tier", "web")]);
     let b_cfg = sandbox_config(&f, "pod-b", &[("team", "b"), ("tier", "web")]);
-    let a = run_pod(&c, &a_cfg).await;
-    let b = run_pod(&c, &b_cfg).await;
+    let a = Pod::run(&c, a_cfg.clone()).await;
+    let b = Pod::run(&c, b_cfg.clone()).await;
     let sleeper = ["sleep", "3600"];
-    let a1 = start_container(
-        &c,
-        &a,
-        &a_cfg,
-        container_config("one", &image, &sleeper, &[("role", "worker")]),
-    )
-    .await;
-    let a2 = start_container(
-        &c,
-        &a,
-        &a_cfg,
-        container_config("two", &image, &["true"], &[("role", "init")]),
-    )
-    .await;
-    let b1 = start_container(
-        &c,
-        &b,
-        &b_cfg,
-        container_config("one", &image, &sleeper, &[("role", "worker")]),
-    )
-    .await;
-    wait_state(
-        &c,
-        &a2,
-        cri::ContainerState::ContainerExited,
-        Duration::from_secs(20),
-    )
-    .await;
-    for id in [&a1, &b1] {
-        wait_state(
-            &c,
-            id,
-            cri::ContainerState::ContainerRunning,
-            Duration::from_secs(20),
-        )
+    let a1 = a
+        .start(container_config(
+            "one",
+            &image,
+            &sleeper,
+            &[("role", "worker")],
+        ))
         .await;
+    let a2 = a
+        .start(container_config(
+            "two",
+            &image,
+            &["true"],
+            &[("role", "init")],
+        ))
+        .await;
+    let b1 = b
+        .start(container_config(
+            "one",
+            &image,
+            &sleeper,
+            &[("role", "worker")],
+        ))
+        .await;
+    wait_exited(&c, &a2).await;
+    for id in [&a1, &b1] {
+        wait_running(&c, id).await;
     }
 
     let ids = |v: Vec<cri::PodSandbox>| {
@@ -765,21 +678,21 @@ async fn lists_filter_by_labels_state_and_pod() {
     };
     assert_eq!(
         ids(c.list_pod_sandbox(None).await.unwrap()),
-        sorted(vec![a.clone(), b.clone()])
+        sorted(vec![a.id.clone(), b.id.clone()])
     );
     assert_eq!(
         ids(c
             .list_pod_sandbox(Some(pods(&[("team", "a")])))
             .await
             .unwrap()),
-        vec![a.clone()]
+        vec![a.id.clone()]
     );
     assert_eq!(
         ids(c
             .list_pod_sandbox(Some(pods(&[("tier", "web")])))
             .await
             .unwrap()),
-        sorted(vec![a.clone(), b.clone()])
+        sorted(vec![a.id.clone(), b.id.clone()])
     );
     assert!(
         c.list_pod_sandbox(Some(pods(&[("team", "a"), ("tier", "db")])))
@@ -788,12 +701,12 @@ async fn lists_filter_by_labels_state_and_pod() {
             .is_empty()
     );
     let by_id = cri::PodSandboxFilter {
-        id: b.clone(),
+        id: b.id.clone(),
         ..Default::default()
     };
     assert_eq!(
         ids(c.list_pod_sandbox(Some(by_id)).await.unwrap()),
-        vec![b.clone()]
+        vec![b.id.clone()]
     );
 
     let cids = |v: Vec<cri::Container>| {
@@ -822,7 +735,7 @@ async fn lists_filter_by_labels_state_and_pod() {
         vec![a2.clone()]
     );
     let in_a = cri::ContainerFilter {
-        pod_sandbox_id: a.clone(),
+        pod_sandbox_id: a.id.clone(),
         ..Default::default()
     };
     assert_eq!(
@@ -840,7 +753,7 @@ async fn lists_filter_by_labels_state_and_pod() {
         sorted(vec![a1.clone(), b1.clone()])
     );
     let exited_in_a = cri::ContainerFilter {
-        pod_sandbox_id: a.clone(),
+        pod_sandbox_id: a.id.clone(),
         state: Some(cri::ContainerStateValue {
             state: cri::ContainerState::ContainerExited as i32,
         }),
@@ -862,7 +775,7 @@ async fn lists_filter_by_labels_state_and_pod() {
     );
 
     // a stopped pod is NotReady, and the state filter sees it
-    c.stop_pod_sandbox(&b).await.unwrap();
+    c.stop_pod_sandbox(&b.id).await.unwrap();
     let not_ready = cri::PodSandboxFilter {
         state: Some(cri::PodSandboxStateValue {
             state: cri::PodSandboxState::SandboxNotready as i32,
@@ -871,10 +784,10 @@ async fn lists_filter_by_labels_state_and_pod() {
     };
     assert_eq!(
         ids(c.list_pod_sandbox(Some(not_ready)).await.unwrap()),
-        vec![b.clone()]
+        vec![b.id.clone()]
     );
-    remove_pod(&c, &a).await;
-    remove_pod(&c, &b).await;
+    a.remove().await;
+    b.remove().await;
     assert!(c.list_pod_sandbox(None).await.unwrap().is_empty());
 }
 
@@ -885,28 +798,17 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
         return;
     };
     let image = busybox(&f, &c).await;
-    let sandbox = sandbox_config(&f, "survivor", &[("restart", "yes")]);
-    let pod = run_pod(&c, &sandbox).await;
-    let id = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config(
+    let pod = Pod::run(&c, sandbox_config(&f, "survivor", &[("restart", "yes")])).await;
+    let id = pod
+        .start(container_config(
             "server",
             &image,
             &["httpd", "-f", "-p", "8080", "-h", "/www"],
             &[],
-        ),
-    )
-    .await;
-    wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
-    let ip = pod_ip(&c, &pod).await;
+        ))
+        .await;
+    wait_running(&c, &id).await;
+    let ip = pod_ip(&c, &pod.id).await;
 
     // containerd down: calls fail fast and typed, they do not hang
     f.kill_containerd();
@@ -925,46 +827,26 @@ async fn containerd_restart_client_reconnects_and_pod_survives() {
     };
     let pods = c.list_pod_sandbox(Some(filter)).await.unwrap();
     assert_eq!(pods.len(), 1, "{pods:?}");
-    assert_eq!(pods[0].id, pod);
+    assert_eq!(pods[0].id, pod.id);
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
-    let st = wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
+    let st = wait_running(&c, &id).await;
     assert_eq!(st.id, id);
-    assert_eq!(pod_ip(&c, &pod).await, ip);
-    let r = c
-        .exec_sync(
-            &id,
-            vec!["echo".into(), "still here".into()],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    assert_eq!(pod_ip(&c, &pod.id).await, ip);
+    let r = exec(&c, &id, &["echo", "still here"]).await;
     assert_eq!(r.stdout, b"still here\n");
 
     // once more; the first call afterwards is one the client does not retry: the channel has
     // noticed the dead connection and reconnects by itself
     f.restart().unwrap();
-    let r = c
-        .exec_sync(
-            &id,
-            vec!["echo".into(), "again".into()],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let r = exec(&c, &id, &["echo", "again"]).await;
     assert_eq!(r.stdout, b"again\n");
     assert!(c.conditions().await.unwrap().runtime_ready);
     let pods = c.list_pod_sandbox(None).await.unwrap();
     assert_eq!(
         pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
-        vec![pod.as_str()]
+        vec![pod.id.as_str()]
     );
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
     assert!(c.list_containers(None).await.unwrap().is_empty());
 }
 
@@ -1054,26 +936,26 @@ async fn bad_input_gets_typed_errors() {
     // a container in a pod that does not exist
     let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "ghost", &[]);
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: unknown.into(),
-            config: Some(container_config("x", &image, &["true"], &[])),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_err();
+    let err = create_container(
+        &c,
+        unknown,
+        Some(&sandbox),
+        container_config("x", &image, &["true"], &[]),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     // a container whose image is not present: NotFound names the image, not the pod
-    let pod = run_pod(&c, &sandbox).await;
+    let pod = Pod::run(&c, sandbox.clone()).await;
     let never = f.image_ref("nodekit/never-pulled:1");
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("x", &never, &["true"], &[])),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_err();
+    let err = create_container(
+        &c,
+        &pod.id,
+        Some(&sandbox),
+        container_config("x", &never, &["true"], &[]),
+    )
+    .await
+    .unwrap_err();
     match err {
         RuntimeError::NotFound { kind: "image", id } => assert_eq!(id, never),
         e => panic!("create with an absent image: {e:?}"),
@@ -1081,12 +963,7 @@ async fn bad_input_gets_typed_errors() {
     // a container with no image at all
     let mut no_image = container_config("y", &image, &["true"], &[]);
     no_image.image = None;
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(no_image),
-            sandbox_config: Some(sandbox.clone()),
-        })
+    let err = create_container(&c, &pod.id, Some(&sandbox), no_image)
         .await
         .unwrap_err();
     match err {
@@ -1094,21 +971,17 @@ async fn bad_input_gets_typed_errors() {
         e => panic!("create without an image: {e:?}"),
     }
     // the same container name twice: the name is reserved
-    let first = start_container(
+    let first = pod
+        .start(container_config("dup", &image, &["sleep", "60"], &[]))
+        .await;
+    let err = create_container(
         &c,
-        &pod,
-        &sandbox,
+        &pod.id,
+        Some(&sandbox),
         container_config("dup", &image, &["sleep", "60"], &[]),
     )
-    .await;
-    let err = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("dup", &image, &["sleep", "60"], &[])),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap_err();
+    .await
+    .unwrap_err();
     match &err {
         RuntimeError::AlreadyExists(m) => {
             assert!(m.contains("is reserved for") && m.contains(&first), "{m}")
@@ -1122,7 +995,7 @@ async fn bad_input_gets_typed_errors() {
         }
         e => panic!("start of a running container: {e:?}"),
     }
-    remove_pod(&c, &pod).await;
+    pod.remove().await;
 }
 
 #[tokio::test]
@@ -1180,23 +1053,12 @@ async fn fixture_drop_cleans_up_pods_left_running() {
         return;
     };
     let image = busybox(&f, &c).await;
-    let sandbox = sandbox_config(&f, "leftover", &[]);
-    let pod = run_pod(&c, &sandbox).await;
-    let id = start_container(
-        &c,
-        &pod,
-        &sandbox,
-        container_config("sleeper", &image, &["sleep", "3600"], &[]),
-    )
-    .await;
-    wait_state(
-        &c,
-        &id,
-        cri::ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
-    let pause_pid = verbose_pid(&c.pod_sandbox_status(&pod, true).await.unwrap().info);
+    let pod = Pod::run(&c, sandbox_config(&f, "leftover", &[])).await;
+    let id = pod
+        .start(container_config("sleeper", &image, &["sleep", "3600"], &[]))
+        .await;
+    wait_running(&c, &id).await;
+    let pause_pid = verbose_pid(&c.pod_sandbox_status(&pod.id, true).await.unwrap().info);
     let ctr_pid = verbose_pid(&c.container_status(&id, true).await.unwrap().info);
     let shims = f.shim_pids();
     assert!(!shims.is_empty());
@@ -1278,13 +1140,7 @@ async fn cni_failures_are_network_errors_and_network_ready_follows_the_config() 
     std::fs::write(&conf, &broken).unwrap();
     wait_network_ready(&c, true).await;
     let sandbox = sandbox_config(&f, "netfail", &[("net", "broken")]);
-    let err = c
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = try_run_pod(&c, &sandbox).await.unwrap_err();
     match &err {
         RuntimeError::Network(m) => {
             assert!(
@@ -1313,8 +1169,7 @@ async fn cni_failures_are_network_errors_and_network_ready_follows_the_config() 
         );
         remove_pod(&c, &p.id).await;
     }
-    let sandbox = sandbox_config(&f, "netok", &[]);
-    let pod = run_pod(&c, &sandbox).await;
-    assert!(in_subnet(pod_ip(&c, &pod).await, f.subnet()));
-    remove_pod(&c, &pod).await;
+    let pod = Pod::run(&c, sandbox_config(&f, "netok", &[])).await;
+    assert!(in_subnet(pod_ip(&c, &pod.id).await, f.subnet()));
+    pod.remove().await;
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use common::native::{
     INIT, cgroups_left, log_entries, mounts_under, new_root, prerequisites, teardown, wait_for,
 };
+use common::pod_fixture::{self, ContainerConfigExt, trimmed};
 use common::server::Served;
 use node_cni::{BridgeConfig, BridgePlugin};
 use node_core::{ImageBackend, RuntimeBackend, RuntimeError, cri};
@@ -89,11 +90,7 @@ impl Cri {
     }
 
     async fn run_pod(&self, cfg: &cri::PodSandboxConfig) -> String {
-        self.client
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
+        pod_fixture::try_run_pod(&self.client, cfg)
             .await
             .expect("RunPodSandbox")
     }
@@ -104,13 +101,7 @@ impl Cri {
         pod_cfg: &cri::PodSandboxConfig,
         cfg: cri::ContainerConfig,
     ) -> Result<String, RuntimeError> {
-        self.client
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(cfg),
-                sandbox_config: Some(pod_cfg.clone()),
-            })
-            .await
+        pod_fixture::create_container(&self.client, pod, Some(pod_cfg), cfg).await
     }
 
     /// Create and start a container.
@@ -139,15 +130,9 @@ impl Cri {
     ) -> String {
         let pod_cfg = self.sandbox(name);
         let pod = self.run_pod(&pod_cfg).await;
-        let mut cfg = self.container("main", &["sleep", "1000"]);
-        tweak(
-            cfg.linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap(),
-        );
+        let cfg = self
+            .container("main", &["sleep", "1000"])
+            .with_security(tweak);
         self.start(&pod, &pod_cfg, cfg).await
     }
 
@@ -162,29 +147,11 @@ impl Cri {
             )
             .await
             .expect("ExecSync");
-        (
-            out.exit_code,
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        )
+        (out.exit_code, trimmed(&out.stdout), trimmed(&out.stderr))
     }
 
     async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let st = self
-                .client
-                .container_status(id, false)
-                .await
-                .unwrap()
-                .status
-                .unwrap();
-            if st.state == cri::ContainerState::ContainerExited as i32 {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "{id} did not exit: {st:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        pod_fixture::wait_exited(&self.client, id).await
     }
 }
 
@@ -470,21 +437,11 @@ cri_test!(
         c.stop_container(&server, Duration::from_secs(5))
             .await
             .unwrap();
-        let st = c
-            .container_status(&server, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap();
+        let st = pod_fixture::container_status(c, &server).await;
         assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
         c.stop_pod_sandbox(&pod).await.unwrap();
         c.stop_pod_sandbox(&pod).await.unwrap();
-        let st = c
-            .pod_sandbox_status(&pod, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap();
+        let st = pod_fixture::sandbox_status(c, &pod).await;
         assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
         // remove: nothing left, removing again is fine
         c.remove_container(&server).await.unwrap();
@@ -548,14 +505,9 @@ cri_test!(run_as_group_is_honoured, |h| {
 cri_test!(run_as_group_without_run_as_user_is_refused, |h| {
     let pod_cfg = h.sandbox("groupnouser");
     let pod = h.run_pod(&pod_cfg).await;
-    let mut cfg = h.container("main", &["sleep", "1000"]);
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .run_as_group = Some(cri::Int64Value { value: 5678 });
+    let cfg = h
+        .container("main", &["sleep", "1000"])
+        .with_security(|sc| sc.run_as_group = Some(cri::Int64Value { value: 5678 }));
     let e = h.create(&pod, &pod_cfg, cfg).await.unwrap_err();
     assert!(
         matches!(e, RuntimeError::InvalidArgument(ref m) if m.contains("run_as_group")),
@@ -730,13 +682,7 @@ cri_test!(logs_are_written_in_cri_format_at_the_requested_path, |h| {
     let id = h.start(&pod, &pod_cfg, cfg).await;
     h.wait_exited(&id).await;
     let path = h.logs.join("logs/custom/dir/writer.log");
-    let st = h
-        .client
-        .container_status(&id, false)
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = pod_fixture::container_status(&h.client, &id).await;
     assert_eq!(st.log_path, path.display().to_string());
     let entries = log_entries(&path);
     assert!(

@@ -205,18 +205,8 @@ fn the_runtime_on_a_v2_hierarchy_places_pods_and_containers_there() {
         )
         .await;
         // the container (and an exec in it) is in its v2 cgroup, and in no v1 cgroup of ours
-        let out = rt
-            .exec_sync(
-                &id,
-                vec![
-                    "cat".into(),
-                    "/proc/1/cgroup".into(),
-                    "/proc/self/cgroup".into(),
-                ],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        let out =
+            pod_fixture::exec(&rt, &id, &["cat", "/proc/1/cgroup", "/proc/self/cgroup"]).await;
         let text = String::from_utf8_lossy(&out.stdout);
         let want = format!("0::/{}/{id}", env.cgroup_parent);
         assert_eq!(text.lines().filter(|l| *l == want).count(), 2, "{text}");
@@ -249,12 +239,7 @@ fn the_runtime_on_a_v2_hierarchy_places_pods_and_containers_there() {
                 memory_limit_in_bytes: 32 << 20,
                 ..Default::default()
             });
-            let e = rt
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: sb.clone(),
-                    config: Some(cfg),
-                    sandbox_config: None,
-                })
+            let e = pod_fixture::create_container(&rt, &sb, None, cfg)
                 .await
                 .unwrap_err();
             assert!(

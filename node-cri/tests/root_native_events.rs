@@ -10,7 +10,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::native::{Env, container_config, in_netns, prerequisites};
+use common::native::{Env, container_config, in_netns, native_test, prerequisites};
+use common::pod_fixture::{self, run_pod};
 use common::server::Served;
 use futures::StreamExt;
 use node_core::{ContainerEventStream, RuntimeBackend, RuntimeError, cri};
@@ -57,15 +58,6 @@ fn status_of<'a>(e: &'a cri::ContainerEventResponse, id: &str) -> Option<&'a cri
     e.containers_statuses.iter().find(|c| c.id == id)
 }
 
-async fn run_pod(rt: &dyn RuntimeBackend, cfg: &cri::PodSandboxConfig) -> String {
-    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(cfg.clone()),
-        runtime_handler: String::new(),
-    })
-    .await
-    .expect("RunPodSandbox")
-}
-
 async fn start(
     rt: &dyn RuntimeBackend,
     pod: &str,
@@ -73,16 +65,7 @@ async fn start(
     name: &str,
     command: &[&str],
 ) -> String {
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(container_config(name, command)),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer");
-    rt.start_container(&id).await.expect("StartContainer");
-    id
+    pod_fixture::start_container(rt, pod, pod_cfg, container_config(name, command)).await
 }
 
 #[test]
@@ -113,14 +96,14 @@ fn lifecycle_events_through_the_cri_server_and_exit_latency_beside_a_relist() {
         assert_eq!(sb.state, cri::PodSandboxState::SandboxReady as i32);
         assert_eq!(sb.metadata.unwrap().uid, "uid-ev");
 
-        let id = client
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config("job", &["sh", "-c", "sleep 0.7; exit 3"])),
-                sandbox_config: Some(pod_cfg.clone()),
-            })
-            .await
-            .unwrap();
+        let id = pod_fixture::create_container(
+            &client,
+            &pod,
+            Some(&pod_cfg),
+            container_config("job", &["sh", "-c", "sleep 0.7; exit 3"]),
+        )
+        .await
+        .unwrap();
         let e = next(&mut s1).await;
         assert_eq!(e.container_event_type, Kind::ContainerCreatedEvent as i32);
         assert_eq!(e.container_id, id);
@@ -302,13 +285,7 @@ fn exits_while_the_runtime_was_down_are_reported_once_after_a_restart() {
         };
         let b = env.runtime();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while b
-            .container_status(&short, false)
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .state
+        while pod_fixture::container_status(&b, &short).await.state
             != cri::ContainerState::ContainerExited as i32
         {
             assert!(
@@ -380,63 +357,57 @@ fn kill9(pid: i32) {
 
 #[test]
 fn a_killed_monitor_and_a_dead_pause_process_raise_stopped_events() {
-    if !prerequisites("a_killed_monitor_and_a_dead_pause_process_raise_stopped_events") {
-        return;
-    }
-    let env = Env::new();
-    in_netns("evlost", || async {
-        let rt = env.runtime();
-        let pod_cfg = env.sandbox_config("lost");
-        let pod = run_pod(&rt, &pod_cfg).await;
-        let c = start(&rt, &pod, &pod_cfg, "orphan", &["sleep", "1000"]).await;
-        let other = start(&rt, &pod, &pod_cfg, "other", &["sleep", "1000"]).await;
-        let mut s = rt.get_container_events().await.unwrap();
-        // the monitor dies without recording an exit, then the container's process
-        let st = rt.container_status(&c, true).await.unwrap();
-        let (pid, monitor) = (info_pid(&st.info, "pid"), info_pid(&st.info, "monitorPid"));
-        kill9(monitor);
-        kill9(pid);
-        let e = until(&mut s, &c, Kind::ContainerStoppedEvent).await;
-        let cs = status_of(&e, &c).unwrap();
-        assert_ne!(
-            cs.state,
-            cri::ContainerState::ContainerRunning as i32,
-            "{cs:?}"
-        );
-        assert_eq!(
-            rt.container_status(&c, false)
-                .await
-                .unwrap()
-                .status
-                .unwrap()
-                .state,
-            cs.state,
-            "the event carries what the runtime reports"
-        );
-        assert_eq!(
-            e.pod_sandbox_status.as_ref().unwrap().state,
-            cri::PodSandboxState::SandboxReady as i32
-        );
-        // the pause process dies on its own: the sandbox's stopped event, NOTREADY
-        let st = rt.pod_sandbox_status(&pod, true).await.unwrap();
-        kill9(info_pid(&st.info, "pid"));
-        let e = until(&mut s, &pod, Kind::ContainerStoppedEvent).await;
-        assert_eq!(
-            e.pod_sandbox_status.as_ref().unwrap().state,
-            cri::PodSandboxState::SandboxNotready as i32
-        );
-        assert!(status_of(&e, &other).is_some(), "{e:?}");
-        // each once: nothing more within a few liveness periods
-        let deadline = Instant::now() + Duration::from_millis(2500);
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline.into(), s.next()).await {
-            let e = e.expect("an event");
-            assert!(
-                !(e.container_event_type == Kind::ContainerStoppedEvent as i32
-                    && (e.container_id == c || e.container_id == pod)),
-                "reported twice: {e:?}"
+    native_test(
+        "a_killed_monitor_and_a_dead_pause_process_raise_stopped_events",
+        "evlost",
+        async |env, rt| {
+            let pod_cfg = env.sandbox_config("lost");
+            let pod = run_pod(&rt, &pod_cfg).await;
+            let c = start(&rt, &pod, &pod_cfg, "orphan", &["sleep", "1000"]).await;
+            let other = start(&rt, &pod, &pod_cfg, "other", &["sleep", "1000"]).await;
+            let mut s = rt.get_container_events().await.unwrap();
+            // the monitor dies without recording an exit, then the container's process
+            let st = rt.container_status(&c, true).await.unwrap();
+            let (pid, monitor) = (info_pid(&st.info, "pid"), info_pid(&st.info, "monitorPid"));
+            kill9(monitor);
+            kill9(pid);
+            let e = until(&mut s, &c, Kind::ContainerStoppedEvent).await;
+            let cs = status_of(&e, &c).unwrap();
+            assert_ne!(
+                cs.state,
+                cri::ContainerState::ContainerRunning as i32,
+                "{cs:?}"
             );
-        }
-        rt.stop_pod_sandbox(&pod).await.unwrap();
-        rt.remove_pod_sandbox(&pod).await.unwrap();
-    });
+            assert_eq!(
+                pod_fixture::container_status(&rt, &c).await.state,
+                cs.state,
+                "the event carries what the runtime reports"
+            );
+            assert_eq!(
+                e.pod_sandbox_status.as_ref().unwrap().state,
+                cri::PodSandboxState::SandboxReady as i32
+            );
+            // the pause process dies on its own: the sandbox's stopped event, NOTREADY
+            let st = rt.pod_sandbox_status(&pod, true).await.unwrap();
+            kill9(info_pid(&st.info, "pid"));
+            let e = until(&mut s, &pod, Kind::ContainerStoppedEvent).await;
+            assert_eq!(
+                e.pod_sandbox_status.as_ref().unwrap().state,
+                cri::PodSandboxState::SandboxNotready as i32
+            );
+            assert!(status_of(&e, &other).is_some(), "{e:?}");
+            // each once: nothing more within a few liveness periods
+            let deadline = Instant::now() + Duration::from_millis(2500);
+            while let Ok(Some(e)) = tokio::time::timeout_at(deadline.into(), s.next()).await {
+                let e = e.expect("an event");
+                assert!(
+                    !(e.container_event_type == Kind::ContainerStoppedEvent as i32
+                        && (e.container_id == c || e.container_id == pod)),
+                    "reported twice: {e:?}"
+                );
+            }
+            rt.stop_pod_sandbox(&pod).await.unwrap();
+            rt.remove_pod_sandbox(&pod).await.unwrap();
+        },
+    );
 }

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use node_core::{PodEvent, PodSource, SourceError};
-use node_kubelet::{CancellationToken, FileSource, FileSourceConfig, Kubelet, KubeletConfig};
+use node_kubelet::{FileSource, FileSourceConfig};
 use node_test_support::{FakeRuntime, FakeStatusSink};
+
+mod support;
+use support::spawn_fake_kubelet;
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/bad")
@@ -138,19 +141,7 @@ async fn valid_pods_run_and_keep_running_when_their_file_breaks() {
             ..Default::default()
         },
     ));
-    let kubelet = Kubelet::builder("node-1")
-        .source(source.clone())
-        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
-        .status(Arc::new(sink.clone()))
-        .config(KubeletConfig {
-            pod_log_root: dir.path().join("logs"),
-            ..Default::default()
-        })
-        .build()
-        .unwrap();
-    let token = CancellationToken::new();
-    let t = token.clone();
-    let task = tokio::spawn(async move { kubelet.run(t).await });
+    let k = spawn_fake_kubelet(source.clone(), &rt, &sink, dir);
 
     let names = |sink: &FakeStatusSink| {
         sink.pods()
@@ -186,7 +177,7 @@ async fn valid_pods_run_and_keep_running_when_their_file_breaks() {
 
     // break the good file: reported, and its pod keeps running untouched
     std::fs::write(
-        dir.path().join("good.yaml"),
+        k.dir.path().join("good.yaml"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web\n",
     )
     .unwrap();
@@ -219,7 +210,7 @@ async fn valid_pods_run_and_keep_running_when_their_file_breaks() {
     assert_eq!(sink.pods().len(), 4);
 
     // removing a file removes its pod only
-    std::fs::remove_file(dir.path().join("good-json.json")).unwrap();
+    std::fs::remove_file(k.dir.path().join("good-json.json")).unwrap();
     sink.wait_for(Duration::from_secs(10), |pods| pods.len() == 3)
         .await
         .unwrap();
@@ -227,12 +218,7 @@ async fn valid_pods_run_and_keep_running_when_their_file_breaks() {
         names(&sink),
         ["default/twin", "default/typo", "default/web"]
     );
-    token.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    k.stop().await;
 }
 
 #[tokio::test]
@@ -248,19 +234,7 @@ async fn editing_a_manifest_replaces_its_pod() {
     std::fs::write(manifests.join("edit.yaml"), yaml("img:1")).unwrap();
     let rt = FakeRuntime::new();
     let sink = FakeStatusSink::new();
-    let kubelet = Kubelet::builder("node-1")
-        .source(Arc::new(FileSource::new(&manifests)))
-        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
-        .status(Arc::new(sink.clone()))
-        .config(KubeletConfig {
-            pod_log_root: dir.path().join("logs"),
-            ..Default::default()
-        })
-        .build()
-        .unwrap();
-    let token = CancellationToken::new();
-    let t = token.clone();
-    let task = tokio::spawn(async move { kubelet.run(t).await });
+    let k = spawn_fake_kubelet(Arc::new(FileSource::new(&manifests)), &rt, &sink, dir);
     let running_image = |rt: &FakeRuntime| {
         rt.containers()
             .into_iter()
@@ -305,10 +279,5 @@ async fn editing_a_manifest_replaces_its_pod() {
     .await
     .unwrap();
     assert_eq!(rt.sandboxes().len(), 1, "the old pod's sandbox is gone");
-    token.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    k.stop().await;
 }

@@ -5,62 +5,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use node_core::{Pod, PodRef, PodStatus, RuntimeError};
+use node_core::{PodRef, PodStatus, RuntimeError};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::fakes::FakeContainer;
-use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
-use tokio::task::JoinHandle;
+use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource, until};
 use tokio::time::Instant;
 
-fn pod(yaml: &str) -> Pod {
-    serde_saphyr::from_str(yaml).expect("test pod parses")
-}
+mod support;
+use support::{KubeletTask, condition, container, fake_kubelet, fake_parts, pod, status_of};
 
-struct Running {
-    token: CancellationToken,
-    task: JoinHandle<()>,
-    logs: tempfile::TempDir,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.token.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("kubelet stops")
-            .unwrap();
-    }
-}
-
-fn start(rt: &FakeRuntime, sink: &FakeStatusSink, source: &ScriptedPodSource) -> Running {
-    let token = CancellationToken::new();
+fn start(rt: &FakeRuntime, sink: &FakeStatusSink, source: &ScriptedPodSource) -> KubeletTask {
     let logs = tempfile::tempdir().unwrap();
-    let kubelet = Kubelet::builder("node-1")
-        .source(Arc::new(source.clone()))
-        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
-        .status(Arc::new(sink.clone()))
-        .config(KubeletConfig {
+    let kubelet = fake_kubelet(
+        "node-1",
+        Arc::new(source.clone()),
+        rt,
+        sink,
+        KubeletConfig {
             host_ip: Some("192.168.0.10".parse().unwrap()),
             pod_log_root: logs.path().to_path_buf(),
             ..Default::default()
-        })
-        .build()
-        .unwrap();
-    let t = token.clone();
-    let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
-    Running { token, task, logs }
-}
-
-/// Wait (on the paused clock, 100 ms steps) until `f` gives something.
-async fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        },
+    )
+    .build()
+    .unwrap();
+    KubeletTask::spawn(kubelet, logs)
 }
 
 fn named(rt: &FakeRuntime, name: &str) -> Vec<FakeContainer> {
@@ -73,37 +42,27 @@ fn named(rt: &FakeRuntime, name: &str) -> Vec<FakeContainer> {
     v
 }
 
+/// Wait up to 10 s (of the paused clock) for the container `name` to run (`what` names the
+/// wait in the panic).
+async fn running_soon(rt: &FakeRuntime, name: &str, what: &str) -> FakeContainer {
+    until(what, Duration::from_secs(10), || running(rt, name)).await
+}
+
+/// Wait (on the paused clock) until a pod's Ready condition is `ready`; panics after `limit`.
+async fn wait_ready(sink: &FakeStatusSink, ready: bool, limit: Duration) {
+    let want = if ready { "True" } else { "False" };
+    sink.wait_for(limit, |pods| {
+        pods.values()
+            .any(|s| condition(s, "Ready").as_deref() == Some(want))
+    })
+    .await
+    .unwrap();
+}
+
 fn running(rt: &FakeRuntime, name: &str) -> Option<FakeContainer> {
     named(rt, name)
         .into_iter()
         .find(|c| c.state == node_core::cri::ContainerState::ContainerRunning)
-}
-
-fn condition(s: &PodStatus, t: &str) -> Option<String> {
-    s.conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == t)
-        .map(|c| c.status.clone())
-}
-
-fn status_of(sink: &FakeStatusSink, name: &str) -> Option<PodStatus> {
-    sink.pods()
-        .into_iter()
-        .find(|(r, _)| r.name == name)
-        .map(|(_, s)| s)
-}
-
-fn container_status<'a>(
-    s: &'a PodStatus,
-    name: &str,
-) -> &'a k8s_openapi::api::core::v1::ContainerStatus {
-    s.container_statuses
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap()
 }
 
 const READY_POD: &str = r#"
@@ -126,16 +85,11 @@ spec:
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod(READY_POD));
     let k = start(&rt, &sink, &source);
 
-    let setup = until("the init container runs", Duration::from_secs(10), || {
-        running(&rt, "setup")
-    })
-    .await;
+    let setup = running_soon(&rt, "setup", "the init container runs").await;
     assert!(
         named(&rt, "server").is_empty(),
         "app containers wait for the init container"
@@ -148,12 +102,7 @@ async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
     assert_eq!(condition(&s, "Initialized").as_deref(), Some("False"));
     rt.exit_container(&setup.id, 0, "Completed");
 
-    sink.wait_for(Duration::from_secs(60), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("True"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, true, Duration::from_secs(60)).await;
     let s = status_of(&sink, "web").unwrap();
     assert_eq!(s.phase.as_deref(), Some("Running"));
     assert_eq!(condition(&s, "Initialized").as_deref(), Some("True"));
@@ -164,7 +113,7 @@ async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
     );
     assert!(s.pod_ip.as_deref().unwrap().starts_with("10.88."));
     assert_eq!(s.host_ip.as_deref(), Some("192.168.0.10"));
-    let server = container_status(&s, "server");
+    let server = container(&s, "server");
     assert!(server.ready && server.started == Some(true));
     assert!(
         server
@@ -189,7 +138,7 @@ async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
     let sb = &rt.sandboxes()[0];
     assert_eq!(sb.config.labels["io.kubernetes.pod.uid"], "uid-web");
     assert_eq!(sb.config.labels["app"], "web");
-    let pod_logs = k.logs.path().join("shop_web_uid-web");
+    let pod_logs = k.dir.path().join("shop_web_uid-web");
     assert_eq!(sb.config.log_directory, pod_logs.display().to_string());
     assert!(
         pod_logs.join("server").is_dir(),
@@ -221,9 +170,7 @@ async fn a_pod_with_init_two_containers_and_probes_becomes_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn a_crashing_container_backs_off_with_growing_delays() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod("metadata: {name: crash, uid: uid-crash}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n"));
     let k = start(&rt, &sink, &source);
     let mut delays = vec![];
@@ -234,7 +181,7 @@ async fn a_crashing_container_backs_off_with_growing_delays() {
         .await;
         if attempt >= 2 {
             let s = status_of(&sink, "crash").unwrap();
-            assert_eq!(container_status(&s, "c").restart_count, attempt as i32);
+            assert_eq!(container(&s, "c").restart_count, attempt as i32);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         rt.exit_container(&c.id, 1, "Error");
@@ -242,7 +189,7 @@ async fn a_crashing_container_backs_off_with_growing_delays() {
         if attempt == 2 {
             sink.wait_for(Duration::from_secs(5), |pods| {
                 pods.values().any(|s| {
-                    let c = container_status(s, "c");
+                    let c = container(s, "c");
                     c.state
                         .as_ref()
                         .and_then(|st| st.waiting.as_ref())
@@ -285,15 +232,13 @@ async fn a_crashing_container_backs_off_with_growing_delays() {
 
 #[tokio::test(start_paused = true)]
 async fn a_liveness_failure_restarts_the_container() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod(
         "metadata: {name: live, uid: uid-live}\nspec:\n  containers:\n  - name: c\n    image: \"img:1\"\n    \
          livenessProbe: {exec: {command: [alive]}, periodSeconds: 1, failureThreshold: 2}\n",
     ));
     let k = start(&rt, &sink, &source);
-    let first = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let first = running_soon(&rt, "c", "running").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         running(&rt, "c").unwrap().id,
@@ -314,8 +259,7 @@ async fn a_liveness_failure_restarts_the_container() {
         .unwrap();
     assert_ne!(old.state, node_core::cri::ContainerState::ContainerRunning);
     sink.wait_for(Duration::from_secs(10), |pods| {
-        pods.values()
-            .any(|s| container_status(s, "c").restart_count == 1)
+        pods.values().any(|s| container(s, "c").restart_count == 1)
     })
     .await
     .unwrap();
@@ -324,14 +268,12 @@ async fn a_liveness_failure_restarts_the_container() {
 
 #[tokio::test(start_paused = true)]
 async fn a_source_update_changes_the_pod() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     let yaml = "metadata: {name: up, uid: uid-up}\nspec:\n  containers: [{name: c, image: \"img:1\"}, {name: d, image: \"img:1\"}]\n";
     source.apply(pod(yaml));
     let k = start(&rt, &sink, &source);
-    let c1 = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
-    let d1 = until("running", Duration::from_secs(10), || running(&rt, "d")).await;
+    let c1 = running_soon(&rt, "c", "running").await;
+    let d1 = running_soon(&rt, "d", "running").await;
     source.apply(pod(&yaml.replacen(
         "{name: c, image: \"img:1\"}",
         "{name: c, image: \"img:2\"}",
@@ -349,8 +291,7 @@ async fn a_source_update_changes_the_pod() {
     );
     assert!(rt.calls().contains(&"pull_image img:2".to_string()));
     sink.wait_for(Duration::from_secs(10), |pods| {
-        pods.values()
-            .any(|s| container_status(s, "c").image == "img:2")
+        pods.values().any(|s| container(s, "c").image == "img:2")
     })
     .await
     .unwrap();
@@ -359,25 +300,20 @@ async fn a_source_update_changes_the_pod() {
 
 #[tokio::test(start_paused = true)]
 async fn a_delete_terminates_the_pod_with_pre_stop() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     let p = pod(
         "metadata: {name: bye, uid: uid-bye}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: c\n    image: \"img:1\"\n    \
          lifecycle: {preStop: {exec: {command: [drain]}}}\n  - name: slow\n    image: \"img:1\"\n    lifecycle: {preStop: {sleep: {seconds: 3}}}\n",
     );
     source.apply(p.clone());
     let k = start(&rt, &sink, &source);
-    let c = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let c = running_soon(&rt, "c", "running").await;
     sink.wait_for(Duration::from_secs(10), |pods| !pods.is_empty())
         .await
         .unwrap();
-    let pod_logs = k.logs.path().join("default_bye_uid-bye");
+    let pod_logs = k.dir.path().join("default_bye_uid-bye");
     assert!(pod_logs.is_dir());
-    until("both running", Duration::from_secs(10), || {
-        running(&rt, "slow")
-    })
-    .await;
+    running_soon(&rt, "slow", "both running").await;
     let deleted = Instant::now();
     source.delete(&p);
     until("the sandbox removed", Duration::from_secs(30), || {
@@ -413,19 +349,12 @@ async fn a_delete_terminates_the_pod_with_pre_stop() {
 
 #[tokio::test(start_paused = true)]
 async fn a_new_kubelet_adopts_and_restarts_nothing() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod(READY_POD));
     let k = start(&rt, &sink, &source);
-    let setup = until("init", Duration::from_secs(10), || running(&rt, "setup")).await;
+    let setup = running_soon(&rt, "setup", "init").await;
     rt.exit_container(&setup.id, 0, "Completed");
-    sink.wait_for(Duration::from_secs(60), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("True"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, true, Duration::from_secs(60)).await;
     k.stop().await;
     let before: Vec<String> = rt.containers().iter().map(|c| c.id.clone()).collect();
     let calls_before = rt.calls().len();
@@ -464,15 +393,13 @@ async fn a_new_kubelet_adopts_and_restarts_nothing() {
         "the new kubelet changed the runtime: {mutating:?}"
     );
     let s = status_of(&sink2, "web").unwrap();
-    assert_eq!(container_status(&s, "server").restart_count, 0);
+    assert_eq!(container(&s, "server").restart_count, 0);
     k2.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_deleted_while_the_kubelet_was_down_is_cleaned_up() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     let gone = pod(
         "metadata: {name: gone, uid: uid-gone}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n",
     );
@@ -507,9 +434,7 @@ async fn a_pod_deleted_while_the_kubelet_was_down_is_cleaned_up() {
 
 #[tokio::test(start_paused = true)]
 async fn image_pull_errors_back_off() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     for _ in 0..2 {
         rt.fail_next(
             "pull_image",
@@ -525,7 +450,7 @@ async fn image_pull_errors_back_off() {
     ));
     let k = start(&rt, &sink, &source);
     let reason = |s: &PodStatus| {
-        container_status(s, "c")
+        container(s, "c")
             .state
             .as_ref()
             .and_then(|st| st.waiting.as_ref())
@@ -570,12 +495,10 @@ async fn image_pull_errors_back_off() {
 
 #[tokio::test(start_paused = true)]
 async fn a_run_to_completion_pod_succeeds() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod("metadata: {name: job, uid: uid-job}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: \"img:1\"}]\n"));
     let k = start(&rt, &sink, &source);
-    let c = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let c = running_soon(&rt, "c", "running").await;
     rt.exit_container(&c.id, 0, "Completed");
     sink.wait_for(Duration::from_secs(10), |pods| {
         pods.values()
@@ -590,19 +513,12 @@ async fn a_run_to_completion_pod_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn status_is_written_only_when_it_changes() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod(
         "metadata: {name: calm, uid: uid-calm}\nspec:\n  containers:\n  - {name: c, image: \"img:1\", readinessProbe: {exec: {command: [r]}, periodSeconds: 1}}\n",
     ));
     let k = start(&rt, &sink, &source);
-    sink.wait_for(Duration::from_secs(30), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("True"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, true, Duration::from_secs(30)).await;
     let writes = sink.history().len();
     // a minute of probes, relists and periodic syncs with nothing changing
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -611,12 +527,7 @@ async fn status_is_written_only_when_it_changes() {
     rt.push_exec_result(1, "not ready");
     rt.push_exec_result(1, "not ready");
     rt.push_exec_result(1, "not ready");
-    sink.wait_for(Duration::from_secs(30), |pods| {
-        pods.values()
-            .any(|s| condition(s, "Ready").as_deref() == Some("False"))
-    })
-    .await
-    .unwrap();
+    wait_ready(&sink, false, Duration::from_secs(30)).await;
     let c = running(&rt, "c").unwrap();
     assert_eq!(
         c.config.metadata.unwrap().attempt,
@@ -628,14 +539,12 @@ async fn status_is_written_only_when_it_changes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dead_sandbox_is_recreated_with_its_containers() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod(
         "metadata: {name: sb, uid: uid-sb}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n",
     ));
     let k = start(&rt, &sink, &source);
-    let first = until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    let first = running_soon(&rt, "c", "running").await;
     // the sandbox dies under the kubelet (as after a node reboot or a runtime crash)
     use node_core::RuntimeBackend;
     rt.stop_pod_sandbox(&first.sandbox_id).await.unwrap();
@@ -657,9 +566,8 @@ async fn a_dead_sandbox_is_recreated_with_its_containers() {
         .unwrap();
     assert_eq!(new.config.metadata.as_ref().unwrap().attempt, 1);
     sink.wait_for(Duration::from_secs(10), |pods| {
-        pods.values().any(|s| {
-            container_status(s, "c").restart_count == 1 && s.phase.as_deref() == Some("Running")
-        })
+        pods.values()
+            .any(|s| container(s, "c").restart_count == 1 && s.phase.as_deref() == Some("Running"))
     })
     .await
     .unwrap();
@@ -678,24 +586,19 @@ spec:
 
 #[tokio::test(start_paused = true)]
 async fn a_sidecar_starts_first_keeps_running_and_restarts() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     source.apply(pod(SIDECAR_POD));
     let k = start(&rt, &sink, &source);
-    let proxy = until("the sidecar", Duration::from_secs(10), || {
-        running(&rt, "proxy")
-    })
-    .await;
-    let migrate = until(
+    let proxy = running_soon(&rt, "proxy", "the sidecar").await;
+    let migrate = running_soon(
+        &rt,
+        "migrate",
         "the init container after the sidecar started",
-        Duration::from_secs(10),
-        || running(&rt, "migrate"),
     )
     .await;
     assert!(named(&rt, "app").is_empty());
     rt.exit_container(&migrate.id, 0, "Completed");
-    until("the app", Duration::from_secs(10), || running(&rt, "app")).await;
+    running_soon(&rt, "app", "the app").await;
     assert_eq!(
         running(&rt, "proxy").unwrap().id,
         proxy.id,
@@ -751,13 +654,11 @@ async fn the_kubelet_waits_for_a_runtime_that_is_not_up_yet() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_marked_for_deletion_is_terminated_with_its_grace_period() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("api");
+    let (rt, sink, source) = fake_parts("api");
     let yaml = "metadata: {name: del, uid: uid-del}\nspec:\n  containers:\n  - {name: c, image: \"img:1\", lifecycle: {preStop: {sleep: {seconds: 60}}}}\n";
     source.apply(pod(yaml));
     let k = start(&rt, &sink, &source);
-    until("running", Duration::from_secs(10), || running(&rt, "c")).await;
+    running_soon(&rt, "c", "running").await;
     // the API server marks the pod deleted with a 2 s grace period
     let mut deleted = pod(yaml);
     deleted.metadata.deletion_timestamp = Some(
@@ -780,9 +681,7 @@ async fn a_pod_marked_for_deletion_is_terminated_with_its_grace_period() {
 
 #[tokio::test(start_paused = true)]
 async fn pod_states_follow_pods_and_statuses() {
-    let rt = FakeRuntime::new();
-    let sink = FakeStatusSink::new();
-    let source = ScriptedPodSource::new("test");
+    let (rt, sink, source) = fake_parts("test");
     let p = pod(
         "metadata: {name: seen, uid: uid-seen, labels: {app: x}}\nspec:\n  containers: [{name: c, image: \"img:1\"}]\n",
     );

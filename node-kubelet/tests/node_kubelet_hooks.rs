@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use node_core::{Pod, PodStatus};
+use node_core::Pod;
 use node_kubelet::CancellationToken;
 use node_kubelet::node::allocatable::NodeResources;
 use node_kubelet::node::eviction::{
@@ -19,16 +19,10 @@ use node_kubelet::node::hooks::{NodeHooks, PodControl};
 use node_kubelet::node::shutdown::{PriorityGracePeriod, SHUTDOWN_MESSAGE, ShutdownConfig};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
-use node_test_support::{FakeRuntime, FakeStatusSink};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use node_test_support::{FakeRuntime, FakeStatusSink, until};
 
 mod support;
-use support::Fakes;
-
-fn pod(yaml: &str) -> Pod {
-    serde_saphyr::from_str(yaml).expect("test pod parses")
-}
+use support::{Fakes, KubeletTask, pod, status_of, stopped_by_priority};
 
 /// A pod with one container of `resources` (a flow mapping, may be empty) and `extra` spec.
 fn app(name: &str, resources: &str, extra: &str) -> Pod {
@@ -37,35 +31,10 @@ fn app(name: &str, resources: &str, extra: &str) -> Pod {
     ))
 }
 
-struct Running {
-    token: CancellationToken,
-    task: JoinHandle<()>,
-    _dirs: tempfile::TempDir,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.token.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("kubelet stops")
-            .unwrap();
-    }
-}
-
 /// The fakes' kubelet with `node` as its hooks, running; the directories go with it.
-fn start(f: Fakes, node: Arc<dyn NodeHooks>) -> (FakeRuntime, FakeStatusSink, Running) {
-    let token = CancellationToken::new();
+fn start(f: Fakes, node: Arc<dyn NodeHooks>) -> (FakeRuntime, FakeStatusSink, KubeletTask) {
     let kubelet = f.kubelet("node-1").node(node).build().unwrap();
-    let dirs = f.dirs;
-    let t = token.clone();
-    let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
-    let running = Running {
-        token,
-        task,
-        _dirs: dirs,
-    };
-    (f.rt, f.sink, running)
+    (f.rt, f.sink, KubeletTask::spawn(kubelet, f.dirs))
 }
 
 /// A node manager with `config` and [`ALLOCATABLE`], volumes from an empty store.
@@ -88,24 +57,6 @@ const ALLOCATABLE: NodeResources = NodeResources {
     ephemeral_storage_bytes: 1 << 40,
     pods: 10,
 };
-
-async fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn status_of(sink: &FakeStatusSink, name: &str) -> Option<PodStatus> {
-    sink.pods()
-        .into_iter()
-        .find(|(r, _)| r.name == name)
-        .map(|(_, s)| s)
-}
 
 fn phase_reason(sink: &FakeStatusSink, name: &str) -> Option<(String, String)> {
     let s = status_of(sink, name)?;
@@ -487,17 +438,7 @@ async fn the_shutdown_trigger_stops_pods_by_priority_then_rejects_new_ones() {
     })
     .await;
     fire.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), reports.wait_for(Option::is_some))
-        .await
-        .expect("shutdown done")
-        .unwrap();
-    let groups: Vec<(i32, Vec<String>)> = reports
-        .borrow()
-        .clone()
-        .unwrap()
-        .into_iter()
-        .map(|g| (g.priority, g.stopped.into_iter().map(|p| p.name).collect()))
-        .collect();
+    let groups = stopped_by_priority(&mut reports, Duration::from_secs(30)).await;
     assert_eq!(
         groups,
         vec![

@@ -14,8 +14,11 @@ use node_kubelet::node::logind::{LOGIND_NAME, LOGIND_PATH, ShutdownInhibitor};
 use node_kubelet::node::shutdown::{PriorityGracePeriod, ShutdownConfig};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
-use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
-use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource, require_command};
+use node_kubelet::{Kubelet, KubeletConfig};
+use node_test_support::require_command;
+
+mod support;
+use support::{KubeletTask, fake_parts, stopped_by_priority};
 /// A private bus; the daemon is killed on drop.
 struct Bus {
     child: Child,
@@ -198,11 +201,7 @@ async fn prepare_for_shutdown_stops_pods_by_priority_then_releases_the_lock() {
     assert!(inhibitor.is_held() && !logind.released());
     assert_eq!(inhibitor.max_delay().await.unwrap(), Duration::from_secs(5));
 
-    let (rt, sink, source) = (
-        FakeRuntime::new(),
-        FakeStatusSink::new(),
-        ScriptedPodSource::new("file"),
-    );
+    let (rt, sink, source) = fake_parts("file");
     rt.add_image("busybox:1");
     let dirs = tempfile::tempdir().unwrap();
     let mut c = NodeConfig::new("node-1");
@@ -231,7 +230,6 @@ async fn prepare_for_shutdown_stops_pods_by_priority_then_releases_the_lock() {
     let mut reports = node.shutdown_reports();
     inhibitor.release_after(node.shutdown_reports());
     let node = node.shutdown_on(inhibitor.prepare_for_shutdown().await.unwrap());
-    let token = CancellationToken::new();
     let kubelet = Kubelet::builder("node-1")
         .source(Arc::new(source.clone()))
         .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
@@ -243,8 +241,7 @@ async fn prepare_for_shutdown_stops_pods_by_priority_then_releases_the_lock() {
         })
         .build()
         .unwrap();
-    let t = token.clone();
-    let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
+    let k = KubeletTask::spawn(kubelet, dirs);
     source.apply(app("high", 1000));
     source.apply(app("low", 0));
     let running = || {
@@ -268,17 +265,7 @@ async fn prepare_for_shutdown_stops_pods_by_priority_then_releases_the_lock() {
     assert!(reports.borrow().is_none() && !logind.released());
 
     emit(true).await;
-    tokio::time::timeout(Duration::from_secs(20), reports.wait_for(Option::is_some))
-        .await
-        .expect("the shutdown ran")
-        .unwrap();
-    let order: Vec<(i32, Vec<String>)> = reports
-        .borrow()
-        .clone()
-        .unwrap()
-        .into_iter()
-        .map(|g| (g.priority, g.stopped.into_iter().map(|p| p.name).collect()))
-        .collect();
+    let order = stopped_by_priority(&mut reports, Duration::from_secs(20)).await;
     assert_eq!(
         order,
         vec![
@@ -298,6 +285,5 @@ async fn prepare_for_shutdown_stops_pods_by_priority_then_releases_the_lock() {
         "the delay lock is released after the pods stopped"
     );
     assert!(!inhibitor.is_held());
-    token.cancel();
-    task.await.unwrap();
+    k.stop().await;
 }

@@ -40,6 +40,7 @@ use node_test_support::{
 mod support;
 use node_test_support::until_async as until;
 use support::native::{Guard, init_binary};
+use support::pod;
 
 const IMAGE: &str = "busybox:node-test";
 
@@ -226,10 +227,6 @@ fn ready(name: &str) -> bool {
 /// [`ready`], and the busybox image the image-store tests import.
 fn ready_with_busybox(name: &str) -> bool {
     ready(name) && require_path(name, node_test_support::image::BUSYBOX)
-}
-
-fn pod(yaml: &str) -> Pod {
-    serde_saphyr::from_str(yaml).expect("test pod parses")
 }
 
 fn sleeper(name: &str, resources: &str, extra: &str) -> Pod {

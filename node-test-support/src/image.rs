@@ -2,7 +2,7 @@
 //! `/bin/busybox`, its applet links, `/etc/passwd` and `/etc/group`, plus any files a test adds.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -99,6 +99,24 @@ impl TestImage {
     /// The manifest's digest: the image's id in a registry.
     pub fn digest(&self) -> &str {
         &self.manifest.digest
+    }
+
+    /// Unpack the layers, bottom first, into `<dir>/layers/<n>`: the layer directories an
+    /// image source of unpacked layers (the native runtime's `LayerDirImages`) is given.
+    pub fn unpack_layers(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut dirs = Vec::with_capacity(self.layers.len());
+        for (n, layer) in self.layers.iter().enumerate() {
+            let to = dir.join("layers").join(n.to_string());
+            std::fs::create_dir_all(&to)?;
+            tar::Archive::new(flate2::read::GzDecoder::new(&layer.bytes[..])).unpack(&to)?;
+            dirs.push(to);
+        }
+        Ok(dirs)
+    }
+
+    /// The image config, parsed as `T` (an OCI `ImageConfiguration`).
+    pub fn parsed_config<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_slice(&self.config.bytes)
     }
 
     /// Write the image as an OCI image layout directory, tagged `tag`.
@@ -298,5 +316,26 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(again.digest(), img.digest());
+    }
+
+    #[test]
+    fn layers_unpack_into_numbered_directories_and_the_config_parses() {
+        let img = TestImage::empty()
+            .file("/srv/motd", "unpacked\n", 0o640)
+            .cmd(&["cat", "/srv/motd"])
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = img.unpack_layers(dir.path()).unwrap();
+        assert_eq!(dirs, vec![dir.path().join("layers/0")]);
+        let motd = dirs[0].join("srv/motd");
+        assert_eq!(std::fs::read_to_string(&motd).unwrap(), "unpacked\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&motd).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let config: serde_json::Value = img.parsed_config().unwrap();
+        assert_eq!(config["config"]["Cmd"], json!(["cat", "/srv/motd"]));
     }
 }

@@ -51,6 +51,15 @@ fn container_req(sandbox: &str, name: &str, image: &str) -> cri::CreateContainer
     }
 }
 
+/// A container's (non-verbose) status.
+async fn container_status(rt: &FakeRuntime, id: &str) -> cri::ContainerStatus {
+    rt.container_status(id, false)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+}
+
 #[tokio::test]
 async fn fake_runtime_follows_the_cri_lifecycle() {
     let rt = FakeRuntime::new();
@@ -88,12 +97,7 @@ async fn fake_runtime_follows_the_cri_lifecycle() {
         rt.start_container(&c).await,
         Err(RuntimeError::FailedPrecondition(_))
     ));
-    let st = rt
-        .container_status(&c, false)
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = container_status(&rt, &c).await;
     assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
 
     // filters: labels and state
@@ -116,12 +120,7 @@ async fn fake_runtime_follows_the_cri_lifecycle() {
 
     rt.exit_container(&c, 3, "Error");
     assert!(rt.list_containers(running).await.unwrap().is_empty());
-    let st = rt
-        .container_status(&c, false)
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let st = container_status(&rt, &c).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
 
     // stop and remove are idempotent; unknown ids are NotFound for status

@@ -1,11 +1,12 @@
 //! Shared helpers of node-cni's root tests: unique names, attachments, what is left on a node.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use node_core::{Attachment, PodRef};
+use node_cni::{ExecCni, ExecConfig};
+use node_core::{Attachment, Bandwidth, PodRef, PortMapping};
 use node_test_support::NetnsFixture;
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -38,25 +39,69 @@ pub fn attachment(pod: &NetnsFixture, id: &str) -> Attachment {
     }
 }
 
-/// The interfaces enslaved to `bridge` in `node`.
-pub fn bridge_ports(node: &NetnsFixture, bridge: &str) -> Vec<String> {
-    node.sh(&format!(
-        "ip -o link show master {bridge} 2>/dev/null || true"
-    ))
-    .unwrap()
-    .lines()
-    .filter_map(|l| {
-        l.split(':')
-            .nth(1)
-            .map(|n| n.trim().split('@').next().unwrap().to_string())
-    })
-    .collect()
+/// [`attachment`] with host ports.
+pub fn attachment_with_ports(pod: &NetnsFixture, id: &str, ports: Vec<PortMapping>) -> Attachment {
+    let mut a = attachment(pod, id);
+    a.capabilities.port_mappings = ports;
+    a
 }
 
-/// The veth interfaces in `node`.
-pub fn veths(node: &NetnsFixture) -> Vec<String> {
-    node.sh("ip -o link show type veth")
-        .unwrap()
+/// Host port `host_port` of `protocol` to `container_port` of the pod, on every host address.
+pub fn port_mapping(host_port: u16, container_port: u16, protocol: &str) -> PortMapping {
+    PortMapping {
+        host_port,
+        container_port,
+        protocol: protocol.into(),
+        host_ip: None,
+    }
+}
+
+/// A bandwidth limit of `rate` bits/s with a bucket of `burst` bits, the same each way.
+pub fn bandwidth(rate: u64, burst: u64) -> Bandwidth {
+    Bandwidth {
+        ingress_rate: rate,
+        ingress_burst: burst,
+        egress_rate: rate,
+        egress_burst: burst,
+    }
+}
+
+/// A fresh network namespace for each name (a node, its pods).
+pub fn namespaces<const N: usize>(names: [&str; N]) -> [NetnsFixture; N] {
+    names.map(|n| NetnsFixture::new(n).unwrap())
+}
+
+/// Run the future `f` makes on a tokio runtime of a thread inside `ns`; its output.
+pub fn in_ns<T, F, Fut>(ns: &NetnsFixture, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+    T: Send,
+{
+    ns.run_in(|| runtime().block_on(f()))
+        .expect("inside the namespace")
+}
+
+/// An [`ExecCni`] reading its networks from `conf_dir`, its plugins from `bin_dirs`, caching
+/// results in `cache_dir`, with a 30 s timeout per plugin call.
+pub fn exec_cni(
+    conf_dir: &Path,
+    bin_dirs: impl IntoIterator<Item = PathBuf>,
+    cache_dir: &Path,
+) -> ExecCni {
+    ExecCni::new(
+        ExecConfig::default()
+            .conf_dir(conf_dir)
+            .bin_dirs(bin_dirs)
+            .cache_dir(cache_dir)
+            .timeout(Duration::from_secs(30)),
+    )
+    .unwrap()
+}
+
+/// The interface names in the output of `ip -o link show` (without the `@peer` part).
+fn link_names(ip_o_link: &str) -> Vec<String> {
+    ip_o_link
         .lines()
         .filter_map(|l| {
             l.split(':')
@@ -64,6 +109,22 @@ pub fn veths(node: &NetnsFixture) -> Vec<String> {
                 .map(|n| n.trim().split('@').next().unwrap().to_string())
         })
         .collect()
+}
+
+/// The interfaces enslaved to `bridge` in `node`.
+pub fn bridge_ports(node: &NetnsFixture, bridge: &str) -> Vec<String> {
+    link_names(
+        &node
+            .sh(&format!(
+                "ip -o link show master {bridge} 2>/dev/null || true"
+            ))
+            .unwrap(),
+    )
+}
+
+/// The veth interfaces in `node`.
+pub fn veths(node: &NetnsFixture) -> Vec<String> {
+    link_names(&node.sh("ip -o link show type veth").unwrap())
 }
 
 /// The leased addresses (host-local layout) in `dir`.

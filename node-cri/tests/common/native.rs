@@ -174,19 +174,12 @@ impl Env {
             .file("/var/www/index.html", "hello from nodekit\n", 0o644)
             .build()
             .expect("busybox image");
-        let layer = root.path().join("layers/0");
-        std::fs::create_dir_all(&layer).unwrap();
-        tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
-            .unpack(&layer)
-            .unwrap();
-        let config: oci_spec::image::ImageConfiguration =
-            serde_json::from_slice(&img.config.bytes).unwrap();
         images.insert(
             "busybox:test",
             ResolvedImage {
                 id: img.config.digest.clone(),
-                layer_dirs: vec![layer],
-                config,
+                layer_dirs: img.unpack_layers(root.path()).expect("unpack busybox"),
+                config: img.parsed_config().expect("busybox image config"),
             },
         );
         let logs = root.path().join("pod-logs");
@@ -235,6 +228,12 @@ impl Env {
         c.linux.as_mut().unwrap().sysctls =
             HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]);
         c
+    }
+
+    /// A running pod sandbox of [`Env::sandbox_config`]`(name)`: its id and config.
+    pub async fn pod(&self, rt: &NativeRuntime, name: &str) -> (String, cri::PodSandboxConfig) {
+        let cfg = self.sandbox_config(name);
+        (pod_fixture::run_pod(rt, &cfg).await, cfg)
     }
 
     /// The mount points under the root (none must be left).
@@ -316,6 +315,20 @@ pub fn prerequisites(test: &str) -> bool {
         && require_path(test, cgroups)
         // overlayfs registered with the kernel (else the module's directory is missing too)
         && require_path(test, if overlay { "/proc/filesystems" } else { "/sys/module/overlay" })
+}
+
+/// A root test of the native runtime named `test`: without the [`prerequisites`] it returns
+/// (locally) or fails (under CI=true); else `f` runs with a fresh [`Env`] and a runtime of it,
+/// on a thread inside a new network namespace (`label`); the env is removed afterwards.
+pub fn native_test(test: &str, label: &str, f: impl AsyncFnOnce(&Env, NativeRuntime) + Send) {
+    if !prerequisites(test) {
+        return;
+    }
+    let env = Env::new();
+    in_netns(label, || async {
+        let rt = env.runtime();
+        f(&env, rt).await
+    });
 }
 
 /// Run `f` with a fresh tokio runtime on a thread inside a new network namespace.

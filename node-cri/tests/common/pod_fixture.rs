@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use node_core::{RuntimeBackend, cri};
+use node_core::{RuntimeBackend, RuntimeError, cri};
 
 /// Labels from pairs.
 pub fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
@@ -72,14 +72,70 @@ pub fn container_config(
     }
 }
 
-/// `RunPodSandbox`, panicking with the error.
-pub async fn run_pod(rt: &dyn RuntimeBackend, config: &cri::PodSandboxConfig) -> String {
+/// Setters for the fields of a container config that tests vary, to chain on
+/// [`container_config`] (or a runtime's own variant of it).
+pub trait ContainerConfigExt: Sized {
+    /// Allocate a terminal.
+    fn with_tty(self) -> Self;
+    /// Keep stdin open (`stdin_once`: closed after the first attach ends).
+    fn with_stdin(self, once: bool) -> Self;
+    /// The Linux resources.
+    fn with_resources(self, r: cri::LinuxContainerResources) -> Self;
+    /// Another image.
+    fn with_image(self, image: &str) -> Self;
+    /// Change the Linux security context (made when the config has none).
+    fn with_security(self, f: impl FnOnce(&mut cri::LinuxContainerSecurityContext)) -> Self;
+}
+
+impl ContainerConfigExt for cri::ContainerConfig {
+    fn with_tty(mut self) -> Self {
+        self.tty = true;
+        self
+    }
+    fn with_stdin(mut self, once: bool) -> Self {
+        self.stdin = true;
+        self.stdin_once = once;
+        self
+    }
+    fn with_resources(mut self, r: cri::LinuxContainerResources) -> Self {
+        self.linux.get_or_insert_with(Default::default).resources = Some(r);
+        self
+    }
+    fn with_image(mut self, image: &str) -> Self {
+        self.image = Some(image_spec(image));
+        self
+    }
+    fn with_security(mut self, f: impl FnOnce(&mut cri::LinuxContainerSecurityContext)) -> Self {
+        f(security(&mut self));
+        self
+    }
+}
+
+/// The Linux security context of a container config (made when it has none).
+pub fn security(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// `RunPodSandbox`: the sandbox id or the error.
+pub async fn try_run_pod(
+    rt: &dyn RuntimeBackend,
+    config: &cri::PodSandboxConfig,
+) -> Result<String, RuntimeError> {
     rt.run_pod_sandbox(cri::RunPodSandboxRequest {
         config: Some(config.clone()),
         runtime_handler: String::new(),
     })
     .await
-    .unwrap_or_else(|e| panic!("run pod sandbox: {e}"))
+}
+
+/// `RunPodSandbox`, panicking with the error.
+pub async fn run_pod(rt: &dyn RuntimeBackend, config: &cri::PodSandboxConfig) -> String {
+    try_run_pod(rt, config)
+        .await
+        .unwrap_or_else(|e| panic!("run pod sandbox: {e}"))
 }
 
 /// `CreateContainer` + `StartContainer`, panicking with the error; the container id.
@@ -101,6 +157,136 @@ pub async fn start_container(
         .await
         .unwrap_or_else(|e| panic!("start container: {e}"));
     id
+}
+
+/// A running pod sandbox of a runtime, to start containers in.
+pub struct Pod<'a> {
+    /// The runtime the sandbox runs on.
+    pub rt: &'a dyn RuntimeBackend,
+    /// The sandbox id.
+    pub id: String,
+    /// The config it was run with.
+    pub config: cri::PodSandboxConfig,
+}
+
+impl<'a> Pod<'a> {
+    /// `RunPodSandbox` of `config`, panicking with the error.
+    pub async fn run(rt: &'a dyn RuntimeBackend, config: cri::PodSandboxConfig) -> Self {
+        let id = run_pod(rt, &config).await;
+        Self { rt, id, config }
+    }
+
+    /// `CreateContainer` + `StartContainer` in the pod, panicking with the error; the id.
+    pub async fn start(&self, config: cri::ContainerConfig) -> String {
+        start_container(self.rt, &self.id, &self.config, config).await
+    }
+
+    /// `StopPodSandbox` + `RemovePodSandbox`, asserting both succeed.
+    pub async fn remove(&self) {
+        remove_pod(self.rt, &self.id).await
+    }
+}
+
+/// `CreateContainer` alone (the sandbox config given or not): the id or the error.
+pub async fn create_container(
+    rt: &dyn RuntimeBackend,
+    pod: &str,
+    sandbox: Option<&cri::PodSandboxConfig>,
+    config: cri::ContainerConfig,
+) -> Result<String, RuntimeError> {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: sandbox.cloned(),
+    })
+    .await
+}
+
+/// `StopPodSandbox` + `RemovePodSandbox`, asserting both succeed.
+pub async fn remove_pod(rt: &dyn RuntimeBackend, pod: &str) {
+    rt.stop_pod_sandbox(pod).await.unwrap();
+    rt.remove_pod_sandbox(pod).await.unwrap();
+}
+
+/// A pod sandbox's (non-verbose) status.
+pub async fn sandbox_status(rt: &dyn RuntimeBackend, id: &str) -> cri::PodSandboxStatus {
+    rt.pod_sandbox_status(id, false)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+}
+
+/// A container's (non-verbose) status.
+pub async fn container_status(rt: &dyn RuntimeBackend, id: &str) -> cri::ContainerStatus {
+    rt.container_status(id, false)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+}
+
+/// The `info` JSON of a container's verbose status (the runtime's own details: pid, cgroup…).
+pub async fn container_info(rt: &dyn RuntimeBackend, id: &str) -> serde_json::Value {
+    serde_json::from_str(&rt.container_status(id, true).await.unwrap().info["info"]).unwrap()
+}
+
+/// The `info` JSON of a pod sandbox's verbose status.
+pub async fn sandbox_info(rt: &dyn RuntimeBackend, id: &str) -> serde_json::Value {
+    serde_json::from_str(&rt.pod_sandbox_status(id, true).await.unwrap().info["info"]).unwrap()
+}
+
+/// `ExecSync` of `cmd` in a container with a 10 s timeout, panicking with the error.
+pub async fn exec(rt: &dyn RuntimeBackend, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+    rt.exec_sync(
+        id,
+        cmd.iter().map(|s| s.to_string()).collect(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"))
+}
+
+/// [`exec`] of `sh -c script`: (exit code, stdout, stderr), trimmed.
+pub async fn sh(rt: &dyn RuntimeBackend, id: &str, script: &str) -> (i32, String, String) {
+    let out = exec(rt, id, &["sh", "-c", script]).await;
+    (out.exit_code, trimmed(&out.stdout), trimmed(&out.stderr))
+}
+
+/// A file's text, trimmed, panicking when it cannot be read.
+pub fn read_trimmed(path: impl AsRef<std::path::Path>) -> String {
+    let path = path.as_ref();
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// Output bytes as text, trimmed.
+pub fn trimmed(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).trim().to_string()
+}
+
+/// Wait up to 20 s until a container runs; its status.
+pub async fn wait_running(rt: &dyn RuntimeBackend, id: &str) -> cri::ContainerStatus {
+    wait_state(
+        rt,
+        id,
+        cri::ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await
+}
+
+/// Wait up to 30 s until a container has exited; its status.
+pub async fn wait_exited(rt: &dyn RuntimeBackend, id: &str) -> cri::ContainerStatus {
+    wait_state(
+        rt,
+        id,
+        cri::ContainerState::ContainerExited,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 /// Wait until a container is in `state`; its status.

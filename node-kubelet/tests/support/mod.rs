@@ -11,11 +11,115 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
-use node_core::{PodRef, RuntimeBackend, StatusError, StatusSink, cri};
+use node_core::{Pod, PodRef, PodSource, RuntimeBackend, StatusError, StatusSink, cri};
+use node_kubelet::node::shutdown::GroupReport;
 use node_kubelet::{
     CancellationToken, JsonStatusSink, Kubelet, KubeletBuilder, KubeletConfig, labels,
 };
 use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
+
+/// A pod from its YAML.
+pub fn pod(yaml: &str) -> Pod {
+    serde_saphyr::from_str(yaml).expect("test pod parses")
+}
+
+/// A fake runtime, a fake status sink and a scripted pod source named `source`.
+pub fn fake_parts(source: &str) -> (FakeRuntime, FakeStatusSink, ScriptedPodSource) {
+    (
+        FakeRuntime::new(),
+        FakeStatusSink::new(),
+        ScriptedPodSource::new(source),
+    )
+}
+
+/// The status the fake sink holds for the pod named `name` (any namespace).
+pub fn status_of(sink: &FakeStatusSink, name: &str) -> Option<PodStatus> {
+    sink.pods()
+        .into_iter()
+        .find(|(r, _)| r.name == name)
+        .map(|(_, s)| s)
+}
+
+/// The pods each group of a node shutdown stopped, by priority, once the shutdown has
+/// reported (waiting up to `limit`).
+pub async fn stopped_by_priority(
+    reports: &mut tokio::sync::watch::Receiver<Option<Vec<GroupReport>>>,
+    limit: Duration,
+) -> Vec<(i32, Vec<String>)> {
+    tokio::time::timeout(limit, reports.wait_for(Option::is_some))
+        .await
+        .expect("the shutdown reported within the limit")
+        .unwrap();
+    reports
+        .borrow()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.priority, g.stopped.into_iter().map(|p| p.name).collect()))
+        .collect()
+}
+
+/// A kubelet builder for `node` with pods from `source`, the fake runtime `rt` (as runtime and
+/// image service) and the fake status sink `sink`, configured by `config`.
+pub fn fake_kubelet(
+    node: &str,
+    source: Arc<dyn PodSource>,
+    rt: &FakeRuntime,
+    sink: &FakeStatusSink,
+    config: KubeletConfig,
+) -> KubeletBuilder {
+    Kubelet::builder(node)
+        .source(source)
+        .runtime(Arc::new(rt.clone()), Arc::new(rt.clone()))
+        .status(Arc::new(sink.clone()))
+        .config(config)
+}
+
+/// [`fake_kubelet`] for `node-1` with the default config and pod logs under `<dir>/logs`,
+/// running; `dir` goes with the task.
+pub fn spawn_fake_kubelet(
+    source: Arc<dyn PodSource>,
+    rt: &FakeRuntime,
+    sink: &FakeStatusSink,
+    dir: tempfile::TempDir,
+) -> KubeletTask {
+    let config = KubeletConfig {
+        pod_log_root: dir.path().join("logs"),
+        ..Default::default()
+    };
+    let kubelet = fake_kubelet("node-1", source, rt, sink, config)
+        .build()
+        .unwrap();
+    KubeletTask::spawn(kubelet, dir)
+}
+
+/// A kubelet running on a task of the current runtime until [`KubeletTask::stop`], with the
+/// directory it writes to.
+pub struct KubeletTask {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    /// The kubelet's directory (pod logs, node state), removed with the task.
+    pub dir: tempfile::TempDir,
+}
+
+impl KubeletTask {
+    /// Run `kubelet`; `dir` goes with it.
+    pub fn spawn(kubelet: Kubelet, dir: tempfile::TempDir) -> Self {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
+        Self { token, task, dir }
+    }
+
+    /// Cancel the kubelet and wait (up to 30 s) for it to end.
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("kubelet stops")
+            .unwrap();
+    }
+}
 
 /// A pod manifest: `name`, its grace period, and its containers (YAML list items).
 pub fn pod_yaml(name: &str, grace_seconds: u32, containers: &str) -> String {
@@ -300,14 +404,16 @@ impl Fakes {
     /// A kubelet builder for `node` on these fakes: pod logs under the directories, a 2 s
     /// sync period.
     pub fn kubelet(&self, node: &str) -> KubeletBuilder {
-        Kubelet::builder(node)
-            .source(Arc::new(self.source.clone()))
-            .runtime(Arc::new(self.rt.clone()), Arc::new(self.rt.clone()))
-            .status(Arc::new(self.sink.clone()))
-            .config(KubeletConfig {
+        fake_kubelet(
+            node,
+            Arc::new(self.source.clone()),
+            &self.rt,
+            &self.sink,
+            KubeletConfig {
                 pod_log_root: self.dirs.path().join("logs"),
                 sync_period: Duration::from_secs(2),
                 ..Default::default()
-            })
+            },
+        )
     }
 }

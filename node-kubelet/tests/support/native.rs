@@ -76,19 +76,12 @@ pub fn init_binary() -> PathBuf {
 pub fn busybox_images(dir: &Path, reference: &str) -> Arc<LayerDirImages> {
     let images = Arc::new(LayerDirImages::new());
     let img = TestImage::busybox().build().expect("busybox image");
-    let layer = dir.join("layers/0");
-    std::fs::create_dir_all(&layer).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(&img.layers[0].bytes[..]))
-        .unpack(&layer)
-        .unwrap();
-    let config: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(&img.config.bytes).unwrap();
     images.insert(
         reference,
         ResolvedImage {
             id: img.config.digest.clone(),
-            layer_dirs: vec![layer],
-            config,
+            layer_dirs: img.unpack_layers(dir).expect("unpack busybox"),
+            config: img.parsed_config().expect("busybox image config"),
         },
     );
     images
