@@ -752,13 +752,14 @@ async fn optional_calls_answer_unimplemented_or_an_empty_answer_with_a_message()
         un,
         &["ListPodSandboxStats"],
     );
+    // the fake implements ReopenContainerLog (as the native runtime): an unknown container
     fails(
         c.reopen_container_log(cri::ReopenContainerLogRequest {
             container_id: "c".into(),
         })
         .await,
-        un,
-        &["ReopenContainerLog"],
+        Code::NotFound,
+        &["\"c\""],
     );
     fails(
         c.update_container_resources(cri::UpdateContainerResourcesRequest {
