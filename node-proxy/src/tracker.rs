@@ -283,10 +283,12 @@ fn service_ports(
     };
     let external_policy_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    // only a LoadBalancer with externalTrafficPolicy: Local needs a health check
     let health_check_node_port = spec
         .health_check_node_port
         .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0);
+        .filter(|p| *p != 0)
+        .filter(|_| external_policy_local && spec.type_.as_deref() == Some("LoadBalancer"));
 
     let mut out = vec![];
     for (i, p) in spec.ports.iter().flatten().enumerate() {
