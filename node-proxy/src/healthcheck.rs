@@ -235,10 +235,7 @@ impl ProxierHealth {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json_response(
-            status,
-            serde_json::to_string(&body).unwrap_or_default(),
-        )
+        json_response(status, serde_json::to_string(&body).unwrap_or_default())
     }
 
     /// The `/healthz` (proxier health and node eligibility) and `/livez` (proxier health)
@@ -299,6 +296,16 @@ struct Listening {
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl Listening {
+    /// Stop serving and wait until the listeners are closed.
+    async fn close(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
 impl Drop for Listening {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -330,9 +337,13 @@ impl std::fmt::Debug for ServiceHealthServer {
 /// `healthCheckNodePort` and its local ready endpoints (distinct address:port pairs on `node`
 /// over every port of the Service, as kube-proxy counts them).
 pub fn health_check_services(state: &ProxyState) -> BTreeMap<(String, String), (u16, usize)> {
-    let mut out: BTreeMap<(String, String), (u16, BTreeSet<(IpAddr, u16)>)> = BTreeMap::new();
+    type LocalEndpoints = BTreeSet<(IpAddr, u16)>;
+    let mut out: BTreeMap<(String, String), (u16, LocalEndpoints)> = BTreeMap::new();
     for (name, port) in &state.services {
-        let Some(hc) = port.health_check_node_port.filter(|_| port.external_policy_local) else {
+        let Some(hc) = port
+            .health_check_node_port
+            .filter(|_| port.external_policy_local)
+        else {
             continue;
         };
         let entry = out
@@ -367,13 +378,23 @@ impl ServiceHealthServer {
             .map(|l| l.addrs.as_slice())
     }
 
-    /// Open and close listeners and set local endpoint counts to match `state` (call within a
-    /// tokio runtime). A port that cannot be bound is logged and returned; it is tried again at
-    /// the next sync while the other Services keep being served.
-    pub fn sync(&mut self, state: &ProxyState) -> Vec<HealthError> {
+    /// Open and close listeners and set local endpoint counts to match `state`; a closed port
+    /// refuses connections when this returns. A port that cannot be bound is logged and
+    /// returned; it is tried again at the next sync while the other Services keep being served.
+    pub async fn sync(&mut self, state: &ProxyState) -> Vec<HealthError> {
         let want = health_check_services(state);
-        self.services
-            .retain(|k, l| want.get(k).is_some_and(|(port, _)| *port == l.port));
+        let gone: Vec<(String, String)> = self
+            .services
+            .iter()
+            .filter(|(k, l)| want.get(*k).is_none_or(|(port, _)| *port != l.port))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(mut l) = self.services.remove(&key) {
+                tracing::info!(service = %format!("{}/{}", key.0, key.1), port = l.port, "health check node port closed");
+                l.close().await;
+            }
+        }
         let mut errors = vec![];
         for (key, (port, count)) in want {
             if let Some(l) = self.services.get(&key) {
@@ -442,7 +463,8 @@ impl ServiceHealthServer {
             let (ns, name) = key.clone();
             let (proxier, eps) = (self.proxier.clone(), local_endpoints.clone());
             let handler = move || {
-                let (ns, name, proxier, eps) = (ns.clone(), name.clone(), proxier.clone(), eps.clone());
+                let (ns, name, proxier, eps) =
+                    (ns.clone(), name.clone(), proxier.clone(), eps.clone());
                 async move {
                     let n = eps.load(Ordering::Relaxed);
                     let healthy = proxier.is_healthy();

@@ -181,7 +181,7 @@ impl Proxy {
             Ok(r) => {
                 self.metrics.observe(&r);
                 if let Some(s) = &mut self.service_health {
-                    s.sync(&tracked.state);
+                    s.sync(&tracked.state).await;
                 }
                 self.health.updated();
                 for (name, why) in &r.skipped {
@@ -271,6 +271,15 @@ impl Proxy {
     }
 }
 
+/// Stops a spawned server when the sync loop returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,14 +352,5 @@ mod tests {
             .unwrap();
         assert_eq!(router.synced().len(), 1);
         assert_eq!(router.last().unwrap().services.len(), 1);
-    }
-}
-
-/// Stops a spawned server when the sync loop returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
