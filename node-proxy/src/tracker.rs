@@ -478,6 +478,22 @@ metadata: {name: ignored}
     }
 
     #[test]
+    fn only_local_load_balancers_keep_their_health_check_node_port() {
+        let svc = |ty: &str, policy: &str| {
+            format!(
+                "kind: Service\napiVersion: v1\nmetadata: {{name: s, namespace: d}}\nspec: {{type: {ty}, clusterIP: 10.96.0.1, externalTrafficPolicy: {policy}, healthCheckNodePort: 32000, ports: [{{port: 80, nodePort: 30080}}]}}\n"
+            )
+        };
+        let hc = |yaml: String| {
+            tracked(&yaml).state.services[&ServicePortName::new("d", "s", "")]
+                .health_check_node_port
+        };
+        assert_eq!(hc(svc("LoadBalancer", "Local")), Some(32000));
+        assert_eq!(hc(svc("LoadBalancer", "Cluster")), None);
+        assert_eq!(hc(svc("NodePort", "Local")), None);
+    }
+
+    #[test]
     fn dual_stack_load_balancer_with_named_ports_and_merged_slices() {
         let t = tracked(DUAL);
         assert!(t.errors.is_empty(), "{:?}", t.errors);

@@ -418,3 +418,49 @@ async fn the_proxy_serves_healthz_and_health_check_node_ports_from_its_sync_loop
     task.await.unwrap().unwrap();
     assert!(!router.synced().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_sync_loop_reports_queued_updates_and_syncs() {
+    let router = Arc::new(FakeRouter::new());
+    let mut proxy = Proxy::builder()
+        .router(router.clone())
+        .config(node_proxy::ProxyConfig {
+            min_sync_interval: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .health(HealthConfig {
+            health_timeout: Duration::from_secs(60),
+            ..HealthConfig::default()
+        })
+        .build()
+        .unwrap();
+    let health = proxy.health().clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let source = ChannelSource(Mutex::new(Some(rx)));
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    let task = tokio::spawn(async move { proxy.run(&source, s2).await });
+    let svc = |ip: &str| -> Box<k8s_openapi::api::core::v1::Service> {
+        yaml(&format!(
+            "metadata: {{name: a, namespace: d}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+        ))
+    };
+    tx.send(ServiceEvent::ServiceApplied(svc("10.96.0.1")))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(router.synced().len(), 1);
+    assert!(health.is_healthy());
+
+    // the next change waits for the minimum sync interval, longer than the health timeout
+    tx.send(ServiceEvent::ServiceApplied(svc("10.96.0.2")))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(router.synced().len(), 1);
+    assert!(!health.is_healthy());
+
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(router.synced().len(), 2);
+    assert!(health.is_healthy());
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
