@@ -70,7 +70,8 @@ use node_kubelet::{
     PodStates,
 };
 use node_proxy::{
-    ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent, ServiceSource, ServiceStream,
+    HealthConfig, ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent, ServiceSource,
+    ServiceStream,
 };
 
 #[path = "node-agent-parts/cleanup.rs"]
@@ -130,6 +131,11 @@ struct Args {
     /// bounds how late an endpoint change reaches the rules right after another).
     #[arg(long, default_value = "250")]
     min_sync_period_ms: u64,
+    /// Serve kube-proxy's `/healthz` and `/livez` here (e.g. `0.0.0.0:10256`, kube-proxy's
+    /// default) and the health check node ports of `externalTrafficPolicy: Local` load balancers;
+    /// empty (the default): neither.
+    #[arg(long, default_value = "")]
+    healthz_bind_address: String,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -433,6 +439,13 @@ async fn main() -> anyhow::Result<()> {
         .config(ProxyConfig {
             min_sync_interval: Duration::from_millis(args.min_sync_period_ms),
             ..Default::default()
+        })
+        .health(match args.healthz_bind_address.as_str() {
+            "" => HealthConfig::default(),
+            a => HealthConfig {
+                healthz_bind_address: Some(a.parse().context("--healthz-bind-address")?),
+                ..HealthConfig::kube_proxy()
+            },
         })
         .build()?;
     let source: Box<dyn ServiceSource> = match (&cluster, &manifests) {

@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use node_core::{NodeInfo, ServiceRouter};
 use node_proxy::{
-    ApiServerSource, CancellationToken, ManifestDir, NftablesRouter, Proxy, ServiceSource,
-    ServiceTracker,
+    ApiServerSource, CancellationToken, HealthConfig, ManifestDir, NftablesRouter, Proxy,
+    ServiceSource, ServiceTracker,
 };
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,6 +54,26 @@ struct Args {
     /// The cluster's pod CIDRs (repeatable): service traffic from outside is masqueraded.
     #[arg(long)]
     cluster_cidr: Vec<String>,
+    /// Where to serve `/healthz` and `/livez` (kube-proxy's flag and default; empty: not
+    /// served). The health check node ports of `externalTrafficPolicy: Local` load balancers
+    /// are served with it.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: String,
+}
+
+/// kube-proxy's health servers from `--healthz-bind-address` (none with `--once`).
+fn health(args: &Args) -> Result<HealthConfig> {
+    if args.once || args.healthz_bind_address.is_empty() {
+        return Ok(HealthConfig::default());
+    }
+    let addr = args
+        .healthz_bind_address
+        .parse()
+        .with_context(|| format!("--healthz-bind-address {:?}", args.healthz_bind_address))?;
+    Ok(HealthConfig {
+        healthz_bind_address: Some(addr),
+        ..HealthConfig::kube_proxy()
+    })
 }
 
 fn router(backend: Backend) -> Result<Arc<NftablesRouter>> {
@@ -115,7 +135,14 @@ async fn main() -> Result<()> {
         (None, Some(dir)) => Box::new(ManifestDir::new(dir)),
         (None, None) => bail!("give --manifests DIR or --kubeconfig FILE"),
     };
-    let mut proxy = Proxy::builder().router(router.clone()).node(node).build()?;
+    let mut proxy = Proxy::builder()
+        .router(router.clone())
+        .node(node)
+        .health(health(&args)?)
+        .build()?;
+    if let Some(addr) = proxy.healthz_addr() {
+        tracing::info!(%addr, "serving /healthz and /livez");
+    }
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {

@@ -6,10 +6,12 @@
 //! | Service/EndpointSlice -> proxy state | [`tracker`], [`manifest`] |
 //! | where services come from | [`source`] (manifest directory, API server) |
 //! | the sync loop and its metrics | [`proxy`], [`metrics`] |
+//! | kube-proxy's `/healthz`, `/livez` and health check node ports | [`healthcheck`] |
 //! | routers | [`nftables`] (default), [`iptables`], [`ipvs`] |
 //! | stale UDP flows | [`conntrack`] |
 
 pub mod conntrack;
+pub mod healthcheck;
 pub mod iptables;
 pub mod ipvs;
 pub mod manifest;
@@ -20,6 +22,7 @@ pub mod source;
 pub mod tracker;
 
 pub use conntrack::{ConntrackCleaner, ConntrackFlush, stale_udp_flows};
+pub use healthcheck::{HealthConfig, HealthError, ProxierHealth, ServiceHealthServer};
 pub use iptables::{IpFamily, IptablesConfig, IptablesRouter, IptablesVariant};
 pub use ipvs::{IpvsConfig, IpvsRouter};
 pub use manifest::{Manifests, parse_manifests};

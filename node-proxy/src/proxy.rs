@@ -10,6 +10,7 @@ use node_core::{NodeInfo, ServiceRouter, SyncReport};
 use tokio::time::Instant;
 pub use tokio_util::sync::CancellationToken;
 
+use crate::healthcheck::{HealthConfig, HealthError, ProxierHealth, ServiceHealthServer};
 use crate::metrics::ProxyMetrics;
 use crate::source::ServiceSource;
 use crate::tracker::ServiceTracker;
@@ -21,6 +22,9 @@ pub enum ProxyError {
     /// The builder lacks a part.
     #[error("proxy builder: missing {0}")]
     Missing(&'static str),
+    /// A health server could not start.
+    #[error(transparent)]
+    Health(#[from] HealthError),
     /// The last sync before the source ended failed.
     #[error("router {router}: {source}")]
     Router {
@@ -60,6 +64,7 @@ pub struct ProxyBuilder {
     node: NodeInfo,
     config: ProxyConfig,
     metrics: ProxyMetrics,
+    health: HealthConfig,
 }
 
 impl ProxyBuilder {
@@ -87,13 +92,32 @@ impl ProxyBuilder {
         self.metrics = metrics;
         self
     }
-    /// The proxy.
+    /// The health servers to run (none by default; [`HealthConfig::kube_proxy`] for
+    /// kube-proxy's).
+    #[must_use]
+    pub fn health(mut self, health: HealthConfig) -> Self {
+        self.health = health;
+        self
+    }
+    /// The proxy. The healthz address, if any, is bound here.
     pub fn build(self) -> Result<Proxy, ProxyError> {
+        let router = self.router.ok_or(ProxyError::Missing("router"))?;
+        let health = ProxierHealth::new(self.health.health_timeout);
+        let healthz = match self.health.healthz_bind_address {
+            Some(addr) => Some(ProxierHealth::bind(addr)?),
+            None => None,
+        };
+        let service_health = self.health.service_health_checks.then(|| {
+            ServiceHealthServer::new(self.health.node_port_addresses.clone(), health.clone())
+        });
         Ok(Proxy {
-            router: self.router.ok_or(ProxyError::Missing("router"))?,
+            router,
             tracker: ServiceTracker::new(self.node),
             config: self.config,
             metrics: self.metrics,
+            health,
+            healthz,
+            service_health,
         })
     }
 }
@@ -104,6 +128,9 @@ pub struct Proxy {
     tracker: ServiceTracker,
     config: ProxyConfig,
     metrics: ProxyMetrics,
+    health: ProxierHealth,
+    healthz: Option<std::net::TcpListener>,
+    service_health: Option<ServiceHealthServer>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -126,6 +153,22 @@ impl Proxy {
         &self.metrics
     }
 
+    /// The proxier's health the sync loop reports to (feed it the node with
+    /// [`ProxierHealth::sync_node`] to track the node's eligibility).
+    pub fn health(&self) -> &ProxierHealth {
+        &self.health
+    }
+
+    /// The address `/healthz` and `/livez` are served on, if they are.
+    pub fn healthz_addr(&self) -> Option<std::net::SocketAddr> {
+        self.healthz.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The health check node ports, if they are served.
+    pub fn service_health(&self) -> Option<&ServiceHealthServer> {
+        self.service_health.as_ref()
+    }
+
     async fn sync(&mut self) -> Result<SyncReport, node_core::RouterError> {
         let tracked = self.tracker.compute();
         for e in &tracked.errors {
@@ -137,6 +180,10 @@ impl Proxy {
         match self.router.sync(&tracked.state).await {
             Ok(r) => {
                 self.metrics.observe(&r);
+                if let Some(s) = &mut self.service_health {
+                    s.sync(&tracked.state).await;
+                }
+                self.health.updated();
                 for (name, why) in &r.skipped {
                     tracing::warn!(service = %name, why, "service port skipped by the router");
                 }
@@ -151,6 +198,27 @@ impl Proxy {
         }
     }
 
+    fn spawn_healthz(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<AbortOnDrop>, ProxyError> {
+        let Some(l) = &self.healthz else {
+            return Ok(None);
+        };
+        let addr = l.local_addr().ok();
+        let l = l.try_clone().map_err(|source| HealthError::Healthz {
+            addr: addr.unwrap_or(crate::healthcheck::DEFAULT_HEALTHZ_BIND_ADDRESS),
+            source,
+        })?;
+        let health = self.health.clone();
+        let token = shutdown.child_token();
+        Ok(Some(AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = health.serve(l, token).await {
+                tracing::error!(error = %e, ?addr, "healthz server");
+            }
+        }))))
+    }
+
     /// Watch `source` and keep the router in sync until `shutdown` is cancelled or the source
     /// ends (then a last sync is made; its failure is returned).
     pub async fn run(
@@ -158,6 +226,7 @@ impl Proxy {
         source: &dyn ServiceSource,
         shutdown: CancellationToken,
     ) -> Result<(), ProxyError> {
+        let _healthz = self.spawn_healthz(&shutdown)?;
         let mut stream = source.watch();
         let mut due: Option<Instant> = None;
         let mut last_sync: Option<Instant> = None;
@@ -169,6 +238,7 @@ impl Proxy {
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
                         self.tracker.apply_event(ev);
+                        self.health.queued_update();
                         if due.is_none() {
                             let mut at = Instant::now() + self.config.coalesce;
                             if let Some(l) = last_sync {
@@ -198,6 +268,15 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// Stops a spawned server when the sync loop returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -283,10 +283,12 @@ fn service_ports(
     };
     let external_policy_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    // only a LoadBalancer with externalTrafficPolicy: Local needs a health check
     let health_check_node_port = spec
         .health_check_node_port
         .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0);
+        .filter(|p| *p != 0)
+        .filter(|_| external_policy_local && spec.type_.as_deref() == Some("LoadBalancer"));
 
     let mut out = vec![];
     for (i, p) in spec.ports.iter().flatten().enumerate() {
@@ -473,6 +475,22 @@ metadata: {name: ignored}
         let m = parse_manifests(yaml, "test.yaml").unwrap();
         t.replace_all(m.services, m.slices);
         t.compute()
+    }
+
+    #[test]
+    fn only_local_load_balancers_keep_their_health_check_node_port() {
+        let svc = |ty: &str, policy: &str| {
+            format!(
+                "kind: Service\napiVersion: v1\nmetadata: {{name: s, namespace: d}}\nspec: {{type: {ty}, clusterIP: 10.96.0.1, externalTrafficPolicy: {policy}, healthCheckNodePort: 32000, ports: [{{port: 80, nodePort: 30080}}]}}\n"
+            )
+        };
+        let hc = |yaml: String| {
+            tracked(&yaml).state.services[&ServicePortName::new("d", "s", "")]
+                .health_check_node_port
+        };
+        assert_eq!(hc(svc("LoadBalancer", "Local")), Some(32000));
+        assert_eq!(hc(svc("LoadBalancer", "Cluster")), None);
+        assert_eq!(hc(svc("NodePort", "Local")), None);
     }
 
     #[test]
