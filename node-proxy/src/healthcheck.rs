@@ -481,7 +481,12 @@ impl ServiceHealthServer {
                     } else {
                         StatusCode::SERVICE_UNAVAILABLE
                     };
-                    json_response(status, serde_json::to_string(&body).unwrap_or_default())
+                    let mut resp =
+                        json_response(status, serde_json::to_string(&body).unwrap_or_default());
+                    // kube-proxy's weight hint for load balancers: the local endpoint count
+                    resp.headers_mut()
+                        .insert("x-load-balancing-endpoint-weight", HeaderValue::from(n));
+                    resp
                 }
             };
             let app = Router::new().fallback(handler);

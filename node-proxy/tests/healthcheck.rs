@@ -200,6 +200,7 @@ async fn service_health_port_counts_local_ready_endpoints_and_closes() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.header("content-type"), Some("application/json"));
     assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(a.header("x-load-balancing-endpoint-weight"), Some("2"));
     assert_eq!(
         a.body,
         serde_json::json!({"service": {"namespace": "web", "name": "lb"},
@@ -219,6 +220,7 @@ async fn service_health_port_counts_local_ready_endpoints_and_closes() {
     );
     let a = get(addr, "/").await.unwrap();
     assert_eq!((a.status, &a.body["localEndpoints"]), (503, &0.into()));
+    assert_eq!(a.header("x-load-balancing-endpoint-weight"), Some("0"));
 
     // the policy becomes Cluster: the port closes
     assert!(
