@@ -188,6 +188,8 @@ pub struct NodeUsage {
     pub swap_available_bytes: Option<u64>,
     /// When the node booted.
     pub boot_time: Option<Timestamp>,
+    /// When these were read.
+    pub time: Timestamp,
 }
 
 /// Reads the node's own usage.
@@ -271,6 +273,7 @@ impl NodeStatsSource for HostNodeStats {
             swap_usage_bytes: swap_total.zip(swap_free).map(|(t, f)| t.saturating_sub(f)),
             swap_available_bytes: swap_total.and(swap_free),
             boot_time,
+            time: Timestamp::now(),
         })
     }
 }
@@ -421,7 +424,7 @@ impl StatsProvider {
 
     fn node_stats(&self) -> Result<NodeStats, StatsError> {
         let u = self.node.node_usage()?;
-        let now = Timestamp::now();
+        let now = u.time;
         Ok(NodeStats {
             node_name: self.node_name.clone(),
             start_time: u.boot_time.unwrap_or(Timestamp::UNIX_EPOCH),
