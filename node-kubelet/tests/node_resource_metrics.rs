@@ -337,3 +337,34 @@ async fn the_read_only_router_serves_them_only_with_a_provider() {
     );
     assert_eq!(get(&plain, "/stats/summary").await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_kubelet_server_serves_them_as_the_metrics_and_stats_subresources() {
+    use node_kubelet::node::authz::subresources_of;
+    use node_kubelet::node::server::{ServerState, router as server_router};
+    let rt = runtime();
+    two_pods(&rt).await;
+    let provider = StatsProvider::new(Arc::new(rt.clone()), Arc::new(FixedNode), "node-a");
+    let app = server_router(
+        ServerState::new(node_kubelet::PodStates::new(), Arc::new(rt.clone())).stats(provider),
+    );
+    let (code, _, body) = get(&app, "/metrics/resource").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains(&format!(
+        "pod_cpu_usage_seconds_total{{namespace=\"data\",pod=\"db\"}} 12 {NOW_MS}\n"
+    )));
+    let (code, _, body) = get(&app, "/stats/summary").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // authorized as kubelet does: nodes/metrics and nodes/stats
+    assert_eq!(subresources_of("/metrics/resource", false), ["metrics"]);
+    assert_eq!(subresources_of("/stats/summary", false), ["stats"]);
+    // without a provider the server has no such routes
+    let plain = server_router(ServerState::new(
+        node_kubelet::PodStates::new(),
+        Arc::new(rt.clone()),
+    ));
+    assert_eq!(
+        get(&plain, "/metrics/resource").await.0,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -533,3 +533,55 @@ async fn resource(State(p): State<StatsProvider>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_node_stats_from_the_root_cgroup_and_meminfo() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cg, proc) = (dir.path().join("cg"), dir.path().join("proc"));
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::create_dir_all(&proc).unwrap();
+        std::fs::write(
+            cg.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\n",
+        )
+        .unwrap();
+        std::fs::write(
+            proc.join("meminfo"),
+            "MemTotal: 1000 kB\nMemFree: 200 kB\nMemAvailable: 600 kB\nInactive(file): 100 kB\nSwapTotal: 50 kB\nSwapFree: 30 kB\n",
+        )
+        .unwrap();
+        std::fs::write(proc.join("stat"), "cpu 1 2 3 4\nbtime 1767225600\n").unwrap();
+        let u = HostNodeStats {
+            cgroup_root: cg.clone(),
+            proc_root: proc.clone(),
+        }
+        .node_usage()
+        .unwrap();
+        assert_eq!(u.cpu_usage_core_nano_seconds, Some(2_500_000_000));
+        assert_eq!(u.memory_total_bytes, Some(1000 * 1024));
+        assert_eq!(u.memory_usage_bytes, Some(800 * 1024));
+        assert_eq!(u.memory_working_set_bytes, Some(700 * 1024));
+        assert_eq!(u.swap_usage_bytes, Some(20 * 1024));
+        assert_eq!(u.swap_available_bytes, Some(30 * 1024));
+        assert_eq!(u.boot_time.unwrap().as_second(), 1_767_225_600);
+
+        // cgroup v1: cpuacct.usage in ns; no swap
+        std::fs::remove_file(cg.join("cpu.stat")).unwrap();
+        std::fs::create_dir_all(cg.join("cpuacct")).unwrap();
+        std::fs::write(cg.join("cpuacct/cpuacct.usage"), "123456789\n").unwrap();
+        std::fs::write(proc.join("meminfo"), "MemTotal: 1000 kB\nMemFree: 200 kB\n").unwrap();
+        let u = HostNodeStats {
+            cgroup_root: cg,
+            proc_root: proc,
+        }
+        .node_usage()
+        .unwrap();
+        assert_eq!(u.cpu_usage_core_nano_seconds, Some(123_456_789));
+        assert_eq!(u.memory_working_set_bytes, Some(800 * 1024));
+        assert_eq!(u.swap_usage_bytes, None);
+    }
+}
