@@ -368,3 +368,48 @@ async fn the_kubelet_server_serves_them_as_the_metrics_and_stats_subresources() 
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn the_summary_gives_usage_nano_cores_from_the_previous_sample() {
+    let rt = runtime();
+    two_pods(&rt).await;
+    let app = app(&rt);
+    let (_, _, body) = get(&app, "/stats/summary").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let web = &v["pods"][1];
+    assert!(
+        web["containers"][0]["cpu"]["usageNanoCores"].is_null(),
+        "{body}"
+    );
+    assert!(web["cpu"]["usageNanoCores"].is_null(), "{body}");
+
+    // one second later the app container has used another half core-second
+    let app_id = rt
+        .containers()
+        .into_iter()
+        .find(|c| c.config.metadata.as_ref().unwrap().name == "app")
+        .unwrap()
+        .id;
+    rt.set_container_stats(
+        &app_id,
+        FakeUsage {
+            usage_core_nano_seconds: 2_000_000_000,
+            working_set_bytes: 35 * MI,
+            timestamp: (NOW_MS + 1000) * 1_000_000,
+        },
+    );
+    let (_, _, body) = get(&app, "/stats/summary").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let web = &v["pods"][1];
+    assert_eq!(web["containers"][0]["name"], "app");
+    assert_eq!(
+        web["containers"][0]["cpu"]["usageNanoCores"],
+        500_000_000u64
+    );
+    // the sidecar's sample did not move: no rate
+    assert!(
+        web["containers"][1]["cpu"]["usageNanoCores"].is_null(),
+        "{body}"
+    );
+    assert_eq!(web["cpu"]["usageNanoCores"], 500_000_000u64);
+}

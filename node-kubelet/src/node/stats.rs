@@ -57,6 +57,10 @@ pub struct CpuStats {
     /// When sampled.
     #[serde(serialize_with = "rfc3339")]
     pub time: Timestamp,
+    /// CPU in use since the previous sample of the same provider, nanocores (none on the
+    /// first sample, as kubelet's cache of the last usage gives).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_nano_cores: Option<u64>,
     /// Cumulative CPU time, core-nanoseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_core_nano_seconds: Option<u64>,
@@ -284,6 +288,8 @@ pub struct StatsProvider {
     runtime: Arc<dyn RuntimeBackend>,
     node: Arc<dyn NodeStatsSource>,
     node_name: String,
+    /// The last CPU sample of the node ("") and of each sandbox and container id.
+    last_cpu: Arc<std::sync::Mutex<HashMap<String, (Timestamp, u64)>>>,
 }
 
 impl std::fmt::Debug for StatsProvider {
@@ -302,6 +308,7 @@ fn cpu_of(u: Option<&cri::CpuUsage>) -> Option<CpuStats> {
     let u = u?;
     Some(CpuStats {
         time: ts(u.timestamp),
+        usage_nano_cores: None,
         usage_core_nano_seconds: u.usage_core_nano_seconds.as_ref().map(|v| v.value),
     })
 }
@@ -336,7 +343,35 @@ impl StatsProvider {
             runtime,
             node,
             node_name: node_name.into(),
+            last_cpu: Arc::default(),
         }
+    }
+
+    /// Fills `usage_nano_cores` from the previous sample of `key` and remembers this one.
+    fn rate(
+        &self,
+        key: &str,
+        cpu: &mut Option<CpuStats>,
+        seen: &mut HashMap<String, (Timestamp, u64)>,
+    ) {
+        let Some(c) = cpu.as_mut() else { return };
+        let Some(total) = c.usage_core_nano_seconds else {
+            return;
+        };
+        let last = self
+            .last_cpu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied();
+        if let Some((t, prev)) = last {
+            let dt = c.time.as_nanosecond() - t.as_nanosecond();
+            if dt > 0 && total >= prev {
+                c.usage_nano_cores =
+                    Some(((total - prev) as u128 * 1_000_000_000 / dt as u128) as u64);
+            }
+        }
+        seen.insert(key.to_string(), (c.time, total));
     }
 
     /// The node's CPU and memory usage and its pods' (kubelet's `GetCPUAndMemoryStats`).
@@ -412,14 +447,25 @@ impl StatsProvider {
                 pod.memory = summed_memory(&pod.containers);
             }
         }
+        let mut node = self.node_stats()?;
+        // usage rates from the previous samples; the ones gone are forgotten
+        let mut seen = HashMap::new();
+        self.rate("", &mut node.cpu, &mut seen);
+        for (sandbox_id, pod) in &mut pods {
+            self.rate(sandbox_id, &mut pod.cpu, &mut seen);
+            let ids = containers_of(&containers, sandbox_id);
+            for c in &mut pod.containers {
+                if let Some(id) = ids.get(c.name.as_str()) {
+                    self.rate(id, &mut c.cpu, &mut seen);
+                }
+            }
+        }
+        *self.last_cpu.lock().unwrap_or_else(|e| e.into_inner()) = seen;
         let mut pods: Vec<PodStats> = pods.into_iter().map(|(_, p)| p).collect();
         pods.sort_by(|a, b| {
             (&a.pod_ref.namespace, &a.pod_ref.name).cmp(&(&b.pod_ref.namespace, &b.pod_ref.name))
         });
-        Ok(Summary {
-            node: self.node_stats()?,
-            pods,
-        })
+        Ok(Summary { node, pods })
     }
 
     fn node_stats(&self) -> Result<NodeStats, StatsError> {
@@ -430,6 +476,7 @@ impl StatsProvider {
             start_time: u.boot_time.unwrap_or(Timestamp::UNIX_EPOCH),
             cpu: u.cpu_usage_core_nano_seconds.map(|v| CpuStats {
                 time: now,
+                usage_nano_cores: None,
                 usage_core_nano_seconds: Some(v),
             }),
             memory: (u.memory_working_set_bytes.is_some() || u.memory_usage_bytes.is_some()).then(
@@ -450,6 +497,26 @@ impl StatsProvider {
             }),
         })
     }
+}
+
+/// The running containers of a sandbox by name (the name as the summary gives it).
+fn containers_of<'a>(
+    containers: &'a HashMap<String, cri::Container>,
+    sandbox_id: &str,
+) -> HashMap<&'a str, &'a str> {
+    containers
+        .values()
+        .filter(|c| c.pod_sandbox_id == sandbox_id)
+        .filter_map(|c| {
+            let name = c
+                .metadata
+                .as_ref()
+                .map(|m| m.name.as_str())
+                .filter(|n| !n.is_empty())
+                .or_else(|| c.labels.get(labels::CONTAINER_NAME).map(String::as_str))?;
+            Some((name, c.id.as_str()))
+        })
+        .collect()
 }
 
 fn pod_entry(sandbox: &cri::PodSandbox) -> PodStats {
@@ -482,6 +549,7 @@ fn summed_cpu(containers: &[ContainerStats]) -> Option<CpuStats> {
         .max()?;
     Some(CpuStats {
         time,
+        usage_nano_cores: None,
         usage_core_nano_seconds: sum_of(containers.iter(), |c| {
             c.cpu.as_ref()?.usage_core_nano_seconds
         }),
