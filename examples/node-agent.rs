@@ -65,6 +65,7 @@ use node_cri::{CriClient, CriClientConfig};
 use node_kubelet::node::NodeManager;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::logind::ShutdownInhibitor;
+use node_kubelet::node::stats::{HostNodeStats, StatsProvider};
 use node_kubelet::{
     CancellationToken, FileSource, FileSourceConfig, JsonStatusSink, Kubelet, KubeletConfig,
     PodStates,
@@ -468,7 +469,13 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(StatesProvider(states.clone())),
             &NodeMetrics::default(),
         )
-        .node(latest_node),
+        .node(latest_node)
+        // /stats/summary and /metrics/resource (metrics-server), on both ports
+        .stats(StatsProvider::new(
+            rt.clone(),
+            Arc::new(HostNodeStats::default()),
+            node_name.clone(),
+        )),
     );
     // the kubelet's server (node-agent-parts/server.rs): off unless --tls-cert-file is given
     let _kubelet_server = server::start(

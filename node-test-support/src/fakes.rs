@@ -102,6 +102,19 @@ struct RuntimeState {
     failures: Failures<RuntimeError>,
     exec: VecDeque<cri::ExecSyncResponse>,
     pull_delay: Duration,
+    stats: BTreeMap<String, FakeUsage>,
+}
+
+/// What `list_container_stats` reports for a container (see
+/// [`FakeRuntime::set_container_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FakeUsage {
+    /// CPU time, ns.
+    pub usage_core_nano_seconds: u64,
+    /// Memory working set, bytes.
+    pub working_set_bytes: u64,
+    /// When sampled, ns since the epoch.
+    pub timestamp: i64,
 }
 
 /// An in-memory [`RuntimeBackend`] and [`ImageBackend`] with CRI semantics: ids, states, label
@@ -201,6 +214,17 @@ impl FakeRuntime {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// `list_container_stats` and `container_stats` report this usage for container `id`
+    /// (running containers only, as the CRI lists stats; a running container without usage set
+    /// reports zeros at the current time).
+    pub fn set_container_stats(&self, id: &str, usage: FakeUsage) {
+        self.state
+            .lock()
+            .unwrap()
+            .stats
+            .insert(id.to_string(), usage);
     }
 
     /// Make every pull take this long.
@@ -568,6 +592,62 @@ impl RuntimeBackend for FakeRuntime {
             )));
         }
         Ok(s.exec.pop_front().unwrap_or_default())
+    }
+
+    async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, RuntimeError> {
+        let s = self.begin("container_stats", id)?;
+        let c = s
+            .containers
+            .get(id)
+            .ok_or_else(|| container_not_found(id))?;
+        Ok(fake_stats(c, s.stats.get(id)))
+    }
+
+    async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
+        let s = self.begin("list_container_stats", "")?;
+        let f = filter.unwrap_or_default();
+        Ok(s.containers
+            .values()
+            .filter(|c| f.id.is_empty() || c.id == f.id)
+            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id == f.pod_sandbox_id)
+            .filter(|c| labels_match(&c.config.labels, &f.label_selector))
+            .filter(|c| c.state == cri::ContainerState::ContainerRunning)
+            .map(|c| fake_stats(c, s.stats.get(&c.id)))
+            .collect())
+    }
+}
+
+fn fake_stats(c: &FakeContainer, usage: Option<&FakeUsage>) -> cri::ContainerStats {
+    let u = usage.copied().unwrap_or(FakeUsage {
+        timestamp: now_ns(),
+        ..Default::default()
+    });
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: c.config.metadata.clone(),
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+        }),
+        cpu: Some(cri::CpuUsage {
+            timestamp: u.timestamp,
+            usage_core_nano_seconds: Some(cri::UInt64Value {
+                value: u.usage_core_nano_seconds,
+            }),
+            usage_nano_cores: None,
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: u.timestamp,
+            working_set_bytes: Some(cri::UInt64Value {
+                value: u.working_set_bytes,
+            }),
+            ..Default::default()
+        }),
+        writable_layer: None,
+        swap: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The node's HTTP endpoints as an axum router: `/healthz`, `/pods` (the pods and their status,
 //! as kubelet's read-only `/pods`: a v1 PodList), `/node` (the Node object the node manager
 //! last built: standalone mode's node status) and `/metrics` (Prometheus text from the
-//! [`NodeMetrics`] registry that the pod workers, probes and eviction manager update).
+//! [`NodeMetrics`] registry that the pod workers, probes and eviction manager update); with
+//! [`HttpState::stats`] also `/stats/summary` and `/metrics/resource` ([`super::stats`]).
 
 use std::sync::Arc;
 
@@ -169,6 +170,7 @@ pub struct HttpState {
     health: Option<Arc<dyn HealthCheck>>,
     node: Option<super::status::LatestNode>,
     registry: Arc<Registry>,
+    stats: Option<super::stats::StatsProvider>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -192,6 +194,7 @@ impl HttpState {
             health: None,
             node: None,
             registry: Arc::new(registry),
+            stats: None,
         }
     }
 
@@ -211,16 +214,30 @@ impl HttpState {
         self.node = Some(latest);
         self
     }
+
+    /// Serve `/stats/summary` and `/metrics/resource` from this provider, as kubelet's
+    /// read-only port does ([`super::stats::router`]).
+    #[must_use]
+    pub fn stats(mut self, provider: super::stats::StatsProvider) -> Self {
+        self.stats = Some(provider);
+        self
+    }
 }
 
-/// The router: `GET /healthz`, `GET /pods`, `GET /node`, `GET /metrics`.
+/// The router: `GET /healthz`, `GET /pods`, `GET /node`, `GET /metrics`, and with
+/// [`HttpState::stats`] `GET /stats/summary` and `GET /metrics/resource`.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let stats = state.stats.clone();
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/pods", get(pods))
         .route("/node", get(node))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match stats {
+        Some(provider) => router.merge(super::stats::router(provider)),
+        None => router,
+    }
 }
 
 async fn healthz(State(s): State<HttpState>) -> Response {

@@ -19,6 +19,8 @@
 //! | mirror pods of static pods | [`mirror`] |
 //! | service-account tokens for projected volumes | [`tokens`] |
 //! | `/healthz`, `/pods`, `/metrics` and the node's metric families (the read-only port) | [`http`] |
+//! | the node's and pods' CPU and memory usage, `/stats/summary` | [`stats`] |
+//! | `/metrics/resource`, what metrics-server scrapes | [`resource_metrics`] |
 //! | container logs with kubelet's options, from the CRI log files | [`logs`] |
 //! | container log rotation (kubelet's `ContainerLogManager`) | [`logrotate`] |
 //! | the kubelet's server over TLS with client certificates: `/containerLogs`, `/exec`, `/attach`, `/portForward` | [`server`] |
@@ -69,8 +71,10 @@ pub mod mirror;
 pub mod objects;
 pub mod qos;
 pub mod quantity;
+pub mod resource_metrics;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod status;
 pub mod tokens;
 pub mod volumes;

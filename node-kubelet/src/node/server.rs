@@ -21,7 +21,9 @@
 //!   verb on `nodes/<node name>` with a subresource (`proxy` for logs, exec, attach and
 //!   port-forward).
 //!
-//! The read-only port ([`super::http::router`] on plain HTTP) never serves these endpoints.
+//! The read-only port ([`super::http::router`] on plain HTTP) never serves these endpoints; it
+//! serves `/stats/summary` and `/metrics/resource` as kubelet's does (authorized here as the
+//! `stats` and `metrics` subresources).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -303,6 +305,7 @@ impl KubeletServer {
 pub struct ServerState {
     pods: PodStates,
     runtime: Arc<dyn RuntimeBackend>,
+    stats: Option<super::stats::StatsProvider>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -315,7 +318,20 @@ impl ServerState {
     /// The state over the kubelet's pods ([`Kubelet::states`](crate::Kubelet::states)) and the
     /// runtime it runs them on.
     pub fn new(pods: PodStates, runtime: Arc<dyn RuntimeBackend>) -> Self {
-        Self { pods, runtime }
+        Self {
+            pods,
+            runtime,
+            stats: None,
+        }
+    }
+
+    /// Serve `/stats/summary` and `/metrics/resource` ([`super::stats::router`]) too. Give the
+    /// provider to this router or to the [`super::http::router`] merged with it, not both: the
+    /// routes would overlap.
+    #[must_use]
+    pub fn stats(mut self, provider: super::stats::StatsProvider) -> Self {
+        self.stats = Some(provider);
+        self
     }
 
     fn pod(
@@ -390,10 +406,11 @@ impl ServerState {
 }
 
 /// The endpoints: `/containerLogs`, `/exec`, `/attach`, `/portForward` (see the module
-/// documentation).
+/// documentation), and with [`ServerState::stats`] `/stats/summary` and `/metrics/resource`.
 pub fn router(state: ServerState) -> Router {
     let upgrade = MethodFilter::GET.or(MethodFilter::POST);
-    Router::new()
+    let stats = state.stats.clone();
+    let router = Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -422,7 +439,11 @@ pub fn router(state: ServerState) -> Router {
             "/portForward/{namespace}/{pod}/{uid}",
             on(upgrade, port_forward_route),
         )
-        .with_state(state)
+        .with_state(state);
+    match stats {
+        Some(provider) => router.merge(super::stats::router(provider)),
+        None => router,
+    }
 }
 
 fn plain(status: StatusCode, message: impl Into<String>) -> Response {
