@@ -42,11 +42,10 @@ use node_test_support::{
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod server_support;
 mod support;
 use node_test_support::until_async as until;
-use server_support::{StatesPods, make_ca, make_cert, start_server, tls_client};
 use support::native::{Guard, init_binary};
+use support::server::{StatesPods, make_ca, make_cert, start_server, tls_client};
 
 const IMAGE: &str = "busybox:server-test";
 const T: Duration = Duration::from_secs(60);
@@ -138,7 +137,7 @@ async fn get_with_token(
         )
         .await
         .expect("request");
-    server_support::status_and_text(r, T).await
+    support::server::status_and_text(r, T).await
 }
 
 /// A GET's status and whole body.
@@ -148,7 +147,7 @@ async fn get_text(
     path: &str,
 ) -> (u16, String) {
     let r = get(connector, addr, path).await;
-    server_support::status_and_text(r, T).await
+    support::server::status_and_text(r, T).await
 }
 
 /// The stand-in API server: a plain-TCP listener whose connections go to `kubelet` over TLS

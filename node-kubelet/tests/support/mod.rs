@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses some of them
 
 pub mod native;
+pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
