@@ -410,15 +410,10 @@ fn on_node<F: Future<Output = ()>>(netns: &str, body: impl FnOnce(Node) -> F + S
     let g2 = g.clone();
     let ns = NetnsFixture::new(netns).expect("netns");
     ns.run_in(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let node = start(&g2).await;
-                body(node).await
-            })
+        support::block_on(async move {
+            let node = start(&g2).await;
+            body(node).await
+        })
     })
     .expect("run in netns");
     drop(g);

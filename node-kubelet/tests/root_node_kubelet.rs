@@ -40,7 +40,7 @@ use node_test_support::{
 mod support;
 use node_test_support::until_async as until;
 use support::native::{Guard, init_binary};
-use support::pod;
+use support::{in_netns, pod};
 
 const IMAGE: &str = "busybox:node-test";
 
@@ -202,20 +202,6 @@ impl Node {
         )
         .await
     }
-}
-
-/// Run an async test body on a thread inside a fresh network namespace.
-fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F + Send + 'static) {
-    let ns = NetnsFixture::new(name).expect("netns");
-    ns.run_in(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body())
-    })
-    .expect("run in netns");
 }
 
 fn ready(name: &str) -> bool {
@@ -681,12 +667,7 @@ fn in_netns_on_tmpfs<F: Future<Output = ()>>(
                 Some(format!("size={size}").as_str()),
             )
             .expect("tmpfs over the test root");
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(body())
+            support::block_on(body())
         })
     })
     .expect("run in netns");
