@@ -141,6 +141,11 @@ fn refused_with_404<T>(t: Transport, r: Result<T, StreamingError>) {
     }
 }
 
+/// Send a terminal size (`width` columns, `height` rows) on a session's resize stream.
+async fn resize_to(resize: &tokio::sync::mpsc::Sender<TermSize>, width: u16, height: u16) {
+    resize.send(TermSize { width, height }).await.unwrap();
+}
+
 /// The streams to open: stdin, stdout, stderr, tty.
 fn opts(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecOptions {
     ExecOptions {
@@ -247,13 +252,7 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 let mut cmd = client::exec(&url, t, o).await.expect("connect");
                 assert!(cmd.stderr.is_none());
                 let resize = cmd.resize.clone().expect("a resize stream with a tty");
-                resize
-                    .send(TermSize {
-                        width: w,
-                        height: h,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, w, h).await;
                 let mut stdin = cmd.stdin.take().unwrap();
                 let mut stdout = cmd.stdout.take().unwrap();
                 // the shell is on a terminal of the container's own devpts, of the size we sent
@@ -264,13 +263,7 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 let out = read_until(&mut stdout, &format!("{h} {w}\r\n"), &format!("{t:?}")).await;
                 assert!(out.contains("IS-A-TTY\r\n"), "{t:?}: {out:?}");
                 // and a later resize too
-                resize
-                    .send(TermSize {
-                        width: 200,
-                        height: 60,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, 200, 60).await;
                 drop(stdin);
                 let rest = String::from_utf8_lossy(&read_all(Some(stdout)).await).into_owned();
                 assert_eq!(cmd.wait().await.expect("status"), 3, "{t:?}: {rest:?}");
@@ -282,13 +275,7 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 let mut stdout = cmd.stdout.take().unwrap();
                 stdin.write_all(b"echo READY\n").await.unwrap();
                 read_until(&mut stdout, "READY\r\n", "prompt").await;
-                resize
-                    .send(TermSize {
-                        width: 99,
-                        height: 11,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, 99, 11).await;
                 stdin
                     .write_all(b"sleep 0.3; busybox stty size; exit 0\n")
                     .await
@@ -526,13 +513,7 @@ fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
                 let resize = a.resize.clone().expect("resize with a tty");
                 let mut stdin = a.stdin.take().unwrap();
                 let mut stdout = a.stdout.take().unwrap();
-                resize
-                    .send(TermSize {
-                        width: w,
-                        height: h,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, w, h).await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 stdin
                     .write_all(b"[ -t 0 ] && echo TTY-$((6*7)); busybox stty size\n")
