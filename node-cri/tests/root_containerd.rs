@@ -185,14 +185,15 @@ async fn images_pull_status_list_remove() {
         .build()
         .unwrap();
     let reference = f.push(&img, "nodekit/hello", "2.0").unwrap();
-    // absent before the pull
-    assert!(
+    let absent = async || {
         c.image_status(spec(&reference), false)
             .await
             .unwrap()
             .image
             .is_none()
-    );
+    };
+    // absent before the pull
+    assert!(absent().await);
     let image_ref = c.pull_image(spec(&reference), None, None).await.unwrap();
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
     let st = c.image_status(spec(&reference), true).await.unwrap();
@@ -237,13 +238,7 @@ async fn images_pull_status_list_remove() {
         "{fs:?}"
     );
     c.remove_image(spec(&reference)).await.unwrap();
-    assert!(
-        c.image_status(spec(&reference), false)
-            .await
-            .unwrap()
-            .image
-            .is_none()
-    );
+    assert!(absent().await);
     // removing an absent image succeeds
     c.remove_image(spec(&reference)).await.unwrap();
 }
