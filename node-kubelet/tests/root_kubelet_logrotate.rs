@@ -358,10 +358,7 @@ fn a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line() {
         assert!(ten.len() >= 10 << 20, "{} bytes", ten.len());
         assert!(ten.ends_with(b"\n"));
 
-        for s in runtime.list_pod_sandbox(None).await.unwrap_or_default() {
-            let _ = runtime.stop_pod_sandbox(&s.id).await;
-            let _ = runtime.remove_pod_sandbox(&s.id).await;
-        }
+        support::remove_all_sandboxes(&*runtime).await;
     });
     drop(g);
 }
@@ -390,9 +387,6 @@ fn containerd_reopens_the_log_the_node_manager_rotates() {
         let client = support::containerd::connect(fr).await;
         let rt = support::containerd::runtime(fr, client.clone());
         rotate_a_fast_writer(rt.clone(), client, root, &log_root, &yaml).await;
-        for s in rt.list_pod_sandbox(None).await.unwrap_or_default() {
-            let _ = rt.stop_pod_sandbox(&s.id).await;
-            let _ = rt.remove_pod_sandbox(&s.id).await;
-        }
+        support::remove_all_sandboxes(&*rt).await;
     });
 }

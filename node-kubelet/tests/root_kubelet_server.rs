@@ -287,15 +287,7 @@ impl Node {
         drop(self.server);
         self.token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.kubelet_task).await;
-        for s in self
-            .runtime
-            .list_pod_sandbox(None)
-            .await
-            .unwrap_or_default()
-        {
-            let _ = self.runtime.stop_pod_sandbox(&s.id).await;
-            let _ = self.runtime.remove_pod_sandbox(&s.id).await;
-        }
+        support::remove_all_sandboxes(&*self.runtime).await;
     }
 }
 

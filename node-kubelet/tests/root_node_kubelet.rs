@@ -151,15 +151,7 @@ impl Node {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
         // the pods go with the test: through the runtime, then the guard sweeps the rest
-        for s in self
-            .runtime
-            .list_pod_sandbox(None)
-            .await
-            .unwrap_or_default()
-        {
-            let _ = self.runtime.stop_pod_sandbox(&s.id).await;
-            let _ = self.runtime.remove_pod_sandbox(&s.id).await;
-        }
+        support::remove_all_sandboxes(&*self.runtime).await;
     }
 
     fn status(&self, name: &str) -> Option<PodStatus> {

@@ -37,6 +37,15 @@ pub fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F + S
     ns.run_in(move || block_on(body())).expect("run in netns");
 }
 
+/// Stop and remove every pod sandbox of `rt`, errors ignored: a test's pods go with it (its
+/// guard sweeps whatever is left).
+pub async fn remove_all_sandboxes(rt: &(impl RuntimeBackend + ?Sized)) {
+    for s in rt.list_pod_sandbox(None).await.unwrap_or_default() {
+        let _ = rt.stop_pod_sandbox(&s.id).await;
+        let _ = rt.remove_pod_sandbox(&s.id).await;
+    }
+}
+
 /// A pod from its YAML.
 pub fn pod(yaml: &str) -> Pod {
     serde_saphyr::from_str(yaml).expect("test pod parses")
