@@ -54,6 +54,14 @@ async fn busybox(f: &ContainerdFixture, c: &CriClient) -> String {
     reference
 }
 
+/// [`setup`] and [`busybox`]: the fixture, the client and the image; `None` when the test is
+/// skipped.
+async fn setup_with_busybox(test: &str) -> Option<(ContainerdFixture, CriClient, String)> {
+    let (f, c) = setup(test).await?;
+    let image = busybox(&f, &c).await;
+    Some((f, c, image))
+}
+
 fn sandbox_config(
     f: &ContainerdFixture,
     name: &str,
@@ -177,14 +185,15 @@ async fn images_pull_status_list_remove() {
         .build()
         .unwrap();
     let reference = f.push(&img, "nodekit/hello", "2.0").unwrap();
-    // absent before the pull
-    assert!(
+    let absent = async || {
         c.image_status(spec(&reference), false)
             .await
             .unwrap()
             .image
             .is_none()
-    );
+    };
+    // absent before the pull
+    assert!(absent().await);
     let image_ref = c.pull_image(spec(&reference), None, None).await.unwrap();
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
     let st = c.image_status(spec(&reference), true).await.unwrap();
@@ -229,23 +238,17 @@ async fn images_pull_status_list_remove() {
         "{fs:?}"
     );
     c.remove_image(spec(&reference)).await.unwrap();
-    assert!(
-        c.image_status(spec(&reference), false)
-            .await
-            .unwrap()
-            .image
-            .is_none()
-    );
+    assert!(absent().await);
     // removing an absent image succeeds
     c.remove_image(spec(&reference)).await.unwrap();
 }
 
 #[tokio::test]
 async fn pod_serves_tcp_execs_logs_and_is_removed() {
-    let Some((f, c)) = setup("pod_serves_tcp_execs_logs_and_is_removed").await else {
+    let Some((f, c, image)) = setup_with_busybox("pod_serves_tcp_execs_logs_and_is_removed").await
+    else {
         return;
     };
-    let image = busybox(&f, &c).await;
     let sandbox = sandbox_config(&f, "web", &[("app", "web")]);
     let pod = Pod::run(&c, sandbox.clone()).await;
 
@@ -523,10 +526,9 @@ async fn stop_timed(c: &CriClient, id: &str, grace: Duration) -> (Duration, cri:
 
 #[tokio::test]
 async fn stop_grace_period_and_exit_codes() {
-    let Some((f, c)) = setup("stop_grace_period_and_exit_codes").await else {
+    let Some((f, c, image)) = setup_with_busybox("stop_grace_period_and_exit_codes").await else {
         return;
     };
-    let image = busybox(&f, &c).await;
     let pod = Pod::run(&c, sandbox_config(&f, "stopper", &[])).await;
 
     // traps SIGTERM and exits 0 by itself
@@ -625,39 +627,23 @@ async fn stop_grace_period_and_exit_codes() {
 
 #[tokio::test]
 async fn lists_filter_by_labels_state_and_pod() {
-    let Some((f, c)) = setup("lists_filter_by_labels_state_and_pod").await else {
+    let Some((f, c, image)) = setup_with_busybox("lists_filter_by_labels_state_and_pod").await
+    else {
         return;
     };
-    let image = busybox(&f, &c).await;
     let a_cfg = sandbox_config(&f, "pod-a", &[("team", "a"), ("tier", "web")]);
     let b_cfg = sandbox_config(&f, "pod-b", &[("team", "b"), ("tier", "web")]);
     let a = Pod::run(&c, a_cfg.clone()).await;
     let b = Pod::run(&c, b_cfg.clone()).await;
     let sleeper = ["sleep", "3600"];
-    let a1 = a
-        .start(container_config(
-            "one",
-            &image,
-            &sleeper,
-            &[("role", "worker")],
-        ))
-        .await;
-    let a2 = a
-        .start(container_config(
-            "two",
-            &image,
-            &["true"],
-            &[("role", "init")],
-        ))
-        .await;
-    let b1 = b
-        .start(container_config(
-            "one",
-            &image,
-            &sleeper,
-            &[("role", "worker")],
-        ))
-        .await;
+    // container `name` running `command` in `pod`, labelled with its `role`
+    let start = async |pod: &Pod<'_>, name: &str, command: &[&str], role: &str| {
+        pod.start(container_config(name, &image, command, &[("role", role)]))
+            .await
+    };
+    let a1 = start(&a, "one", &sleeper, "worker").await;
+    let a2 = start(&a, "two", &["true"], "init").await;
+    let b1 = start(&b, "one", &sleeper, "worker").await;
     wait_exited(&c, &a2).await;
     for id in [&a1, &b1] {
         wait_running(&c, id).await;
@@ -793,11 +779,11 @@ async fn lists_filter_by_labels_state_and_pod() {
 
 #[tokio::test]
 async fn containerd_restart_client_reconnects_and_pod_survives() {
-    let Some((mut f, c)) = setup("containerd_restart_client_reconnects_and_pod_survives").await
+    let Some((mut f, c, image)) =
+        setup_with_busybox("containerd_restart_client_reconnects_and_pod_survives").await
     else {
         return;
     };
-    let image = busybox(&f, &c).await;
     let pod = Pod::run(&c, sandbox_config(&f, "survivor", &[("restart", "yes")])).await;
     let id = pod
         .start(container_config(
@@ -1000,10 +986,10 @@ async fn bad_input_gets_typed_errors() {
 
 #[tokio::test]
 async fn pod_start_timing_through_cri_client() {
-    let Some((f, c)) = setup("pod_start_timing_through_cri_client").await else {
+    let Some((f, c, image)) = setup_with_busybox("pod_start_timing_through_cri_client").await
+    else {
         return;
     };
-    let image = busybox(&f, &c).await;
     // the sandbox image too, so that no run pulls
     c.pull_image(spec(f.pause_image()), None, None)
         .await
@@ -1049,10 +1035,10 @@ fn verbose_pid(info: &HashMap<String, String>) -> i32 {
 
 #[tokio::test]
 async fn fixture_drop_cleans_up_pods_left_running() {
-    let Some((f, c)) = setup("fixture_drop_cleans_up_pods_left_running").await else {
+    let Some((f, c, image)) = setup_with_busybox("fixture_drop_cleans_up_pods_left_running").await
+    else {
         return;
     };
-    let image = busybox(&f, &c).await;
     let pod = Pod::run(&c, sandbox_config(&f, "leftover", &[])).await;
     let id = pod
         .start(container_config("sleeper", &image, &["sleep", "3600"], &[]))

@@ -131,6 +131,21 @@ fn processes_with_cmdline(argv: &[&str]) -> Vec<i32> {
         .collect()
 }
 
+/// A connection the streaming server must refuse as not found (an unknown, expired or used
+/// token, or one for another kind of stream): a 404 over transport `t`.
+fn refused_with_404<T>(t: Transport, r: Result<T, StreamingError>) {
+    match r {
+        Err(StreamingError::Status { status: 404, .. }) => {}
+        Err(e) => panic!("{t:?}: {e:?}"),
+        Ok(_) => panic!("{t:?}: accepted"),
+    }
+}
+
+/// Send a terminal size (`width` columns, `height` rows) on a session's resize stream.
+async fn resize_to(resize: &tokio::sync::mpsc::Sender<TermSize>, width: u16, height: u16) {
+    resize.send(TermSize { width, height }).await.unwrap();
+}
+
 /// The streams to open: stdin, stdout, stderr, tty.
 fn opts(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecOptions {
     ExecOptions {
@@ -237,13 +252,7 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 let mut cmd = client::exec(&url, t, o).await.expect("connect");
                 assert!(cmd.stderr.is_none());
                 let resize = cmd.resize.clone().expect("a resize stream with a tty");
-                resize
-                    .send(TermSize {
-                        width: w,
-                        height: h,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, w, h).await;
                 let mut stdin = cmd.stdin.take().unwrap();
                 let mut stdout = cmd.stdout.take().unwrap();
                 // the shell is on a terminal of the container's own devpts, of the size we sent
@@ -254,13 +263,7 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 let out = read_until(&mut stdout, &format!("{h} {w}\r\n"), &format!("{t:?}")).await;
                 assert!(out.contains("IS-A-TTY\r\n"), "{t:?}: {out:?}");
                 // and a later resize too
-                resize
-                    .send(TermSize {
-                        width: 200,
-                        height: 60,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, 200, 60).await;
                 drop(stdin);
                 let rest = String::from_utf8_lossy(&read_all(Some(stdout)).await).into_owned();
                 assert_eq!(cmd.wait().await.expect("status"), 3, "{t:?}: {rest:?}");
@@ -272,13 +275,7 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 let mut stdout = cmd.stdout.take().unwrap();
                 stdin.write_all(b"echo READY\n").await.unwrap();
                 read_until(&mut stdout, "READY\r\n", "prompt").await;
-                resize
-                    .send(TermSize {
-                        width: 99,
-                        height: 11,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, 99, 11).await;
                 stdin
                     .write_all(b"sleep 0.3; busybox stty size; exit 0\n")
                     .await
@@ -516,13 +513,7 @@ fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
                 let resize = a.resize.clone().expect("resize with a tty");
                 let mut stdin = a.stdin.take().unwrap();
                 let mut stdout = a.stdout.take().unwrap();
-                resize
-                    .send(TermSize {
-                        width: w,
-                        height: h,
-                    })
-                    .await
-                    .unwrap();
+                resize_to(&resize, w, h).await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 stdin
                     .write_all(b"[ -t 0 ] && echo TTY-$((6*7)); busybox stty size\n")
@@ -617,37 +608,20 @@ fn bad_tokens_unknown_ids_and_clients_that_hang_up() {
         let base = rt.streaming_server().await.unwrap().base_url().to_string();
         for t in TRANSPORTS {
             // unknown token
-            let e = client::exec(&format!("{base}/exec/nope"), t, o)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(&e, StreamingError::Status { status: 404, .. }),
-                "{t:?}: {e:?}"
-            );
+            refused_with_404(t, client::exec(&format!("{base}/exec/nope"), t, o).await);
             // expired token
             let url = exec_url(&rt, &c, &["true"], o).await;
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let e = client::exec(&url, t, o).await.unwrap_err();
-            assert!(
-                matches!(&e, StreamingError::Status { status: 404, .. }),
-                "{t:?}: {e:?}"
-            );
+            refused_with_404(t, client::exec(&url, t, o).await);
             // a token is good once
             let url = exec_url(&rt, &c, &["true"], o).await;
             let mut ok = client::exec(&url, t, o).await.unwrap();
             assert_eq!(ok.wait().await.unwrap(), 0);
-            let e = client::exec(&url, t, o).await.unwrap_err();
-            assert!(
-                matches!(&e, StreamingError::Status { status: 404, .. }),
-                "{t:?}: {e:?}"
-            );
+            refused_with_404(t, client::exec(&url, t, o).await);
             // a token for exec does not open a port forward
-            let e = client::port_forward(&url.replace("/exec/", "/portforward/"), t, 80)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(&e, StreamingError::Status { status: 404, .. }),
-                "{t:?}: {e:?}"
+            refused_with_404(
+                t,
+                client::port_forward(&url.replace("/exec/", "/portforward/"), t, 80).await,
             );
         }
         // unknown ids and bad requests are refused before any URL is handed out

@@ -23,8 +23,8 @@ use node_kubelet::{CancellationToken, PodStates};
 use node_test_support::{FakeApiServer, FakeRuntime, require_command};
 use rustls::pki_types::ServerName;
 
-mod server_support;
-use server_support::{make_ca, make_cert, start_server, tls_client};
+mod support;
+use support::server::{make_ca, make_cert, start_server, tls_client};
 
 const T: Duration = Duration::from_secs(30);
 const NODE: &str = "node-1";
@@ -110,7 +110,7 @@ async fn send_headers(
         .send_request(req.body(Empty::<Bytes>::new()).unwrap())
         .await
         .expect("request");
-    server_support::status_and_text(r, T).await
+    support::server::status_and_text(r, T).await
 }
 
 /// The server over a fake runtime, authenticating client certificates only and authorized by

@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::PodStatus;
-use node_core::RuntimeBackend;
-use node_cri::{CriClient, CriClientConfig};
+use node_cri::CriClient;
 use node_kubelet::{FileSource, FileSourceConfig, Kubelet, KubeletConfig};
 use node_test_support::{ContainerdFixture, TestImage};
 
 mod support;
-use node_test_support::HookedRuntime as Hooked;
-use support::{Recorder, Running, WEB_POD, condition, container, is_ready, pod_yaml};
+use support::{Recorder, Running, WEB_POD, condition, container, containerd, is_ready, pod_yaml};
 
 const NODE: &str = "ctrd-node";
 
@@ -42,30 +40,13 @@ fn live_pod() -> String {
     )
 }
 
-async fn connect(f: &ContainerdFixture) -> Arc<CriClient> {
-    Arc::new(
-        CriClient::connect(CriClientConfig {
-            endpoint: f.endpoint(),
-            connect_timeout: Duration::from_secs(5),
-            call_timeout: Duration::from_secs(60),
-            image_pull_timeout: Duration::from_secs(120),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("connect to containerd: {e}\n{}", f.log_tail(30))),
-    )
-}
-
 fn start_kubelet(
     f: &ContainerdFixture,
     client: Arc<CriClient>,
     manifests: &Path,
     work: &Path,
 ) -> Running {
-    let cgroup_parent = f.cgroup_parent().to_string();
-    let rt: Arc<dyn RuntimeBackend> =
-        Arc::new(Hooked::new(client.clone()).adjusting_sandboxes(move |c| {
-            c.linux.get_or_insert_with(Default::default).cgroup_parent = cgroup_parent.clone();
-        }));
+    let rt = containerd::runtime(f, client.clone());
     let recorder = Recorder::new(&work.join("status"));
     let kubelet = Kubelet::builder(NODE)
         .source(Arc::new(FileSource::with_config(
@@ -145,81 +126,113 @@ fn pod_lifecycle_with_containerd_through_the_cri_client() {
     .unwrap();
     let fr = &f;
     let (manifests, work_dir) = (manifests.as_path(), work.path());
-    f.netns()
-        .run_in(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
+    containerd::in_netns(&f, || async move {
+        let k = start_kubelet(fr, containerd::connect(fr).await, manifests, work_dir);
+        // Ready (the image is pulled from the registry first)
+        let (web, s) = k
+            .wait_status(
+                "web Ready",
+                "web-ctrd-node",
+                Duration::from_secs(120),
+                is_ready,
+            )
+            .await;
+        eprintln!(
+            "figure: containerd pod Ready {:.2} s after the kubelet started (image pull included; debug build, shared machine)",
+            k.started.elapsed().as_secs_f64()
+        );
+        for c in [
+            "Initialized",
+            "ContainersReady",
+            "PodReadyToStartContainers",
+        ] {
+            assert_eq!(condition(&s, c).as_deref(), Some("True"), "{c}: {s:#?}");
+        }
+        let init = container(&s, "init");
+        let done = init.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(done.exit_code, 0);
+        assert!(
+            container(&s, "server")
+                .container_id
+                .as_deref()
                 .unwrap()
-                .block_on(async move {
-                    let k = start_kubelet(fr, connect(fr).await, manifests, work_dir);
-                    // Ready (the image is pulled from the registry first)
-                    let (web, s) = k
-                        .wait_status("web Ready", "web-ctrd-node", Duration::from_secs(120), is_ready)
-                        .await;
-                    eprintln!(
-                        "figure: containerd pod Ready {:.2} s after the kubelet started (image pull included; debug build, shared machine)",
-                        k.started.elapsed().as_secs_f64()
-                    );
-                    for c in ["Initialized", "ContainersReady", "PodReadyToStartContainers"] {
-                        assert_eq!(condition(&s, c).as_deref(), Some("True"), "{c}: {s:#?}");
-                    }
-                    let init = container(&s, "init");
-                    let done = init.state.as_ref().unwrap().terminated.as_ref().unwrap();
-                    assert_eq!(done.exit_code, 0);
-                    assert!(
-                        container(&s, "server").container_id.as_deref().unwrap().starts_with("containerd://"),
-                        "{s:#?}"
-                    );
-                    let ip = s.pod_ip.clone().unwrap();
-                    let subnet: ipnet::IpNet = fr.subnet().parse().unwrap();
-                    assert!(subnet.contains(&ip.parse::<std::net::IpAddr>().unwrap()));
+                .starts_with("containerd://"),
+            "{s:#?}"
+        );
+        let ip = s.pod_ip.clone().unwrap();
+        let subnet: ipnet::IpNet = fr.subnet().parse().unwrap();
+        assert!(subnet.contains(&ip.parse::<std::net::IpAddr>().unwrap()));
 
-                    // restart on liveness failure: exactly once
-                    let (live, s) = k
-                        .wait_status("live restarted once", "live-ctrd-node", Duration::from_secs(60), live_restarted_once)
-                        .await;
-                    let last = container(&s, "app").last_state.as_ref().unwrap().terminated.clone().unwrap();
-                    assert_ne!(last.container_id, container(&s, "app").container_id);
+        // restart on liveness failure: exactly once
+        let (live, s) = k
+            .wait_status(
+                "live restarted once",
+                "live-ctrd-node",
+                Duration::from_secs(60),
+                live_restarted_once,
+            )
+            .await;
+        let last = container(&s, "app")
+            .last_state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .clone()
+            .unwrap();
+        assert_ne!(last.container_id, container(&s, "app").container_id);
 
-                    // a new kubelet adopts both pods without restarting anything
-                    let before_web = containers(&k.recorder.latest("web-ctrd-node").unwrap().1);
-                    let before_live = containers(&s);
-                    k.stop().await;
-                    let k = start_kubelet(fr, connect(fr).await, manifests, work_dir);
-                    let (_, s) = k
-                        .wait_status("web Ready again", "web-ctrd-node", Duration::from_secs(60), is_ready)
-                        .await;
-                    assert_eq!(containers(&s), before_web, "web adopted as is");
-                    let (_, s) = k
-                        .wait_status("live adopted", "live-ctrd-node", Duration::from_secs(60), live_restarted_once)
-                        .await;
-                    assert_eq!(containers(&s), before_live, "live adopted as is");
-                    // and it stays so for a few probe periods
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    for (name, before) in [("web-ctrd-node", &before_web), ("live-ctrd-node", &before_live)] {
-                        let (_, s) = k.recorder.latest(name).unwrap();
-                        assert_eq!(&containers(&s), before, "{name}: no restart after adoption");
-                    }
+        // a new kubelet adopts both pods without restarting anything
+        let before_web = containers(&k.recorder.latest("web-ctrd-node").unwrap().1);
+        let before_live = containers(&s);
+        k.stop().await;
+        let k = start_kubelet(fr, containerd::connect(fr).await, manifests, work_dir);
+        let (_, s) = k
+            .wait_status(
+                "web Ready again",
+                "web-ctrd-node",
+                Duration::from_secs(60),
+                is_ready,
+            )
+            .await;
+        assert_eq!(containers(&s), before_web, "web adopted as is");
+        let (_, s) = k
+            .wait_status(
+                "live adopted",
+                "live-ctrd-node",
+                Duration::from_secs(60),
+                live_restarted_once,
+            )
+            .await;
+        assert_eq!(containers(&s), before_live, "live adopted as is");
+        // and it stays so for a few probe periods
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for (name, before) in [
+            ("web-ctrd-node", &before_web),
+            ("live-ctrd-node", &before_live),
+        ] {
+            let (_, s) = k.recorder.latest(name).unwrap();
+            assert_eq!(&containers(&s), before, "{name}: no restart after adoption");
+        }
 
-                    // deletion terminates the pod and removes it from containerd
-                    let t0 = Instant::now();
-                    std::fs::remove_file(manifests.join("web.yaml")).unwrap();
-                    k.wait_deleted("web", &web.uid, Duration::from_secs(60)).await;
-                    eprintln!("figure: containerd pod terminated {:.2} s after its file was deleted", t0.elapsed().as_secs_f64());
-                    assert_eq!(k.sandboxes_of(&web.uid).await, 0);
-                    assert!(k.containers_of(&web.uid).await.is_empty());
-                    assert!(k.sandboxes_of(&live.uid).await > 0, "the other pod stays");
+        // deletion terminates the pod and removes it from containerd
+        let t0 = Instant::now();
+        std::fs::remove_file(manifests.join("web.yaml")).unwrap();
+        k.wait_deleted("web", &web.uid, Duration::from_secs(60))
+            .await;
+        eprintln!(
+            "figure: containerd pod terminated {:.2} s after its file was deleted",
+            t0.elapsed().as_secs_f64()
+        );
+        assert_eq!(k.sandboxes_of(&web.uid).await, 0);
+        assert!(k.containers_of(&web.uid).await.is_empty());
+        assert!(k.sandboxes_of(&live.uid).await > 0, "the other pod stays");
 
-                    std::fs::remove_file(manifests.join("live.yaml")).unwrap();
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    while k.sandboxes_of(&live.uid).await > 0 {
-                        assert!(Instant::now() < deadline, "live was not terminated");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    k.stop().await;
-                })
-        })
-        .expect("inside the fixture's namespace");
+        std::fs::remove_file(manifests.join("live.yaml")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while k.sandboxes_of(&live.uid).await > 0 {
+            assert!(Instant::now() < deadline, "live was not terminated");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        k.stop().await;
+    });
 }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use node_core::{ImageBackend, Pod, RuntimeBackend, cri};
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
-use node_cri::{CriClient, CriClientConfig};
 use node_kubelet::node::logrotate::{
     COMPRESS_SUFFIX, ContainerLogConfig, ContainerLogManager, RotateOutcome, all_logs,
 };
@@ -29,11 +28,12 @@ use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
-    ContainerdFixture, FakeCni, FakeRuntime, FakeStatusSink, HookedRuntime, NetnsFixture,
-    ScriptedPodSource, TestImage, require_path, require_root, until_async as until,
+    ContainerdFixture, FakeCni, FakeRuntime, FakeStatusSink, ScriptedPodSource, TestImage,
+    require_path, require_root, until_async as until,
 };
 
 mod support;
+use support::in_netns;
 use support::native::{Guard, init_binary};
 
 const IMAGE: &str = "busybox:logrotate-test";
@@ -53,19 +53,6 @@ spec:
     imagePullPolicy: PULL
     command: [sh, -c, 'i=0; while true; do echo "line $i"; i=$((i+1)); if [ $((i % 200)) -eq 0 ]; then usleep 20000; fi; done']
 "#;
-
-fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F + Send + 'static) {
-    let ns = NetnsFixture::new(name).expect("netns");
-    ns.run_in(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body())
-    })
-    .expect("run in netns");
-}
 
 /// The content of a log file, gunzipped when it is compressed.
 fn read_log_file(path: &Path) -> Vec<u8> {
@@ -371,10 +358,7 @@ fn a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line() {
         assert!(ten.len() >= 10 << 20, "{} bytes", ten.len());
         assert!(ten.ends_with(b"\n"));
 
-        for s in runtime.list_pod_sandbox(None).await.unwrap_or_default() {
-            let _ = runtime.stop_pod_sandbox(&s.id).await;
-            let _ = runtime.remove_pod_sandbox(&s.id).await;
-        }
+        support::remove_all_sandboxes(&*runtime).await;
     });
     drop(g);
 }
@@ -399,37 +383,10 @@ fn containerd_reopens_the_log_the_node_manager_rotates() {
         .replace("IMG", &image)
         .replace("PULL", "IfNotPresent");
     let (fr, root) = (&f, work.path());
-    f.netns()
-        .run_in(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let client = Arc::new(
-                        CriClient::connect(CriClientConfig {
-                            endpoint: fr.endpoint(),
-                            connect_timeout: Duration::from_secs(5),
-                            call_timeout: Duration::from_secs(60),
-                            image_pull_timeout: Duration::from_secs(120),
-                        })
-                        .await
-                        .unwrap_or_else(|e| panic!("containerd: {e}\n{}", fr.log_tail(30))),
-                    );
-                    let cgroup_parent = fr.cgroup_parent().to_string();
-                    let rt: Arc<dyn RuntimeBackend> = Arc::new(
-                        HookedRuntime::new(client.clone()).adjusting_sandboxes(move |c| {
-                            c.linux.get_or_insert_with(Default::default).cgroup_parent =
-                                cgroup_parent.clone();
-                        }),
-                    );
-                    rotate_a_fast_writer(rt.clone(), client, root, &log_root, &yaml).await;
-                    for s in rt.list_pod_sandbox(None).await.unwrap_or_default() {
-                        let _ = rt.stop_pod_sandbox(&s.id).await;
-                        let _ = rt.remove_pod_sandbox(&s.id).await;
-                    }
-                })
-        })
-        .expect("run in the fixture's namespace");
+    support::containerd::in_netns(&f, || async move {
+        let client = support::containerd::connect(fr).await;
+        let rt = support::containerd::runtime(fr, client.clone());
+        rotate_a_fast_writer(rt.clone(), client, root, &log_root, &yaml).await;
+        support::remove_all_sandboxes(&*rt).await;
+    });
 }

@@ -42,11 +42,10 @@ use node_test_support::{
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod server_support;
 mod support;
 use node_test_support::until_async as until;
-use server_support::{StatesPods, make_ca, make_cert, start_server, tls_client};
 use support::native::{Guard, init_binary};
+use support::server::{StatesPods, make_ca, make_cert, start_server, tls_client};
 
 const IMAGE: &str = "busybox:server-test";
 const T: Duration = Duration::from_secs(60);
@@ -138,7 +137,7 @@ async fn get_with_token(
         )
         .await
         .expect("request");
-    server_support::status_and_text(r, T).await
+    support::server::status_and_text(r, T).await
 }
 
 /// A GET's status and whole body.
@@ -148,7 +147,7 @@ async fn get_text(
     path: &str,
 ) -> (u16, String) {
     let r = get(connector, addr, path).await;
-    server_support::status_and_text(r, T).await
+    support::server::status_and_text(r, T).await
 }
 
 /// The stand-in API server: a plain-TCP listener whose connections go to `kubelet` over TLS
@@ -288,15 +287,7 @@ impl Node {
         drop(self.server);
         self.token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.kubelet_task).await;
-        for s in self
-            .runtime
-            .list_pod_sandbox(None)
-            .await
-            .unwrap_or_default()
-        {
-            let _ = self.runtime.stop_pod_sandbox(&s.id).await;
-            let _ = self.runtime.remove_pod_sandbox(&s.id).await;
-        }
+        support::remove_all_sandboxes(&*self.runtime).await;
     }
 }
 
@@ -411,15 +402,10 @@ fn on_node<F: Future<Output = ()>>(netns: &str, body: impl FnOnce(Node) -> F + S
     let g2 = g.clone();
     let ns = NetnsFixture::new(netns).expect("netns");
     ns.run_in(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let node = start(&g2).await;
-                body(node).await
-            })
+        support::block_on(async move {
+            let node = start(&g2).await;
+            body(node).await
+        })
     })
     .expect("run in netns");
     drop(g);

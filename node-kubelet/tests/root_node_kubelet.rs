@@ -40,7 +40,7 @@ use node_test_support::{
 mod support;
 use node_test_support::until_async as until;
 use support::native::{Guard, init_binary};
-use support::pod;
+use support::{in_netns, pod};
 
 const IMAGE: &str = "busybox:node-test";
 
@@ -151,15 +151,7 @@ impl Node {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
         // the pods go with the test: through the runtime, then the guard sweeps the rest
-        for s in self
-            .runtime
-            .list_pod_sandbox(None)
-            .await
-            .unwrap_or_default()
-        {
-            let _ = self.runtime.stop_pod_sandbox(&s.id).await;
-            let _ = self.runtime.remove_pod_sandbox(&s.id).await;
-        }
+        support::remove_all_sandboxes(&*self.runtime).await;
     }
 
     fn status(&self, name: &str) -> Option<PodStatus> {
@@ -202,20 +194,6 @@ impl Node {
         )
         .await
     }
-}
-
-/// Run an async test body on a thread inside a fresh network namespace.
-fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F + Send + 'static) {
-    let ns = NetnsFixture::new(name).expect("netns");
-    ns.run_in(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body())
-    })
-    .expect("run in netns");
 }
 
 fn ready(name: &str) -> bool {
@@ -264,10 +242,11 @@ fn cmdline(pid: i32) -> String {
 
 #[test]
 fn qos_cgroups_limits_and_admission_on_the_real_hierarchy() {
-    if !ready("qos_cgroups_limits_and_admission_on_the_real_hierarchy") {
-        return;
-    }
-    on_node("nk-node-qos", None, |g2| async move {
+    let test = NodeTest::new(
+        "qos_cgroups_limits_and_admission_on_the_real_hierarchy",
+        ready,
+    );
+    test.run("nk-node-qos", None, |g2| async move {
         let cg_root = g2.cgroup_root();
         let vol_root = g2.dir.path().join("kubelet/pods");
         let node = Node::start(&g2, |_| {}, Arc::new(MemoryObjectStore::default()));
@@ -352,7 +331,7 @@ fn qos_cgroups_limits_and_admission_on_the_real_hierarchy() {
             .then_some(())
         })
         .await;
-        node.stop().await;
+        node
     });
 }
 
@@ -375,10 +354,8 @@ impl SignalObserver for MemorySwitch {
 
 #[test]
 fn memory_pressure_evicts_the_besteffort_pod_first() {
-    if !ready("memory_pressure_evicts_the_besteffort_pod_first") {
-        return;
-    }
-    on_node("nk-node-evict", None, |g2| async move {
+    let test = NodeTest::new("memory_pressure_evicts_the_besteffort_pod_first", ready);
+    test.run("nk-node-evict", None, |g2| async move {
         // a threshold above the machine's whole memory: under pressure once switched on
         let total = node_kubelet::node::allocatable::mem_total(Path::new("/proc/meminfo")).unwrap();
         let switch = Arc::new(MemorySwitch {
@@ -462,16 +439,17 @@ fn memory_pressure_evicts_the_besteffort_pod_first() {
         })
         .await;
         assert!(node.running().await.is_empty());
-        node.stop().await;
+        node
     });
 }
 
 #[test]
 fn an_emptydir_is_shared_and_a_configmap_update_is_atomic() {
-    if !ready("an_emptydir_is_shared_and_a_configmap_update_is_atomic") {
-        return;
-    }
-    on_node("nk-node-vols", None, |g2| async move {
+    let test = NodeTest::new(
+        "an_emptydir_is_shared_and_a_configmap_update_is_atomic",
+        ready,
+    );
+    test.run("nk-node-vols", None, |g2| async move {
         let vol_root = g2.dir.path().join("kubelet/pods");
         let store = Arc::new(MemoryObjectStore::default());
         let blue = "blue".repeat(2048);
@@ -572,16 +550,14 @@ spec:
             || async { (!vol_root.join("uid-vols").exists()).then_some(()) },
         )
         .await;
-        node.stop().await;
+        node
     });
 }
 
 #[test]
 fn sigterm_shuts_pods_down_in_priority_order() {
-    if !ready("sigterm_shuts_pods_down_in_priority_order") {
-        return;
-    }
-    on_node("nk-node-sigterm", None, |g2| async move {
+    let test = NodeTest::new("sigterm_shuts_pods_down_in_priority_order", ready);
+    test.run("nk-node-sigterm", None, |g2| async move {
         let node = Node::start_with(
             &g2,
             |c| {
@@ -658,7 +634,7 @@ fn sigterm_shuts_pods_down_in_priority_order() {
                 .then_some(())
         })
         .await;
-        node.stop().await;
+        node
     });
 }
 
@@ -681,32 +657,44 @@ fn in_netns_on_tmpfs<F: Future<Output = ()>>(
                 Some(format!("size={size}").as_str()),
             )
             .expect("tmpfs over the test root");
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(body())
+            support::block_on(body())
         })
     })
     .expect("run in netns");
 }
 
-/// Runs a node test: `body` gets a fresh [`Guard`] and runs in a new network namespace (with
-/// `tmpfs`, on a tmpfs of that size over the guard's root); the guard cleans up after it, panics
-/// included.
-fn on_node<F: Future<Output = ()>>(
-    netns: &str,
-    tmpfs: Option<&'static str>,
-    body: impl FnOnce(Arc<Guard>) -> F + Send + 'static,
-) {
-    let g = Arc::new(Guard::new("node"));
-    let g2 = g.clone();
-    match tmpfs {
-        None => in_netns(netns, move || body(g2)),
-        Some(size) => in_netns_on_tmpfs(netns, g.dir.path().into(), size, move || body(g2)),
+/// A node test: its name and the readiness check it needs ([`ready`], [`ready_with_busybox`]).
+struct NodeTest {
+    name: &'static str,
+    ready: fn(&str) -> bool,
+}
+
+impl NodeTest {
+    fn new(name: &'static str, ready: fn(&str) -> bool) -> Self {
+        Self { name, ready }
     }
-    drop(g);
+
+    /// Runs the test once its readiness check holds: `body` gets a fresh [`Guard`] and runs in a
+    /// new network namespace (with `tmpfs`, on a tmpfs of that size over the guard's root), and
+    /// the node it returns is stopped after it; the guard cleans up after it, panics included.
+    fn run<F: Future<Output = Node>>(
+        self,
+        netns: &str,
+        tmpfs: Option<&'static str>,
+        body: impl FnOnce(Arc<Guard>) -> F + Send + 'static,
+    ) {
+        if !(self.ready)(self.name) {
+            return;
+        }
+        let g = Arc::new(Guard::new("node"));
+        let g2 = g.clone();
+        let run = move || async move { body(g2).await.stop().await };
+        match tmpfs {
+            None => in_netns(netns, run),
+            Some(size) => in_netns_on_tmpfs(netns, g.dir.path().into(), size, run),
+        }
+        drop(g);
+    }
 }
 
 /// Bytes that gzip cannot shrink (an image layer this big stays this big).
@@ -775,12 +763,11 @@ fn gc_every(period: Duration, high: u8, low: u8) -> GcConfig {
 
 #[test]
 fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use() {
-    if !ready_with_busybox(
+    let test = NodeTest::new(
         "image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use",
-    ) {
-        return;
-    }
-    on_node("nk-node-imagegc", Some("64m"), |g2| async move {
+        ready_with_busybox,
+    );
+    test.run("nk-node-imagegc", Some("64m"), |g2| async move {
         let root = g2.dir.path();
         let store = image_store(root).await;
         assert!(store.get(UNUSED).is_some() && store.get(USED).is_some());
@@ -843,16 +830,17 @@ fn image_gc_removes_an_unused_image_from_the_native_store_never_the_one_in_use()
             || async { store.get(USED).is_none().then_some(()) },
         )
         .await;
-        node.stop().await;
+        node
     });
 }
 
 #[test]
 fn a_pod_writing_past_its_ephemeral_storage_limit_is_evicted() {
-    if !ready("a_pod_writing_past_its_ephemeral_storage_limit_is_evicted") {
-        return;
-    }
-    on_node("nk-node-ephem", Some("64m"), |g2| async move {
+    let test = NodeTest::new(
+        "a_pod_writing_past_its_ephemeral_storage_limit_is_evicted",
+        ready,
+    );
+    test.run("nk-node-ephem", Some("64m"), |g2| async move {
         let node = Node::start(
             &g2,
             |c| {
@@ -909,7 +897,7 @@ spec:
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(node.phase_reason("modest").unwrap().0, "Running");
-        node.stop().await;
+        node
     });
 }
 
@@ -926,10 +914,8 @@ impl PodPresence for Presence {
 
 #[test]
 fn dead_containers_are_pruned_from_the_native_runtime() {
-    if !ready("dead_containers_are_pruned_from_the_native_runtime") {
-        return;
-    }
-    on_node("nk-node-deadgc", None, |g2| async move {
+    let test = NodeTest::new("dead_containers_are_pruned_from_the_native_runtime", ready);
+    test.run("nk-node-deadgc", None, |g2| async move {
         // the kubelet has no pod: the runtime is driven directly, as an earlier kubelet left it
         // (and its own garbage collection is off: only the collection below removes anything)
         let node = Node::start(
@@ -1077,7 +1063,7 @@ fn dead_containers_are_pruned_from_the_native_runtime() {
                 .unwrap_err()
                 .is_not_found()
         );
-        node.stop().await;
+        node
     });
 }
 
@@ -1091,12 +1077,11 @@ fn fill_until_available(dir: &Path, name: &str, left: i64) {
 
 #[test]
 fn disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met() {
-    if !ready_with_busybox(
+    let test = NodeTest::new(
         "disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays_met",
-    ) {
-        return;
-    }
-    on_node("nk-node-diskpr", Some("64m"), |g2| async move {
+        ready_with_busybox,
+    );
+    test.run("nk-node-diskpr", Some("64m"), |g2| async move {
         let root = g2.dir.path().to_path_buf();
         let store = image_store(&root).await;
         // imagefs is the test's 64 MiB tmpfs (the image store's root, nodefs too)
@@ -1179,6 +1164,6 @@ fn disk_pressure_collects_images_first_and_evicts_only_while_the_threshold_stays
         assert_eq!(evicted(&node), ["besteffort"]);
         assert_eq!(node.running().await["keeper"], before["keeper"]);
         assert_eq!(node.phase_reason("keeper").unwrap().0, "Running");
-        node.stop().await;
+        node
     });
 }

@@ -2,9 +2,12 @@
 
 #![allow(dead_code)] // each test file uses some of them
 
+pub mod containerd;
 pub mod native;
+pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,7 +19,32 @@ use node_kubelet::node::shutdown::GroupReport;
 use node_kubelet::{
     CancellationToken, JsonStatusSink, Kubelet, KubeletBuilder, KubeletConfig, labels,
 };
-use node_test_support::{FakeRuntime, FakeStatusSink, ScriptedPodSource};
+use node_test_support::{FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource};
+
+/// Run `fut` to its end on a fresh two-worker tokio runtime of this thread.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(fut)
+}
+
+/// Run an async test body on a thread inside a fresh network namespace.
+pub fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F + Send + 'static) {
+    let ns = NetnsFixture::new(name).expect("netns");
+    ns.run_in(move || block_on(body())).expect("run in netns");
+}
+
+/// Stop and remove every pod sandbox of `rt`, errors ignored: a test's pods go with it (its
+/// guard sweeps whatever is left).
+pub async fn remove_all_sandboxes(rt: &(impl RuntimeBackend + ?Sized)) {
+    for s in rt.list_pod_sandbox(None).await.unwrap_or_default() {
+        let _ = rt.stop_pod_sandbox(&s.id).await;
+        let _ = rt.remove_pod_sandbox(&s.id).await;
+    }
+}
 
 /// A pod from its YAML.
 pub fn pod(yaml: &str) -> Pod {

@@ -1,8 +1,6 @@
 //! Helpers of the kubelet server's tests: certificates made with the `openssl` command (CAs,
 //! certificates they sign, TLS clients presenting them) and the server as the agent starts it.
 
-#![allow(dead_code)] // each test file uses some of them
-
 use std::path::Path;
 use std::sync::Arc;
 
