@@ -449,14 +449,25 @@ where
     let mut line: Vec<u8> = Vec::new();
     let mut last_check = tokio::time::Instant::now();
     let mut stopping = false;
+    // without follow, a tail read ends after its lines even while the container writes more
+    // (kubelet's limited mode)
+    let mut lines_left = if opts.follow { None } else { tail };
     loop {
         let n = reader.read_until(b'\n', &mut line).await.map_err(io)?;
         if n > 0 && line.last() == Some(&b'\n') {
             line.pop();
-            if let Some(e) = parse_cri_line(&line)
-                && !w.entry(&e).await
-            {
-                return Ok(());
+            if let Some(e) = parse_cri_line(&line) {
+                if !w.entry(&e).await {
+                    return Ok(());
+                }
+                if !e.partial
+                    && let Some(left) = lines_left.as_mut()
+                {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        return Ok(());
+                    }
+                }
             }
             line.clear();
             continue;
@@ -572,6 +583,46 @@ mod tests {
             .collect();
         let got = read(&long, t(2)).await;
         assert_eq!(got, format!("{:0>60}\n{:0>60}\n", 2998, 2999));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tail_read_ends_after_its_lines_while_the_container_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, sample()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.write_all(entry(T0, "stdout", "F", "more").as_bytes())
+                        .unwrap();
+                }
+            })
+        };
+        for _ in 0..50 {
+            let mut out = Vec::new();
+            let opts = LogOptions {
+                tail_lines: Some(2),
+                ..Default::default()
+            };
+            // without the limit the read chases the writer and may never reach the end
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                read_logs(&path, &opts, &mut out, || async { true }),
+            )
+            .await
+            .expect("a tail read ends")
+            .unwrap();
+            assert_eq!(String::from_utf8(out).unwrap().lines().count(), 2);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
     }
 
     #[tokio::test]
