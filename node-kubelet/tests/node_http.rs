@@ -2,16 +2,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
 use node_core::PodRef;
 use node_kubelet::node::http::{
     ContainerStateLabels, HealthCheck, HttpState, NodeMetrics, OperationLabels, PodsProvider,
     router,
 };
-use tower::ServiceExt;
+
+mod support;
+use support::router_get as get;
 
 #[derive(Default)]
 struct Pods(Mutex<Vec<Pod>>);
@@ -28,22 +28,6 @@ impl HealthCheck for Health {
     fn check(&self) -> Result<(), String> {
         self.0.lock().unwrap().clone()
     }
-}
-
-async fn get(app: &axum::Router, path: &str) -> (StatusCode, String, String) {
-    let resp = app
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, ctype, String::from_utf8(body.to_vec()).unwrap())
 }
 
 #[tokio::test]

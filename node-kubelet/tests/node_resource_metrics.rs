@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Body;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use k8s_openapi::jiff::Timestamp;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_kubelet::labels;
@@ -15,7 +13,9 @@ use node_kubelet::node::resource_metrics;
 use node_kubelet::node::stats::{NodeStatsSource, NodeUsage, StatsError, StatsProvider};
 use node_test_support::FakeRuntime;
 use node_test_support::fakes::FakeUsage;
-use tower::ServiceExt;
+
+mod support;
+use support::router_get as get;
 
 struct NoPods;
 
@@ -109,22 +109,6 @@ fn usage(cpu_ms: u64, working_set: u64) -> FakeUsage {
         working_set_bytes: working_set,
         timestamp: NOW_MS * 1_000_000,
     }
-}
-
-async fn get(app: &axum::Router, path: &str) -> (StatusCode, String, String) {
-    let resp = app
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, ctype, String::from_utf8(body.to_vec()).unwrap())
 }
 
 fn runtime() -> FakeRuntime {
