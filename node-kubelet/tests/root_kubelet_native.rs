@@ -622,10 +622,9 @@ fn editing_the_file_updates_the_pod() {
             assert!(Instant::now() < deadline, "the old pod was not removed");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            k.recorder.deleted(&v1.uid),
-            "the old pod was reported deleted"
-        );
+        // reported gone after its sandboxes are removed (the worker's order), so wait for it
+        k.wait_deleted("the old pod", &v1.uid, Duration::from_secs(30))
+            .await;
         k.stop().await;
     });
 }
