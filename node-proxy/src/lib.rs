@@ -22,7 +22,10 @@ pub mod source;
 pub mod tracker;
 
 pub use conntrack::{ConntrackCleaner, ConntrackFlush, stale_udp_flows};
-pub use healthcheck::{HealthConfig, HealthError, ProxierHealth, ServiceHealthServer};
+pub use healthcheck::{
+    ApiEventRecorder, EventRecorder, HealthConfig, HealthError, ProxierHealth, ProxyEvent,
+    ServiceHealthServer,
+};
 pub use iptables::{IpFamily, IptablesConfig, IptablesRouter, IptablesVariant};
 pub use ipvs::{IpvsConfig, IpvsRouter};
 pub use manifest::{Manifests, parse_manifests};

@@ -10,7 +10,9 @@ use node_core::{NodeInfo, ServiceRouter, SyncReport};
 use tokio::time::Instant;
 pub use tokio_util::sync::CancellationToken;
 
-use crate::healthcheck::{HealthConfig, HealthError, ProxierHealth, ServiceHealthServer};
+use crate::healthcheck::{
+    EventRecorder, HealthConfig, HealthError, ProxierHealth, ServiceHealthServer,
+};
 use crate::metrics::ProxyMetrics;
 use crate::source::ServiceSource;
 use crate::tracker::ServiceTracker;
@@ -65,6 +67,7 @@ pub struct ProxyBuilder {
     config: ProxyConfig,
     metrics: ProxyMetrics,
     health: HealthConfig,
+    events: Option<Arc<dyn EventRecorder>>,
 }
 
 impl ProxyBuilder {
@@ -99,16 +102,32 @@ impl ProxyBuilder {
         self.health = health;
         self
     }
+    /// Where to record Events (kube-proxy's `FailedToStartServiceHealthcheck`); without one,
+    /// failures are only logged.
+    #[must_use]
+    pub fn events(mut self, events: Arc<dyn EventRecorder>) -> Self {
+        self.events = Some(events);
+        self
+    }
     /// The proxy. The healthz address, if any, is bound here.
     pub fn build(self) -> Result<Proxy, ProxyError> {
         let router = self.router.ok_or(ProxyError::Missing("router"))?;
-        let health = ProxierHealth::new(self.health.health_timeout);
+        let timeout = self
+            .health
+            .health_timeout
+            .unwrap_or_else(|| crate::healthcheck::health_timeout(self.config.resync_interval));
+        let health = ProxierHealth::new(timeout);
         let healthz = match self.health.healthz_bind_address {
             Some(addr) => Some(ProxierHealth::bind(addr)?),
             None => None,
         };
         let service_health = self.health.service_health_checks.then(|| {
-            ServiceHealthServer::new(self.health.node_port_addresses.clone(), health.clone())
+            let s =
+                ServiceHealthServer::new(self.health.node_port_addresses.clone(), health.clone());
+            match &self.events {
+                Some(e) => s.with_events(e.clone()),
+                None => s,
+            }
         });
         Ok(Proxy {
             router,
