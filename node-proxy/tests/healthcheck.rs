@@ -22,6 +22,7 @@ const NODE: &str = "node-a";
 struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
+    raw: String,
     body: serde_json::Value,
 }
 
@@ -55,10 +56,12 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    let raw = body.to_string();
     let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body {body:?}: {e}"));
     Ok(Answer {
         status,
         headers,
+        raw,
         body,
     })
 }
@@ -261,6 +264,7 @@ async fn an_unhealthy_proxier_fails_every_service_health_check() {
     );
     let addr = SocketAddr::new(LOCALHOST, port);
     assert_eq!(get(addr, "/").await.unwrap().status, 200);
+    health.updated();
     health.queued_update();
     tokio::time::advance(Duration::from_secs(61)).await;
     let a = get(addr, "/").await.unwrap();
@@ -431,7 +435,7 @@ async fn the_sync_loop_reports_queued_updates_and_syncs() {
             ..Default::default()
         })
         .health(HealthConfig {
-            health_timeout: Duration::from_secs(60),
+            health_timeout: Some(Duration::from_secs(60)),
             ..HealthConfig::default()
         })
         .build()
@@ -465,4 +469,303 @@ async fn the_sync_loop_reports_queued_updates_and_syncs() {
     assert!(health.is_healthy());
     stop.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// `s` is a time as Go's `encoding/json` writes a UTC `time.Time`:
+/// `YYYY-MM-DDTHH:MM:SS[.fraction without trailing zeros]Z`.
+fn is_go_json_time(s: &str) -> bool {
+    let Some(rest) = s.strip_suffix('Z') else {
+        return false;
+    };
+    let (whole, frac) = rest.split_once('.').unwrap_or((rest, ""));
+    let digits = |r: std::ops::Range<usize>| whole[r].bytes().all(|b| b.is_ascii_digit());
+    whole.len() == 19
+        && whole.as_bytes()[4] == b'-'
+        && whole.as_bytes()[7] == b'-'
+        && whole.as_bytes()[10] == b'T'
+        && whole.as_bytes()[13] == b':'
+        && whole.as_bytes()[16] == b':'
+        && digits(0..4)
+        && digits(5..7)
+        && digits(8..10)
+        && digits(11..13)
+        && digits(14..16)
+        && digits(17..19)
+        && (frac.is_empty()
+            || (frac.len() <= 9
+                && frac.bytes().all(|b| b.is_ascii_digit())
+                && !frac.ends_with('0')))
+}
+
+/// The keys of a JSON object in the order they were written.
+fn keys_in_order(raw: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+    let mut keys: Vec<(usize, String)> = v
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| (raw.find(&format!("\"{k}\":")).unwrap(), k.clone()))
+        .collect();
+    keys.sort();
+    keys.into_iter().map(|(_, k)| k).collect()
+}
+
+#[test]
+fn times_are_written_as_go_writes_a_time_in_json() {
+    use node_proxy::healthcheck::go_json_time;
+    use std::time::UNIX_EPOCH;
+    let at = |s: u64, ns: u32| Some(UNIX_EPOCH + Duration::new(s, ns));
+    assert_eq!(go_json_time(None), "0001-01-01T00:00:00Z");
+    assert_eq!(go_json_time(at(0, 0)), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        go_json_time(at(1_700_000_000, 500_000_000)),
+        "2023-11-14T22:13:20.5Z"
+    );
+    assert_eq!(
+        go_json_time(at(1_700_000_000, 1)),
+        "2023-11-14T22:13:20.000000001Z"
+    );
+    assert_eq!(
+        go_json_time(at(1_700_000_000, 123_456_780)),
+        "2023-11-14T22:13:20.12345678Z"
+    );
+    assert!(is_go_json_time(&go_json_time(Some(
+        std::time::SystemTime::now()
+    ))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthz_and_livez_bodies_are_kube_proxys() {
+    let health = ProxierHealth::new(Duration::from_secs(60));
+    let (addr, stop) = start_healthz(&health).await;
+
+    // before the first sync: no family judged, no status
+    let h = get(addr, "/healthz").await.unwrap();
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        keys_in_order(&h.raw),
+        ["lastUpdated", "currentTime", "nodeEligible", "healthy"],
+        "{}",
+        h.raw
+    );
+    assert!(
+        is_go_json_time(h.body["lastUpdated"].as_str().unwrap()),
+        "{}",
+        h.raw
+    );
+    assert!(
+        is_go_json_time(h.body["currentTime"].as_str().unwrap()),
+        "{}",
+        h.raw
+    );
+    assert_eq!(h.body["healthy"], true);
+    let l = get(addr, "/livez").await.unwrap();
+    assert_eq!(
+        keys_in_order(&l.raw),
+        ["lastUpdated", "currentTime", "healthy"],
+        "{}",
+        l.raw
+    );
+
+    // an ineligible node before any sync: Go's zero time as "lastUpdated"
+    health.set_node_eligible(false);
+    let h = get(addr, "/healthz").await.unwrap();
+    assert_eq!(h.status, 503);
+    assert_eq!(h.body["lastUpdated"], "0001-01-01T00:00:00Z", "{}", h.raw);
+    assert_eq!(
+        (&h.body["nodeEligible"], &h.body["healthy"]),
+        (&false.into(), &true.into())
+    );
+    health.set_node_eligible(true);
+
+    // synced: a status per family
+    health.updated();
+    let h = get(addr, "/healthz").await.unwrap();
+    assert_eq!(
+        keys_in_order(&h.raw),
+        [
+            "lastUpdated",
+            "currentTime",
+            "nodeEligible",
+            "healthy",
+            "status"
+        ],
+        "{}",
+        h.raw
+    );
+    let status = h.body["status"].as_object().unwrap();
+    assert_eq!(
+        status.keys().collect::<Vec<_>>(),
+        ["IPv4", "IPv6"],
+        "{}",
+        h.raw
+    );
+    for f in status.values() {
+        assert_eq!(f["healthy"], true);
+        assert!(
+            is_go_json_time(f["lastUpdated"].as_str().unwrap()),
+            "{}",
+            h.raw
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_queued_before_the_first_sync_is_never_late() {
+    let health = ProxierHealth::new(Duration::from_secs(60));
+    let (addr, stop) = start_healthz(&health).await;
+    health.queued_update();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert!(health.is_healthy());
+    assert_eq!(get(addr, "/healthz").await.unwrap().status, 200);
+    assert_eq!(get(addr, "/livez").await.unwrap().status, 200);
+
+    // once synced, a late change is judged
+    health.updated();
+    health.queued_update();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let l = get(addr, "/livez").await.unwrap();
+    assert_eq!(
+        (l.status, &l.body["healthy"]),
+        (503, &false.into()),
+        "{}",
+        l.raw
+    );
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_family_is_judged_on_its_own() {
+    use node_proxy::IpFamily;
+    let health =
+        ProxierHealth::with_families(Duration::from_secs(60), &[IpFamily::V4, IpFamily::V6]);
+    let (addr, stop) = start_healthz(&health).await;
+    health.updated_family(IpFamily::V4);
+    // IPv6 never synced: its queued change is not judged
+    health.queued_update_family(IpFamily::V6);
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let h = get(addr, "/healthz").await.unwrap();
+    assert_eq!(h.status, 200, "{}", h.raw);
+    assert_eq!(
+        h.body["status"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["IPv4"],
+        "{}",
+        h.raw
+    );
+
+    health.updated_family(IpFamily::V6);
+    let synced = get(addr, "/healthz").await.unwrap().body["status"]["IPv6"]["lastUpdated"].clone();
+    health.queued_update_family(IpFamily::V6);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let h = get(addr, "/healthz").await.unwrap();
+    assert_eq!(
+        (h.status, &h.body["healthy"]),
+        (503, &false.into()),
+        "{}",
+        h.raw
+    );
+    assert_eq!(h.body["status"]["IPv4"]["healthy"], true, "{}", h.raw);
+    assert_eq!(h.body["status"]["IPv6"]["healthy"], false, "{}", h.raw);
+    assert_eq!(h.body["status"]["IPv6"]["lastUpdated"], synced, "{}", h.raw);
+    // an unhealthy answer shows the latest sync of any family, not now
+    assert_eq!(h.body["lastUpdated"], synced, "{}", h.raw);
+    assert_ne!(h.body["lastUpdated"], h.body["currentTime"], "{}", h.raw);
+
+    health.updated_family(IpFamily::V6);
+    assert_eq!(get(addr, "/healthz").await.unwrap().status, 200);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_health_check_node_port_answers_kube_proxys_exact_body() {
+    let health = ProxierHealth::new(Duration::from_secs(60));
+    let mut server = ServiceHealthServer::new(vec![LOCALHOST], health);
+    let port = free_port();
+    let eps = vec![ep("10.244.0.5", NODE, true)];
+    assert!(
+        server
+            .sync(&state(vec![("lb", lb_port(port, true, eps))]))
+            .await
+            .is_empty()
+    );
+    let a = get(SocketAddr::new(LOCALHOST, port), "/").await.unwrap();
+    assert_eq!(
+        a.raw,
+        "{\n\t\"service\": {\n\t\t\"namespace\": \"web\",\n\t\t\"name\": \"lb\"\n\t},\n\t\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}"
+    );
+}
+
+/// An [`EventRecorder`](node_proxy::EventRecorder) keeping what it is given.
+#[derive(Default)]
+struct Events(Mutex<Vec<node_proxy::ProxyEvent>>);
+
+impl node_proxy::EventRecorder for Events {
+    fn record(&self, event: node_proxy::ProxyEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+#[tokio::test]
+async fn a_port_that_cannot_be_opened_is_recorded_as_an_event_on_the_service() {
+    let events = Arc::new(Events::default());
+    let health = ProxierHealth::new(Duration::from_secs(60));
+    let mut server = ServiceHealthServer::new(vec![LOCALHOST], health).with_events(events.clone());
+    let taken = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let eps = vec![ep("10.244.0.5", NODE, true)];
+    let errors = server
+        .sync(&state(vec![("a", lb_port(busy, true, eps))]))
+        .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let got = events.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let e = &got[0];
+    assert_eq!(
+        (e.reason.as_str(), e.action.as_str(), e.warning),
+        ("FailedToStartServiceHealthcheck", "Listen", true)
+    );
+    let r = &e.regarding;
+    assert_eq!(
+        (
+            r.kind.as_deref(),
+            r.namespace.as_deref(),
+            r.name.as_deref(),
+            r.uid.as_deref()
+        ),
+        (Some("Service"), Some("web"), Some("a"), Some("web/a"))
+    );
+    let want = format!("node {NODE} failed to start healthcheck \"web/a\" on port {busy}: ");
+    assert!(e.note.starts_with(&want), "{}", e.note);
+}
+
+#[test]
+fn the_health_timeout_is_twice_the_sync_period_unless_given() {
+    let build = |resync: u64, timeout: Option<Duration>| {
+        Proxy::builder()
+            .router(Arc::new(FakeRouter::new()))
+            .config(node_proxy::ProxyConfig {
+                resync_interval: Duration::from_secs(resync),
+                ..Default::default()
+            })
+            .health(HealthConfig {
+                health_timeout: timeout,
+                ..HealthConfig::default()
+            })
+            .build()
+            .unwrap()
+            .health()
+            .timeout()
+    };
+    assert_eq!(build(30, None), Duration::from_secs(60));
+    assert_eq!(build(45, None), Duration::from_secs(90));
+    assert_eq!(
+        build(30, Some(Duration::from_secs(5))),
+        Duration::from_secs(5)
+    );
+    assert_eq!(HealthConfig::kube_proxy().health_timeout, None);
 }
