@@ -71,8 +71,8 @@ use node_kubelet::{
     PodStates,
 };
 use node_proxy::{
-    HealthConfig, ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent, ServiceSource,
-    ServiceStream,
+    ApiEventRecorder, HealthConfig, ManifestDir, NftablesRouter, Proxy, ProxyConfig, ServiceEvent,
+    ServiceSource, ServiceStream,
 };
 
 #[path = "node-agent-parts/cleanup.rs"]
@@ -430,7 +430,7 @@ async fn main() -> anyhow::Result<()> {
     // API server (Services and EndpointSlices)
     let nft = Arc::new(NftablesRouter::new().context("the nftables router")?);
     let router_dyn: Arc<dyn ServiceRouter> = nft.clone();
-    let mut proxy = Proxy::builder()
+    let mut proxy_builder = Proxy::builder()
         .router(router_dyn)
         .node(NodeInfo {
             name: node_name.clone(),
@@ -445,10 +445,26 @@ async fn main() -> anyhow::Result<()> {
             "" => HealthConfig::default(),
             a => HealthConfig {
                 healthz_bind_address: Some(a.parse().context("--healthz-bind-address")?),
+                // kube-proxy's 60 s (twice its 30 s --sync-period); the agent resyncs hourly
+                health_timeout: Some(node_proxy::healthcheck::DEFAULT_HEALTH_TIMEOUT),
                 ..HealthConfig::kube_proxy()
             },
-        })
-        .build()?;
+        });
+    // cluster mode: FailedToStartServiceHealthcheck Events, and the Node's eligibility
+    // (deleted or tainted ToBeDeletedByClusterAutoscaler: /healthz 503) as kube-proxy follows it
+    if let Some(c) = &cluster {
+        proxy_builder =
+            proxy_builder.events(Arc::new(ApiEventRecorder::new(c.client(), &node_name)));
+    }
+    let mut proxy = proxy_builder.build()?;
+    if let Some(c) = &cluster {
+        tokio::spawn(
+            proxy
+                .health()
+                .clone()
+                .follow_node(c.client(), node_name.clone()),
+        );
+    }
     let source: Box<dyn ServiceSource> = match (&cluster, &manifests) {
         (Some(c), _) => Box::new(c.service_source()),
         (None, dir) => Box::new(StandaloneServices {

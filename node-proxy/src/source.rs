@@ -218,6 +218,11 @@ impl ApiServerSource {
         Self { client }
     }
 
+    /// Its client (for the proxy's other uses of the API server: its Node, Events).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// A source for the cluster of a kubeconfig file (its current context).
     pub async fn from_kubeconfig(path: &Path) -> Result<Self, SourceError> {
         let remote = |message: String| SourceError::Remote {
