@@ -45,7 +45,7 @@ pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// What health servers a proxy runs. The default runs none (opt-in);
 /// [`HealthConfig::kube_proxy`] gives kube-proxy's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HealthConfig {
     /// Where to serve `/healthz` and `/livez` (`--healthz-bind-address`); `None`: not served.
     pub healthz_bind_address: Option<SocketAddr>,
@@ -58,17 +58,6 @@ pub struct HealthConfig {
     pub service_health_checks: bool,
     /// The addresses health check node ports listen on (empty: every address of the node).
     pub node_port_addresses: Vec<IpAddr>,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            healthz_bind_address: None,
-            health_timeout: None,
-            service_health_checks: false,
-            node_port_addresses: vec![],
-        }
-    }
 }
 
 impl HealthConfig {
