@@ -1,13 +1,19 @@
 //! kube-proxy's health servers.
 //!
 //! - [`ProxierHealth`]: the proxier's own health, served on `--healthz-bind-address`
-//!   (kube-proxy's default `0.0.0.0:10256`) as `/healthz` and `/livez`. The proxy is unhealthy
-//!   when a queued change has waited longer than the health timeout (kube-proxy: twice the sync
-//!   period) without a successful sync; `/healthz` is also unhealthy when the node is not
-//!   eligible (being deleted, or tainted `ToBeDeletedByClusterAutoscaler`).
+//!   (kube-proxy's default `0.0.0.0:10256`) as `/healthz` and `/livez`, per IP family as
+//!   kube-proxy's `ProxyHealthServer` keeps it: a family that synced once is unhealthy when a
+//!   change queued for it has waited the health timeout (kube-proxy: twice the sync period)
+//!   without a successful sync; `/healthz` is also unhealthy when the node is not eligible
+//!   (being deleted, or tainted `ToBeDeletedByClusterAutoscaler`;
+//!   [`ProxierHealth::follow_node`] follows the Node on the API server). The JSON bodies are
+//!   kube-proxy's: `lastUpdated`, `currentTime`, `nodeEligible` (`/healthz` only), `healthy` and
+//!   a `status` per family, times as Go writes a `time.Time` in JSON ([`go_json_time`]).
 //! - [`ServiceHealthServer`]: for each `LoadBalancer` Service with `externalTrafficPolicy:
 //!   Local`, an HTTP listener on its `healthCheckNodePort` telling the load balancer whether
-//!   this node has local ready endpoints for it.
+//!   this node has local ready endpoints for it; a port that cannot be opened is logged and,
+//!   with an [`EventRecorder`] ([`ApiEventRecorder`] creates them on the API server), recorded
+//!   as kube-proxy's `FailedToStartServiceHealthcheck` Event on the Service.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,6 +1,8 @@
 //! kube-proxy's health servers over real HTTP on 127.0.0.1: `/healthz` and `/livez` following
 //! queued updates and syncs (on tokio's paused clock), and the health check node ports of
-//! `externalTrafficPolicy: Local` load balancers following Services and EndpointSlices.
+//! `externalTrafficPolicy: Local` load balancers following Services and EndpointSlices; against
+//! the fake API server, the proxy's own Node watched for its eligibility and the
+//! `FailedToStartServiceHealthcheck` Event created as kube-proxy creates it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -121,21 +123,30 @@ async fn healthz_follows_queued_updates_and_syncs() {
     let health = ProxierHealth::new(Duration::from_secs(60));
     let (addr, stop) = start_healthz(&health).await;
 
-    // starting up: healthy
+    // starting up: healthy; kube-proxy's body, no family judged yet (no "status")
     let a = get(addr, "/healthz").await.unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.header("content-type"), Some("application/json"));
     assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
-    assert_eq!(a.body["nodeEligible"], true);
-    assert!(
-        a.body["lastUpdated"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty())
+    assert_eq!(
+        keys_in_order(&a.raw),
+        ["lastUpdated", "currentTime", "nodeEligible", "healthy"],
+        "{}",
+        a.raw
     );
-    assert!(
-        a.body["currentTime"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty())
+    assert_eq!(
+        (&a.body["nodeEligible"], &a.body["healthy"]),
+        (&true.into(), &true.into())
+    );
+    for key in ["lastUpdated", "currentTime"] {
+        assert!(is_go_json_time(a.body[key].as_str().unwrap()), "{}", a.raw);
+    }
+    let l = get(addr, "/livez").await.unwrap();
+    assert_eq!(
+        keys_in_order(&l.raw),
+        ["lastUpdated", "currentTime", "healthy"],
+        "{}",
+        l.raw
     );
 
     health.updated();
@@ -539,34 +550,6 @@ async fn healthz_and_livez_bodies_are_kube_proxys() {
     let health = ProxierHealth::new(Duration::from_secs(60));
     let (addr, stop) = start_healthz(&health).await;
 
-    // before the first sync: no family judged, no status
-    let h = get(addr, "/healthz").await.unwrap();
-    assert_eq!(h.status, 200);
-    assert_eq!(
-        keys_in_order(&h.raw),
-        ["lastUpdated", "currentTime", "nodeEligible", "healthy"],
-        "{}",
-        h.raw
-    );
-    assert!(
-        is_go_json_time(h.body["lastUpdated"].as_str().unwrap()),
-        "{}",
-        h.raw
-    );
-    assert!(
-        is_go_json_time(h.body["currentTime"].as_str().unwrap()),
-        "{}",
-        h.raw
-    );
-    assert_eq!(h.body["healthy"], true);
-    let l = get(addr, "/livez").await.unwrap();
-    assert_eq!(
-        keys_in_order(&l.raw),
-        ["lastUpdated", "currentTime", "healthy"],
-        "{}",
-        l.raw
-    );
-
     // an ineligible node before any sync: Go's zero time as "lastUpdated"
     health.set_node_eligible(false);
     let h = get(addr, "/healthz").await.unwrap();
@@ -768,4 +751,121 @@ fn the_health_timeout_is_twice_the_sync_period_unless_given() {
         Duration::from_secs(5)
     );
     assert_eq!(HealthConfig::kube_proxy().health_timeout, None);
+}
+
+/// Polls `/healthz` until its status is `want`.
+async fn healthz_becomes(addr: SocketAddr, want: u16) -> serde_json::Value {
+    let mut last = None;
+    for _ in 0..200 {
+        let a = get(addr, "/healthz").await.unwrap();
+        if a.status == want {
+            return a.body;
+        }
+        last = Some((a.status, a.raw));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("/healthz never {want}: {last:?}");
+}
+
+fn node(name: &str, taints: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+        "spec": {"taints": taints}})
+}
+
+#[tokio::test]
+async fn a_node_tainted_for_deletion_fails_healthz_until_the_taint_goes() {
+    use serde_json::json;
+    let api = node_test_support::FakeApiServer::new();
+    api.apply("nodes", node(NODE, json!([])));
+    let health = ProxierHealth::new(Duration::from_secs(60));
+    let (addr, stop) = start_healthz(&health).await;
+    let watch = tokio::spawn(health.clone().follow_node(api.client(), NODE.into()));
+    health.updated();
+    assert_eq!(get(addr, "/healthz").await.unwrap().status, 200);
+
+    let taint = json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000",
+        "effect": "NoSchedule"}]);
+    // another node's taint is not ours
+    api.apply("nodes", node("node-b", taint.clone()));
+    api.apply("nodes", node(NODE, taint));
+    let body = healthz_becomes(addr, 503).await;
+    assert_eq!(
+        (&body["nodeEligible"], &body["healthy"]),
+        (&false.into(), &true.into()),
+        "{body}"
+    );
+    // /livez does not look at the node
+    assert_eq!(get(addr, "/livez").await.unwrap().status, 200);
+
+    // the autoscaler gives up on the node: eligible again
+    api.apply(
+        "nodes",
+        node(NODE, json!([{"key": "other", "effect": "NoSchedule"}])),
+    );
+    let body = healthz_becomes(addr, 200).await;
+    assert_eq!(body["nodeEligible"], true, "{body}");
+
+    // the Node is deleted
+    assert!(api.delete("nodes", "", NODE));
+    healthz_becomes(addr, 503).await;
+
+    // only our Node was read
+    let reads: Vec<_> = api
+        .requests_to("GET", "/api/v1/nodes")
+        .into_iter()
+        .map(|r| r.uri)
+        .collect();
+    assert!(!reads.is_empty());
+    for uri in &reads {
+        assert!(
+            uri.contains("fieldSelector=metadata.name%3Dnode-a"),
+            "{uri}"
+        );
+    }
+    watch.abort();
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_failed_health_check_port_event_is_created_as_kube_proxy_creates_it() {
+    let api = node_test_support::FakeApiServer::new();
+    let recorder = Arc::new(node_proxy::ApiEventRecorder::new(api.client(), NODE));
+    let health = ProxierHealth::new(Duration::from_secs(60));
+    let mut server = ServiceHealthServer::new(vec![LOCALHOST], health).with_events(recorder);
+    let taken = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let eps = vec![ep("10.244.0.5", NODE, true)];
+    let errors = server
+        .sync(&state(vec![("lb", lb_port(busy, true, eps))]))
+        .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    api.wait_for("the event", Duration::from_secs(10), |a| {
+        !a.list("events").is_empty()
+    })
+    .await
+    .unwrap();
+    let events = api.list("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["metadata"]["namespace"], "web", "{e}");
+    assert_eq!(e["reason"], "FailedToStartServiceHealthcheck", "{e}");
+    assert_eq!(e["action"], "Listen", "{e}");
+    assert_eq!(e["type"], "Warning", "{e}");
+    assert_eq!(e["reportingController"], "kube-proxy", "{e}");
+    assert_eq!(e["reportingInstance"], "kube-proxy-node-a", "{e}");
+    assert_eq!(
+        e["regarding"],
+        serde_json::json!({"kind": "Service", "namespace": "web", "name": "lb", "uid": "web/lb"}),
+        "{e}"
+    );
+    let note = e["note"].as_str().unwrap();
+    let want = format!("node {NODE} failed to start healthcheck \"web/lb\" on port {busy}: ");
+    assert!(note.starts_with(&want), "{note}");
+    let posts: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(posts, ["/apis/events.k8s.io/v1/namespaces/web/events"]);
 }
