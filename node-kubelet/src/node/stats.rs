@@ -1446,4 +1446,145 @@ mod tests {
         assert_eq!(u.memory_working_set_bytes, Some(800 * 1024));
         assert_eq!(u.swap_usage_bytes, None);
     }
+
+    #[test]
+    fn host_node_stats_network_and_task_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        std::fs::create_dir_all(proc.join("net")).unwrap();
+        std::fs::create_dir_all(proc.join("sys/kernel")).unwrap();
+        std::fs::write(proc.join("meminfo"), "MemTotal: 1000 kB\nMemFree: 200 kB\n").unwrap();
+        std::fs::write(
+            proc.join("net/dev"),
+            "Inter-| Receive | Transmit\n face |bytes ...\n    lo: 9 1 0 0 0 0 0 0 9 1 0 0 0 0 0 0\n  eth0: 100 2 1 0 0 0 0 0 200 3 4 0 0 0 0 0\ndocker0: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n",
+        )
+        .unwrap();
+        std::fs::write(proc.join("sys/kernel/pid_max"), "4194304\n").unwrap();
+        std::fs::write(proc.join("sys/kernel/threads-max"), "63000\n").unwrap();
+        let u = HostNodeStats {
+            cgroup_root: dir.path().join("none"),
+            proc_root: proc,
+        }
+        .node_usage()
+        .unwrap();
+        let n = u.network.unwrap();
+        assert_eq!(n.default.name, "eth0");
+        assert_eq!(
+            (n.default.rx_bytes, n.default.rx_errors, n.default.tx_bytes, n.default.tx_errors),
+            (Some(100), Some(1), Some(200), Some(4))
+        );
+        assert_eq!(n.interfaces, [n.default.clone()]);
+        // the lower of pid_max and threads-max, as kubelet's rlimit
+        assert_eq!(u.max_pid, Some(63_000));
+        assert!(u.running_processes.unwrap() > 0);
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn rootfs_and_network_from_the_runtime() {
+        let v = |value| Some(cri::UInt64Value { value });
+        let layer = cri::FilesystemUsage {
+            timestamp: 1_767_225_600_000_000_000,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: "/var/lib/containerd".into(),
+            }),
+            used_bytes: v(4096),
+            inodes_used: v(3),
+        };
+        let r = rootfs_of(Some(&layer)).unwrap();
+        assert_eq!((r.used_bytes, r.inodes_used), (Some(4096), Some(3)));
+        assert_eq!(r.time, t(1_767_225_600));
+        assert_eq!(r.capacity_bytes, None);
+        assert_eq!(rootfs_of(None), None);
+
+        let iface = |name: &str, rx| cri::NetworkInterfaceUsage {
+            name: name.into(),
+            rx_bytes: v(rx),
+            rx_errors: v(0),
+            tx_bytes: v(rx * 2),
+            tx_errors: v(1),
+        };
+        let n = network_of(&cri::NetworkUsage {
+            timestamp: 1_767_225_600_000_000_000,
+            default_interface: Some(iface("eth0", 10)),
+            interfaces: vec![iface("eth0", 10), iface("net1", 20)],
+        });
+        let j = serde_json::to_value(&n).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({
+                "time": "2026-01-01T00:00:00Z",
+                "name": "eth0", "rxBytes": 10, "rxErrors": 0, "txBytes": 20, "txErrors": 1,
+                "interfaces": [
+                    {"name": "eth0", "rxBytes": 10, "rxErrors": 0, "txBytes": 20, "txErrors": 1},
+                    {"name": "net1", "rxBytes": 20, "rxErrors": 0, "txBytes": 40, "txErrors": 1}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn the_sandbox_pid_from_verbose_info() {
+        let info = |s: &str| HashMap::from([("info".to_string(), s.to_string())]);
+        assert_eq!(sandbox_pid(&info(r#"{"pid": 4242, "hostNetwork": false}"#)), Some(4242));
+        assert_eq!(sandbox_pid(&info(r#"{"pid": 0}"#)), None);
+        assert_eq!(sandbox_pid(&info("not json")), None);
+        assert_eq!(sandbox_pid(&HashMap::new()), None);
+    }
+
+    fn fs(time: Timestamp, used: Option<u64>, inodes: Option<u64>) -> FsStats {
+        FsStats {
+            time,
+            available_bytes: Some(50),
+            capacity_bytes: Some(100),
+            used_bytes: used,
+            inodes_free: Some(5),
+            inodes: Some(10),
+            inodes_used: inodes,
+        }
+    }
+
+    #[test]
+    fn ephemeral_storage_sums_rootfs_logs_disk_volumes_and_pod_logs() {
+        let container = |name: &str, rootfs, logs| ContainerStats {
+            name: name.into(),
+            start_time: t(0),
+            cpu: None,
+            memory: None,
+            rootfs,
+            logs,
+        };
+        let mut pod = pod_entry(&cri::PodSandbox::default());
+        pod.containers = vec![
+            container("a", Some(fs(t(5), Some(1000), Some(10))), Some(fs(t(7), Some(200), Some(2)))),
+            container("b", None, Some(fs(t(6), Some(30), Some(1)))),
+        ];
+        let vol = |name: &str, used| VolumeStats {
+            fs: fs(t(8), Some(used), Some(4)),
+            name: name.into(),
+        };
+        let disk = PodDisk {
+            disk_volumes: vec![vol("cache", 4000)],
+            memory_volumes: vec![vol("mem", 99_999)],
+            container_logs: HashMap::new(),
+            pod_logs: Some(fs(t(3), Some(5), Some(1))),
+        };
+        let nodefs = fs(t(1), Some(12345), Some(6));
+        let e = ephemeral_storage(&nodefs, &pod, &disk);
+        // the memory volume is not ephemeral storage
+        assert_eq!(e.used_bytes, Some(1000 + 200 + 30 + 4000 + 5));
+        assert_eq!(e.inodes_used, Some(10 + 2 + 1 + 4 + 1));
+        assert_eq!((e.capacity_bytes, e.available_bytes), (Some(100), Some(50)));
+        assert_eq!(e.time, t(8));
+        // nothing measured: no usage at all, the filesystem's size only
+        pod.containers.clear();
+        let e = ephemeral_storage(&nodefs, &pod, &PodDisk::default());
+        assert_eq!((e.used_bytes, e.inodes_used), (None, None));
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j.get("usedBytes"), None);
+        assert_eq!(j["capacityBytes"], 100);
+    }
 }
