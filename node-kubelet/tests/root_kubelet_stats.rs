@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node_core::{ImageBackend, RuntimeBackend};
+use node_core::ImageBackend;
 use node_cri::native::runtime::{NativeConfig, NativeRuntime};
 use node_kubelet::node::allocatable::fs_stats;
 use node_kubelet::node::cgroups::CgroupConfig;
@@ -123,30 +123,41 @@ fn the_summary_measures_a_pod_s_volumes_logs_and_node_filesystem() {
         let t = token.clone();
         let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
 
-        let provider =
-            StatsProvider::new(runtime.clone(), Arc::new(HostNodeStats::default()), "node-1")
-                .filesystems(filesystems)
-                .images(images);
-        let app =
-            router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
+        let provider = StatsProvider::new(
+            runtime.clone(),
+            Arc::new(HostNodeStats::default()),
+            "node-1",
+        )
+        .filesystems(filesystems)
+        .images(images);
+        let app = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
         source.apply(pod(&WRITER.replace("IMG", IMAGE)));
 
         // the pod, once both volumes hold what the container wrote and its log has the line
-        let (summary, pod) = until("the writer's volumes filled", Duration::from_secs(120), || async {
-            let (code, _, body) = router_get(&app, "/stats/summary").await;
-            assert_eq!(code, http::StatusCode::OK, "{body}");
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let pod = v["pods"]
-                .as_array()?
-                .iter()
-                .find(|p| p["podRef"]["name"] == "writer")?
-                .clone();
-            let vols = pod["volume"].as_array()?;
-            let full = vols.len() == 2
-                && vols.iter().all(|v| v["usedBytes"].as_u64().unwrap_or(0) >= 256 << 10)
-                && pod["containers"][0]["logs"]["usedBytes"].as_u64().unwrap_or(0) > 0;
-            full.then_some((v, pod))
-        })
+        let (summary, pod) = until(
+            "the writer's volumes filled",
+            Duration::from_secs(120),
+            || async {
+                let (code, _, body) = router_get(&app, "/stats/summary").await;
+                assert_eq!(code, http::StatusCode::OK, "{body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let pod = v["pods"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["podRef"]["name"] == "writer")?
+                    .clone();
+                let vols = pod["volume"].as_array()?;
+                let full = vols.len() == 2
+                    && vols
+                        .iter()
+                        .all(|v| v["usedBytes"].as_u64().unwrap_or(0) >= 256 << 10)
+                    && pod["containers"][0]["logs"]["usedBytes"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        > 0;
+                full.then_some((v, pod))
+            },
+        )
         .await;
         eprintln!("the writer's stats: {pod:#}");
 
@@ -179,7 +190,11 @@ fn the_summary_measures_a_pod_s_volumes_logs_and_node_filesystem() {
         assert_eq!(u(&fs["capacityBytes"]), nodefs.capacity_bytes as u64);
         assert_eq!(u(&fs["inodes"]), nodefs.inodes as u64);
         assert!(u(&fs["usedBytes"]) > 0 && u(&fs["usedBytes"]) <= u(&fs["capacityBytes"]));
-        assert!(summary["node"]["runtime"]["imageFs"]["usedBytes"].as_u64().is_some());
+        assert!(
+            summary["node"]["runtime"]["imageFs"]["usedBytes"]
+                .as_u64()
+                .is_some()
+        );
         assert!(u(&summary["node"]["rlimit"]["maxpid"]) > 0);
 
         // CPU and memory only
@@ -192,7 +207,10 @@ fn the_summary_measures_a_pod_s_volumes_logs_and_node_filesystem() {
             .iter()
             .find(|p| p["podRef"]["name"] == "writer")
             .unwrap();
-        assert!(p.get("volume").is_none() && p.get("ephemeral-storage").is_none(), "{p}");
+        assert!(
+            p.get("volume").is_none() && p.get("ephemeral-storage").is_none(),
+            "{p}"
+        );
         assert!(p.get("network").is_none(), "{p}");
 
         // figures: a request's time, each kind (no assertion)
@@ -201,7 +219,10 @@ fn the_summary_measures_a_pod_s_volumes_logs_and_node_filesystem() {
             for _ in 0..10 {
                 router_get(&app, uri).await;
             }
-            eprintln!("figure: {uri} with one pod on the native runtime: {:?} per request", t.elapsed() / 10);
+            eprintln!(
+                "figure: {uri} with one pod on the native runtime: {:?} per request",
+                t.elapsed() / 10
+            );
         }
 
         token.cancel();

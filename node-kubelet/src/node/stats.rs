@@ -1470,7 +1470,12 @@ mod tests {
         let n = u.network.unwrap();
         assert_eq!(n.default.name, "eth0");
         assert_eq!(
-            (n.default.rx_bytes, n.default.rx_errors, n.default.tx_bytes, n.default.tx_errors),
+            (
+                n.default.rx_bytes,
+                n.default.rx_errors,
+                n.default.tx_bytes,
+                n.default.tx_errors
+            ),
             (Some(100), Some(1), Some(200), Some(4))
         );
         assert_eq!(n.interfaces, [n.default.clone()]);
@@ -1529,7 +1534,10 @@ mod tests {
     #[test]
     fn the_sandbox_pid_from_verbose_info() {
         let info = |s: &str| HashMap::from([("info".to_string(), s.to_string())]);
-        assert_eq!(sandbox_pid(&info(r#"{"pid": 4242, "hostNetwork": false}"#)), Some(4242));
+        assert_eq!(
+            sandbox_pid(&info(r#"{"pid": 4242, "hostNetwork": false}"#)),
+            Some(4242)
+        );
         assert_eq!(sandbox_pid(&info(r#"{"pid": 0}"#)), None);
         assert_eq!(sandbox_pid(&info("not json")), None);
         assert_eq!(sandbox_pid(&HashMap::new()), None);
@@ -1559,7 +1567,11 @@ mod tests {
         };
         let mut pod = pod_entry(&cri::PodSandbox::default());
         pod.containers = vec![
-            container("a", Some(fs(t(5), Some(1000), Some(10))), Some(fs(t(7), Some(200), Some(2)))),
+            container(
+                "a",
+                Some(fs(t(5), Some(1000), Some(10))),
+                Some(fs(t(7), Some(200), Some(2))),
+            ),
             container("b", None, Some(fs(t(6), Some(30), Some(1)))),
         ];
         let vol = |name: &str, used| VolumeStats {
