@@ -926,12 +926,13 @@ impl StatsProvider {
             layer_mounts,
         } = self.gather().await?;
         node.network = node_usage.network.clone();
-        node.rlimit = (node_usage.max_pid.is_some() || node_usage.running_processes.is_some())
-            .then(|| RlimitStats {
+        if node_usage.max_pid.is_some() || node_usage.running_processes.is_some() {
+            node.rlimit = Some(RlimitStats {
                 time: node_usage.time,
                 max_pid: node_usage.max_pid,
                 running_processes: node_usage.running_processes,
             });
+        }
         for (sandbox_id, pod) in &mut pods {
             let linux = sandbox_stats
                 .as_ref()
@@ -1478,7 +1479,7 @@ mod tests {
             ),
             (Some(100), Some(1), Some(200), Some(4))
         );
-        assert_eq!(n.interfaces, [n.default.clone()]);
+        assert_eq!(n.interfaces, std::slice::from_ref(&n.default));
         // the lower of pid_max and threads-max, as kubelet's rlimit
         assert_eq!(u.max_pid, Some(63_000));
         assert!(u.running_processes.unwrap() > 0);
