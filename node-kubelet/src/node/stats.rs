@@ -147,6 +147,19 @@ pub struct FsStats {
 }
 
 impl FsStats {
+    /// Nothing known yet but the time.
+    fn at(time: Timestamp) -> Self {
+        Self {
+            time,
+            available_bytes: None,
+            capacity_bytes: None,
+            used_bytes: None,
+            inodes_free: None,
+            inodes: None,
+            inodes_used: None,
+        }
+    }
+
     /// The size of a filesystem (from statfs) at `time`, with no usage yet.
     fn of_filesystem(time: Timestamp, s: &allocatable::FsStats) -> Self {
         let u = |v: i64| Some(v.max(0) as u64);
@@ -631,13 +644,9 @@ fn memory_of(m: Option<&cri::MemoryUsage>) -> Option<MemoryStats> {
 fn rootfs_of(w: Option<&cri::FilesystemUsage>) -> Option<FsStats> {
     let w = w?;
     Some(FsStats {
-        time: ts(w.timestamp),
-        available_bytes: None,
-        capacity_bytes: None,
         used_bytes: w.used_bytes.as_ref().map(|v| v.value),
-        inodes_free: None,
-        inodes: None,
         inodes_used: w.inodes_used.as_ref().map(|v| v.value),
+        ..FsStats::at(ts(w.timestamp))
     })
 }
 
@@ -722,15 +731,7 @@ fn du_stats(path: &Path, time: Timestamp, fs: Option<&allocatable::FsStats>) -> 
     };
     let mut s = match fs_size {
         Some(f) => FsStats::of_filesystem(time, &f),
-        None => FsStats {
-            time,
-            available_bytes: None,
-            capacity_bytes: None,
-            used_bytes: None,
-            inodes_free: None,
-            inodes: None,
-            inodes_used: None,
-        },
+        None => FsStats::at(time),
     };
     s.used_bytes = Some(bytes.max(0) as u64);
     s.inodes_used = Some(inodes.max(0) as u64);
@@ -991,22 +992,13 @@ impl StatsProvider {
     /// filesystem's size and the directory to statfs.
     async fn image_fs(&self, fs: &StatsFilesystems) -> Result<(FsStats, PathBuf), StatsError> {
         let fallback = fs.image_fs.clone().unwrap_or_else(|| fs.root_dir.clone());
-        let empty = |time| FsStats {
-            time,
-            available_bytes: None,
-            capacity_bytes: None,
-            used_bytes: None,
-            inodes_free: None,
-            inodes: None,
-            inodes_used: None,
-        };
         let Some(images) = &self.images else {
-            return Ok((empty(Timestamp::now()), fallback));
+            return Ok((FsStats::at(Timestamp::now()), fallback));
         };
         match images.image_fs_info().await {
             Ok(info) => {
                 if let Some(f) = info.image_filesystems.first() {
-                    let mut s = rootfs_of(Some(f)).unwrap_or_else(|| empty(Timestamp::now()));
+                    let mut s = rootfs_of(Some(f)).unwrap_or_else(|| FsStats::at(Timestamp::now()));
                     if s.time == Timestamp::UNIX_EPOCH {
                         s.time = Timestamp::now();
                     }
@@ -1018,11 +1010,11 @@ impl StatsProvider {
                         .map_or(fallback, PathBuf::from);
                     return Ok((s, path));
                 }
-                Ok((empty(Timestamp::now()), fallback))
+                Ok((FsStats::at(Timestamp::now()), fallback))
             }
             Err(RuntimeError::Unimplemented(_)) => {
                 let list = images.list_images(None).await?;
-                let mut s = empty(Timestamp::now());
+                let mut s = FsStats::at(Timestamp::now());
                 s.used_bytes = Some(list.iter().map(|i| i.size).sum());
                 Ok((s, fallback))
             }
