@@ -710,3 +710,191 @@ fn proc_net_dev_without_eth0_has_an_unnamed_default() {
     assert_eq!(v["interfaces"][0]["txErrors"], 2);
     assert_eq!(v["time"], "1970-01-01T00:00:00Z");
 }
+
+/// The fake runtime, reporting what containerd reports besides: each container's writable
+/// layer (on `layers`) and each sandbox's network and process count (`ListPodSandboxStats`).
+struct LayeredRuntime {
+    fake: FakeRuntime,
+    layers: std::path::PathBuf,
+}
+
+fn uv(value: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value })
+}
+
+#[async_trait::async_trait]
+impl RuntimeBackend for LayeredRuntime {
+    async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
+        self.fake.version().await
+    }
+    async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
+        self.fake.status(verbose).await
+    }
+    async fn run_pod_sandbox(
+        &self,
+        req: cri::RunPodSandboxRequest,
+    ) -> Result<String, RuntimeError> {
+        self.fake.run_pod_sandbox(req).await
+    }
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.stop_pod_sandbox(id).await
+    }
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.remove_pod_sandbox(id).await
+    }
+    async fn pod_sandbox_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
+        self.fake.pod_sandbox_status(id, verbose).await
+    }
+    async fn list_pod_sandbox(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        self.fake.list_pod_sandbox(filter).await
+    }
+    async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, RuntimeError> {
+        self.fake.create_container(req).await
+    }
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.start_container(id).await
+    }
+    async fn stop_container(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), RuntimeError> {
+        self.fake.stop_container(id, timeout).await
+    }
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.remove_container(id).await
+    }
+    async fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
+        self.fake.container_status(id, verbose).await
+    }
+    async fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>, RuntimeError> {
+        self.fake.list_containers(filter).await
+    }
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
+        self.fake.exec_sync(id, cmd, timeout).await
+    }
+    async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
+        let mut stats = self.fake.list_container_stats(filter).await?;
+        for s in &mut stats {
+            s.writable_layer = Some(cri::FilesystemUsage {
+                timestamp: NOW_MS * 1_000_000,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.layers.display().to_string(),
+                }),
+                used_bytes: uv(3 << 20),
+                inodes_used: uv(30),
+            });
+        }
+        Ok(stats)
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        _filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>, RuntimeError> {
+        let eth0 = cri::NetworkInterfaceUsage {
+            name: "eth0".into(),
+            rx_bytes: uv(1000),
+            rx_errors: uv(1),
+            tx_bytes: uv(2000),
+            tx_errors: uv(2),
+        };
+        Ok(self
+            .fake
+            .sandboxes()
+            .into_iter()
+            .map(|s| cri::PodSandboxStats {
+                attributes: Some(cri::PodSandboxAttributes {
+                    id: s.id,
+                    ..Default::default()
+                }),
+                linux: Some(cri::LinuxPodSandboxStats {
+                    cpu: Some(cri::CpuUsage {
+                        timestamp: NOW_MS * 1_000_000,
+                        usage_core_nano_seconds: uv(42),
+                        usage_nano_cores: None,
+                    }),
+                    network: Some(cri::NetworkUsage {
+                        timestamp: NOW_MS * 1_000_000,
+                        default_interface: Some(eth0.clone()),
+                        interfaces: vec![eth0.clone()],
+                    }),
+                    process: Some(cri::ProcessUsage {
+                        timestamp: NOW_MS * 1_000_000,
+                        process_count: uv(3),
+                    }),
+                    ..Default::default()
+                }),
+                windows: None,
+            })
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn a_runtime_s_writable_layers_and_sandbox_network_are_reported() {
+    let rt = runtime();
+    two_pods(&rt).await;
+    let dirs = NodeDirs::new();
+    web_files(&dirs);
+    let layers = dirs.dir.path().join("layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    let layered = LayeredRuntime {
+        fake: rt.clone(),
+        layers: layers.clone(),
+    };
+    let provider = StatsProvider::new(Arc::new(layered), Arc::new(FullNode), "node-a")
+        .filesystems(dirs.filesystems());
+    let app = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
+    let v = json(&app, "/stats/summary").await;
+    let web = &v["pods"][1];
+    // rootfs: the runtime's usage on the statfs of the layer's mountpoint
+    let layer_fs = fs_stats(&layers).unwrap();
+    let rootfs = &web["containers"][0]["rootfs"];
+    assert_eq!(rootfs["usedBytes"], 3u64 << 20);
+    assert_eq!(rootfs["inodesUsed"], 30);
+    assert_eq!(rootfs["capacityBytes"], layer_fs.capacity_bytes);
+    assert_eq!(rootfs["time"], "2026-01-01T00:01:00Z");
+    // ephemeral storage counts the two writable layers with the logs, volume and pod log
+    let eph = &web["ephemeral-storage"];
+    assert_eq!(eph["inodesUsed"], 30 + 30 + 2 + 2 + 2 + 1, "{eph}");
+    assert!(
+        eph["usedBytes"].as_u64().unwrap() >= (6 << 20) + (81 << 10),
+        "{eph}"
+    );
+    // the sandbox's network and processes as the runtime reports them; its CPU too
+    assert_eq!(web["network"]["name"], "eth0");
+    assert_eq!(web["network"]["txErrors"], 2);
+    assert_eq!(web["network"]["interfaces"][0]["rxBytes"], 1000);
+    assert_eq!(web["process_stats"]["process_count"], 3);
+    assert_eq!(web["cpu"]["usageCoreNanoSeconds"], 42);
+    // none of it in the CPU and memory summary
+    let v = json(&app, "/stats/summary?only_cpu_and_memory=true").await;
+    let web = &v["pods"][1];
+    assert!(web["containers"][0].get("rootfs").is_none(), "{web}");
+    assert!(web.get("network").is_none() && web.get("process_stats").is_none());
+}
