@@ -65,7 +65,7 @@ use node_cri::{CriClient, CriClientConfig};
 use node_kubelet::node::NodeManager;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::logind::ShutdownInhibitor;
-use node_kubelet::node::stats::{HostNodeStats, StatsProvider};
+use node_kubelet::node::stats::{HostNodeStats, StatsFilesystems, StatsProvider};
 use node_kubelet::{
     CancellationToken, FileSource, FileSourceConfig, JsonStatusSink, Kubelet, KubeletConfig,
     PodStates,
@@ -413,7 +413,7 @@ async fn main() -> anyhow::Result<()> {
         builder = builder.source(file);
     }
     let kubelet = builder
-        .runtime(rt.clone(), images)
+        .runtime(rt.clone(), images.clone())
         .status(status)
         .value_store(objects.clone())
         .node(Arc::new(node_manager))
@@ -487,11 +487,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .node(latest_node)
         // /stats/summary and /metrics/resource (metrics-server), on both ports
-        .stats(StatsProvider::new(
-            rt.clone(),
-            Arc::new(HostNodeStats::default()),
-            node_name.clone(),
-        )),
+        .stats(
+            StatsProvider::new(
+                rt.clone(),
+                Arc::new(HostNodeStats::default()),
+                node_name.clone(),
+            )
+            // the node's fs, the image filesystem, the pods' volumes, logs and ephemeral storage
+            .filesystems(StatsFilesystems::of(&node_config))
+            .images(images.clone()),
+        ),
     );
     // the kubelet's server (node-agent-parts/server.rs): off unless --tls-cert-file is given
     let _kubelet_server = server::start(

@@ -1,5 +1,7 @@
 //! `/metrics/resource` and `/stats/summary` over the fake runtime's container stats
-//! (`FakeRuntime::set_container_stats`) and a fixed node usage, through the read-only router.
+//! (`FakeRuntime::set_container_stats`) and a fixed node usage, through the read-only router;
+//! the full summary's filesystem stats over a node root, volumes and logs in a temporary
+//! directory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,9 +10,13 @@ use http::StatusCode;
 use k8s_openapi::jiff::Timestamp;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_kubelet::labels;
+use node_kubelet::node::allocatable::fs_stats;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::resource_metrics;
-use node_kubelet::node::stats::{NodeStatsSource, NodeUsage, StatsError, StatsProvider};
+use node_kubelet::node::stats::{
+    InterfaceStats, NetworkStats, NodeStatsSource, NodeUsage, StatsError, StatsFilesystems,
+    StatsProvider,
+};
 use node_test_support::FakeRuntime;
 use node_test_support::fakes::FakeUsage;
 
@@ -42,6 +48,7 @@ impl NodeStatsSource for FixedNode {
             swap_available_bytes: None,
             boot_time: Timestamp::from_second(1_767_225_000).ok(),
             time: Timestamp::from_millisecond(NOW_MS).unwrap(),
+            ..Default::default()
         })
     }
 }
@@ -396,4 +403,498 @@ async fn the_summary_gives_usage_nano_cores_from_the_previous_sample() {
         "{body}"
     );
     assert_eq!(web["cpu"]["usageNanoCores"], 500_000_000u64);
+}
+
+/// A node with interfaces and task counts besides CPU and memory.
+struct FullNode;
+
+impl NodeStatsSource for FullNode {
+    fn node_usage(&self) -> Result<NodeUsage, StatsError> {
+        let mut u = FixedNode.node_usage()?;
+        let dev = "Inter-|   Receive                            |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:  100 1 0 0 0 0 0 0  100 1 0 0 0 0 0 0\n  eth0: 5000 40 2 0 0 0 0 0 7000 50 3 0 0 0 0 0\n";
+        u.network = Some(NetworkStats::from_proc_net_dev(dev, u.time));
+        u.max_pid = Some(4_194_304);
+        u.running_processes = Some(321);
+        u.swap_usage_bytes = Some(MI);
+        u.swap_available_bytes = Some(7 * MI);
+        Ok(u)
+    }
+}
+
+/// A node root with the volume, log and image directories of a kubelet.
+struct NodeDirs {
+    dir: tempfile::TempDir,
+}
+
+impl NodeDirs {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn filesystems(&self) -> StatsFilesystems {
+        let root = self.dir.path().join("kubelet");
+        std::fs::create_dir_all(&root).unwrap();
+        StatsFilesystems {
+            root_dir: root.clone(),
+            volumes_root: root,
+            pod_log_root: self.dir.path().join("pods-logs"),
+            image_fs: None,
+        }
+    }
+
+    fn write(&self, rel: &str, bytes: usize) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, vec![7u8; bytes]).unwrap();
+    }
+}
+
+fn full_app(rt: &FakeRuntime, dirs: &NodeDirs) -> axum::Router {
+    let provider = StatsProvider::new(Arc::new(rt.clone()), Arc::new(FullNode), "node-a")
+        .filesystems(dirs.filesystems())
+        .images(Arc::new(rt.clone()));
+    router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider))
+}
+
+async fn json(app: &axum::Router, uri: &str) -> serde_json::Value {
+    let (code, ctype, body) = get(app, uri).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(ctype, "application/json");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort();
+    k
+}
+
+/// The web pod's emptyDir `cache` (64 KiB file), its containers' logs (app 12 KiB, sidecar
+/// 4 KiB) and a pod-level log file (1 KiB).
+fn web_files(dirs: &NodeDirs) {
+    dirs.write(
+        "kubelet/pods/uid-web/volumes/kubernetes.io~empty-dir/cache/data",
+        64 << 10,
+    );
+    dirs.write("pods-logs/shop_web_uid-web/app/0.log", 12 << 10);
+    dirs.write("pods-logs/shop_web_uid-web/sidecar/0.log", 4 << 10);
+    dirs.write("pods-logs/shop_web_uid-web/pod.log", 1 << 10);
+}
+
+#[tokio::test]
+async fn only_cpu_and_memory_gives_cpu_and_memory_alone() {
+    let rt = runtime();
+    two_pods(&rt).await;
+    let dirs = NodeDirs::new();
+    web_files(&dirs);
+    let app = full_app(&rt, &dirs);
+    let v = json(&app, "/stats/summary?only_cpu_and_memory=true").await;
+    // the node: CPU, memory and swap (kubelet's GetCPUAndMemoryStats keeps the node's swap)
+    assert_eq!(
+        keys(&v["node"]),
+        ["cpu", "memory", "nodeName", "startTime", "swap"]
+    );
+    assert_eq!(v["node"]["swap"]["swapUsageBytes"], MI);
+    for pod in v["pods"].as_array().unwrap() {
+        assert_eq!(
+            keys(pod),
+            ["containers", "cpu", "memory", "podRef", "startTime"]
+        );
+        for c in pod["containers"].as_array().unwrap() {
+            assert_eq!(keys(c), ["cpu", "memory", "name", "startTime"]);
+        }
+    }
+    assert_eq!(v["pods"][1]["memory"]["workingSetBytes"], 40 * MI);
+
+    // anything but the one value `true` is the full summary, as kubelet reads the parameter
+    for uri in [
+        "/stats/summary",
+        "/stats/summary?only_cpu_and_memory=false",
+        "/stats/summary?only_cpu_and_memory=1",
+        "/stats/summary?only_cpu_and_memory=true&only_cpu_and_memory=true",
+    ] {
+        let v = json(&app, uri).await;
+        assert!(v["node"]["fs"].is_object(), "{uri}: {v}");
+        assert!(v["pods"][1]["ephemeral-storage"].is_object(), "{uri}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn the_full_summary_has_the_node_network_fs_runtime_and_rlimit() {
+    let rt = runtime();
+    rt.add_image_sized("nginx", 5 << 20);
+    two_pods(&rt).await;
+    let dirs = NodeDirs::new();
+    let app = full_app(&rt, &dirs);
+    let v = json(&app, "/stats/summary").await;
+    let node = &v["node"];
+    assert_eq!(
+        keys(node),
+        [
+            "cpu",
+            "fs",
+            "memory",
+            "network",
+            "nodeName",
+            "rlimit",
+            "runtime",
+            "startTime",
+            "swap"
+        ]
+    );
+    // network: eth0 inline as the default interface, loopback left out
+    assert_eq!(node["network"]["name"], "eth0");
+    assert_eq!(node["network"]["rxBytes"], 5000);
+    assert_eq!(node["network"]["rxErrors"], 2);
+    assert_eq!(node["network"]["txBytes"], 7000);
+    assert_eq!(node["network"]["txErrors"], 3);
+    assert_eq!(node["network"]["interfaces"].as_array().unwrap().len(), 1);
+    assert_eq!(node["rlimit"]["maxpid"], 4_194_304);
+    assert_eq!(node["rlimit"]["curproc"], 321);
+
+    // fs: the root dir's filesystem, the numbers the eviction manager observes as nodefs
+    let root = dirs.filesystems().root_dir;
+    let s = fs_stats(&root).unwrap();
+    let fs = &node["fs"];
+    assert_eq!(fs["capacityBytes"], s.capacity_bytes);
+    assert_eq!(fs["inodes"], s.inodes);
+    // what the filesystem uses (capacity minus free, reserved blocks included, as cAdvisor);
+    // the machine's other writers move it between two statfs calls
+    let used = fs["usedBytes"].as_i64().unwrap();
+    assert!(
+        (used - (s.capacity_bytes - s.free_bytes)).abs() < 256 << 20,
+        "{fs} {s:?}"
+    );
+    assert!(fs["availableBytes"].as_i64().unwrap() <= s.capacity_bytes);
+    assert!(fs["inodesFree"].as_i64().unwrap() <= s.inodes);
+    assert!(fs["inodesUsed"].as_i64().unwrap() <= s.inodes);
+    // the fake has no ImageFsInfo: the root dir's filesystem, the images' sizes as usage
+    let image_fs = &node["runtime"]["imageFs"];
+    assert_eq!(image_fs["usedBytes"], (1 << 20) + (5 << 20));
+    assert_eq!(image_fs["capacityBytes"], s.capacity_bytes);
+    assert_eq!(node["runtime"]["containerFs"], *image_fs);
+}
+
+#[tokio::test]
+async fn the_full_summary_measures_volumes_logs_and_ephemeral_storage() {
+    let rt = runtime();
+    two_pods(&rt).await;
+    let dirs = NodeDirs::new();
+    web_files(&dirs);
+    let app = full_app(&rt, &dirs);
+    let v = json(&app, "/stats/summary").await;
+    let nodefs = fs_stats(&dirs.filesystems().root_dir).unwrap();
+    let web = &v["pods"][1];
+    assert_eq!(web["podRef"]["name"], "web");
+
+    // the emptyDir: at least the file's bytes, its file and directory inodes
+    let volumes = web["volume"].as_array().unwrap();
+    assert_eq!(volumes.len(), 1, "{web}");
+    let cache = &volumes[0];
+    assert_eq!(cache["name"], "cache");
+    let used = cache["usedBytes"].as_u64().unwrap();
+    assert!(used >= 64 << 10, "{cache}");
+    assert_eq!(cache["inodesUsed"], 2);
+    assert_eq!(cache["capacityBytes"], nodefs.capacity_bytes);
+    assert!(cache["time"].as_str().unwrap().ends_with('Z'));
+
+    // the containers' logs; no rootfs: the fake reports no writable layer
+    let app_c = &web["containers"][0];
+    assert_eq!(app_c["name"], "app");
+    let app_logs = app_c["logs"]["usedBytes"].as_u64().unwrap();
+    assert!(app_logs >= 12 << 10, "{app_c}");
+    assert_eq!(app_c["logs"]["inodesUsed"], 2);
+    assert_eq!(app_c["logs"]["capacityBytes"], nodefs.capacity_bytes);
+    assert!(app_c.get("rootfs").is_none(), "{app_c}");
+    let sidecar_logs = web["containers"][1]["logs"]["usedBytes"].as_u64().unwrap();
+    assert!(sidecar_logs >= 4 << 10);
+
+    // ephemeral storage: the logs, the disk emptyDir and the pod-level log file
+    let eph = &web["ephemeral-storage"];
+    let total = eph["usedBytes"].as_u64().unwrap();
+    assert!(total >= app_logs + sidecar_logs + used + (1 << 10), "{eph}");
+    assert_eq!(eph["inodesUsed"], 2 + 2 + 2 + 1);
+    assert_eq!(eph["capacityBytes"], nodefs.capacity_bytes);
+
+    // the db pod has nothing on disk: no volumes, no logs, an ephemeral storage with no usage
+    let db = &v["pods"][0];
+    assert!(db.get("volume").is_none(), "{db}");
+    assert!(db["containers"][0].get("logs").is_none(), "{db}");
+    assert!(db["ephemeral-storage"].get("usedBytes").is_none(), "{db}");
+    assert_eq!(
+        db["ephemeral-storage"]["capacityBytes"],
+        nodefs.capacity_bytes
+    );
+    // the fake names no sandbox process: no pod network
+    assert!(db.get("network").is_none(), "{db}");
+}
+
+#[tokio::test]
+async fn without_filesystems_the_full_summary_has_no_filesystem_stats() {
+    let rt = runtime();
+    two_pods(&rt).await;
+    let v = json(&app(&rt), "/stats/summary").await;
+    assert!(v["node"].get("fs").is_none());
+    assert!(v["node"].get("runtime").is_none());
+    assert!(v["pods"][1].get("ephemeral-storage").is_none());
+    assert!(v["pods"][1]["containers"][0].get("logs").is_none());
+}
+
+#[tokio::test]
+async fn a_missing_root_dir_fails_the_full_summary_only() {
+    let rt = runtime();
+    two_pods(&rt).await;
+    let dirs = NodeDirs::new();
+    let mut fs = dirs.filesystems();
+    fs.root_dir = dirs.dir.path().join("missing");
+    let provider =
+        StatsProvider::new(Arc::new(rt.clone()), Arc::new(FullNode), "node-a").filesystems(fs);
+    let app = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
+    let (code, _, body) = get(&app, "/stats/summary").await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("missing"), "{body}");
+    let (code, _, _) = get(&app, "/stats/summary?only_cpu_and_memory=true").await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+/// Prints how long a full summary and a CPU-and-memory one take with 20 pods of two
+/// containers, each pod with an emptyDir and logs (a figure, not an assertion; run with
+/// `--nocapture`).
+#[tokio::test]
+async fn summary_time_with_twenty_pods() {
+    let rt = runtime();
+    let dirs = NodeDirs::new();
+    for i in 0..20 {
+        let (name, uid) = (format!("p{i:02}"), format!("uid-{i:02}"));
+        let sb = run_pod(&rt, &name, "load", &uid).await;
+        for c in ["app", "sidecar"] {
+            let id = start(&rt, &sb, c).await;
+            rt.set_container_stats(&id, usage(100, MI));
+            dirs.write(&format!("pods-logs/load_{name}_{uid}/{c}/0.log"), 8 << 10);
+        }
+        dirs.write(
+            &format!("kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/data/file"),
+            16 << 10,
+        );
+    }
+    let app = full_app(&rt, &dirs);
+    let runs = 20;
+    let mut figures = vec![];
+    for uri in ["/stats/summary", "/stats/summary?only_cpu_and_memory=true"] {
+        let v = json(&app, uri).await;
+        assert_eq!(v["pods"].as_array().unwrap().len(), 20);
+        let t = std::time::Instant::now();
+        for _ in 0..runs {
+            get(&app, uri).await;
+        }
+        figures.push(format!("{uri}: {:?} per request", t.elapsed() / runs));
+    }
+    println!(
+        "summary with 20 pods (fake runtime): {}",
+        figures.join("; ")
+    );
+}
+
+#[test]
+fn proc_net_dev_without_eth0_has_an_unnamed_default() {
+    let dev = "h1\nh2\n  lo: 1 0 0 0 0 0 0 0 1 0 0 0 0 0 0 0\n veth12: 1 0 0 0 0 0 0 0 1 0 0 0 0 0 0 0\n  net1: 10 0 1 0 0 0 0 0 20 0 2 0 0 0 0 0\n";
+    let n = NetworkStats::from_proc_net_dev(dev, Timestamp::UNIX_EPOCH);
+    assert_eq!(n.default, InterfaceStats::default());
+    assert_eq!(n.interfaces.len(), 1);
+    let v = serde_json::to_value(&n).unwrap();
+    // kubelet's inline default interface: its name is always there
+    assert_eq!(v["name"], "");
+    assert_eq!(v["interfaces"][0]["name"], "net1");
+    assert_eq!(v["interfaces"][0]["txErrors"], 2);
+    assert_eq!(v["time"], "1970-01-01T00:00:00Z");
+}
+
+/// The fake runtime, reporting what containerd reports besides: each container's writable
+/// layer (on `layers`) and each sandbox's network and process count (`ListPodSandboxStats`).
+struct LayeredRuntime {
+    fake: FakeRuntime,
+    layers: std::path::PathBuf,
+}
+
+fn uv(value: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value })
+}
+
+#[async_trait::async_trait]
+impl RuntimeBackend for LayeredRuntime {
+    async fn version(&self) -> Result<cri::VersionResponse, RuntimeError> {
+        self.fake.version().await
+    }
+    async fn status(&self, verbose: bool) -> Result<cri::StatusResponse, RuntimeError> {
+        self.fake.status(verbose).await
+    }
+    async fn run_pod_sandbox(
+        &self,
+        req: cri::RunPodSandboxRequest,
+    ) -> Result<String, RuntimeError> {
+        self.fake.run_pod_sandbox(req).await
+    }
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.stop_pod_sandbox(id).await
+    }
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.remove_pod_sandbox(id).await
+    }
+    async fn pod_sandbox_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
+        self.fake.pod_sandbox_status(id, verbose).await
+    }
+    async fn list_pod_sandbox(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        self.fake.list_pod_sandbox(filter).await
+    }
+    async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, RuntimeError> {
+        self.fake.create_container(req).await
+    }
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.start_container(id).await
+    }
+    async fn stop_container(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), RuntimeError> {
+        self.fake.stop_container(id, timeout).await
+    }
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.fake.remove_container(id).await
+    }
+    async fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
+        self.fake.container_status(id, verbose).await
+    }
+    async fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>, RuntimeError> {
+        self.fake.list_containers(filter).await
+    }
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<cri::ExecSyncResponse, RuntimeError> {
+        self.fake.exec_sync(id, cmd, timeout).await
+    }
+    async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
+        let mut stats = self.fake.list_container_stats(filter).await?;
+        for s in &mut stats {
+            s.writable_layer = Some(cri::FilesystemUsage {
+                timestamp: NOW_MS * 1_000_000,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.layers.display().to_string(),
+                }),
+                used_bytes: uv(3 << 20),
+                inodes_used: uv(30),
+            });
+        }
+        Ok(stats)
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        _filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>, RuntimeError> {
+        let eth0 = cri::NetworkInterfaceUsage {
+            name: "eth0".into(),
+            rx_bytes: uv(1000),
+            rx_errors: uv(1),
+            tx_bytes: uv(2000),
+            tx_errors: uv(2),
+        };
+        Ok(self
+            .fake
+            .sandboxes()
+            .into_iter()
+            .map(|s| cri::PodSandboxStats {
+                attributes: Some(cri::PodSandboxAttributes {
+                    id: s.id,
+                    ..Default::default()
+                }),
+                linux: Some(cri::LinuxPodSandboxStats {
+                    cpu: Some(cri::CpuUsage {
+                        timestamp: NOW_MS * 1_000_000,
+                        usage_core_nano_seconds: uv(42),
+                        usage_nano_cores: None,
+                    }),
+                    network: Some(cri::NetworkUsage {
+                        timestamp: NOW_MS * 1_000_000,
+                        default_interface: Some(eth0.clone()),
+                        interfaces: vec![eth0.clone()],
+                    }),
+                    process: Some(cri::ProcessUsage {
+                        timestamp: NOW_MS * 1_000_000,
+                        process_count: uv(3),
+                    }),
+                    ..Default::default()
+                }),
+                windows: None,
+            })
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn a_runtime_s_writable_layers_and_sandbox_network_are_reported() {
+    let rt = runtime();
+    two_pods(&rt).await;
+    let dirs = NodeDirs::new();
+    web_files(&dirs);
+    let layers = dirs.dir.path().join("layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    let layered = LayeredRuntime {
+        fake: rt.clone(),
+        layers: layers.clone(),
+    };
+    let provider = StatsProvider::new(Arc::new(layered), Arc::new(FullNode), "node-a")
+        .filesystems(dirs.filesystems());
+    let app = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
+    let v = json(&app, "/stats/summary").await;
+    let web = &v["pods"][1];
+    // rootfs: the runtime's usage on the statfs of the layer's mountpoint
+    let layer_fs = fs_stats(&layers).unwrap();
+    let rootfs = &web["containers"][0]["rootfs"];
+    assert_eq!(rootfs["usedBytes"], 3u64 << 20);
+    assert_eq!(rootfs["inodesUsed"], 30);
+    assert_eq!(rootfs["capacityBytes"], layer_fs.capacity_bytes);
+    assert_eq!(rootfs["time"], "2026-01-01T00:01:00Z");
+    // ephemeral storage counts the two writable layers with the logs, volume and pod log
+    let eph = &web["ephemeral-storage"];
+    assert_eq!(eph["inodesUsed"], 30 + 30 + 2 + 2 + 2 + 1, "{eph}");
+    assert!(
+        eph["usedBytes"].as_u64().unwrap() >= (6 << 20) + (81 << 10),
+        "{eph}"
+    );
+    // the sandbox's network and processes as the runtime reports them; its CPU too
+    assert_eq!(web["network"]["name"], "eth0");
+    assert_eq!(web["network"]["txErrors"], 2);
+    assert_eq!(web["network"]["interfaces"][0]["rxBytes"], 1000);
+    assert_eq!(web["process_stats"]["process_count"], 3);
+    assert_eq!(web["cpu"]["usageCoreNanoSeconds"], 42);
+    // none of it in the CPU and memory summary
+    let v = json(&app, "/stats/summary?only_cpu_and_memory=true").await;
+    let web = &v["pods"][1];
+    assert!(web["containers"][0].get("rootfs").is_none(), "{web}");
+    assert!(web.get("network").is_none() && web.get("process_stats").is_none());
 }

@@ -141,6 +141,10 @@ pub struct FsStats {
     pub capacity_bytes: i64,
     /// Bytes available to unprivileged users.
     pub available_bytes: i64,
+    /// Free bytes, the root-reserved blocks included (capacity minus free is what the
+    /// filesystem uses, as `df` and cAdvisor count it).
+    #[serde(default)]
+    pub free_bytes: i64,
     /// Total inodes.
     pub inodes: i64,
     /// Free inodes.
@@ -157,6 +161,7 @@ pub fn fs_stats(path: &Path) -> Result<FsStats, CapacityError> {
     Ok(FsStats {
         capacity_bytes: s.blocks() as i64 * frag,
         available_bytes: s.blocks_available() as i64 * frag,
+        free_bytes: s.blocks_free() as i64 * frag,
         inodes: s.files() as i64,
         inodes_free: s.files_free() as i64,
     })

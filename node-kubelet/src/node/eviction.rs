@@ -337,7 +337,8 @@ impl Default for NodeSignals {
     }
 }
 
-fn process_count() -> Option<i64> {
+/// The number of processes (threads) on the node, from sysinfo(2).
+pub(crate) fn process_count() -> Option<i64> {
     // SAFETY: sysinfo is plain old data; all-zero is a valid value.
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
     // SAFETY: sysinfo fills the struct we own.

@@ -328,8 +328,9 @@ struct Evictor {
     evicted: Mutex<HashSet<PodRef>>,
 }
 
-/// Bytes (allocated blocks, as `du`) and inodes under `path`, on its filesystem only.
-fn disk_usage(path: &Path) -> (i64, i64) {
+/// Bytes (allocated blocks, as `du`) and inodes under `path`, on its filesystem only; `(0, 0)`
+/// when `path` does not exist. The summary's volume and log stats measure with it too.
+pub(crate) fn disk_usage(path: &Path) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     let Ok(root) = std::fs::symlink_metadata(path) else {
         return (0, 0);
