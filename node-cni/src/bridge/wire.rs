@@ -474,8 +474,10 @@ async fn delete_links_on(
             // a malformed message ends this datagram's walk, as a stray one is skipped
             for m in node_nft::netlink::messages(&rbuf[..got]).map_while(Result::ok) {
                 let seq = m.header.seq as usize;
-                if m.header.kind == libc::RTM_DELLINK {
-                    // a notification, by name: the namespace's other links' are not ours
+                if m.header.kind == libc::RTM_DELLINK && m.payload().first() == Some(&0) {
+                    // A notification (family AF_UNSPEC: sent once the link's unregistration
+                    // notifiers ran, a bridge port's AF_BRIDGE one comes earlier), by name:
+                    // the namespace's other links' are not ours.
                     let i = link_name(m.payload()).and_then(|l| owned.iter().position(|o| o == l));
                     if let Some(i) = i {
                         done[i].get_or_insert(0);
