@@ -271,7 +271,12 @@ fn main() -> anyhow::Result<()> {
             [("native", native.clone()), ("exec_reference", reference)];
         let mut hostport: Vec<(&str, Arc<dyn CniPlugin>)> = vec![("native", native.clone())];
         if with_binary {
-            hostport.push(("exec_binary", binary));
+            hostport.push(("exec_binary", binary.clone()));
+        }
+        // DEL without host ports: the two above and the plugin binary
+        let mut del_plain: Vec<(&str, Arc<dyn CniPlugin>)> = plugins.to_vec();
+        if with_binary {
+            del_plain.push(("exec_binary", binary));
         }
         let mut c = Criterion::default()
             .configure_from_args()
@@ -340,7 +345,7 @@ fn main() -> anyhow::Result<()> {
 
         // DEL alone (its ADD untimed), without and with a host port
         let mut g = c.benchmark_group("cni_del");
-        for (name, p) in &plugins {
+        for (name, p) in &del_plain {
             g.bench_function(*name, |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;

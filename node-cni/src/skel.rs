@@ -15,6 +15,12 @@ use serde_json::{Value, json};
 use crate::bridge::{BridgeConfig, BridgePlugin};
 use crate::version;
 
+/// Set by [`plugin_main`]: the process ends once the plugin has answered. Work the answer does
+/// not wait for (the end of a link deletion) is then left to a child process, since a process
+/// cannot end while one of its threads is in the kernel.
+pub(crate) static EXITS_AFTER_ANSWER: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The versions the `nodekit-bridge` binary speaks.
 pub const PLUGIN_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 
@@ -308,6 +314,7 @@ where
     F: FnOnce(&Value) -> Result<P, CniError>,
 {
     use std::io::{Read, Write};
+    EXITS_AFTER_ANSWER.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let env = std::env::vars().collect();
@@ -317,8 +324,7 @@ where
     {
         Ok(rt) => {
             let outcome = rt.block_on(run_plugin(&env, &stdin, versions, make));
-            // Not waiting for blocking work nobody awaits (a link deletion's sender thread,
-            // which the kernel keeps until its RCU callbacks ran): the answer is known.
+            // Not waiting for blocking work nobody awaits: the answer is known.
             rt.shutdown_background();
             outcome
         }

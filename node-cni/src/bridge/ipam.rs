@@ -7,8 +7,9 @@
 //! Beside them, [`INDEX`] lists every lease in one file, rewritten in place under the same
 //! lock: an allocation reads that one file, not every lease, so its cost does not grow with the
 //! pod count. The index is written before a lease file is created and after one is removed, and
-//! it records the directory's inode and timestamps as they were after its last change. When
-//! they differ (a crash between a lease file and the index, a plugin that does not know the
+//! it records the directory's inode and timestamps as they were after its last change: an ADD
+//! writes the index once, before its lease files, then only overwrites that record (a
+//! fixed-width field at the start of the file) once the files are made. When they differ (a crash between a lease file and the index, a plugin that does not know the
 //! index, such as host-local, changed the directory) or the index is missing or torn, the
 //! directory is listed again (lease files the index does not know are read, entries without a
 //! file dropped) and the index rewritten. On kernels with multigrain timestamps (6.13 on, ext4,
@@ -64,14 +65,27 @@ const LINE_BREAK: &str = "\r\n";
 type Stamp = [i64; 5];
 
 /// The index as stored: `generation` is repeated in `end`, written last, so that a torn write
-/// does not parse as a whole index.
+/// does not parse as a whole index. `dir` comes first, at [`STAMP_AT`], with a fixed width
+/// ([`stamp_text`]), so that it can be overwritten alone.
 #[derive(Debug, Serialize, Deserialize)]
 struct IndexFile {
+    dir: String,
     version: u32,
     generation: u64,
-    dir: Stamp,
     leases: Vec<(IpAddr, String, String)>,
     end: u64,
+}
+
+/// The index format written now (an index of another version is rebuilt).
+const INDEX_VERSION: u32 = 2;
+
+/// Where the directory's stamp starts in the index file: after `{"dir":"`.
+const STAMP_AT: u64 = 8;
+
+/// A stamp as stored: five 16-digit hex numbers, whatever their values.
+fn stamp_text(s: &Stamp) -> String {
+    let parts: Vec<String> = s.iter().map(|v| format!("{:016x}", *v as u64)).collect();
+    parts.join(".")
 }
 
 /// The index in memory; only valid while the lock is held.
@@ -148,7 +162,7 @@ impl LeaseStore {
                 .next()?
                 .ok()
         });
-        let Some(f) = stored.filter(|f| f.version == 1 && f.generation == f.end) else {
+        let Some(f) = stored.filter(|f| f.version == INDEX_VERSION && f.generation == f.end) else {
             return self.reconcile(Index::default());
         };
         let index = Index {
@@ -167,7 +181,7 @@ impl LeaseStore {
                 })
                 .collect(),
         };
-        if f.dir == stamp {
+        if f.dir == stamp_text(&stamp) {
             Ok(index)
         } else {
             self.reconcile(index)
@@ -202,9 +216,9 @@ impl LeaseStore {
     fn save(&self, index: &mut Index) -> Result<(), CniError> {
         index.generation += 1;
         let f = IndexFile {
-            version: 1,
+            dir: stamp_text(&self.stamp()?),
+            version: INDEX_VERSION,
             generation: index.generation,
-            dir: self.stamp()?,
             leases: index
                 .leases
                 .iter()
@@ -213,7 +227,21 @@ impl LeaseStore {
             end: index.generation,
         };
         let path = self.dir.join(INDEX);
-        write_in_place(&path, &serde_json::to_vec(&f).expect("serializable"))
+        let bytes = serde_json::to_vec(&f).expect("serializable");
+        debug_assert_eq!(bytes.get(STAMP_AT as usize - 1), Some(&b'"'));
+        write_in_place(&path, &bytes).map_err(self.io(&path))
+    }
+
+    /// Record the directory's stamp as it is now in the stored index, which must hold what is
+    /// in memory: the directory changed (lease files made) since the index was written.
+    fn restamp(&self, _: &Locked) -> Result<(), CniError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.dir.join(INDEX);
+        let text = stamp_text(&self.stamp()?);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.write_all_at(text.as_bytes(), STAMP_AT))
             .map_err(self.io(&path))
     }
 
@@ -269,7 +297,9 @@ impl LeaseStore {
         let lock = self.lock()?;
         let mut index = self.load(&lock)?;
         let mut got: Vec<Option<Lease>> = vec![None; self.ranges.len()];
-        let mut changed = false;
+        // `dirty`: the index differs from the stored one; `moved`: the directory changed
+        // since the stored index was stamped.
+        let (mut dirty, mut moved) = (false, false);
         // What the key holds, checked against the lease files (the index is written first).
         for l in self.leases_of(&index, Some(key)) {
             let path = self.dir.join(l.address.addr().to_string());
@@ -280,22 +310,22 @@ impl LeaseStore {
                 }
                 Some(k) => {
                     index.leases.insert(l.address.addr(), k);
-                    changed = true;
+                    dirty = true;
                 }
                 // A crash between the index and the lease file: the address is the key's.
                 None if !path.exists() && self.create(&path, key)? => {
                     let i = l.range;
                     got[i] = Some(l);
-                    changed = true;
+                    moved = true;
                 }
                 None => {
                     index.leases.insert(l.address.addr(), unknown());
-                    changed = true;
+                    dirty = true;
                 }
             }
         }
         let mut created: Vec<IpAddr> = Vec::new();
-        let result = self.allocate_missing(key, &mut index, &mut got, &mut created);
+        let result = self.allocate_missing(key, &mut index, &mut got, &mut created, &mut dirty);
         if let Err(e) = result {
             for ip in created {
                 let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
@@ -308,28 +338,32 @@ impl LeaseStore {
             let _ = self.save(&mut index);
             return Err(e);
         }
-        if changed || !created.is_empty() {
-            for ip in &created {
-                let i = self.lease(*ip, key).expect("in a range").range;
-                let last_path = self.dir.join(format!("last_reserved_ip.{i}"));
-                write_in_place(&last_path, ip.to_string().as_bytes())
-                    .map_err(self.io(&last_path))?;
-            }
-            // Stamped again: the directory changed with the new lease files.
+        for ip in &created {
+            let i = self.lease(*ip, key).expect("in a range").range;
+            let last_path = self.dir.join(format!("last_reserved_ip.{i}"));
+            write_in_place(&last_path, ip.to_string().as_bytes()).map_err(self.io(&last_path))?;
+            moved = true;
+        }
+        if dirty {
             self.save(&mut index)?;
+        } else if moved {
+            // The index was written before the new lease files: only its stamp is behind. Not
+            // an error when that fails: a stale stamp costs one listing of the directory.
+            let _ = self.restamp(&lock);
         }
         Ok(got.into_iter().map(|l| l.expect("every range")).collect())
     }
 
     /// Lease an address for every range `got` lacks: entries in the index first, then the
     /// lease files (`created`); a file the index did not know is its holder's, the range
-    /// tries again.
+    /// tries again. `dirty` tells whether `index` differs from the stored one.
     fn allocate_missing(
         &self,
         key: &AttachmentKey,
         index: &mut Index,
         got: &mut [Option<Lease>],
         created: &mut Vec<IpAddr>,
+        dirty: &mut bool,
     ) -> Result<(), CniError> {
         loop {
             let mut picks = Vec::new();
@@ -352,6 +386,7 @@ impl LeaseStore {
                 return Ok(());
             }
             self.save(index)?;
+            *dirty = false;
             for (i, ip) in picks {
                 let path = self.dir.join(ip.to_string());
                 if self.create(&path, key)? {
@@ -361,6 +396,7 @@ impl LeaseStore {
                     index
                         .leases
                         .insert(ip, holder(&path).unwrap_or_else(unknown));
+                    *dirty = true;
                 }
             }
         }
@@ -707,6 +743,85 @@ mod tests {
         );
         // Written again.
         assert!(index.exists());
+    }
+
+    /// The stored index's generation (how many times it was written).
+    fn generation(dir: &Path) -> u64 {
+        let bytes = std::fs::read(dir.join("net").join(INDEX)).unwrap();
+        serde_json::from_slice::<IndexFile>(&bytes)
+            .unwrap()
+            .generation
+    }
+
+    #[test]
+    fn an_add_writes_the_index_once_and_leaves_it_matching_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(
+            d.path(),
+            &[("10.1.0.0/24", "10.1.0.1"), ("fd00::/120", "fd00::1")],
+        );
+        s.allocate(&key("a")).unwrap();
+        // the index file's own creation changed the directory once: settled here
+        s.find(&key("a")).unwrap();
+        let before = generation(d.path());
+        let b = s.allocate(&key("b")).unwrap();
+        assert_eq!(
+            generation(d.path()),
+            before + 1,
+            "the ADD wrote the index once"
+        );
+        // The stamp was brought up to date: no listing (which would write the index again).
+        assert_eq!(s.find(&key("b")).unwrap(), b);
+        assert_eq!(generation(d.path()), before + 1);
+        // The same holder again: nothing written.
+        assert_eq!(s.allocate(&key("b")).unwrap(), b);
+        assert_eq!(generation(d.path()), before + 1);
+        s.release(&key("b")).unwrap();
+        assert_eq!(generation(d.path()), before + 2);
+        assert!(s.find(&key("b")).unwrap().is_empty());
+        assert_eq!(generation(d.path()), before + 2);
+    }
+
+    #[test]
+    fn a_crash_between_the_lease_file_and_the_stamp_is_reconciled() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), &[("10.1.0.0/24", "10.1.0.1")]);
+        s.allocate(&key("a")).unwrap();
+        // An ADD of b up to its crash: the index names 10.1.0.3 (written first, stamped with
+        // the directory before the lease file), then the lease file; the stamp is not updated.
+        {
+            let lock = s.lock().unwrap();
+            let mut index = s.load(&lock).unwrap();
+            index.leases.insert("10.1.0.3".parse().unwrap(), key("b"));
+            s.save(&mut index).unwrap();
+        }
+        std::fs::write(d.path().join("net/10.1.0.3"), "b\r\neth0").unwrap();
+        let before = generation(d.path());
+        // The stale stamp makes the next call list the directory again and store the index.
+        assert_eq!(
+            s.find(&key("b")).unwrap()[0].address.addr().to_string(),
+            "10.1.0.3"
+        );
+        assert_eq!(generation(d.path()), before + 1);
+        assert_eq!(
+            s.allocate(&key("c")).unwrap()[0].address.addr().to_string(),
+            "10.1.0.4"
+        );
+        // A torn stamp (garbage where the stamp is) is a stale one.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(d.path().join("net").join(INDEX))
+                .unwrap();
+            f.write_all_at(b"zzzz", STAMP_AT + 3).unwrap();
+        }
+        let before = generation(d.path());
+        assert_eq!(s.find(&key("c")).unwrap().len(), 1);
+        assert_eq!(generation(d.path()), before + 1);
+        assert_eq!(holders(&s), ["a", "b", "c"]);
+        assert_eq!(s.release(&key("b")).unwrap(), 1);
+        assert_eq!(holders(&s), ["a", "c"]);
     }
 
     #[test]

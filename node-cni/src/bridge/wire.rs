@@ -367,25 +367,46 @@ fn shape_host(node: &mut NlSocket, w: &Wiring, host: u32) -> Result<(), CniError
 ///
 /// The kernel answers a link deletion only after `netdev_run_todo` has waited for the RCU
 /// callbacks (an `rcu_barrier`, 10-20 ms), long after the link left the namespace with its
-/// addresses and bridge port. So each delete asks for its echo (`NLM_F_ECHO`, kernel 6.3 on:
-/// the `RTM_DELLINK` notification, sent once the link is unlisted), and this returns at the
-/// echoes or the answers, whichever come first; the thread that sent the batch (the blocking
-/// pool's, the kernel runs a netlink request in its sender's `sendmsg`) waits out the rest
-/// alone. Neither thread is the caller's.
+/// addresses and bridge port. So the socket listens to the namespace's link notifications
+/// (`RTNLGRP_LINK`) for the time of the deletion: a link's `RTM_DELLINK`, sent once it is
+/// unlisted, is as good as its answer, and this returns at the notifications or the answers,
+/// whichever come first. Not `NLM_F_ECHO`: the kernel sends the echo of every link a deletion
+/// takes with it (the veth's pod end) to the sender's port id in *that link's* namespace, where
+/// the same port id can be any socket of the pod's. The sender waits out the rest alone: a
+/// thread of the blocking pool (the kernel runs a netlink request in its sender's `sendmsg`),
+/// or in a plugin binary a child process, since a process cannot end while one of its threads
+/// is in the kernel's deletion (see [`crate::skel::plugin_main`]). Neither is the caller's.
 pub(crate) async fn delete_links(names: &[String]) -> Result<(), CniError> {
-    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_ECHO, NLM_F_REQUEST, NetlinkHeader};
-    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
     use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-    let what = || format!("delete links {}", names.join(", "));
     let nl = |e: std::io::Error| CniError::Netlink {
-        op: what(),
+        op: format!("delete links {}", names.join(", ")),
         message: e.to_string(),
     };
     // Opened here: the socket is in the caller's namespace whatever thread uses it.
     let mut sock = Socket::new(NETLINK_ROUTE).map_err(nl)?;
     sock.bind_auto().map_err(nl)?;
     sock.connect(&SocketAddr::new(0, 0)).map_err(nl)?;
+    let from_child = crate::skel::EXITS_AFTER_ANSWER.load(std::sync::atomic::Ordering::Relaxed);
+    delete_links_on(sock, names, from_child).await
+}
+
+/// [`delete_links`] on a bound and connected route socket, the request sent by a child process
+/// when `from_child`.
+async fn delete_links_on(
+    sock: rtnetlink::sys::Socket,
+    names: &[String],
+    from_child: bool,
+) -> Result<(), CniError> {
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader};
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+
+    let what = || format!("delete links {}", names.join(", "));
+    let nl = |e: std::io::Error| CniError::Netlink {
+        op: what(),
+        message: e.to_string(),
+    };
+    sock.add_membership(libc::RTNLGRP_LINK).map_err(nl)?;
     // The reader gives up in time if the answers never come (the sender failed).
     let tv = libc::timeval {
         tv_sec: 10,
@@ -404,38 +425,68 @@ pub(crate) async fn delete_links(names: &[String]) -> Result<(), CniError> {
     if rc != 0 {
         return Err(nl(std::io::Error::last_os_error()));
     }
-    let mut buf = Vec::new();
-    for (i, name) in names.iter().enumerate() {
+    let request = |msg: RouteNetlinkMessage, seq: usize, flags: u16, buf: &mut Vec<u8>| {
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO;
-        header.sequence_number = i as u32 + 1;
-        let msg = RouteNetlinkMessage::DelLink(LinkUnspec::new_with_name(name).build());
+        header.flags = flags;
+        header.sequence_number = seq as u32;
         let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         m.finalize();
         let start = buf.len();
         buf.resize(start + m.buffer_len(), 0);
         m.serialize(&mut buf[start..]);
-    }
-    let sock = std::sync::Arc::new(sock);
-    let sender = {
-        let sock = sock.clone();
-        tokio::task::spawn_blocking(move || sock.send(&buf, 0))
     };
     let n = names.len();
+    let mut buf = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let msg = RouteNetlinkMessage::DelLink(LinkUnspec::new_with_name(name).build());
+        request(msg, i + 1, NLM_F_REQUEST | NLM_F_ACK, &mut buf);
+    }
+    // Asked when notifications were dropped (a full receive buffer): which links are gone.
+    let mut probe = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let msg = RouteNetlinkMessage::GetLink(LinkUnspec::new_with_name(name).build());
+        request(msg, n + i + 1, NLM_F_REQUEST, &mut probe);
+    }
+    let sock = std::sync::Arc::new(sock);
+    let sender: std::pin::Pin<Box<dyn Future<Output = std::io::Result<usize>> + Send>> =
+        if from_child {
+            let sent = send_from_child(sock.as_raw_fd(), &buf).map(|()| buf.len());
+            Box::pin(async move { sent })
+        } else {
+            let sock = sock.clone();
+            let h = tokio::task::spawn_blocking(move || sock.send(&buf, 0));
+            Box::pin(async move { h.await.map_err(std::io::Error::other)? })
+        };
+    let owned: Vec<String> = names.to_vec();
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Option<i32>>> {
         // Per link: `None` until answered, then its errno (0: gone).
         let mut done: Vec<Option<i32>> = vec![None; n];
-        let mut rbuf = vec![0u8; 16 * 1024];
+        let mut rbuf = vec![0u8; 64 * 1024];
         while done.iter().any(Option::is_none) {
-            let got = sock.recv(&mut &mut rbuf[..], 0)?;
+            let got = match sock.recv(&mut &mut rbuf[..], 0) {
+                Ok(got) => got,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    sock.send(&probe, 0)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // a malformed message ends this datagram's walk, as a stray one is skipped
             for m in node_nft::netlink::messages(&rbuf[..got]).map_while(Result::ok) {
                 let seq = m.header.seq as usize;
-                if (1..=n).contains(&seq) && done[seq - 1].is_none() {
-                    if let Ok(Some(code)) = m.error_code() {
-                        done[seq - 1] = Some(-code);
-                    } else if m.header.kind == libc::RTM_DELLINK {
-                        done[seq - 1] = Some(0);
+                if m.header.kind == libc::RTM_DELLINK && m.payload().first() == Some(&0) {
+                    // A notification (family AF_UNSPEC: sent once the link's unregistration
+                    // notifiers ran, a bridge port's AF_BRIDGE one comes earlier), by name:
+                    // the namespace's other links' are not ours.
+                    let i = link_name(m.payload()).and_then(|l| owned.iter().position(|o| o == l));
+                    if let Some(i) = i {
+                        done[i].get_or_insert(0);
+                    }
+                } else if let Ok(Some(code)) = m.error_code() {
+                    if (1..=n).contains(&seq) {
+                        done[seq - 1].get_or_insert(-code);
+                    } else if (n + 1..=2 * n).contains(&seq) && -code == rtnl::ENODEV {
+                        done[seq - n - 1].get_or_insert(0);
                     }
                 }
             }
@@ -445,8 +496,7 @@ pub(crate) async fn delete_links(names: &[String]) -> Result<(), CniError> {
     let join = |e: tokio::task::JoinError| CniError::Other(format!("{}: {e}", what()));
     let answers = match futures::future::select(sender, reader).await {
         futures::future::Either::Left((sent, reader)) => {
-            let sent = sent.map_err(join)?.map_err(nl)?;
-            if sent == 0 {
+            if sent.map_err(nl)? == 0 {
                 return Err(nl(std::io::ErrorKind::WriteZero.into()));
             }
             reader.await.map_err(join)?.map_err(nl)?
@@ -466,4 +516,113 @@ pub(crate) async fn delete_links(names: &[String]) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+/// Send `buf` on the socket `fd` from a child process that ends when the kernel has answered
+/// and that nobody waits for. The child closes its standard streams first: the runtime that
+/// started a plugin binary reads its output until every writer is gone.
+fn send_from_child(fd: std::os::fd::RawFd, buf: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the child makes only async-signal-safe calls (close, send, _exit) on memory that
+    // was ready before the fork, then ends.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe {
+            for std_fd in 0..3 {
+                libc::close(std_fd);
+            }
+            let sent = libc::send(fd, buf.as_ptr().cast(), buf.len(), 0);
+            libc::_exit(if sent == buf.len() as isize { 0 } else { 1 })
+        },
+        _ => Ok(()),
+    }
+}
+
+/// The `IFLA_IFNAME` of a link message's payload (`struct ifinfomsg`, then attributes).
+fn link_name(payload: &[u8]) -> Option<&str> {
+    const IFINFOMSG_LEN: usize = 16;
+    const IFLA_IFNAME: u16 = 3;
+    let mut rest = payload.get(IFINFOMSG_LEN..)?;
+    while rest.len() >= 4 {
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        if kind == IFLA_IFNAME {
+            let value = &rest[4..len];
+            let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+            return std::str::from_utf8(&value[..end]).ok();
+        }
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    use super::*;
+
+    /// A route socket in the calling thread's namespace with port id `port`.
+    fn bound(port: u32) -> Socket {
+        let mut s = Socket::new(NETLINK_ROUTE).unwrap();
+        s.bind(&SocketAddr::new(port, 0)).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_link_name_is_read_from_a_link_message() {
+        let msg = LinkUnspec::new_with_name("nkv0123").build();
+        let mut buf = vec![0; rtnetlink::packet_core::Emitable::buffer_len(&msg)];
+        rtnetlink::packet_core::Emitable::emit(&msg, &mut buf);
+        assert_eq!(link_name(&buf), Some("nkv0123"));
+        assert_eq!(link_name(&buf[..10]), None);
+    }
+
+    #[test]
+    fn deleting_a_veth_sends_nothing_to_the_sockets_of_the_pods_namespace() {
+        let me = "wire::deleting_a_veth_sends_nothing_to_the_sockets_of_the_pods_namespace";
+        if !(node_test_support::require_root(me) && node_test_support::require_command(me, "ip")) {
+            return;
+        }
+        let node = node_test_support::NetnsFixture::new("nkdln").unwrap();
+        let pod = node_test_support::NetnsFixture::new("nkdlp").unwrap();
+        // Port ids are per namespace: the deleting socket's may be any socket's of the pod.
+        let port = 0x4e4b_0000 | (std::process::id() & 0xffff);
+        let in_pod = pod.run_in(|| bound(port)).unwrap();
+        in_pod.set_non_blocking(true).unwrap();
+        node.sh(&format!(
+            "ip link add nkdl0 type veth peer name eth0 netns {}",
+            pod.name()
+        ))
+        .unwrap();
+        node.run_in(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let sock = bound(port);
+            sock.connect(&SocketAddr::new(0, 0)).unwrap();
+            rt.block_on(delete_links_on(sock, &["nkdl0".into()], false))
+                .unwrap();
+            // Dropping the runtime waits for the sender: the deletion is complete.
+            drop(rt);
+        })
+        .unwrap();
+        assert_eq!(node.sh("ip -o link show type veth").unwrap(), "");
+        assert_eq!(pod.sh("ip -o link show type veth").unwrap(), "");
+        let mut buf = vec![0u8; 16 * 1024];
+        match in_pod.recv(&mut &mut buf[..], 0) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(n) => panic!(
+                "a socket of the pod's namespace got {n} bytes: {:?}",
+                node_nft::netlink::messages(&buf[..n])
+                    .map_while(Result::ok)
+                    .map(|m| m.header)
+                    .collect::<Vec<_>>()
+            ),
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
