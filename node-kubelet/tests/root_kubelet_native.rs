@@ -892,12 +892,21 @@ fn kill_9_of_the_kubelet_process_restarts_no_container_and_status_continues() {
     assert_eq!(before_containers.len(), 2, "{before}");
     let restarted = Instant::now();
     let _second = ChildGuard(Some(spawn_kubelet_process(&env, TEST, "kubelet-2.log")));
-    // the second kubelet adopts the pod: it writes its status with the same containers
+    // the second kubelet adopts the pod: it writes its status with the same containers (the
+    // file is read once it is newer: a read before that could still be the first kubelet's)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&status).unwrap().modified().unwrap() <= written {
+        assert!(
+            Instant::now() < deadline,
+            "the second kubelet wrote no status within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let adopted = wait_file(
         "the second kubelet's status",
         &status,
-        Duration::from_secs(60),
-        |_| std::fs::metadata(&status).unwrap().modified().unwrap() > written,
+        Duration::from_secs(10),
+        |_| true,
     );
     let adopted_after = restarted.elapsed();
     assert_eq!(
