@@ -349,12 +349,13 @@ cri_test!(
         .await;
         let log = h.logs.join("web/client/0.log");
         wait_for(
-            "the client's page in its log",
+            "the client's page and then its stderr line in its log",
             Duration::from_secs(15),
             || async {
-                log_entries(&log)
-                    .iter()
-                    .any(|e| e.2 == "hello from nodekit")
+                // `oops` is echoed after the page, on stderr (another pipe)
+                let entries = log_entries(&log);
+                entries.iter().any(|e| e.2 == "hello from nodekit")
+                    && entries.iter().any(|e| e.0 == "stderr" && e.2 == "oops")
             },
         )
         .await;

@@ -99,9 +99,16 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             )
             .await;
             let client_log = env.logs.join("web/client/0.log");
-            wait_for("the client's log", Duration::from_secs(10), || async {
-                log_entries(&client_log).iter().any(|e| e.2 == "tick")
-            })
+            // stderr is another pipe: its line may be logged after a later stdout one
+            wait_for(
+                "the client's log: a tick and the stderr line",
+                Duration::from_secs(10),
+                || async {
+                    let entries = log_entries(&client_log);
+                    entries.iter().any(|e| e.2 == "tick")
+                        && entries.iter().any(|e| e.0 == "stderr" && e.2 == "oops")
+                },
+            )
             .await;
             let entries = log_entries(&client_log);
             assert!(
@@ -427,10 +434,17 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
             let bomb = container_config("bomb", &["sh", "-c", script]).with_resources(r);
             let bomb = run_container(&rt, &sb, &sb_cfg, bomb).await;
             let log = env.logs.join("limits/bomb/0.log");
+            // the fork failures go to stderr, another pipe: logged maybe after "spawned"
             wait_for(
-                "the fork bomb to finish its loop",
+                "the fork bomb to finish its loop and its fork failures logged",
                 Duration::from_secs(20),
-                || async { log_entries(&log).iter().any(|e| e.2 == "spawned") },
+                || async {
+                    let entries = log_entries(&log);
+                    entries.iter().any(|e| e.2 == "spawned")
+                        && entries
+                            .iter()
+                            .any(|e| e.0 == "stderr" && e.2.contains("fork"))
+                },
             )
             .await;
             let entries = log_entries(&log);

@@ -348,10 +348,13 @@ where
     .expect("inside netns");
 }
 
-/// The (stream, tag, content) of every line of a CRI log file, asserting the timestamps.
+/// The (stream, tag, content) of every whole line of a CRI log file, asserting the timestamps
+/// (the runtime may be writing the last line as it is read: a line without its newline yet is
+/// left for the next read).
 pub fn log_entries(path: &Path) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    pod_fixture::parse_cri_log(&text)
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    pod_fixture::parse_cri_log(whole)
         .into_iter()
         .map(|(t, stream, tag, content)| {
             assert!(pod_fixture::is_rfc3339_nano(&t), "bad timestamp {t:?}");
