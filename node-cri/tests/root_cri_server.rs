@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::native::{
-    INIT, cgroups_left, log_entries, mounts_under, new_root, prerequisites, teardown, wait_for,
+    INIT, cgroups_left, log_entries, mounts_under, new_root, prerequisites, teardown,
+    wait_log_entries,
 };
 use common::pod_fixture::{self, ContainerConfigExt, trimmed};
 use common::server::Served;
@@ -348,17 +349,9 @@ cri_test!(
         )
         .await;
         let log = h.logs.join("web/client/0.log");
-        wait_for(
-            "the client's page and then its stderr line in its log",
-            Duration::from_secs(15),
-            || async {
-                // `oops` is echoed after the page, on stderr (another pipe)
-                let entries = log_entries(&log);
-                entries.iter().any(|e| e.2 == "hello from nodekit")
-                    && entries.iter().any(|e| e.0 == "stderr" && e.2 == "oops")
-            },
-        )
-        .await;
+        // `oops` is echoed after the page, on stderr
+        let want = [("stdout", "hello from nodekit"), ("stderr", "oops")];
+        wait_log_entries(&log, &want, Duration::from_secs(15)).await;
         assert!(log_entries(&log).contains(&("stderr".into(), "F".into(), "oops".into())));
         // the node reaches the pod over the bridge
         assert_eq!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::native::{
     Env, alive, cgroup_dirs, container_config, in_netns, log_entries, native_test, pid_of,
-    prerequisites, run_container, status, wait_for,
+    prerequisites, run_container, status, wait_for, wait_log_entries,
 };
 use common::pod_fixture::{
     self, ContainerConfigExt, container_info, create_container, exec, read_trimmed, run_pod,
@@ -99,17 +99,8 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             )
             .await;
             let client_log = env.logs.join("web/client/0.log");
-            // stderr is another pipe: its line may be logged after a later stdout one
-            wait_for(
-                "the client's log: a tick and the stderr line",
-                Duration::from_secs(10),
-                || async {
-                    let entries = log_entries(&client_log);
-                    entries.iter().any(|e| e.2 == "tick")
-                        && entries.iter().any(|e| e.0 == "stderr" && e.2 == "oops")
-                },
-            )
-            .await;
+            let want = [("stdout", "tick"), ("stderr", "oops")];
+            wait_log_entries(&client_log, &want, Duration::from_secs(10)).await;
             let entries = log_entries(&client_log);
             assert!(
                 entries.contains(&("stdout".into(), "F".into(), "hello from nodekit".into())),
@@ -434,19 +425,9 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
             let bomb = container_config("bomb", &["sh", "-c", script]).with_resources(r);
             let bomb = run_container(&rt, &sb, &sb_cfg, bomb).await;
             let log = env.logs.join("limits/bomb/0.log");
-            // the fork failures go to stderr, another pipe: logged maybe after "spawned"
-            wait_for(
-                "the fork bomb to finish its loop and its fork failures logged",
-                Duration::from_secs(20),
-                || async {
-                    let entries = log_entries(&log);
-                    entries.iter().any(|e| e.2 == "spawned")
-                        && entries
-                            .iter()
-                            .any(|e| e.0 == "stderr" && e.2.contains("fork"))
-                },
-            )
-            .await;
+            // the fork bomb finished its loop, its fork failures logged
+            let want = [("stdout", "spawned"), ("stderr", "fork")];
+            wait_log_entries(&log, &want, Duration::from_secs(20)).await;
             let entries = log_entries(&log);
             assert!(
                 entries

@@ -348,6 +348,28 @@ where
     .expect("inside netns");
 }
 
+/// Wait (up to `timeout`) until the CRI log file at `path` has, for each (stream, text) of
+/// `want`, an entry of that stream whose content holds that text: a container's stdout and
+/// stderr are two pipes, so a line of one may be logged after a later line of the other.
+pub async fn wait_log_entries(path: &Path, want: &[(&str, &str)], timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let entries = log_entries(path);
+        let has = |(stream, text): &(&str, &str)| {
+            entries.iter().any(|e| e.0 == *stream && e.2.contains(text))
+        };
+        if want.iter().all(has) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {want:?} in {}: {entries:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The (stream, tag, content) of every whole line of a CRI log file, asserting the timestamps
 /// (the runtime may be writing the last line as it is read: a line without its newline yet is
 /// left for the next read).
