@@ -204,11 +204,7 @@ impl Env {
             .write_oci_layout(&layout_dir, "1")
             .expect("OCI layout");
         let store = self.layout.images();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(store.import_oci_layout(&layout_dir, Some(IMAGE)))
+        support::block_on(store.import_oci_layout(&layout_dir, Some(IMAGE)))
             .expect("import the test image");
     }
 
@@ -219,14 +215,7 @@ impl Env {
         Fut: std::future::Future<Output = ()>,
     {
         self.ns
-            .run_in(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(f())
-            })
+            .run_in(|| support::block_on(f()))
             .expect("inside the namespace");
     }
 
@@ -247,20 +236,13 @@ impl Drop for Env {
         // the runtime's own removal first (CNI DEL, stop, unmount), inside the namespace
         let layout = self.layout.clone();
         let _ = self.ns.run_in(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    let rt = layout.runtime(layout.images());
-                    for s in rt.list_pod_sandbox(None).await.unwrap_or_default() {
-                        let _ = rt.stop_pod_sandbox(&s.id).await;
-                        let _ = rt.remove_pod_sandbox(&s.id).await;
-                    }
-                    for c in rt.list_containers(None).await.unwrap_or_default() {
-                        let _ = rt.remove_container(&c.id).await;
-                    }
-                })
+            support::block_on(async {
+                let rt = layout.runtime(layout.images());
+                support::remove_all_sandboxes(&*rt).await;
+                for c in rt.list_containers(None).await.unwrap_or_default() {
+                    let _ = rt.remove_container(&c.id).await;
+                }
+            })
         });
         // then brute force for whatever a failed test left
         for d in cgroup_dirs(&self.layout.cgroup_parent) {
@@ -749,24 +731,19 @@ fn spawn_kubelet_process(env: &Env, test: &str, log: &str) -> Child {
 
 /// The body of the child process: a kubelet writing JSON status files, until killed.
 fn run_kubelet_process(layout: Layout) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let images = layout.images();
-            let rt = layout.runtime(images.clone());
-            let kubelet = Kubelet::builder(NODE)
-                .source(layout.file_source())
-                .runtime(rt, images)
-                .status(Arc::new(JsonStatusSink::new(layout.status_dir()).unwrap()))
-                .config(layout.kubelet_config())
-                .build()
-                .unwrap();
-            eprintln!("kubelet process {} started", std::process::id());
-            kubelet.run(CancellationToken::new()).await.unwrap();
-        });
+    support::block_on(async {
+        let images = layout.images();
+        let rt = layout.runtime(images.clone());
+        let kubelet = Kubelet::builder(NODE)
+            .source(layout.file_source())
+            .runtime(rt, images)
+            .status(Arc::new(JsonStatusSink::new(layout.status_dir()).unwrap()))
+            .config(layout.kubelet_config())
+            .build()
+            .unwrap();
+        eprintln!("kubelet process {} started", std::process::id());
+        kubelet.run(CancellationToken::new()).await.unwrap();
+    });
 }
 
 /// Container name -> (id, restartCount, startedAt) from a status file.
