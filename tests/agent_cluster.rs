@@ -208,8 +208,16 @@ async fn cluster_mode_runs_bound_pods_reports_status_and_programs_services() {
     })
     .await
     .unwrap();
-    let mut names = sandbox_names(&rt);
-    names.sort();
+    // the mirror pod is made while the static pod is prepared, before its sandbox: wait for it
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let names = loop {
+        let mut names = sandbox_names(&rt);
+        names.sort();
+        if names == ["static-node-1", "web"] || tokio::time::Instant::now() >= deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(names, ["static-node-1", "web"]);
     let web = api.get("pods", "default", "web").unwrap();
     assert!(web["status"]["podIP"].is_string(), "{web}");

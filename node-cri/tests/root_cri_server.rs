@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::native::{
-    INIT, cgroups_left, log_entries, mounts_under, new_root, prerequisites, teardown, wait_for,
+    INIT, cgroups_left, log_entries, mounts_under, new_root, prerequisites, teardown,
+    wait_log_entries,
 };
 use common::pod_fixture::{self, ContainerConfigExt, trimmed};
 use common::server::Served;
@@ -348,16 +349,9 @@ cri_test!(
         )
         .await;
         let log = h.logs.join("web/client/0.log");
-        wait_for(
-            "the client's page in its log",
-            Duration::from_secs(15),
-            || async {
-                log_entries(&log)
-                    .iter()
-                    .any(|e| e.2 == "hello from nodekit")
-            },
-        )
-        .await;
+        // `oops` is echoed after the page, on stderr
+        let want = [("stdout", "hello from nodekit"), ("stderr", "oops")];
+        wait_log_entries(&log, &want, Duration::from_secs(15)).await;
         assert!(log_entries(&log).contains(&("stderr".into(), "F".into(), "oops".into())));
         // the node reaches the pod over the bridge
         assert_eq!(

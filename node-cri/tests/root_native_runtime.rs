@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::native::{
     Env, alive, cgroup_dirs, container_config, in_netns, log_entries, native_test, pid_of,
-    prerequisites, run_container, status, wait_for,
+    prerequisites, run_container, status, wait_for, wait_log_entries,
 };
 use common::pod_fixture::{
     self, ContainerConfigExt, container_info, create_container, exec, read_trimmed, run_pod,
@@ -99,10 +99,8 @@ fn pod_with_two_containers_talking_over_localhost_exec_logs_stop_remove() {
             )
             .await;
             let client_log = env.logs.join("web/client/0.log");
-            wait_for("the client's log", Duration::from_secs(10), || async {
-                log_entries(&client_log).iter().any(|e| e.2 == "tick")
-            })
-            .await;
+            let want = [("stdout", "tick"), ("stderr", "oops")];
+            wait_log_entries(&client_log, &want, Duration::from_secs(10)).await;
             let entries = log_entries(&client_log);
             assert!(
                 entries.contains(&("stdout".into(), "F".into(), "hello from nodekit".into())),
@@ -427,12 +425,9 @@ fn memory_hog_is_oom_killed_and_fork_bomb_stops_at_the_pids_limit() {
             let bomb = container_config("bomb", &["sh", "-c", script]).with_resources(r);
             let bomb = run_container(&rt, &sb, &sb_cfg, bomb).await;
             let log = env.logs.join("limits/bomb/0.log");
-            wait_for(
-                "the fork bomb to finish its loop",
-                Duration::from_secs(20),
-                || async { log_entries(&log).iter().any(|e| e.2 == "spawned") },
-            )
-            .await;
+            // the fork bomb finished its loop, its fork failures logged
+            let want = [("stdout", "spawned"), ("stderr", "fork")];
+            wait_log_entries(&log, &want, Duration::from_secs(20)).await;
             let entries = log_entries(&log);
             assert!(
                 entries

@@ -141,6 +141,15 @@ fn refused_with_404<T>(t: Transport, r: Result<T, StreamingError>) {
     }
 }
 
+/// Shell input that waits (every 50 ms) until the terminal is `rows` x `cols`: a resize reaches
+/// the terminal asynchronously. The numbers are spelled as arithmetic so that the terminal's
+/// echo of this input never shows `<rows> <cols>` itself.
+fn until_size(rows: u16, cols: u16) -> String {
+    format!(
+        "until [ \"$(busybox stty size)\" = \"$(({rows})) $(({cols}))\" ]; do sleep 0.05; done; "
+    )
+}
+
 /// Send a terminal size (`width` columns, `height` rows) on a session's resize stream.
 async fn resize_to(resize: &tokio::sync::mpsc::Sender<TermSize>, width: u16, height: u16) {
     resize.send(TermSize { width, height }).await.unwrap();
@@ -256,8 +265,10 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 let mut stdin = cmd.stdin.take().unwrap();
                 let mut stdout = cmd.stdout.take().unwrap();
                 // the shell is on a terminal of the container's own devpts, of the size we sent
+                // (it reaches the terminal asynchronously: the shell waits for it, and the
+                // output's line is what the terminal echoes of this input)
                 stdin
-                .write_all(b"sleep 0.3; [ -t 0 ] && test -c \"$(busybox tty)\" && echo IS-A-TTY; busybox stty size; exit 3\n")
+                .write_all(format!("{}[ -t 0 ] && test -c \"$(busybox tty)\" && echo IS-A-TTY; busybox stty size; exit 3\n", until_size(h, w)).as_bytes())
                 .await
                 .unwrap();
                 let out = read_until(&mut stdout, &format!("{h} {w}\r\n"), &format!("{t:?}")).await;
@@ -277,7 +288,9 @@ fn exec_with_a_tty_follows_resizes_over_spdy_and_websocket() {
                 read_until(&mut stdout, "READY\r\n", "prompt").await;
                 resize_to(&resize, 99, 11).await;
                 stdin
-                    .write_all(b"sleep 0.3; busybox stty size; exit 0\n")
+                    .write_all(
+                        format!("{}busybox stty size; exit 0\n", until_size(11, 99)).as_bytes(),
+                    )
                     .await
                     .unwrap();
                 read_until(&mut stdout, "11 99\r\n", &format!("{t:?} resize")).await;
@@ -514,9 +527,14 @@ fn attach_to_a_tty_container_types_and_resizes_over_spdy_and_websocket() {
                 let mut stdin = a.stdin.take().unwrap();
                 let mut stdout = a.stdout.take().unwrap();
                 resize_to(&resize, w, h).await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
                 stdin
-                    .write_all(b"[ -t 0 ] && echo TTY-$((6*7)); busybox stty size\n")
+                    .write_all(
+                        format!(
+                            "{}[ -t 0 ] && echo TTY-$((6*7)); busybox stty size\n",
+                            until_size(h, w)
+                        )
+                        .as_bytes(),
+                    )
                     .await
                     .unwrap();
                 let out = read_until(&mut stdout, &format!("{h} {w}"), &format!("{t:?}")).await;

@@ -336,10 +336,11 @@ async fn a_delete_terminates_the_pod_with_pre_stop() {
         took >= Duration::from_secs(3) && took < Duration::from_secs(5),
         "the sleep hook ran within the grace period: {took:?}"
     );
-    assert!(!pod_logs.exists(), "the pod log directory is removed");
+    // the worker removes the log directory after the sandboxes, then reports the pod deleted
     sink.wait_for(Duration::from_secs(10), |pods| pods.is_empty())
         .await
         .unwrap();
+    assert!(!pod_logs.exists(), "the pod log directory is removed");
     assert_eq!(
         sink.history().last().unwrap().0,
         PodRef::new("default", "bye", "uid-bye")

@@ -18,23 +18,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node_core::{ImageBackend, Pod, RuntimeBackend, cri};
-use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_core::{ImageBackend, Pod, RuntimeBackend};
+use node_kubelet::CancellationToken;
 use node_kubelet::node::logrotate::{
     COMPRESS_SUFFIX, ContainerLogConfig, ContainerLogManager, RotateOutcome, all_logs,
 };
 use node_kubelet::node::logs::{LogOptions, parse_cri_line, read_logs};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
-use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
-    ContainerdFixture, FakeCni, FakeRuntime, FakeStatusSink, ScriptedPodSource, TestImage,
-    require_path, require_root, until_async as until,
+    ContainerdFixture, ScriptedPodSource, TestImage, require_path, require_root,
+    until_async as until,
 };
 
 mod support;
 use support::in_netns;
-use support::native::{Guard, init_binary};
+use support::native::Guard;
 
 const IMAGE: &str = "busybox:logrotate-test";
 const MAX_SIZE: i64 = 64 << 10;
@@ -137,17 +136,8 @@ async fn rotate_a_fast_writer(
     let manager = NodeManager::with_allocatable(c, Arc::new(MemoryObjectStore::default()), alloc)
         .expect("node manager");
     let source = ScriptedPodSource::new("api");
-    let kubelet = Kubelet::builder("node-1")
-        .source(Arc::new(source.clone()))
-        .runtime(runtime.clone(), images)
-        .status(Arc::new(FakeStatusSink::new()))
+    let kubelet = support::scripted_kubelet(&source, runtime.clone(), images, root, log_root)
         .node(Arc::new(manager))
-        .config(KubeletConfig {
-            pod_log_root: log_root.to_path_buf(),
-            resolv_conf: root.join("resolv.conf"),
-            sync_period: Duration::from_secs(1),
-            ..Default::default()
-        })
         .build()
         .unwrap();
     let token = CancellationToken::new();
@@ -156,16 +146,8 @@ async fn rotate_a_fast_writer(
     let pod: Pod = serde_saphyr::from_str(pod_yaml).unwrap();
     source.apply(pod);
 
-    let rt = runtime.clone();
-    let id = until("the writer running", Duration::from_secs(120), || async {
-        rt.list_containers(None)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.state == cri::ContainerState::ContainerRunning as i32)
-            .map(|c| c.id)
-    })
-    .await;
+    let id =
+        support::running_container(&*runtime, "the writer running", Duration::from_secs(120)).await;
     let log = PathBuf::from(
         runtime
             .container_status(&id, false)
@@ -290,30 +272,10 @@ fn a_fast_writer_s_log_is_rotated_kept_within_max_files_and_loses_no_line() {
     let g2 = g.clone();
     in_netns("nk-logrot", move || async move {
         let root = g2.dir.path().to_path_buf();
-        std::fs::write(root.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
-        let runtime = Arc::new(
-            NativeRuntime::new(NativeConfig {
-                root: root.join("rt"),
-                cni: Arc::new(FakeCni::new()),
-                images: support::native::busybox_images(&root, IMAGE),
-                init_binary: Some(init_binary()),
-                cgroup_parent: format!("{}/runtime", g2.cgroup_top),
-                kill_wait: Duration::from_secs(10),
-                ..Default::default()
-            })
-            .expect("native runtime"),
-        );
-        let images = FakeRuntime::new();
-        images.add_image(IMAGE);
+        let (runtime, images) = support::native::busybox_runtime(&g2, IMAGE);
         let yaml = WRITER.replace("IMG", IMAGE).replace("PULL", "Never");
-        let (id, log) = rotate_a_fast_writer(
-            runtime.clone(),
-            Arc::new(images),
-            &root,
-            &root.join("logs"),
-            &yaml,
-        )
-        .await;
+        let (id, log) =
+            rotate_a_fast_writer(runtime.clone(), images, &root, &root.join("logs"), &yaml).await;
 
         // figures: rotations of the log as the writer left it (its lines of about a second),
         // with 10Mi appended, and again: each compresses the file the one before rotated

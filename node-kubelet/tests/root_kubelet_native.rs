@@ -204,11 +204,7 @@ impl Env {
             .write_oci_layout(&layout_dir, "1")
             .expect("OCI layout");
         let store = self.layout.images();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(store.import_oci_layout(&layout_dir, Some(IMAGE)))
+        support::block_on(store.import_oci_layout(&layout_dir, Some(IMAGE)))
             .expect("import the test image");
     }
 
@@ -219,14 +215,7 @@ impl Env {
         Fut: std::future::Future<Output = ()>,
     {
         self.ns
-            .run_in(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(f())
-            })
+            .run_in(|| support::block_on(f()))
             .expect("inside the namespace");
     }
 
@@ -247,20 +236,13 @@ impl Drop for Env {
         // the runtime's own removal first (CNI DEL, stop, unmount), inside the namespace
         let layout = self.layout.clone();
         let _ = self.ns.run_in(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    let rt = layout.runtime(layout.images());
-                    for s in rt.list_pod_sandbox(None).await.unwrap_or_default() {
-                        let _ = rt.stop_pod_sandbox(&s.id).await;
-                        let _ = rt.remove_pod_sandbox(&s.id).await;
-                    }
-                    for c in rt.list_containers(None).await.unwrap_or_default() {
-                        let _ = rt.remove_container(&c.id).await;
-                    }
-                })
+            support::block_on(async {
+                let rt = layout.runtime(layout.images());
+                support::remove_all_sandboxes(&*rt).await;
+                for c in rt.list_containers(None).await.unwrap_or_default() {
+                    let _ = rt.remove_container(&c.id).await;
+                }
+            })
         });
         // then brute force for whatever a failed test left
         for d in cgroup_dirs(&self.layout.cgroup_parent) {
@@ -749,24 +731,19 @@ fn spawn_kubelet_process(env: &Env, test: &str, log: &str) -> Child {
 
 /// The body of the child process: a kubelet writing JSON status files, until killed.
 fn run_kubelet_process(layout: Layout) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let images = layout.images();
-            let rt = layout.runtime(images.clone());
-            let kubelet = Kubelet::builder(NODE)
-                .source(layout.file_source())
-                .runtime(rt, images)
-                .status(Arc::new(JsonStatusSink::new(layout.status_dir()).unwrap()))
-                .config(layout.kubelet_config())
-                .build()
-                .unwrap();
-            eprintln!("kubelet process {} started", std::process::id());
-            kubelet.run(CancellationToken::new()).await.unwrap();
-        });
+    support::block_on(async {
+        let images = layout.images();
+        let rt = layout.runtime(images.clone());
+        let kubelet = Kubelet::builder(NODE)
+            .source(layout.file_source())
+            .runtime(rt, images)
+            .status(Arc::new(JsonStatusSink::new(layout.status_dir()).unwrap()))
+            .config(layout.kubelet_config())
+            .build()
+            .unwrap();
+        eprintln!("kubelet process {} started", std::process::id());
+        kubelet.run(CancellationToken::new()).await.unwrap();
+    });
 }
 
 /// Container name -> (id, restartCount, startedAt) from a status file.
@@ -892,12 +869,21 @@ fn kill_9_of_the_kubelet_process_restarts_no_container_and_status_continues() {
     assert_eq!(before_containers.len(), 2, "{before}");
     let restarted = Instant::now();
     let _second = ChildGuard(Some(spawn_kubelet_process(&env, TEST, "kubelet-2.log")));
-    // the second kubelet adopts the pod: it writes its status with the same containers
+    // the second kubelet adopts the pod: it writes its status with the same containers (the
+    // file is read once it is newer: a read before that could still be the first kubelet's)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&status).unwrap().modified().unwrap() <= written {
+        assert!(
+            Instant::now() < deadline,
+            "the second kubelet wrote no status within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let adopted = wait_file(
         "the second kubelet's status",
         &status,
-        Duration::from_secs(60),
-        |_| std::fs::metadata(&status).unwrap().modified().unwrap() > written,
+        Duration::from_secs(10),
+        |_| true,
     );
     let adopted_after = restarted.elapsed();
     assert_eq!(

@@ -12,19 +12,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use node_core::{Pod, RuntimeBackend, cri};
-use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_core::Pod;
+use node_kubelet::CancellationToken;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::stats::{HostNodeStats, StatsProvider};
-use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
-    FakeCni, FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_path,
-    require_root, until_async as until,
+    NetnsFixture, ScriptedPodSource, require_path, require_root, until_async as until,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod support;
-use support::native::{Guard, init_binary};
+use support::native::Guard;
 
 const IMAGE: &str = "busybox:resmetrics-test";
 
@@ -86,34 +84,12 @@ fn a_busy_container_s_cpu_and_memory_on_the_read_only_port() {
             .unwrap()
             .block_on(async move {
                 let root = g2.dir.path().to_path_buf();
-                std::fs::write(root.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
-                let runtime = Arc::new(
-                    NativeRuntime::new(NativeConfig {
-                        root: root.join("rt"),
-                        cni: Arc::new(FakeCni::new()),
-                        images: support::native::busybox_images(&root, IMAGE),
-                        init_binary: Some(init_binary()),
-                        cgroup_parent: format!("{}/runtime", g2.cgroup_top),
-                        kill_wait: Duration::from_secs(10),
-                        ..Default::default()
-                    })
-                    .expect("native runtime"),
-                );
-                let images = FakeRuntime::new();
-                images.add_image(IMAGE);
+                let (runtime, images) = support::native::busybox_runtime(&g2, IMAGE);
                 let source = ScriptedPodSource::new("api");
-                let kubelet = Kubelet::builder("node-1")
-                    .source(Arc::new(source.clone()))
-                    .runtime(runtime.clone(), Arc::new(images))
-                    .status(Arc::new(FakeStatusSink::new()))
-                    .config(KubeletConfig {
-                        pod_log_root: root.join("logs"),
-                        resolv_conf: root.join("resolv.conf"),
-                        sync_period: Duration::from_secs(1),
-                        ..Default::default()
-                    })
-                    .build()
-                    .unwrap();
+                let kubelet =
+                    support::scripted_kubelet(&source, runtime.clone(), images, &root, &root.join("logs"))
+                        .build()
+                        .unwrap();
                 let token = CancellationToken::new();
                 let t = token.clone();
                 let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
@@ -134,16 +110,8 @@ fn a_busy_container_s_cpu_and_memory_on_the_read_only_port() {
                 let pod: Pod =
                     serde_saphyr::from_str(&BURNER.replace("IMG", IMAGE)).unwrap();
                 source.apply(pod);
-                let rt = runtime.clone();
-                until("the burner running", Duration::from_secs(120), || async {
-                    rt.list_containers(None)
-                        .await
-                        .unwrap_or_default()
-                        .into_iter()
-                        .find(|c| c.state == cri::ContainerState::ContainerRunning as i32)
-                        .map(|c| c.id)
-                })
-                .await;
+                support::running_container(&*runtime, "the burner running", Duration::from_secs(120))
+                    .await;
 
                 let cpu = "container_cpu_usage_seconds_total{container=\"spin\",namespace=\"load\",pod=\"burner\"} ";
                 let mem = "container_memory_working_set_bytes{container=\"spin\",namespace=\"load\",pod=\"burner\"} ";
@@ -215,10 +183,7 @@ fn a_busy_container_s_cpu_and_memory_on_the_read_only_port() {
                 token.cancel();
                 let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
                 server.abort();
-                for s in runtime.list_pod_sandbox(None).await.unwrap() {
-                    let _ = runtime.stop_pod_sandbox(&s.id).await;
-                    let _ = runtime.remove_pod_sandbox(&s.id).await;
-                }
+                support::remove_all_sandboxes(&*runtime).await;
             })
     })
     .expect("run in netns");

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use node_core::{Pod, RuntimeBackend};
-use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_cri::native::runtime::NativeRuntime;
 use node_cri::streaming::client::{self, ExecOptions, Transport};
 use node_kubelet::backoff::BackoffConfig;
 use node_kubelet::node::authn::{AuthenticationConfig, Authenticator};
@@ -36,15 +36,15 @@ use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::StandInApiServer;
 use node_test_support::kubectl::{PodBackend, SubresourceRequest, Upstream};
 use node_test_support::{
-    FakeApiServer, FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_command,
-    require_path, require_root,
+    FakeApiServer, FakeStatusSink, NetnsFixture, ScriptedPodSource, require_command, require_path,
+    require_root,
 };
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod support;
 use node_test_support::until_async as until;
-use support::native::{Guard, init_binary};
+use support::native::Guard;
 use support::server::{StatesPods, make_ca, make_cert, start_server, tls_client};
 
 const IMAGE: &str = "busybox:server-test";
@@ -297,24 +297,11 @@ async fn start(g: &Guard) -> Node {
     std::fs::create_dir_all(&certs).unwrap();
     make_certs(&certs);
 
-    let runtime = Arc::new(
-        NativeRuntime::new(NativeConfig {
-            root: root.join("rt"),
-            cni: Arc::new(node_test_support::FakeCni::new()),
-            images: support::native::busybox_images(&root, IMAGE),
-            init_binary: Some(init_binary()),
-            cgroup_parent: format!("{}/runtime", g.cgroup_top),
-            kill_wait: Duration::from_secs(10),
-            ..Default::default()
-        })
-        .expect("native runtime"),
-    );
-    let image_service = FakeRuntime::new();
-    image_service.add_image(IMAGE);
+    let (runtime, image_service) = support::native::busybox_runtime(g, IMAGE);
     let (sink, source) = (FakeStatusSink::new(), ScriptedPodSource::new("api"));
     let kubelet = Kubelet::builder("node-1")
         .source(Arc::new(source.clone()))
-        .runtime(runtime.clone(), Arc::new(image_service))
+        .runtime(runtime.clone(), image_service)
         .status(Arc::new(sink.clone()))
         .config(KubeletConfig {
             pod_log_root: root.join("logs"),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use node_core::{ImageBackend, Pod, PodStatus, RuntimeBackend, cri};
 use node_cri::native::image::{ImageStore, ImageStoreConfig};
-use node_cri::native::runtime::{LayerDirImages, NativeConfig, NativeRuntime, RootfsProvider};
+use node_cri::native::runtime::{LayerDirImages, NativeRuntime, RootfsProvider};
 use node_kubelet::node::allocatable::fs_stats;
 use node_kubelet::node::cgroups::CgroupConfig;
 use node_kubelet::node::eviction::{
@@ -33,13 +33,13 @@ use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
 use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
 use node_test_support::{
-    FakeCni, FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, TestImage, require_path,
+    FakeRuntime, FakeStatusSink, NetnsFixture, ScriptedPodSource, TestImage, require_path,
     require_root,
 };
 
 mod support;
 use node_test_support::until_async as until;
-use support::native::{Guard, init_binary};
+use support::native::Guard;
 use support::{in_netns, pod};
 
 const IMAGE: &str = "busybox:node-test";
@@ -91,18 +91,7 @@ impl Node {
             Some(s) => s.clone(),
             None => images(root),
         };
-        let runtime = Arc::new(
-            NativeRuntime::new(NativeConfig {
-                root: root.join("rt"),
-                cni: Arc::new(FakeCni::new()),
-                images: rootfs,
-                init_binary: Some(init_binary()),
-                cgroup_parent: format!("{}/runtime", g.cgroup_top),
-                kill_wait: Duration::from_secs(10),
-                ..Default::default()
-            })
-            .expect("native runtime"),
-        );
+        let runtime = support::native::runtime(g, rootfs);
         let mut c = NodeConfig::new("node-1");
         c.cgroups = Some(CgroupConfig::default().root(g.cgroup_root()));
         c.volumes.root_dir = root.join("kubelet");

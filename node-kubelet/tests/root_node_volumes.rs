@@ -246,11 +246,13 @@ spec:
         );
         let file = etc_app.join("app.conf");
 
-        let stop = Arc::new(AtomicBool::new(false));
+        // set once the last update is in: the reader's next read starts after it and is its last
+        let updated = Arc::new(AtomicBool::new(false));
         let (max_gen, reads) = std::thread::scope(|s| {
             let reader = s.spawn(|| {
                 let (mut max_gen, mut reads) = (0u32, 0u64);
-                while !stop.load(Ordering::Relaxed) {
+                loop {
+                    let last = updated.load(Ordering::SeqCst);
                     let text = std::fs::read_to_string(&file).expect("never missing");
                     let generation_no: u32 = text
                         .strip_prefix("generation=")
@@ -261,6 +263,9 @@ spec:
                     assert!(generation_no >= max_gen, "never goes back");
                     max_gen = generation_no;
                     reads += 1;
+                    if last {
+                        break;
+                    }
                 }
                 (max_gen, reads)
             });
@@ -268,8 +273,7 @@ spec:
                 store.put_config_map(cm(&content(generation_no)));
                 vm.setup_pod(&p).unwrap();
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            stop.store(true, Ordering::Relaxed);
+            updated.store(true, Ordering::SeqCst);
             reader.join().unwrap()
         });
         assert_eq!(

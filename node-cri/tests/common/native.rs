@@ -348,10 +348,35 @@ where
     .expect("inside netns");
 }
 
-/// The (stream, tag, content) of every line of a CRI log file, asserting the timestamps.
+/// Wait (up to `timeout`) until the CRI log file at `path` has, for each (stream, text) of
+/// `want`, an entry of that stream whose content holds that text: a container's stdout and
+/// stderr are two pipes, so a line of one may be logged after a later line of the other.
+pub async fn wait_log_entries(path: &Path, want: &[(&str, &str)], timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let entries = log_entries(path);
+        let has = |(stream, text): &(&str, &str)| {
+            entries.iter().any(|e| e.0 == *stream && e.2.contains(text))
+        };
+        if want.iter().all(has) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {want:?} in {}: {entries:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The (stream, tag, content) of every whole line of a CRI log file, asserting the timestamps
+/// (the runtime may be writing the last line as it is read: a line without its newline yet is
+/// left for the next read).
 pub fn log_entries(path: &Path) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    pod_fixture::parse_cri_log(&text)
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    pod_fixture::parse_cri_log(whole)
         .into_iter()
         .map(|(t, stream, tag, content)| {
             assert!(pod_fixture::is_rfc3339_nano(&t), "bad timestamp {t:?}");

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
-use node_core::{Pod, PodRef, PodSource, RuntimeBackend, StatusError, StatusSink, cri};
+use node_core::{
+    ImageBackend, Pod, PodRef, PodSource, RuntimeBackend, StatusError, StatusSink, cri,
+};
 use node_kubelet::node::shutdown::GroupReport;
 use node_kubelet::{
     CancellationToken, JsonStatusSink, Kubelet, KubeletBuilder, KubeletConfig, labels,
@@ -49,6 +51,46 @@ pub async fn remove_all_sandboxes(rt: &(impl RuntimeBackend + ?Sized)) {
 /// A pod from its YAML.
 pub fn pod(yaml: &str) -> Pod {
     serde_saphyr::from_str(yaml).expect("test pod parses")
+}
+
+/// A kubelet builder for `node-1` with pods from `source` on `runtime` and `images`, a fake
+/// status sink, pod logs under `log_root`, the pods' DNS from `<root>/resolv.conf` and a 1 s
+/// sync period.
+pub fn scripted_kubelet(
+    source: &ScriptedPodSource,
+    runtime: Arc<dyn RuntimeBackend>,
+    images: Arc<dyn ImageBackend>,
+    root: &Path,
+    log_root: &Path,
+) -> KubeletBuilder {
+    Kubelet::builder("node-1")
+        .source(Arc::new(source.clone()))
+        .runtime(runtime, images)
+        .status(Arc::new(FakeStatusSink::new()))
+        .config(KubeletConfig {
+            pod_log_root: log_root.to_path_buf(),
+            resolv_conf: root.join("resolv.conf"),
+            sync_period: Duration::from_secs(1),
+            ..Default::default()
+        })
+}
+
+/// The id of a running container of `rt`, waiting up to `limit` for one (`what`: for the
+/// panic's message).
+pub async fn running_container(
+    rt: &(impl RuntimeBackend + ?Sized),
+    what: &str,
+    limit: Duration,
+) -> String {
+    node_test_support::until_async(what, limit, || async {
+        rt.list_containers(None)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+            .map(|c| c.id)
+    })
+    .await
 }
 
 /// A fake runtime, a fake status sink and a scripted pod source named `source`.

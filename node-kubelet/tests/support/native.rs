@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use node_cri::native::runtime::{LayerDirImages, ResolvedImage, default_init_binary};
-use node_test_support::TestImage;
+use std::time::Duration;
+
+use node_cri::native::runtime::{
+    LayerDirImages, NativeConfig, NativeRuntime, ResolvedImage, RootfsProvider, default_init_binary,
+};
+use node_test_support::{FakeCni, FakeRuntime, TestImage};
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
@@ -85,4 +89,33 @@ pub fn busybox_images(dir: &Path, reference: &str) -> Arc<LayerDirImages> {
         },
     );
     images
+}
+
+/// The native runtime of a test under `g`: its state under `<dir>/rt`, its pods' cgroups under
+/// `<top>/runtime`, root filesystems from `images`, a fake CNI and a 10 s kill wait.
+pub fn runtime(g: &Guard, images: Arc<dyn RootfsProvider>) -> Arc<NativeRuntime> {
+    Arc::new(
+        NativeRuntime::new(NativeConfig {
+            root: g.dir.path().join("rt"),
+            cni: Arc::new(FakeCni::new()),
+            images,
+            init_binary: Some(init_binary()),
+            cgroup_parent: format!("{}/runtime", g.cgroup_top),
+            kill_wait: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .expect("native runtime"),
+    )
+}
+
+/// [`runtime`] with the busybox test image as image `reference`, and an image service that
+/// has it (pods with `imagePullPolicy: Never` run it); `<dir>/resolv.conf` is written for the
+/// kubelet's pods.
+pub fn busybox_runtime(g: &Guard, reference: &str) -> (Arc<NativeRuntime>, Arc<FakeRuntime>) {
+    let root = g.dir.path();
+    std::fs::write(root.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
+    let runtime = runtime(g, busybox_images(root, reference));
+    let images = FakeRuntime::new();
+    images.add_image(reference);
+    (runtime, Arc::new(images))
 }
