@@ -15,21 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use node_core::ImageBackend;
-use node_cri::native::runtime::{NativeConfig, NativeRuntime};
+use node_kubelet::CancellationToken;
 use node_kubelet::node::allocatable::fs_stats;
 use node_kubelet::node::cgroups::CgroupConfig;
 use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::stats::{HostNodeStats, StatsFilesystems, StatsProvider};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
-use node_kubelet::{CancellationToken, Kubelet, KubeletConfig};
-use node_test_support::{
-    FakeCni, FakeRuntime, FakeStatusSink, ScriptedPodSource, require_path, require_root,
-    until_async as until,
-};
+use node_test_support::{ScriptedPodSource, require_path, require_root, until_async as until};
 
 mod support;
-use support::native::{Guard, init_binary};
+use support::native::Guard;
 use support::{in_netns, pod, router_get};
 
 const IMAGE: &str = "busybox:stats-test";
@@ -82,18 +78,7 @@ fn the_summary_measures_a_pod_s_volumes_logs_and_node_filesystem() {
     let g2 = g.clone();
     in_netns("nk-stats", move || async move {
         let root = g2.dir.path().to_path_buf();
-        let runtime = Arc::new(
-            NativeRuntime::new(NativeConfig {
-                root: root.join("rt"),
-                cni: Arc::new(FakeCni::new()),
-                images: support::native::busybox_images(&root, IMAGE),
-                init_binary: Some(init_binary()),
-                cgroup_parent: format!("{}/runtime", g2.cgroup_top),
-                kill_wait: Duration::from_secs(10),
-                ..Default::default()
-            })
-            .expect("native runtime"),
-        );
+        let (runtime, images) = support::native::busybox_runtime(&g2, IMAGE);
         let mut c = NodeConfig::new("node-1");
         c.cgroups = Some(CgroupConfig::default().root(g2.cgroup_root()));
         c.volumes.root_dir = root.join("kubelet");
@@ -103,22 +88,18 @@ fn the_summary_measures_a_pod_s_volumes_logs_and_node_filesystem() {
         let filesystems = StatsFilesystems::of(&c);
         let manager =
             Arc::new(NodeManager::new(c, Arc::new(MemoryObjectStore::default())).unwrap());
-        let images = FakeRuntime::new();
-        images.add_image(IMAGE);
-        let images: Arc<dyn ImageBackend> = Arc::new(images);
+        let images: Arc<dyn ImageBackend> = images;
         let source = ScriptedPodSource::new("api");
-        let kubelet = Kubelet::builder("node-1")
-            .source(Arc::new(source.clone()))
-            .runtime(runtime.clone(), images.clone())
-            .status(Arc::new(FakeStatusSink::new()))
-            .node(manager)
-            .config(KubeletConfig {
-                pod_log_root: root.join("logs"),
-                sync_period: Duration::from_secs(1),
-                ..Default::default()
-            })
-            .build()
-            .unwrap();
+        let kubelet = support::scripted_kubelet(
+            &source,
+            runtime.clone(),
+            images.clone(),
+            &root,
+            &root.join("logs"),
+        )
+        .node(manager)
+        .build()
+        .unwrap();
         let token = CancellationToken::new();
         let t = token.clone();
         let task = tokio::spawn(async move { kubelet.run(t).await.unwrap() });
