@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use node_core::{RuntimeBackend, RuntimeError, cri};
 use node_kubelet::labels;
 use node_kubelet::node::allocatable::fs_stats;
-use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
+use node_kubelet::node::http::{HttpState, NodeMetrics, router};
 use node_kubelet::node::resource_metrics;
 use node_kubelet::node::stats::{
     InterfaceStats, NetworkStats, NodeStatsSource, NodeUsage, StatsError, StatsFilesystems,
@@ -22,14 +22,6 @@ use node_test_support::fakes::FakeUsage;
 
 mod support;
 use support::router_get as get;
-
-struct NoPods;
-
-impl PodsProvider for NoPods {
-    fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
-        vec![]
-    }
-}
 
 /// 1767225660 s = 2026-01-01T00:01:00Z
 const NOW_MS: i64 = 1_767_225_660_000;
@@ -126,7 +118,7 @@ fn runtime() -> FakeRuntime {
 
 fn app(rt: &FakeRuntime) -> axum::Router {
     let provider = StatsProvider::new(Arc::new(rt.clone()), Arc::new(FixedNode), "node-a");
-    router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider))
+    support::stats_router(provider)
 }
 
 /// Two pods, three running containers and one exited: the exited one is not listed; pods are
@@ -321,7 +313,10 @@ async fn a_runtime_error_fails_the_summary() {
 
 #[tokio::test]
 async fn the_read_only_router_serves_them_only_with_a_provider() {
-    let plain = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()));
+    let plain = router(HttpState::new(
+        Arc::new(support::NoPods),
+        &NodeMetrics::default(),
+    ));
     assert_eq!(
         get(&plain, "/metrics/resource").await.0,
         StatusCode::NOT_FOUND
@@ -455,7 +450,7 @@ fn full_app(rt: &FakeRuntime, dirs: &NodeDirs) -> axum::Router {
     let provider = StatsProvider::new(Arc::new(rt.clone()), Arc::new(FullNode), "node-a")
         .filesystems(dirs.filesystems())
         .images(Arc::new(rt.clone()));
-    router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider))
+    support::stats_router(provider)
 }
 
 async fn json(app: &axum::Router, uri: &str) -> serde_json::Value {
@@ -651,7 +646,7 @@ async fn a_missing_root_dir_fails_the_full_summary_only() {
     fs.root_dir = dirs.dir.path().join("missing");
     let provider =
         StatsProvider::new(Arc::new(rt.clone()), Arc::new(FullNode), "node-a").filesystems(fs);
-    let app = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
+    let app = support::stats_router(provider);
     let (code, _, body) = get(&app, "/stats/summary").await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(body.contains("missing"), "{body}");
@@ -869,7 +864,7 @@ async fn a_runtime_s_writable_layers_and_sandbox_network_are_reported() {
     };
     let provider = StatsProvider::new(Arc::new(layered), Arc::new(FullNode), "node-a")
         .filesystems(dirs.filesystems());
-    let app = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
+    let app = support::stats_router(provider);
     let v = json(&app, "/stats/summary").await;
     let web = &v["pods"][1];
     // rootfs: the runtime's usage on the statfs of the layer's mountpoint

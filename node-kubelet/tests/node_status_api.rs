@@ -19,7 +19,7 @@ use node_kubelet::node::eviction::{
     EvictionConfig, EvictionError, Observation, Observations, Signal, SignalObserver,
     parse_thresholds,
 };
-use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
+use node_kubelet::node::http::{HttpState, NodeMetrics, router};
 use node_kubelet::node::status::{NodeReportConfig, NodeStatusConfig};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
@@ -412,18 +412,13 @@ async fn static_pods_run_while_the_api_is_down_and_their_mirror_follows() {
     node.stop().await;
 }
 
-struct NoPods;
-impl PodsProvider for NoPods {
-    fn pods(&self) -> Vec<Pod> {
-        Vec::new()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn standalone_the_node_status_is_served_as_json_at_slash_node() {
     let node = Running::start(None);
-    let app =
-        router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).node(node.latest.clone()));
+    let app = router(
+        HttpState::new(Arc::new(support::NoPods), &NodeMetrics::default())
+            .node(node.latest.clone()),
+    );
     let get = |app: axum::Router| async move {
         let resp = app
             .oneshot(
@@ -451,7 +446,10 @@ async fn standalone_the_node_status_is_served_as_json_at_slash_node() {
     );
     assert_eq!(status.conditions.unwrap().len(), 5);
     // without a node status the route says so
-    let bare = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()));
+    let bare = router(HttpState::new(
+        Arc::new(support::NoPods),
+        &NodeMetrics::default(),
+    ));
     assert_eq!(get(bare).await.0, 404);
     node.stop().await;
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use node_core::Pod;
 use node_kubelet::CancellationToken;
-use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::stats::{HostNodeStats, StatsProvider};
 use node_test_support::{
     NetnsFixture, ScriptedPodSource, require_path, require_root, until_async as until,
@@ -38,14 +37,6 @@ spec:
     imagePullPolicy: Never
     command: [sh, -c, 'while :; do :; done']
 "#;
-
-struct NoPods;
-
-impl PodsProvider for NoPods {
-    fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
-        vec![]
-    }
-}
 
 /// `GET path` over plain HTTP/1.0: the status line and the body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
@@ -100,9 +91,7 @@ fn a_busy_container_s_cpu_and_memory_on_the_read_only_port() {
                     Arc::new(HostNodeStats::default()),
                     "node-1",
                 );
-                let app = router(
-                    HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider),
-                );
+                let app = support::stats_router(provider);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
                 let server = tokio::spawn(async move { axum::serve(listener, app).await });

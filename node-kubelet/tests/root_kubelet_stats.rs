@@ -18,7 +18,6 @@ use node_core::ImageBackend;
 use node_kubelet::CancellationToken;
 use node_kubelet::node::allocatable::fs_stats;
 use node_kubelet::node::cgroups::CgroupConfig;
-use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::stats::{HostNodeStats, StatsFilesystems, StatsProvider};
 use node_kubelet::node::volumes::MemoryObjectStore;
 use node_kubelet::node::{NodeConfig, NodeManager};
@@ -48,14 +47,6 @@ spec:
   - {name: cache, emptyDir: {}}
   - {name: mem, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
 "#;
-
-struct NoPods;
-
-impl PodsProvider for NoPods {
-    fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
-        vec![]
-    }
-}
 
 fn ready(name: &str) -> bool {
     require_root(name)
@@ -111,7 +102,7 @@ fn the_summary_measures_a_pod_s_volumes_logs_and_node_filesystem() {
         )
         .filesystems(filesystems)
         .images(images);
-        let app = router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(provider));
+        let app = support::stats_router(provider);
         source.apply(pod(&WRITER.replace("IMG", IMAGE)));
 
         // the pod, once both volumes hold what the container wrote and its log has the line

@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Node, PodStatus};
 use node_core::{
     ImageBackend, Pod, PodRef, PodSource, RuntimeBackend, StatusError, StatusSink, cri,
 };
+use node_kubelet::node::http::{HttpState, NodeMetrics, PodsProvider, router};
 use node_kubelet::node::shutdown::GroupReport;
+use node_kubelet::node::stats::StatsProvider;
 use node_kubelet::{
     CancellationToken, JsonStatusSink, Kubelet, KubeletBuilder, KubeletConfig, labels,
 };
@@ -509,4 +511,19 @@ pub async fn router_get(app: &axum::Router, path: &str) -> (http::StatusCode, St
         .unwrap_or_default();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// A pods provider without pods, for read-only-port routers that serve other things.
+pub struct NoPods;
+
+impl PodsProvider for NoPods {
+    fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
+        vec![]
+    }
+}
+
+/// The read-only port's router without pods, serving `/stats/summary` and `/metrics/resource`
+/// from `stats`.
+pub fn stats_router(stats: StatsProvider) -> axum::Router {
+    router(HttpState::new(Arc::new(NoPods), &NodeMetrics::default()).stats(stats))
 }
