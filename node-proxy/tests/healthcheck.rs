@@ -97,6 +97,22 @@ fn lb_port(hc: u16, local: bool, endpoints: Vec<Endpoint>) -> ServicePort {
     }
 }
 
+/// A service health server on loopback for Service `web/lb` (a LoadBalancer with
+/// `externalTrafficPolicy: Local`) with one ready endpoint on this node, on a free port: the
+/// server (it serves while kept) and its health check address.
+async fn one_local_service(health: ProxierHealth) -> (ServiceHealthServer, SocketAddr) {
+    let mut server = ServiceHealthServer::new(vec![LOCALHOST], health);
+    let port = free_port();
+    let eps = vec![ep("10.244.0.5", NODE, true)];
+    assert!(
+        server
+            .sync(&state(vec![("lb", lb_port(port, true, eps))]))
+            .await
+            .is_empty()
+    );
+    (server, SocketAddr::new(LOCALHOST, port))
+}
+
 fn state(services: Vec<(&str, ServicePort)>) -> ProxyState {
     ProxyState {
         services: services
@@ -264,16 +280,7 @@ async fn service_health_port_counts_local_ready_endpoints_and_closes() {
 #[tokio::test(start_paused = true)]
 async fn an_unhealthy_proxier_fails_every_service_health_check() {
     let health = ProxierHealth::new(Duration::from_secs(60));
-    let mut server = ServiceHealthServer::new(vec![LOCALHOST], health.clone());
-    let port = free_port();
-    let eps = vec![ep("10.244.0.5", NODE, true)];
-    assert!(
-        server
-            .sync(&state(vec![("lb", lb_port(port, true, eps))]))
-            .await
-            .is_empty()
-    );
-    let addr = SocketAddr::new(LOCALHOST, port);
+    let (_server, addr) = one_local_service(health.clone()).await;
     assert_eq!(get(addr, "/").await.unwrap().status, 200);
     health.updated();
     health.queued_update();
@@ -667,16 +674,8 @@ async fn each_family_is_judged_on_its_own() {
 #[tokio::test]
 async fn a_health_check_node_port_answers_kube_proxys_exact_body() {
     let health = ProxierHealth::new(Duration::from_secs(60));
-    let mut server = ServiceHealthServer::new(vec![LOCALHOST], health);
-    let port = free_port();
-    let eps = vec![ep("10.244.0.5", NODE, true)];
-    assert!(
-        server
-            .sync(&state(vec![("lb", lb_port(port, true, eps))]))
-            .await
-            .is_empty()
-    );
-    let a = get(SocketAddr::new(LOCALHOST, port), "/").await.unwrap();
+    let (_server, addr) = one_local_service(health).await;
+    let a = get(addr, "/").await.unwrap();
     assert_eq!(
         a.raw,
         "{\n\t\"service\": {\n\t\t\"namespace\": \"web\",\n\t\t\"name\": \"lb\"\n\t},\n\t\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}"
