@@ -484,9 +484,7 @@ fn measure(
     }
     let mut empty_dirs = BTreeMap::new();
     let mut inodes = 0;
-    let dir = volumes
-        .pod_volumes_dir(&r.uid)
-        .join("kubernetes.io~empty-dir");
+    let dir = volumes.empty_dirs(&r.uid);
     for v in spec.volumes.iter().flatten() {
         let Some(ed) = &v.empty_dir else { continue };
         if ed.medium.as_deref() == Some("Memory") {

@@ -708,16 +708,6 @@ struct Measured {
     pods: Vec<PodDisk>,
 }
 
-/// The directory of emptyDir volumes of pod `uid` under the volume manager's root
-/// (`pods/<uid>/volumes/kubernetes.io~empty-dir`, where the volume manager sets them up).
-fn empty_dirs_of(volumes_root: &Path, uid: &str) -> PathBuf {
-    volumes_root
-        .join("pods")
-        .join(uid)
-        .join("volumes")
-        .join("kubernetes.io~empty-dir")
-}
-
 /// Used bytes and inodes under `path` with the size of its filesystem: kubelet's du-based
 /// metrics (`MetricsDu`); `None` when `path` does not exist.
 fn du_stats(path: &Path, time: Timestamp, fs: Option<&allocatable::FsStats>) -> Option<FsStats> {
@@ -750,7 +740,7 @@ fn measure_pod(
     let now = Timestamp::now();
     let mut out = PodDisk::default();
     if !pod.uid.is_empty() && !pod.uid.contains('/') && !pod.uid.starts_with('.') {
-        let dir = empty_dirs_of(&fs.volumes_root, &pod.uid);
+        let dir = crate::node::volumes::empty_dirs_under(&fs.volumes_root, &pod.uid);
         let parent_dev = std::fs::metadata(&dir).map(|m| m.dev()).ok();
         let mut entries: Vec<(String, PathBuf, bool)> = std::fs::read_dir(&dir)
             .into_iter()

@@ -322,9 +322,25 @@ fn mount_tmpfs(dir: &Path, size: Option<i64>) -> Result<(), VolumeError> {
     })
 }
 
+/// The plugin directory of emptyDir volumes in a pod's volumes directory.
+const EMPTY_DIR_PLUGIN: &str = "kubernetes.io~empty-dir";
+
+/// The directory of pod `uid` under a volume manager's `root_dir`.
+fn pod_dir_under(root_dir: &Path, uid: &str) -> PathBuf {
+    root_dir.join("pods").join(uid)
+}
+
+/// The directory holding pod `uid`'s emptyDir volumes under a volume manager's `root_dir`
+/// (`pods/<uid>/volumes/kubernetes.io~empty-dir`).
+pub(crate) fn empty_dirs_under(root_dir: &Path, uid: &str) -> PathBuf {
+    pod_dir_under(root_dir, uid)
+        .join("volumes")
+        .join(EMPTY_DIR_PLUGIN)
+}
+
 fn plugin_dir(v: &Volume) -> Option<&'static str> {
     Some(if v.empty_dir.is_some() {
-        "kubernetes.io~empty-dir"
+        EMPTY_DIR_PLUGIN
     } else if v.config_map.is_some() {
         "kubernetes.io~configmap"
     } else if v.secret.is_some() {
@@ -753,7 +769,12 @@ impl VolumeManager {
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.config.root_dir.join("pods").join(uid)
+        pod_dir_under(&self.config.root_dir, uid)
+    }
+
+    /// The directory holding pod `uid`'s emptyDir volumes.
+    pub(crate) fn empty_dirs(&self, uid: &str) -> PathBuf {
+        empty_dirs_under(&self.config.root_dir, uid)
     }
 }
 
